@@ -1,0 +1,43 @@
+"""The paged KV cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_CPU_KV_CACHE_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    block_size: int = 16
+    """Tokens per KV cache block."""
+    gpu_memory_utilization: float = 0.9
+    """Fraction of GPU memory pagellm may use for weights, activations and KV cache (CUDA only)."""
+    kv_cache_memory_bytes: int | None = None
+    """Explicit KV cache size in bytes; overrides gpu_memory_utilization. On CPU the default is
+    2 GiB."""
+    swap_space: float = 4.0
+    """CPU swap space in GiB for preempted requests' KV blocks (preemption_mode=swap)."""
+    enable_prefix_caching: bool = True
+    """Reuse the KV blocks of shared prompt prefixes across requests."""
+    kv_cache_dtype: str = "auto"
+    """KV cache dtype; only 'auto' (the model dtype) is supported yet."""
+    cpu_offload_gb: float = 0.0
+    """GiB of weights to keep in CPU memory (not supported yet)."""
+
+    def __post_init__(self) -> None:
+        from pagellm.config.checks import check_range, not_supported_yet
+
+        if self.block_size not in (1, 2, 4, 8, 16, 32, 64, 128, 256):
+            from pagellm.errors import ClientError
+            raise ClientError(f"block_size must be a power of two in [1, 256], got {self.block_size}",
+                              param="block_size")
+        check_range("gpu_memory_utilization", self.gpu_memory_utilization, 0.01, 1.0)
+        if self.kv_cache_memory_bytes is not None:
+            check_range("kv_cache_memory_bytes", self.kv_cache_memory_bytes, 1)
+        check_range("swap_space", self.swap_space, 0)
+        if self.kv_cache_dtype != "auto":
+            not_supported_yet("kv_cache_dtype", self.kv_cache_dtype)
+        check_range("cpu_offload_gb", self.cpu_offload_gb, 0)
+        if self.cpu_offload_gb > 0:
+            not_supported_yet("cpu_offload_gb", self.cpu_offload_gb)

@@ -1,0 +1,104 @@
+"""One source for every engine argument: the per-concern config dataclasses.
+
+``EngineArgs`` routes flat keyword arguments (vLLM's names) to the dataclass that owns each,
+rejects unknown names, and fills defaults that depend on other fields. The CLI is generated
+from the same fields, with each field's docstring as its help.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import inspect
+from dataclasses import dataclass
+
+from pagellm.config.cache import CacheConfig
+from pagellm.config.features import CompilationConfig, LoRAConfig, SpeculativeConfig
+from pagellm.config.load import LoadConfig
+from pagellm.config.model import ModelConfig
+from pagellm.config.parallel import ParallelConfig
+from pagellm.config.scheduler import SchedulerConfig
+from pagellm.errors import ClientError
+
+CONFIG_CLASSES = (ModelConfig, CacheConfig, SchedulerConfig, ParallelConfig, LoadConfig,
+                  LoRAConfig, SpeculativeConfig, CompilationConfig)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: ModelConfig
+    cache: CacheConfig
+    scheduler: SchedulerConfig
+    parallel: ParallelConfig
+    load: LoadConfig
+    lora: LoRAConfig
+    speculative: SpeculativeConfig
+    compilation: CompilationConfig
+
+
+def engine_arg_fields() -> dict[str, tuple[type, dataclasses.Field]]:
+    """Every engine argument name -> (owning config class, field)."""
+    result = {}
+    for cls in CONFIG_CLASSES:
+        for f in dataclasses.fields(cls):
+            result[f.name] = (cls, f)
+    return result
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a config dataclass."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)):
+            docs[node.target.id] = " ".join(str(following.value.value).split())
+    return docs
+
+
+def create_engine_config(**kwargs) -> EngineConfig:
+    """Build the engine's configs from flat keyword arguments.
+
+    Raises ``ClientError`` for an unknown name (with the closest known one) or a bad value.
+    """
+    fields = engine_arg_fields()
+    grouped: dict[type, dict] = {cls: {} for cls in CONFIG_CLASSES}
+    for name, value in kwargs.items():
+        if name not in fields:
+            import difflib
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ClientError(f"unknown engine argument {name!r}{hint}", param=name)
+        grouped[fields[name][0]][name] = value
+    configs = {cls: cls(**grouped[cls]) for cls in CONFIG_CLASSES}
+    return EngineConfig(
+        model=configs[ModelConfig], cache=configs[CacheConfig],
+        scheduler=configs[SchedulerConfig], parallel=configs[ParallelConfig],
+        load=configs[LoadConfig], lora=configs[LoRAConfig],
+        speculative=configs[SpeculativeConfig], compilation=configs[CompilationConfig])
+
+
+def finalize_lengths(config: EngineConfig, model_max_len: int) -> EngineConfig:
+    """Fill max_model_len and max_num_batched_tokens once the model's limits are known."""
+    max_model_len = config.model.max_model_len or model_max_len
+    if max_model_len > model_max_len:
+        raise ClientError(
+            f"max_model_len={max_model_len} exceeds the model's max_position_embeddings="
+            f"{model_max_len}; lower max_model_len", param="max_model_len")
+    sched = config.scheduler
+    budget = sched.max_num_batched_tokens
+    if budget is None:
+        budget = 8192 if sched.enable_chunked_prefill else max(max_model_len, 8192)
+    if not sched.enable_chunked_prefill and budget < max_model_len:
+        raise ClientError(
+            f"max_num_batched_tokens={budget} is smaller than max_model_len={max_model_len}; "
+            "with chunked prefill off a whole prompt must fit in one step: raise "
+            "max_num_batched_tokens, lower max_model_len, or enable chunked prefill",
+            param="max_num_batched_tokens")
+    return dataclasses.replace(
+        config,
+        model=dataclasses.replace(config.model, max_model_len=max_model_len),
+        scheduler=dataclasses.replace(sched, max_num_batched_tokens=budget))

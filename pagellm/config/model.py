@@ -1,0 +1,41 @@
+"""What to load and how to run it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str = "default"
+    """A Hugging Face model directory, a .gguf file, or 'default' (SmolLM2-135M-Instruct, GGUF Q4_1)."""
+    tokenizer: str | None = None
+    """Tokenizer directory or .gguf file; defaults to the model."""
+    dtype: str = "auto"
+    """Weight and activation dtype: auto, float32, bfloat16, float16 (auto: float32 on CPU,
+    the checkpoint's dtype or bfloat16 on CUDA)."""
+    max_model_len: int | None = None
+    """Longest prompt + output in tokens; defaults to the model's max_position_embeddings."""
+    seed: int = 0
+    """Seed for random weights (load_format=dummy) and for unseeded sampling."""
+    served_model_name: str | None = None
+    """Name reported by the API; defaults to the model argument."""
+    max_logprobs: int = 20
+    """Largest logprobs / prompt_logprobs a request may ask for."""
+    enforce_eager: bool = False
+    """Never use CUDA graphs (no effect on CPU)."""
+    quantization: str | None = None
+    """Weight quantization method for GEMMs (fp8, awq, gptq): not supported yet."""
+    trust_remote_code: bool = False
+    """Accepted for compatibility; pagellm never runs code from a model directory."""
+    tokenizer_pool_size: int = 0
+    """Tokenize in a pool of this many workers off the server's event loop (server only)."""
+
+    def __post_init__(self) -> None:
+        from pagellm.config.checks import check_choice, check_range
+
+        check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16", "half", "float"))
+        if self.max_model_len is not None:
+            check_range("max_model_len", self.max_model_len, 1)
+        check_range("max_logprobs", self.max_logprobs, 0)
+        check_range("tokenizer_pool_size", self.tokenizer_pool_size, 0)

@@ -1,0 +1,125 @@
+"""SamplingParams: vLLM's field names and defaults, validated at construction."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields
+
+from pagellm.errors import ClientError
+
+_MAX_SEED = 2**63 - 1
+
+
+@dataclass
+class SamplingParams:
+    """How to sample one prompt's completions. Out-of-range values raise ``ClientError``
+    (a ``ValueError``) naming the field."""
+
+    n: int = 1
+    """Number of completions to return for the prompt."""
+    presence_penalty: float = 0.0
+    """Penalize tokens that already appeared in the output (-2..2)."""
+    frequency_penalty: float = 0.0
+    """Penalize tokens by how often they appeared in the output (-2..2)."""
+    repetition_penalty: float = 1.0
+    """Multiplicative penalty on tokens in prompt or output (>0; 1 = off)."""
+    temperature: float = 1.0
+    """0 means greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens whose mass reaches top_p (0, 1]."""
+    top_k: int = 0
+    """Keep the k most likely tokens; 0 or -1 = all."""
+    min_p: float = 0.0
+    """Drop tokens whose probability is below min_p × the top token's [0, 1]."""
+    seed: int | None = None
+    """Per-request random seed: same seed gives the same text in any batch."""
+    stop: list[str] | None = None
+    """Strings that end generation; not included in the output unless include_stop_str_in_output."""
+    stop_token_ids: list[int] | None = None
+    """Token ids that end generation (the token is kept in token_ids)."""
+    ignore_eos: bool = False
+    """Keep generating past the EOS token."""
+    max_tokens: int | None = 16
+    """Maximum number of generated tokens; None = up to max_model_len."""
+    min_tokens: int = 0
+    """Generate at least this many tokens before EOS or stop ids can end the output."""
+    logprobs: int | None = None
+    """Number of top logprobs returned per generated token (plus the sampled one)."""
+    prompt_logprobs: int | None = None
+    """Number of top logprobs returned per prompt token."""
+    detokenize: bool = True
+    """Produce text as well as token ids."""
+    skip_special_tokens: bool = True
+    """Drop special tokens from the text."""
+    spaces_between_special_tokens: bool = True
+    """Put spaces between special tokens in the text."""
+    include_stop_str_in_output: bool = False
+    """Keep the matched stop string at the end of the text."""
+    logit_bias: dict[int, float] | None = None
+    """Added to the logits of the given token ids before sampling (-100..100)."""
+    output_kind: str = "final"
+    """internal: 'final' or 'delta' (streaming)."""
+    all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
+    """internal: stop_token_ids plus EOS (filled by the input processor)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = list(self.stop or [])
+        self.stop_token_ids = list(self.stop_token_ids or [])
+        if self.logit_bias:
+            self.logit_bias = {int(k): float(v) for k, v in self.logit_bias.items()}
+        if self.top_k == -1:
+            self.top_k = 0
+        self._validate()
+        if self.temperature < 1e-5:
+            # Greedy: the other sampling knobs do not apply.
+            self.temperature, self.top_p, self.top_k, self.min_p = 0.0, 1.0, 0, 0.0
+
+    def _validate(self) -> None:
+        _check(isinstance(self.n, int) and self.n >= 1, "n", f"must be an integer >= 1, got {self.n!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            _check(-2.0 <= value <= 2.0, name, f"must be in [-2, 2], got {value}")
+        _check(self.repetition_penalty > 0.0, "repetition_penalty",
+               f"must be > 0, got {self.repetition_penalty}")
+        _check(self.temperature >= 0.0, "temperature", f"must be >= 0, got {self.temperature}")
+        _check(0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1], got {self.top_p}")
+        _check(isinstance(self.top_k, int) and self.top_k >= 0, "top_k",
+               f"must be -1, 0 (all tokens) or a positive integer, got {self.top_k!r}")
+        _check(0.0 <= self.min_p <= 1.0, "min_p", f"must be in [0, 1], got {self.min_p}")
+        _check(self.seed is None or (isinstance(self.seed, int) and -_MAX_SEED <= self.seed <= _MAX_SEED),
+               "seed", f"must be an integer in [-2**63+1, 2**63-1], got {self.seed!r}")
+        _check(self.max_tokens is None or (isinstance(self.max_tokens, int) and self.max_tokens >= 1),
+               "max_tokens", f"must be an integer >= 1, got {self.max_tokens!r}")
+        _check(isinstance(self.min_tokens, int) and self.min_tokens >= 0, "min_tokens",
+               f"must be an integer >= 0, got {self.min_tokens!r}")
+        _check(self.max_tokens is None or self.min_tokens <= self.max_tokens, "min_tokens",
+               f"must be <= max_tokens={self.max_tokens}, got {self.min_tokens}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, int) and value >= 0), name,
+                   f"must be None or an integer >= 0, got {value!r}")
+        _check(all(isinstance(s, str) and s for s in self.stop), "stop",
+               "must be a list of non-empty strings")
+        _check(all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids), "stop_token_ids",
+               "must be a list of non-negative token ids")
+        for token_id, bias in (self.logit_bias or {}).items():
+            _check(-100.0 <= bias <= 100.0, "logit_bias",
+                   f"bias for token {token_id} must be in [-100, 100], got {bias}")
+        _check(self.output_kind in ("final", "delta"), "output_kind", "must be 'final' or 'delta'")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def clone(self, **changes) -> "SamplingParams":
+        """A deep copy with some fields changed (validated again)."""
+        values = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
+        values.update(changes)
+        return SamplingParams(**values)
+
+
+def _check(ok: bool, param: str, message: str) -> None:
+    if not ok:
+        raise ClientError(f"SamplingParams.{param} {message}", param=param)
