@@ -1,0 +1,79 @@
+"""Typed messages between the scheduler, the runner and the output side (torch-free).
+
+The runner keeps per-request state across steps; the scheduler sends it diffs: whole state
+for requests it has not seen (new, or resumed after preemption), new block ids and counts for
+the rest, and the ids to forget (finished, aborted or preempted).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pagellm.sampling_params import SamplingParams
+
+
+@dataclass(slots=True)
+class NewRequestData:
+    request_id: str
+    token_ids: list[int]          # prompt + output tokens so far
+    num_prompt_tokens: int
+    sampling_params: SamplingParams
+    block_ids: list[int]
+    num_computed_tokens: int      # tokens whose KV is already in the cache (prefix hits, swap-in)
+
+
+@dataclass(slots=True)
+class CachedRequestData:
+    request_id: str
+    new_block_ids: list[int]
+    num_computed_tokens: int
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled_new_reqs: list[NewRequestData]
+    scheduled_cached_reqs: list[CachedRequestData]
+    num_scheduled_tokens: dict[str, int]
+    total_num_scheduled_tokens: int
+    finished_req_ids: set[str]                  # the runner drops their state first
+    blocks_to_swap_out: list[tuple[int, int]] = field(default_factory=list)  # (gpu, cpu)
+    blocks_to_swap_in: list[tuple[int, int]] = field(default_factory=list)   # (cpu, gpu)
+    num_preempted: int = 0
+
+    @property
+    def is_empty(self) -> bool:
+        return self.total_num_scheduled_tokens == 0
+
+
+@dataclass(slots=True)
+class TopLogprobs:
+    """Logprobs at some positions: row r is [sampled/actual token, top-1, ..., top-k]."""
+    token_ids: list[list[int]]
+    logprobs: list[list[float]]
+    ranks: list[int]              # rank of column 0's token (1 = most likely)
+
+
+@dataclass
+class ModelRunnerOutput:
+    req_ids: list[str]                         # requests that sampled a token this step
+    sampled_token_ids: list[int]
+    logprobs: TopLogprobs | None = None        # rows aligned with req_ids
+    prompt_logprobs: dict[str, tuple[int, TopLogprobs]] = field(default_factory=dict)
+    """request id -> (first prompt position covered, logprobs of the following positions)."""
+
+
+@dataclass(slots=True)
+class EngineCoreOutput:
+    request_id: str
+    new_token_ids: list[int]
+    new_logprobs: TopLogprobs | None = None
+    new_prompt_logprobs: tuple[int, TopLogprobs] | None = None
+    finish_reason: str | None = None           # stop | length | abort | error
+    stop_reason: int | str | None = None
+    num_cached_tokens: int = 0
+    first_scheduled_time: float | None = None
+    num_preemptions: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None

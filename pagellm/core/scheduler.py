@@ -1,0 +1,315 @@
+"""The token-budget scheduler.
+
+Each step decides how many new tokens of which requests to run, within
+``max_num_batched_tokens`` and ``max_num_seqs``: running requests first (in admission order),
+then waiting ones while budget is left. There is no prefill or decode phase; a request just
+has ``num_computed_tokens`` of ``num_tokens``. When blocks run out, the lowest-priority running
+request is preempted (recompute: drop its KV; swap: copy it to CPU swap space).
+
+Contract: ``schedule`` mutates requests (status, ``num_computed_tokens`` advanced by what it
+scheduled) and block tables; ``update_from_output`` appends sampled tokens and finishes
+requests. Every finished or aborted request's blocks are freed at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+
+from pagellm.config.cache import CacheConfig
+from pagellm.config.scheduler import SchedulerConfig
+from pagellm.core.kv_cache_manager import KVCacheManager
+from pagellm.core.request import FINISH_REASONS, Request, RequestStatus
+from pagellm.core.sched_output import (CachedRequestData, EngineCoreOutput, ModelRunnerOutput,
+                                       NewRequestData, SchedulerOutput, TopLogprobs)
+
+logger = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig,
+                 max_model_len: int, num_blocks: int, num_swap_blocks: int = 0):
+        self.config = scheduler_config
+        self.max_model_len = max_model_len
+        self.max_num_batched_tokens = scheduler_config.max_num_batched_tokens or 8192
+        self.block_size = cache_config.block_size
+        self.kv = KVCacheManager(num_blocks, cache_config.block_size,
+                                 cache_config.enable_prefix_caching, num_swap_blocks)
+        self.requests: dict[str, Request] = {}
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.finished_req_ids: set[str] = set()    # to tell the runner next step
+        self.num_preemptions = 0
+        # scheduler_delay_factor bookkeeping (vLLM's _passed_delay)
+        self._prev_step_time = 0.0
+        self._prev_step_had_prompt = False
+        self._last_prompt_latency = 0.0
+
+    # ---- requests in and out ------------------------------------------------------------------
+
+    def add_request(self, request: Request) -> None:
+        if request.request_id in self.requests:
+            raise ValueError(f"request id {request.request_id!r} is already in use")
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def abort_requests(self, request_ids, status=RequestStatus.FINISHED_ABORTED) -> list[str]:
+        """Finish the given requests now (unknown or finished ids are ignored); returns the ids
+        actually aborted."""
+        aborted = []
+        for request_id in request_ids:
+            request = self.requests.get(request_id)
+            if request is None or request.is_finished:
+                continue
+            if request.status == RequestStatus.RUNNING:
+                self.running.remove(request)
+            else:
+                self.waiting.remove(request)
+            request.status = status
+            self._free(request)
+            aborted.append(request_id)
+        return aborted
+
+    def _free(self, request: Request) -> None:
+        self.kv.free(request)
+        self.finished_req_ids.add(request.request_id)
+        del self.requests[request.request_id]
+
+    @property
+    def num_unfinished_requests(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.num_unfinished_requests > 0
+
+    # ---- one step ---------------------------------------------------------------------------
+
+    def schedule(self) -> SchedulerOutput:
+        step = _StepState(budget=self.max_num_batched_tokens)
+        self._schedule_running(step)
+        if not step.preempted and self._passed_delay(time.time()):
+            self._schedule_waiting(step)
+        for request in step.scheduled:
+            request.num_computed_tokens += step.num_tokens[request.request_id]
+        self._prev_step_had_prompt = step.had_prompt
+        finished, self.finished_req_ids = self.finished_req_ids, set()
+        return SchedulerOutput(
+            scheduled_new_reqs=step.new_reqs, scheduled_cached_reqs=step.cached_reqs,
+            num_scheduled_tokens=step.num_tokens,
+            total_num_scheduled_tokens=self.max_num_batched_tokens - step.budget,
+            finished_req_ids=finished, blocks_to_swap_out=step.swap_out,
+            blocks_to_swap_in=step.swap_in, num_preempted=len(step.preempted))
+
+    def _num_new_tokens(self, request: Request, budget: int) -> int:
+        """Tokens to run for a request now: all it lacks, chunked to the budget if allowed;
+        0 when it cannot run this step."""
+        num_new = request.num_tokens - request.num_computed_tokens
+        if num_new > budget and not self.config.enable_chunked_prefill:
+            return 0
+        return min(num_new, budget)
+
+    def _schedule_running(self, step: "_StepState") -> None:
+        index = 0
+        while index < len(self.running) and step.budget > 0:
+            request = self.running[index]
+            num_new = self._num_new_tokens(request, step.budget)
+            if num_new == 0:
+                index += 1
+                continue
+            new_blocks = None
+            while True:
+                new_blocks = self.kv.allocate_slots(request, num_new)
+                if new_blocks is not None:
+                    break
+                victim = self._pick_victim()
+                self._preempt(victim, step)
+                if victim is request:
+                    break
+                if self.running.index(request) < index:   # a scheduled victim shifted the list
+                    index -= 1
+            if new_blocks is None:
+                continue      # the request itself was preempted; running shrank under index
+            step.add_cached(request, num_new, [b.block_id for b in new_blocks])
+            index += 1
+
+    def _pick_victim(self) -> Request:
+        if self.config.policy == "priority":
+            return max(self.running, key=lambda r: (r.priority, r.arrival_time))
+        return self.running[-1]
+
+    def _preempt(self, request: Request, step: "_StepState") -> None:
+        self.running.remove(request)
+        step.unschedule(request)
+        mode = self.config.preemption_mode
+        mapping = self.kv.swap_out(request) if mode == "swap" else None
+        if mapping is not None:
+            step.swap_out.extend(mapping)
+            request.status = RequestStatus.SWAPPED
+        else:
+            mode = "recompute"
+            self.kv.free(request)
+            request.num_computed_tokens = 0
+            request.status = RequestStatus.PREEMPTED
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(request)
+        step.preempted.append(request)
+        self.finished_req_ids.add(request.request_id)
+        logger.warning(
+            "Sequence group %s is preempted by PreemptionMode.%s mode because there is not "
+            "enough KV cache space. This can affect the end-to-end performance. Increase "
+            "gpu_memory_utilization or tensor_parallel_size to provide more KV cache memory. "
+            "total_cumulative_preemption_cnt=%d", request.request_id, mode.upper(),
+            self.num_preemptions)
+
+    def _next_waiting(self) -> Request:
+        if self.config.policy == "priority":
+            return min(self.waiting, key=lambda r: (r.priority, r.arrival_time))
+        return self.waiting[0]
+
+    def _schedule_waiting(self, step: "_StepState") -> None:
+        while self.waiting and step.budget > 0 and len(self.running) < self.config.max_num_seqs:
+            request = self._next_waiting()
+            if request.status == RequestStatus.SWAPPED:
+                if not self._admit_swapped(request, step):
+                    return
+            elif not self._admit_fresh(request, step):
+                return
+            self.waiting.remove(request)
+            self.running.append(request)
+            request.status = RequestStatus.RUNNING
+            if request.first_scheduled_time is None:
+                request.first_scheduled_time = time.time()
+            step.add_new(request, self.kv.block_ids(request.request_id))
+
+    def _admit_fresh(self, request: Request, step: "_StepState") -> bool:
+        hit_blocks, num_hit_tokens = self.kv.get_computed_blocks(request)
+        num_new = request.num_tokens - num_hit_tokens
+        if num_new > step.budget:
+            if not self.config.enable_chunked_prefill:
+                return False
+            num_new = step.budget
+        if self.kv.allocate_slots(request, num_new, hit_blocks) is None:
+            return False
+        if request.num_cached_tokens < 0:
+            request.num_cached_tokens = num_hit_tokens
+        if self.kv.caches(request):
+            self.kv.record_prefix_lookup(request.num_tokens, num_hit_tokens)
+        step.num_tokens[request.request_id] = num_new
+        step.budget -= num_new
+        step.had_prompt = True
+        return True
+
+    def _admit_swapped(self, request: Request, step: "_StepState") -> bool:
+        num_new = self._num_new_tokens(request, step.budget)
+        if num_new == 0 or not self.kv.can_swap_in(request, num_new):
+            return False
+        step.swap_in.extend(self.kv.swap_in(request))
+        if self.kv.allocate_slots(request, num_new) is None:
+            raise AssertionError("swap-in reserved too few blocks")
+        step.num_tokens[request.request_id] = num_new
+        step.budget -= num_new
+        return True
+
+    def _passed_delay(self, now: float) -> bool:
+        """scheduler_delay_factor: hold new prompts until the oldest waiting request has waited
+        delay × the last prompt step's latency (or nothing is running)."""
+        if self._prev_step_had_prompt:
+            self._last_prompt_latency = now - self._prev_step_time
+        self._prev_step_time = now
+        delay = self.config.scheduler_delay_factor
+        if delay <= 0 or not self.waiting or not self.running:
+            return True
+        oldest_arrival = min(r.arrival_time for r in self.waiting)
+        return now - oldest_arrival > delay * self._last_prompt_latency
+
+    # ---- after the forward ------------------------------------------------------------------
+
+    def update_from_output(self, sched: SchedulerOutput,
+                           runner_output: ModelRunnerOutput) -> list[EngineCoreOutput]:
+        outputs: dict[str, EngineCoreOutput] = {}
+        for row, (request_id, token_id) in enumerate(
+                zip(runner_output.req_ids, runner_output.sampled_token_ids)):
+            request = self.requests.get(request_id)
+            if request is None or request.is_finished:
+                continue    # aborted while the step ran
+            request.append_output_token(token_id)
+            self.kv.update_block_hashes(request)
+            self._check_stop(request, token_id)
+            outputs[request_id] = EngineCoreOutput(
+                request_id, [token_id], _row(runner_output.logprobs, row),
+                num_cached_tokens=max(request.num_cached_tokens, 0),
+                first_scheduled_time=request.first_scheduled_time,
+                num_preemptions=request.num_preemptions)
+            if request.is_finished:
+                outputs[request_id].finish_reason = FINISH_REASONS[request.status]
+                outputs[request_id].stop_reason = request.stop_reason
+                self.running.remove(request)
+                self._free(request)
+        for request_id, prompt_logprobs in runner_output.prompt_logprobs.items():
+            out = outputs.get(request_id) or outputs.setdefault(
+                request_id, EngineCoreOutput(request_id, []))
+            out.new_prompt_logprobs = prompt_logprobs
+        return list(outputs.values())
+
+    def _check_stop(self, request: Request, token_id: int) -> None:
+        params = request.sampling_params
+        if request.num_output_tokens >= params.min_tokens:
+            if token_id in params.stop_token_ids:
+                request.status, request.stop_reason = RequestStatus.FINISHED_STOPPED, token_id
+                return
+            if not params.ignore_eos and token_id in params.all_stop_token_ids:
+                request.status = RequestStatus.FINISHED_STOPPED
+                return
+        if request.num_output_tokens >= request.max_tokens or request.num_tokens >= self.max_model_len:
+            request.status = RequestStatus.FINISHED_LENGTH
+
+    # ---- stats ----------------------------------------------------------------------------
+
+    def kv_cache_usage(self) -> float:
+        return self.kv.usage()
+
+
+def _row(logprobs: TopLogprobs | None, row: int) -> TopLogprobs | None:
+    if logprobs is None:
+        return None
+    return TopLogprobs([logprobs.token_ids[row]], [logprobs.logprobs[row]], [logprobs.ranks[row]])
+
+
+class _StepState:
+    """What one ``schedule`` call has decided so far."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.num_tokens: dict[str, int] = {}
+        self.new_reqs: list[NewRequestData] = []
+        self.cached_reqs: list[CachedRequestData] = []
+        self.scheduled: list[Request] = []
+        self.preempted: list[Request] = []
+        self.swap_out: list[tuple[int, int]] = []
+        self.swap_in: list[tuple[int, int]] = []
+        self.had_prompt = False
+
+    def add_cached(self, request: Request, num_new: int, new_block_ids: list[int]) -> None:
+        self.num_tokens[request.request_id] = num_new
+        self.budget -= num_new
+        self.scheduled.append(request)
+        self.cached_reqs.append(CachedRequestData(request.request_id, new_block_ids,
+                                                  request.num_computed_tokens))
+        if request.num_computed_tokens < request.num_prompt_tokens:
+            self.had_prompt = True
+
+    def add_new(self, request: Request, block_ids: list[int]) -> None:
+        self.scheduled.append(request)
+        self.new_reqs.append(NewRequestData(
+            request.request_id, list(request.all_token_ids), request.num_prompt_tokens,
+            request.sampling_params, block_ids, request.num_computed_tokens))
+
+    def unschedule(self, request: Request) -> None:
+        """Undo this step's scheduling of a request that is being preempted."""
+        if request.request_id not in self.num_tokens:
+            return
+        self.budget += self.num_tokens.pop(request.request_id)
+        self.scheduled.remove(request)
+        self.cached_reqs = [c for c in self.cached_reqs if c.request_id != request.request_id]
