@@ -65,10 +65,10 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
-        self.stop = list(self.stop or [])
-        self.stop_token_ids = list(self.stop_token_ids or [])
+        self.stop = _as_list(self.stop, "stop")
+        self.stop_token_ids = _as_list(self.stop_token_ids, "stop_token_ids")
         if self.logit_bias:
-            self.logit_bias = {int(k): float(v) for k, v in self.logit_bias.items()}
+            self.logit_bias = _parse_logit_bias(self.logit_bias)
         if self.top_k == -1:
             self.top_k = 0
         self._validate()
@@ -118,6 +118,24 @@ class SamplingParams:
         values = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
         values.update(changes)
         return SamplingParams(**values)
+
+
+def _as_list(value, param: str) -> list:
+    try:
+        return list(value or [])
+    except TypeError:
+        raise ClientError(f"SamplingParams.{param} must be a list, got {value!r}", param=param) from None
+
+
+def _parse_logit_bias(logit_bias) -> dict[int, float]:
+    """JSON gives string keys ("50256": -100); a bad key or value is the client's error."""
+    try:
+        parsed = {int(token_id): float(bias) for token_id, bias in dict(logit_bias).items()}
+    except (TypeError, ValueError):
+        raise ClientError("SamplingParams.logit_bias must map integer token ids to numbers",
+                          param="logit_bias") from None
+    _check(all(token_id >= 0 for token_id in parsed), "logit_bias", "token ids must be >= 0")
+    return parsed
 
 
 def _check(ok: bool, param: str, message: str) -> None:

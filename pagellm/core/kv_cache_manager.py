@@ -62,6 +62,8 @@ class KVCacheManager:
         if not self.caches(request):
             return [], 0
         self.update_block_hashes(request)
+        if request.sampling_params.prompt_logprobs is not None:
+            return [], 0      # every prompt position must be computed to score it
         max_hit_blocks = (request.num_tokens - 1) // self.block_size
         blocks = []
         for block_hash in request.block_hashes[:max_hit_blocks]:

@@ -36,6 +36,8 @@ class SchedulerOutput:
     num_scheduled_tokens: dict[str, int]
     total_num_scheduled_tokens: int
     finished_req_ids: set[str]                  # the runner drops their state first
+    preempted_req_ids: set[str] = field(default_factory=set)
+    """Dropped from the batch but alive: the runner keeps their sampling generators."""
     blocks_to_swap_out: list[tuple[int, int]] = field(default_factory=list)  # (gpu, cpu)
     blocks_to_swap_in: list[tuple[int, int]] = field(default_factory=list)   # (cpu, gpu)
     num_preempted: int = 0

@@ -40,6 +40,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.finished_req_ids: set[str] = set()    # to tell the runner next step
+        self.preempted_req_ids: set[str] = set()
         self.num_preemptions = 0
         # scheduler_delay_factor bookkeeping (vLLM's _passed_delay)
         self._prev_step_time = 0.0
@@ -94,11 +95,13 @@ class Scheduler:
             request.num_computed_tokens += step.num_tokens[request.request_id]
         self._prev_step_had_prompt = step.had_prompt
         finished, self.finished_req_ids = self.finished_req_ids, set()
+        preempted, self.preempted_req_ids = self.preempted_req_ids - finished, set()
         return SchedulerOutput(
             scheduled_new_reqs=step.new_reqs, scheduled_cached_reqs=step.cached_reqs,
             num_scheduled_tokens=step.num_tokens,
             total_num_scheduled_tokens=self.max_num_batched_tokens - step.budget,
-            finished_req_ids=finished, blocks_to_swap_out=step.swap_out,
+            finished_req_ids=finished, preempted_req_ids=preempted,
+            blocks_to_swap_out=step.swap_out,
             blocks_to_swap_in=step.swap_in, num_preempted=len(step.preempted))
 
     def _num_new_tokens(self, request: Request, budget: int) -> int:
@@ -155,7 +158,7 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.appendleft(request)
         step.preempted.append(request)
-        self.finished_req_ids.add(request.request_id)
+        self.preempted_req_ids.add(request.request_id)
         logger.warning(
             "Sequence group %s is preempted by PreemptionMode.%s mode because there is not "
             "enough KV cache space. This can affect the end-to-end performance. Increase "

@@ -1,0 +1,97 @@
+"""The offline API: ``LLM(model=...).generate(...)`` / ``.chat(...)``, like vLLM's."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tqdm.auto import tqdm
+
+from pagellm.engine.input_processor import PromptType
+from pagellm.engine.llm_engine import LLMEngine
+from pagellm.engine.tokenizer import apply_chat_template
+from pagellm.errors import ClientError
+from pagellm.outputs import RequestOutput
+from pagellm.sampling_params import SamplingParams
+
+ChatMessages = list[dict]
+
+
+class LLM:
+    """An engine in this process. Every keyword argument is an engine argument under vLLM's
+    name (``max_num_seqs``, ``enable_prefix_caching``, ...); unknown names raise ClientError."""
+
+    def __init__(self, model: str = "default", **engine_args):
+        self.llm_engine = LLMEngine.from_engine_args(model=model, **engine_args)
+
+    def get_tokenizer(self):
+        return self.llm_engine.tokenizer
+
+    def generate(self, prompts: PromptType | Sequence[PromptType],
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 use_tqdm: bool = True, priority: list[int] | None = None) -> list[RequestOutput]:
+        """Generate for every prompt (text, token ids, or a dict with either); outputs come
+        back in input order. A bad prompt raises before any request is queued."""
+        prompts = _as_list(prompts)
+        params = _params_per_prompt(sampling_params, len(prompts))
+        if priority is not None and len(priority) != len(prompts):
+            raise ClientError("priority needs one value per prompt", param="priority")
+        return self._run(prompts, params, priority or [0] * len(prompts), use_tqdm)
+
+    def chat(self, messages: ChatMessages | list[ChatMessages],
+             sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+             use_tqdm: bool = True, chat_template: str | None = None,
+             add_generation_prompt: bool = True) -> list[RequestOutput]:
+        """Apply the model's chat template to one conversation or a list of them, then
+        generate."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        tokenizer = self.llm_engine.tokenizer
+        prompts = [apply_chat_template(tokenizer, conversation, add_generation_prompt=add_generation_prompt,
+                                       chat_template=chat_template)
+                   for conversation in conversations]
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+    def _run(self, prompts, params, priorities, use_tqdm) -> list[RequestOutput]:
+        engine = self.llm_engine
+        processed = [(engine.input_processor.process_prompt(p), sp) for p, sp in zip(prompts, params)]
+        for prompt, sp in processed:   # validate everything before queueing anything
+            engine.input_processor.validate(prompt, sp)
+        request_ids = [engine.add_request(prompt.prompt_token_ids if prompt.prompt is None
+                                          else prompt.prompt, sp, priority=priority)
+                       for (prompt, sp), priority in zip(processed, priorities)]
+        order = {request_id: index for index, request_id in enumerate(request_ids)}
+        results: list[RequestOutput | None] = [None] * len(request_ids)
+        bar = tqdm(total=len(request_ids), desc="Processed prompts", disable=not use_tqdm)
+        try:
+            while engine.has_unfinished_requests():
+                for output in engine.step():
+                    if output.finished:
+                        results[order[output.request_id]] = output
+                        bar.update(1)
+        except BaseException:
+            for request_id in request_ids:
+                engine.abort_request(request_id)
+            raise
+        finally:
+            bar.close()
+        return results
+
+
+def _as_list(prompts) -> list:
+    if isinstance(prompts, (str, dict)):
+        return [prompts]
+    prompts = list(prompts)
+    if prompts and isinstance(prompts[0], int):
+        return [prompts]        # one prompt given as token ids
+    return prompts
+
+
+def _params_per_prompt(sampling_params, count: int) -> list[SamplingParams]:
+    if sampling_params is None:
+        return [SamplingParams()] * count
+    if isinstance(sampling_params, SamplingParams):
+        return [sampling_params] * count
+    sampling_params = list(sampling_params)
+    if len(sampling_params) != count:
+        raise ClientError(f"got {len(sampling_params)} SamplingParams for {count} prompts",
+                          param="sampling_params")
+    return sampling_params

@@ -1,0 +1,96 @@
+"""LLMEngine: the synchronous frontend (input processor -> core client -> output processor).
+
+Used by the offline ``LLM``; the server's async engine wraps the same processors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import time
+
+from pagellm.config.engine_args import EngineConfig, create_engine_config, finalize_lengths
+from pagellm.engine.core_client import InprocClient
+from pagellm.engine.engine_core import EngineCore
+from pagellm.engine.input_processor import InputProcessor, PromptType
+from pagellm.engine.output_processor import OutputProcessor
+from pagellm.engine.tokenizer import get_eos_token_ids, load_tokenizer
+from pagellm.errors import ClientError
+from pagellm.models.default_model import resolve_model_path
+from pagellm.models.hf_config import load_hf_config
+from pagellm.outputs import RequestOutput
+from pagellm.platforms import current_platform
+from pagellm.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_config(**kwargs) -> tuple[EngineConfig, object]:
+    """Engine arguments -> (final EngineConfig with a local model path, HF config)."""
+    config = create_engine_config(**kwargs)
+    model_path = resolve_model_path(config.model.model, config.load.download_dir)
+    hf_config = load_hf_config(model_path)
+    served = config.model.served_model_name or config.model.model
+    tokenizer_path = config.model.tokenizer or model_path
+    config = dataclasses.replace(config, model=dataclasses.replace(
+        config.model, model=model_path, tokenizer=tokenizer_path, served_model_name=served))
+    return finalize_lengths(config, hf_config.max_position_embeddings), hf_config
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, hf_config):
+        self.config = config
+        self.platform = current_platform(config.parallel.device)
+        checkpoint_dtype = getattr(hf_config, "torch_dtype", None) or getattr(hf_config, "dtype", None)
+        if isinstance(checkpoint_dtype, str):
+            import torch
+            checkpoint_dtype = getattr(torch, checkpoint_dtype, None)
+        self.dtype = self.platform.resolve_dtype(config.model.dtype, checkpoint_dtype)
+        self.tokenizer = load_tokenizer(config.model.tokenizer)
+        eos_ids = get_eos_token_ids(config.model.model, self.tokenizer)
+        self.engine_core = EngineCore(config, self.platform, hf_config, self.dtype)
+        self.core = InprocClient(self.engine_core)
+        vocab_size = self.engine_core.executor.worker.model.vocab_size
+        self.input_processor = InputProcessor(self.tokenizer, config.model.max_model_len,
+                                              vocab_size, eos_ids, config.model.max_logprobs)
+        self.output_processor = OutputProcessor(self.tokenizer)
+        self._counter = itertools.count()
+
+    @classmethod
+    def from_engine_args(cls, **kwargs) -> "LLMEngine":
+        config, hf_config = resolve_config(**kwargs)
+        return cls(config, hf_config)
+
+    def add_request(self, prompt: PromptType, params: SamplingParams,
+                    request_id: str | None = None, priority: int = 0,
+                    arrival_time: float | None = None) -> str:
+        """Validate and queue one prompt; raises ClientError and queues nothing when invalid."""
+        if priority != 0 and self.config.scheduler.policy != "priority":
+            raise ClientError("priority is only used with policy='priority'", param="priority")
+        request_id = str(next(self._counter)) if request_id is None else request_id
+        if request_id in self.output_processor.requests:
+            raise ClientError(f"request id {request_id!r} is already in use", param="request_id")
+        arrival_time = time.time() if arrival_time is None else arrival_time
+        prompt_data = self.input_processor.process_prompt(prompt)
+        params = self.input_processor.validate(prompt_data, params)
+        requests = self.input_processor.make_requests(request_id, prompt_data, params,
+                                                      arrival_time, priority)
+        self.output_processor.add_request(request_id, prompt_data, params, arrival_time)
+        for request in requests:
+            self.core.add_request(request)
+        return request_id
+
+    def abort_request(self, request_id: str) -> None:
+        self.core.abort_requests(self.output_processor.abort_request(request_id))
+
+    def has_unfinished_requests(self) -> bool:
+        return self.output_processor.has_unfinished()
+
+    def step(self) -> list[RequestOutput]:
+        outputs, to_abort = self.output_processor.process(self.core.get_output())
+        self.core.abort_requests(to_abort)
+        return outputs
+
+    def stats(self):
+        return self.core.stats()

@@ -1,0 +1,186 @@
+"""Engine-core outputs -> RequestOutputs: incremental detokenization, stop strings, logprobs,
+n > 1 gathering and request metrics.
+
+Contract: ``process`` returns the RequestOutputs ready for callers, and the child request ids
+the core must abort because a stop string ended them here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from pagellm.core.sched_output import EngineCoreOutput, TopLogprobs
+from pagellm.engine.detokenizer import IncrementalDetokenizer
+from pagellm.engine.input_processor import ProcessedPrompt, child_request_id
+from pagellm.outputs import (CompletionOutput, Logprob, PositionLogprobs, RequestMetrics,
+                             RequestOutput)
+from pagellm.sampling_params import SamplingParams
+
+
+@dataclass
+class _Completion:
+    index: int
+    detokenizer: IncrementalDetokenizer | None
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[PositionLogprobs] | None = None
+    cumulative_logprob: float | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    sent_tokens: int = 0       # for delta outputs
+
+    @property
+    def text(self) -> str:
+        return self.detokenizer.output_text if self.detokenizer else ""
+
+
+@dataclass
+class _RequestState:
+    request_id: str
+    prompt: ProcessedPrompt
+    params: SamplingParams
+    completions: dict[str, _Completion]     # core request id -> completion
+    metrics: RequestMetrics
+    prompt_logprobs: list[PositionLogprobs | None] | None = None
+    num_cached_tokens: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return all(c.finish_reason is not None for c in self.completions.values())
+
+
+class OutputProcessor:
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.requests: dict[str, _RequestState] = {}
+        self.core_to_parent: dict[str, str] = {}
+
+    def add_request(self, request_id: str, prompt: ProcessedPrompt, params: SamplingParams,
+                    arrival_time: float) -> None:
+        ids = [request_id] if params.n == 1 else [child_request_id(request_id, i)
+                                                 for i in range(params.n)]
+        completions = {core_id: _Completion(index, self._detokenizer(prompt, params),
+                                            logprobs=[] if params.logprobs is not None else None,
+                                            cumulative_logprob=0.0 if params.logprobs is not None else None)
+                       for index, core_id in enumerate(ids)}
+        state = _RequestState(request_id, prompt, params, completions, RequestMetrics(arrival_time))
+        if params.prompt_logprobs is not None:
+            state.prompt_logprobs = [None]
+        self.requests[request_id] = state
+        for core_id in ids:
+            self.core_to_parent[core_id] = request_id
+
+    def _detokenizer(self, prompt: ProcessedPrompt, params: SamplingParams):
+        if not params.detokenize:
+            return None
+        return IncrementalDetokenizer(
+            self.tokenizer, prompt.prompt_token_ids, params.skip_special_tokens,
+            params.spaces_between_special_tokens, params.stop, params.include_stop_str_in_output,
+            params.min_tokens)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    def abort_request(self, request_id: str) -> list[str]:
+        """Forget a parent request; returns its core request ids to abort."""
+        state = self.requests.pop(request_id, None)
+        if state is None:
+            return []
+        for core_id in state.completions:
+            self.core_to_parent.pop(core_id, None)
+        return list(state.completions)
+
+    def process(self, outputs: list[EngineCoreOutput]) -> tuple[list[RequestOutput], list[str]]:
+        now = time.time()
+        touched: dict[str, _RequestState] = {}
+        to_abort: list[str] = []
+        for out in outputs:
+            parent_id = self.core_to_parent.get(out.request_id)
+            if parent_id is None:
+                continue
+            state = self.requests[parent_id]
+            completion = state.completions[out.request_id]
+            if completion.finish_reason is not None:
+                continue
+            self._update_metrics(state, out, now)
+            if out.new_prompt_logprobs is not None and state.prompt_logprobs is not None:
+                self._add_prompt_logprobs(state, *out.new_prompt_logprobs)
+            if self._add_tokens(state, completion, out):
+                to_abort.append(out.request_id)
+            touched[parent_id] = state
+        ready = []
+        for parent_id, state in touched.items():
+            finished = state.finished
+            if finished:
+                state.metrics.finished_time = now
+                self.abort_request(parent_id)
+            if finished or state.params.output_kind == "delta":
+                ready.append(self._request_output(state, finished))
+        return ready, to_abort
+
+    def _update_metrics(self, state: _RequestState, out: EngineCoreOutput, now: float) -> None:
+        metrics = state.metrics
+        if out.first_scheduled_time is not None and metrics.first_scheduled_time is None:
+            metrics.first_scheduled_time = out.first_scheduled_time
+        if out.new_token_ids:
+            if metrics.first_token_time is None:
+                metrics.first_token_time = now
+            metrics.last_token_time = now
+        metrics.num_preemptions = max(metrics.num_preemptions, out.num_preemptions)
+        state.num_cached_tokens = max(state.num_cached_tokens, out.num_cached_tokens)
+
+    def _add_tokens(self, state: _RequestState, completion: _Completion,
+                    out: EngineCoreOutput) -> bool:
+        """Append tokens; True when a stop string ended the completion here."""
+        completion.token_ids.extend(out.new_token_ids)
+        if out.new_logprobs is not None and completion.logprobs is not None:
+            for row in range(len(out.new_logprobs.ranks)):
+                position = self._position_logprobs(out.new_logprobs, row, state.params.logprobs)
+                completion.logprobs.append(position)
+                completion.cumulative_logprob += out.new_logprobs.logprobs[row][0]
+        stop_string = None
+        if completion.detokenizer is not None and out.new_token_ids:
+            stop_string = completion.detokenizer.update(out.new_token_ids)
+        if stop_string is not None:
+            completion.finish_reason, completion.stop_reason = "stop", stop_string
+            return not out.finished
+        if out.finished:
+            completion.finish_reason, completion.stop_reason = out.finish_reason, out.stop_reason
+        return False
+
+    def _position_logprobs(self, logprobs: TopLogprobs, row: int, k: int) -> PositionLogprobs:
+        ids, values = logprobs.token_ids[row], logprobs.logprobs[row]
+        position = {ids[0]: Logprob(values[0], logprobs.ranks[row], self._decode(ids[0]))}
+        for rank, (token_id, value) in enumerate(zip(ids[1:k + 1], values[1:k + 1]), start=1):
+            if token_id not in position:
+                position[token_id] = Logprob(value, rank, self._decode(token_id))
+        return position
+
+    def _add_prompt_logprobs(self, state: _RequestState, first_position: int,
+                             logprobs: TopLogprobs) -> None:
+        for row in range(len(logprobs.ranks)):
+            if first_position + row == len(state.prompt_logprobs):   # skip recomputed positions
+                state.prompt_logprobs.append(
+                    self._position_logprobs(logprobs, row, state.params.prompt_logprobs))
+
+    def _decode(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+    def _request_output(self, state: _RequestState, finished: bool) -> RequestOutput:
+        delta = state.params.output_kind == "delta"
+        completions = []
+        for completion in state.completions.values():
+            token_ids = completion.token_ids
+            text = completion.text
+            logprobs = completion.logprobs
+            if delta:
+                token_ids = token_ids[completion.sent_tokens:]
+                logprobs = logprobs[completion.sent_tokens:] if logprobs is not None else None
+                text = completion.detokenizer.get_delta_text() if completion.detokenizer else ""
+                completion.sent_tokens = len(completion.token_ids)
+            completions.append(CompletionOutput(
+                completion.index, text, list(token_ids), completion.cumulative_logprob,
+                logprobs, completion.finish_reason, completion.stop_reason))
+        return RequestOutput(state.request_id, state.prompt.prompt, state.prompt.prompt_token_ids,
+                             state.prompt_logprobs, completions, finished, state.metrics,
+                             state.num_cached_tokens)

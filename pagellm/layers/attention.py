@@ -1,0 +1,84 @@
+"""Attention backends behind one interface, and the attention layer that uses them.
+
+A backend owns two jobs per layer and step: write the step's new K/V into the paged cache,
+then attend. Backends are stateless; device-specific ones (Triton) plug in through
+``get_attn_backend``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+
+from pagellm.layers.attention_metadata import AttentionMetadata
+from pagellm.ops.attention import paged_attention_torch, varlen_causal_attention, write_kv_cache
+from pagellm.platforms import Platform
+
+
+class AttentionBackend(ABC):
+    """Paged causal attention for one flattened batch.
+
+    Contract of ``forward``: the new tokens' K/V are written into ``kv_cache`` at
+    ``attn_metadata.slot_mapping`` (the only mutation); then query token j of request i, at
+    position ``seq_lens[i] - q_len_i + j``, attends to that request's context tokens
+    0..position (cached prefix plus this step's tokens). ``query``, ``key`` and ``value`` are
+    not mutated. An empty or ``None`` cache means a cache-less run (memory profiling): each
+    request's new tokens are then its whole context.
+    """
+
+    name: str = "abstract"
+
+    @abstractmethod
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                kv_cache: torch.Tensor | None, attn_metadata: AttentionMetadata,
+                scale: float) -> torch.Tensor:
+        """query: [T, num_heads, head_dim]; key, value: [T, num_kv_heads, head_dim];
+        kv_cache: [2, num_blocks, block_size, num_kv_heads, head_dim].
+        Returns [T, num_heads, head_dim] in the query's dtype."""
+
+
+class TorchAttentionBackend(AttentionBackend):
+    """Pure torch: SDPA over contexts gathered through the block tables."""
+
+    name = "torch"
+
+    def forward(self, query, key, value, kv_cache, attn_metadata, scale):
+        if kv_cache is None or kv_cache.numel() == 0:
+            return varlen_causal_attention(query, key, value, attn_metadata.query_start_loc_cpu, scale)
+        write_kv_cache(key, value, kv_cache, attn_metadata.slot_mapping)
+        return paged_attention_torch(query, kv_cache, attn_metadata.block_tables,
+                                     attn_metadata.seq_lens, attn_metadata.query_start_loc_cpu,
+                                     attn_metadata.seq_lens_cpu, scale)
+
+
+def get_attn_backend(platform: Platform) -> AttentionBackend:
+    """The attention backend for a platform. Torch everywhere for now; the Triton backend for
+    CUDA slots in here."""
+    return TorchAttentionBackend()
+
+
+class Attention(nn.Module):
+    """Multi-head / grouped-query attention over already-projected, already-rotated heads."""
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float,
+                 backend: AttentionBackend):
+        super().__init__()
+        self.num_heads = num_heads
+        """Query heads."""
+        self.num_kv_heads = num_kv_heads
+        """Key/value heads; divides num_heads."""
+        self.head_dim = head_dim
+        """Dims per head."""
+        self.scale = scale
+        """Softmax scale, usually head_dim ** -0.5."""
+        self.backend = backend
+        """Where the work happens; shared by all layers."""
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                kv_cache: torch.Tensor | None, attn_metadata: AttentionMetadata) -> torch.Tensor:
+        """query: [T, num_heads, head_dim]; key, value: [T, num_kv_heads, head_dim].
+        Returns [T, num_heads * head_dim]."""
+        out = self.backend.forward(query, key, value, kv_cache, attn_metadata, self.scale)
+        return out.flatten(1)

@@ -1,0 +1,197 @@
+"""Llama-family decoder (Llama 2/3, Mistral, SmolLM), also the base of Qwen2 and Qwen3.
+
+The families differ only in flags: Qwen2 always has q/k/v biases, Qwen3 normalises each
+q/k head with an RMSNorm before RoPE. Module names follow the HF checkpoints, except that
+q/k/v and gate/up are fused (``qkv_proj``, ``gate_up_proj``) and loaded shard by shard.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pagellm.errors import ClientError
+from pagellm.layers.attention import Attention, AttentionBackend, TorchAttentionBackend
+from pagellm.layers.attention_metadata import AttentionMetadata
+from pagellm.layers.linear import MergedLinear
+from pagellm.layers.norm import RMSNorm
+from pagellm.layers.rotary import RotaryEmbedding, rope_settings
+from pagellm.ops.activation import silu_and_mul
+
+# checkpoint name fragment -> (fused module name fragment, shard index)
+_STACKED = {".q_proj.": (".qkv_proj.", 0), ".k_proj.": (".qkv_proj.", 1), ".v_proj.": (".qkv_proj.", 2),
+            ".gate_proj.": (".gate_up_proj.", 0), ".up_proj.": (".gate_up_proj.", 1)}
+
+
+def head_dim_of(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config, rotary: RotaryEmbedding, backend: AttentionBackend,
+                 qkv_bias: bool, o_bias: bool, qk_norm: bool, dtype: torch.dtype):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = head_dim_of(config)
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.qkv_proj = MergedLinear(config.hidden_size, [q_size, kv_size, kv_size], qkv_bias, dtype)
+        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=o_bias, dtype=dtype)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype) if qk_norm else None
+        self.rotary_emb = rotary
+        self.attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim,
+                              self.head_dim ** -0.5, backend)
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, kv_cache: torch.Tensor | None,
+                attn_metadata: AttentionMetadata) -> torch.Tensor:
+        """hidden: [T, hidden_size] -> [T, hidden_size]; writes this step's K/V into kv_cache."""
+        num_tokens = hidden.shape[0]
+        q, k, v = self.qkv_proj(hidden).split(self.qkv_proj.output_sizes, dim=-1)
+        q = q.view(num_tokens, self.num_heads, self.head_dim)        # [T, num_heads, head_dim]
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)     # [T, num_kv_heads, head_dim]
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary_emb(positions, q, k)
+        return self.o_proj(self.attn(q, k, v, kv_cache, attn_metadata))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config, dtype: torch.dtype):
+        super().__init__()
+        if config.hidden_act != "silu":
+            raise ClientError(f"hidden_act {config.hidden_act!r} is not supported; supported: silu",
+                              param="model")
+        bias = bool(getattr(config, "mlp_bias", False))
+        inter = config.intermediate_size
+        self.gate_up_proj = MergedLinear(config.hidden_size, [inter, inter], bias, dtype)
+        self.down_proj = nn.Linear(inter, config.hidden_size, bias=bias, dtype=dtype)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[T, hidden_size] -> [T, hidden_size]."""
+        return self.down_proj(silu_and_mul(self.gate_up_proj(hidden)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config, rotary, backend, qkv_bias, o_bias, qk_norm, dtype):
+        super().__init__()
+        self.self_attn = LlamaAttention(config, rotary, backend, qkv_bias, o_bias, qk_norm, dtype)
+        self.mlp = LlamaMLP(config, dtype)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+
+    def forward(self, positions, hidden, residual, kv_cache, attn_metadata):
+        """hidden, residual: [T, hidden_size] (residual None in the first layer).
+        Returns (mlp output, residual stream before it) for the next layer's fused add+norm."""
+        if residual is None:
+            residual, hidden = hidden, self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, kv_cache, attn_metadata)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config, backend, qkv_bias, o_bias, qk_norm, dtype):
+        super().__init__()
+        head_dim = head_dim_of(config)
+        rope_theta, rope_scaling = rope_settings(config)
+        rotary = RotaryEmbedding(head_dim, config.max_position_embeddings, rope_theta, rope_scaling)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, rotary, backend, qkv_bias, o_bias, qk_norm, dtype)
+            for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+
+    def forward(self, input_ids, positions, kv_caches, attn_metadata):
+        """input_ids, positions: [T] -> [T, hidden_size]."""
+        hidden, residual = self.embed_tokens(input_ids), None          # [T, hidden_size]
+        for i, layer in enumerate(self.layers):
+            kv_cache = kv_caches[i] if kv_caches else None
+            hidden, residual = layer(positions, hidden, residual, kv_cache, attn_metadata)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+
+class LlamaForCausalLM(nn.Module):
+    """A causal LM over one flattened batch of tokens against a paged KV cache."""
+
+    qkv_bias: bool | None = None
+    """Force q/k/v biases on (Qwen2); None = follow config.attention_bias."""
+    qk_norm: bool = False
+    """Per-head RMSNorm of q and k before RoPE (Qwen3)."""
+
+    def __init__(self, config, dtype: torch.dtype = torch.float32,
+                 attn_backend: AttentionBackend | None = None):
+        super().__init__()
+        attention_bias = bool(getattr(config, "attention_bias", False))
+        qkv_bias = attention_bias if self.qkv_bias is None else self.qkv_bias
+        o_bias = attention_bias and self.qkv_bias is None
+        self.config = config
+        self.dtype = dtype
+        """Weight and activation dtype; KV caches must use it too."""
+        self.num_layers = config.num_hidden_layers
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = head_dim_of(config)
+        self.vocab_size = config.vocab_size
+        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
+        """lm_head shares embed_tokens' weight."""
+        self.model = LlamaModel(config, attn_backend or TorchAttentionBackend(),
+                                qkv_bias, o_bias, self.qk_norm, dtype)
+        self.lm_head = None if self.tie_word_embeddings else nn.Linear(
+            config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor],
+                attn_metadata: AttentionMetadata) -> torch.Tensor:
+        """input_ids, positions: [num_tokens]; kv_caches[i]: layer i's
+        [2, num_blocks, block_size, num_kv_heads, head_dim] cache, mutated (new K/V written).
+        Returns hidden states [num_tokens, hidden_size]."""
+        return self.model(input_ids, positions, kv_caches, attn_metadata)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[n, hidden_size] -> float32 logits [n, vocab_size]."""
+        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight).float()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Copy HF-named checkpoint tensors into the parameters (casting dtype and device).
+        Returns the names of the parameters that received data; fused parameters count once
+        every shard has arrived. Unknown names are ignored."""
+        params = dict(self.named_parameters())
+        shards_seen: dict[str, int] = {}
+        loaded = set()
+        for name, tensor in weights:
+            if "rotary_emb.inv_freq" in name or (name == "lm_head.weight" and self.lm_head is None):
+                continue
+            for fragment, (fused, shard_index) in _STACKED.items():
+                if fragment in name:
+                    target = name.replace(fragment, fused)
+                    if target in params:
+                        module_name, param_name = target.rsplit(".", 1)
+                        module = self.get_submodule(module_name)
+                        module.load_shard(param_name, shard_index, tensor, name)
+                        shards_seen[target] = shards_seen.get(target, 0) + 1
+                        if shards_seen[target] == len(module.output_sizes):
+                            loaded.add(target)
+                    break
+            else:
+                if name in params:
+                    _copy_checked(params[name], tensor, name)
+                    loaded.add(name)
+        return loaded
+
+
+def _copy_checked(param: torch.Tensor, tensor: torch.Tensor, name: str) -> None:
+    if tuple(param.shape) != tuple(tensor.shape):
+        raise ClientError(f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, "
+                          f"the model expects {tuple(param.shape)}", param="model")
+    param.data.copy_(tensor)
+
+
+class MistralForCausalLM(LlamaForCausalLM):
+    """Mistral checkpoints are Llama-shaped (sliding window is not applied)."""

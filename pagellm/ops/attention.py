@@ -1,0 +1,125 @@
+"""Paged attention in plain torch: the CPU path and the oracle for the GPU kernels.
+
+The KV cache of one layer is ``[2, num_blocks, block_size, num_kv_heads, head_dim]``
+(0 = keys, 1 = values). Token t of request i lives in block ``block_tables[i, t // block_size]``
+at offset ``t % block_size``; its flat slot is ``block * block_size + offset``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def write_kv_cache(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor,
+                   slot_mapping: torch.Tensor) -> None:
+    """Store each new token's K and V at its slot. Mutates ``kv_cache`` in place.
+
+    key, value: [num_tokens, num_kv_heads, head_dim]; slot_mapping: [num_tokens] int64, every
+    entry a valid slot in ``[0, num_blocks * block_size)`` (padding tokens must point at a
+    scratch slot, not -1).
+    """
+    num_kv_heads, head_dim = kv_cache.shape[-2:]
+    key_slots = kv_cache[0].view(-1, num_kv_heads, head_dim)     # [num_blocks * block_size, kv_heads, head_dim]
+    value_slots = kv_cache[1].view(-1, num_kv_heads, head_dim)
+    key_slots.index_copy_(0, slot_mapping, key.to(kv_cache.dtype))
+    value_slots.index_copy_(0, slot_mapping, value.to(kv_cache.dtype))
+
+
+def gather_context(cache: torch.Tensor, block_table: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """The first ``num_tokens`` entries of one request from a K or V cache.
+
+    cache: [num_blocks, block_size, num_kv_heads, head_dim]; block_table: [>= ceil(num_tokens /
+    block_size)] int. Returns [num_tokens, num_kv_heads, head_dim].
+    """
+    block_size = cache.shape[1]
+    num_blocks = -(-num_tokens // block_size)
+    blocks = cache.index_select(0, block_table[:num_blocks].long())  # [num_blocks, block_size, kv_heads, head_dim]
+    return blocks.flatten(0, 1)[:num_tokens]
+
+
+def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+          scale: float, is_causal: bool = False) -> torch.Tensor:
+    """SDPA over head-major tensors with GQA. query: [batch, num_heads, q_len, head_dim];
+    key, value: [batch, num_kv_heads, kv_len, head_dim]; mask: bool, True = attend."""
+    num_groups = query.shape[1] // key.shape[1]
+    if num_groups > 1:
+        key = key.repeat_interleave(num_groups, dim=1)               # [batch, num_heads, kv_len, head_dim]
+        value = value.repeat_interleave(num_groups, dim=1)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale,
+                                          is_causal=is_causal)
+
+
+def causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """One request whose query is the suffix of its context: query token j sits at position
+    ``kv_len - q_len + j`` and sees keys 0..that position.
+
+    query: [q_len, num_heads, head_dim]; key, value: [kv_len, num_kv_heads, head_dim].
+    Returns [q_len, num_heads, head_dim].
+    """
+    q_len, kv_len = query.shape[0], key.shape[0]
+    mask = None
+    if q_len > 1 and q_len != kv_len:
+        query_pos = torch.arange(kv_len - q_len, kv_len, device=query.device)
+        mask = torch.arange(kv_len, device=query.device)[None, :] <= query_pos[:, None]  # [q_len, kv_len]
+    out = _sdpa(query.transpose(0, 1).unsqueeze(0), key.transpose(0, 1).unsqueeze(0),
+                value.transpose(0, 1).unsqueeze(0), mask, scale,
+                is_causal=(q_len > 1 and q_len == kv_len))            # [1, num_heads, q_len, head_dim]
+    return out.squeeze(0).transpose(0, 1)
+
+
+def paged_decode_attention(query: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
+                           seq_lens: torch.Tensor, max_seq_len: int, scale: float) -> torch.Tensor:
+    """One new token per request, all requests in one masked SDPA.
+
+    query: [num_reqs, num_heads, head_dim]; block_tables: [num_reqs, max_blocks] int;
+    seq_lens: [num_reqs] int (context length including the new token).
+    Returns [num_reqs, num_heads, head_dim].
+    """
+    _, _, block_size, num_kv_heads, head_dim = kv_cache.shape
+    num_blocks = -(-max_seq_len // block_size)
+    table = block_tables[:, :num_blocks].long()                      # [num_reqs, num_blocks]
+
+    def gather(cache: torch.Tensor) -> torch.Tensor:
+        padded = cache[table].flatten(1, 2)[:, :max_seq_len]          # [num_reqs, max_seq_len, kv_heads, head_dim]
+        return padded.transpose(1, 2)                                 # [num_reqs, kv_heads, max_seq_len, head_dim]
+
+    valid = torch.arange(max_seq_len, device=query.device)[None, :] < seq_lens[:, None]  # [num_reqs, max_seq_len]
+    out = _sdpa(query.unsqueeze(2), gather(kv_cache[0]), gather(kv_cache[1]),
+                valid[:, None, None, :], scale)                      # [num_reqs, num_heads, 1, head_dim]
+    return out.squeeze(2)
+
+
+def paged_attention_torch(query: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
+                          seq_lens: torch.Tensor, query_start_loc_cpu: list[int],
+                          seq_lens_cpu: list[int], scale: float) -> torch.Tensor:
+    """Causal attention of a flattened batch against a paged cache that already holds the
+    batch's own K/V. Reads ``kv_cache`` only.
+
+    query: [num_tokens, num_heads, head_dim], request i owning rows
+    ``query_start_loc_cpu[i]:query_start_loc_cpu[i+1]``, which are the last positions of its
+    ``seq_lens_cpu[i]`` context tokens. Returns [num_tokens, num_heads, head_dim].
+    """
+    num_reqs = len(seq_lens_cpu)
+    if query.shape[0] == num_reqs:  # every request has exactly one new token
+        return paged_decode_attention(query, kv_cache, block_tables, seq_lens,
+                                      max(seq_lens_cpu), scale)
+    output = torch.empty_like(query)
+    for i in range(num_reqs):
+        start, end = query_start_loc_cpu[i], query_start_loc_cpu[i + 1]
+        key = gather_context(kv_cache[0], block_tables[i], seq_lens_cpu[i])    # [seq_len, kv_heads, head_dim]
+        value = gather_context(kv_cache[1], block_tables[i], seq_lens_cpu[i])
+        output[start:end] = causal_attention(query[start:end], key, value, scale)
+    return output
+
+
+def varlen_causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            query_start_loc_cpu: list[int], scale: float) -> torch.Tensor:
+    """Causal attention without a cache (e.g. a memory-profiling run): each request's new
+    tokens are its whole context. query: [num_tokens, num_heads, head_dim]; key, value:
+    [num_tokens, num_kv_heads, head_dim]. Returns [num_tokens, num_heads, head_dim]."""
+    output = torch.empty_like(query)
+    for start, end in zip(query_start_loc_cpu[:-1], query_start_loc_cpu[1:]):
+        output[start:end] = causal_attention(query[start:end], key[start:end], value[start:end], scale)
+    return output

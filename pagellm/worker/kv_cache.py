@@ -1,0 +1,64 @@
+"""The paged KV cache tensors of one worker, and swap copies to and from CPU swap space.
+
+Layout per layer: ``[2, num_blocks, block_size, num_kv_heads, head_dim]`` (0 = K, 1 = V).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class KVCacheSpec:
+    num_layers: int
+    block_size: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+
+    @property
+    def bytes_per_block(self) -> int:
+        element_size = torch.empty((), dtype=self.dtype).element_size()
+        return (self.num_layers * 2 * self.block_size * self.num_kv_heads * self.head_dim
+                * element_size)
+
+    def layer_shape(self, num_blocks: int) -> tuple[int, ...]:
+        return (2, num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
+
+
+class KVCache:
+    """Owns the device KV tensors and the CPU swap tensors; nothing else writes them except
+    the attention backend (through the per-layer views in ``layers``)."""
+
+    def __init__(self, spec: KVCacheSpec, num_blocks: int, num_swap_blocks: int,
+                 device: torch.device, pin_memory: bool):
+        self.spec = spec
+        self.num_blocks = num_blocks
+        # Not zeroed: every slot is written before it is read (attention masks the rest).
+        self.layers = [torch.empty(spec.layer_shape(num_blocks), dtype=spec.dtype, device=device)
+                       for _ in range(spec.num_layers)]
+        self.swap_layers = [
+            torch.empty(spec.layer_shape(num_swap_blocks), dtype=spec.dtype, device="cpu",
+                        pin_memory=pin_memory)
+            for _ in range(spec.num_layers)] if num_swap_blocks > 0 else []
+        self.device = device
+
+    def swap_out(self, pairs: list[tuple[int, int]]) -> None:
+        """Copy device blocks to swap blocks: pairs of (device block, swap block)."""
+        if not pairs:
+            return
+        src = torch.tensor([p[0] for p in pairs], device=self.device)
+        dst = torch.tensor([p[1] for p in pairs])
+        for cache, swap in zip(self.layers, self.swap_layers):
+            swap[:, dst] = cache[:, src].to("cpu")
+
+    def swap_in(self, pairs: list[tuple[int, int]]) -> None:
+        """Copy swap blocks back to device blocks: pairs of (swap block, device block)."""
+        if not pairs:
+            return
+        src = torch.tensor([p[0] for p in pairs])
+        dst = torch.tensor([p[1] for p in pairs], device=self.device)
+        for cache, swap in zip(self.layers, self.swap_layers):
+            cache[:, dst] = swap[:, src].to(self.device, non_blocking=True)

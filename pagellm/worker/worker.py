@@ -1,0 +1,122 @@
+"""One rank: owns the device, the model, the KV cache and the model runner."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from pagellm.config.cache import DEFAULT_CPU_KV_CACHE_BYTES
+from pagellm.config.engine_args import EngineConfig
+from pagellm.errors import ClientError
+from pagellm.models.loader import load_model
+from pagellm.platforms import Platform
+from pagellm.worker.kv_cache import KVCache, KVCacheSpec
+from pagellm.worker.model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+GiB = 1024**3
+
+
+class Worker:
+    def __init__(self, config: EngineConfig, platform: Platform, hf_config, dtype: torch.dtype):
+        self.config = config
+        self.platform = platform
+        self.dtype = dtype
+        start = time.perf_counter()
+        if platform.is_cuda:
+            torch.cuda.set_device(platform.device)
+            torch.cuda.reset_peak_memory_stats(platform.device)
+        self.model = load_model(config.model.model, hf_config, config.load.load_format, dtype,
+                                platform.device, seed=config.model.seed)
+        self.model.eval()
+        logger.info("Loaded %s (%s) in %.1f s", config.model.model, dtype,
+                    time.perf_counter() - start)
+        self.runner = ModelRunner(self.model, platform, config.cache.block_size,
+                                  config.model.max_logprobs, seed=config.model.seed)
+        self.spec = KVCacheSpec(self.model.num_layers, config.cache.block_size,
+                                self.model.num_kv_heads, self.model.head_dim, dtype)
+
+    def determine_num_blocks(self) -> tuple[int, int]:
+        """(device KV blocks, CPU swap blocks) from the memory budget."""
+        cache = self.config.cache
+        per_block = self.spec.bytes_per_block
+        if cache.kv_cache_memory_bytes is not None:
+            budget = cache.kv_cache_memory_bytes
+        elif self.platform.is_cuda:
+            budget = self._cuda_kv_budget()
+        else:
+            budget = DEFAULT_CPU_KV_CACHE_BYTES
+        num_blocks = int(budget // per_block)
+        num_swap_blocks = int(cache.swap_space * GiB // per_block)
+        max_model_len = self.config.model.max_model_len
+        if num_blocks * cache.block_size < max_model_len:
+            raise ClientError(
+                f"the KV cache holds {num_blocks * cache.block_size} tokens ({num_blocks} blocks "
+                f"of {cache.block_size}, {budget / GiB:.2f} GiB) but max_model_len={max_model_len} "
+                "needs more: lower max_model_len, or raise kv_cache_memory_bytes / "
+                "gpu_memory_utilization", param="max_model_len")
+        logger.info("KV cache: %d blocks (%d tokens, %.2f GiB); maximum concurrency for "
+                    "%d tokens per request: %.2fx; swap space: %d blocks", num_blocks,
+                    num_blocks * cache.block_size, num_blocks * per_block / GiB, max_model_len,
+                    num_blocks * cache.block_size / max_model_len, num_swap_blocks)
+        return num_blocks, num_swap_blocks
+
+    def _cuda_kv_budget(self) -> int:
+        """gpu_memory_utilization × total − weights − peak activations of a profiling forward
+        at max_num_batched_tokens (what else the process holds counts as used)."""
+        device = self.platform.device
+        self.profile_run()
+        free, total = torch.cuda.mem_get_info(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        non_torch = (total - free) - torch.cuda.memory_reserved(device)
+        budget = int(self.config.cache.gpu_memory_utilization * total) - peak - max(non_torch, 0)
+        logger.info("CUDA memory: total %.2f GiB, torch peak %.2f GiB, other %.2f GiB -> KV "
+                    "cache budget %.2f GiB", total / GiB, peak / GiB, non_torch / GiB, budget / GiB)
+        if budget <= 0:
+            raise ClientError(
+                f"no memory left for the KV cache at gpu_memory_utilization="
+                f"{self.config.cache.gpu_memory_utilization}: raise it, or lower "
+                "max_num_batched_tokens", param="gpu_memory_utilization")
+        return budget
+
+    @torch.inference_mode()
+    def profile_run(self) -> None:
+        """A forward at the full token budget, every request sharing one small throwaway
+        cache: it bounds the activation peak without a real KV cache."""
+        from pagellm.layers.attention_metadata import AttentionMetadata
+
+        num_tokens = self.config.scheduler.max_num_batched_tokens
+        device = self.platform.device
+        num_reqs = min(num_tokens, self.config.scheduler.max_num_seqs)
+        per_req = [num_tokens // num_reqs + (1 if i < num_tokens % num_reqs else 0)
+                   for i in range(num_reqs)]
+        num_blocks = -(-max(per_req) // self.spec.block_size)
+        caches = [torch.empty(self.spec.layer_shape(num_blocks), dtype=self.dtype, device=device)
+                  for _ in range(self.spec.num_layers)]
+        starts = [0]
+        for n in per_req:
+            starts.append(starts[-1] + n)
+        positions = torch.cat([torch.arange(n) for n in per_req]).to(device)   # [num_tokens]
+        metadata = AttentionMetadata(
+            num_reqs=num_reqs, num_tokens=num_tokens, block_size=self.spec.block_size,
+            query_start_loc=torch.tensor(starts, dtype=torch.int32, device=device),
+            seq_lens=torch.tensor(per_req, dtype=torch.int32, device=device),
+            block_tables=torch.arange(num_blocks, dtype=torch.int32, device=device).repeat(num_reqs, 1),
+            slot_mapping=positions.clone(), query_start_loc_cpu=starts, seq_lens_cpu=per_req,
+            max_query_len=max(per_req), max_seq_len=max(per_req))
+        input_ids = torch.zeros(num_tokens, dtype=torch.int64, device=device)
+        hidden = self.model(input_ids, positions, caches, metadata)
+        self.model.compute_logits(hidden[-num_reqs:])
+        self.platform.synchronize()
+        del caches, hidden
+
+    def initialize_cache(self, num_blocks: int, num_swap_blocks: int) -> None:
+        kv_cache = KVCache(self.spec, num_blocks, num_swap_blocks, self.platform.device,
+                           pin_memory=self.platform.pin_memory())
+        self.runner.bind_kv_cache(kv_cache)
+
+    def execute_model(self, sched):
+        return self.runner.execute_model(sched)
