@@ -74,9 +74,11 @@ class OutputProcessor:
         if not params.detokenize:
             return None
         return IncrementalDetokenizer(
-            self.tokenizer, prompt.prompt_token_ids, params.skip_special_tokens,
-            params.spaces_between_special_tokens, params.stop, params.include_stop_str_in_output,
-            params.min_tokens)
+            self.tokenizer, prompt.prompt_token_ids,
+            skip_special_tokens=params.skip_special_tokens,
+            spaces_between_special_tokens=params.spaces_between_special_tokens,
+            stop=params.stop, include_stop_str_in_output=params.include_stop_str_in_output,
+            min_tokens=params.min_tokens)
 
     def has_unfinished(self) -> bool:
         return bool(self.requests)
@@ -146,6 +148,8 @@ class OutputProcessor:
             return not out.finished
         if out.finished:
             completion.finish_reason, completion.stop_reason = out.finish_reason, out.stop_reason
+            if completion.detokenizer is not None:
+                completion.detokenizer.flush()
         return False
 
     def _position_logprobs(self, logprobs: TopLogprobs, row: int, k: int) -> PositionLogprobs:
@@ -176,7 +180,8 @@ class OutputProcessor:
             if delta:
                 token_ids = token_ids[completion.sent_tokens:]
                 logprobs = logprobs[completion.sent_tokens:] if logprobs is not None else None
-                text = completion.detokenizer.get_delta_text() if completion.detokenizer else ""
+                text = (completion.detokenizer.get_delta_text(completion.finish_reason is not None)
+                        if completion.detokenizer else "")
                 completion.sent_tokens = len(completion.token_ids)
             completions.append(CompletionOutput(
                 completion.index, text, list(token_ids), completion.cumulative_logprob,

@@ -10,7 +10,7 @@ import torch
 
 from pagellm.core.sched_output import ModelRunnerOutput, SchedulerOutput, TopLogprobs
 from pagellm.layers.sampler import Sampler, SamplingMetadata
-from pagellm.ops.sampling import compute_logprobs_topk
+from pagellm.ops.sampling import compute_logprobs_topk, host_to_device
 from pagellm.platforms import Platform
 from pagellm.worker.input_batch import RequestState, RequestStates, StepInputs
 from pagellm.worker.kv_cache import KVCache
@@ -65,7 +65,6 @@ class ModelRunner:
     def _sampling_metadata(self, states: list[RequestState]) -> SamplingMetadata:
         params = [s.sampling_params for s in states]
         device = self.device
-        temperature = torch.tensor([p.temperature for p in params], dtype=torch.float32)
         generators = {}
         for row, state in enumerate(states):
             seed = state.sampling_params.seed
@@ -83,7 +82,7 @@ class ModelRunner:
             if len(s.output_token_ids) < p.min_tokens]
         logprob_counts = [p.logprobs for p in params if p.logprobs is not None]
         return SamplingMetadata(
-            temperature=temperature.to(device),
+            temperature=host_to_device([p.temperature for p in params], torch.float32, device),
             all_greedy=all(p.greedy for p in params),
             all_random=not any(p.greedy for p in params),
             top_k=_optional([p.top_k for p in params], 0, torch.int64, device),
@@ -105,7 +104,7 @@ class ModelRunner:
         for row, state in enumerate(states):
             padded[row, :state.num_prompt_tokens] = torch.tensor(
                 state.token_ids[:state.num_prompt_tokens], dtype=torch.int64)
-        return padded.to(self.device)                                # [num_samples, max_prompt]
+        return padded.to(self.device, non_blocking=True)             # [num_samples, max_prompt]
 
     def _prompt_logprobs(self, inputs: StepInputs, hidden: torch.Tensor) -> dict:
         """Logprobs of prompt tokens 1..P-1 covered by this step's chunk of each request that
@@ -121,7 +120,7 @@ class ModelRunner:
             offset = inputs.attn_metadata.query_start_loc_cpu[row]
             logits = self.model.compute_logits(hidden[offset:offset + end - start])  # [n, vocab]
             targets = torch.tensor(state.token_ids[start + 1:end + 1], device=self.device)
-            ids, values, ranks = compute_logprobs_topk(torch.log_softmax(logits, dim=-1), targets, k)
+            ids, values, ranks = compute_logprobs_topk(torch.log_softmax(logits.float(), dim=-1), targets, k)
             result[request_id] = (start + 1, TopLogprobs(ids.tolist(), values.tolist(),
                                                          ranks.tolist()))
         return result
@@ -130,8 +129,8 @@ class ModelRunner:
 def _optional(values: list, neutral, dtype: torch.dtype, device: torch.device):
     if all(v == neutral for v in values):
         return None
-    return torch.tensor(values, dtype=dtype).to(device)
+    return host_to_device(values, dtype, device)
 
 
 def _tensor_if(values: list[float], wanted: bool, device: torch.device):
-    return torch.tensor(values, dtype=torch.float32).to(device) if wanted else None
+    return host_to_device(values, torch.float32, device) if wanted else None

@@ -1,0 +1,14 @@
+"""Shared fixtures. Tiny random HF models come from tests/helpers/tiny_models.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers.tiny_models import make_tiny_model_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory) -> dict:
+    """{arch: directory} of the three tiny random models, written once per session."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {arch: make_tiny_model_dir(root, arch) for arch in ("llama", "qwen2", "qwen3")}
