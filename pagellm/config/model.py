@@ -32,10 +32,12 @@ class ModelConfig:
     """Tokenize in a pool of this many workers off the server's event loop (server only)."""
 
     def __post_init__(self) -> None:
-        from pagellm.config.checks import check_choice, check_range
+        from pagellm.config.checks import check_choice, check_range, not_supported_yet
 
         check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16", "half", "float"))
         if self.max_model_len is not None:
             check_range("max_model_len", self.max_model_len, 1)
         check_range("max_logprobs", self.max_logprobs, 0)
         check_range("tokenizer_pool_size", self.tokenizer_pool_size, 0)
+        if self.quantization is not None:
+            not_supported_yet("quantization", self.quantization)

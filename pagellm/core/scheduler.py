@@ -89,7 +89,10 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         step = _StepState(budget=self.max_num_batched_tokens)
         self._schedule_running(step)
-        if not step.preempted and self._passed_delay(time.time()):
+        # Called every step, even one with a preemption, so the prompt latency it measures
+        # spans exactly one step.
+        passed_delay = self._passed_delay(time.time())
+        if not step.preempted and passed_delay:
             self._schedule_waiting(step)
         for request in step.scheduled:
             request.num_computed_tokens += step.num_tokens[request.request_id]

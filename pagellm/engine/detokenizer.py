@@ -37,8 +37,7 @@ class IncrementalDetokenizer:
         self.stop = list(stop or [])
         self.include_stop_str_in_output = include_stop_str_in_output
         self.min_tokens = min_tokens
-        # The last few prompt ids give the first output token its context.
-        self._ids: list[int] = list(prompt_token_ids[-(INITIAL_CONTEXT_TOKENS + 2):])
+        self._ids: list[int] = self._context_ids(prompt_token_ids)
         self._num_context_ids = len(self._ids)
         self._read_offset = len(self._ids)
         self._prefix_offset = max(self._read_offset - INITIAL_CONTEXT_TOKENS, 0)
@@ -51,6 +50,15 @@ class IncrementalDetokenizer:
             self._stop_holdback = max(len(s) for s in self.stop) - 1
         self._streamed_offset = 0
         self._token_text_cache: dict[int, str] = {}
+
+    def _context_ids(self, prompt_token_ids: list[int]) -> list[int]:
+        # The last few prompt ids give the first output token its context (leading space,
+        # merges). A prompt that ends inside a UTF-8 character (only possible with raw token
+        # ids) is cut back to a character boundary, so output bytes are never absorbed into it.
+        context = list(prompt_token_ids[-(INITIAL_CONTEXT_TOKENS + 2):])
+        while context and self._decode(context).endswith(_REPLACEMENT_CHAR):
+            context.pop()
+        return context
 
     @property
     def output_token_ids(self) -> list[int]:

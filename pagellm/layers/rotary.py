@@ -67,7 +67,7 @@ def check_rope_scaling(rope_scaling: dict | None) -> dict | None:
     missing = [k for k in _LLAMA3_KEYS if k not in rope_scaling]
     if missing:
         raise ClientError(f"llama3 rope_scaling lacks {missing}", param="model")
-    return {k: float(rope_scaling[k]) for k in _LLAMA3_KEYS}
+    return {"rope_type": "llama3", **{k: float(rope_scaling[k]) for k in _LLAMA3_KEYS}}
 
 
 def rope_settings(hf_config) -> tuple[float, dict | None]:

@@ -7,6 +7,7 @@ with the ``gguf`` package; the model then runs in its own dtype.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Iterator
@@ -34,11 +35,20 @@ _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 
 
 def open_gguf(path: str | Path) -> GGUFReader:
-    path = Path(path)
+    """A reader over the file's memory map. Readers are cached per (path, size, mtime): parsing
+    the metadata (a large vocabulary, field by field in Python) takes seconds, and the config
+    and the weights are read in turn."""
+    path = Path(path).resolve()
     if not path.is_file():
         raise ClientError(f"GGUF file {path} does not exist", param="model")
+    stat = path.stat()
+    return _cached_reader(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_reader(path: str, size: int, mtime_ns: int) -> GGUFReader:
     try:
-        return GGUFReader(str(path))
+        return GGUFReader(path)
     except Exception as e:  # the reader raises plain ValueError/OSError on bad files
         raise ClientError(f"{path} is not a readable GGUF file: {e}", param="model") from e
 

@@ -153,10 +153,12 @@ def test_random_ids_equal_full_decode(byte_level, smollm2, data):
     # Byte-level BPE decodes any byte sequence the same in pieces as whole (lossy UTF-8
     # decoding resynchronizes), so even invalid UTF-8 must come out exactly.
     tokenizer = data.draw(st.sampled_from([byte_level, smollm2]))
-    output_ids = data.draw(st.lists(st.integers(0, len(tokenizer) - 1), max_size=40))
+    token_ids = st.lists(st.integers(0, len(tokenizer) - 1), max_size=40)
+    prompt_ids, output_ids = data.draw(token_ids), data.draw(token_ids)
     skip_special_tokens = data.draw(st.booleans())
     step = data.draw(st.integers(1, 4))
-    detok = run_tokens(tokenizer, [], output_ids, step, skip_special_tokens=skip_special_tokens)
+    detok = run_tokens(tokenizer, prompt_ids, output_ids, step,
+                       skip_special_tokens=skip_special_tokens)
     assert detok.output_text == tokenizer.decode(output_ids,
                                                  skip_special_tokens=skip_special_tokens)
 
