@@ -121,6 +121,10 @@ class BlockPool:
         block.block_hash = block_hash
         self.cached_blocks.setdefault(block_hash, block)
 
+    def uncache(self, block: KVCacheBlock) -> None:
+        """Forget a block's hash (its K/V is not what the hash promises); ref_cnt unchanged."""
+        self._evict(block)
+
     def _evict(self, block: KVCacheBlock) -> None:
         if block.block_hash is None:
             return

@@ -123,6 +123,10 @@ class KVCacheManager:
     def free(self, request: Request) -> None:
         """Release the request's GPU blocks (tail first) and any swap blocks."""
         blocks = self.req_to_blocks.pop(request.request_id, [])
+        # A request preempted in the step that scheduled it hashed blocks whose K/V will never
+        # be written (its num_computed_tokens was not advanced): drop those hashes.
+        for block in blocks[request.num_computed_tokens // self.block_size:]:
+            self.pool.uncache(block)
         self.pool.free_blocks(list(reversed(blocks)))
         self.num_cached_blocks.pop(request.request_id, None)
         self.free_swap_blocks.extend(self.req_to_swap_blocks.pop(request.request_id, []))

@@ -20,8 +20,8 @@ _REPLACEMENT_CHAR = "\ufffd"
 class IncrementalDetokenizer:
     """Turns one request's output token ids into text as they arrive.
 
-    Mutates on ``update`` and ``flush``: ``output_token_ids``, ``output_text`` (the full text so
-    far, truncated at a matched stop string), ``stop_reason``. ``get_delta_text`` only advances
+    Mutates on ``update`` and ``flush``: ``output_token_ids`` (every id given to ``update``),
+    ``output_text`` (the full text so far, truncated at a matched stop string), ``stop_reason``. ``get_delta_text`` only advances
     its own streaming offset. After a stop string matched, ``update`` records ids but adds no
     text.
     """
@@ -37,8 +37,9 @@ class IncrementalDetokenizer:
         self.stop = list(stop or [])
         self.include_stop_str_in_output = include_stop_str_in_output
         self.min_tokens = min_tokens
+        # The decode buffer: a few prompt ids of context, then the decoded output ids.
         self._ids: list[int] = self._context_ids(prompt_token_ids)
-        self._num_context_ids = len(self._ids)
+        self.output_token_ids: list[int] = []
         self._read_offset = len(self._ids)
         self._prefix_offset = max(self._read_offset - INITIAL_CONTEXT_TOKENS, 0)
         self._prefix_text = self._decode(self._ids[self._prefix_offset:self._read_offset])
@@ -61,36 +62,37 @@ class IncrementalDetokenizer:
         return context
 
     @property
-    def output_token_ids(self) -> list[int]:
-        return self._ids[self._num_context_ids:]
-
-    @property
     def num_output_tokens(self) -> int:
-        return len(self._ids) - self._num_context_ids
+        return len(self.output_token_ids)
 
     @property
     def stopped(self) -> bool:
         """A stop string matched; the text is final."""
         return self.stop_reason is not None
 
-    def update(self, new_token_ids: list[int]) -> str | None:
+    def update(self, new_token_ids: list[int], stop_terminated: bool = False) -> str | None:
         """Append ``new_token_ids`` and extend ``output_text``.
 
         Returns the stop string that matched in the new text (``output_text`` is then cut
         before it, or after it with ``include_stop_str_in_output``), else None. Stop strings are
         not looked for while at most ``min_tokens`` tokens have been generated; text produced
-        by then never counts towards a match.
+        by then never counts towards a match. ``stop_terminated``: the last id is an EOS or
+        stop token id that ended the request; like vLLM, its text is left out unless
+        ``include_stop_str_in_output``.
         """
+        self.output_token_ids.extend(new_token_ids)
         if self.stopped:
-            self._ids.extend(new_token_ids)
             return None
+        hide_last = stop_terminated and not self.include_stop_str_in_output
+        to_decode = new_token_ids[:-1] if hide_last else new_token_ids
         search_from = len(self.output_text)
-        for token_id in new_token_ids:
+        num_before = len(self.output_token_ids) - len(new_token_ids)
+        for num_generated, token_id in enumerate(to_decode, start=num_before + 1):
             self._ids.append(token_id)
             self.output_text += self._decode_next()
-            if self.num_output_tokens <= self.min_tokens:
+            if num_generated <= self.min_tokens:
                 search_from = len(self.output_text)
-        if not self.stop or self.num_output_tokens <= self.min_tokens:
+        if not self.stop or len(self.output_token_ids) <= self.min_tokens:
             return None
         return self._check_stop_strings(search_from)
 

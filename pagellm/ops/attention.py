@@ -20,7 +20,8 @@ def write_kv_cache(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tenso
     scratch slot, not -1).
     """
     num_kv_heads, head_dim = kv_cache.shape[-2:]
-    key_slots = kv_cache[0].view(-1, num_kv_heads, head_dim)     # [num_blocks * block_size, kv_heads, head_dim]
+    # [num_blocks * block_size, num_kv_heads, head_dim]
+    key_slots = kv_cache[0].view(-1, num_kv_heads, head_dim)
     value_slots = kv_cache[1].view(-1, num_kv_heads, head_dim)
     key_slots.index_copy_(0, slot_mapping, key.to(kv_cache.dtype))
     value_slots.index_copy_(0, slot_mapping, value.to(kv_cache.dtype))
@@ -34,7 +35,8 @@ def gather_context(cache: torch.Tensor, block_table: torch.Tensor, num_tokens: i
     """
     block_size = cache.shape[1]
     num_blocks = -(-num_tokens // block_size)
-    blocks = cache.index_select(0, block_table[:num_blocks].long())  # [num_blocks, block_size, kv_heads, head_dim]
+    # [num_blocks, block_size, num_kv_heads, head_dim]
+    blocks = cache.index_select(0, block_table[:num_blocks].long())
     return blocks.flatten(0, 1)[:num_tokens]
 
 
@@ -44,7 +46,7 @@ def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: tor
     key, value: [batch, num_kv_heads, kv_len, head_dim]; mask: bool, True = attend."""
     num_groups = query.shape[1] // key.shape[1]
     if num_groups > 1:
-        key = key.repeat_interleave(num_groups, dim=1)               # [batch, num_heads, kv_len, head_dim]
+        key = key.repeat_interleave(num_groups, dim=1)     # [batch, num_heads, kv_len, head_dim]
         value = value.repeat_interleave(num_groups, dim=1)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale,
                                           is_causal=is_causal)
@@ -62,7 +64,8 @@ def causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     mask = None
     if q_len > 1 and q_len != kv_len:
         query_pos = torch.arange(kv_len - q_len, kv_len, device=query.device)
-        mask = torch.arange(kv_len, device=query.device)[None, :] <= query_pos[:, None]  # [q_len, kv_len]
+        key_pos = torch.arange(kv_len, device=query.device)
+        mask = key_pos[None, :] <= query_pos[:, None]           # [q_len, kv_len]
     out = _sdpa(query.transpose(0, 1).unsqueeze(0), key.transpose(0, 1).unsqueeze(0),
                 value.transpose(0, 1).unsqueeze(0), mask, scale,
                 is_causal=(q_len > 1 and q_len == kv_len))            # [1, num_heads, q_len, head_dim]
@@ -82,10 +85,12 @@ def paged_decode_attention(query: torch.Tensor, kv_cache: torch.Tensor, block_ta
     table = block_tables[:, :num_blocks].long()                      # [num_reqs, num_blocks]
 
     def gather(cache: torch.Tensor) -> torch.Tensor:
-        padded = cache[table].flatten(1, 2)[:, :max_seq_len]          # [num_reqs, max_seq_len, kv_heads, head_dim]
-        return padded.transpose(1, 2)                                 # [num_reqs, kv_heads, max_seq_len, head_dim]
+        # [num_reqs, max_seq_len, num_kv_heads, head_dim]
+        padded = cache[table].flatten(1, 2)[:, :max_seq_len]
+        return padded.transpose(1, 2)       # [num_reqs, num_kv_heads, max_seq_len, head_dim]
 
-    valid = torch.arange(max_seq_len, device=query.device)[None, :] < seq_lens[:, None]  # [num_reqs, max_seq_len]
+    key_pos = torch.arange(max_seq_len, device=query.device)
+    valid = key_pos[None, :] < seq_lens[:, None]                    # [num_reqs, max_seq_len]
     out = _sdpa(query.unsqueeze(2), gather(kv_cache[0]), gather(kv_cache[1]),
                 valid[:, None, None, :], scale)                      # [num_reqs, num_heads, 1, head_dim]
     return out.squeeze(2)
@@ -108,7 +113,8 @@ def paged_attention_torch(query: torch.Tensor, kv_cache: torch.Tensor, block_tab
     output = torch.empty_like(query)
     for i in range(num_reqs):
         start, end = query_start_loc_cpu[i], query_start_loc_cpu[i + 1]
-        key = gather_context(kv_cache[0], block_tables[i], seq_lens_cpu[i])    # [seq_len, kv_heads, head_dim]
+        # [seq_len, num_kv_heads, head_dim]
+        key = gather_context(kv_cache[0], block_tables[i], seq_lens_cpu[i])
         value = gather_context(kv_cache[1], block_tables[i], seq_lens_cpu[i])
         output[start:end] = causal_attention(query[start:end], key, value, scale)
     return output

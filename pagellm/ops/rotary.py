@@ -54,7 +54,7 @@ def apply_rotary(query: torch.Tensor, key: torch.Tensor, positions: torch.Tensor
     """
     rotary_dim = cos_sin_cache.shape[-1]
     cos_sin = cos_sin_cache.index_select(0, positions).unsqueeze(1)  # [num_tokens, 1, rotary_dim]
-    cos, sin = cos_sin.chunk(2, dim=-1)                               # [num_tokens, 1, rotary_dim // 2] each
+    cos, sin = cos_sin.chunk(2, dim=-1)          # each [num_tokens, 1, rotary_dim // 2]
 
     def rotate(x: torch.Tensor) -> torch.Tensor:
         rotated = _rotate(x[..., :rotary_dim].float(), cos, sin).to(x.dtype)

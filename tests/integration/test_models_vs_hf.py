@@ -4,9 +4,11 @@ from safetensors, the real default SmolLM2 GGUF, llama3 rope scaling, dummy weig
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -14,6 +16,8 @@ from transformers import AutoModelForCausalLM
 
 from pagellm.errors import ClientError
 from pagellm.models import get_model_class, load_hf_config, load_model
+from pagellm.models.gguf_loader import infer_llama3_rope_scaling
+from tests.helpers.tiny_gguf import write_tiny_gguf
 from tests.helpers.paged import build_attn_metadata, positions_for, random_block_tables
 from tests.helpers.tiny_models import make_tiny_model_dir
 
@@ -23,7 +27,8 @@ GGUF_PATH = os.environ.get("PAGELLM_TEST_GGUF", "/tmp/pagellm_cache/SmolLM2-135M
 
 
 def load_ours(path, load_format="auto", dtype=torch.float32, seed=0):
-    return load_model(str(path), load_hf_config(str(path)), load_format, dtype, torch.device("cpu"), seed)
+    config = load_hf_config(str(path))
+    return load_model(str(path), config, load_format, dtype, torch.device("cpu"), seed)
 
 
 def new_kv_caches(model, num_blocks=64):
@@ -181,3 +186,32 @@ def test_missing_weight_is_named(tmp_path):
     save_file(weights, model_dir / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ClientError, match=r"model\.layers\.1\.mlp\.down_proj\.weight"):
         load_ours(model_dir)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+def test_tiny_gguf_matches_hf(tiny_model_dirs, tmp_path, arch):
+    """A llama.cpp-style float32 GGUF of each tiny model (llama with permuted q/k rows, qwen
+    without) loads to the same logits as HF on the safetensors."""
+    model_dir = tiny_model_dirs[arch]
+    hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    gguf_path = write_tiny_gguf(model_dir, hf_model.config, arch, tmp_path / f"tiny-{arch}.gguf")
+    config = load_hf_config(str(gguf_path))
+    assert config.architectures == hf_model.config.architectures
+    assert config.tie_word_embeddings == hf_model.config.tie_word_embeddings
+    ours = load_ours(gguf_path)
+    assert ours.head_dim == hf_model.model.layers[0].self_attn.head_dim
+    check_prefill_then_decode(ours, hf_model, PROMPTS, atol=1e-4)
+
+
+def test_gguf_rope_freqs_become_llama3_scaling():
+    """llama.cpp stores Llama 3.1 scaling as per-frequency divisors; we recover parameters."""
+    head_dim, theta, factor = 128, 500000.0, 8.0
+    wavelen = 2 * math.pi * theta ** (np.arange(0, head_dim, 2) / head_dim)
+    smooth = (8192 / wavelen - 1.0) / (4.0 - 1.0)
+    divisors = np.where(wavelen < 8192 / 4, 1.0,
+                        np.where(wavelen > 8192, factor, 1 / ((1 - smooth) / factor + smooth)))
+    params = infer_llama3_rope_scaling(divisors.astype(np.float32), head_dim, theta)
+    assert params == {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    with pytest.raises(ClientError, match="rope_freqs"):
+        infer_llama3_rope_scaling(np.linspace(1, 3, head_dim // 2, dtype=np.float32), head_dim, theta)

@@ -312,3 +312,18 @@ def test_decode_token_shows_special_tokens(smollm2):
     assert detok.decode_token(im_end) == "<|im_end|>"
     hello = smollm2.encode(" Hello", add_special_tokens=False)
     assert detok.decode_token(hello[0]) == smollm2.decode(hello[:1])
+
+
+@pytest.mark.parametrize("include_stop_str_in_output, expected", [
+    (False, "Hi there"),
+    (True, "Hi there<|im_end|>"),
+])
+def test_a_stop_token_text_is_left_out(smollm2, include_stop_str_in_output, expected):
+    output_ids = smollm2.encode("Hi there<|im_end|>", add_special_tokens=False)
+    detok = IncrementalDetokenizer(smollm2, [], skip_special_tokens=False,
+                                   include_stop_str_in_output=include_stop_str_in_output)
+    detok.update(output_ids[:-2])
+    assert detok.update(output_ids[-2:], stop_terminated=True) is None
+    detok.flush()
+    assert detok.output_text == expected
+    assert detok.output_token_ids == output_ids

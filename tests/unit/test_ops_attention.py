@@ -32,8 +32,9 @@ def run_case(query_lens, seq_lens, block_size, num_blocks=64, seed=0, dtype=torc
     prefix_lens = [s - q for q, s in zip(query_lens, seq_lens)]
     cached = [i for i, p in enumerate(prefix_lens) if p > 0]
     if cached:
-        prefix_meta = build_attn_metadata([prefix_lens[i] for i in cached], [prefix_lens[i] for i in cached],
-                                          [tables[i] for i in cached], block_size)
+        cached_lens = [prefix_lens[i] for i in cached]
+        cached_tables = [tables[i] for i in cached]
+        prefix_meta = build_attn_metadata(cached_lens, cached_lens, cached_tables, block_size)
         write_kv_cache(torch.cat([full_k[i][:prefix_lens[i]] for i in cached]),
                        torch.cat([full_v[i][:prefix_lens[i]] for i in cached]),
                        kv_cache, prefix_meta.slot_mapping)
@@ -49,8 +50,8 @@ def run_case(query_lens, seq_lens, block_size, num_blocks=64, seed=0, dtype=torc
         tol = 1e-5 if dtype == torch.float32 else 2e-2
         torch.testing.assert_close(out[start:end], expected, atol=tol, rtol=tol)
     for i in range(len(seq_lens)):  # the cache now holds every request's whole context
-        torch.testing.assert_close(gather_context(kv_cache[0], meta.block_tables[i], seq_lens[i]), full_k[i])
-        torch.testing.assert_close(gather_context(kv_cache[1], meta.block_tables[i], seq_lens[i]), full_v[i])
+        for cache, full in ((kv_cache[0], full_k[i]), (kv_cache[1], full_v[i])):
+            torch.testing.assert_close(gather_context(cache, meta.block_tables[i], seq_lens[i]), full)
 
 
 @pytest.mark.parametrize("block_size", [1, 4, 16])
@@ -81,7 +82,8 @@ def test_no_cache_is_causal_per_request():
     query_lens = [3, 7]
     meta = build_attn_metadata(query_lens, query_lens, [[0], [1, 2]], block_size=4)
     query = torch.randn(10, NUM_HEADS, HEAD_DIM, generator=gen)
-    key, value = torch.randn(10, NUM_KV_HEADS, HEAD_DIM, generator=gen), torch.randn(10, NUM_KV_HEADS, HEAD_DIM, generator=gen)
+    key = torch.randn(10, NUM_KV_HEADS, HEAD_DIM, generator=gen)
+    value = torch.randn(10, NUM_KV_HEADS, HEAD_DIM, generator=gen)
     out = TorchAttentionBackend().forward(query, key, value, None, meta, 0.25)
     torch.testing.assert_close(out[:3], dense_causal_reference(query[:3], key[:3], value[:3], 0.25))
     torch.testing.assert_close(out[3:], dense_causal_reference(query[3:], key[3:], value[3:], 0.25))

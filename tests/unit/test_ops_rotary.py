@@ -51,7 +51,8 @@ def test_llama3_scaling_bands():
     torch.testing.assert_close(scaled[long], inv_freq[long] / 8)
     medium = ~short & ~long
     assert medium.any()
-    assert torch.all(scaled[medium] <= inv_freq[medium]) and torch.all(scaled[medium] >= inv_freq[medium] / 8)
+    assert torch.all(scaled[medium] <= inv_freq[medium])
+    assert torch.all(scaled[medium] >= inv_freq[medium] / 8)
 
 
 def test_rope_scaling_validation():

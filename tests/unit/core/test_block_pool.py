@@ -155,3 +155,17 @@ def test_reset_prefix_cache():
     assert pool.cached_blocks == {}
     assert [b.block_hash for b in pool.blocks] == [None, None]
     assert pool.free_queue.block_ids() == [1, 0]
+
+
+def test_uncache_drops_the_hash_but_keeps_the_reference():
+    pool = BlockPool(2)
+    block0, block1 = pool.get_new_blocks(2)
+    pool.cache_block(block0, hash_of("a"))
+    pool.cache_block(block1, hash_of("a"))      # unmapped duplicate
+    pool.uncache(block1)
+    assert block1.block_hash is None
+    assert pool.cached_blocks == {hash_of("a"): block0}
+    pool.uncache(block0)
+    assert (block0.block_hash, block0.ref_cnt) == (None, 1)
+    assert pool.cached_blocks == {}
+    assert pool.free_queue.block_ids() == []

@@ -334,6 +334,19 @@ def test_priority_victim_is_the_highest_value_even_if_first():
     assert [r.request_id for r in scheduler.running] == ["y"]
 
 
+def test_a_victim_ahead_of_the_requester_does_not_skip_the_next_request():
+    scheduler = make_scheduler(num_blocks=5, policy="priority")
+    scheduler.add_request(make_request("x", 5, priority=1, arrival_time=0.0))
+    step(scheduler)
+    scheduler.add_request(make_request("y", tokens(500, 8), priority=0, arrival_time=1.0))
+    scheduler.add_request(make_request("z", tokens(600, 2), priority=0, arrival_time=2.0))
+    assert scheduled(step(scheduler)[0]) == {"x": 1, "y": 8, "z": 2}
+    output, _ = step(scheduler)                       # y needs a block; x goes
+    assert output.preempted_req_ids == {"x"}
+    assert scheduled(output) == {"y": 1, "z": 1}
+    assert scheduler.kv.block_ids("y") == [2, 3, 1]
+
+
 # ---- scheduler_delay_factor -------------------------------------------------------------------
 
 def test_delay_factor_holds_new_prompts_while_requests_run(monkeypatch):
@@ -420,3 +433,27 @@ def test_delay_factor_measures_the_prompt_step_even_when_the_next_step_preempts(
     assert scheduled(step(scheduler)[0]) == {"a": 1}  # waited 0.5 <= 1.0 × 1 s
     clock.now = 3.5
     assert scheduled(step(scheduler)[0]) == {"a": 1, "c": 3}
+
+
+def test_a_victim_unscheduled_mid_step_leaves_no_hash_for_unwritten_kv():
+    """x fills its block 1 this step, then is preempted before the step runs (y needs blocks,
+    x has the worst priority), and y preempts itself too: x's block 1 never receives the K/V
+    of its last token, so it must not stay findable under the hash of x's tokens."""
+    scheduler = make_scheduler(num_blocks=14, max_num_batched_tokens=13, policy="priority")
+    scheduler.add_request(make_request("x", tokens(100, 3), max_tokens=100, priority=2))
+    step(scheduler)
+    scheduler.add_request(make_request("y", tokens(500, 60), priority=1, arrival_time=1.0))
+    for _ in range(4):
+        step(scheduler)
+    x, y = scheduler.requests["x"], scheduler.requests["y"]
+    assert (x.num_computed_tokens, x.num_tokens, y.num_computed_tokens) == (7, 8, 48)
+    assert scheduler.kv.block_ids("x") == [0, 4]
+    assert scheduler.kv.pool.num_free_blocks == 0
+
+    output = scheduler.schedule()          # x scheduled (fills block 4), then both preempted
+    assert output.preempted_req_ids == {"x", "y"}
+    assert scheduled(output) == {}
+    x_prefix = make_request("z", x.all_token_ids + [7])
+    blocks, num_hit_tokens = scheduler.kv.get_computed_blocks(x_prefix)
+    assert ([b.block_id for b in blocks], num_hit_tokens) == ([0], 4)
+    assert scheduler.kv.pool.blocks[4].block_hash is None
