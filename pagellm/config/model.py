@@ -30,6 +30,9 @@ class ModelConfig:
     """Accepted for compatibility; pagellm never runs code from a model directory."""
     tokenizer_pool_size: int = 0
     """Tokenize in a pool of this many workers off the server's event loop (server only)."""
+    skip_tokenizer_init: bool = False
+    """Load no tokenizer: prompts must be token ids and SamplingParams.detokenize must be False
+    (EOS ids come from config.json). For random-weight benchmarks on a config-only directory."""
 
     def __post_init__(self) -> None:
         from pagellm.config.checks import check_choice, check_range, not_supported_yet
