@@ -21,9 +21,9 @@ class IncrementalDetokenizer:
     """Turns one request's output token ids into text as they arrive.
 
     Mutates on ``update`` and ``flush``: ``output_token_ids`` (every id given to ``update``),
-    ``output_text`` (the full text so far, truncated at a matched stop string), ``stop_reason``. ``get_delta_text`` only advances
-    its own streaming offset. After a stop string matched, ``update`` records ids but adds no
-    text.
+    ``output_text`` (the full text so far, truncated at a matched stop string), ``stop_reason``.
+    ``get_delta_text`` flushes when told the request finished and otherwise only advances its
+    own streaming offset. After a stop string matched, ``update`` records ids but adds no text.
     """
 
     def __init__(self, tokenizer: Any, prompt_token_ids: list[int], *,

@@ -142,7 +142,9 @@ class OutputProcessor:
                 completion.cumulative_logprob += out.new_logprobs.logprobs[row][0]
         stop_string = None
         if completion.detokenizer is not None and out.new_token_ids:
-            stop_string = completion.detokenizer.update(out.new_token_ids)
+            # EOS / a stop token id ended it: like vLLM, that token's text is not shown.
+            stop_terminated = out.finish_reason == "stop" and not isinstance(out.stop_reason, str)
+            stop_string = completion.detokenizer.update(out.new_token_ids, stop_terminated)
         if stop_string is not None:
             completion.finish_reason, completion.stop_reason = "stop", stop_string
             return not out.finished

@@ -50,9 +50,11 @@ ENGINE_VARIANTS = {
     "no_prefix_caching": dict(enable_prefix_caching=False),
     "chunked_small_budget": dict(max_num_batched_tokens=16, enable_chunked_prefill=True),
     "no_chunking": dict(enable_chunked_prefill=False, max_num_batched_tokens=2048),
-    "preempt_recompute": dict(kv_cache_memory_bytes=40 * 16 * 46080, preemption_mode="recompute"),
-    "preempt_swap": dict(kv_cache_memory_bytes=40 * 16 * 46080, preemption_mode="swap",
-                         swap_space=0.1),
+    # 20 blocks of 16 tokens (737,280 bytes each in fp32) for ~28 blocks of demand
+    "preempt_recompute": dict(kv_cache_memory_bytes=20 * 737280, max_model_len=256,
+                              preemption_mode="recompute"),
+    "preempt_swap": dict(kv_cache_memory_bytes=20 * 737280, max_model_len=256,
+                         preemption_mode="swap", swap_space=0.1),
 }
 
 

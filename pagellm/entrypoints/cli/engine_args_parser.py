@@ -64,7 +64,7 @@ def _add_field_flag(group, field: dataclasses.Field, hint, doc: str) -> None:
     elif base is dict:
         kwargs.update(type=_json_object, metavar="JSON")
     else:
-        kwargs.update(type=base, metavar=field.name.upper())
+        kwargs["type"] = base
     group.add_argument(flag_name(field.name), **kwargs)
 
 

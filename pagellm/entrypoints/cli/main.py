@@ -1,0 +1,61 @@
+"""The ``pagellm`` command: ``pagellm bench throughput|latency`` and ``pagellm serve``.
+
+Each subcommand module offers ``add_cli_args(parser)`` and ``main(args)``; engine arguments
+come from ``engine_args_parser`` (one flag per config field). A ``ClientError`` (a bad option
+value, a missing model) prints ``error: ...`` and exits with status 2, like argparse does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from pagellm.errors import ClientError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pagellm import __version__
+    from pagellm.bench import latency, throughput
+    from pagellm.entrypoints.cli import serve
+
+    parser = argparse.ArgumentParser(prog="pagellm",
+                                     description="pagellm: LLM inference on a paged KV cache")
+    parser.add_argument("--version", action="version", version=f"pagellm {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve_parser = commands.add_parser(
+        "serve", help="generate from a model (pre-server placeholder: one-shot or stdin REPL)",
+        description=serve.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_cli_args(serve_parser)
+    serve_parser.set_defaults(run=serve.main)
+
+    bench_parser = commands.add_parser("bench", help="offline benchmarks")
+    benchmarks = bench_parser.add_subparsers(dest="bench_command", required=True,
+                                             metavar="BENCHMARK")
+    for name, module in (("throughput", throughput), ("latency", latency)):
+        sub = benchmarks.add_parser(name, help=module.__doc__.splitlines()[0],
+                                    description=module.__doc__,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_cli_args(sub)
+        sub.set_defaults(run=module.main)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``) and run the subcommand; returns the exit
+    status."""
+    args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = args.run(args)
+    except ClientError as error:
+        print(f"pagellm {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

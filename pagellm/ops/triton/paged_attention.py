@@ -1,0 +1,306 @@
+"""Paged causal attention for one flattened mixed batch, in Triton.
+
+Torch twin and oracle: ``pagellm.ops.attention.paged_attention_torch``.
+
+Two paths, both reading the paged cache ``[2, num_blocks, block_size, num_kv_heads, head_dim]``
+through the block tables and never syncing with the host:
+
+* The unified kernel handles any mix of prefills, prefill chunks on a cached prefix and decodes
+  in one launch. Each program owns one tile of up to ``BLOCK_Q`` query tokens of one request and
+  one kv head; its rows are (query token, query head of that kv head's group), so a decode
+  program serves the whole GQA group from one read of the kv head's keys and values. Tiles are
+  numbered so that request i's tiles start at ``query_start_loc[i] // BLOCK_Q + i``; a program
+  finds its request by a binary search over ``query_start_loc`` and exits if its tile is past
+  the request's last query token. The grid, ``num_tokens // BLOCK_Q + num_reqs`` tiles, needs
+  only host-known sizes.
+* Split-KV (flash-decoding) for all-decode batches with too few (request, kv head) pairs to fill
+  the GPU: each program attends over one segment of the context and writes its unnormalised
+  partial (acc, running max, running sum); a reduce kernel merges the segments.
+
+Softmax runs online in float32 with base-2 exponentials (scale folded with log2(e)).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+_LOG2_E = 1.4426950408889634
+_DEFAULT_SM_COUNT = 1   # interpreter mode or CPU tensors: no device to fill
+
+
+@triton.jit
+def _find_request(query_start_loc_ptr, tile_id, num_reqs, BLOCK_Q: tl.constexpr):
+    """The last request i whose first tile ``query_start_loc[i] // BLOCK_Q + i`` is <= tile_id."""
+    lo = num_reqs * 0
+    hi = num_reqs - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        first_tile = tl.load(query_start_loc_ptr + mid) // BLOCK_Q + mid
+        lo = tl.where(first_tile <= tile_id, mid, lo)
+        hi = tl.where(first_tile <= tile_id, hi, mid - 1)
+    return lo
+
+
+@triton.jit
+def _attend_range(q, acc, m_i, l_i, query_pos, key_start, key_end,
+                  k_cache_ptr, v_cache_ptr, block_table_ptr, kv_head, qk_scale,
+                  stride_cache_block, stride_cache_slot, stride_cache_head, stride_cache_dim,
+                  BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+                  TILE_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Online-softmax update of (acc [M, D], m_i [M], l_i [M]) with keys ``key_start`` to
+    ``key_end`` (exclusive) of one request, masked causally by ``query_pos`` [M]."""
+    dims = tl.arange(0, HEAD_DIM_PAD)
+    dim_valid = dims < HEAD_DIM
+    head_offset = kv_head.to(tl.int64) * stride_cache_head
+    for tile_start in range(key_start, key_end, TILE_N):
+        key_pos = tile_start + tl.arange(0, TILE_N)                       # [N]
+        key_valid = key_pos < key_end
+        block_ids = tl.load(block_table_ptr + key_pos // BLOCK_SIZE, mask=key_valid, other=0)
+        slot_offsets = (block_ids.to(tl.int64) * stride_cache_block
+                        + (key_pos % BLOCK_SIZE) * stride_cache_slot + head_offset)  # [N]
+        # keys transposed, [D, N]
+        k = tl.load(k_cache_ptr + slot_offsets[None, :] + dims[:, None] * stride_cache_dim,
+                    mask=dim_valid[:, None] & key_valid[None, :], other=0.0)
+        scores = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale   # [M, N] fp32
+        visible = key_valid[None, :] & (key_pos[None, :] <= query_pos[:, None])
+        scores = tl.where(visible, scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        # A row with nothing visible yet keeps m = -inf; subtract 0 instead to avoid NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(scores - m_safe[:, None])                             # [M, N]
+        alpha = tl.exp2(m_i - m_safe)                                     # [M]
+        v = tl.load(v_cache_ptr + slot_offsets[:, None] + dims[None, :] * stride_cache_dim,
+                    mask=key_valid[:, None] & dim_valid[None, :], other=0.0)  # [N, D]
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _paged_attention_kernel(
+        out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, query_start_loc_ptr,
+        seq_lens_ptr, qk_scale, num_reqs,
+        stride_q_token, stride_q_head, stride_q_dim,
+        stride_out_token, stride_out_head, stride_out_dim,
+        stride_cache_block, stride_cache_slot, stride_cache_head, stride_cache_dim,
+        stride_block_table,
+        GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+        HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_Q: tl.constexpr,
+        BLOCK_M: tl.constexpr, TILE_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    tile_id = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    req = _find_request(query_start_loc_ptr, tile_id, num_reqs, BLOCK_Q)
+    q_start = tl.load(query_start_loc_ptr + req)
+    q_len = tl.load(query_start_loc_ptr + req + 1) - q_start
+    q_tile_start = (tile_id - (q_start // BLOCK_Q + req)) * BLOCK_Q
+    if q_tile_start >= q_len:
+        return
+    seq_len = tl.load(seq_lens_ptr + req)
+    context_len = seq_len - q_len          # cached prefix before this step's tokens
+
+    rows = tl.arange(0, BLOCK_M)
+    q_index = q_tile_start + rows // GROUP_PAD                            # [M] within request
+    head_in_group = rows % GROUP_PAD
+    row_valid = (rows // GROUP_PAD < BLOCK_Q) & (q_index < q_len) & (head_in_group < GROUP)
+    head = kv_head * GROUP + head_in_group
+    token = (q_start + q_index).to(tl.int64)
+    dims = tl.arange(0, HEAD_DIM_PAD)
+    io_mask = row_valid[:, None] & (dims < HEAD_DIM)[None, :]
+    q = tl.load(q_ptr + token[:, None] * stride_q_token + head[:, None] * stride_q_head
+                + dims[None, :] * stride_q_dim, mask=io_mask, other=0.0)  # [M, D]
+
+    acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    # Keys up to the tile's last query position; later ones are masked for every row.
+    key_end = tl.minimum(seq_len, context_len + q_tile_start + BLOCK_Q)
+    acc, m_i, l_i = _attend_range(
+        q, acc, m_i, l_i, context_len + q_index, 0, key_end, k_cache_ptr, v_cache_ptr,
+        block_tables_ptr + req.to(tl.int64) * stride_block_table, kv_head, qk_scale,
+        stride_cache_block, stride_cache_slot, stride_cache_head, stride_cache_dim,
+        BLOCK_SIZE, HEAD_DIM, HEAD_DIM_PAD, TILE_N, DOT_PRECISION)
+
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    tl.store(out_ptr + token[:, None] * stride_out_token + head[:, None] * stride_out_head
+             + dims[None, :] * stride_out_dim, out.to(out_ptr.dtype.element_ty), mask=io_mask)
+
+
+@triton.jit
+def _split_decode_kernel(
+        partial_acc_ptr, partial_max_ptr, partial_sum_ptr, q_ptr, k_cache_ptr, v_cache_ptr,
+        block_tables_ptr, query_start_loc_ptr, seq_lens_ptr, qk_scale, segment_len,
+        stride_q_token, stride_q_head, stride_q_dim,
+        stride_cache_block, stride_cache_slot, stride_cache_head, stride_cache_dim,
+        stride_block_table, num_heads, num_segments,
+        GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+        HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+        TILE_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One (request, kv head, context segment); every request has exactly one query token.
+    Partials are [num_reqs, num_heads, num_segments(, HEAD_DIM_PAD)] float32."""
+    req = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    segment = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + req)
+    key_start = segment * segment_len
+    if key_start >= seq_len:
+        return      # the reduce kernel reads only segments that hold context
+    key_end = tl.minimum(seq_len, key_start + segment_len)
+
+    rows = tl.arange(0, BLOCK_M)
+    row_valid = rows < GROUP
+    head = kv_head * GROUP + rows
+    token = tl.load(query_start_loc_ptr + req).to(tl.int64)
+    dims = tl.arange(0, HEAD_DIM_PAD)
+    q = tl.load(q_ptr + token * stride_q_token + head[:, None] * stride_q_head
+                + dims[None, :] * stride_q_dim,
+                mask=row_valid[:, None] & (dims < HEAD_DIM)[None, :], other=0.0)  # [M, D]
+    acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    query_pos = tl.zeros([BLOCK_M], dtype=tl.int32) + (seq_len - 1)
+    acc, m_i, l_i = _attend_range(
+        q, acc, m_i, l_i, query_pos, key_start, key_end, k_cache_ptr, v_cache_ptr,
+        block_tables_ptr + req.to(tl.int64) * stride_block_table, kv_head, qk_scale,
+        stride_cache_block, stride_cache_slot, stride_cache_head, stride_cache_dim,
+        BLOCK_SIZE, HEAD_DIM, HEAD_DIM_PAD, TILE_N, DOT_PRECISION)
+
+    stat_offset = (req.to(tl.int64) * num_heads + head) * num_segments + segment   # [M]
+    tl.store(partial_max_ptr + stat_offset, m_i, mask=row_valid)
+    tl.store(partial_sum_ptr + stat_offset, l_i, mask=row_valid)
+    tl.store(partial_acc_ptr + stat_offset[:, None] * HEAD_DIM_PAD + dims[None, :], acc,
+             mask=row_valid[:, None])
+
+
+@triton.jit
+def _split_decode_reduce_kernel(
+        out_ptr, partial_acc_ptr, partial_max_ptr, partial_sum_ptr, query_start_loc_ptr,
+        seq_lens_ptr, segment_len, num_segments,
+        stride_out_token, stride_out_head, stride_out_dim,
+        HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, SEGMENTS_PAD: tl.constexpr):
+    """One (request, query head): merge the partials of the segments that hold context."""
+    req = tl.program_id(0)
+    head = tl.program_id(1)
+    num_heads = tl.num_programs(1)
+    seq_len = tl.load(seq_lens_ptr + req)
+    num_used = tl.cdiv(seq_len, segment_len)
+    segments = tl.arange(0, SEGMENTS_PAD)
+    used = segments < num_used
+    stat_offset = (req.to(tl.int64) * num_heads + head) * num_segments + segments  # [S]
+    seg_max = tl.load(partial_max_ptr + stat_offset, mask=used, other=float("-inf"))
+    seg_sum = tl.load(partial_sum_ptr + stat_offset, mask=used, other=0.0)
+    global_max = tl.max(seg_max, 0)
+    weight = tl.where(used, tl.exp2(seg_max - global_max), 0.0)          # [S]
+    dims = tl.arange(0, HEAD_DIM_PAD)
+    seg_acc = tl.load(partial_acc_ptr + stat_offset[:, None] * HEAD_DIM_PAD + dims[None, :],
+                      mask=used[:, None], other=0.0)                      # [S, D]
+    out = tl.sum(seg_acc * weight[:, None], 0) / tl.sum(seg_sum * weight, 0)   # [D]
+    token = tl.load(query_start_loc_ptr + req).to(tl.int64)
+    tl.store(out_ptr + token * stride_out_token + head * stride_out_head + dims * stride_out_dim,
+             out.to(out_ptr.dtype.element_ty), mask=dims < HEAD_DIM)
+
+
+@functools.lru_cache(maxsize=8)
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return _DEFAULT_SM_COUNT
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def choose_num_kv_splits(num_reqs: int, num_kv_heads: int, max_seq_len: int,
+                         sm_count: int, tile_n: int = 64) -> int:
+    """Segments per decode context: enough programs for about two waves over the SMs, each
+    segment at least 4 key tiles long; 1 means the unified kernel (no split) is used."""
+    programs = num_reqs * num_kv_heads
+    if programs >= sm_count or max_seq_len < 8 * tile_n:
+        return 1
+    wanted = -(-2 * sm_count // programs)
+    return max(1, min(wanted, max_seq_len // (4 * tile_n)))
+
+
+def _launch_config(query: torch.Tensor, kv_cache: torch.Tensor, max_query_len: int) -> dict:
+    """Compile-time sizes for one batch shape; few distinct values, so few compilations."""
+    num_heads, head_dim = query.shape[1], query.shape[2]
+    group = num_heads // kv_cache.shape[3]
+    group_pad = triton.next_power_of_2(group)
+    # Decode tiles hold one token (all rows are its group's heads); prefill tiles aim at 64 rows.
+    block_q = 1 if max_query_len == 1 else max(1, 64 // group_pad)
+    return dict(GROUP=group, GROUP_PAD=group_pad, BLOCK_SIZE=kv_cache.shape[2],
+                HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)),
+                BLOCK_Q=block_q, BLOCK_M=max(16, block_q * group_pad), TILE_N=64,
+                DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32")
+
+
+def paged_attention_triton(query: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
+                           query_start_loc: torch.Tensor, seq_lens: torch.Tensor, scale: float, *,
+                           max_query_len: int, max_seq_len: int,
+                           num_kv_splits: int | None = None) -> torch.Tensor:
+    """Causal attention of a flattened batch against a paged cache that already holds the
+    batch's own K/V. Reads ``kv_cache``; returns a new tensor; mutates nothing.
+
+    query: [num_tokens, num_heads, head_dim] (float32/float16/bfloat16, same dtype as the cache);
+    kv_cache: [2, num_blocks, block_size, num_kv_heads, head_dim]; block_tables: [num_reqs,
+    max_blocks] int32; query_start_loc: [num_reqs + 1] int32; seq_lens: [num_reqs] int32, all on
+    the query's device. Request i owns rows ``query_start_loc[i]:query_start_loc[i+1]`` (at least
+    one), which sit at the last positions of its ``seq_lens[i]`` context tokens.
+    ``max_query_len``/``max_seq_len`` are host-side bounds (no device sync is made).
+    ``num_kv_splits``: None picks the path by a heuristic; 1 forces the unified kernel; > 1
+    forces split-KV when every request decodes one token. Rows of ``query`` past
+    ``query_start_loc[-1]`` (padding) are left unwritten in the output.
+    Returns [num_tokens, num_heads, head_dim] in the query's dtype.
+    """
+    num_tokens, num_heads, head_dim = query.shape
+    num_reqs = seq_lens.shape[0]
+    num_kv_heads = kv_cache.shape[3]
+    if num_heads % num_kv_heads or kv_cache.shape[4] != head_dim or kv_cache.dtype != query.dtype:
+        raise ValueError(f"query {tuple(query.shape)} {query.dtype} does not fit kv_cache "
+                         f"{tuple(kv_cache.shape)} {kv_cache.dtype}")
+    out = torch.empty_like(query)
+    if num_tokens == 0 or num_reqs == 0:
+        return out
+    config = _launch_config(query, kv_cache, max_query_len)
+    if num_kv_splits is None:
+        num_kv_splits = choose_num_kv_splits(num_reqs, num_kv_heads, max_seq_len,
+                                             _sm_count(query.device), config["TILE_N"])
+    qk_scale = scale * _LOG2_E
+    if max_query_len == 1 and num_kv_splits > 1:
+        _split_decode(out, query, kv_cache, block_tables, query_start_loc, seq_lens, qk_scale,
+                      max_seq_len, num_kv_splits, config)
+        return out
+    grid = (num_tokens // config["BLOCK_Q"] + num_reqs, num_kv_heads)
+    _paged_attention_kernel[grid](
+        out, query, kv_cache[0], kv_cache[1], block_tables, query_start_loc, seq_lens, qk_scale,
+        num_reqs, *query.stride(), *out.stride(), *kv_cache.stride()[1:], block_tables.stride(0),
+        **config, num_warps=4)
+    return out
+
+
+def _split_decode(out: torch.Tensor, query: torch.Tensor, kv_cache: torch.Tensor,
+                  block_tables: torch.Tensor, query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
+                  qk_scale: float, max_seq_len: int, num_kv_splits: int, config: dict) -> None:
+    """Flash-decoding: segments of ``segment_len`` keys per program, then a merge. Writes ``out``."""
+    num_reqs, num_heads = seq_lens.shape[0], query.shape[1]
+    tile_n, head_dim_pad = config["TILE_N"], config["HEAD_DIM_PAD"]
+    segment_len = triton.cdiv(triton.cdiv(max_seq_len, num_kv_splits), tile_n) * tile_n
+    num_segments = triton.cdiv(max_seq_len, segment_len)
+    partial_acc = torch.empty(num_reqs, num_heads, num_segments, head_dim_pad,
+                              dtype=torch.float32, device=query.device)
+    partial_max = torch.empty(num_reqs, num_heads, num_segments, dtype=torch.float32,
+                              device=query.device)
+    partial_sum = torch.empty_like(partial_max)
+    decode_config = {key: config[key] for key in ("GROUP", "GROUP_PAD", "BLOCK_SIZE", "HEAD_DIM",
+                                                  "HEAD_DIM_PAD", "TILE_N", "DOT_PRECISION")}
+    _split_decode_kernel[(num_reqs, kv_cache.shape[3], num_segments)](
+        partial_acc, partial_max, partial_sum, query, kv_cache[0], kv_cache[1], block_tables,
+        query_start_loc, seq_lens, qk_scale, segment_len, *query.stride(),
+        *kv_cache.stride()[1:], block_tables.stride(0), num_heads, num_segments,
+        **decode_config, BLOCK_M=max(16, config["GROUP_PAD"]), num_warps=4)
+    _split_decode_reduce_kernel[(num_reqs, num_heads)](
+        out, partial_acc, partial_max, partial_sum, query_start_loc, seq_lens, segment_len,
+        num_segments, *out.stride(), HEAD_DIM=config["HEAD_DIM"], HEAD_DIM_PAD=head_dim_pad,
+        SEGMENTS_PAD=triton.next_power_of_2(num_segments), num_warps=4)
