@@ -7,6 +7,8 @@ then attend. Backends are stateless; device-specific ones (Triton) plug in throu
 
 from __future__ import annotations
 
+import importlib
+import os
 from abc import ABC, abstractmethod
 
 import torch
@@ -53,10 +55,34 @@ class TorchAttentionBackend(AttentionBackend):
                                      attn_metadata.seq_lens_cpu, scale)
 
 
+ATTENTION_BACKEND_ENV = "PAGELLM_ATTENTION_BACKEND"
+"""Environment variable forcing a backend: ``torch`` or ``triton``; unset or empty = choose."""
+
+
 def get_attn_backend(platform: Platform) -> AttentionBackend:
-    """The attention backend for a platform. Torch everywhere for now; the Triton backend for
-    CUDA slots in here."""
+    """The attention backend for a platform: Triton on CUDA when triton imports, torch
+    otherwise. ``PAGELLM_ATTENTION_BACKEND=torch|triton`` forces one (triton off CUDA only
+    runs under ``TRITON_INTERPRET=1``). Raises ValueError for another value, ImportError when
+    triton is forced but missing."""
+    forced = os.environ.get(ATTENTION_BACKEND_ENV, "").strip().lower()
+    if forced not in ("", "torch", "triton"):
+        raise ValueError(f"{ATTENTION_BACKEND_ENV}={forced!r}: expected 'torch' or 'triton'")
+    if forced == "torch":
+        return TorchAttentionBackend()
+    if forced == "triton":
+        importlib.import_module("triton")
+        return TritonAttentionBackend()
+    if platform.is_cuda and _triton_imports():
+        return TritonAttentionBackend()
     return TorchAttentionBackend()
+
+
+def _triton_imports() -> bool:
+    try:
+        importlib.import_module("triton")
+    except ImportError:
+        return False
+    return True
 
 
 class Attention(nn.Module):
@@ -82,3 +108,22 @@ class Attention(nn.Module):
         Returns [T, num_heads * head_dim]."""
         out = self.backend.forward(query, key, value, kv_cache, attn_metadata, self.scale)
         return out.flatten(1)
+
+
+class TritonAttentionBackend(AttentionBackend):
+    """Triton kernels (``pagellm.ops.triton``): KV write, then one paged-attention launch for
+    the whole mixed batch (split-KV for long decodes). Triton is imported on first use, so
+    building this object needs no triton; a cache-less run falls back to torch."""
+
+    name = "triton"
+
+    def forward(self, query, key, value, kv_cache, attn_metadata, scale):
+        if kv_cache is None or kv_cache.numel() == 0:
+            return varlen_causal_attention(query, key, value, attn_metadata.query_start_loc_cpu, scale)
+        from pagellm.ops.triton.kv_cache import write_kv_cache_triton
+        from pagellm.ops.triton.paged_attention import paged_attention_triton
+        write_kv_cache_triton(key, value, kv_cache, attn_metadata.slot_mapping)
+        return paged_attention_triton(query, kv_cache, attn_metadata.block_tables,
+                                      attn_metadata.query_start_loc, attn_metadata.seq_lens, scale,
+                                      max_query_len=attn_metadata.max_query_len,
+                                      max_seq_len=attn_metadata.max_seq_len)

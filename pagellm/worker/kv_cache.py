@@ -36,9 +36,11 @@ class KVCache:
                  device: torch.device, pin_memory: bool):
         self.spec = spec
         self.num_blocks = num_blocks
+        # One extra block that no request owns: padding rows of CUDA-graph batches write there.
+        self.scratch_block = num_blocks
         # Not zeroed: every slot is written before it is read (attention masks the rest).
-        self.layers = [torch.empty(spec.layer_shape(num_blocks), dtype=spec.dtype, device=device)
-                       for _ in range(spec.num_layers)]
+        self.layers = [torch.empty(spec.layer_shape(num_blocks + 1), dtype=spec.dtype,
+                                   device=device) for _ in range(spec.num_layers)]
         self.swap_layers = [
             torch.empty(spec.layer_shape(num_swap_blocks), dtype=spec.dtype, device="cpu",
                         pin_memory=pin_memory)

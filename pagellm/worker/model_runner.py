@@ -29,6 +29,7 @@ class ModelRunner:
         self.requests = RequestStates()
         self.generators: dict[str, torch.Generator] = {}   # seeded requests, alive until finished
         self.kv_cache: KVCache | None = None
+        self.cuda_graphs = None      # CudaGraphRunner once captured (CUDA, not enforce_eager)
         torch.manual_seed(seed)
 
     def bind_kv_cache(self, kv_cache: KVCache) -> None:
@@ -44,8 +45,11 @@ class ModelRunner:
         if sched.total_num_scheduled_tokens == 0:
             return ModelRunnerOutput([], [])
         inputs = self.requests.build_step_inputs(sched, self.block_size, self.device)
-        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_cache.layers,
-                            inputs.attn_metadata)                  # [num_tokens, hidden]
+        if self.cuda_graphs is not None and self.cuda_graphs.can_run(inputs.attn_metadata):
+            hidden = self.cuda_graphs.run(inputs.input_ids, inputs.positions, inputs.attn_metadata)
+        else:
+            hidden = self.model(inputs.input_ids, inputs.positions, self.kv_cache.layers,
+                                inputs.attn_metadata)              # [num_tokens, hidden]
         prompt_logprobs = self._prompt_logprobs(inputs, hidden)
         if not inputs.sample_rows:
             return ModelRunnerOutput([], [], prompt_logprobs=prompt_logprobs)

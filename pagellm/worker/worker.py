@@ -117,6 +117,23 @@ class Worker:
         kv_cache = KVCache(self.spec, num_blocks, num_swap_blocks, self.platform.device,
                            pin_memory=self.platform.pin_memory())
         self.runner.bind_kv_cache(kv_cache)
+        if self.platform.is_cuda and not self.config.model.enforce_eager:
+            self._capture_cuda_graphs(kv_cache)
+
+    def _capture_cuda_graphs(self, kv_cache: KVCache) -> None:
+        from pagellm.worker.cuda_graph import CudaGraphRunner, default_capture_sizes
+
+        options = self.config.compilation.compilation_config or {}
+        sizes = options.get("cudagraph_capture_sizes") or default_capture_sizes(
+            self.config.scheduler.max_num_seqs)
+        if any(not isinstance(s, int) or s < 1 for s in sizes):
+            raise ClientError(f"cudagraph_capture_sizes must be positive integers, got {sizes}",
+                              param="compilation_config")
+        graphs = CudaGraphRunner(self.model, kv_cache.layers, sizes, self.config.model.max_model_len,
+                                 self.config.cache.block_size, kv_cache.scratch_block,
+                                 self.platform.device)
+        graphs.capture()
+        self.runner.cuda_graphs = graphs
 
     def execute_model(self, sched):
         return self.runner.execute_model(sched)

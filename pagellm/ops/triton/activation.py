@@ -24,15 +24,18 @@ def _silu_and_mul_kernel(out_ptr, x_ptr, d, stride_x_row, stride_out_row, BLOCK:
              mask=mask)
 
 
-def silu_and_mul_triton(x: torch.Tensor) -> torch.Tensor:
-    """``silu(gate) * up`` for x: [..., 2 * d] holding ``[gate | up]``; returns a new [..., d]."""
+def silu_and_mul_triton(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``silu(gate) * up`` for x: [..., 2 * d] holding ``[gate | up]``. Writes ``out``
+    (contiguous [..., d]) if given, else a new tensor; returns it."""
     d = x.shape[-1] // 2
     rows = x.reshape(-1, 2 * d)                                        # [num_rows, 2 * d]
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
-    out = torch.empty(rows.shape[0], d, dtype=x.dtype, device=x.device)
+    if out is None:
+        out = torch.empty(*x.shape[:-1], d, dtype=x.dtype, device=x.device)
+    out_rows = out.view(-1, d)                                         # [num_rows, d]
     block = min(1024, triton.next_power_of_2(d))
     if rows.shape[0] > 0:
         _silu_and_mul_kernel[(rows.shape[0], triton.cdiv(d, block))](
-            out, rows, d, rows.stride(0), out.stride(0), BLOCK=block, num_warps=4)
-    return out.view(*x.shape[:-1], d)
+            out_rows, rows, d, rows.stride(0), out_rows.stride(0), BLOCK=block, num_warps=4)
+    return out

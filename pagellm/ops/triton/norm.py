@@ -32,41 +32,51 @@ def _rms_norm_kernel(out_ptr, residual_out_ptr, x_ptr, residual_ptr, weight_ptr,
              mask=mask)
 
 
-def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
-            eps: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-    hidden = x.shape[-1]
-    rows = x.reshape(-1, hidden)                                       # [num_rows, hidden]
-    if rows.stride(-1) != 1:
-        rows = rows.contiguous()
-    out = torch.empty(rows.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
-    residual_rows = residual_out = None
-    if residual is not None:
-        residual_rows = residual.reshape(-1, hidden)
-        if residual_rows.stride(-1) != 1:
-            residual_rows = residual_rows.contiguous()
-        residual_out = torch.empty_like(rows)
-    block = triton.next_power_of_2(hidden)
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """[..., hidden] as [num_rows, hidden] with unit stride on the last dim."""
+    rows = t.reshape(-1, t.shape[-1])
+    return rows if rows.stride(-1) == 1 else rows.contiguous()
+
+
+def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float,
+            out: torch.Tensor, residual_out: torch.Tensor | None) -> None:
+    """x, residual: [..., hidden]; out, residual_out: contiguous [..., hidden], written."""
+    x_rows, out_rows = _rows(x), out.view(-1, x.shape[-1])             # [num_rows, hidden]
+    add_residual = residual is not None
+    residual_rows = _rows(residual) if add_residual else x_rows
+    residual_out_rows = residual_out.view(-1, x.shape[-1]) if add_residual else out_rows
+    block = triton.next_power_of_2(x.shape[-1])
     num_warps = 4 if block <= 1024 else 8 if block <= 4096 else 16
-    if rows.shape[0] > 0:
-        _rms_norm_kernel[(rows.shape[0],)](
-            out, residual_out if residual is not None else out, rows,
-            residual_rows if residual is not None else rows, weight, hidden, eps,
-            rows.stride(0), residual_rows.stride(0) if residual is not None else 0, out.stride(0),
-            residual_out.stride(0) if residual is not None else 0,
-            ADD_RESIDUAL=residual is not None, BLOCK=block, num_warps=num_warps)
-    out = out.view(x.shape)
-    return out, None if residual_out is None else residual_out.view(x.shape)
+    if x_rows.shape[0] > 0:
+        _rms_norm_kernel[(x_rows.shape[0],)](
+            out_rows, residual_out_rows, x_rows, residual_rows, weight, x.shape[-1], eps,
+            x_rows.stride(0), residual_rows.stride(0), out_rows.stride(0),
+            residual_out_rows.stride(0), ADD_RESIDUAL=add_residual, BLOCK=block,
+            num_warps=num_warps)
 
 
-def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """``x / rms(x) * weight`` over the last dim; a new tensor. x: [..., hidden]; weight:
-    [hidden] contiguous. Returns [..., hidden]."""
-    return _launch(x, None, weight, eps)[0]
+def _new_out(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return torch.empty(x.shape, dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
+
+
+def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x / rms(x) * weight`` over the last dim. x: [..., hidden]; weight: [hidden]
+    contiguous. Writes ``out`` (contiguous, same shape) if given, else a new tensor; returns it."""
+    out = _new_out(x, weight) if out is None else out
+    _launch(x, None, weight, eps, out, None)
+    return out
 
 
 def fused_add_rms_norm_triton(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                              eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns ``(rms_norm(x + residual), x + residual)`` as new tensors; neither input is
-    mutated. x, residual: [..., hidden], same dtype."""
-    out, new_residual = _launch(x, residual, weight, eps)
-    return out, new_residual
+                              eps: float, out: torch.Tensor | None = None,
+                              residual_out: torch.Tensor | None = None,
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns ``(rms_norm(x + residual), x + residual)``, written into ``out`` and
+    ``residual_out`` (contiguous, x's shape) if given, else new tensors; ``x`` and ``residual``
+    are not mutated. x, residual: [..., hidden], same dtype."""
+    out = _new_out(x, weight) if out is None else out
+    if residual_out is None:
+        residual_out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    _launch(x, residual, weight, eps, out, residual_out)
+    return out, residual_out

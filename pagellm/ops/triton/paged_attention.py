@@ -238,8 +238,8 @@ def _launch_config(query: torch.Tensor, kv_cache: torch.Tensor, max_query_len: i
 
 def paged_attention_triton(query: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
                            query_start_loc: torch.Tensor, seq_lens: torch.Tensor, scale: float, *,
-                           max_query_len: int, max_seq_len: int,
-                           num_kv_splits: int | None = None) -> torch.Tensor:
+                           max_query_len: int, max_seq_len: int, num_kv_splits: int | None = None,
+                           out: torch.Tensor | None = None) -> torch.Tensor:
     """Causal attention of a flattened batch against a paged cache that already holds the
     batch's own K/V. Reads ``kv_cache``; returns a new tensor; mutates nothing.
 
@@ -252,7 +252,8 @@ def paged_attention_triton(query: torch.Tensor, kv_cache: torch.Tensor, block_ta
     ``num_kv_splits``: None picks the path by a heuristic; 1 forces the unified kernel; > 1
     forces split-KV when every request decodes one token. Rows of ``query`` past
     ``query_start_loc[-1]`` (padding) are left unwritten in the output.
-    Returns [num_tokens, num_heads, head_dim] in the query's dtype.
+    ``out``: optional [num_tokens, num_heads, head_dim] tensor of the query's dtype to write
+    into (the only mutation), else a new one. Returns the output.
     """
     num_tokens, num_heads, head_dim = query.shape
     num_reqs = seq_lens.shape[0]
@@ -260,7 +261,8 @@ def paged_attention_triton(query: torch.Tensor, kv_cache: torch.Tensor, block_ta
     if num_heads % num_kv_heads or kv_cache.shape[4] != head_dim or kv_cache.dtype != query.dtype:
         raise ValueError(f"query {tuple(query.shape)} {query.dtype} does not fit kv_cache "
                          f"{tuple(kv_cache.shape)} {kv_cache.dtype}")
-    out = torch.empty_like(query)
+    if out is None:
+        out = torch.empty_like(query)
     if num_tokens == 0 or num_reqs == 0:
         return out
     config = _launch_config(query, kv_cache, max_query_len)

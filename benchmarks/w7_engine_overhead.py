@@ -1,0 +1,92 @@
+"""W7: engine CPU overhead per step with a null model.
+
+256 running decode requests, block size 16, prefix caching on. Times, per step, the
+scheduler (schedule + update_from_output) and the runner's input preparation (request-state
+diffs, flattened inputs, attention metadata, sampling metadata) — everything but the forward
+and the sampler. Run: PYTHONPATH=. python benchmarks/w7_engine_overhead.py [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+
+from pagellm.config import CacheConfig, SchedulerConfig
+from pagellm.core.request import Request
+from pagellm.core.scheduler import Scheduler
+from pagellm.core.sched_output import ModelRunnerOutput
+from pagellm.sampling_params import SamplingParams
+from pagellm.worker.input_batch import RequestStates
+from pagellm.worker.model_runner import ModelRunner
+
+
+class _NullModel(torch.nn.Module):
+    vocab_size = 32000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--num-requests", type=int, default=256)
+    parser.add_argument("--prompt-len", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    scheduler = Scheduler(SchedulerConfig(max_num_seqs=args.num_requests, max_num_batched_tokens=8192),
+                          CacheConfig(block_size=16, enable_prefix_caching=True),
+                          max_model_len=4096, num_blocks=args.num_requests * 80)
+    params = SamplingParams(temperature=0.8, top_p=0.95, max_tokens=10**6, ignore_eos=True)
+    for i in range(args.num_requests):
+        prompt = [(i * 7919 + j) % 32000 for j in range(args.prompt_len)]
+        scheduler.add_request(Request(str(i), prompt, params, max_tokens=3000))
+    from pagellm.platforms import Platform
+    runner = ModelRunner(_NullModel(), Platform(device.type, device), 16, 20)
+    states: RequestStates = runner.requests
+    # prefill everything first (not timed)
+    while any(r.num_output_tokens == 0 for r in scheduler.requests.values()):
+        sched = scheduler.schedule()
+        states.apply(sched)
+        done = [r for r in sched.num_scheduled_tokens
+                if scheduler.requests[r].num_computed_tokens == scheduler.requests[r].num_tokens]
+        for r in done:
+            states.states[r].token_ids.append(1)
+        scheduler.update_from_output(sched, ModelRunnerOutput(done, [1] * len(done)))
+    sched_us, prep_us = [], []
+    for step in range(args.steps):
+        t0 = time.perf_counter()
+        sched = scheduler.schedule()
+        t1 = time.perf_counter()
+        states.apply(sched)
+        inputs = states.build_step_inputs(sched, 16, device)
+        sampling_states = [states.states[inputs.request_ids[r]] for r in inputs.sample_rows]
+        runner._sampling_metadata(sampling_states)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        ids = [inputs.request_ids[r] for r in inputs.sample_rows]
+        for r in ids:
+            states.states[r].token_ids.append(2 + step)
+        scheduler.update_from_output(sched, ModelRunnerOutput(ids, [2 + step] * len(ids)))
+        t3 = time.perf_counter()
+        assert len(sched.num_scheduled_tokens) == args.num_requests
+        sched_us.append((t1 - t0 + t3 - t2) * 1e6)
+        prep_us.append((t2 - t1) * 1e6)
+    total = [a + b for a, b in zip(sched_us, prep_us)]
+    result = {"num_requests": args.num_requests, "device": args.device,
+              "scheduler_us_median": statistics.median(sched_us),
+              "input_prep_us_median": statistics.median(prep_us),
+              "total_us_median": statistics.median(total),
+              "total_us_p90": sorted(total)[int(0.9 * len(total))]}
+    print(json.dumps(result))
+    if os.environ.get("OUT"):
+        with open(os.path.join(os.environ["OUT"], "w7.json"), "w") as f:
+            json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Triton kernel vs torch twin on fresh random inputs, for any device.
+
+Used by tests/gpu (CUDA, half precision) and tests/unit/test_triton_interpret.py (CPU under
+TRITON_INTERPRET=1, float32). Every check poisons the Triton output with NaN first, so a row
+the kernel fails to write shows up as a failure, and returns the relative error
+``‖out − ref‖ / ‖ref‖`` against the twin computed in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pagellm.layers.attention import TorchAttentionBackend, TritonAttentionBackend
+from pagellm.ops.activation import silu_and_mul
+from pagellm.ops.attention import paged_attention_torch, write_kv_cache
+from pagellm.ops.norm import fused_add_rms_norm, rms_norm
+from tests.helpers.paged import build_attn_metadata, random_block_tables
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """NaN anywhere in ``out`` (an unwritten poisoned row) gives inf."""
+    if not torch.isfinite(out).all():
+        return float("inf")
+    return ((out.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30)).item()
+
+
+def random_paged_batch(query_lens: list[int], seq_lens: list[int], *, block_size: int,
+                       num_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+                       device: str, seed: int = 0):
+    """A filled random cache (spare blocks included), its metadata and a query.
+    Returns (query [T, H, D], kv_cache [2, B, block_size, KVH, D], metadata)."""
+    gen = torch.Generator().manual_seed(seed)
+    num_blocks = sum(-(-s // block_size) for s in seq_lens) + 7
+    tables = random_block_tables(seq_lens, block_size, num_blocks, gen)
+    meta = build_attn_metadata(query_lens, seq_lens, tables, block_size, device=device)
+    kv_cache = torch.randn(2, num_blocks, block_size, num_kv_heads, head_dim, generator=gen)
+    query = torch.randn(sum(query_lens), num_heads, head_dim, generator=gen)
+    return query.to(device, dtype), kv_cache.to(device, dtype), meta
+
+
+def check_paged_attention(query_lens: list[int], seq_lens: list[int], *, block_size: int = 16,
+                          num_heads: int = 8, num_kv_heads: int = 2, head_dim: int = 64,
+                          dtype: torch.dtype = torch.bfloat16, device: str = "cuda",
+                          num_kv_splits: int | None = None, seed: int = 0) -> float:
+    from pagellm.ops.triton.paged_attention import paged_attention_triton
+
+    query, kv_cache, meta = random_paged_batch(
+        query_lens, seq_lens, block_size=block_size, num_heads=num_heads,
+        num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=dtype, device=device, seed=seed)
+    scale = head_dim ** -0.5
+    ref = paged_attention_torch(query.float(), kv_cache.float(), meta.block_tables, meta.seq_lens,
+                                meta.query_start_loc_cpu, meta.seq_lens_cpu, scale)
+    out = torch.full_like(query, float("nan"))
+    paged_attention_triton(query, kv_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens,
+                           scale, max_query_len=meta.max_query_len, max_seq_len=meta.max_seq_len,
+                           num_kv_splits=num_kv_splits, out=out)
+    return relative_error(out, ref)
+
+
+def check_write_kv_cache(num_tokens: int, *, block_size: int = 16, num_kv_heads: int = 4,
+                         head_dim: int = 64, dtype: torch.dtype = torch.bfloat16,
+                         device: str = "cuda", seed: int = 0) -> bool:
+    """Triton and torch writes into NaN-poisoned caches agree bit for bit (NaN where unwritten);
+    the key/value come in float32 to check the cast too."""
+    from pagellm.ops.triton.kv_cache import write_kv_cache_triton
+
+    gen = torch.Generator().manual_seed(seed)
+    num_blocks = -(-num_tokens // block_size) + 3
+    slots = torch.randperm(num_blocks * block_size, generator=gen)[:num_tokens].to(device)
+    key = torch.randn(num_tokens, num_kv_heads, head_dim, generator=gen).to(device)
+    value = torch.randn(num_tokens, num_kv_heads, head_dim, generator=gen).to(device)
+    cache = torch.full((2, num_blocks, block_size, num_kv_heads, head_dim), float("nan"),
+                       dtype=dtype, device=device)
+    expected = cache.clone()
+    write_kv_cache(key, value, expected, slots)
+    write_kv_cache_triton(key, value, cache, slots)
+    return torch.equal(cache.isnan(), expected.isnan()) and torch.equal(
+        cache.nan_to_num(), expected.nan_to_num())
+
+
+def check_rms_norm(num_rows: int, hidden: int, *, dtype: torch.dtype = torch.bfloat16,
+                   device: str = "cuda", seed: int = 0) -> tuple[float, float, float]:
+    """(plain norm error, fused norm error, fused residual error); inputs must stay unmutated."""
+    from pagellm.ops.triton.norm import fused_add_rms_norm_triton, rms_norm_triton
+
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(num_rows, hidden, generator=gen) * 3).to(device, dtype)
+    residual = torch.randn(num_rows, hidden, generator=gen).to(device, dtype)
+    weight = (1 + 0.1 * torch.randn(hidden, generator=gen)).to(device, dtype)
+    x_before, residual_before = x.clone(), residual.clone()
+    out = torch.full_like(x, float("nan"))
+    rms_norm_triton(x, weight, 1e-6, out=out)
+    plain_error = relative_error(out, rms_norm(x.float(), weight.float(), 1e-6))
+    fused_out, new_residual = torch.full_like(x, float("nan")), torch.full_like(x, float("nan"))
+    fused_add_rms_norm_triton(x, residual, weight, 1e-6, out=fused_out, residual_out=new_residual)
+    ref_out, ref_residual = fused_add_rms_norm(x, residual, weight, 1e-6)   # same dtype: exact sum
+    assert torch.equal(x, x_before) and torch.equal(residual, residual_before)
+    return plain_error, relative_error(fused_out, ref_out), relative_error(new_residual, ref_residual)
+
+
+def check_silu_and_mul(num_rows: int, d: int, *, dtype: torch.dtype = torch.bfloat16,
+                       device: str = "cuda", seed: int = 0) -> float:
+    from pagellm.ops.triton.activation import silu_and_mul_triton
+
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(num_rows, 2 * d, generator=gen) * 2).to(device, dtype)
+    out = torch.full((num_rows, d), float("nan"), dtype=dtype, device=device)
+    silu_and_mul_triton(x, out=out)
+    return relative_error(out, silu_and_mul(x.float()))
+
+
+def check_backends_agree(query_lens: list[int], seq_lens: list[int], *, block_size: int = 16,
+                         num_heads: int = 8, num_kv_heads: int = 2, head_dim: int = 64,
+                         dtype: torch.dtype = torch.bfloat16, device: str = "cuda",
+                         seed: int = 0) -> tuple[float, bool]:
+    """Both backends' forward from the same cache and new K/V: (output error, caches equal)."""
+    query, kv_cache, meta = random_paged_batch(
+        query_lens, seq_lens, block_size=block_size, num_heads=num_heads,
+        num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=dtype, device=device, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    key = torch.randn(meta.num_tokens, num_kv_heads, head_dim, generator=gen).to(device, dtype)
+    value = torch.randn(meta.num_tokens, num_kv_heads, head_dim, generator=gen).to(device, dtype)
+    torch_cache = kv_cache.clone()
+    ref = TorchAttentionBackend().forward(query, key, value, torch_cache, meta, head_dim ** -0.5)
+    out = TritonAttentionBackend().forward(query, key, value, kv_cache, meta, head_dim ** -0.5)
+    return relative_error(out, ref), torch.equal(kv_cache, torch_cache)

@@ -1,0 +1,62 @@
+"""The Triton kernels on CPU through Triton's interpreter (``TRITON_INTERPRET=1``), float32,
+tiny shapes, against their torch twins. The variable must be set before triton is imported,
+so the checks run in a subprocess (this file's ``__main__``). Skipped without triton."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHECKS = ["attention", "split_decode", "kv_cache", "norm_activation", "backend"]
+
+
+@pytest.mark.parametrize("check", CHECKS)
+def test_kernels_in_interpreter(check):
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO_ROOT),
+               PAGELLM_ATTENTION_BACKEND="triton")
+    result = subprocess.run([sys.executable, "-m", "tests.unit.test_triton_interpret", check],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _run(check: str) -> None:
+    import torch
+
+    from pagellm.layers.attention import TritonAttentionBackend, get_attn_backend
+    from pagellm.platforms import current_platform
+    from tests.gpu import kernel_cases as cases
+
+    cpu = dict(device="cpu", dtype=torch.float32)
+    small = dict(num_heads=4, num_kv_heads=2, head_dim=16, **cpu)
+    if check == "attention":
+        # prefill, chunks on a cached prefix (one ending on a block boundary), decodes
+        assert cases.check_paged_attention([1, 7, 1, 12, 3, 8], [9, 20, 1, 12, 35, 16],
+                                           block_size=4, **small) < 1e-5
+        assert cases.check_paged_attention([5, 2], [5, 70], block_size=1, num_heads=2,
+                                           num_kv_heads=2, head_dim=24, **cpu) < 1e-5
+    elif check == "split_decode":
+        assert cases.check_paged_attention([1, 1, 1], [5, 70, 130], num_kv_splits=3,
+                                           **small) < 1e-5
+        assert cases.check_paged_attention([1, 1], [700, 64], num_heads=8, **cpu) < 1e-5
+    elif check == "kv_cache":
+        assert cases.check_write_kv_cache(9, block_size=4, num_kv_heads=3, head_dim=8, **cpu)
+    elif check == "norm_activation":
+        assert max(cases.check_rms_norm(3, 48, **cpu)) < 1e-5
+        assert cases.check_silu_and_mul(3, 40, **cpu) < 1e-5
+    elif check == "backend":
+        assert isinstance(get_attn_backend(current_platform("cpu")), TritonAttentionBackend)
+        error, caches_equal = cases.check_backends_agree([1, 6, 1], [10, 6, 23], block_size=4,
+                                                         **small)
+        assert caches_equal and error < 1e-5
+    else:
+        raise ValueError(check)
+
+
+if __name__ == "__main__":
+    _run(sys.argv[1])
