@@ -40,14 +40,14 @@ class SampleRequest:
         return len(self.prompt_token_ids)
 
 
-def ratio_range(length: int, range_ratio: float) -> tuple[int, int]:
+def ratio_range(length: int, range_ratio: float, name: str = "input_len") -> tuple[int, int]:
     """vLLM's ``--random-range-ratio``: lengths uniform in
     ``[int(length * (1 - r)), int(length * (1 + r))]``, with ``r`` in [0, 1) and a floor of 1."""
     if not 0.0 <= range_ratio < 1.0:
         raise ClientError(f"random_range_ratio must be in [0, 1), got {range_ratio}",
                           param="random_range_ratio")
     if length < 1:
-        raise ClientError(f"lengths must be >= 1, got {length}", param="input_len")
+        raise ClientError(f"{name} must be >= 1, got {length}", param=name)
     return max(1, int(length * (1 - range_ratio))), max(1, int(length * (1 + range_ratio)))
 
 

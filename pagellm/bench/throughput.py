@@ -61,9 +61,21 @@ def main(args: argparse.Namespace) -> dict:
     results dict. Raises ClientError for bad options."""
     from pagellm import LLM, SamplingParams
 
+    for name in ("num_prompts", "n"):
+        if getattr(args, name) < 1:
+            raise ClientError(f"{name} must be >= 1, got {getattr(args, name)}", param=name)
+    dataset_name = args.dataset_name or ("sharegpt" if args.dataset_path else "random")
+    if dataset_name == "sharegpt" and args.dataset_path is None:
+        raise ClientError("--dataset-name sharegpt needs --dataset-path", param="dataset_path")
+    length_ranges = random_length_ranges(args)   # checked before the engine starts
     engine_kwargs = bench_engine_kwargs(args)
     llm = LLM(**engine_kwargs)
-    requests = sample_requests(args, llm, engine_kwargs["model"])
+    if dataset_name == "sharegpt":
+        requests = sample_sharegpt(args, llm)
+    else:
+        vocab_size, special_ids = vocabulary(llm, engine_kwargs["model"])
+        requests = sample_random_requests(args.num_prompts, *length_ranges, vocab_size,
+                                          _seed(args), args.prefix_len, special_ids)
     detokenize = not (args.disable_detokenize or engine_kwargs.get("skip_tokenizer_init"))
     params = [SamplingParams(n=args.n, temperature=1.0, top_p=1.0, ignore_eos=True,
                              max_tokens=request.expected_output_len, detokenize=detokenize)
@@ -83,25 +95,28 @@ def main(args: argparse.Namespace) -> dict:
     return results
 
 
-def sample_requests(args: argparse.Namespace, llm, model: str) -> list[SampleRequest]:
-    seed = 0 if args.seed is None else args.seed
-    dataset_name = args.dataset_name or ("sharegpt" if args.dataset_path else "random")
-    if dataset_name == "sharegpt":
-        tokenizer = llm.get_tokenizer()
-        if args.dataset_path is None or tokenizer is None:
-            raise ClientError("--dataset-name sharegpt needs --dataset-path and a model with a "
-                              "tokenizer (or --tokenizer)", param="dataset_path")
-        return sample_sharegpt_requests(args.dataset_path, args.num_prompts, tokenizer.encode,
-                                        seed, args.output_len)
+def random_length_ranges(args: argparse.Namespace) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(input, output) length ranges of the random dataset from the length options."""
     input_len = args.input_len or DEFAULT_RANDOM_INPUT_LEN
     output_len = args.output_len or DEFAULT_RANDOM_OUTPUT_LEN
-    input_range = tuple(args.random_input_len_range or ratio_range(input_len,
-                                                                   args.random_range_ratio))
-    output_range = tuple(args.random_output_len_range or ratio_range(output_len,
-                                                                     args.random_range_ratio))
-    vocab_size, special_ids = vocabulary(llm, model)
-    return sample_random_requests(args.num_prompts, input_range, output_range, vocab_size, seed,
-                                  args.prefix_len, special_ids)
+    input_range = (args.random_input_len_range
+                   or ratio_range(input_len, args.random_range_ratio, "input_len"))
+    output_range = (args.random_output_len_range
+                    or ratio_range(output_len, args.random_range_ratio, "output_len"))
+    return tuple(input_range), tuple(output_range)
+
+
+def sample_sharegpt(args: argparse.Namespace, llm) -> list[SampleRequest]:
+    tokenizer = llm.get_tokenizer()
+    if tokenizer is None:
+        raise ClientError("--dataset-name sharegpt needs a tokenizer; this model has none "
+                          "(pass --tokenizer)", param="dataset_path")
+    return sample_sharegpt_requests(args.dataset_path, args.num_prompts, tokenizer.encode,
+                                    _seed(args), args.output_len)
+
+
+def _seed(args: argparse.Namespace) -> int:
+    return 0 if args.seed is None else args.seed
 
 
 def summarize(outputs, elapsed_time: float) -> dict:

@@ -41,6 +41,9 @@ class InputProcessor:
                 return self.process_prompt(prompt["prompt"])
             raise ClientError("a prompt dict needs 'prompt' or 'prompt_token_ids'", param="prompt")
         if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ClientError("text prompts need a tokenizer but the engine runs with "
+                                  "skip_tokenizer_init=True; pass token ids", param="prompt")
             token_ids = self.tokenizer.encode(prompt)
             text = prompt
         elif isinstance(prompt, (list, tuple)):
@@ -91,6 +94,10 @@ class InputProcessor:
                 f"prompt ({num_prompt} tokens) + max_tokens ({params.max_tokens}) = "
                 f"{num_prompt + params.max_tokens} exceeds max_model_len={self.max_model_len}; "
                 "lower max_tokens or shorten the prompt", param="max_tokens")
+        if self.tokenizer is None and (params.detokenize or params.stop):
+            raise ClientError("detokenize and stop strings need a tokenizer but the engine runs "
+                              "with skip_tokenizer_init=True; use SamplingParams(detokenize=False)"
+                              " and stop_token_ids", param="detokenize")
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(params, name)
             if value is not None and value > self.max_logprobs:

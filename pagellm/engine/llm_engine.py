@@ -15,7 +15,7 @@ from pagellm.engine.core_client import InprocClient
 from pagellm.engine.engine_core import EngineCore
 from pagellm.engine.input_processor import InputProcessor, PromptType
 from pagellm.engine.output_processor import OutputProcessor
-from pagellm.engine.tokenizer import get_eos_token_ids, load_tokenizer
+from pagellm.engine.tokenizer import config_eos_token_ids, get_eos_token_ids, load_tokenizer
 from pagellm.errors import ClientError
 from pagellm.models.default_model import resolve_model_path
 from pagellm.models.hf_config import load_hf_config
@@ -47,8 +47,12 @@ class LLMEngine:
             import torch
             checkpoint_dtype = getattr(torch, checkpoint_dtype, None)
         self.dtype = self.platform.resolve_dtype(config.model.dtype, checkpoint_dtype)
-        self.tokenizer = load_tokenizer(config.model.tokenizer)
-        eos_ids = get_eos_token_ids(config.model.model, self.tokenizer)
+        if config.model.skip_tokenizer_init:
+            self.tokenizer = None
+            eos_ids = config_eos_token_ids(hf_config)
+        else:
+            self.tokenizer = load_tokenizer(config.model.tokenizer)
+            eos_ids = get_eos_token_ids(config.model.model, self.tokenizer)
         self.engine_core = EngineCore(config, self.platform, hf_config, self.dtype)
         self.core = InprocClient(self.engine_core)
         vocab_size = self.engine_core.executor.worker.model.vocab_size

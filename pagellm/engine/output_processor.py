@@ -169,8 +169,8 @@ class OutputProcessor:
                 state.prompt_logprobs.append(
                     self._position_logprobs(logprobs, row, state.params.prompt_logprobs))
 
-    def _decode(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id])
+    def _decode(self, token_id: int) -> str | None:
+        return None if self.tokenizer is None else self.tokenizer.decode([token_id])
 
     def _request_output(self, state: _RequestState, finished: bool) -> RequestOutput:
         delta = state.params.output_kind == "delta"

@@ -121,6 +121,14 @@ def get_eos_token_ids(path: str | os.PathLike, tokenizer: Any) -> list[int]:
     return list(dict.fromkeys(eos_ids))
 
 
+def config_eos_token_ids(hf_config) -> list[int]:
+    """EOS ids from the model config alone (``eos_token_id``: an int or a list), for engines
+    started with ``skip_tokenizer_init``."""
+    value = getattr(hf_config, "eos_token_id", None)
+    values = value if isinstance(value, list) else [value]
+    return [int(v) for v in values if isinstance(v, int) and not isinstance(v, bool)]
+
+
 def render_chat_template(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = True,
                          chat_template: str | None = None, **template_kwargs) -> str:
     """The prompt text for ``messages`` (OpenAI chat format) under the chat template.

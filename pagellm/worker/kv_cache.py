@@ -38,11 +38,12 @@ class KVCache:
         self.num_blocks = num_blocks
         # One extra block that no request owns: padding rows of CUDA-graph batches write there.
         self.scratch_block = num_blocks
-        # Not zeroed: every slot is written before it is read (attention masks the rest).
-        self.layers = [torch.empty(spec.layer_shape(num_blocks + 1), dtype=spec.dtype,
+        # Zeroed: attention reads whole blocks and masks the unwritten tail, and 0 x NaN from
+        # never-written memory would still poison the output.
+        self.layers = [torch.zeros(spec.layer_shape(num_blocks + 1), dtype=spec.dtype,
                                    device=device) for _ in range(spec.num_layers)]
         self.swap_layers = [
-            torch.empty(spec.layer_shape(num_swap_blocks), dtype=spec.dtype, device="cpu",
+            torch.zeros(spec.layer_shape(num_swap_blocks), dtype=spec.dtype, device="cpu",
                         pin_memory=pin_memory)
             for _ in range(spec.num_layers)] if num_swap_blocks > 0 else []
         self.device = device

@@ -34,8 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser = commands.add_parser("bench", help="offline benchmarks")
     benchmarks = bench_parser.add_subparsers(dest="bench_command", required=True,
                                              metavar="BENCHMARK")
-    for name, module in (("throughput", throughput), ("latency", latency)):
-        sub = benchmarks.add_parser(name, help=module.__doc__.splitlines()[0],
+    for name, module, help_text in (
+            ("throughput", throughput, "offline throughput (requests/s, tokens/s), as vLLM's"),
+            ("latency", latency, "latency of one batch end to end, as vLLM's")):
+        sub = benchmarks.add_parser(name, help=help_text,
                                     description=module.__doc__,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_cli_args(sub)

@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from pagellm.entrypoints.cli.engine_args_parser import add_engine_args, engine_kwargs_from_args
+from pagellm.errors import ClientError
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -30,15 +31,17 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, stdin=None, stdout=None) -> int:
+    """One completion for --prompt, else one per stdin line until EOF; returns 0. A bad
+    option raises ClientError; a bad stdin prompt prints an error and the loop goes on."""
     from pagellm import LLM, SamplingParams
 
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature)
     engine_kwargs = engine_kwargs_from_args(args)
     if args.model_tag is not None:
         engine_kwargs["model"] = args.model_tag
     llm = LLM(**engine_kwargs)
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature)
     if args.prompt is not None:
         print(_complete(llm, args.prompt, params), file=stdout)
         return 0
@@ -50,8 +53,12 @@ def main(args: argparse.Namespace, stdin=None, stdout=None) -> int:
         if not line:
             return 0
         prompt = line.rstrip("\n")
-        if prompt.strip():
+        if not prompt.strip():
+            continue
+        try:
             print(_complete(llm, prompt, params), file=stdout, flush=True)
+        except ClientError as error:   # a bad prompt ends alone; the session goes on
+            print(f"error: {error}", file=sys.stderr, flush=True)
 
 
 def _complete(llm, prompt: str, params) -> str:

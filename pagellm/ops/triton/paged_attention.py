@@ -233,7 +233,8 @@ def _launch_config(query: torch.Tensor, kv_cache: torch.Tensor, max_query_len: i
     return dict(GROUP=group, GROUP_PAD=group_pad, BLOCK_SIZE=kv_cache.shape[2],
                 HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)),
                 BLOCK_Q=block_q, BLOCK_M=max(16, block_q * group_pad), TILE_N=64,
-                DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32")
+                DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
+                num_warps=4, num_stages=3)
 
 
 def paged_attention_triton(query: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
@@ -278,7 +279,7 @@ def paged_attention_triton(query: torch.Tensor, kv_cache: torch.Tensor, block_ta
     _paged_attention_kernel[grid](
         out, query, kv_cache[0], kv_cache[1], block_tables, query_start_loc, seq_lens, qk_scale,
         num_reqs, *query.stride(), *out.stride(), *kv_cache.stride()[1:], block_tables.stride(0),
-        **config, num_warps=4)
+        **config)
     return out
 
 
@@ -295,13 +296,12 @@ def _split_decode(out: torch.Tensor, query: torch.Tensor, kv_cache: torch.Tensor
     partial_max = torch.empty(num_reqs, num_heads, num_segments, dtype=torch.float32,
                               device=query.device)
     partial_sum = torch.empty_like(partial_max)
-    decode_config = {key: config[key] for key in ("GROUP", "GROUP_PAD", "BLOCK_SIZE", "HEAD_DIM",
-                                                  "HEAD_DIM_PAD", "TILE_N", "DOT_PRECISION")}
+    decode_config = {key: value for key, value in config.items() if key not in ("BLOCK_Q", "BLOCK_M")}
     _split_decode_kernel[(num_reqs, kv_cache.shape[3], num_segments)](
         partial_acc, partial_max, partial_sum, query, kv_cache[0], kv_cache[1], block_tables,
         query_start_loc, seq_lens, qk_scale, segment_len, *query.stride(),
         *kv_cache.stride()[1:], block_tables.stride(0), num_heads, num_segments,
-        **decode_config, BLOCK_M=max(16, config["GROUP_PAD"]), num_warps=4)
+        **decode_config, BLOCK_M=max(16, config["GROUP_PAD"]))
     _split_decode_reduce_kernel[(num_reqs, num_heads)](
         out, partial_acc, partial_max, partial_sum, query_start_loc, seq_lens, segment_len,
         num_segments, *out.stride(), HEAD_DIM=config["HEAD_DIM"], HEAD_DIM_PAD=head_dim_pad,
