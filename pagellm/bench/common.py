@@ -12,7 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-from pagellm.entrypoints.cli.engine_args_parser import engine_kwargs_from_args
+from pagellm.config.cli_args import engine_kwargs_from_args
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from pagellm.bench.common import bench_engine_kwargs, vocabulary, write_json
 from pagellm.bench.datasets import sample_random_requests
-from pagellm.entrypoints.cli.engine_args_parser import add_engine_args
+from pagellm.config.cli_args import add_engine_args
 from pagellm.errors import ClientError
 
 PERCENTAGES = (10, 25, 50, 75, 90, 99)

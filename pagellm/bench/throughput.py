@@ -16,7 +16,7 @@ import time
 from pagellm.bench.common import bench_engine_kwargs, vocabulary, write_json
 from pagellm.bench.datasets import (SampleRequest, ratio_range, sample_random_requests,
                                     sample_sharegpt_requests)
-from pagellm.entrypoints.cli.engine_args_parser import add_engine_args
+from pagellm.config.cli_args import add_engine_args
 from pagellm.errors import ClientError
 
 DEFAULT_RANDOM_INPUT_LEN = 1024

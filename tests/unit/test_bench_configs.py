@@ -11,7 +11,7 @@ from transformers import AutoConfig
 
 from pagellm.bench.common import (SHIPPED_CONFIGS_DIR, bench_engine_kwargs, resolve_bench_model,
                                   shipped_model_names)
-from pagellm.entrypoints.cli.engine_args_parser import add_engine_args
+from pagellm.config.cli_args import add_engine_args
 
 EXPECTED = {
     "llama-3.1-8b": dict(

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from pagellm.config.engine_args import create_engine_config, engine_arg_fields
-from pagellm.entrypoints.cli.engine_args_parser import (add_engine_args, engine_kwargs_from_args,
+from pagellm.config.cli_args import (add_engine_args, engine_kwargs_from_args,
                                                         flag_name)
 
 
@@ -102,7 +102,7 @@ class OddConfig:
 
 
 def test_field_without_a_command_line_form_is_a_type_error(monkeypatch):
-    import pagellm.entrypoints.cli.engine_args_parser as module
+    import pagellm.config.cli_args as module
     monkeypatch.setattr(module, "CONFIG_CLASSES", (OddConfig,))
     with pytest.raises(TypeError, match="sizes"):
         add_engine_args(argparse.ArgumentParser())

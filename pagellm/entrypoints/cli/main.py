@@ -1,7 +1,7 @@
 """The ``pagellm`` command: ``pagellm bench throughput|latency`` and ``pagellm serve``.
 
 Each subcommand module offers ``add_cli_args(parser)`` and ``main(args)``; engine arguments
-come from ``engine_args_parser`` (one flag per config field). A ``ClientError`` (a bad option
+come from ``pagellm.config.cli_args`` (one flag per config field). A ``ClientError`` (a bad option
 value, a missing model) prints ``error: ...`` and exits with status 2, like argparse does.
 """
 

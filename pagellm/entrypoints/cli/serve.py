@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pagellm.entrypoints.cli.engine_args_parser import add_engine_args, engine_kwargs_from_args
+from pagellm.config.cli_args import add_engine_args, engine_kwargs_from_args
 from pagellm.errors import ClientError
 
 

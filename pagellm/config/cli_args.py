@@ -80,7 +80,7 @@ def _base_type(hint, name: str) -> type:
     if origin is dict or origin is bool or origin in _SCALAR_TYPES:
         return origin
     raise TypeError(f"engine argument {name!r} has type {hint}, which has no command-line form; "
-                    "extend pagellm/entrypoints/cli/engine_args_parser.py")
+                    "extend pagellm.config.cli_args.py")
 
 
 def _json_object(text: str) -> dict:

@@ -1,0 +1,72 @@
+"""The package's dependency direction (DESIGN.md): top may import bottom, never the reverse.
+
+Walks every module's imports (top-level and function-level) and checks each ``pagellm.X``
+import against the layers X may use.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pagellm
+
+BASE = {"config", "errors", "sampling_params", "outputs"}
+ALLOWED = {
+    "config": BASE, "errors": BASE, "sampling_params": BASE, "outputs": BASE,
+    "platforms": BASE,
+    "ops": BASE | {"platforms"},
+    "layers": BASE | {"ops", "platforms"},
+    "models": BASE | {"layers", "ops", "platforms"},
+    "core": BASE,
+    # the runner receives the core's typed step messages (torch-free data)
+    "worker": BASE | {"models", "layers", "ops", "platforms", "core"},
+    "distributed": BASE | {"worker", "core", "platforms"},
+    # engine reaches the worker only through the executor; it reads model metadata
+    "engine": BASE | {"core", "distributed", "platforms", "models"},
+    "metrics": BASE | {"engine", "core"},
+    "bench": BASE | {"__init__", "engine"},
+    "tuning": BASE | {"__init__", "engine", "bench"},
+    "entrypoints": BASE | {"__init__", "engine", "bench", "tuning", "metrics", "models"},
+    "__init__": BASE | {"engine"},
+}
+ENGINE_FORBIDDEN = {"worker"}
+
+
+def _pagellm_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pagellm"):
+            parts = node.module.split(".")
+            found.add(parts[1] if len(parts) > 1 else "__init__")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "pagellm":
+                    found.add(parts[1] if len(parts) > 1 else "__init__")
+    return found
+
+
+def _layer_of(path: Path, root: Path) -> str:
+    relative = path.relative_to(root)
+    return relative.parts[0].removesuffix(".py") if len(relative.parts) > 1 or \
+        relative.name != "__init__.py" else "__init__"
+
+
+def test_imports_point_down_only():
+    root = Path(pagellm.__file__).parent
+    violations = []
+    for path in sorted(root.rglob("*.py")):
+        layer = _layer_of(path, root)
+        allowed = ALLOWED[layer] | {layer}
+        for target in _pagellm_imports(path):
+            if target not in allowed:
+                violations.append(f"{path.relative_to(root)} imports pagellm.{target}")
+    assert not violations, "\n".join(violations)
+
+
+def test_every_layer_is_known():
+    root = Path(pagellm.__file__).parent
+    layers = {_layer_of(p, root) for p in root.rglob("*.py")}
+    assert layers <= set(ALLOWED), layers - set(ALLOWED)
