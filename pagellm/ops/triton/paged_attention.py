@@ -48,7 +48,7 @@ def _find_request(query_start_loc_ptr, tile_id, num_reqs, BLOCK_Q: tl.constexpr)
 
 @triton.jit
 def _attend_range(q, acc, m_i, l_i, query_pos, key_start, key_end,
-                  k_cache_ptr, v_cache_ptr, block_table_ptr, kv_head, qk_scale,
+                  cache_ptr, block_table_ptr, kv_head, qk_scale, stride_cache_kv,
                   stride_cache_block, stride_cache_slot, stride_cache_head, stride_cache_dim,
                   BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
                   TILE_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
@@ -64,7 +64,7 @@ def _attend_range(q, acc, m_i, l_i, query_pos, key_start, key_end,
         slot_offsets = (block_ids.to(tl.int64) * stride_cache_block
                         + (key_pos % BLOCK_SIZE) * stride_cache_slot + head_offset)  # [N]
         # keys transposed, [D, N]
-        k = tl.load(k_cache_ptr + slot_offsets[None, :] + dims[:, None] * stride_cache_dim,
+        k = tl.load(cache_ptr + slot_offsets[None, :] + dims[:, None] * stride_cache_dim,
                     mask=dim_valid[:, None] & key_valid[None, :], other=0.0)
         scores = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale   # [M, N] fp32
         visible = key_valid[None, :] & (key_pos[None, :] <= query_pos[:, None])
@@ -74,7 +74,7 @@ def _attend_range(q, acc, m_i, l_i, query_pos, key_start, key_end,
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp2(scores - m_safe[:, None])                             # [M, N]
         alpha = tl.exp2(m_i - m_safe)                                     # [M]
-        v = tl.load(v_cache_ptr + slot_offsets[:, None] + dims[None, :] * stride_cache_dim,
+        v = tl.load(cache_ptr + stride_cache_kv + slot_offsets[:, None] + dims[None, :] * stride_cache_dim,
                     mask=key_valid[:, None] & dim_valid[None, :], other=0.0)  # [N, D]
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         l_i = l_i * alpha + tl.sum(p, 1)
@@ -84,11 +84,11 @@ def _attend_range(q, acc, m_i, l_i, query_pos, key_start, key_end,
 
 @triton.jit
 def _paged_attention_kernel(
-        out_ptr, q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, query_start_loc_ptr,
+        out_ptr, q_ptr, cache_ptr, block_tables_ptr, query_start_loc_ptr,
         seq_lens_ptr, qk_scale, num_reqs,
         stride_q_token, stride_q_head, stride_q_dim,
         stride_out_token, stride_out_head, stride_out_dim,
-        stride_cache_block, stride_cache_slot, stride_cache_head, stride_cache_dim,
+        stride_cache_kv, stride_cache_block, stride_cache_slot, stride_cache_head, stride_cache_dim,
         stride_block_table,
         GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
         HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_Q: tl.constexpr,
@@ -121,9 +121,9 @@ def _paged_attention_kernel(
     # Keys up to the tile's last query position; later ones are masked for every row.
     key_end = tl.minimum(seq_len, context_len + q_tile_start + BLOCK_Q)
     acc, m_i, l_i = _attend_range(
-        q, acc, m_i, l_i, context_len + q_index, 0, key_end, k_cache_ptr, v_cache_ptr,
+        q, acc, m_i, l_i, context_len + q_index, 0, key_end, cache_ptr,
         block_tables_ptr + req.to(tl.int64) * stride_block_table, kv_head, qk_scale,
-        stride_cache_block, stride_cache_slot, stride_cache_head, stride_cache_dim,
+        stride_cache_kv, stride_cache_block, stride_cache_slot, stride_cache_head, stride_cache_dim,
         BLOCK_SIZE, HEAD_DIM, HEAD_DIM_PAD, TILE_N, DOT_PRECISION)
 
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
@@ -133,10 +133,10 @@ def _paged_attention_kernel(
 
 @triton.jit
 def _split_decode_kernel(
-        partial_acc_ptr, partial_max_ptr, partial_sum_ptr, q_ptr, k_cache_ptr, v_cache_ptr,
+        partial_acc_ptr, partial_max_ptr, partial_sum_ptr, q_ptr, cache_ptr,
         block_tables_ptr, query_start_loc_ptr, seq_lens_ptr, qk_scale, segment_len,
         stride_q_token, stride_q_head, stride_q_dim,
-        stride_cache_block, stride_cache_slot, stride_cache_head, stride_cache_dim,
+        stride_cache_kv, stride_cache_block, stride_cache_slot, stride_cache_head, stride_cache_dim,
         stride_block_table, num_heads, num_segments,
         GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
         HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -165,9 +165,9 @@ def _split_decode_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     query_pos = tl.zeros([BLOCK_M], dtype=tl.int32) + (seq_len - 1)
     acc, m_i, l_i = _attend_range(
-        q, acc, m_i, l_i, query_pos, key_start, key_end, k_cache_ptr, v_cache_ptr,
+        q, acc, m_i, l_i, query_pos, key_start, key_end, cache_ptr,
         block_tables_ptr + req.to(tl.int64) * stride_block_table, kv_head, qk_scale,
-        stride_cache_block, stride_cache_slot, stride_cache_head, stride_cache_dim,
+        stride_cache_kv, stride_cache_block, stride_cache_slot, stride_cache_head, stride_cache_dim,
         BLOCK_SIZE, HEAD_DIM, HEAD_DIM_PAD, TILE_N, DOT_PRECISION)
 
     stat_offset = (req.to(tl.int64) * num_heads + head) * num_segments + segment   # [M]
@@ -213,14 +213,16 @@ def _sm_count(device: torch.device) -> int:
 
 
 def choose_num_kv_splits(num_reqs: int, num_kv_heads: int, max_seq_len: int,
-                         sm_count: int, tile_n: int = 64) -> int:
+                         sm_count: int, tile_n: int = 128) -> int:
     """Segments per decode context: enough programs for about two waves over the SMs, each
-    segment at least 4 key tiles long; 1 means the unified kernel (no split) is used."""
+    segment at least 2 key tiles long; 1 means the unified kernel (no split) is used.
+    Measured on H100 (bf16, 32/8 heads, d=128, GPU time): batch 1 x 8192 keys 155 us unsplit,
+    13 us in 32 segments; batch 8 x 2048 52 us -> 30 us; batch 32 x 8192 splitting loses ~2%."""
     programs = num_reqs * num_kv_heads
-    if programs >= sm_count or max_seq_len < 8 * tile_n:
+    if programs >= sm_count or max_seq_len < 512:
         return 1
     wanted = -(-2 * sm_count // programs)
-    return max(1, min(wanted, max_seq_len // (4 * tile_n)))
+    return max(1, min(wanted, max_seq_len // (2 * tile_n)))
 
 
 def _launch_config(query: torch.Tensor, kv_cache: torch.Tensor, max_query_len: int) -> dict:
@@ -230,9 +232,13 @@ def _launch_config(query: torch.Tensor, kv_cache: torch.Tensor, max_query_len: i
     group_pad = triton.next_power_of_2(group)
     # Decode tiles hold one token (all rows are its group's heads); prefill tiles aim at 64 rows.
     block_q = 1 if max_query_len == 1 else max(1, 64 // group_pad)
+    head_dim_pad = max(16, triton.next_power_of_2(head_dim))
+    # Decode streams K/V: 128-key tiles measured ~15% faster than 64 on H100 (bf16, d=128);
+    # keep a K or V tile within 32 KiB so three pipeline stages fit in shared memory.
+    tile_n = 64 if block_q > 1 else min(128, 32768 // (head_dim_pad * query.element_size()))
     return dict(GROUP=group, GROUP_PAD=group_pad, BLOCK_SIZE=kv_cache.shape[2],
-                HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, triton.next_power_of_2(head_dim)),
-                BLOCK_Q=block_q, BLOCK_M=max(16, block_q * group_pad), TILE_N=64,
+                HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
+                BLOCK_Q=block_q, BLOCK_M=max(16, block_q * group_pad), TILE_N=tile_n,
                 DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
                 num_warps=4, num_stages=3)
 
@@ -277,8 +283,8 @@ def paged_attention_triton(query: torch.Tensor, kv_cache: torch.Tensor, block_ta
         return out
     grid = (num_tokens // config["BLOCK_Q"] + num_reqs, num_kv_heads)
     _paged_attention_kernel[grid](
-        out, query, kv_cache[0], kv_cache[1], block_tables, query_start_loc, seq_lens, qk_scale,
-        num_reqs, *query.stride(), *out.stride(), *kv_cache.stride()[1:], block_tables.stride(0),
+        out, query, kv_cache, block_tables, query_start_loc, seq_lens, qk_scale,
+        num_reqs, *query.stride(), *out.stride(), *kv_cache.stride(), block_tables.stride(0),
         **config)
     return out
 
@@ -293,14 +299,14 @@ def _split_decode(out: torch.Tensor, query: torch.Tensor, kv_cache: torch.Tensor
     num_segments = triton.cdiv(max_seq_len, segment_len)
     partial_acc = torch.empty(num_reqs, num_heads, num_segments, head_dim_pad,
                               dtype=torch.float32, device=query.device)
-    partial_max = torch.empty(num_reqs, num_heads, num_segments, dtype=torch.float32,
-                              device=query.device)
-    partial_sum = torch.empty_like(partial_max)
+    # [2, num_reqs, num_heads, num_segments]: running max, running sum
+    partial_max, partial_sum = torch.empty(2, num_reqs, num_heads, num_segments,
+                                           dtype=torch.float32, device=query.device)
     decode_config = {key: value for key, value in config.items() if key not in ("BLOCK_Q", "BLOCK_M")}
     _split_decode_kernel[(num_reqs, kv_cache.shape[3], num_segments)](
-        partial_acc, partial_max, partial_sum, query, kv_cache[0], kv_cache[1], block_tables,
+        partial_acc, partial_max, partial_sum, query, kv_cache, block_tables,
         query_start_loc, seq_lens, qk_scale, segment_len, *query.stride(),
-        *kv_cache.stride()[1:], block_tables.stride(0), num_heads, num_segments,
+        *kv_cache.stride(), block_tables.stride(0), num_heads, num_segments,
         **decode_config, BLOCK_M=max(16, config["GROUP_PAD"]))
     _split_decode_reduce_kernel[(num_reqs, num_heads)](
         out, partial_acc, partial_max, partial_sum, query_start_loc, seq_lens, segment_len,

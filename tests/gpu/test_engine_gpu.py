@@ -1,0 +1,67 @@
+"""The engine on CUDA gives the CPU engine's greedy tokens (same weights), with CUDA graphs
+on and off, for the torch and Triton attention backends."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+import torch
+
+from pagellm import LLM, SamplingParams
+from tests.helpers.tiny_models import make_tiny_model_dir
+
+pytestmark = pytest.mark.gpu
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+PROMPTS = [list(range(3, 3 + n)) for n in (1, 5, 17, 33, 64, 120)]
+# SmolLM2-135M's shapes (30 layers, GQA 9/3, head_dim 64) at a small vocabulary.
+SMOLLM2_SHAPES = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                      num_attention_heads=9, num_key_value_heads=3, rope_theta=100000.0,
+                      max_position_embeddings=2048, initializer_range=0.05)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gpu_models")
+    return {"qwen3": make_tiny_model_dir(root / "a", "qwen3"),
+            "smollm2-shapes": make_tiny_model_dir(root / "b", "llama", **SMOLLM2_SHAPES)}
+
+
+@pytest.fixture(autouse=True)
+def _free_engines():
+    """Each engine sizes its KV cache from free memory: release the previous ones first."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    yield
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def _tokens(llm: LLM) -> list[list[int]]:
+    return [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY, use_tqdm=False)]
+
+
+@pytest.mark.parametrize("name", ["qwen3", "smollm2-shapes"])
+def test_cuda_matches_cpu(name, model_dirs, monkeypatch):
+    common = dict(dtype="float32", kv_cache_memory_bytes=256 * 2**20, max_model_len=512)
+    expected = _tokens(LLM(str(model_dirs[name]), device="cpu", **common))
+    for backend in ("torch", "triton"):
+        monkeypatch.setenv("PAGELLM_ATTENTION_BACKEND", backend)
+        for eager in (True, False):
+            llm = LLM(str(model_dirs[name]), device="cuda", enforce_eager=eager, **common)
+            assert _tokens(llm) == expected, (backend, eager)
+            del llm
+            gc.collect()
+            torch.cuda.empty_cache()
+
+
+def test_cuda_graphs_used_for_decode(model_dirs):
+    common = dict(device="cuda", dtype="float32", max_model_len=512, gpu_memory_utilization=0.3)
+    llm = LLM(str(model_dirs["qwen3"]), compilation_config={"cudagraph_capture_sizes": [1, 2, 4, 8]},
+              **common)
+    graphs = llm.llm_engine.engine_core.executor.worker.runner.cuda_graphs
+    assert graphs is not None and sorted(graphs.graphs) == [1, 2, 4, 8]
+    eager = LLM(str(model_dirs["qwen3"]), enforce_eager=True, **common)
+    assert eager.llm_engine.engine_core.executor.worker.runner.cuda_graphs is None
+    assert _tokens(llm) == _tokens(eager)
