@@ -15,4 +15,5 @@ timeout 200 $CLI bench throughput --model qwen3-0.6b --num-prompts 256 --seed 0 
 timeout 240 $CLI bench throughput --model llama-3.1-8b --num-prompts 1000 --input-len 1024 \
   --output-len 512 --max-model-len 2048 --disable-tqdm --output-json $OUT/w3.json 2>&1 \
   | tee $OUT/w3.log | grep -E "Throughput|Total|KV cache:"
+timeout 120 python3 benchmarks/bench_attention.py 2>&1 | tee $OUT/bench_attention.log | tail -14
 python3 benchmarks/w7_engine_overhead.py --device cuda 2>&1 | tail -1

@@ -14,6 +14,7 @@ import os
 import statistics
 import time
 
+import numpy as np
 import torch
 
 from pagellm.config import CacheConfig, SchedulerConfig
@@ -21,7 +22,6 @@ from pagellm.core.request import Request
 from pagellm.core.scheduler import Scheduler
 from pagellm.core.sched_output import ModelRunnerOutput
 from pagellm.sampling_params import SamplingParams
-from pagellm.worker.input_batch import RequestStates
 from pagellm.worker.model_runner import ModelRunner
 
 
@@ -45,32 +45,31 @@ def main() -> None:
         prompt = [(i * 7919 + j) % 32000 for j in range(args.prompt_len)]
         scheduler.add_request(Request(str(i), prompt, params, max_tokens=3000))
     from pagellm.platforms import Platform
-    runner = ModelRunner(_NullModel(), Platform(device.type, device), 16, 20)
-    states: RequestStates = runner.requests
+    runner = ModelRunner(_NullModel(), Platform(device.type, device), 16, 20,
+                         max_num_reqs=args.num_requests, max_model_len=4096)
+    batch = runner.batch
     # prefill everything first (not timed)
     while any(r.num_output_tokens == 0 for r in scheduler.requests.values()):
         sched = scheduler.schedule()
-        states.apply(sched)
+        batch.apply(sched)
         done = [r for r in sched.num_scheduled_tokens
                 if scheduler.requests[r].num_computed_tokens == scheduler.requests[r].num_tokens]
-        for r in done:
-            states.states[r].token_ids.append(1)
+        batch.append_sampled(np.array([batch.row_of[r] for r in done], dtype=np.int64), [1] * len(done))
         scheduler.update_from_output(sched, ModelRunnerOutput(done, [1] * len(done)))
     sched_us, prep_us = [], []
     for step in range(args.steps):
         t0 = time.perf_counter()
         sched = scheduler.schedule()
         t1 = time.perf_counter()
-        states.apply(sched)
-        inputs = states.build_step_inputs(sched, 16, device)
-        sampling_states = [states.states[inputs.request_ids[r]] for r in inputs.sample_rows]
-        runner._sampling_metadata(sampling_states)
+        batch.apply(sched)
+        inputs = batch.build_step_inputs(sched, device)
+        rows = inputs.rows[inputs.sample_rows]
+        ids = [inputs.request_ids[r] for r in inputs.sample_rows]
+        runner._sampling_metadata(rows, ids)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()
-        ids = [inputs.request_ids[r] for r in inputs.sample_rows]
-        for r in ids:
-            states.states[r].token_ids.append(2 + step)
+        batch.append_sampled(rows, [2 + step] * len(ids))
         scheduler.update_from_output(sched, ModelRunnerOutput(ids, [2 + step] * len(ids)))
         t3 = time.perf_counter()
         assert len(sched.num_scheduled_tokens) == args.num_requests

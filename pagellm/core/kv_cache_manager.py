@@ -52,7 +52,8 @@ class KVCacheManager:
 
     def update_block_hashes(self, request: Request) -> None:
         """Hash the request's newly full blocks (call after tokens are appended)."""
-        if self.caches(request):
+        if (len(request.all_token_ids) // self.block_size > len(request.block_hashes)
+                and self.caches(request)):
             extend_block_hashes(request.block_hashes, request.all_token_ids, self.block_size,
                                 self._extra_keys(request))
 
@@ -104,7 +105,7 @@ class KVCacheManager:
             blocks.extend(new_computed_blocks)
             self.num_cached_blocks[request.request_id] = len(blocks)
             request.num_computed_tokens += len(new_computed_blocks) * self.block_size
-        new_blocks = self.pool.get_new_blocks(num_new_blocks)
+        new_blocks = self.pool.get_new_blocks(num_new_blocks) if num_new_blocks else []
         blocks.extend(new_blocks)
         self._cache_full_blocks(request, request.num_computed_tokens + num_new_tokens)
         return new_blocks
@@ -112,10 +113,12 @@ class KVCacheManager:
     def _cache_full_blocks(self, request: Request, num_tokens_after_step: int) -> None:
         if not self.caches(request):
             return
+        start = self.num_cached_blocks.get(request.request_id, 0)
+        if num_tokens_after_step // self.block_size <= start:
+            return          # the common decode step: no block became full
         self.update_block_hashes(request)
         blocks = self.req_to_blocks[request.request_id]
         num_full = min(num_tokens_after_step // self.block_size, len(request.block_hashes))
-        start = self.num_cached_blocks.get(request.request_id, 0)
         for index in range(start, num_full):
             self.pool.cache_block(blocks[index], request.block_hashes[index])
         self.num_cached_blocks[request.request_id] = max(start, num_full)

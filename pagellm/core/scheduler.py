@@ -248,7 +248,7 @@ class Scheduler:
                 num_cached_tokens=max(request.num_cached_tokens, 0),
                 first_scheduled_time=request.first_scheduled_time,
                 num_preemptions=request.num_preemptions)
-            if request.is_finished:
+            if request.status >= RequestStatus.FINISHED_STOPPED:
                 outputs[request_id].finish_reason = FINISH_REASONS[request.status]
                 outputs[request_id].stop_reason = request.stop_reason
                 self.running.remove(request)

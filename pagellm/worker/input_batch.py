@@ -1,14 +1,16 @@
-"""Per-request state kept by the runner across steps, and the flattened step inputs built
-from it.
+"""The persistent input batch: per-request state in row-indexed host arrays, kept across
+steps and updated from the scheduler's diffs, so a step's inputs are a few vectorised
+gathers instead of per-request Python work.
 
-Contract: ``RequestStates.apply(sched)`` is the only mutation from the scheduler's side
-(forget finished/preempted, add new, extend block tables); ``append_sampled`` records the
-tokens the runner sampled. ``build_step_inputs`` reads and never mutates.
+Contract: ``apply(sched)`` is the only mutation from the scheduler's side (forget finished
+and preempted requests, add new ones, extend block tables, set computed counts);
+``append_sampled`` records the tokens this runner sampled. ``build_step_inputs`` and
+``sampling_arrays`` only read.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,90 +20,126 @@ from pagellm.layers.attention_metadata import AttentionMetadata
 from pagellm.sampling_params import SamplingParams
 
 
-@dataclass(slots=True)
-class RequestState:
-    request_id: str
-    token_ids: list[int]          # prompt + output, including tokens sampled by this runner
-    num_prompt_tokens: int
-    sampling_params: SamplingParams
-    block_ids: list[int]
-    num_computed_tokens: int
-
-    @property
-    def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens:]
-
-
 @dataclass
 class StepInputs:
     request_ids: list[str]                 # batch order
+    rows: np.ndarray                       # [num_reqs] persistent row of each request
     input_ids: torch.Tensor                # [num_tokens] int64
     positions: torch.Tensor                # [num_tokens] int64
     attn_metadata: AttentionMetadata
     sample_rows: list[int]                 # batch rows that sample a token this step
     logits_indices: torch.Tensor           # [len(sample_rows)] flat index of each one's last token
-    starts: list[int] = field(default_factory=list)    # num_computed_tokens per row before the step
-    counts: list[int] = field(default_factory=list)    # tokens scheduled per row
+    starts: list[int]                      # num_computed_tokens per batch row before the step
+    counts: list[int]                      # tokens scheduled per batch row
 
 
-class RequestStates:
-    def __init__(self):
-        self.states: dict[str, RequestState] = {}
+class InputBatch:
+    def __init__(self, max_num_reqs: int, max_model_len: int, block_size: int):
+        self.max_num_reqs = max_num_reqs
+        self.block_size = block_size
+        max_blocks = -(-max_model_len // block_size)
+        self.token_ids = np.zeros((max_num_reqs, max_model_len), dtype=np.int32)
+        self.num_tokens = np.zeros(max_num_reqs, dtype=np.int64)
+        self.num_prompt_tokens = np.zeros(max_num_reqs, dtype=np.int64)
+        self.num_computed = np.zeros(max_num_reqs, dtype=np.int64)
+        self.block_table = np.zeros((max_num_reqs, max_blocks), dtype=np.int32)
+        self.num_blocks = np.zeros(max_num_reqs, dtype=np.int64)
+        self.sampling_params: list[SamplingParams | None] = [None] * max_num_reqs
+        self.row_of: dict[str, int] = {}
+        self.free_rows = list(range(max_num_reqs - 1, -1, -1))
+        # per-row sampling values, written once when a request joins
+        self.temperature = np.zeros(max_num_reqs, dtype=np.float32)
+        self.top_k = np.zeros(max_num_reqs, dtype=np.int64)
+        self.top_p = np.ones(max_num_reqs, dtype=np.float32)
+        self.min_p = np.zeros(max_num_reqs, dtype=np.float32)
+        self.penalties = np.zeros((max_num_reqs, 3), dtype=np.float32)  # presence, frequency, repetition
+        self.special = np.zeros(max_num_reqs, dtype=bool)  # needs per-row work: penalties, bias, min_tokens, logprobs
+
+    # ---- state updates --------------------------------------------------------------------
 
     def apply(self, sched: SchedulerOutput) -> None:
         for request_id in sched.finished_req_ids | sched.preempted_req_ids:
-            self.states.pop(request_id, None)
+            row = self.row_of.pop(request_id, None)
+            if row is not None:
+                self.sampling_params[row] = None
+                self.free_rows.append(row)
         for new in sched.scheduled_new_reqs:
-            self.states[new.request_id] = RequestState(
-                new.request_id, list(new.token_ids), new.num_prompt_tokens, new.sampling_params,
-                list(new.block_ids), new.num_computed_tokens)
+            row = self.free_rows.pop()
+            self.row_of[new.request_id] = row
+            n = len(new.token_ids)
+            self.token_ids[row, :n] = new.token_ids
+            self.num_tokens[row] = n
+            self.num_prompt_tokens[row] = new.num_prompt_tokens
+            self.num_computed[row] = new.num_computed_tokens
+            self.block_table[row, :len(new.block_ids)] = new.block_ids
+            self.num_blocks[row] = len(new.block_ids)
+            self._set_sampling(row, new.sampling_params)
         for cached in sched.scheduled_cached_reqs:
-            state = self.states[cached.request_id]
-            state.block_ids.extend(cached.new_block_ids)
-            state.num_computed_tokens = cached.num_computed_tokens
+            row = self.row_of[cached.request_id]
+            if cached.new_block_ids:
+                start = self.num_blocks[row]
+                self.block_table[row, start:start + len(cached.new_block_ids)] = cached.new_block_ids
+                self.num_blocks[row] = start + len(cached.new_block_ids)
+            self.num_computed[row] = cached.num_computed_tokens
 
-    def build_step_inputs(self, sched: SchedulerOutput, block_size: int,
-                          device: torch.device) -> StepInputs:
+    def _set_sampling(self, row: int, params: SamplingParams) -> None:
+        self.sampling_params[row] = params
+        self.temperature[row] = params.temperature
+        self.top_k[row] = params.top_k
+        self.top_p[row] = params.top_p
+        self.min_p[row] = params.min_p
+        self.penalties[row] = (params.presence_penalty, params.frequency_penalty,
+                               params.repetition_penalty)
+        self.special[row] = bool(
+            params.presence_penalty or params.frequency_penalty or params.repetition_penalty != 1.0
+            or params.logit_bias or params.min_tokens or params.logprobs is not None)
+
+    def append_sampled(self, rows: np.ndarray, token_ids: list[int]) -> None:
+        self.token_ids[rows, self.num_tokens[rows]] = token_ids
+        self.num_tokens[rows] += 1
+
+    # ---- reads ------------------------------------------------------------------------------
+
+    def output_token_ids(self, row: int) -> list[int]:
+        return self.token_ids[row, self.num_prompt_tokens[row]:self.num_tokens[row]].tolist()
+
+    def prompt_token_ids(self, row: int) -> np.ndarray:
+        return self.token_ids[row, :self.num_prompt_tokens[row]]
+
+    def build_step_inputs(self, sched: SchedulerOutput, device: torch.device) -> StepInputs:
         request_ids = list(sched.num_scheduled_tokens)
-        states = [self.states[r] for r in request_ids]
-        counts = [sched.num_scheduled_tokens[r] for r in request_ids]
-        starts = [s.num_computed_tokens for s in states]
-        num_tokens = sum(counts)
-        input_ids = np.empty(num_tokens, dtype=np.int64)
-        positions = np.empty(num_tokens, dtype=np.int64)
-        max_blocks = max(len(s.block_ids) for s in states)
-        block_table = np.zeros((len(states), max_blocks), dtype=np.int32)
-        query_start_loc = [0]
-        sample_rows, logits_indices = [], []
-        for row, (state, start, count) in enumerate(zip(states, starts, counts)):
-            offset = query_start_loc[-1]
-            input_ids[offset:offset + count] = state.token_ids[start:start + count]
-            positions[offset:offset + count] = np.arange(start, start + count)
-            block_table[row, :len(state.block_ids)] = state.block_ids
-            query_start_loc.append(offset + count)
-            if start + count == len(state.token_ids):
-                sample_rows.append(row)
-                logits_indices.append(offset + count - 1)
-        seq_lens = [start + count for start, count in zip(starts, counts)]
-        # slot of each new token: block_table[row, pos // block_size] * block_size + pos % block_size
-        rows = np.repeat(np.arange(len(states)), counts)
-        slot_mapping = block_table[rows, positions // block_size].astype(np.int64) * block_size \
-            + positions % block_size
+        rows = np.fromiter((self.row_of[r] for r in request_ids), dtype=np.int64,
+                           count=len(request_ids))
+        counts = np.fromiter(sched.num_scheduled_tokens.values(), dtype=np.int64,
+                             count=len(request_ids))
+        starts = self.num_computed[rows]
+        query_start_loc = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(counts, out=query_start_loc[1:])
+        num_tokens = int(query_start_loc[-1])
+        token_rows = np.repeat(rows, counts)                                   # [num_tokens]
+        # position of each token: its request's start + its index within the request
+        positions = np.arange(num_tokens) - np.repeat(query_start_loc[:-1] - starts, counts)
+        input_ids = self.token_ids[token_rows, positions].astype(np.int64)
+        seq_lens = starts + counts
+        max_blocks = int(self.num_blocks[rows].max())
+        block_tables = self.block_table[rows, :max_blocks]                    # [num_reqs, max_blocks]
+        slot_mapping = (self.block_table[token_rows, positions // self.block_size].astype(np.int64)
+                        * self.block_size + positions % self.block_size)
+        samples = np.nonzero(seq_lens == self.num_tokens[rows])[0]
         metadata = AttentionMetadata(
-            num_reqs=len(states), num_tokens=num_tokens, block_size=block_size,
-            query_start_loc=_to(np.asarray(query_start_loc, dtype=np.int32), device),
-            seq_lens=_to(np.asarray(seq_lens, dtype=np.int32), device),
-            block_tables=_to(block_table, device),
-            slot_mapping=_to(slot_mapping, device),
-            query_start_loc_cpu=query_start_loc, seq_lens_cpu=seq_lens,
-            max_query_len=max(counts), max_seq_len=max(seq_lens))
-        return StepInputs(request_ids, _to(input_ids, device), _to(positions, device), metadata,
-                          sample_rows, _to(np.asarray(logits_indices, dtype=np.int64), device),
-                          starts, counts)
+            num_reqs=len(rows), num_tokens=num_tokens, block_size=self.block_size,
+            query_start_loc=_to(query_start_loc.astype(np.int32), device),
+            seq_lens=_to(seq_lens.astype(np.int32), device),
+            block_tables=_to(block_tables, device), slot_mapping=_to(slot_mapping, device),
+            query_start_loc_cpu=query_start_loc.tolist(), seq_lens_cpu=seq_lens.tolist(),
+            max_query_len=int(counts.max()), max_seq_len=int(seq_lens.max()))
+        return StepInputs(request_ids, rows, _to(input_ids, device), _to(positions, device),
+                          metadata, samples.tolist(), _to(query_start_loc[1:][samples] - 1, device),
+                          starts.tolist(), counts.tolist())
 
 
 def _to(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    tensor = torch.from_numpy(array)
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
     if device.type == "cpu":
         return tensor
     return tensor.pin_memory().to(device, non_blocking=True)

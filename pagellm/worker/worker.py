@@ -35,7 +35,8 @@ class Worker:
         logger.info("Loaded %s (%s) in %.1f s", config.model.model, dtype,
                     time.perf_counter() - start)
         self.runner = ModelRunner(self.model, platform, config.cache.block_size,
-                                  config.model.max_logprobs, seed=config.model.seed)
+                                  config.model.max_logprobs, config.scheduler.max_num_seqs,
+                                  config.model.max_model_len, seed=config.model.seed)
         self.spec = KVCacheSpec(self.model.num_layers, config.cache.block_size,
                                 self.model.num_kv_heads, self.model.head_dim, dtype)
 
