@@ -20,6 +20,7 @@ from pagellm.layers.linear import MergedLinear
 from pagellm.layers.norm import RMSNorm
 from pagellm.layers.rotary import RotaryEmbedding, rope_settings
 from pagellm.ops.activation import silu_and_mul
+from pagellm.platforms import use_triton_kernels
 
 # checkpoint name fragment -> (fused module name fragment, shard index)
 _STACKED = {".q_proj.": (".qkv_proj.", 0), ".k_proj.": (".qkv_proj.", 1), ".v_proj.": (".qkv_proj.", 2),
@@ -73,7 +74,11 @@ class LlamaMLP(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """[T, hidden_size] -> [T, hidden_size]."""
-        return self.down_proj(silu_and_mul(self.gate_up_proj(hidden)))
+        gate_up = self.gate_up_proj(hidden)                    # [num_tokens, 2 * intermediate]
+        if use_triton_kernels(gate_up):
+            from pagellm.ops.triton.activation import silu_and_mul_triton
+            return self.down_proj(silu_and_mul_triton(gate_up))
+        return self.down_proj(silu_and_mul(gate_up))
 
 
 class LlamaDecoderLayer(nn.Module):

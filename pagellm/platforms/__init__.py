@@ -54,3 +54,20 @@ def current_platform(device: str = "auto") -> Platform:
                               "use device='cpu' or 'auto'", param="device")
         return Platform("cuda", torch.device("cuda", torch.cuda.current_device()))
     return Platform("cpu", torch.device("cpu"))
+
+
+_TRITON_OK: bool | None = None
+
+
+def use_triton_kernels(tensor: torch.Tensor) -> bool:
+    """Run a layer's Triton kernel for this tensor: on CUDA when triton imports, unless
+    ``PAGELLM_TRITON_KERNELS=0`` (then the torch twins run everywhere)."""
+    global _TRITON_OK
+    if not tensor.is_cuda:
+        return False
+    if _TRITON_OK is None:
+        import importlib.util
+        import os
+        _TRITON_OK = (os.environ.get("PAGELLM_TRITON_KERNELS", "1") != "0"
+                      and importlib.util.find_spec("triton") is not None)
+    return _TRITON_OK

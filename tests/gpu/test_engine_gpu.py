@@ -57,7 +57,7 @@ def test_cuda_matches_cpu(name, model_dirs, monkeypatch):
 
 
 def test_cuda_graphs_used_for_decode(model_dirs):
-    common = dict(device="cuda", dtype="float32", max_model_len=512, gpu_memory_utilization=0.3)
+    common = dict(device="cuda", dtype="float32", max_model_len=512, kv_cache_memory_bytes=2**28)
     llm = LLM(str(model_dirs["qwen3"]), compilation_config={"cudagraph_capture_sizes": [1, 2, 4, 8]},
               **common)
     graphs = llm.llm_engine.engine_core.executor.worker.runner.cuda_graphs
