@@ -94,6 +94,15 @@ class KVCacheManager:
         ``new_computed_blocks``, prefix hits that become the request's first blocks).
         Returns the newly allocated blocks, or None if not enough blocks are free (nothing
         changed then). On success ``request.num_computed_tokens`` has moved past the hits."""
+        blocks = self.req_to_blocks.get(request.request_id)
+        if blocks is not None and not new_computed_blocks:
+            # The common decode step: the new tokens fit in the blocks already held.
+            num_tokens_after = request.num_computed_tokens + num_new_tokens
+            if num_tokens_after <= len(blocks) * self.block_size:
+                if num_tokens_after // self.block_size > self.num_cached_blocks.get(
+                        request.request_id, 0):
+                    self._cache_full_blocks(request, num_tokens_after)
+                return []
         num_new_blocks = self.num_blocks_needed(request, num_new_tokens, new_computed_blocks)
         # Hit blocks sitting in the free queue stop being free once touched.
         num_evictable_hits = sum(1 for block in new_computed_blocks if block.ref_cnt == 0)

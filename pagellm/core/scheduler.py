@@ -116,16 +116,18 @@ class Scheduler:
         return min(num_new, budget)
 
     def _schedule_running(self, step: "_StepState") -> None:
-        index = 0
-        while index < len(self.running) and step.budget > 0:
-            request = self.running[index]
-            num_new = self._num_new_tokens(request, step.budget)
-            if num_new == 0:
-                index += 1
-                continue
+        index, running, allocate_slots = 0, self.running, self.kv.allocate_slots
+        while index < len(running) and step.budget > 0:
+            request = running[index]
+            num_new = len(request.all_token_ids) - request.num_computed_tokens
+            if num_new > step.budget:
+                num_new = self._num_new_tokens(request, step.budget)
+                if num_new == 0:
+                    index += 1
+                    continue
             new_blocks = None
             while True:
-                new_blocks = self.kv.allocate_slots(request, num_new)
+                new_blocks = allocate_slots(request, num_new)
                 if new_blocks is not None:
                     break
                 victim = self._pick_victim()
@@ -235,22 +237,25 @@ class Scheduler:
     def update_from_output(self, sched: SchedulerOutput,
                            runner_output: ModelRunnerOutput) -> list[EngineCoreOutput]:
         outputs: dict[str, EngineCoreOutput] = {}
+        requests, logprobs = self.requests, runner_output.logprobs
+        update_block_hashes = self.kv.update_block_hashes
         for row, (request_id, token_id) in enumerate(
                 zip(runner_output.req_ids, runner_output.sampled_token_ids)):
-            request = self.requests.get(request_id)
-            if request is None or request.is_finished:
+            request = requests.get(request_id)
+            if request is None or request.status >= RequestStatus.FINISHED_STOPPED:
                 continue    # aborted while the step ran
-            request.append_output_token(token_id)
-            self.kv.update_block_hashes(request)
-            self._check_stop(request, token_id)
-            outputs[request_id] = EngineCoreOutput(
-                request_id, [token_id], _row(runner_output.logprobs, row),
-                num_cached_tokens=max(request.num_cached_tokens, 0),
+            request.output_token_ids.append(token_id)
+            request.all_token_ids.append(token_id)
+            update_block_hashes(request)
+            out = EngineCoreOutput(
+                request_id, [token_id], None if logprobs is None else _row(logprobs, row),
+                num_cached_tokens=request.num_cached_tokens if request.num_cached_tokens > 0 else 0,
                 first_scheduled_time=request.first_scheduled_time,
                 num_preemptions=request.num_preemptions)
-            if request.status >= RequestStatus.FINISHED_STOPPED:
-                outputs[request_id].finish_reason = FINISH_REASONS[request.status]
-                outputs[request_id].stop_reason = request.stop_reason
+            outputs[request_id] = out
+            if self._check_stop(request, token_id):
+                out.finish_reason = FINISH_REASONS[request.status]
+                out.stop_reason = request.stop_reason
                 self.running.remove(request)
                 self._free(request)
         for request_id, prompt_logprobs in runner_output.prompt_logprobs.items():
@@ -259,17 +264,21 @@ class Scheduler:
             out.new_prompt_logprobs = prompt_logprobs
         return list(outputs.values())
 
-    def _check_stop(self, request: Request, token_id: int) -> None:
+    def _check_stop(self, request: Request, token_id: int) -> bool:
+        """Finish the request if ``token_id`` (just appended) ends it; True if it did."""
         params = request.sampling_params
-        if request.num_output_tokens >= params.min_tokens:
+        num_output = len(request.output_token_ids)
+        if num_output >= params.min_tokens:
             if token_id in params.stop_token_ids:
                 request.status, request.stop_reason = RequestStatus.FINISHED_STOPPED, token_id
-                return
+                return True
             if not params.ignore_eos and token_id in params.all_stop_token_ids:
                 request.status = RequestStatus.FINISHED_STOPPED
-                return
-        if request.num_output_tokens >= request.max_tokens or request.num_tokens >= self.max_model_len:
+                return True
+        if num_output >= request.max_tokens or len(request.all_token_ids) >= self.max_model_len:
             request.status = RequestStatus.FINISHED_LENGTH
+            return True
+        return False
 
     # ---- stats ----------------------------------------------------------------------------
 
@@ -303,7 +312,7 @@ class _StepState:
         self.scheduled.append(request)
         self.cached_reqs.append(CachedRequestData(request.request_id, new_block_ids,
                                                   request.num_computed_tokens))
-        if request.num_computed_tokens < request.num_prompt_tokens:
+        if request.num_computed_tokens < len(request.prompt_token_ids):
             self.had_prompt = True
 
     def add_new(self, request: Request, block_ids: list[int]) -> None:

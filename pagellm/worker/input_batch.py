@@ -54,6 +54,7 @@ class InputBatch:
         self.min_p = np.zeros(max_num_reqs, dtype=np.float32)
         self.penalties = np.zeros((max_num_reqs, 3), dtype=np.float32)  # presence, frequency, repetition
         self.special = np.zeros(max_num_reqs, dtype=bool)  # needs per-row work: penalties, bias, min_tokens, logprobs
+        self.seeded = np.zeros(max_num_reqs, dtype=bool)   # random sampling with its own generator
 
     # ---- state updates --------------------------------------------------------------------
 
@@ -74,13 +75,15 @@ class InputBatch:
             self.block_table[row, :len(new.block_ids)] = new.block_ids
             self.num_blocks[row] = len(new.block_ids)
             self._set_sampling(row, new.sampling_params)
-        for cached in sched.scheduled_cached_reqs:
-            row = self.row_of[cached.request_id]
+        row_of = self.row_of
+        cached_reqs = sched.scheduled_cached_reqs
+        rows = [row_of[cached.request_id] for cached in cached_reqs]
+        self.num_computed[rows] = [cached.num_computed_tokens for cached in cached_reqs]
+        for row, cached in zip(rows, cached_reqs):
             if cached.new_block_ids:
                 start = self.num_blocks[row]
                 self.block_table[row, start:start + len(cached.new_block_ids)] = cached.new_block_ids
                 self.num_blocks[row] = start + len(cached.new_block_ids)
-            self.num_computed[row] = cached.num_computed_tokens
 
     def _set_sampling(self, row: int, params: SamplingParams) -> None:
         self.sampling_params[row] = params
@@ -90,6 +93,7 @@ class InputBatch:
         self.min_p[row] = params.min_p
         self.penalties[row] = (params.presence_penalty, params.frequency_penalty,
                                params.repetition_penalty)
+        self.seeded[row] = params.seed is not None and not params.greedy
         self.special[row] = bool(
             params.presence_penalty or params.frequency_penalty or params.repetition_penalty != 1.0
             or params.logit_bias or params.min_tokens or params.logprobs is not None)

@@ -70,21 +70,20 @@ class ModelRunner:
         batch, device = self.batch, self.device
         temperature = batch.temperature[rows]
         greedy = temperature == 0.0
-        params = [batch.sampling_params[r] for r in rows]
         generators = {}
-        for index, (request_id, p) in enumerate(zip(request_ids, params)):
-            if p.seed is not None and not p.greedy:
-                generator = self.generators.get(request_id)
-                if generator is None:
-                    generator = torch.Generator(device=device)
-                    generator.manual_seed(p.seed)
-                    self.generators[request_id] = generator
-                generators[index] = generator
+        for index in np.flatnonzero(batch.seeded[rows]).tolist():
+            generator = self.generators.get(request_ids[index])
+            if generator is None:
+                generator = torch.Generator(device=device)
+                generator.manual_seed(batch.sampling_params[rows[index]].seed)
+                self.generators[request_ids[index]] = generator
+            generators[index] = generator
         special = bool(batch.special[rows].any())
         penalties = batch.penalties[rows]                            # [B, 3]
         use_penalties = special and bool((penalties[:, :2] != 0).any() or (penalties[:, 2] != 1).any())
         min_tokens_mask, logit_bias, output_ids, max_logprobs = [], [None] * len(rows), [], None
         if special:
+            params = [batch.sampling_params[r] for r in rows]
             output_ids = [batch.output_token_ids(r) for r in rows]
             logit_bias = [p.logit_bias for p in params]
             min_tokens_mask = [(i, sorted(set(p.stop_token_ids) | p.all_stop_token_ids))
