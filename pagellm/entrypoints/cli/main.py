@@ -1,4 +1,4 @@
-"""The ``pagellm`` command: ``pagellm bench throughput|latency`` and ``pagellm serve``.
+"""The ``pagellm`` command: ``pagellm bench throughput|latency|serving`` and ``pagellm serve``.
 
 Each subcommand module offers ``add_cli_args(parser)`` and ``main(args)``; engine arguments
 come from ``pagellm.config.cli_args`` (one flag per config field). A ``ClientError`` (a bad option
@@ -17,7 +17,7 @@ from pagellm.errors import ClientError
 
 def build_parser() -> argparse.ArgumentParser:
     from pagellm import __version__
-    from pagellm.bench import latency, throughput
+    from pagellm.bench import latency, serving, throughput
     from pagellm.entrypoints.cli import serve
 
     parser = argparse.ArgumentParser(prog="pagellm",
@@ -31,12 +31,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_cli_args(serve_parser)
     serve_parser.set_defaults(run=serve.main)
 
-    bench_parser = commands.add_parser("bench", help="offline benchmarks")
+    bench_parser = commands.add_parser("bench", help="offline and online benchmarks")
     benchmarks = bench_parser.add_subparsers(dest="bench_command", required=True,
                                              metavar="BENCHMARK")
     for name, module, help_text in (
             ("throughput", throughput, "offline throughput (requests/s, tokens/s), as vLLM's"),
-            ("latency", latency, "latency of one batch end to end, as vLLM's")):
+            ("latency", latency, "latency of one batch end to end, as vLLM's"),
+            ("serving", serving, "an OpenAI-compatible server under load (TTFT, TPOT, ITL), as "
+                                 "vLLM's")):
         sub = benchmarks.add_parser(name, help=help_text,
                                     description=module.__doc__,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,0 +1,143 @@
+"""POST /v1/completions: a validated CompletionRequest -> a CompletionResponse, or an async
+iterator of server-sent events ending with ``data: [DONE]``, or an ErrorResponse.
+
+Each prompt of a batch is one engine request with n choices; choice ``i`` of prompt ``p`` has
+index ``p * n + i``. Errors before the first output become an ErrorResponse (HTTP status in
+``error.code``); an error mid-stream is sent as one ``data: {"error": ...}`` event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from pagellm.entrypoints.openai.errors import (SSE_DONE, check_model, error_from_exception,
+                                               sse_event)
+from pagellm.entrypoints.openai.protocol import (CompletionLogProbs, CompletionRequest,
+                                                 CompletionResponse, CompletionResponseChoice,
+                                                 CompletionStreamResponse, ErrorResponse)
+from pagellm.entrypoints.openai.serving_engine import (ChoiceState, OpenAIServing, PromptState,
+                                                       chain_first, new_prompt_states)
+from pagellm.errors import ClientError
+from pagellm.outputs import CompletionOutput, RequestOutput
+
+
+class OpenAIServingCompletion(OpenAIServing):
+    request_id_prefix = "cmpl"
+
+    async def create_completion(self, request: CompletionRequest, request_id: str | None = None
+                                ) -> CompletionResponse | AsyncIterator[str] | ErrorResponse:
+        """Run ``request``. ``request_id``: the caller's id (X-Request-Id), else a fresh one.
+        Returns an iterator of SSE strings when ``request.stream``."""
+        request_id = self.new_request_id(request_id)
+        try:
+            check_model(request.model, self.served_model_name)
+            prompts = [(prompt if isinstance(prompt, str) else None, self.tokenize_prompt(prompt))
+                       for prompt in request.prompts()]
+            params = [request.to_sampling_params(self.max_model_len, len(token_ids),
+                                                 self.max_logprobs)
+                      for _, token_ids in prompts]
+            if request.echo and self.tokenizer is None:
+                raise ClientError("echo needs a tokenizer; this server runs without one",
+                                  param="echo")
+        except Exception as error:
+            return error_from_exception(error, request_id)
+        states = new_prompt_states(prompts, request.n)
+        stream = self.generate(request_id, states, params, request.priority)
+        if not request.stream:
+            return await self._full_response(request, request_id, states, stream)
+        first, error = await self.start(stream, request_id)
+        if error is not None:
+            return error
+        return self._stream(request, request_id, states, first, stream)
+
+    async def _full_response(self, request: CompletionRequest, request_id: str,
+                             states: list[PromptState], stream: AsyncIterator
+                             ) -> CompletionResponse | ErrorResponse:
+        try:
+            async for prompt_index, output in stream:
+                prompt = states[prompt_index]
+                _take_prompt_logprobs(prompt, output)
+                for completion in output.outputs:
+                    prompt.choices[completion.index].add(completion)
+        except Exception as error:
+            return error_from_exception(error, request_id)
+        finally:
+            await stream.aclose()
+        choices = []
+        for prompt in states:
+            for choice in prompt.choices:
+                text, logprobs = self._choice_text(request, prompt, choice, choice.text,
+                                                   choice.token_ids, choice.logprobs, True)
+                choices.append(CompletionResponseChoice(
+                    index=choice.index, text=text, logprobs=logprobs,
+                    finish_reason=choice.finish_reason, stop_reason=choice.stop_reason))
+        return CompletionResponse(id=request_id, model=self.served_model_name, choices=choices,
+                                  usage=self.usage(states))
+
+    def _choice_text(self, request: CompletionRequest, prompt: PromptState, choice: ChoiceState,
+                     text: str, token_ids: list[int], positions: list, with_echo: bool
+                     ) -> tuple[str, CompletionLogProbs | None]:
+        """The text (echoed prompt first when asked) and its logprobs from
+        ``choice.num_chars_sent`` on."""
+        if with_echo and request.echo:
+            prompt_text = prompt.text if prompt.text is not None else self.decode(prompt.token_ids)
+            text = prompt_text + text
+            prompt_positions = list(prompt.prompt_logprobs or ())
+            prompt_positions += [None] * (len(prompt.token_ids) - len(prompt_positions))
+            token_ids = prompt.token_ids + list(token_ids)
+            positions = prompt_positions + list(positions)
+        logprobs = None
+        if request.logprobs is not None:
+            logprobs = self.completion_logprobs(token_ids, positions, choice.num_chars_sent)
+        return text, logprobs
+
+    async def _stream(self, request: CompletionRequest, request_id: str,
+                      states: list[PromptState], first: tuple[int, RequestOutput] | None,
+                      stream: AsyncIterator) -> AsyncIterator[str]:
+        created = int(time.time())
+        try:
+            async for prompt_index, output in chain_first(first, stream):
+                prompt = states[prompt_index]
+                _take_prompt_logprobs(prompt, output)
+                for completion in output.outputs:
+                    chunk = self._chunk(request, request_id, created, prompt, completion)
+                    if chunk is not None:
+                        yield chunk
+            if request.include_usage:
+                usage_chunk = CompletionStreamResponse(
+                    id=request_id, created=created, model=self.served_model_name, choices=[],
+                    usage=self.usage(states))
+                yield sse_event(usage_chunk.model_dump_json())
+        except Exception as error:
+            yield sse_event(error_from_exception(error, request_id).model_dump_json())
+        finally:
+            await stream.aclose()
+        yield SSE_DONE
+
+    def _chunk(self, request: CompletionRequest, request_id: str, created: int,
+               prompt: PromptState, delta: CompletionOutput) -> str | None:
+        """The event for one choice's delta, or None when there is nothing to send."""
+        choice = prompt.choices[delta.index]
+        if choice.done:
+            return None
+        choice.add(delta)
+        if not (delta.token_ids or delta.text or delta.finish_reason):
+            return None
+        text, logprobs = self._choice_text(request, prompt, choice, delta.text, delta.token_ids,
+                                           delta.logprobs or [], not choice.started)
+        choice.started = True
+        choice.num_chars_sent += len(text)
+        choice.done = delta.finish_reason is not None
+        chunk = CompletionStreamResponse(
+            id=request_id, created=created, model=self.served_model_name,
+            choices=[CompletionResponseChoice(index=choice.index, text=text, logprobs=logprobs,
+                                              finish_reason=delta.finish_reason,
+                                              stop_reason=delta.stop_reason)])
+        return sse_event(chunk.model_dump_json())
+
+
+def _take_prompt_logprobs(prompt: PromptState, output: RequestOutput) -> None:
+    # Later outputs carry at least as many prompt positions (chunked prefill adds them).
+    if output.prompt_logprobs is not None:
+        prompt.prompt_logprobs = output.prompt_logprobs

@@ -1,0 +1,302 @@
+"""What the completion and chat handlers share: prompt tokenization, one engine stream per
+prompt merged into one, per-choice accumulation of deltas, logprobs in OpenAI's two shapes,
+and the Prometheus observations made as outputs arrive.
+
+The engine is anything with AsyncLLM's interface: ``generate(prompt, params, request_id,
+priority)`` -> async iterator of RequestOutput, plus ``tokenizer``, ``served_model_name``,
+``max_model_len`` and ``config``. Requests always run with ``output_kind="delta"``: a full
+(non-streamed) response is the sum of its deltas, and token counts reach the metrics as they
+are generated rather than at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pagellm.entrypoints.openai.errors import error_from_exception
+from pagellm.entrypoints.openai.protocol import (ChatCompletionLogProb, ChatCompletionLogProbs,
+                                                 ChatCompletionLogProbsContent,
+                                                 CompletionLogProbs, ErrorResponse, UsageInfo)
+from pagellm.errors import ClientError
+from pagellm.outputs import CompletionOutput, PositionLogprobs, RequestOutput
+from pagellm.sampling_params import SamplingParams
+
+_MIN_LOGPROB = -9999.0   # OpenAI clients choke on -inf; vLLM clamps the same way
+DEFAULT_MAX_LOGPROBS = 20
+
+
+@dataclass
+class ChoiceState:
+    """One choice's accumulated output; ``index`` is its index in the response."""
+
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[PositionLogprobs] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    num_chars_sent: int = 0
+    """Characters streamed so far (echo included): the next completion text_offset."""
+    started: bool = False
+    """Streamed anything yet (the echo and the chat role go first)."""
+    done: bool = False
+    """Streamed its finish_reason: later deltas for it are ignored."""
+
+    def add(self, delta: CompletionOutput) -> None:
+        self.text += delta.text
+        self.token_ids.extend(delta.token_ids)
+        self.logprobs.extend(delta.logprobs or ())
+        if delta.finish_reason is not None:
+            self.finish_reason, self.stop_reason = delta.finish_reason, delta.stop_reason
+
+
+@dataclass
+class PromptState:
+    """One prompt of a request and its n choices."""
+
+    text: str | None
+    token_ids: list[int]
+    choices: list[ChoiceState]
+    prompt_logprobs: list[PositionLogprobs | None] | None = None
+
+
+class OpenAIServing:
+    """Base of the completion and chat handlers."""
+
+    request_id_prefix = "cmpl"
+
+    def __init__(self, engine: Any, served_model_name: str | None = None,
+                 max_model_len: int | None = None, max_logprobs: int | None = None,
+                 metrics: Any = None):
+        """``metrics``: a ``pagellm.metrics.prometheus.PrometheusMetrics`` or None."""
+        self.engine = engine
+        self.served_model_name = served_model_name or engine.served_model_name
+        self.max_model_len = max_model_len or engine.max_model_len
+        if max_logprobs is None:
+            model_config = getattr(getattr(engine, "config", None), "model", None)
+            max_logprobs = getattr(model_config, "max_logprobs", DEFAULT_MAX_LOGPROBS)
+        self.max_logprobs = max_logprobs
+        self.metrics = metrics
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    def new_request_id(self, request_id: str | None = None) -> str:
+        return f"{self.request_id_prefix}-{request_id or uuid.uuid4().hex}"
+
+    def tokenize_prompt(self, prompt: str | list[int]) -> list[int]:
+        """Token ids of a text or token-id prompt; ClientError for an empty prompt or text
+        without a tokenizer."""
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ClientError("this server has no tokenizer (skip_tokenizer_init): send the "
+                                  "prompt as token ids", param="prompt")
+            token_ids = list(self.tokenizer.encode(prompt))
+        else:
+            token_ids = list(prompt)
+        if not token_ids:
+            raise ClientError("the prompt is empty", param="prompt")
+        return token_ids
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return "" if self.tokenizer is None else self.tokenizer.decode(list(token_ids))
+
+    def generate(self, request_id: str, prompts: list[PromptState],
+                 params: list[SamplingParams], priority: int
+                 ) -> AsyncIterator[tuple[int, RequestOutput]]:
+        """(prompt index, delta RequestOutput) pairs of all prompts, in arrival order. Closing
+        the iterator aborts every prompt's request."""
+        streams = []
+        for index, (prompt, prompt_params) in enumerate(zip(prompts, params)):
+            prompt_params = prompt_params.clone(output_kind="delta")
+            engine_id = request_id if len(prompts) == 1 else f"{request_id}-{index}"
+            stream = self.engine.generate(prompt.token_ids, prompt_params, engine_id,
+                                          priority=priority)
+            streams.append(self._observed(stream))
+        return merge_streams(streams)
+
+    async def _observed(self, stream: AsyncIterator[RequestOutput]
+                        ) -> AsyncIterator[RequestOutput]:
+        """``stream`` unchanged; its token counts and timings go to the metrics. Closing this
+        iterator closes ``stream`` (which aborts the engine request)."""
+        tracker = _RequestTracker(self.metrics) if self.metrics is not None else None
+        try:
+            async for output in stream:
+                if tracker is not None:
+                    tracker.observe(output)
+                yield output
+        finally:
+            await _close(stream)
+
+    async def start(self, stream: AsyncIterator, request_id: str
+                    ) -> tuple[tuple[int, RequestOutput] | None, ErrorResponse | None]:
+        """Wait for the first item of ``stream`` so that a request the engine rejects gets an
+        HTTP error status instead of a failed 200 stream: (first item or None at the end,
+        None) or (None, the error body), with ``stream`` closed on error."""
+        try:
+            return await anext(stream), None
+        except StopAsyncIteration:
+            return None, None
+        except Exception as error:
+            await _close(stream)
+            return None, error_from_exception(error, request_id)
+
+    def usage(self, prompts: list[PromptState]) -> UsageInfo:
+        prompt_tokens = sum(len(prompt.token_ids) for prompt in prompts)
+        completion_tokens = sum(len(choice.token_ids) for prompt in prompts
+                                for choice in prompt.choices)
+        return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                         total_tokens=prompt_tokens + completion_tokens)
+
+    def decoded_token(self, token_id: int, decoded: str | None = None) -> str:
+        if decoded is not None:
+            return decoded
+        if self.tokenizer is None:
+            return f"token_id:{token_id}"
+        return self.tokenizer.decode([token_id])
+
+    def completion_logprobs(self, token_ids: Sequence[int],
+                            positions: Sequence[PositionLogprobs | None],
+                            initial_text_offset: int) -> CompletionLogProbs:
+        """/v1/completions logprobs: per token its text, logprob, the position's logprobs
+        (sampled token and top ones) keyed by text, and its character offset."""
+        result = CompletionLogProbs()
+        offset = initial_text_offset
+        for token_id, position in zip(token_ids, _padded(positions, len(token_ids))):
+            entry = position.get(token_id) if position else None
+            token = self.decoded_token(token_id, entry.decoded_token if entry else None)
+            result.tokens.append(token)
+            result.text_offset.append(offset)
+            offset += len(token)
+            if entry is None:
+                result.token_logprobs.append(None)
+                result.top_logprobs.append(None)
+                continue
+            result.token_logprobs.append(max(entry.logprob, _MIN_LOGPROB))
+            result.top_logprobs.append({
+                self.decoded_token(top_id, top.decoded_token): max(top.logprob, _MIN_LOGPROB)
+                for top_id, top in position.items()})
+        return result
+
+    def chat_logprobs(self, token_ids: Sequence[int], positions: Sequence[PositionLogprobs],
+                      num_top_logprobs: int) -> ChatCompletionLogProbs:
+        """/v1/chat/completions logprobs: per token its text, logprob, UTF-8 bytes and the
+        ``num_top_logprobs`` most likely tokens by rank."""
+        content = []
+        for token_id, position in zip(token_ids, _padded(positions, len(token_ids))):
+            entry = position.get(token_id) if position else None
+            token = self.decoded_token(token_id, entry.decoded_token if entry else None)
+            top = sorted(((top_id, top) for top_id, top in (position or {}).items()
+                          if top.rank is not None and 1 <= top.rank <= num_top_logprobs),
+                         key=lambda item: item[1].rank)
+            content.append(ChatCompletionLogProbsContent(
+                token=token, bytes=_utf8(token),
+                logprob=_MIN_LOGPROB if entry is None else max(entry.logprob, _MIN_LOGPROB),
+                top_logprobs=[ChatCompletionLogProb(
+                    token=self.decoded_token(top_id, top.decoded_token),
+                    logprob=max(top.logprob, _MIN_LOGPROB),
+                    bytes=_utf8(self.decoded_token(top_id, top.decoded_token)))
+                    for top_id, top in top]))
+        return ChatCompletionLogProbs(content=content)
+
+
+class _RequestTracker:
+    """Feeds one request's outputs to the metrics: prompt tokens once, generated tokens and
+    the gap between token-bearing outputs as they come, the request's timings at the end."""
+
+    def __init__(self, metrics: Any):
+        self.metrics = metrics
+        self.prompt_counted = False
+        self.last_token_time: float | None = None
+        self.num_generated = 0
+
+    def observe(self, output: RequestOutput) -> None:
+        num_new = sum(len(completion.token_ids) for completion in output.outputs)
+        now = time.monotonic()
+        inter_token_latency = None
+        if num_new:
+            if self.last_token_time is not None:
+                inter_token_latency = now - self.last_token_time
+            self.last_token_time = now
+        self.metrics.observe_tokens(
+            num_prompt_tokens=0 if self.prompt_counted else len(output.prompt_token_ids),
+            num_generation_tokens=num_new, inter_token_latency=inter_token_latency)
+        self.prompt_counted = True
+        self.num_generated += num_new
+        if output.finished:
+            self.metrics.observe_finished(output, num_generation_tokens=self.num_generated)
+
+
+def _padded(positions: Sequence | None, length: int) -> list:
+    positions = list(positions or ())
+    return positions + [None] * (length - len(positions))
+
+
+def _utf8(text: str) -> list[int]:
+    return list(text.encode("utf-8", errors="replace"))
+
+
+def new_prompt_states(prompts: list[tuple[str | None, list[int]]], n: int) -> list[PromptState]:
+    """One PromptState per (text, token ids); choice indices run prompt by prompt."""
+    return [PromptState(text, token_ids, [ChoiceState(prompt_index * n + i) for i in range(n)])
+            for prompt_index, (text, token_ids) in enumerate(prompts)]
+
+
+async def merge_streams(streams: list[AsyncIterator]) -> AsyncIterator[tuple[int, Any]]:
+    """(stream index, item) from all ``streams`` as items arrive. An error in any stream is
+    raised here; closing this iterator (or an error) closes every stream."""
+    if len(streams) == 1:
+        try:
+            async for item in streams[0]:
+                yield 0, item
+        finally:
+            await _close(streams[0])
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    finished = object()
+
+    async def pump(index: int, stream: AsyncIterator) -> None:
+        try:
+            async for item in stream:
+                queue.put_nowait((index, item, None))
+        except Exception as error:   # re-raised in the consumer
+            queue.put_nowait((index, None, error))
+        finally:
+            await _close(stream)
+            queue.put_nowait((index, finished, None))
+
+    tasks = [asyncio.create_task(pump(index, stream)) for index, stream in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            index, item, error = await queue.get()
+            if error is not None:
+                raise error
+            if item is finished:
+                remaining -= 1
+                continue
+            yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def chain_first(first: Any, stream: AsyncIterator) -> AsyncIterator:
+    """``first`` (when not None) followed by the rest of ``stream``."""
+    if first is not None:
+        yield first
+    async for item in stream:
+        yield item
+
+
+async def _close(stream: AsyncIterator) -> None:
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()

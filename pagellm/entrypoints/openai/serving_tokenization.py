@@ -1,0 +1,55 @@
+"""POST /tokenize and /detokenize (vLLM's extensions): the server's tokenizer and chat template
+without generating."""
+
+from __future__ import annotations
+
+from pagellm.engine.tokenizer import apply_chat_template
+from pagellm.entrypoints.openai.errors import check_model, error_from_exception
+from pagellm.entrypoints.openai.protocol import (DetokenizeRequest, DetokenizeResponse,
+                                                 ErrorResponse, TokenizeChatRequest,
+                                                 TokenizeCompletionRequest, TokenizeResponse)
+from pagellm.entrypoints.openai.serving_engine import OpenAIServing
+from pagellm.errors import ClientError
+
+
+class OpenAIServingTokenization(OpenAIServing):
+    request_id_prefix = "tokn"
+
+    def _checked_tokenizer(self, model: str | None):
+        check_model(model, self.served_model_name)
+        if self.tokenizer is None:
+            raise ClientError("this server has no tokenizer (skip_tokenizer_init)",
+                              param="model")
+        return self.tokenizer
+
+    async def tokenize(self, request: TokenizeCompletionRequest | TokenizeChatRequest
+                       ) -> TokenizeResponse | ErrorResponse:
+        """Token ids of a prompt, or of messages under the chat template."""
+        try:
+            tokenizer = self._checked_tokenizer(request.model)
+            if isinstance(request, TokenizeChatRequest):
+                messages = [message.model_dump(exclude_none=True) for message in request.messages]
+                token_ids = apply_chat_template(tokenizer, messages,
+                                                request.add_generation_prompt,
+                                                request.chat_template)
+            else:
+                token_ids = tokenizer.encode(request.prompt,
+                                             add_special_tokens=request.add_special_tokens)
+        except Exception as error:
+            return error_from_exception(error)
+        return TokenizeResponse(count=len(token_ids), max_model_len=self.max_model_len,
+                                tokens=list(token_ids))
+
+    async def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse | ErrorResponse:
+        """The text of token ids; ClientError for an id outside the vocabulary."""
+        try:
+            tokenizer = self._checked_tokenizer(request.model)
+            vocab_size = len(tokenizer)
+            bad = [token_id for token_id in request.tokens if token_id >= vocab_size]
+            if bad:
+                raise ClientError(f"token id {bad[0]} is outside the vocabulary "
+                                  f"[0, {vocab_size})", param="tokens")
+            text = tokenizer.decode(list(request.tokens))
+        except Exception as error:
+            return error_from_exception(error)
+        return DetokenizeResponse(prompt=text)

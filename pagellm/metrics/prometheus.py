@@ -1,0 +1,217 @@
+"""Prometheus metrics under vLLM's names, so vLLM dashboards and alerts work unchanged.
+
+Every metric carries a ``model_name`` label and lives in this object's own CollectorRegistry
+(never prometheus_client's global one, so two servers or tests in one process do not clash).
+Counters are declared without the ``_total`` suffix; prometheus_client adds it, which gives
+vLLM's exposition (``vllm:prompt_tokens_total``).
+
+Feeding: the API server calls ``observe_tokens`` as outputs arrive, ``observe_finished`` once
+per finished request, and ``update_from_stats`` with the engine's ``stats()`` (before each
+scrape and periodically); ``render`` gives the text exposition for GET /metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
+                               generate_latest)
+
+from pagellm.outputs import RequestOutput
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# vLLM's buckets (vllm/v1/metrics/loggers.py).
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+                7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+TOKEN_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
+                         2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+REQUEST_LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0,
+                           50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+
+
+def buckets_1_2_5(max_value: int) -> list[int]:
+    """1, 2, 5, 10, 20, 50, ... up to ``max_value`` (vLLM's token-count buckets)."""
+    buckets, exponent = [], 0
+    while True:
+        for mantissa in (1, 2, 5):
+            value = mantissa * 10**exponent
+            if value > max_value:
+                return buckets
+            buckets.append(value)
+        exponent += 1
+
+
+@dataclass
+class MetricTotals:
+    """Plain numbers behind the Prometheus series, for the periodic log line."""
+
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    num_preemptions: int = 0
+    prefix_cache_queries: int = 0
+    prefix_cache_hits: int = 0
+    num_requests_running: int = 0
+    num_requests_waiting: int = 0
+    kv_cache_usage: float = 0.0
+    """Fraction of KV-cache blocks in use, 0..1."""
+
+
+class PrometheusMetrics:
+    def __init__(self, model_name: str, max_model_len: int = 8192,
+                 registry: CollectorRegistry | None = None):
+        self.model_name = model_name
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.totals = MetricTotals()
+        self._seen_engine_totals: dict[str, int] = {}
+        self._build_gauges_and_counters()
+        self._build_histograms(max_model_len)
+
+    def _labelled(self, cls, name: str, documentation: str, **kwargs):
+        metric = cls(name, documentation, labelnames=["model_name"], registry=self.registry,
+                     **kwargs)
+        return metric.labels(model_name=self.model_name)
+
+    def _build_gauges_and_counters(self) -> None:
+        self.num_requests_running = self._labelled(
+            Gauge, "vllm:num_requests_running", "Number of requests in model execution batches.")
+        self.num_requests_waiting = self._labelled(
+            Gauge, "vllm:num_requests_waiting", "Number of requests waiting to be processed.")
+        self.kv_cache_usage = self._labelled(
+            Gauge, "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.")
+        self.gpu_cache_usage = self._labelled(
+            Gauge, "vllm:gpu_cache_usage_perc",
+            "GPU KV-cache usage. 1 means 100 percent usage (alias of vllm:kv_cache_usage_perc).")
+        self.prompt_tokens = self._labelled(
+            Counter, "vllm:prompt_tokens", "Number of prefill tokens processed.")
+        self.generation_tokens = self._labelled(
+            Counter, "vllm:generation_tokens", "Number of generation tokens processed.")
+        self.num_preemptions = self._labelled(
+            Counter, "vllm:num_preemptions", "Cumulative number of preemptions from the engine.")
+        self.prefix_cache_queries = self._labelled(
+            Counter, "vllm:prefix_cache_queries",
+            "Prefix cache queries, in terms of number of queried tokens.")
+        self.prefix_cache_hits = self._labelled(
+            Counter, "vllm:prefix_cache_hits",
+            "Prefix cache hits, in terms of number of cached tokens.")
+        self.request_success = Counter(
+            "vllm:request_success", "Count of successfully processed requests.",
+            labelnames=["model_name", "finished_reason"], registry=self.registry)
+
+    def _build_histograms(self, max_model_len: int) -> None:
+        self.time_to_first_token = self._labelled(
+            Histogram, "vllm:time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.", buckets=TTFT_BUCKETS)
+        self.inter_token_latency = self._labelled(
+            Histogram, "vllm:inter_token_latency_seconds",
+            "Histogram of inter-token latency in seconds.", buckets=TOKEN_LATENCY_BUCKETS)
+        self.time_per_output_token = self._labelled(
+            Histogram, "vllm:time_per_output_token_seconds",
+            "Histogram of time per output token in seconds.", buckets=TOKEN_LATENCY_BUCKETS)
+        latency = {"buckets": REQUEST_LATENCY_BUCKETS}
+        self.e2e_request_latency = self._labelled(
+            Histogram, "vllm:e2e_request_latency_seconds",
+            "Histogram of end to end request latency in seconds.", **latency)
+        self.request_queue_time = self._labelled(
+            Histogram, "vllm:request_queue_time_seconds",
+            "Histogram of time spent in WAITING phase for request.", **latency)
+        self.request_prefill_time = self._labelled(
+            Histogram, "vllm:request_prefill_time_seconds",
+            "Histogram of time spent in PREFILL phase for request.", **latency)
+        self.request_decode_time = self._labelled(
+            Histogram, "vllm:request_decode_time_seconds",
+            "Histogram of time spent in DECODE phase for request.", **latency)
+        token_buckets = {"buckets": buckets_1_2_5(max_model_len)}
+        self.request_prompt_tokens = self._labelled(
+            Histogram, "vllm:request_prompt_tokens",
+            "Number of prefill tokens processed.", **token_buckets)
+        self.request_generation_tokens = self._labelled(
+            Histogram, "vllm:request_generation_tokens",
+            "Number of generation tokens processed.", **token_buckets)
+
+    def observe_tokens(self, num_prompt_tokens: int = 0, num_generation_tokens: int = 0,
+                       inter_token_latency: float | None = None) -> None:
+        """Tokens of one output as it arrives; ``inter_token_latency``: seconds since the
+        request's previous token-bearing output."""
+        if num_prompt_tokens:
+            self.prompt_tokens.inc(num_prompt_tokens)
+            self.totals.prompt_tokens += num_prompt_tokens
+        if num_generation_tokens:
+            self.generation_tokens.inc(num_generation_tokens)
+            self.totals.generation_tokens += num_generation_tokens
+        if inter_token_latency is not None:
+            self.inter_token_latency.observe(inter_token_latency)
+
+    def observe_finished(self, output: RequestOutput,
+                         num_generation_tokens: int | None = None) -> None:
+        """One finished request: success counts by finish reason (one per choice), token-count
+        histograms, and the latencies from ``output.metrics``. ``num_generation_tokens``: all
+        tokens the request generated (default: those in ``output``, right for a final output,
+        not for the last delta of a stream)."""
+        if num_generation_tokens is None:
+            num_generation_tokens = sum(len(choice.token_ids) for choice in output.outputs)
+        for choice in output.outputs:
+            self.request_success.labels(model_name=self.model_name,
+                                        finished_reason=choice.finish_reason or "abort").inc()
+        self.request_prompt_tokens.observe(len(output.prompt_token_ids))
+        self.request_generation_tokens.observe(num_generation_tokens)
+        metrics = output.metrics
+        if metrics is None:
+            return
+        if metrics.time_in_queue is not None:
+            self.request_queue_time.observe(metrics.time_in_queue)
+        end = metrics.finished_time or metrics.last_token_time
+        if end is not None:
+            self.e2e_request_latency.observe(end - metrics.arrival_time)
+        first, last = metrics.first_token_time, metrics.last_token_time
+        if first is None:
+            return
+        self.time_to_first_token.observe(first - metrics.arrival_time)
+        if metrics.first_scheduled_time is not None:
+            self.request_prefill_time.observe(first - metrics.first_scheduled_time)
+        if last is not None:
+            self.request_decode_time.observe(last - first)
+            tokens_per_choice = num_generation_tokens / max(1, len(output.outputs))
+            if tokens_per_choice > 1:
+                self.time_per_output_token.observe((last - first) / (tokens_per_choice - 1))
+
+    def update_from_stats(self, stats: Any) -> None:
+        """The engine's ``stats()`` (an object or a mapping): num_running (or running),
+        num_waiting (or waiting) and kv_cache_usage (0..1) set the gauges; num_preemptions,
+        prefix_cache_queries and prefix_cache_hits are the engine's totals since it started,
+        and the counters advance by what they grew."""
+        def value(*names: str, default=0):
+            for name in names:
+                found = stats.get(name) if isinstance(stats, Mapping) \
+                    else getattr(stats, name, None)
+                if found is not None:
+                    return found
+            return default
+
+        totals = self.totals
+        totals.num_requests_running = int(value("num_running", "running"))
+        totals.num_requests_waiting = int(value("num_waiting", "waiting"))
+        totals.kv_cache_usage = float(value("kv_cache_usage", default=0.0))
+        self.num_requests_running.set(totals.num_requests_running)
+        self.num_requests_waiting.set(totals.num_requests_waiting)
+        self.kv_cache_usage.set(totals.kv_cache_usage)
+        self.gpu_cache_usage.set(totals.kv_cache_usage)
+        for name in ("num_preemptions", "prefix_cache_queries", "prefix_cache_hits"):
+            engine_total = int(value(name))
+            # A total below the last one means a restarted engine: all of it is new.
+            previous = self._seen_engine_totals.get(name, 0)
+            grown = engine_total - previous if engine_total >= previous else engine_total
+            self._seen_engine_totals[name] = engine_total
+            if grown:
+                getattr(self, name).inc(grown)
+                setattr(totals, name, getattr(totals, name) + grown)
+
+    def snapshot(self) -> MetricTotals:
+        return copy.copy(self.totals)
+
+    def render(self) -> bytes:
+        """The text exposition of every metric (serve with ``CONTENT_TYPE``)."""
+        return generate_latest(self.registry)

@@ -1,0 +1,73 @@
+"""The periodic log line of a serving engine, as vLLM prints it:
+
+    Avg prompt throughput: 512.3 tokens/s, Avg generation throughput: 98.1 tokens/s, Running: 8
+    reqs, Waiting: 0 reqs, GPU KV cache usage: 12.5%, Prefix cache hit rate: 40.0%,
+    Preemptions: 0
+
+Throughputs are the growth of the token counters since the previous line divided by the time
+between the lines; the prefix cache hit rate and the preemptions are totals since start. An idle
+engine (nothing running, waiting or generated) logs at DEBUG so an idle server stays quiet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pagellm.metrics.prometheus import MetricTotals, PrometheusMetrics
+
+logger = logging.getLogger("pagellm.metrics")
+
+DEFAULT_INTERVAL_S = 10.0
+
+
+def format_stats_line(previous: MetricTotals, current: MetricTotals, elapsed_s: float) -> str:
+    """The log line for counters that went from ``previous`` to ``current`` in ``elapsed_s``."""
+    elapsed_s = max(elapsed_s, 1e-9)
+    prompt_throughput = (current.prompt_tokens - previous.prompt_tokens) / elapsed_s
+    generation_throughput = (current.generation_tokens - previous.generation_tokens) / elapsed_s
+    hit_rate = (100.0 * current.prefix_cache_hits / current.prefix_cache_queries
+                if current.prefix_cache_queries else 0.0)
+    return (f"Avg prompt throughput: {prompt_throughput:.1f} tokens/s, "
+            f"Avg generation throughput: {generation_throughput:.1f} tokens/s, "
+            f"Running: {current.num_requests_running} reqs, "
+            f"Waiting: {current.num_requests_waiting} reqs, "
+            f"GPU KV cache usage: {100.0 * current.kv_cache_usage:.1f}%, "
+            f"Prefix cache hit rate: {hit_rate:.1f}%, "
+            f"Preemptions: {current.num_preemptions}")
+
+
+class StatsLogger:
+    def __init__(self, metrics: PrometheusMetrics, interval_s: float = DEFAULT_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self.clock = clock
+        self.last_totals = metrics.snapshot()
+        self.last_time = clock()
+
+    def log(self) -> str:
+        """Log (and return) the line for the time since the previous call."""
+        now, current = self.clock(), self.metrics.snapshot()
+        line = format_stats_line(self.last_totals, current, now - self.last_time)
+        idle = (current.num_requests_running == 0 and current.num_requests_waiting == 0
+                and current.prompt_tokens == self.last_totals.prompt_tokens
+                and current.generation_tokens == self.last_totals.generation_tokens)
+        logger.log(logging.DEBUG if idle else logging.INFO, "%s", line)
+        self.last_totals, self.last_time = current, now
+        return line
+
+    async def run(self, engine: Any) -> None:
+        """Every ``interval_s``: read ``engine.stats()`` into the metrics and log the line;
+        until cancelled. A failing ``stats()`` is logged and retried next interval."""
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                self.metrics.update_from_stats(await engine.stats())
+            except Exception as error:   # the log line must not take the server down
+                logger.warning("could not read the engine's stats: %s", error)
+                continue
+            self.log()

@@ -1,0 +1,160 @@
+"""Prometheus metrics under vLLM's names, and the periodic stats log line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from pagellm.metrics.prometheus import (TTFT_BUCKETS, MetricTotals, PrometheusMetrics,
+                                        buckets_1_2_5)
+from pagellm.metrics.stats_logger import StatsLogger, format_stats_line
+from pagellm.outputs import CompletionOutput, RequestMetrics, RequestOutput
+
+LABELS = {"model_name": "m"}
+
+
+def finished_output(num_tokens: int = 5, finish_reason: str = "stop") -> RequestOutput:
+    metrics = RequestMetrics(arrival_time=10.0, first_scheduled_time=10.5, first_token_time=11.0,
+                             last_token_time=13.0, finished_time=13.5)
+    return RequestOutput("r", None, [1, 2, 3], None,
+                         [CompletionOutput(0, "x", list(range(num_tokens)),
+                                           finish_reason=finish_reason)], True, metrics)
+
+
+def test_exposition_uses_vllms_names():
+    metrics = PrometheusMetrics("m", max_model_len=100)
+    metrics.observe_tokens(num_prompt_tokens=7, num_generation_tokens=3)
+    text = metrics.render().decode()
+    for line in ('vllm:prompt_tokens_total{model_name="m"} 7.0',
+                 'vllm:generation_tokens_total{model_name="m"} 3.0',
+                 'vllm:num_requests_running{model_name="m"} 0.0',
+                 'vllm:num_requests_waiting{model_name="m"} 0.0',
+                 'vllm:kv_cache_usage_perc{model_name="m"} 0.0',
+                 'vllm:gpu_cache_usage_perc{model_name="m"} 0.0',
+                 'vllm:num_preemptions_total{model_name="m"} 0.0',
+                 'vllm:prefix_cache_queries_total{model_name="m"} 0.0',
+                 'vllm:prefix_cache_hits_total{model_name="m"} 0.0'):
+        assert line in text.splitlines(), line
+    for name in ("time_to_first_token_seconds", "inter_token_latency_seconds",
+                 "time_per_output_token_seconds", "e2e_request_latency_seconds",
+                 "request_queue_time_seconds"):
+        assert f"# TYPE vllm:{name} histogram" in text
+
+
+def test_registries_are_private():
+    first, second = PrometheusMetrics("a"), PrometheusMetrics("a")
+    first.observe_tokens(num_prompt_tokens=1)
+    assert second.registry.get_sample_value("vllm:prompt_tokens_total", {"model_name": "a"}) == 0
+
+
+def test_observe_finished_records_latencies_and_success():
+    metrics = PrometheusMetrics("m")
+    metrics.observe_finished(finished_output(num_tokens=5))
+    value = metrics.registry.get_sample_value
+    assert value("vllm:request_success_total", {**LABELS, "finished_reason": "stop"}) == 1
+    assert value("vllm:time_to_first_token_seconds_sum", LABELS) == 1.0
+    assert value("vllm:e2e_request_latency_seconds_sum", LABELS) == 3.5
+    assert value("vllm:request_queue_time_seconds_sum", LABELS) == 0.5
+    assert value("vllm:request_prefill_time_seconds_sum", LABELS) == 0.5
+    assert value("vllm:request_decode_time_seconds_sum", LABELS) == 2.0
+    assert value("vllm:time_per_output_token_seconds_sum", LABELS) == 0.5   # 2 s / 4 tokens
+    assert value("vllm:request_generation_tokens_sum", LABELS) == 5
+    assert value("vllm:request_prompt_tokens_sum", LABELS) == 3
+    # a stream's last delta holds only its own tokens: the caller passes the total
+    metrics.observe_finished(finished_output(num_tokens=1), num_generation_tokens=3)
+    assert value("vllm:time_per_output_token_seconds_sum", LABELS) == 1.5   # + 2 s / 2 tokens
+    assert value("vllm:time_to_first_token_seconds_bucket", {**LABELS, "le": "1.0"}) == 2
+    assert value("vllm:time_to_first_token_seconds_bucket", {**LABELS, "le": "0.75"}) == 0
+
+
+def test_inter_token_latency():
+    metrics = PrometheusMetrics("m")
+    metrics.observe_tokens(num_generation_tokens=1, inter_token_latency=0.02)
+    metrics.observe_tokens(num_generation_tokens=1, inter_token_latency=0.03)
+    value = metrics.registry.get_sample_value
+    assert value("vllm:inter_token_latency_seconds_count", LABELS) == 2
+    assert value("vllm:inter_token_latency_seconds_sum", LABELS) == pytest.approx(0.05)
+
+
+def test_update_from_stats_sets_gauges_and_advances_counters_by_growth():
+    metrics = PrometheusMetrics("m")
+    value = metrics.registry.get_sample_value
+    stats = {"running": 3, "waiting": 2, "kv_cache_usage": 0.25, "num_preemptions": 4,
+             "prefix_cache_queries": 100, "prefix_cache_hits": 40}
+    metrics.update_from_stats(stats)
+    metrics.update_from_stats({**stats, "num_preemptions": 6, "prefix_cache_queries": 150})
+    assert value("vllm:num_requests_running", LABELS) == 3
+    assert value("vllm:num_requests_waiting", LABELS) == 2
+    assert value("vllm:kv_cache_usage_perc", LABELS) == 0.25
+    assert value("vllm:gpu_cache_usage_perc", LABELS) == 0.25
+    assert value("vllm:num_preemptions_total", LABELS) == 6
+    assert value("vllm:prefix_cache_queries_total", LABELS) == 150
+    assert value("vllm:prefix_cache_hits_total", LABELS) == 40
+    # a restarted engine starts its totals again from zero: the counter never goes back
+    metrics.update_from_stats({**stats, "num_preemptions": 1})
+    assert value("vllm:num_preemptions_total", LABELS) == 7
+
+    class Stats:   # an object with attributes (the engine's EngineStats names) works too
+        num_running, num_waiting, kv_cache_usage = 1, 0, 0.5
+        num_preemptions, prefix_cache_queries, prefix_cache_hits = 1, 150, 40
+    metrics.update_from_stats(Stats())
+    assert metrics.totals.num_requests_running == 1 and metrics.totals.kv_cache_usage == 0.5
+
+
+def test_buckets():
+    assert buckets_1_2_5(100) == [1, 2, 5, 10, 20, 50, 100]
+    assert buckets_1_2_5(4) == [1, 2]
+    assert TTFT_BUCKETS[0] == 0.001 and TTFT_BUCKETS[-1] == 2560.0
+
+
+def test_format_stats_line():
+    previous = MetricTotals(prompt_tokens=100, generation_tokens=50)
+    current = MetricTotals(prompt_tokens=1100, generation_tokens=250, num_preemptions=2,
+                           prefix_cache_queries=200, prefix_cache_hits=50,
+                           num_requests_running=8, num_requests_waiting=1, kv_cache_usage=0.125)
+    assert format_stats_line(previous, current, 10.0) == (
+        "Avg prompt throughput: 100.0 tokens/s, Avg generation throughput: 20.0 tokens/s, "
+        "Running: 8 reqs, Waiting: 1 reqs, GPU KV cache usage: 12.5%, "
+        "Prefix cache hit rate: 25.0%, Preemptions: 2")
+
+
+def test_stats_logger_uses_counter_deltas_and_is_quiet_when_idle(caplog):
+    now = [0.0]
+    metrics = PrometheusMetrics("m")
+    stats_logger = StatsLogger(metrics, interval_s=5.0, clock=lambda: now[0])
+    metrics.observe_tokens(num_prompt_tokens=50, num_generation_tokens=10)
+    now[0] = 5.0
+    with caplog.at_level(logging.DEBUG, logger="pagellm.metrics"):
+        line = stats_logger.log()
+        now[0] = 10.0
+        idle_line = stats_logger.log()
+    assert line.startswith("Avg prompt throughput: 10.0 tokens/s, "
+                           "Avg generation throughput: 2.0 tokens/s")
+    assert idle_line.startswith("Avg prompt throughput: 0.0 tokens/s")
+    assert [record.levelno for record in caplog.records] == [logging.INFO, logging.DEBUG]
+
+
+def test_stats_logger_run_reads_engine_stats():
+    class Engine:
+        def __init__(self):
+            self.calls = 0
+
+        async def stats(self):
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("not ready")
+            return {"running": 2, "waiting": 0, "kv_cache_usage": 0.5}
+
+    async def go():
+        metrics, engine = PrometheusMetrics("m"), Engine()
+        task = asyncio.create_task(StatsLogger(metrics, interval_s=0.001).run(engine))
+        while engine.calls < 3:
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return metrics
+    metrics = asyncio.run(asyncio.wait_for(go(), 10))
+    assert metrics.totals.num_requests_running == 2

@@ -1,0 +1,488 @@
+"""The OpenAI protocol models, error bodies, and the completion/chat handlers' formatting.
+
+The handlers run against ``ScriptedEngine``, a test double with AsyncLLM's ``generate``
+interface that streams prepared delta RequestOutputs (one character token per step), so these
+tests check only formatting: SSE framing, indices, echo, logprobs shapes, usage, error mapping.
+End-to-end tests with the real engine live in tests/integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from types import SimpleNamespace
+
+import pytest
+from pydantic import ValidationError
+
+from pagellm.entrypoints.openai.errors import (error_from_exception, error_from_validation,
+                                               error_response)
+from pagellm.entrypoints.openai.protocol import (ChatCompletionRequest, ChatCompletionResponse,
+                                                 CompletionRequest, CompletionResponse,
+                                                 DetokenizeRequest, ErrorResponse,
+                                                 TokenizeChatRequest, TokenizeCompletionRequest)
+from pagellm.entrypoints.openai.serving_chat import OpenAIServingChat
+from pagellm.entrypoints.openai.serving_completion import OpenAIServingCompletion
+from pagellm.entrypoints.openai.serving_tokenization import OpenAIServingTokenization
+from pagellm.errors import ClientError, EngineDeadError, NotSupportedError
+from pagellm.metrics.prometheus import PrometheusMetrics
+from pagellm.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+
+MAX_MODEL_LEN = 64
+
+
+class CharTokenizer:
+    """One token per character (id = code point); a chat template of ``<role>content``."""
+
+    chat_template = "char-template"
+    vocab_size = 256
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return [ord(char) for char in text]
+
+    def decode(self, token_ids) -> str:
+        return "".join(chr(token_id) for token_id in token_ids)
+
+    def apply_chat_template(self, conversation, chat_template, add_generation_prompt, tokenize,
+                            **kwargs) -> str:
+        text = "".join(f"<{m['role']}>{m['content']}" for m in conversation)
+        return text + ("<assistant>" if add_generation_prompt else "")
+
+
+def _position(token_id: int, num_top: int) -> dict[int, Logprob]:
+    """The sampled token at rank 1 with logprob -0.5, then ranks 2.. of the next ids."""
+    position = {token_id: Logprob(-0.5, 1, chr(token_id))}
+    for rank in range(2, num_top + 1):
+        other = ord("a") + rank
+        position[other] = Logprob(-1.0 * rank, rank, chr(other))
+    return position
+
+
+class ScriptedEngine:
+    """Each choice i of a request generates ``replies[i % len(replies)]`` one character per
+    step, then finishes with ``finish_reason``. ``error`` is raised before the first output,
+    ``dead_after`` steps in, EngineDeadError."""
+
+    def __init__(self, replies=("hi!",), finish_reason="length", error=None, dead_after=None):
+        self.tokenizer = CharTokenizer()
+        self.served_model_name = "tiny"
+        self.max_model_len = MAX_MODEL_LEN
+        self.config = SimpleNamespace(model=SimpleNamespace(max_logprobs=5))
+        self.replies, self.finish_reason = replies, finish_reason
+        self.error, self.dead_after = error, dead_after
+        self.calls, self.closed = [], []
+
+    async def generate(self, prompt, sampling_params, request_id, priority=0):
+        self.calls.append((prompt, sampling_params, request_id, priority))
+        try:
+            if self.error is not None:
+                raise self.error
+            metrics = RequestMetrics(arrival_time=100.0, first_scheduled_time=100.5)
+            replies = [self.replies[i % len(self.replies)] for i in range(sampling_params.n)]
+            steps = max(len(reply) for reply in replies)
+            for step in range(steps):
+                if self.dead_after is not None and step == self.dead_after:
+                    raise EngineDeadError("engine core died at /secret/path/engine.py")
+                await asyncio.sleep(0)
+                outputs = [self._delta(index, reply, step, sampling_params)
+                           for index, reply in enumerate(replies)]
+                finished = step == steps - 1
+                metrics.first_token_time = metrics.first_token_time or 101.0
+                metrics.last_token_time = 101.0 + step
+                metrics.finished_time = 101.0 + step if finished else None
+                prompt_logprobs = None
+                if sampling_params.prompt_logprobs is not None:
+                    prompt_logprobs = [None] + [_position(t, 1) for t in prompt[1:]]
+                yield RequestOutput(request_id, None, list(prompt), prompt_logprobs, outputs,
+                                    finished, metrics)
+        finally:
+            self.closed.append(request_id)
+
+    def _delta(self, index, reply, step, params) -> CompletionOutput:
+        if step >= len(reply):
+            return CompletionOutput(index, "", [], finish_reason=self.finish_reason)
+        token_id = ord(reply[step])
+        logprobs = None if params.logprobs is None else [_position(token_id, params.logprobs)]
+        finish = self.finish_reason if step == len(reply) - 1 else None
+        return CompletionOutput(index, reply[step], [token_id], logprobs=logprobs,
+                                finish_reason=finish)
+
+
+def run(coroutine):
+    return asyncio.run(asyncio.wait_for(coroutine, 10))
+
+
+async def _collect(events) -> list:
+    """The JSON payloads of an SSE iterator, '[DONE]' kept as a string."""
+    payloads = []
+    async for event in events:
+        assert event.startswith("data: ") and event.endswith("\n\n"), event
+        body = event[len("data: "):-2]
+        payloads.append(body if body == "[DONE]" else json.loads(body))
+    return payloads
+
+
+def complete(engine, metrics=None, **fields):
+    serving = OpenAIServingCompletion(engine, metrics=metrics)
+    request = CompletionRequest(**fields)
+
+    async def go():
+        result = await serving.create_completion(request, request_id="r1")
+        if isinstance(result, (CompletionResponse, ErrorResponse)):
+            return result
+        return await _collect(result)
+    return run(go())
+
+
+def chat(engine, **fields):
+    serving = OpenAIServingChat(engine)
+    request = ChatCompletionRequest(**fields)
+
+    async def go():
+        result = await serving.create_chat_completion(request, request_id="r1")
+        if isinstance(result, (ChatCompletionResponse, ErrorResponse)):
+            return result
+        return await _collect(result)
+    return run(go())
+
+
+# ---- request models ------------------------------------------------------------------------
+
+def test_unknown_fields_are_ignored_and_prompts_normalised():
+    request = CompletionRequest(prompt="hello", frobnicate=3, metadata={"a": 1})
+    assert request.prompts() == ["hello"]
+    assert CompletionRequest(prompt=[1, 2, 3]).prompts() == [[1, 2, 3]]
+    assert CompletionRequest(prompt=["a", "b"]).prompts() == ["a", "b"]
+    assert CompletionRequest(prompt=[[1], [2, 3]]).prompts() == [[1], [2, 3]]
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"temperature": 2.5}, "temperature"),
+    ({"n": 0}, "n"),
+    ({"n": 129}, "n"),
+    ({"top_p": 0.0}, "top_p"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"presence_penalty": 3}, "presence_penalty"),
+    ({"stop": ["x"] * 17}, "stop"),
+    ({"stop": "y" * 513}, "stop"),
+    ({"stop": [""]}, "stop"),
+    ({"logit_bias": {"abc": 1.0}}, "logit_bias"),
+    ({"logit_bias": {"5": 101.0}}, "logit_bias"),
+    ({"prompt": [True, False]}, "prompt"),
+    ({"prompt": [-1]}, "prompt"),
+    ({"stop_token_ids": [1] * 129}, "stop_token_ids"),
+])
+def test_out_of_range_fields_fail_parsing_with_the_field_named(fields, param):
+    with pytest.raises(ValidationError) as info:
+        CompletionRequest(**{"prompt": "p", **fields})
+    body = error_from_validation(info.value.errors())
+    assert body.error.code == 400 and body.error.param == param
+    assert body.error.message.startswith(param)
+
+
+def test_chat_bounds():
+    with pytest.raises(ValidationError):
+        ChatCompletionRequest(messages=[])
+    with pytest.raises(ValidationError):
+        ChatCompletionRequest(messages=[{"role": "user", "content": "x"}], top_logprobs=21)
+
+
+def test_completion_sampling_params():
+    request = CompletionRequest(prompt="p", temperature=0.5, top_k=-1, stop="end", seed=7,
+                                logit_bias={"3": -1.0}, stream=True, min_tokens=2)
+    params = request.to_sampling_params(MAX_MODEL_LEN, prompt_len=10, max_logprobs=5)
+    assert (params.temperature, params.top_k, params.stop, params.seed) == (0.5, 0, ["end"], 7)
+    assert params.logit_bias == {3: -1.0}
+    assert params.max_tokens == 16 and params.min_tokens == 2
+    assert params.output_kind == "delta"
+    assert CompletionRequest(prompt="p").to_sampling_params(64, 10, 5).output_kind == "final"
+
+
+def test_completion_max_tokens_default_shrinks_explicit_must_fit():
+    assert CompletionRequest(prompt="p").to_sampling_params(64, 60, 5).max_tokens == 4
+    assert CompletionRequest(prompt="p", max_tokens=None).to_sampling_params(64, 60, 5)\
+        .max_tokens == 4
+    with pytest.raises(ClientError) as info:
+        CompletionRequest(prompt="p", max_tokens=5).to_sampling_params(64, 60, 5)
+    assert info.value.param == "max_tokens" and "65 tokens" in str(info.value)
+    with pytest.raises(ClientError) as info:
+        CompletionRequest(prompt="p").to_sampling_params(64, 64, 5)
+    assert info.value.param == "prompt"
+
+
+def test_logprobs_limits_and_echo_asks_for_prompt_logprobs():
+    with pytest.raises(ClientError) as info:
+        CompletionRequest(prompt="p", logprobs=6).to_sampling_params(64, 1, max_logprobs=5)
+    assert info.value.param == "logprobs"
+    params = CompletionRequest(prompt="p", logprobs=2, echo=True).to_sampling_params(64, 1, 5)
+    assert (params.logprobs, params.prompt_logprobs) == (2, 2)
+
+
+def test_unsupported_completion_options_are_rejected():
+    with pytest.raises(NotSupportedError) as info:
+        CompletionRequest(prompt="p", n=1, best_of=3).prompts()
+    assert info.value.param == "best_of"
+    with pytest.raises(ClientError) as info:
+        CompletionRequest(prompt=["a"] * 65).prompts()
+    assert info.value.param == "prompt"
+
+
+def test_chat_sampling_params():
+    messages = [{"role": "user", "content": "hi"}]
+    request = ChatCompletionRequest(messages=messages, max_tokens=3, max_completion_tokens=5,
+                                    logprobs=True, top_logprobs=2)
+    params = request.to_sampling_params(64, 10, 5)
+    assert (params.max_tokens, params.logprobs) == (5, 2)
+    assert ChatCompletionRequest(messages=messages).to_sampling_params(64, 10, 5).max_tokens == 54
+    assert ChatCompletionRequest(messages=messages, logprobs=True)\
+        .to_sampling_params(64, 10, 5).logprobs == 0
+    with pytest.raises(ClientError) as info:
+        ChatCompletionRequest(messages=messages, max_completion_tokens=60)\
+            .to_sampling_params(64, 10, 5)
+    assert info.value.param == "max_completion_tokens"
+    with pytest.raises(ClientError) as info:
+        ChatCompletionRequest(messages=messages, top_logprobs=2).to_sampling_params(64, 10, 5)
+    assert info.value.param == "top_logprobs"
+    with pytest.raises(NotSupportedError) as info:
+        ChatCompletionRequest(messages=messages, tools=[{"type": "function"}])\
+            .to_sampling_params(64, 10, 5)
+    assert info.value.param == "tools"
+
+
+# ---- error bodies --------------------------------------------------------------------------
+
+def test_error_bodies_by_blame():
+    body = error_from_exception(ClientError("bad top_p", param="top_p"))
+    assert body.model_dump() == {"error": {"message": "bad top_p", "type": "BadRequestError",
+                                           "param": "top_p", "code": 400}}
+    dead = error_from_exception(EngineDeadError("core died in /opt/x.py"))
+    assert dead.error.code == 503 and "/opt" not in dead.error.message
+    internal = error_from_exception(RuntimeError("boom at /home/me/secret.py line 3"), "r9")
+    assert internal.error.code == 500 and internal.error.type == "InternalServerError"
+    assert "secret" not in internal.error.message and "r9" in internal.error.message
+    assert error_response("x", 404).error.type == "NotFoundError"
+
+
+# ---- /v1/completions -----------------------------------------------------------------------
+
+def test_completion_full_response():
+    response = complete(ScriptedEngine(), prompt="ab", max_tokens=3)
+    assert response.id == "cmpl-r1" and response.object == "text_completion"
+    assert response.model == "tiny"
+    assert [(c.index, c.text, c.finish_reason) for c in response.choices] == [(0, "hi!", "length")]
+    assert response.usage.model_dump() == {"prompt_tokens": 2, "completion_tokens": 3,
+                                           "total_tokens": 5}
+
+
+def test_completion_batch_and_n_indices():
+    engine = ScriptedEngine(replies=("x", "yz"))
+    response = complete(engine, prompt=["ab", "c"], n=2)
+    assert [(c.index, c.text) for c in response.choices] == [(0, "x"), (1, "yz"), (2, "x"),
+                                                             (3, "yz")]
+    assert [call[0] for call in engine.calls] == [[97, 98], [99]]
+    assert [call[2] for call in engine.calls] == ["cmpl-r1-0", "cmpl-r1-1"]
+    assert all(call[1].output_kind == "delta" for call in engine.calls)
+    assert response.usage.prompt_tokens == 3 and response.usage.completion_tokens == 6
+
+
+def test_completion_stream_events_usage_and_done():
+    events = complete(ScriptedEngine(replies=("ab",)), prompt=[1, 2], stream=True,
+                      stream_options={"include_usage": True}, max_tokens=2)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert [c["choices"][0]["text"] for c in chunks[:-1]] == ["a", "b"]
+    assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]] == [None, "length"]
+    assert all(c["id"] == "cmpl-r1" and c["object"] == "text_completion" for c in chunks)
+    assert len({c["created"] for c in chunks}) == 1
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"] == {"prompt_tokens": 2, "completion_tokens": 2,
+                                   "total_tokens": 4}
+
+
+def test_completion_stream_without_usage_ends_with_done():
+    events = complete(ScriptedEngine(replies=("ab",)), prompt="q", stream=True)
+    assert events[-1] == "[DONE]"
+    assert all(chunk["usage"] is None and chunk["choices"] for chunk in events[:-1])
+
+
+def test_completion_echo():
+    response = complete(ScriptedEngine(replies=("ok",)), prompt="say ", echo=True)
+    assert response.choices[0].text == "say ok"
+    events = complete(ScriptedEngine(replies=("ok",)), prompt=[104, 105], echo=True, stream=True)
+    assert "".join(c["choices"][0]["text"] for c in events[:-1]) == "hiok"
+    assert events[0]["choices"][0]["text"] == "hio"
+
+
+def test_completion_logprobs_shape():
+    response = complete(ScriptedEngine(replies=("hi",)), prompt="q", logprobs=2)
+    logprobs = response.choices[0].logprobs.model_dump()
+    assert logprobs == {"tokens": ["h", "i"], "token_logprobs": [-0.5, -0.5],
+                        "top_logprobs": [{"h": -0.5, "c": -2.0}, {"i": -0.5, "c": -2.0}],
+                        "text_offset": [0, 1]}
+
+
+def test_completion_streamed_logprobs_offsets_run_on():
+    events = complete(ScriptedEngine(replies=("hi",)), prompt="q", logprobs=0, stream=True)
+    offsets = [c["choices"][0]["logprobs"]["text_offset"] for c in events[:-1]]
+    assert offsets == [[0], [1]]
+
+
+def test_completion_echo_with_logprobs_includes_prompt_tokens():
+    response = complete(ScriptedEngine(replies=("z",)), prompt="ab", logprobs=1, echo=True)
+    logprobs = response.choices[0].logprobs
+    assert logprobs.tokens == ["a", "b", "z"]
+    assert logprobs.token_logprobs == [None, -0.5, -0.5]
+    assert logprobs.top_logprobs[0] is None
+    assert logprobs.text_offset == [0, 1, 2]
+
+
+def test_completion_client_errors_become_400_before_streaming():
+    engine = ScriptedEngine(error=ClientError("token id 999 is out of the vocabulary",
+                                              param="prompt"))
+    result = complete(engine, prompt=[999], stream=True)
+    assert isinstance(result, ErrorResponse)
+    assert (result.error.code, result.error.param) == (400, "prompt")
+    assert complete(ScriptedEngine(), prompt="p", model="other").error.code == 404
+    too_long = complete(ScriptedEngine(), prompt="x" * 60, max_tokens=10)
+    assert (too_long.error.code, too_long.error.param) == (400, "max_tokens")
+    assert complete(ScriptedEngine(), prompt=[[]]).error.param == "prompt"
+
+
+def test_engine_death_mid_stream_is_an_error_event_without_internals():
+    engine = ScriptedEngine(replies=("abcd",), dead_after=2)
+    events = complete(engine, prompt="p", stream=True)
+    assert [c["choices"][0]["text"] for c in events[:2]] == ["a", "b"]
+    assert events[2]["error"]["code"] == 503
+    assert "secret" not in json.dumps(events[2])
+    assert events[3] == "[DONE]"
+    full = complete(ScriptedEngine(replies=("abcd",), dead_after=2), prompt="p")
+    assert full.error.code == 503
+
+
+def test_internal_errors_do_not_leak():
+    result = complete(ScriptedEngine(error=KeyError("/etc/passwd")), prompt="p")
+    assert result.error.code == 500 and "passwd" not in result.error.message
+
+
+def test_closing_a_stream_aborts_every_engine_request():
+    engine = ScriptedEngine(replies=("abcdef",))
+    serving = OpenAIServingCompletion(engine)
+
+    async def go():
+        events = await serving.create_completion(
+            CompletionRequest(prompt=["a", "b"], stream=True), request_id="r2")
+        await anext(events)
+        await events.aclose()
+    run(go())
+    assert sorted(engine.closed) == ["cmpl-r2-0", "cmpl-r2-1"]
+
+
+def test_handlers_feed_the_metrics():
+    metrics = PrometheusMetrics("tiny")
+    complete(ScriptedEngine(replies=("abc",)), metrics=metrics, prompt="pq", n=2)
+    assert (metrics.totals.prompt_tokens, metrics.totals.generation_tokens) == (2, 6)
+    value = metrics.registry.get_sample_value
+    assert value("vllm:request_success_total",
+                 {"model_name": "tiny", "finished_reason": "length"}) == 2
+    assert value("vllm:time_to_first_token_seconds_sum", {"model_name": "tiny"}) == 1.0
+    assert value("vllm:inter_token_latency_seconds_count", {"model_name": "tiny"}) == 2
+
+
+# ---- /v1/chat/completions ------------------------------------------------------------------
+
+MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+
+
+def test_chat_full_response_applies_the_template():
+    engine = ScriptedEngine(replies=("yo",), finish_reason="stop")
+    response = chat(engine, messages=MESSAGES)
+    rendered = "<system>be brief<user>hi<assistant>"
+    assert engine.calls[0][0] == [ord(char) for char in rendered]
+    assert response.id == "chatcmpl-r1" and response.object == "chat.completion"
+    choice = response.choices[0]
+    assert (choice.message.role, choice.message.content, choice.finish_reason) == \
+        ("assistant", "yo", "stop")
+    assert response.usage.prompt_tokens == len(rendered)
+
+
+def test_chat_stream_role_first_then_content_usage_done():
+    events = chat(ScriptedEngine(replies=("yo",)), messages=MESSAGES, stream=True, n=2,
+                  stream_options={"include_usage": True})
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert [c["choices"][0]["delta"] for c in chunks[:2]] == [
+        {"role": "assistant", "content": ""}] * 2
+    assert [c["choices"][0]["index"] for c in chunks[:2]] == [0, 1]
+    content = {0: "", 1: ""}
+    for chunk in chunks[2:-1]:
+        choice = chunk["choices"][0]
+        content[choice["index"]] += choice["delta"].get("content", "")
+    assert content == {0: "yo", 1: "yo"}
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
+
+
+def test_chat_logprobs_shape():
+    response = chat(ScriptedEngine(replies=("h",)), messages=MESSAGES, logprobs=True,
+                    top_logprobs=2)
+    assert response.choices[0].logprobs.model_dump() == {"content": [{
+        "token": "h", "logprob": -0.5, "bytes": [104],
+        "top_logprobs": [{"token": "h", "logprob": -0.5, "bytes": [104]},
+                         {"token": "c", "logprob": -2.0, "bytes": [99]}]}]}
+
+
+def test_chat_echo_and_continuation_role():
+    messages = MESSAGES + [{"role": "assistant", "content": "Sure: "}]
+    response = chat(ScriptedEngine(replies=("ok",)), messages=messages,
+                    add_generation_prompt=False, echo=True)
+    assert response.choices[0].message.model_dump() == {"role": "assistant",
+                                                        "content": "Sure: ok"}
+
+
+def test_chat_errors():
+    result = chat(ScriptedEngine(), messages=MESSAGES, chat_template_kwargs={"tokenize": True})
+    assert (result.error.code, result.error.param) == (400, "chat_template_kwargs")
+    no_tokenizer = ScriptedEngine()
+    no_tokenizer.tokenizer = None
+    assert chat(no_tokenizer, messages=MESSAGES).error.code == 400
+    assert chat(ScriptedEngine(), messages=MESSAGES,
+                response_format={"type": "json_object"}).error.param == "response_format"
+
+
+def test_shapes_parse_as_the_openai_clients_types():
+    openai_types = pytest.importorskip("openai.types")
+    chat_types = pytest.importorskip("openai.types.chat")
+    completion = complete(ScriptedEngine(replies=("hi",)), prompt="q", logprobs=1, n=2)
+    parsed = openai_types.Completion.model_validate(completion.model_dump())
+    assert parsed.choices[1].text == "hi" and parsed.choices[0].logprobs.tokens == ["h", "i"]
+    # The client builds completion chunks without validation (their finish_reason is null
+    # until the last); the last chunk of a choice and the usage chunk validate.
+    chunks = complete(ScriptedEngine(), prompt="q", stream=True,
+                      stream_options={"include_usage": True})[:-1]
+    for chunk in chunks[-2:]:
+        openai_types.Completion.model_validate(chunk)
+    reply = chat(ScriptedEngine(), messages=MESSAGES, logprobs=True, top_logprobs=1)
+    parsed_chat = chat_types.ChatCompletion.model_validate(reply.model_dump())
+    assert parsed_chat.choices[0].logprobs.content[0].top_logprobs[0].token == "h"
+    for chunk in chat(ScriptedEngine(), messages=MESSAGES, stream=True,
+                      stream_options={"include_usage": True})[:-1]:
+        chat_types.ChatCompletionChunk.model_validate(chunk)
+
+
+# ---- /tokenize, /detokenize ----------------------------------------------------------------
+
+def test_tokenize_and_detokenize():
+    serving = OpenAIServingTokenization(ScriptedEngine())
+    tokens = run(serving.tokenize(TokenizeCompletionRequest(prompt="ab")))
+    assert tokens.model_dump() == {"count": 2, "max_model_len": MAX_MODEL_LEN, "tokens": [97, 98]}
+    chat_tokens = run(serving.tokenize(TokenizeChatRequest(messages=[{"role": "user",
+                                                                      "content": "x"}])))
+    assert chat_tokens.tokens == [ord(char) for char in "<user>x<assistant>"]
+    assert run(serving.detokenize(DetokenizeRequest(tokens=[104, 105]))).prompt == "hi"
+    bad = run(serving.detokenize(DetokenizeRequest(tokens=[300])))
+    assert (bad.error.code, bad.error.param) == (400, "tokens")
+    assert run(serving.tokenize(TokenizeCompletionRequest(prompt="a", model="x"))).error.code \
+        == 404
