@@ -1,10 +1,31 @@
-"""Clients of the engine core with one interface: in-process now; over ZMQ for the server."""
+"""Clients of the engine core with one set of calls: ``InprocClient`` steps a core in this
+process (offline LLM); ``MPClient`` talks to a core in its own process over ZMQ (server)."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+import weakref
+
+import zmq
+import zmq.asyncio
+
+from pagellm.config.engine_args import EngineConfig
 from pagellm.core.request import Request
 from pagellm.core.sched_output import EngineCoreOutput
+from pagellm.engine.core_proc import start_engine_core_process
 from pagellm.engine.engine_core import EngineCore, EngineStats
+from pagellm.engine.messages import (AbortRequests, EngineCoreOutputs, EngineDead, EngineReady,
+                                     UtilityCall, UtilityResult, core_message_decoder, encoder,
+                                     request_to_msg, stats_from_msg)
+from pagellm.errors import ClientError, EngineDeadError
+
+EXIT_GRACE_S = 0.5      # after the core process exits, how long its EngineDead may take to arrive
 
 
 class InprocClient:
@@ -31,3 +52,191 @@ class InprocClient:
 
     def shutdown(self) -> None:
         self.engine_core.shutdown()
+
+
+class MPClient:
+    """Drives an engine core in its own process over ZMQ (asyncio). Create with ``start``.
+
+    Outputs arrive on a background reader task and wait in ``get_output``'s queue. When the
+    core dies (it sends ``EngineDead``, or its process exits without a shutdown call) every
+    pending and later call raises ``EngineDeadError`` with the core's error text.
+    """
+
+    def __init__(self, process: multiprocessing.Process, context: zmq.asyncio.Context,
+                 input_socket: zmq.asyncio.Socket, output_socket: zmq.asyncio.Socket,
+                 socket_dir: str):
+        self.process = process
+        self.context = context
+        self.input_socket = input_socket
+        self.output_socket = output_socket
+        self.socket_dir = socket_dir
+        self.ready: EngineReady | None = None
+        self.dead_error: EngineDeadError | None = None
+        self._outputs: asyncio.Queue[EngineCoreOutputs | EngineDeadError] = asyncio.Queue()
+        self._pending_calls: dict[int, asyncio.Future] = {}
+        self._call_ids = itertools.count()
+        self._reader: asyncio.Task | None = None
+        self._shutting_down = False
+        # Last resort when shutdown() is never awaited: stop the child at interpreter exit.
+        self._finalizer = weakref.finalize(self, _kill_process, process, socket_dir)
+
+    @classmethod
+    async def start(cls, config: EngineConfig, startup_timeout_s: float = 600.0) -> "MPClient":
+        """Spawn the core and wait for its ready message. Raises ClientError when the core
+        rejected the config at start-up, EngineDeadError when it failed otherwise, exited,
+        or was not ready within ``startup_timeout_s`` (the process is then stopped)."""
+        socket_dir = tempfile.mkdtemp(prefix="pagellm-")    # mode 0700: only this user
+        input_address = f"ipc://{os.path.join(socket_dir, 'input')}"
+        output_address = f"ipc://{os.path.join(socket_dir, 'output')}"
+        context = zmq.asyncio.Context()
+        input_socket = context.socket(zmq.PUSH)
+        input_socket.bind(input_address)
+        output_socket = context.socket(zmq.PULL)
+        output_socket.bind(output_address)
+        process = start_engine_core_process(config, input_address, output_address)
+        client = cls(process, context, input_socket, output_socket, socket_dir)
+        try:
+            client.ready = await client._wait_ready(startup_timeout_s)
+        except BaseException:
+            client._close(kill=True)
+            raise
+        loop = asyncio.get_running_loop()
+        loop.add_reader(process.sentinel, client._on_process_exit)
+        client._reader = asyncio.create_task(client._read_outputs(), name="pagellm-core-reader")
+        return client
+
+    async def _wait_ready(self, timeout_s: float) -> EngineReady:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if await self.output_socket.poll(200):
+                message = core_message_decoder.decode(await self.output_socket.recv())
+                if isinstance(message, EngineReady):
+                    return message
+                if isinstance(message, EngineDead):
+                    text = f"the engine core failed to start: {message.error}"
+                    if message.client_error:
+                        raise ClientError(text)
+                    raise EngineDeadError(f"{text}\n{message.traceback}")
+            elif not self.process.is_alive():
+                raise EngineDeadError(f"the engine core exited during start-up with code "
+                                      f"{self.process.exitcode} and no error message")
+        raise EngineDeadError(f"the engine core was not ready within {timeout_s:.0f} s")
+
+    # ---- the same calls as InprocClient, awaited ----------------------------------------------
+
+    async def add_request(self, request: Request) -> None:
+        await self._send(request_to_msg(request))
+
+    async def abort_requests(self, request_ids) -> None:
+        if request_ids and self.dead_error is None:
+            await self._send(AbortRequests(list(request_ids)))
+
+    async def get_output(self) -> EngineCoreOutputs:
+        """The next batch of outputs (with the stats after that step); waits for one."""
+        item = await self._outputs.get()
+        if isinstance(item, EngineDeadError):
+            self._outputs.put_nowait(item)      # for the next caller too
+            raise item
+        return item
+
+    async def stats(self) -> EngineStats:
+        return stats_from_msg((await self._call("stats")).stats)
+
+    async def ping(self) -> None:
+        """Returns once the core answers; EngineDeadError when it cannot."""
+        await self._call("ping")
+
+    async def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Ask the core to exit, wait up to ``timeout_s`` for it, then kill it. Pending and
+        later calls raise EngineDeadError. Idempotent."""
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        if self.dead_error is None and self.process.is_alive():
+            try:
+                await asyncio.wait_for(self._call("shutdown"), timeout_s)
+            except (EngineDeadError, asyncio.TimeoutError):
+                pass
+        # A core that answered, or died on an error, is exiting by itself: let it finish.
+        await asyncio.to_thread(self.process.join, timeout_s)
+        self._set_dead("the engine was shut down")
+        self._close(kill=True)
+
+    # ---- internals ----------------------------------------------------------------------------
+
+    async def _send(self, message) -> None:
+        if self.dead_error is not None:
+            raise self.dead_error
+        await self.input_socket.send(encoder.encode(message), copy=False)
+
+    async def _call(self, method: str) -> UtilityResult:
+        call_id = next(self._call_ids)
+        future = asyncio.get_running_loop().create_future()
+        self._pending_calls[call_id] = future
+        try:
+            await self._send(UtilityCall(call_id, method))
+            return await future
+        finally:
+            self._pending_calls.pop(call_id, None)
+
+    async def _read_outputs(self) -> None:
+        try:
+            while True:
+                message = core_message_decoder.decode(await self.output_socket.recv())
+                if isinstance(message, EngineCoreOutputs):
+                    self._outputs.put_nowait(message)
+                elif isinstance(message, UtilityResult):
+                    future = self._pending_calls.get(message.call_id)
+                    if future is not None and not future.done():
+                        future.set_result(message)
+                elif isinstance(message, EngineDead):
+                    self._set_dead(f"the engine core died: {message.error}")
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:      # a bad message or a closed socket: nothing more comes
+            self._set_dead(f"reading engine-core outputs failed: {error!r}")
+
+    def _on_process_exit(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.process.sentinel)
+        if not self._shutting_down:
+            asyncio.create_task(self._report_exit())
+
+    async def _report_exit(self) -> None:
+        await asyncio.sleep(EXIT_GRACE_S)   # an EngineDead sent just before exiting wins
+        self.process.join(0)
+        self._set_dead(f"the engine core process exited unexpectedly "
+                       f"(exit code {self.process.exitcode})")
+
+    def _set_dead(self, text: str) -> None:
+        """Fail every waiter once; later calls see the first error."""
+        if self.dead_error is not None:
+            return
+        self.dead_error = EngineDeadError(text)
+        for future in self._pending_calls.values():
+            if not future.done():
+                future.set_exception(self.dead_error)
+        self._outputs.put_nowait(self.dead_error)
+
+    def _close(self, kill: bool) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        try:
+            asyncio.get_running_loop().remove_reader(self.process.sentinel)
+        except (RuntimeError, ValueError):
+            pass
+        self.input_socket.close(linger=0)
+        self.output_socket.close(linger=0)
+        self.context.term()
+        if kill:
+            self._finalizer()
+
+
+def _kill_process(process: multiprocessing.Process, socket_dir: str) -> None:
+    if process.is_alive():
+        process.terminate()
+        process.join(5)
+        if process.is_alive():
+            process.kill()
+            process.join(5)
+    shutil.rmtree(socket_dir, ignore_errors=True)

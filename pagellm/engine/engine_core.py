@@ -6,7 +6,7 @@ Owns the scheduler and the executor. It sees token ids only; text lives in the f
 from __future__ import annotations
 
 import logging
-
+import os
 from dataclasses import dataclass
 
 import torch
@@ -16,9 +16,17 @@ from pagellm.core.request import Request
 from pagellm.core.scheduler import Scheduler
 from pagellm.core.sched_output import EngineCoreOutput
 from pagellm.distributed.executor import UniProcExecutor
-from pagellm.platforms import Platform
+from pagellm.platforms import Platform, current_platform
 
 logger = logging.getLogger(__name__)
+
+FAULT_INJECT_ENV = "PAGELLM_FAULT_INJECT_STEP"
+"""Test-only: ``PAGELLM_FAULT_INJECT_STEP=N`` makes the N-th forward pass of every EngineCore
+built while it is set raise ``InjectedFault`` (how the tests kill an engine-core process)."""
+
+
+class InjectedFault(RuntimeError):
+    """The failure ``PAGELLM_FAULT_INJECT_STEP`` asks for; never raised in normal runs."""
 
 
 @dataclass
@@ -30,6 +38,18 @@ class EngineStats:
     prefix_cache_queries: int
     prefix_cache_hits: int
     num_steps: int
+    prompt_tokens: int = 0
+    """Prompt tokens of the requests that produced their first token so far."""
+    generation_tokens: int = 0
+    """Tokens generated so far."""
+
+
+def model_dtype(platform: Platform, config: EngineConfig, hf_config) -> torch.dtype:
+    """The dtype the model runs in: the configured one, or the checkpoint's under 'auto'."""
+    checkpoint_dtype = getattr(hf_config, "torch_dtype", None) or getattr(hf_config, "dtype", None)
+    if isinstance(checkpoint_dtype, str):
+        checkpoint_dtype = getattr(torch, checkpoint_dtype, None)
+    return platform.resolve_dtype(config.model.dtype, checkpoint_dtype)
 
 
 class EngineCore:
@@ -44,6 +64,9 @@ class EngineCore:
                                    num_blocks, num_swap_blocks)
         self.num_blocks = num_blocks
         self.num_steps = 0
+        self.num_prompt_tokens = 0
+        self.num_generation_tokens = 0
+        self._fault_step = int(os.environ.get(FAULT_INJECT_ENV) or 0)   # test-only, 0 = off
 
     def add_request(self, request: Request) -> None:
         self.scheduler.add_request(request)
@@ -59,9 +82,23 @@ class EngineCore:
         sched = self.scheduler.schedule()
         if sched.is_empty and not sched.finished_req_ids and not sched.blocks_to_swap_out:
             return []
+        self._count_prompt_tokens(sched)
+        if self._fault_step and self.num_steps + 1 == self._fault_step:
+            raise InjectedFault(f"{FAULT_INJECT_ENV}={self._fault_step}: forward pass "
+                                f"{self._fault_step} fails on purpose")
         runner_output = self.executor.execute_model(sched)
         self.num_steps += 1
+        self.num_generation_tokens += len(runner_output.sampled_token_ids)
         return self.scheduler.update_from_output(sched, runner_output)
+
+    def _count_prompt_tokens(self, sched) -> None:
+        """Count each prompt once, in the step that samples its first token (like vLLM)."""
+        requests = self.scheduler.requests
+        for request_id in sched.num_scheduled_tokens:
+            request = requests[request_id]
+            prefill_done = request.num_computed_tokens >= request.num_prompt_tokens
+            if prefill_done and not request.output_token_ids:
+                self.num_prompt_tokens += request.num_prompt_tokens
 
     def stats(self) -> EngineStats:
         scheduler = self.scheduler
@@ -69,9 +106,14 @@ class EngineCore:
             num_running=len(scheduler.running), num_waiting=len(scheduler.waiting),
             kv_cache_usage=scheduler.kv_cache_usage(), num_preemptions=scheduler.num_preemptions,
             prefix_cache_queries=scheduler.kv.prefix_stats.queries,
-            prefix_cache_hits=scheduler.kv.prefix_stats.hits, num_steps=self.num_steps)
+            prefix_cache_hits=scheduler.kv.prefix_stats.hits, num_steps=self.num_steps,
+            prompt_tokens=self.num_prompt_tokens, generation_tokens=self.num_generation_tokens)
 
     def shutdown(self) -> None:
         self.executor.shutdown()
 
 
+def make_engine_core(config: EngineConfig, hf_config) -> EngineCore:
+    """An EngineCore on the configured device, in the model's dtype."""
+    platform = current_platform(config.parallel.device)
+    return EngineCore(config, platform, hf_config, model_dtype(platform, config, hf_config))

@@ -11,8 +11,9 @@ import logging
 import time
 
 from pagellm.config.engine_args import EngineConfig, create_engine_config, finalize_lengths
+from pagellm.core.request import Request
 from pagellm.engine.core_client import InprocClient
-from pagellm.engine.engine_core import EngineCore
+from pagellm.engine.engine_core import make_engine_core
 from pagellm.engine.input_processor import InputProcessor, PromptType
 from pagellm.engine.output_processor import OutputProcessor
 from pagellm.engine.tokenizer import config_eos_token_ids, get_eos_token_ids, load_tokenizer
@@ -20,7 +21,6 @@ from pagellm.errors import ClientError
 from pagellm.models.default_model import resolve_model_path
 from pagellm.models.hf_config import load_hf_config
 from pagellm.outputs import RequestOutput
-from pagellm.platforms import current_platform
 from pagellm.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -38,22 +38,37 @@ def resolve_config(**kwargs) -> tuple[EngineConfig, object]:
     return finalize_lengths(config, hf_config.max_position_embeddings), hf_config
 
 
+def load_frontend_tokenizer(config: EngineConfig, hf_config) -> tuple[object | None, list[int]]:
+    """(tokenizer or None under skip_tokenizer_init, EOS token ids)."""
+    if config.model.skip_tokenizer_init:
+        return None, config_eos_token_ids(hf_config)
+    tokenizer = load_tokenizer(config.model.tokenizer)
+    return tokenizer, get_eos_token_ids(config.model.model, tokenizer)
+
+
+def prepare_requests(config: EngineConfig, input_processor: InputProcessor,
+                     output_processor: OutputProcessor, prompt: PromptType,
+                     params: SamplingParams, request_id: str, priority: int,
+                     arrival_time: float) -> list[Request]:
+    """Validate one prompt and register it with ``output_processor``; returns the core
+    Requests to send. Raises ClientError and registers nothing when the request is invalid."""
+    if priority != 0 and config.scheduler.policy != "priority":
+        raise ClientError("priority is only used with policy='priority'", param="priority")
+    if request_id in output_processor.requests:
+        raise ClientError(f"request id {request_id!r} is already in use", param="request_id")
+    prompt_data = input_processor.process_prompt(prompt)
+    params = input_processor.validate(prompt_data, params)
+    requests = input_processor.make_requests(request_id, prompt_data, params, arrival_time,
+                                             priority)
+    output_processor.add_request(request_id, prompt_data, params, arrival_time)
+    return requests
+
+
 class LLMEngine:
     def __init__(self, config: EngineConfig, hf_config):
         self.config = config
-        self.platform = current_platform(config.parallel.device)
-        checkpoint_dtype = getattr(hf_config, "torch_dtype", None) or getattr(hf_config, "dtype", None)
-        if isinstance(checkpoint_dtype, str):
-            import torch
-            checkpoint_dtype = getattr(torch, checkpoint_dtype, None)
-        self.dtype = self.platform.resolve_dtype(config.model.dtype, checkpoint_dtype)
-        if config.model.skip_tokenizer_init:
-            self.tokenizer = None
-            eos_ids = config_eos_token_ids(hf_config)
-        else:
-            self.tokenizer = load_tokenizer(config.model.tokenizer)
-            eos_ids = get_eos_token_ids(config.model.model, self.tokenizer)
-        self.engine_core = EngineCore(config, self.platform, hf_config, self.dtype)
+        self.tokenizer, eos_ids = load_frontend_tokenizer(config, hf_config)
+        self.engine_core = make_engine_core(config, hf_config)
         self.core = InprocClient(self.engine_core)
         vocab_size = self.engine_core.executor.worker.model.vocab_size
         self.input_processor = InputProcessor(self.tokenizer, config.model.max_model_len,
@@ -70,18 +85,10 @@ class LLMEngine:
                     request_id: str | None = None, priority: int = 0,
                     arrival_time: float | None = None) -> str:
         """Validate and queue one prompt; raises ClientError and queues nothing when invalid."""
-        if priority != 0 and self.config.scheduler.policy != "priority":
-            raise ClientError("priority is only used with policy='priority'", param="priority")
         request_id = str(next(self._counter)) if request_id is None else request_id
-        if request_id in self.output_processor.requests:
-            raise ClientError(f"request id {request_id!r} is already in use", param="request_id")
         arrival_time = time.time() if arrival_time is None else arrival_time
-        prompt_data = self.input_processor.process_prompt(prompt)
-        params = self.input_processor.validate(prompt_data, params)
-        requests = self.input_processor.make_requests(request_id, prompt_data, params,
-                                                      arrival_time, priority)
-        self.output_processor.add_request(request_id, prompt_data, params, arrival_time)
-        for request in requests:
+        for request in prepare_requests(self.config, self.input_processor, self.output_processor,
+                                        prompt, params, request_id, priority, arrival_time):
             self.core.add_request(request)
         return request_id
 

@@ -1,9 +1,8 @@
-"""`pagellm bench throughput|latency` and the pre-server `pagellm serve`, run in-process on a
+"""`pagellm bench throughput|latency`, run in-process on a
 tiny random model."""
 
 from __future__ import annotations
 
-import io
 import json
 import re
 
@@ -86,13 +85,3 @@ def test_bench_throughput_on_config_only_directory(tmp_path, capsys):
                    "--input-len", "8", "--output-len", "4", "--disable-tqdm", *SMALL_ENGINE])
     assert status == 0
     assert THROUGHPUT_LINE.search(capsys.readouterr().out)
-
-
-def test_serve_placeholder_one_shot_and_stdin(tiny_llama, capsys, monkeypatch):
-    args = [tiny_llama, "--max-tokens", "4", *SMALL_ENGINE]
-    assert main(["serve", *args, "--prompt", "Hello"]) == 0
-    one_shot = capsys.readouterr().out
-    assert one_shot.endswith("\n") and len(one_shot) > 1
-    monkeypatch.setattr("sys.stdin", io.StringIO("Hello\n\nWorld\n"))
-    assert main(["serve", *args]) == 0
-    assert capsys.readouterr().out.startswith(one_shot)    # greedy: the same completion

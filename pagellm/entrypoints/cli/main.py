@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve_parser = commands.add_parser(
-        "serve", help="generate from a model (pre-server placeholder: one-shot or stdin REPL)",
+        "serve", help="serve a model over an OpenAI-compatible HTTP API",
         description=serve.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_cli_args(serve_parser)
     serve_parser.set_defaults(run=serve.main)

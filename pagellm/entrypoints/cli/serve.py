@@ -1,65 +1,126 @@
-"""``pagellm serve``: PRE-SERVER PLACEHOLDER. There is no HTTP server yet (a later issue).
+"""``pagellm serve [MODEL]``: the OpenAI-compatible HTTP server.
 
-For now it loads the model in this process and generates plain completions (no chat template):
-
-    pagellm serve [MODEL] --prompt "The capital of France is"   # one completion, then exit
-    pagellm serve [MODEL] < prompts.txt                          # one completion per line
-
-Without ``--prompt`` it reads stdin line by line until EOF, printing each completion as soon as
-it is done (an interactive session when stdin is a terminal). Every engine argument is
-accepted, as the real server will accept them.
+Every engine argument is a flag (generated from the config dataclasses), plus the server's
+own: --host, --port, --api-key (or PAGELLM_API_KEY), --chat-template, --disable-log-requests,
+--disable-log-stats, --drain-timeout. Exit status: 0 after a clean shutdown (SIGTERM/SIGINT:
+stop admitting, drain up to --drain-timeout, abort the rest), 1 when the engine core died.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from pathlib import Path
 
 from pagellm.config.cli_args import add_engine_args, engine_kwargs_from_args
-from pagellm.errors import ClientError
+
+logger = logging.getLogger("pagellm.server")
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_tag", nargs="?", default=None, metavar="MODEL",
                         help="model directory, .gguf file or 'default' (same as --model)")
-    parser.add_argument("--prompt", default=None,
-                        help="generate one completion for this text and exit; without it, "
-                             "read prompts from stdin, one per line, until EOF")
-    parser.add_argument("--max-tokens", type=int, default=128, help="tokens per completion")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    server.add_argument("--port", type=int, default=8000, help="port to listen on")
+    server.add_argument("--api-key", default=os.environ.get("PAGELLM_API_KEY"),
+                        help="require 'Authorization: Bearer KEY' on every route but /health "
+                             "(default: $PAGELLM_API_KEY)")
+    server.add_argument("--chat-template", default=None,
+                        help="a Jinja chat template, or a file holding one, for every chat request")
+    server.add_argument("--disable-log-requests", action="store_true", help="no per-request log line")
+    server.add_argument("--disable-log-stats", action="store_true", help="no periodic stats log line")
+    server.add_argument("--drain-timeout", type=float, default=30.0,
+                        help="seconds to let in-flight requests finish after SIGTERM")
+    server.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024,
+                        help="largest request body accepted")
     add_engine_args(parser)
 
 
-def main(args: argparse.Namespace, stdin=None, stdout=None) -> int:
-    """One completion for --prompt, else one per stdin line until EOF; returns 0. A bad
-    option raises ClientError; a bad stdin prompt prints an error and the loop goes on."""
-    from pagellm import LLM, SamplingParams
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s")
+    return asyncio.run(run_server(args))
 
-    stdin = stdin or sys.stdin
-    stdout = stdout or sys.stdout
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature)
+
+async def run_server(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from pagellm.engine.async_engine import AsyncLLM
+    from pagellm.entrypoints.openai.api_server import ServerSettings, build_app
+    from pagellm.metrics.stats_logger import StatsLogger
+
     engine_kwargs = engine_kwargs_from_args(args)
     if args.model_tag is not None:
         engine_kwargs["model"] = args.model_tag
-    llm = LLM(**engine_kwargs)
-    if args.prompt is not None:
-        print(_complete(llm, args.prompt, params), file=stdout)
-        return 0
-    interactive = stdin.isatty()
-    while True:
-        if interactive:
-            print("> ", end="", file=stdout, flush=True)
-        line = stdin.readline()
-        if not line:
-            return 0
-        prompt = line.rstrip("\n")
-        if not prompt.strip():
-            continue
-        try:
-            print(_complete(llm, prompt, params), file=stdout, flush=True)
-        except ClientError as error:   # a bad prompt ends alone; the session goes on
-            print(f"error: {error}", file=sys.stderr, flush=True)
+    engine = await AsyncLLM.from_engine_args(**engine_kwargs)
+    settings = ServerSettings(api_key=args.api_key, max_body_bytes=args.max_body_bytes,
+                              max_num_queued_requests=engine.config.scheduler.max_num_queued_requests,
+                              disable_log_requests=args.disable_log_requests)
+    app = build_app(engine, settings, _chat_template(args.chat_template))
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
+                            timeout_graceful_shutdown=args.drain_timeout, access_log=False)
+    server = _Server(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _begin_drain, server, app)
+    tasks = [asyncio.create_task(_watch_engine(engine, server))]
+    if not args.disable_log_stats:
+        tasks.append(asyncio.create_task(StatsLogger(app.state.metrics).run(engine)))
+    logger.info("Serving %s on http://%s:%d", engine.served_model_name, args.host, args.port)
+    try:
+        await server.serve()        # returns after SIGTERM/SIGINT once connections drained
+    finally:
+        app.state.draining = True
+        for task in tasks:
+            task.cancel()
+        died = engine.errored
+        await engine.shutdown()
+    if died:
+        logger.error("the engine core died: %s", engine.dead_error)
+        return 1
+    return 0
 
 
-def _complete(llm, prompt: str, params) -> str:
-    return llm.generate([prompt], params, use_tqdm=False)[0].outputs[0].text
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises a captured SIGTERM at exit (status -15); pagellm drains and exits 0,
+        so it installs its own handlers instead."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            yield
+
+    return Server
+
+
+def _Server(config):
+    return _server_class()(config)
+
+
+def _begin_drain(server, app) -> None:
+    """SIGTERM/SIGINT: /health turns 503, uvicorn stops accepting and waits for in-flight
+    requests up to --drain-timeout; whatever is left is aborted when the engine shuts down."""
+    logger.info("shutdown requested: draining in-flight requests")
+    app.state.draining = True
+    server.should_exit = True
+
+
+async def _watch_engine(engine, server) -> None:
+    """Stop the server when the engine core dies, so the process exits non-zero."""
+    while not engine.errored and engine.is_healthy():
+        await asyncio.sleep(0.2)
+    logger.error("engine core is gone; shutting the server down")
+    server.should_exit = True
+
+
+def _chat_template(value: str | None) -> str | None:
+    if value is None:
+        return None
+    path = Path(value)
+    return path.read_text() if path.is_file() else value

@@ -31,6 +31,8 @@ _CHUNK = "chat.completion.chunk"
 
 class OpenAIServingChat(OpenAIServing):
     request_id_prefix = "chatcmpl"
+    chat_template: str | None = None
+    """The server's --chat-template; a request's own chat_template wins."""
 
     def render_prompt(self, request: ChatCompletionRequest) -> list[int]:
         """The prompt token ids of the conversation; ClientError when it cannot be rendered."""
@@ -44,7 +46,8 @@ class OpenAIServingChat(OpenAIServing):
                               param="chat_template_kwargs")
         return apply_chat_template(self.tokenizer, request.message_dicts(),
                                    add_generation_prompt=request.add_generation_prompt,
-                                   chat_template=request.chat_template, **kwargs)
+                                   chat_template=request.chat_template or self.chat_template,
+                                   **kwargs)
 
     async def create_chat_completion(
             self, request: ChatCompletionRequest, request_id: str | None = None

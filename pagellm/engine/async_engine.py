@@ -1,0 +1,201 @@
+"""AsyncLLM: the server's engine. Tokenization, detokenization and stop strings run here, in
+the API process; the engine core runs in its own process behind an ``MPClient``.
+
+Contract for callers (the HTTP layer):
+- ``generate`` is an async generator of ``RequestOutput``s. ``SamplingParams.output_kind``
+  picks the shape: "delta" yields new tokens/text as they come (streaming), "final" yields
+  one output when the request finishes.
+- Leaving the generator early (break + ``aclose()``, or cancelling the task iterating it)
+  aborts the request; the core frees its KV blocks before its next step.
+- Invalid input raises ``ClientError`` on the first iteration, before anything reaches the
+  core; the engine keeps serving.
+- When the engine core dies every in-flight and later ``generate`` raises
+  ``EngineDeadError`` and ``is_healthy()`` turns False.
+- SIGTERM handling: ``await drain(timeout_s)`` then ``await shutdown()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from pagellm.config.engine_args import EngineConfig
+from pagellm.engine.core_client import MPClient
+from pagellm.engine.engine_core import EngineStats
+from pagellm.engine.input_processor import InputProcessor, PromptType
+from pagellm.engine.llm_engine import load_frontend_tokenizer, prepare_requests, resolve_config
+from pagellm.engine.messages import output_from_msg, stats_from_msg
+from pagellm.engine.output_processor import OutputProcessor
+from pagellm.errors import EngineDeadError, ServerError
+from pagellm.outputs import RequestOutput
+from pagellm.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_CHUNK_SIZE = 128     # outputs routed between yields to the event loop
+
+
+class AsyncLLM:
+    def __init__(self, config: EngineConfig, client: MPClient, tokenizer, eos_token_ids: list[int]):
+        """Use ``await AsyncLLM.from_engine_args(...)``; this takes a started client."""
+        self.config = config
+        self.client = client
+        self.tokenizer = tokenizer
+        self.input_processor = InputProcessor(tokenizer, config.model.max_model_len,
+                                              client.ready.vocab_size, eos_token_ids,
+                                              config.model.max_logprobs)
+        self.output_processor = OutputProcessor(tokenizer)
+        # request id -> its outputs; an exception ends the generator with it, None quietly
+        self._queues: dict[str, asyncio.Queue[RequestOutput | Exception | None]] = {}
+        self.last_stats: EngineStats | None = None      # as of the last step with outputs
+        self.draining = False                            # set by drain(): no new requests
+        self._handler = asyncio.create_task(self._handle_outputs(), name="pagellm-outputs")
+
+    @classmethod
+    async def from_engine_args(cls, *, startup_timeout_s: float = 600.0,
+                               **engine_args) -> "AsyncLLM":
+        """Start an engine-core process for the same engine arguments as ``LLM``. Raises
+        ClientError for bad arguments, EngineDeadError when the core fails to start."""
+        config, hf_config = await asyncio.to_thread(resolve_config, **engine_args)
+        tokenizer, eos_token_ids = await asyncio.to_thread(load_frontend_tokenizer, config,
+                                                           hf_config)
+        client = await MPClient.start(config, startup_timeout_s)
+        return cls(config, client, tokenizer, eos_token_ids)
+
+    # ---- properties the server reads ----------------------------------------------------------
+
+    @property
+    def served_model_name(self) -> str:
+        return self.config.model.served_model_name
+
+    @property
+    def max_model_len(self) -> int:
+        return self.config.model.max_model_len
+
+    @property
+    def num_unfinished_requests(self) -> int:
+        return len(self._queues)
+
+    @property
+    def errored(self) -> bool:
+        return self.client.dead_error is not None
+
+    @property
+    def dead_error(self) -> EngineDeadError | None:
+        return self.client.dead_error
+
+    def is_healthy(self) -> bool:
+        """False once the core died or was shut down (cheap: no round trip)."""
+        return not self.errored and self.client.process.is_alive()
+
+    async def check_health(self, timeout_s: float = 5.0) -> None:
+        """A round trip to the core; raises EngineDeadError if it does not answer."""
+        try:
+            await asyncio.wait_for(self.client.ping(), timeout_s)
+        except asyncio.TimeoutError:
+            raise EngineDeadError(f"the engine core did not answer within {timeout_s} s") from None
+
+    async def stats(self) -> EngineStats:
+        """Fresh stats from the core (a round trip)."""
+        return await self.client.stats()
+
+    # ---- requests -----------------------------------------------------------------------------
+
+    async def generate(self, prompt: PromptType, sampling_params: SamplingParams | None = None,
+                       request_id: str | None = None, priority: int = 0
+                       ) -> AsyncIterator[RequestOutput]:
+        """Outputs of one prompt (see the module docstring for the contract)."""
+        if self.errored:
+            raise self.dead_error
+        if self.draining:
+            raise ServerError("the engine is shutting down and takes no new requests")
+        params = sampling_params if sampling_params is not None else SamplingParams()
+        request_id = uuid.uuid4().hex if request_id is None else request_id
+        requests = prepare_requests(self.config, self.input_processor, self.output_processor,
+                                    prompt, params, request_id, priority, time.time())
+        queue: asyncio.Queue[RequestOutput | Exception | None] = asyncio.Queue()
+        self._queues[request_id] = queue
+        finished = False
+        try:
+            for request in requests:
+                await self.client.add_request(request)
+            while not finished:
+                item = await queue.get()
+                if item is None:        # abort() ended it
+                    return
+                if isinstance(item, Exception):
+                    finished = True     # nothing left to abort in a dead core
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            self._queues.pop(request_id, None)
+            if not finished:
+                await self._abort(request_id)
+
+    async def abort(self, request_id: str) -> None:
+        """End a request now: its generator returns and the core frees its blocks. Unknown or
+        finished ids are ignored."""
+        queue = self._queues.pop(request_id, None)
+        await self._abort(request_id)
+        if queue is not None:
+            queue.put_nowait(None)
+
+    async def _abort(self, request_id: str) -> None:
+        core_ids = self.output_processor.abort_request(request_id)
+        if core_ids and not self.errored:
+            try:
+                await self.client.abort_requests(core_ids)
+            except EngineDeadError:
+                pass
+
+    async def _handle_outputs(self) -> None:
+        """Route each core output batch to the request queues; send stop-string aborts back."""
+        try:
+            while True:
+                batch = await self.client.get_output()
+                self.last_stats = stats_from_msg(batch.stats)
+                core_outputs = [output_from_msg(message) for message in batch.outputs]
+                for start in range(0, len(core_outputs), OUTPUT_CHUNK_SIZE):
+                    if start:
+                        await asyncio.sleep(0)
+                    outputs, to_abort = self.output_processor.process(
+                        core_outputs[start:start + OUTPUT_CHUNK_SIZE])
+                    for output in outputs:
+                        queue = self._queues.get(output.request_id)
+                        if queue is not None:
+                            queue.put_nowait(output)
+                    await self.client.abort_requests(to_abort)
+        except EngineDeadError as error:
+            self._fail_all(error)
+        except Exception as error:      # a bug here must not leave generators hanging
+            logger.exception("the output handler failed")
+            self._fail_all(EngineDeadError(f"the output handler failed: {error!r}"))
+            await self.client.shutdown()
+
+    def _fail_all(self, error: EngineDeadError) -> None:
+        for queue in self._queues.values():
+            queue.put_nowait(error)
+
+    async def drain(self, timeout_s: float) -> list[str]:
+        """Take no new requests (``generate`` raises ServerError), wait up to ``timeout_s``
+        for the in-flight ones to finish, then abort the rest; returns the aborted ids."""
+        self.draining = True
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self._queues and not self.errored and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        leftover = list(self._queues)
+        for request_id in leftover:
+            await self.abort(request_id)
+        return leftover
+
+    async def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Stop the core process (in-flight generators raise EngineDeadError). Idempotent."""
+        await self.client.shutdown(timeout_s)
+        try:
+            await asyncio.wait_for(self._handler, timeout_s)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            pass

@@ -1,0 +1,204 @@
+"""The OpenAI-compatible HTTP server: routes, API-key check, size limits, error bodies,
+queue limit, metrics, health, and the process lifecycle (engine death -> exit non-zero,
+SIGTERM -> graceful drain -> exit 0).
+
+The engine is an ``AsyncLLM`` whose core runs in its own process; this process does HTTP,
+tokenization, chat templates, detokenization and SSE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import uuid
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from pagellm import __version__
+from pagellm.entrypoints.openai.errors import error_from_exception, error_from_validation, error_response
+from pagellm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest,
+                                                 DetokenizeRequest, ErrorResponse, ModelCard,
+                                                 ModelList, TokenizeChatRequest,
+                                                 TokenizeCompletionRequest)
+from pagellm.entrypoints.openai.serving_chat import OpenAIServingChat
+from pagellm.entrypoints.openai.serving_completion import OpenAIServingCompletion
+from pagellm.entrypoints.openai.serving_tokenization import OpenAIServingTokenization
+from pagellm.metrics.prometheus import CONTENT_TYPE, PrometheusMetrics
+
+logger = logging.getLogger("pagellm.server")
+
+UNAUTHENTICATED_PATHS = frozenset({"/health"})
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    api_key: str | None = None
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_header_bytes: int = 16 * 1024
+    max_num_queued_requests: int | None = None
+    disable_log_requests: bool = False
+
+
+class _Guard:
+    """Pure ASGI middleware: header/body size limits and the API key, before any routing.
+
+    Every path except /health needs the key (deny by default), so odd spellings such as
+    ``//v1/models`` or encoded slashes cannot route around the check."""
+
+    def __init__(self, app, settings: ServerSettings):
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = scope.get("headers") or []
+        if sum(len(k) + len(v) for k, v in headers) > self.settings.max_header_bytes:
+            return await _send_error(send, "request headers are too large", 400)
+        declared = next((v for k, v in headers if k == b"content-length"), None)
+        if declared is not None and (not declared.isdigit()
+                                     or int(declared) > self.settings.max_body_bytes):
+            return await _send_error(
+                send, f"request body exceeds {self.settings.max_body_bytes} bytes", 400)
+        if self.settings.api_key and scope["path"] not in UNAUTHENTICATED_PATHS:
+            auth = next((v for k, v in headers if k == b"authorization"), b"").decode("latin-1")
+            expected = f"Bearer {self.settings.api_key}"
+            if not hmac.compare_digest(auth.encode(), expected.encode()):
+                return await _send_error(send, "invalid or missing API key", 401,
+                                         error_type="authentication_error")
+        return await self.app(scope, _limited(receive, self.settings.max_body_bytes), send)
+
+
+def _limited(receive, limit: int):
+    """A receive() that fails a chunked body growing past ``limit``."""
+    seen = 0
+
+    async def wrapped():
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _BodyTooLarge()
+        return message
+    return wrapped
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _send_error(send, message: str, status: int, error_type: str = "invalid_request_error"):
+    body = ErrorResponse.model_validate(
+        {"error": {"message": message, "type": error_type, "param": None, "code": status}}
+    ).model_dump_json().encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def build_app(engine, settings: ServerSettings, chat_template: str | None = None) -> FastAPI:
+    """The FastAPI app for one engine. Handlers never see the engine's internals."""
+    app = FastAPI(title="pagellm", version=__version__)
+    app.add_middleware(_Guard, settings=settings)
+    metrics = PrometheusMetrics(engine.served_model_name, engine.max_model_len)
+    completion = OpenAIServingCompletion(engine, metrics=metrics)
+    chat = OpenAIServingChat(engine, metrics=metrics)
+    if chat_template is not None:
+        chat.chat_template = chat_template
+    tokenization = OpenAIServingTokenization(engine)
+    app.state.engine, app.state.metrics, app.state.draining = engine, metrics, False
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_, exc: RequestValidationError):
+        return _json(error_from_validation(exc.errors()))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_, exc: Exception):
+        return _json(error_from_exception(exc))
+
+    @app.get("/health")
+    async def health():
+        healthy = engine.is_healthy() and not app.state.draining
+        return Response(status_code=200 if healthy else 503)
+
+    @app.get("/version")
+    async def version():
+        return {"version": __version__}
+
+    @app.get("/v1/models")
+    async def models():
+        card = ModelCard(id=engine.served_model_name, root=engine.config.model.model,
+                         max_model_len=engine.max_model_len)
+        return ModelList(data=[card])
+
+    @app.get("/metrics")
+    async def prometheus():
+        if engine.is_healthy():
+            metrics.update_from_stats(await engine.stats())
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, raw: Request):
+        return await _serve(raw, lambda rid: completion.create_completion(body, request_id=rid))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, raw: Request):
+        return await _serve(raw, lambda rid: chat.create_chat_completion(body, request_id=rid))
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeCompletionRequest | TokenizeChatRequest):
+        return _result(await tokenization.tokenize(body))
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest):
+        return _result(await tokenization.detokenize(body))
+
+    async def _serve(raw: Request, handler):
+        limit = settings.max_num_queued_requests
+        if limit is not None and engine.num_unfinished_requests >= limit:
+            response = _json(error_response(
+                f"the server is at its limit of {limit} queued requests; retry later", 503))
+            response.headers["Retry-After"] = "1"
+            return response
+        if not engine.is_healthy():
+            return _json(error_from_exception(engine.dead_error or RuntimeError("engine down")))
+        request_id = uuid.uuid4().hex
+        if not settings.disable_log_requests:
+            logger.info("request %s %s", request_id, raw.url.path)
+        task = asyncio.ensure_future(handler(request_id))
+        result = await _unless_disconnected(raw, task)
+        if result is None:
+            return Response(status_code=499)
+        return _result(result)
+
+    return app
+
+
+async def _unless_disconnected(raw: Request, task: asyncio.Future):
+    """The handler's result, or None after cancelling it when the client went away (the
+    cancelled engine stream aborts the request and frees its KV blocks)."""
+    while not task.done():
+        done, _ = await asyncio.wait({task}, timeout=0.05)
+        if not done and await raw.is_disconnected():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return None
+    return task.result()
+
+
+def _result(result):
+    if isinstance(result, ErrorResponse):
+        return _json(result)
+    if hasattr(result, "__aiter__"):
+        return StreamingResponse(result, media_type="text/event-stream")
+    return result
+
+
+def _json(error: ErrorResponse) -> JSONResponse:
+    return JSONResponse(error.model_dump(), status_code=error.status_code)

@@ -1,0 +1,180 @@
+"""`pagellm serve` end to end: a real server process (API process + engine-core process) on a
+tiny random Llama, driven through the official `openai` client and raw HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.helpers.tiny_models import make_tiny_model_dir
+
+API_KEY = "test-key-123"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start(model_dir, *extra, env_extra=None) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), **(env_extra or {})}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pagellm.entrypoints.cli.main", "serve", str(model_dir),
+         "--port", str(port), "--kv-cache-memory-bytes", str(16 * 2**20), "--max-model-len", "256",
+         "--served-model-name", "tiny", "--disable-log-stats", *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{proc.stdout.read()}")
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("server did not become healthy")
+
+
+def _stop(proc: subprocess.Popen) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_tiny_model_dir(tmp_path_factory.mktemp("srv"), "llama")
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    proc, base = _start(model_dir, "--api-key", API_KEY)
+    yield base
+    assert _stop(proc) == 0
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key=API_KEY)
+
+
+def test_completion_greedy_and_usage(client):
+    a = client.completions.create(model="tiny", prompt="hello", max_tokens=8, temperature=0)
+    b = client.completions.create(model="tiny", prompt="hello", max_tokens=8, temperature=0)
+    assert a.choices[0].text == b.choices[0].text
+    assert a.choices[0].finish_reason in ("stop", "length")
+    assert a.usage.prompt_tokens == 5 and 1 <= a.usage.completion_tokens <= 8
+
+
+def test_streaming_matches_full(client):
+    full = client.completions.create(model="tiny", prompt="abc", max_tokens=10, temperature=0,
+                                     extra_body={"ignore_eos": True})
+    chunks = list(client.completions.create(
+        model="tiny", prompt="abc", max_tokens=10, temperature=0, stream=True,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True}))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == full.choices[0].text
+    assert chunks[-1].usage.completion_tokens == 10
+
+
+def test_chat_n_logprobs_seed(client):
+    messages = [{"role": "user", "content": "hi"}]
+    out = client.chat.completions.create(model="tiny", messages=messages, n=3, max_tokens=6,
+                                         temperature=1.0, seed=42, logprobs=True, top_logprobs=2)
+    assert [c.index for c in out.choices] == [0, 1, 2]
+    assert all(len(c.logprobs.content[0].top_logprobs) == 2 for c in out.choices)
+    again = client.chat.completions.create(model="tiny", messages=messages, n=3, max_tokens=6,
+                                           temperature=1.0, seed=42)
+    assert [c.message.content for c in again.choices] == [c.message.content for c in out.choices]
+    stream = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=4,
+                                                 stream=True))
+    assert stream[0].choices[0].delta.role == "assistant"
+
+
+def test_bad_input_is_400_and_server_lives(client, server):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="tiny", prompt="x", max_tokens=10**6)
+    body = info.value.response.json()
+    assert set(body["error"]) >= {"message", "type", "param", "code"}
+    assert "Traceback" not in info.value.response.text and "/work" not in info.value.response.text
+    for payload in ({"prompt": "x", "n": 10**6}, {"prompt": "x", "logprobs": 10**3},
+                    {"prompt": "x", "stop": ["s"] * 1000}, {"prompt": "x", "temperature": -1}):
+        r = httpx.post(server + "/v1/completions", json={"model": "tiny", **payload},
+                       headers={"Authorization": f"Bearer {API_KEY}"})
+        assert r.status_code == 400, payload
+    big = httpx.post(server + "/v1/completions", content=b"x" * (5 * 2**20),
+                     headers={"Authorization": f"Bearer {API_KEY}",
+                              "Content-Type": "application/json"})
+    assert big.status_code == 400
+    assert client.completions.create(model="tiny", prompt="ok", max_tokens=2).choices
+
+
+def test_api_key_required_everywhere_but_health(server):
+    assert httpx.get(server + "/health").status_code == 200
+    for path in ("/v1/models", "//v1/models", "/v1%2Fmodels", "/metrics", "/version"):
+        assert httpx.get(server + path).status_code == 401, path
+        assert httpx.get(server + path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    ok = httpx.get(server + "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert ok.status_code == 200 and ok.json()["data"][0]["id"] == "tiny"
+
+
+def test_metrics_use_vllm_names(client, server):
+    client.completions.create(model="tiny", prompt="m", max_tokens=3)
+    text = httpx.get(server + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
+    for name in ("vllm:num_requests_running", "vllm:kv_cache_usage_perc", "vllm:prompt_tokens_total",
+                 "vllm:generation_tokens_total", "vllm:time_to_first_token_seconds",
+                 "vllm:e2e_request_latency_seconds", "vllm:request_success_total"):
+        assert name in text, name
+    assert 'model_name="tiny"' in text
+
+
+def _kv_usage(server) -> float:
+    text = httpx.get(server + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
+    line = next(l for l in text.splitlines() if l.startswith("vllm:kv_cache_usage_perc"))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_client_disconnect_frees_kv_blocks(server):
+    assert _kv_usage(server) == 0.0
+    with httpx.stream("POST", server + "/v1/completions", timeout=30,
+                      headers={"Authorization": f"Bearer {API_KEY}"},
+                      json={"model": "tiny", "prompt": "a" * 100, "max_tokens": 150,
+                            "ignore_eos": True, "stream": True}) as response:
+        for _ in response.iter_lines():
+            if _kv_usage(server) > 0:
+                break                      # generating: blocks held; now hang up
+    deadline = time.time() + 10
+    while _kv_usage(server) > 0 and time.time() < deadline:
+        time.sleep(0.1)
+    assert _kv_usage(server) == 0.0
+
+
+def test_engine_death_fails_requests_and_exits_nonzero(model_dir):
+    proc, base = _start(model_dir, env_extra={"PAGELLM_FAULT_INJECT_STEP": "3"})
+    response = httpx.post(base + "/v1/completions", timeout=60,
+                          json={"model": "tiny", "prompt": "boom", "max_tokens": 20})
+    assert response.status_code >= 500
+    assert proc.wait(timeout=60) != 0
+
+
+def test_sigterm_exits_zero(model_dir):
+    proc, base = _start(model_dir)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
