@@ -3,59 +3,18 @@ tiny random Llama, driven through the official `openai` client and raw HTTP."""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
 import openai
 import pytest
 
+from tests.helpers.server import start_server as _start
+from tests.helpers.server import stop_server as _stop
 from tests.helpers.tiny_models import make_tiny_model_dir
 
 API_KEY = "test-key-123"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start(model_dir, *extra, env_extra=None) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), **(env_extra or {})}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pagellm.entrypoints.cli.main", "serve", str(model_dir),
-         "--port", str(port), "--kv-cache-memory-bytes", str(16 * 2**20), "--max-model-len", "256",
-         "--served-model-name", "tiny", "--disable-log-stats", *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{proc.stdout.read()}")
-        try:
-            if httpx.get(base + "/health", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("server did not become healthy")
-
-
-def _stop(proc: subprocess.Popen) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
 
 
 @pytest.fixture(scope="module")

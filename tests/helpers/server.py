@@ -1,0 +1,59 @@
+"""A real ``pagellm serve`` subprocess for end-to-end tests: ``start_server(model_dir, *flags)``
+returns (process, base URL) once /health answers 200; ``stop_server(process)`` sends SIGTERM
+and returns the exit status."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+STARTUP_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(model_dir, *extra: str, env_extra: dict | None = None
+                 ) -> tuple[subprocess.Popen, str]:
+    """Serve ``model_dir`` as model "tiny" (256-token context, 16 MiB KV cache) plus ``extra``
+    flags. Raises RuntimeError, with the server's output, when it exits or never gets healthy."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), **(env_extra or {})}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pagellm.entrypoints.cli.main", "serve", str(model_dir),
+         "--port", str(port), "--kv-cache-memory-bytes", str(16 * 2**20), "--max-model-len", "256",
+         "--served-model-name", "tiny", "--disable-log-stats", *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + STARTUP_TIMEOUT_S
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{proc.stdout.read()}")
+        try:
+            if httpx.get(base + "/health", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("server did not become healthy")
+
+
+def stop_server(proc: subprocess.Popen) -> int:
+    """SIGTERM (graceful drain) and the exit status; kills it after 60 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
