@@ -1,4 +1,5 @@
-"""The ``pagellm`` command: ``pagellm bench throughput|latency|serving`` and ``pagellm serve``.
+"""The ``pagellm`` command: ``pagellm serve``, ``pagellm chat`` / ``pagellm complete`` (terminal
+clients of a running server) and ``pagellm bench throughput|latency|serving``.
 
 Each subcommand module offers ``add_cli_args(parser)`` and ``main(args)``; engine arguments
 come from ``pagellm.config.cli_args`` (one flag per config field). A ``ClientError`` (a bad option
@@ -18,7 +19,7 @@ from pagellm.errors import ClientError
 def build_parser() -> argparse.ArgumentParser:
     from pagellm import __version__
     from pagellm.bench import latency, serving, throughput
-    from pagellm.entrypoints.cli import serve
+    from pagellm.entrypoints.cli import clients, serve
 
     parser = argparse.ArgumentParser(prog="pagellm",
                                      description="pagellm: LLM inference on a paged KV cache")
@@ -30,6 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
         description=serve.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_cli_args(serve_parser)
     serve_parser.set_defaults(run=serve.main)
+
+    for name, run, help_text in (
+            ("chat", clients.chat_main, "chat with a running server from the terminal"),
+            ("complete", clients.complete_main, "complete prompts on a running server from the "
+                                                "terminal")):
+        client_parser = commands.add_parser(name, help=help_text, description=clients.__doc__,
+                                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        clients.add_cli_args(client_parser, chat=name == "chat")
+        client_parser.set_defaults(run=run)
 
     bench_parser = commands.add_parser("bench", help="offline and online benchmarks")
     benchmarks = bench_parser.add_subparsers(dest="bench_command", required=True,

@@ -79,6 +79,8 @@ async def run_server(args: argparse.Namespace) -> int:
             task.cancel()
         died = engine.errored
         await engine.shutdown()
+        if app.state.tokenizer_pool is not None:
+            app.state.tokenizer_pool.shutdown(wait=False, cancel_futures=True)
     if died:
         logger.error("the engine core died: %s", engine.dead_error)
         return 1

@@ -26,6 +26,7 @@ from pagellm.entrypoints.openai.protocol import (ChatCompletionRequest, Completi
                                                  TokenizeCompletionRequest)
 from pagellm.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagellm.entrypoints.openai.serving_completion import OpenAIServingCompletion
+from pagellm.entrypoints.openai.serving_engine import make_tokenizer_pool
 from pagellm.entrypoints.openai.serving_tokenization import OpenAIServingTokenization
 from pagellm.metrics.prometheus import CONTENT_TYPE, PrometheusMetrics
 
@@ -107,12 +108,14 @@ def build_app(engine, settings: ServerSettings, chat_template: str | None = None
     app = FastAPI(title="pagellm", version=__version__)
     app.add_middleware(_Guard, settings=settings)
     metrics = PrometheusMetrics(engine.served_model_name, engine.max_model_len)
-    completion = OpenAIServingCompletion(engine, metrics=metrics)
-    chat = OpenAIServingChat(engine, metrics=metrics)
+    pool = make_tokenizer_pool(engine.config.model.tokenizer_pool_size)
+    completion = OpenAIServingCompletion(engine, metrics=metrics, tokenizer_pool=pool)
+    chat = OpenAIServingChat(engine, metrics=metrics, tokenizer_pool=pool)
     if chat_template is not None:
         chat.chat_template = chat_template
-    tokenization = OpenAIServingTokenization(engine)
+    tokenization = OpenAIServingTokenization(engine, tokenizer_pool=pool)
     app.state.engine, app.state.metrics, app.state.draining = engine, metrics, False
+    app.state.tokenizer_pool = pool         # run_server shuts it down after the server stops
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_, exc: RequestValidationError):
@@ -161,7 +164,9 @@ def build_app(engine, settings: ServerSettings, chat_template: str | None = None
 
     async def _serve(raw: Request, handler):
         limit = settings.max_num_queued_requests
-        if limit is not None and engine.num_unfinished_requests >= limit:
+        # The limit is on waiting requests (SchedulerConfig.max_num_queued_requests), not on
+        # running ones: a server with free batch slots must not turn requests away.
+        if limit is not None and engine.num_waiting_requests >= limit:
             response = _json(error_response(
                 f"the server is at its limit of {limit} queued requests; retry later", 503))
             response.headers["Retry-After"] = "1"

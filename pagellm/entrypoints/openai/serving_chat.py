@@ -57,7 +57,7 @@ class OpenAIServingChat(OpenAIServing):
         try:
             check_model(request.model, self.served_model_name)
             request.check_supported()
-            token_ids = self.render_prompt(request)
+            token_ids = await self.off_loop(self.render_prompt, request)
             params = request.to_sampling_params(self.max_model_len, len(token_ids),
                                                 self.max_logprobs)
         except Exception as error:

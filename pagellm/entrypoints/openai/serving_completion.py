@@ -32,8 +32,7 @@ class OpenAIServingCompletion(OpenAIServing):
         request_id = self.new_request_id(request_id)
         try:
             check_model(request.model, self.served_model_name)
-            prompts = [(prompt if isinstance(prompt, str) else None, self.tokenize_prompt(prompt))
-                       for prompt in request.prompts()]
+            prompts = await self.off_loop(self._tokenize_prompts, request.prompts())
             params = [request.to_sampling_params(self.max_model_len, len(token_ids),
                                                  self.max_logprobs)
                       for _, token_ids in prompts]
@@ -50,6 +49,13 @@ class OpenAIServingCompletion(OpenAIServing):
         if error is not None:
             return error
         return self._stream(request, request_id, states, first, stream)
+
+    def _tokenize_prompts(self, prompts: list[str | list[int]]
+                          ) -> list[tuple[str | None, list[int]]]:
+        """(text or None, token ids) of each prompt, in one go so that a batch costs one hop
+        to the tokenizer pool."""
+        return [(prompt if isinstance(prompt, str) else None, self.tokenize_prompt(prompt))
+                for prompt in prompts]
 
     async def _full_response(self, request: CompletionRequest, request_id: str,
                              states: list[PromptState], stream: AsyncIterator

@@ -7,16 +7,22 @@ priority)`` -> async iterator of RequestOutput, plus ``tokenizer``, ``served_mod
 ``max_model_len`` and ``config``. Requests always run with ``output_kind="delta"``: a full
 (non-streamed) response is the sum of its deltas, and token counts reach the metrics as they
 are generated rather than at the end.
+
+Tokenization (prompt encoding, chat template rendering) runs through ``off_loop``: on the
+handler's ``tokenizer_pool`` (a thread pool; HF fast tokenizers release the GIL while encoding)
+when it has one, so a long prompt does not stall every other stream; inline when it has none.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pagellm.entrypoints.openai.errors import error_from_exception
 from pagellm.entrypoints.openai.protocol import (ChatCompletionLogProb, ChatCompletionLogProbs,
@@ -28,6 +34,16 @@ from pagellm.sampling_params import SamplingParams
 
 _MIN_LOGPROB = -9999.0   # OpenAI clients choke on -inf; vLLM clamps the same way
 DEFAULT_MAX_LOGPROBS = 20
+TOKENIZER_THREAD_PREFIX = "pagellm-tokenizer"
+_T = TypeVar("_T")
+
+
+def make_tokenizer_pool(pool_size: int) -> ThreadPoolExecutor | None:
+    """The pool that ``--tokenizer-pool-size`` asks for: None for 0 (tokenize inline on the
+    event loop), else ``pool_size`` threads named ``pagellm-tokenizer_<i>``."""
+    if pool_size <= 0:
+        return None
+    return ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix=TOKENIZER_THREAD_PREFIX)
 
 
 @dataclass
@@ -72,9 +88,12 @@ class OpenAIServing:
 
     def __init__(self, engine: Any, served_model_name: str | None = None,
                  max_model_len: int | None = None, max_logprobs: int | None = None,
-                 metrics: Any = None):
-        """``metrics``: a ``pagellm.metrics.prometheus.PrometheusMetrics`` or None."""
+                 metrics: Any = None, tokenizer_pool: Executor | None = None):
+        """``metrics``: a ``pagellm.metrics.prometheus.PrometheusMetrics`` or None.
+        ``tokenizer_pool``: where ``off_loop`` runs tokenization (None: inline); the caller
+        owns it and shuts it down."""
         self.engine = engine
+        self.tokenizer_pool = tokenizer_pool
         self.served_model_name = served_model_name or engine.served_model_name
         self.max_model_len = max_model_len or engine.max_model_len
         if max_logprobs is None:
@@ -89,6 +108,14 @@ class OpenAIServing:
 
     def new_request_id(self, request_id: str | None = None) -> str:
         return f"{self.request_id_prefix}-{request_id or uuid.uuid4().hex}"
+
+    async def off_loop(self, function: Callable[..., _T], *args: Any) -> _T:
+        """``function(*args)`` on the tokenizer pool, or inline without one; its exception is
+        raised here either way."""
+        if self.tokenizer_pool is None:
+            return function(*args)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.tokenizer_pool, functools.partial(function, *args))
 
     def tokenize_prompt(self, prompt: str | list[int]) -> list[int]:
         """Token ids of a text or token-id prompt; ClientError for an empty prompt or text

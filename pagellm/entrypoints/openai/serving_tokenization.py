@@ -27,14 +27,7 @@ class OpenAIServingTokenization(OpenAIServing):
         """Token ids of a prompt, or of messages under the chat template."""
         try:
             tokenizer = self._checked_tokenizer(request.model)
-            if isinstance(request, TokenizeChatRequest):
-                messages = [message.model_dump(exclude_none=True) for message in request.messages]
-                token_ids = apply_chat_template(tokenizer, messages,
-                                                request.add_generation_prompt,
-                                                request.chat_template)
-            else:
-                token_ids = tokenizer.encode(request.prompt,
-                                             add_special_tokens=request.add_special_tokens)
+            token_ids = await self.off_loop(_token_ids, tokenizer, request)
         except Exception as error:
             return error_from_exception(error)
         return TokenizeResponse(count=len(token_ids), max_model_len=self.max_model_len,
@@ -53,3 +46,11 @@ class OpenAIServingTokenization(OpenAIServing):
         except Exception as error:
             return error_from_exception(error)
         return DetokenizeResponse(prompt=text)
+
+
+def _token_ids(tokenizer, request: TokenizeCompletionRequest | TokenizeChatRequest) -> list[int]:
+    if isinstance(request, TokenizeChatRequest):
+        messages = [message.model_dump(exclude_none=True) for message in request.messages]
+        return apply_chat_template(tokenizer, messages, request.add_generation_prompt,
+                                   request.chat_template)
+    return tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
