@@ -81,15 +81,6 @@ class AsyncLLM:
 
     @property
     def num_waiting_requests(self) -> int:
-        """Requests admitted but not running, as far as this process can tell without a round
-        trip: those beyond max_num_seqs, or more if the core's last step reported more
-        waiting (KV cache full)."""
-        beyond_batch = len(self._queues) - self.config.scheduler.max_num_seqs
-        reported = self.last_stats.num_waiting if self.last_stats is not None else 0
-        return max(0, beyond_batch, reported)
-
-    @property
-    def num_waiting_requests(self) -> int:
         """Core requests (n > 1 children counted) that would wait for a batch slot now: an
         estimate, without a round trip. The sent-but-unfinished count is exact; the batch
         capacity is max_num_seqs, or the running count of the last step when requests were

@@ -125,3 +125,25 @@ async def _last(stream):
     async for last in stream:
         pass
     return last
+
+
+def test_num_waiting_requests_counts_what_exceeds_the_batch(tiny_model_dirs):
+    async def scenario():
+        engine = await AsyncLLM.from_engine_args(model=str(tiny_model_dirs["llama"]),
+                                                 max_num_seqs=2, **ENGINE_ARGS)
+        counts = [engine.num_waiting_requests]
+        streams = [engine.generate(f"prompt {i}", LONG) for i in range(3)]
+        for stream in streams[:2]:
+            await stream.__anext__()
+        next_third = asyncio.create_task(streams[2].__anext__())
+        await asyncio.sleep(0.2)
+        counts.append(engine.num_waiting_requests)
+        await streams[0].aclose()
+        await asyncio.wait_for(next_third, 10)     # the third gets the freed slot
+        counts.append(engine.num_waiting_requests)
+        for stream in streams[1:]:
+            await stream.aclose()
+        await engine.shutdown()
+        return counts
+
+    assert asyncio.run(scenario()) == [0, 1, 0]
