@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from pagellm import __version__
+from pagellm.errors import ClientError
 from pagellm.entrypoints.openai.errors import error_from_exception, error_from_validation, error_response
 from pagellm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest,
                                                  DetokenizeRequest, ErrorResponse, ModelCard,
@@ -84,13 +85,16 @@ def _limited(receive, limit: int):
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise _BodyTooLarge()
+                raise _BodyTooLarge
         return message
     return wrapped
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(ClientError):
+    """A chunked body past the limit: the error handlers turn it into a 400."""
+
+    def __init__(self):
+        super().__init__("request body is too large", param=None)
 
 
 async def _send_error(send, message: str, status: int, error_type: str = "invalid_request_error"):
