@@ -141,10 +141,7 @@ class OpenAIServingChat(OpenAIServing):
     def _delta_event(self, request: ChatCompletionRequest, request_id: str, created: int,
                      prompt: PromptState, delta: CompletionOutput) -> str | None:
         choice = prompt.choices[delta.index]
-        if choice.done:
-            return None
-        choice.add(delta)
-        if not (delta.token_ids or delta.text or delta.finish_reason):
+        if not choice.take_stream_delta(delta):
             return None
         choice.done = delta.finish_reason is not None
         return self._event(request_id, created, choice.index, DeltaMessage(content=delta.text),

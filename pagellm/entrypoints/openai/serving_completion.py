@@ -125,10 +125,7 @@ class OpenAIServingCompletion(OpenAIServing):
                prompt: PromptState, delta: CompletionOutput) -> str | None:
         """The event for one choice's delta, or None when there is nothing to send."""
         choice = prompt.choices[delta.index]
-        if choice.done:
-            return None
-        choice.add(delta)
-        if not (delta.token_ids or delta.text or delta.finish_reason):
+        if not choice.take_stream_delta(delta):
             return None
         text, logprobs = self._choice_text(request, prompt, choice, delta.text, delta.token_ids,
                                            delta.logprobs or [], not choice.started)

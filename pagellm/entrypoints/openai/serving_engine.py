@@ -70,6 +70,14 @@ class ChoiceState:
         if delta.finish_reason is not None:
             self.finish_reason, self.stop_reason = delta.finish_reason, delta.stop_reason
 
+    def take_stream_delta(self, delta: CompletionOutput) -> bool:
+        """Record a streamed delta; True when it should become an event (the choice has not
+        finished yet and the delta carries tokens, text or a finish reason)."""
+        if self.done:
+            return False
+        self.add(delta)
+        return bool(delta.token_ids or delta.text or delta.finish_reason)
+
 
 @dataclass
 class PromptState:
