@@ -3,6 +3,7 @@
 ``ClientError``: the request is wrong (HTTP 400); only that request ends.
 ``ServerError``: pagellm failed (HTTP 500).
 ``EngineDeadError``: the engine core is gone; every in-flight request ends with it.
+``ServiceUnavailableError``: the server is shutting down and takes no new work (HTTP 503).
 ``NotSupportedError``: a known option whose feature is not built yet (a ClientError).
 """
 
@@ -29,3 +30,8 @@ class ServerError(PagellmError, RuntimeError):
 
 class EngineDeadError(ServerError):
     """The engine core died; no request can make progress."""
+
+
+class ServiceUnavailableError(ServerError):
+    """The server is draining for shutdown: new requests are refused and requests still
+    running at the end of the drain timeout end with this error (HTTP 503)."""

@@ -29,7 +29,7 @@ from pagellm.engine.input_processor import InputProcessor, PromptType
 from pagellm.engine.llm_engine import load_frontend_tokenizer, prepare_requests, resolve_config
 from pagellm.engine.messages import output_from_msg, stats_from_msg
 from pagellm.engine.output_processor import OutputProcessor
-from pagellm.errors import EngineDeadError, ServerError
+from pagellm.errors import EngineDeadError, ServiceUnavailableError
 from pagellm.outputs import RequestOutput
 from pagellm.sampling_params import SamplingParams
 
@@ -122,7 +122,7 @@ class AsyncLLM:
         if self.errored:
             raise self.dead_error
         if self.draining:
-            raise ServerError("the engine is shutting down and takes no new requests")
+            raise ServiceUnavailableError("the server is shutting down and takes no new requests")
         params = sampling_params if sampling_params is not None else SamplingParams()
         request_id = uuid.uuid4().hex if request_id is None else request_id
         requests = prepare_requests(self.config, self.input_processor, self.output_processor,
@@ -192,15 +192,22 @@ class AsyncLLM:
             queue.put_nowait(error)
 
     async def drain(self, timeout_s: float) -> list[str]:
-        """Take no new requests (``generate`` raises ServerError), wait up to ``timeout_s``
-        for the in-flight ones to finish, then abort the rest; returns the aborted ids."""
+        """Take no new requests (``generate`` raises ServiceUnavailableError), wait up to
+        ``timeout_s`` for the in-flight ones to finish, then abort the rest: their generators
+        raise ServiceUnavailableError. Returns the aborted ids."""
         self.draining = True
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while self._queues and not self.errored and asyncio.get_running_loop().time() < deadline:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._queues and not self.errored and loop.time() < deadline:
             await asyncio.sleep(0.05)
         leftover = list(self._queues)
         for request_id in leftover:
-            await self.abort(request_id)
+            queue = self._queues.pop(request_id, None)
+            await self._abort(request_id)
+            if queue is not None:
+                queue.put_nowait(ServiceUnavailableError(
+                    f"the server shut down before this request finished (drain timeout "
+                    f"{timeout_s:g} s)"))
         return leftover
 
     async def shutdown(self, timeout_s: float = 10.0) -> None:

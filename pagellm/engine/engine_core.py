@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,11 @@ logger = logging.getLogger(__name__)
 FAULT_INJECT_ENV = "PAGELLM_FAULT_INJECT_STEP"
 """Test-only: ``PAGELLM_FAULT_INJECT_STEP=N`` makes the N-th forward pass of every EngineCore
 built while it is set raise ``InjectedFault`` (how the tests kill an engine-core process)."""
+
+
+SLOW_STEP_ENV = "PAGELLM_FAULT_INJECT_STEP_DELAY_S"
+"""Test-only: ``PAGELLM_FAULT_INJECT_STEP_DELAY_S=X`` sleeps X seconds before every forward
+pass, so a test can hold a request in flight (for the shutdown-drain tests)."""
 
 
 class InjectedFault(RuntimeError):
@@ -67,6 +73,7 @@ class EngineCore:
         self.num_prompt_tokens = 0
         self.num_generation_tokens = 0
         self._fault_step = int(os.environ.get(FAULT_INJECT_ENV) or 0)   # test-only, 0 = off
+        self._step_delay_s = float(os.environ.get(SLOW_STEP_ENV) or 0)  # test-only, 0 = off
 
     def add_request(self, request: Request) -> None:
         self.scheduler.add_request(request)
@@ -86,6 +93,8 @@ class EngineCore:
         if self._fault_step and self.num_steps + 1 == self._fault_step:
             raise InjectedFault(f"{FAULT_INJECT_ENV}={self._fault_step}: forward pass "
                                 f"{self._fault_step} fails on purpose")
+        if self._step_delay_s:
+            time.sleep(self._step_delay_s)
         runner_output = self.executor.execute_model(sched)
         self.num_steps += 1
         self.num_generation_tokens += len(runner_output.sampled_token_ids)

@@ -12,7 +12,7 @@ import pytest
 from pagellm import SamplingParams
 from pagellm.engine.async_engine import AsyncLLM
 from pagellm.engine.engine_core import FAULT_INJECT_ENV
-from pagellm.errors import ClientError, EngineDeadError, ServerError
+from pagellm.errors import ClientError, EngineDeadError, ServerError, ServiceUnavailableError
 
 ENGINE_ARGS = dict(kv_cache_memory_bytes=8 * 2**20, dtype="float32", block_size=4)
 LONG = SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True, output_kind="delta")
@@ -106,11 +106,12 @@ def test_drain_finishes_short_requests_and_aborts_long_ones(tiny_model_dirs):
         await asyncio.sleep(0)
         drain = asyncio.create_task(engine.drain(timeout_s=1.0))
         await asyncio.sleep(0)
-        with pytest.raises(ServerError, match="shutting down"):
+        with pytest.raises(ServiceUnavailableError, match="shutting down"):
             await engine.generate("late").__anext__()
         short_output = await asyncio.wait_for(short_task, 10)
         aborted = await asyncio.wait_for(drain, 10)
-        await asyncio.wait_for(_drain(long_stream), 5)     # ends quietly
+        with pytest.raises(ServiceUnavailableError, match="drain timeout"):
+            await asyncio.wait_for(_drain(long_stream), 5)
         stats = await engine.stats()
         await engine.shutdown()
         return short_output, aborted, stats, engine.client.process.exitcode

@@ -2,8 +2,13 @@
 
 Every engine argument is a flag (generated from the config dataclasses), plus the server's
 own: --host, --port, --api-key (or PAGELLM_API_KEY), --chat-template, --disable-log-requests,
---disable-log-stats, --drain-timeout. Exit status: 0 after a clean shutdown (SIGTERM/SIGINT:
-stop admitting, drain up to --drain-timeout, abort the rest), 1 when the engine core died.
+--disable-log-stats, --drain-timeout. Exit status: 0 after a clean shutdown, 1 when the engine
+core died.
+
+Shutdown (SIGTERM or SIGINT): the listening socket stays open while /health answers 503 (so a
+load balancer takes the server out) and new generation requests get 503; requests already in
+flight run to completion for up to --drain-timeout seconds; the rest are aborted with a 503
+error; then the server stops. A second signal stops it at once.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ from pathlib import Path
 from pagellm.config.cli_args import add_engine_args, engine_kwargs_from_args
 
 logger = logging.getLogger("pagellm.server")
+
+_CLOSE_TIMEOUT_S = 5.0
+"""After the drain: how long uvicorn waits for responses still being written (the aborted
+requests' error bodies) before it closes their connections."""
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -62,19 +71,21 @@ async def run_server(args: argparse.Namespace) -> int:
                               disable_log_requests=args.disable_log_requests)
     app = build_app(engine, settings, _chat_template(args.chat_template))
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
-                            timeout_graceful_shutdown=args.drain_timeout, access_log=False)
+                            timeout_graceful_shutdown=_CLOSE_TIMEOUT_S, access_log=False)
     server = _Server(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _begin_drain, server, app)
+        loop.add_signal_handler(sig, _begin_drain, server, app, engine, args.drain_timeout)
     tasks = [asyncio.create_task(_watch_engine(engine, server))]
     if not args.disable_log_stats:
         tasks.append(asyncio.create_task(StatsLogger(app.state.metrics).run(engine)))
     logger.info("Serving %s on http://%s:%d", engine.served_model_name, args.host, args.port)
     try:
-        await server.serve()        # returns after SIGTERM/SIGINT once connections drained
+        await server.serve()        # returns once the drain (or engine death) set should_exit
     finally:
         app.state.draining = True
+        if app.state.drain_task is not None:
+            tasks.append(app.state.drain_task)
         for task in tasks:
             task.cancel()
         died = engine.errored
@@ -105,11 +116,24 @@ def _Server(config):
     return _server_class()(config)
 
 
-def _begin_drain(server, app) -> None:
-    """SIGTERM/SIGINT: /health turns 503, uvicorn stops accepting and waits for in-flight
-    requests up to --drain-timeout; whatever is left is aborted when the engine shuts down."""
-    logger.info("shutdown requested: draining in-flight requests")
+def _begin_drain(server, app, engine, timeout_s: float) -> None:
+    """SIGTERM/SIGINT: start the drain (see the module docstring); a second signal exits now."""
+    if app.state.draining:
+        logger.warning("second shutdown signal: stopping without waiting for requests")
+        server.force_exit = server.should_exit = True
+        return
+    logger.info("shutdown requested: draining in-flight requests (up to %g s)", timeout_s)
     app.state.draining = True
+    app.state.drain_task = asyncio.get_running_loop().create_task(
+        _drain_then_stop(server, engine, timeout_s))
+
+
+async def _drain_then_stop(server, engine, timeout_s: float) -> None:
+    aborted = await engine.drain(timeout_s)
+    if aborted:
+        logger.warning("drain timeout: aborted %d unfinished requests", len(aborted))
+    else:
+        logger.info("drained: no request in flight")
     server.should_exit = True
 
 

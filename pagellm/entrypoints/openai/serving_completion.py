@@ -39,6 +39,9 @@ class OpenAIServingCompletion(OpenAIServing):
             if request.echo and self.tokenizer is None:
                 raise ClientError("echo needs a tokenizer; this server runs without one",
                                   param="echo")
+            if request.stop and self.tokenizer is None:
+                raise ClientError("stop strings need a tokenizer; this server runs without one "
+                                  "(skip_tokenizer_init): use stop_token_ids", param="stop")
         except Exception as error:
             return error_from_exception(error, request_id)
         states = new_prompt_states(prompts, request.n)

@@ -149,7 +149,10 @@ class OpenAIServing:
         the iterator aborts every prompt's request."""
         streams = []
         for index, (prompt, prompt_params) in enumerate(zip(prompts, params)):
-            prompt_params = prompt_params.clone(output_kind="delta")
+            # Without a tokenizer (skip_tokenizer_init) the server streams token counts with
+            # empty text, as vLLM does; stop strings still need one and get a 400.
+            prompt_params = prompt_params.clone(output_kind="delta",
+                                                detokenize=self.tokenizer is not None)
             engine_id = request_id if len(prompts) == 1 else f"{request_id}-{index}"
             stream = self.engine.generate(prompt.token_ids, prompt_params, engine_id,
                                           priority=priority)

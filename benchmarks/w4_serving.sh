@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# W4 (../shared/BENCHMARKS.md): `pagellm serve` on Llama-3.1-8B shapes with random weights
+# (load_format=dummy, no tokenizer: token-id prompts), then `pagellm bench serving` with random
+# 1024-token prompts and 128 output tokens (EOS ignored) at each request rate given.
+#
+#   source benchmarks/gpu_setup.sh; bash benchmarks/w4_serving.sh inf 16 4     # on the device
+#   W4_MODEL=qwen3-0.6b W4_NUM_PROMPTS=8 W4_INPUT_LEN=64 W4_OUTPUT_LEN=8 \
+#     W4_SERVER_FLAGS="--device cpu" bash benchmarks/w4_serving.sh inf          # a CPU dry run
+#
+# Writes under $OUT (default /tmp/w4): the server log, one bench log and JSON per rate, and
+# prints a summary table last.
+set -u
+OUT=${OUT:-/tmp/w4}
+mkdir -p "$OUT"
+MODEL=${W4_MODEL:-llama-3.1-8b}
+NUM_PROMPTS=${W4_NUM_PROMPTS:-1000}
+INPUT_LEN=${W4_INPUT_LEN:-1024}
+OUTPUT_LEN=${W4_OUTPUT_LEN:-128}
+PORT=${W4_PORT:-8011}
+RATES=${*:-inf 16 4}
+PY=${PYTHON:-python3}
+
+# shellcheck disable=SC2086  # W4_SERVER_FLAGS is a list of flags
+$PY -m pagellm.entrypoints.cli.main serve "pagellm/bench/configs/$MODEL" --load-format dummy \
+    --skip-tokenizer-init --served-model-name "$MODEL" --port "$PORT" --max-model-len 4096 \
+    --disable-log-requests ${W4_SERVER_FLAGS:-} > "$OUT/server_$MODEL.log" 2>&1 &
+server=$!
+for _ in $(seq 600); do
+    if ! kill -0 $server 2>/dev/null; then
+        echo "server exited during startup:"; tail -40 "$OUT/server_$MODEL.log"; exit 1
+    fi
+    curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
+    sleep 1
+done
+grep -E "KV cache|CUDA graph|Loaded" "$OUT/server_$MODEL.log" | tail -4
+
+for rate in $RATES; do
+    $PY -m pagellm.entrypoints.cli.main bench serving --port "$PORT" --model "$MODEL" \
+        --dataset-name random --num-prompts "$NUM_PROMPTS" --random-input-len "$INPUT_LEN" \
+        --random-output-len "$OUTPUT_LEN" --ignore-eos --request-rate "$rate" \
+        --percentile-metrics ttft,tpot,itl,e2el --metric-percentiles 50,99 --disable-tqdm \
+        --output-json "$OUT/w4_${MODEL}_rate_$rate.json" > "$OUT/w4_${MODEL}_rate_$rate.log" 2>&1
+    echo "rate $rate: exit $?"; tail -32 "$OUT/w4_${MODEL}_rate_$rate.log"
+done
+
+curl -s "http://127.0.0.1:$PORT/metrics" | grep -E "^vllm:(num_preemptions|prefix_cache_hits|generation_tokens)_total" \
+    > "$OUT/metrics_after.txt"
+kill -TERM $server
+wait $server
+echo "server exit status: $?"
+tail -5 "$OUT/server_$MODEL.log"
+
+$PY - "$OUT" "$MODEL" <<'EOF'
+import json, pathlib, sys
+out, model = pathlib.Path(sys.argv[1]), sys.argv[2]
+print(f"\nW4 {model}: rate | done | dur s | out tok/s | TTFT med/p99 ms | TPOT med/p99 ms | ITL med/p99 ms")
+for path in sorted(out.glob(f"w4_{model}_rate_*.json")):
+    d = json.loads(path.read_text())
+    rate = path.stem.rsplit("_", 1)[1]
+    print(f"{rate:>5} | {d['completed']:>4} | {d['duration']:6.1f} | {d['output_throughput']:8.0f} | "
+          f"{d['median_ttft_ms']:7.0f} / {d['p99_ttft_ms']:7.0f} | "
+          f"{d['median_tpot_ms']:6.1f} / {d['p99_tpot_ms']:6.1f} | "
+          f"{d['median_itl_ms']:6.1f} / {d['p99_itl_ms']:6.1f}")
+EOF

@@ -1,0 +1,67 @@
+"""`pagellm serve --skip-tokenizer-init` (how W4 serves random-weight shapes): token-id prompts
+work, streamed or not, with exact token counts; what needs a tokenizer is a clear 400."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.helpers.server import start_server, stop_server
+from tests.helpers.tiny_models import make_tiny_model_dir
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    model_dir = make_tiny_model_dir(tmp_path_factory.mktemp("notok"), "llama")
+    proc, base = start_server(model_dir, "--skip-tokenizer-init")
+    yield base
+    assert stop_server(proc) == 0
+
+
+def _complete(server, **body):
+    return httpx.post(server + "/v1/completions", timeout=60,
+                      json={"model": "tiny", "max_tokens": 7, "ignore_eos": True, **body})
+
+
+def test_token_id_prompt_generates_exact_counts(server):
+    response = _complete(server, prompt=[5, 6, 7, 8])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["choices"][0]["finish_reason"] == "length"
+    usage = body["usage"]
+    assert (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) == (4, 7, 11)
+
+
+def test_token_id_prompt_streams_one_event_per_token(server):
+    with httpx.stream("POST", server + "/v1/completions", timeout=60,
+                      json={"model": "tiny", "prompt": [5, 6, 7], "max_tokens": 7,
+                            "ignore_eos": True, "stream": True,
+                            "stream_options": {"include_usage": True}}) as response:
+        assert response.status_code == 200
+        events = [json.loads(line[6:]) for line in response.iter_lines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+    token_events = [event for event in events if event.get("choices")]
+    assert len(token_events) == 7
+    assert token_events[-1]["choices"][0]["finish_reason"] == "length"
+    assert events[-1]["usage"]["completion_tokens"] == 7
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"prompt": "text needs a tokenizer"}, "prompt"),
+    ({"prompt": [5, 6], "stop": ["x"]}, "stop"),
+    ({"prompt": [5, 6], "echo": True}, "echo"),
+])
+def test_what_needs_a_tokenizer_is_a_400(server, body, param):
+    response = _complete(server, **body)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
+    assert _complete(server, prompt=[5, 6]).status_code == 200     # still serving
+
+
+def test_chat_without_tokenizer_is_a_400(server):
+    response = httpx.post(server + "/v1/chat/completions", timeout=60,
+                          json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 400
+    assert "tokenizer" in response.json()["error"]["message"]

@@ -1,0 +1,91 @@
+"""Graceful shutdown of `pagellm serve`: after SIGTERM the server keeps its socket open with
+/health at 503 and refuses new generation requests with 503, lets in-flight requests finish
+(up to --drain-timeout), aborts the rest with a 503 error, and exits 0.
+
+The engine core sleeps before every forward pass (PAGELLM_FAULT_INJECT_STEP_DELAY_S), so a
+request is reliably still running when the signal arrives."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import httpx
+import pytest
+
+from tests.helpers.server import start_server
+from tests.helpers.tiny_models import make_tiny_model_dir
+
+SLOW = {"PAGELLM_FAULT_INJECT_STEP_DELAY_S": "0.05"}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_tiny_model_dir(tmp_path_factory.mktemp("shutdown"), "llama")
+
+
+def _events(lines):
+    """The JSON payloads of an SSE line iterator, up to [DONE]."""
+    for line in lines:
+        if not line.startswith("data: "):
+            continue
+        payload = line[len("data: "):]
+        if payload == "[DONE]":
+            return
+        yield json.loads(payload)
+
+
+def _stream_body(max_tokens: int) -> dict:
+    return {"model": "tiny", "prompt": "hello there", "max_tokens": max_tokens,
+            "ignore_eos": True, "stream": True}
+
+
+def test_idle_server_exits_zero_on_sigterm(model_dir):
+    proc, _ = start_server(model_dir)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+
+
+def test_sigterm_drains_in_flight_requests_then_exits_zero(model_dir):
+    proc, base = start_server(model_dir, "--drain-timeout", "60", env_extra=SLOW)
+    try:
+        with httpx.stream("POST", base + "/v1/completions", json=_stream_body(40),
+                          timeout=60) as response:
+            events = _events(response.iter_lines())
+            first = next(events)                    # generating now: ~40 x 50 ms to go
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)                         # the signal handler runs in the server loop
+            assert proc.poll() is None
+            assert httpx.get(base + "/health", timeout=10).status_code == 503
+            refused = httpx.post(base + "/v1/completions", timeout=10,
+                                 json={"model": "tiny", "prompt": "late", "max_tokens": 2})
+            assert refused.status_code == 503
+            assert "shutting down" in refused.json()["error"]["message"]
+            rest = list(events)
+        choices = [event["choices"][0] for event in [first, *rest] if event.get("choices")]
+        assert choices[-1]["finish_reason"] == "length"
+        assert "".join(choice["text"] for choice in choices)   # the full answer arrived
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_drain_timeout_aborts_the_rest_with_503_and_exits_zero(model_dir):
+    proc, base = start_server(model_dir, "--drain-timeout", "1", env_extra=SLOW)
+    try:
+        with httpx.stream("POST", base + "/v1/completions", json=_stream_body(200),
+                          timeout=60) as response:
+            events = _events(response.iter_lines())
+            next(events)                            # ~200 x 50 ms = 10 s to go: too long
+            started = time.time()
+            proc.send_signal(signal.SIGTERM)
+            rest = list(events)
+        assert time.time() - started < 8            # ended by the 1 s drain timeout
+        error = rest[-1]["error"]
+        assert error["code"] == 503 and "drain timeout" in error["message"]
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
