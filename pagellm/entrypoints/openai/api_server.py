@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pagellm import __version__
 from pagellm.errors import ClientError
-from pagellm.entrypoints.openai.errors import error_from_exception, error_from_validation, error_response
+from pagellm.entrypoints.openai.errors import (error_from_exception, error_from_http_exception,
+                                               error_from_validation, error_response)
 from pagellm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest,
                                                  DetokenizeRequest, ErrorResponse, ModelCard,
                                                  ModelList, TokenizeChatRequest,
@@ -119,11 +121,20 @@ def build_app(engine, settings: ServerSettings, chat_template: str | None = None
         chat.chat_template = chat_template
     tokenization = OpenAIServingTokenization(engine, tokenizer_pool=pool)
     app.state.engine, app.state.metrics, app.state.draining = engine, metrics, False
+    app.state.drain_task = None             # set by the server's shutdown signal handler
     app.state.tokenizer_pool = pool         # run_server shuts it down after the server stops
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_, exc: RequestValidationError):
         return _json(error_from_validation(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_, exc: StarletteHTTPException):
+        # The framework's own errors (no such route, wrong method, unreadable body) get the
+        # OpenAI error body too, not FastAPI's {"detail": ...}.
+        response = _json(error_from_http_exception(exc.status_code, exc.detail, exc.__cause__))
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(_, exc: Exception):
@@ -167,6 +178,11 @@ def build_app(engine, settings: ServerSettings, chat_template: str | None = None
         return _result(await tokenization.detokenize(body))
 
     async def _serve(raw: Request, handler):
+        if app.state.draining:
+            response = _json(error_response(
+                "the server is shutting down and takes no new requests", 503))
+            response.headers["Connection"] = "close"
+            return response
         limit = settings.max_num_queued_requests
         # The limit is on waiting requests (SchedulerConfig.max_num_queued_requests), not on
         # running ones: a server with free batch slots must not turn requests away.
