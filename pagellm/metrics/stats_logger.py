@@ -13,15 +13,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
+from pagellm.errors import ClientError
 from pagellm.metrics.prometheus import MetricTotals, PrometheusMetrics
 
 logger = logging.getLogger("pagellm.metrics")
 
 DEFAULT_INTERVAL_S = 10.0
+INTERVAL_ENV = "PAGELLM_LOG_STATS_INTERVAL"
+"""Seconds between stats lines (vLLM's VLLM_LOG_STATS_INTERVAL); default 10."""
+
+
+def interval_from_env() -> float:
+    """``$PAGELLM_LOG_STATS_INTERVAL`` or the default; ClientError naming the variable when it
+    is not a positive number."""
+    raw = os.environ.get(INTERVAL_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_INTERVAL_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not (value > 0 and math.isfinite(value)):
+        raise ClientError(f"{INTERVAL_ENV} must be a positive number of seconds, got {raw!r}")
+    return value
 
 
 def format_stats_line(previous: MetricTotals, current: MetricTotals, elapsed_s: float) -> str:

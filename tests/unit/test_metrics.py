@@ -158,3 +158,22 @@ def test_stats_logger_run_reads_engine_stats():
         return metrics
     metrics = asyncio.run(asyncio.wait_for(go(), 10))
     assert metrics.totals.num_requests_running == 2
+
+
+@pytest.mark.parametrize("raw, expected", [(None, 10.0), ("", 10.0), ("2.5", 2.5)])
+def test_stats_interval_from_env(monkeypatch, raw, expected):
+    from pagellm.metrics.stats_logger import INTERVAL_ENV, interval_from_env
+    if raw is None:
+        monkeypatch.delenv(INTERVAL_ENV, raising=False)
+    else:
+        monkeypatch.setenv(INTERVAL_ENV, raw)
+    assert interval_from_env() == expected
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "soon", "inf", "nan"])
+def test_bad_stats_interval_names_the_variable(monkeypatch, raw):
+    from pagellm.errors import ClientError
+    from pagellm.metrics.stats_logger import INTERVAL_ENV, interval_from_env
+    monkeypatch.setenv(INTERVAL_ENV, raw)
+    with pytest.raises(ClientError, match=INTERVAL_ENV):
+        interval_from_env()

@@ -60,7 +60,9 @@ async def run_server(args: argparse.Namespace) -> int:
 
     from pagellm.engine.async_engine import AsyncLLM
     from pagellm.entrypoints.openai.api_server import ServerSettings, build_app
-    from pagellm.metrics.stats_logger import StatsLogger
+    from pagellm.metrics.stats_logger import StatsLogger, interval_from_env
+
+    stats_interval_s = interval_from_env()      # a bad value fails before the engine starts
 
     engine_kwargs = engine_kwargs_from_args(args)
     if args.model_tag is not None:
@@ -78,7 +80,8 @@ async def run_server(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, _begin_drain, server, app, engine, args.drain_timeout)
     tasks = [asyncio.create_task(_watch_engine(engine, server))]
     if not args.disable_log_stats:
-        tasks.append(asyncio.create_task(StatsLogger(app.state.metrics).run(engine)))
+        stats_logger = StatsLogger(app.state.metrics, stats_interval_s)
+        tasks.append(asyncio.create_task(stats_logger.run(engine)))
     logger.info("Serving %s on http://%s:%d", engine.served_model_name, args.host, args.port)
     try:
         await server.serve()        # returns once the drain (or engine death) set should_exit

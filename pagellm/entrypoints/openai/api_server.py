@@ -117,9 +117,9 @@ def build_app(engine, settings: ServerSettings, chat_template: str | None = None
     pool = make_tokenizer_pool(engine.config.model.tokenizer_pool_size)
     completion = OpenAIServingCompletion(engine, metrics=metrics, tokenizer_pool=pool)
     chat = OpenAIServingChat(engine, metrics=metrics, tokenizer_pool=pool)
-    if chat_template is not None:
-        chat.chat_template = chat_template
     tokenization = OpenAIServingTokenization(engine, tokenizer_pool=pool)
+    if chat_template is not None:
+        chat.chat_template = tokenization.chat_template = chat_template
     app.state.engine, app.state.metrics, app.state.draining = engine, metrics, False
     app.state.drain_task = None             # set by the server's shutdown signal handler
     app.state.tokenizer_pool = pool         # run_server shuts it down after the server stops

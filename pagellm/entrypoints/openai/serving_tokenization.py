@@ -14,6 +14,8 @@ from pagellm.errors import ClientError
 
 class OpenAIServingTokenization(OpenAIServing):
     request_id_prefix = "tokn"
+    chat_template: str | None = None
+    """The server's --chat-template (the one chat requests use); a request's own wins."""
 
     def _checked_tokenizer(self, model: str | None):
         check_model(model, self.served_model_name)
@@ -27,7 +29,7 @@ class OpenAIServingTokenization(OpenAIServing):
         """Token ids of a prompt, or of messages under the chat template."""
         try:
             tokenizer = self._checked_tokenizer(request.model)
-            token_ids = await self.off_loop(_token_ids, tokenizer, request)
+            token_ids = await self.off_loop(_token_ids, tokenizer, request, self.chat_template)
         except Exception as error:
             return error_from_exception(error)
         return TokenizeResponse(count=len(token_ids), max_model_len=self.max_model_len,
@@ -48,9 +50,10 @@ class OpenAIServingTokenization(OpenAIServing):
         return DetokenizeResponse(prompt=text)
 
 
-def _token_ids(tokenizer, request: TokenizeCompletionRequest | TokenizeChatRequest) -> list[int]:
+def _token_ids(tokenizer, request: TokenizeCompletionRequest | TokenizeChatRequest,
+               server_template: str | None) -> list[int]:
     if isinstance(request, TokenizeChatRequest):
         messages = [message.model_dump(exclude_none=True) for message in request.messages]
         return apply_chat_template(tokenizer, messages, request.add_generation_prompt,
-                                   request.chat_template)
+                                   request.chat_template or server_template)
     return tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
