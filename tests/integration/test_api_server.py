@@ -3,6 +3,7 @@ tiny random Llama, driven through the official `openai` client and raw HTTP."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import httpx
@@ -96,11 +97,21 @@ def test_api_key_required_everywhere_but_health(server):
 def test_metrics_use_vllm_names(client, server):
     client.completions.create(model="tiny", prompt="m", max_tokens=3)
     text = httpx.get(server + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
-    for name in ("vllm:num_requests_running", "vllm:kv_cache_usage_perc", "vllm:prompt_tokens_total",
-                 "vllm:generation_tokens_total", "vllm:time_to_first_token_seconds",
-                 "vllm:e2e_request_latency_seconds", "vllm:request_success_total"):
-        assert name in text, name
-    assert 'model_name="tiny"' in text
+    samples = {line.split("{")[0].split(" ")[0]: line for line in text.splitlines()
+               if line.startswith("vllm:")}
+    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting",
+                 "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc",
+                 "vllm:prompt_tokens_total", "vllm:generation_tokens_total",
+                 "vllm:num_preemptions_total", "vllm:prefix_cache_queries_total",
+                 "vllm:prefix_cache_hits_total", "vllm:request_success_total",
+                 "vllm:time_to_first_token_seconds_bucket",
+                 "vllm:inter_token_latency_seconds_bucket",
+                 "vllm:time_per_output_token_seconds_bucket",
+                 "vllm:e2e_request_latency_seconds_bucket",
+                 "vllm:request_queue_time_seconds_bucket"):
+        assert name in samples, name
+        assert 'model_name="tiny"' in samples[name], samples[name]
+    assert float(samples["vllm:generation_tokens_total"].rsplit(" ", 1)[1]) >= 3
 
 
 def _kv_usage(server) -> float:
@@ -122,6 +133,44 @@ def test_client_disconnect_frees_kv_blocks(server):
     while _kv_usage(server) > 0 and time.time() < deadline:
         time.sleep(0.1)
     assert _kv_usage(server) == 0.0
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "non-stream"])
+def test_disconnect_mid_generation_frees_blocks_within_a_step(model_dir, stream):
+    """The engine sleeps 50 ms per step, so 200 tokens take 10 s; the client hangs up after
+    about 1 s and the blocks must be back long before the generation would have ended."""
+    proc, base = _start(model_dir, env_extra={"PAGELLM_FAULT_INJECT_STEP_DELAY_S": "0.05"})
+    body = {"model": "tiny", "prompt": "a" * 50, "max_tokens": 200, "ignore_eos": True,
+            "stream": stream}
+    outcome: list[BaseException | None] = []
+
+    def client():
+        try:
+            with httpx.stream("POST", base + "/v1/completions", json=body,
+                              timeout=httpx.Timeout(30, read=1.5)) as response:
+                started = time.time()
+                for _ in response.iter_lines():
+                    if time.time() - started > 1.0:
+                        break               # streaming: hang up mid-stream
+            outcome.append(None)
+        except httpx.ReadTimeout as error:  # non-streaming: give up waiting for the body
+            outcome.append(error)
+
+    try:
+        thread = threading.Thread(target=client)
+        thread.start()
+        deadline = time.time() + 5
+        while _kv_usage(base) == 0 and time.time() < deadline:
+            time.sleep(0.05)
+        assert _kv_usage(base) > 0          # generating, blocks held
+        thread.join(10)
+        assert outcome and (outcome[0] is None) == stream
+        hung_up = time.time()
+        while _kv_usage(base) > 0 and time.time() - hung_up < 2.0:
+            time.sleep(0.05)
+        assert _kv_usage(base) == 0.0       # ~8 s of generation left, yet the blocks are free
+    finally:
+        assert _stop(proc) == 0
 
 
 def test_engine_death_fails_requests_and_exits_nonzero(model_dir):
