@@ -4,6 +4,7 @@ and returns the exit status."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -47,6 +48,19 @@ def start_server(model_dir, *extra: str, env_extra: dict | None = None, log_stat
         time.sleep(0.3)
     proc.kill()
     raise RuntimeError("server did not become healthy")
+
+
+@contextlib.contextmanager
+def running_server(model_dir, *extra: str, **kwargs):
+    """``start_server`` as a context: yields (process, base URL) and kills the process on the
+    way out if the test left it running."""
+    proc, base = start_server(model_dir, *extra, **kwargs)
+    try:
+        yield proc, base
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
 
 
 def stop_server(proc: subprocess.Popen) -> int:

@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from tests.helpers.server import running_server
 from tests.helpers.server import start_server as _start
 from tests.helpers.server import stop_server as _stop
 from tests.helpers.tiny_models import make_tiny_model_dir
@@ -139,24 +140,24 @@ def test_client_disconnect_frees_kv_blocks(server):
 def test_disconnect_mid_generation_frees_blocks_within_a_step(model_dir, stream):
     """The engine sleeps 50 ms per step, so 200 tokens take 10 s; the client hangs up after
     about 1 s and the blocks must be back long before the generation would have ended."""
-    proc, base = _start(model_dir, env_extra={"PAGELLM_FAULT_INJECT_STEP_DELAY_S": "0.05"})
-    body = {"model": "tiny", "prompt": "a" * 50, "max_tokens": 200, "ignore_eos": True,
-            "stream": stream}
-    outcome: list[BaseException | None] = []
+    with running_server(model_dir, env_extra={"PAGELLM_FAULT_INJECT_STEP_DELAY_S": "0.05"}
+                        ) as (proc, base):
+        body = {"model": "tiny", "prompt": "a" * 50, "max_tokens": 200, "ignore_eos": True,
+                "stream": stream}
+        outcome: list[BaseException | None] = []
 
-    def client():
-        try:
-            with httpx.stream("POST", base + "/v1/completions", json=body,
-                              timeout=httpx.Timeout(30, read=1.5)) as response:
-                started = time.time()
-                for _ in response.iter_lines():
-                    if time.time() - started > 1.0:
-                        break               # streaming: hang up mid-stream
-            outcome.append(None)
-        except httpx.ReadTimeout as error:  # non-streaming: give up waiting for the body
-            outcome.append(error)
+        def client():
+            try:
+                with httpx.stream("POST", base + "/v1/completions", json=body,
+                                  timeout=httpx.Timeout(30, read=1.5)) as response:
+                    started = time.time()
+                    for _ in response.iter_lines():
+                        if time.time() - started > 1.0:
+                            break               # streaming: hang up mid-stream
+                outcome.append(None)
+            except httpx.ReadTimeout as error:  # non-streaming: give up waiting for the body
+                outcome.append(error)
 
-    try:
         thread = threading.Thread(target=client)
         thread.start()
         deadline = time.time() + 5
@@ -169,7 +170,6 @@ def test_disconnect_mid_generation_frees_blocks_within_a_step(model_dir, stream)
         while _kv_usage(base) > 0 and time.time() - hung_up < 2.0:
             time.sleep(0.05)
         assert _kv_usage(base) == 0.0       # ~8 s of generation left, yet the blocks are free
-    finally:
         assert _stop(proc) == 0
 
 

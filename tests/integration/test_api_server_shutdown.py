@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from tests.helpers.server import start_server
+from tests.helpers.server import running_server, start_server
 from tests.helpers.tiny_models import make_tiny_model_dir
 
 SLOW = {"PAGELLM_FAULT_INJECT_STEP_DELAY_S": "0.05"}
@@ -48,8 +48,7 @@ def test_idle_server_exits_zero_on_sigterm(model_dir):
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_zero(model_dir):
-    proc, base = start_server(model_dir, "--drain-timeout", "60", env_extra=SLOW)
-    try:
+    with running_server(model_dir, "--drain-timeout", "60", env_extra=SLOW) as (proc, base):
         with httpx.stream("POST", base + "/v1/completions", json=_stream_body(40),
                           timeout=60) as response:
             events = _events(response.iter_lines())
@@ -67,14 +66,10 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(model_dir):
         assert choices[-1]["finish_reason"] == "length"
         assert "".join(choice["text"] for choice in choices)   # the full answer arrived
         assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
 
 
 def test_drain_timeout_aborts_the_rest_with_503_and_exits_zero(model_dir):
-    proc, base = start_server(model_dir, "--drain-timeout", "1", env_extra=SLOW)
-    try:
+    with running_server(model_dir, "--drain-timeout", "1", env_extra=SLOW) as (proc, base):
         with httpx.stream("POST", base + "/v1/completions", json=_stream_body(200),
                           timeout=60) as response:
             events = _events(response.iter_lines())
@@ -86,6 +81,3 @@ def test_drain_timeout_aborts_the_rest_with_503_and_exits_zero(model_dir):
         error = rest[-1]["error"]
         assert error["code"] == 503 and "drain timeout" in error["message"]
         assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()

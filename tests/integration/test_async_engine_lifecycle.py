@@ -11,7 +11,7 @@ import pytest
 
 from pagellm import SamplingParams
 from pagellm.engine.async_engine import AsyncLLM
-from pagellm.engine.engine_core import FAULT_INJECT_ENV
+from pagellm.engine.engine_core import FAULT_INJECT_ENV, SLOW_STEP_ENV
 from pagellm.errors import ClientError, EngineDeadError, ServerError, ServiceUnavailableError
 
 ENGINE_ARGS = dict(kv_cache_memory_bytes=8 * 2**20, dtype="float32", block_size=4)
@@ -94,7 +94,10 @@ def test_core_that_cannot_start_says_why(tiny_model_dirs):
     assert not _engine_processes()
 
 
-def test_drain_finishes_short_requests_and_aborts_long_ones(tiny_model_dirs):
+def test_drain_finishes_short_requests_and_aborts_long_ones(tiny_model_dirs, monkeypatch):
+    # 10 ms per step: the 3-token request ends well inside the 1 s drain, the 400-token one
+    # (4 s) cannot, however fast or loaded the machine is.
+    monkeypatch.setenv(SLOW_STEP_ENV, "0.01")
     short = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
 
     async def scenario():
