@@ -10,13 +10,12 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pagellm.errors import ClientError
 from pagellm.layers.attention import Attention, AttentionBackend, TorchAttentionBackend
 from pagellm.layers.attention_metadata import AttentionMetadata
-from pagellm.layers.linear import MergedLinear
+from pagellm.layers.linear import Linear, MergedLinear, linear
 from pagellm.layers.norm import RMSNorm
 from pagellm.layers.rotary import RotaryEmbedding, rope_settings
 from pagellm.ops.activation import silu_and_mul
@@ -40,7 +39,7 @@ class LlamaAttention(nn.Module):
         self.head_dim = head_dim_of(config)
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         self.qkv_proj = MergedLinear(config.hidden_size, [q_size, kv_size, kv_size], qkv_bias, dtype)
-        self.o_proj = nn.Linear(q_size, config.hidden_size, bias=o_bias, dtype=dtype)
+        self.o_proj = Linear(q_size, config.hidden_size, bias=o_bias, dtype=dtype)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype) if qk_norm else None
         self.rotary_emb = rotary
@@ -70,7 +69,7 @@ class LlamaMLP(nn.Module):
         bias = bool(getattr(config, "mlp_bias", False))
         inter = config.intermediate_size
         self.gate_up_proj = MergedLinear(config.hidden_size, [inter, inter], bias, dtype)
-        self.down_proj = nn.Linear(inter, config.hidden_size, bias=bias, dtype=dtype)
+        self.down_proj = Linear(inter, config.hidden_size, bias=bias, dtype=dtype)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """[T, hidden_size] -> [T, hidden_size]."""
@@ -148,7 +147,7 @@ class LlamaForCausalLM(nn.Module):
         """lm_head shares embed_tokens' weight."""
         self.model = LlamaModel(config, attn_backend or TorchAttentionBackend(),
                                 qkv_bias, o_bias, self.qk_norm, dtype)
-        self.lm_head = None if self.tie_word_embeddings else nn.Linear(
+        self.lm_head = None if self.tie_word_embeddings else Linear(
             config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor],
@@ -161,7 +160,7 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[n, hidden_size] -> float32 logits [n, vocab_size]."""
         weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        return linear(hidden, weight).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Copy HF-named checkpoint tensors into the parameters (casting dtype and device).
