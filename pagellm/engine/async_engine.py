@@ -24,10 +24,10 @@ from collections.abc import AsyncIterator
 
 from pagellm.config.engine_args import EngineConfig
 from pagellm.engine.core_client import MPClient
-from pagellm.engine.engine_core import EngineStats
+from pagellm.core.stats import EngineStats
 from pagellm.engine.input_processor import InputProcessor, PromptType
 from pagellm.engine.llm_engine import load_frontend_tokenizer, prepare_requests, resolve_config
-from pagellm.engine.messages import output_from_msg, stats_from_msg
+from pagellm.engine.messages import output_from_msg
 from pagellm.engine.output_processor import OutputProcessor
 from pagellm.errors import EngineDeadError, ServiceUnavailableError
 from pagellm.outputs import RequestOutput
@@ -168,7 +168,7 @@ class AsyncLLM:
         try:
             while True:
                 batch = await self.client.get_output()
-                self.last_stats = stats_from_msg(batch.stats)
+                self.last_stats = batch.stats
                 core_outputs = [output_from_msg(message) for message in batch.outputs]
                 for start in range(0, len(core_outputs), OUTPUT_CHUNK_SIZE):
                     if start:

@@ -19,10 +19,11 @@ from pagellm.config.engine_args import EngineConfig
 from pagellm.core.request import Request
 from pagellm.core.sched_output import EngineCoreOutput
 from pagellm.engine.core_proc import start_engine_core_process
-from pagellm.engine.engine_core import EngineCore, EngineStats
+from pagellm.core.stats import EngineStats
+from pagellm.engine.engine_core import EngineCore
 from pagellm.engine.messages import (AbortRequests, EngineCoreOutputs, EngineDead, EngineReady,
                                      UtilityCall, UtilityResult, core_message_decoder, encoder,
-                                     request_to_msg, stats_from_msg)
+                                     request_to_msg)
 from pagellm.errors import ClientError, EngineDeadError
 
 EXIT_GRACE_S = 0.5      # after the core process exits, how long its EngineDead may take to arrive
@@ -140,7 +141,7 @@ class MPClient:
         return item
 
     async def stats(self) -> EngineStats:
-        return stats_from_msg((await self._call("stats")).stats)
+        return (await self._call("stats")).stats
 
     async def ping(self) -> None:
         """Returns once the core answers; EngineDeadError when it cannot."""

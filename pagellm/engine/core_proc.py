@@ -31,7 +31,7 @@ from pagellm.engine.engine_core import EngineCore, make_engine_core
 from pagellm.engine.messages import (AbortRequests, EngineCoreOutputs, EngineCoreRequest,
                                      EngineDead, EngineReady, UtilityCall, UtilityResult,
                                      client_message_decoder, encoder, output_to_msg,
-                                     request_from_msg, stats_to_msg)
+                                     request_from_msg)
 from pagellm.errors import ClientError
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class EngineCoreProc:
             outputs = self.engine_core.step() if self.engine_core.has_unfinished_requests() else []
             if outputs:
                 self._send(EngineCoreOutputs([output_to_msg(o) for o in outputs],
-                                             stats_to_msg(self.engine_core.stats()), time.time()))
+                                             self.engine_core.stats(), time.time()))
 
     def _drain_input(self) -> None:
         """Handle every queued message; block (up to IDLE_POLL_MS) only when there is no work."""
@@ -96,7 +96,7 @@ class EngineCoreProc:
             core.abort_requests(list(core.scheduler.requests))
             self._send(UtilityResult(call.call_id))
             raise _Shutdown
-        stats = stats_to_msg(core.stats()) if call.method == "stats" else None
+        stats = core.stats() if call.method == "stats" else None
         self._send(UtilityResult(call.call_id, stats=stats))
 
     def _send(self, message) -> None:

@@ -8,12 +8,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 
 import torch
 
 from pagellm.config.engine_args import EngineConfig
 from pagellm.core.request import Request
+from pagellm.core.stats import EngineStats
 from pagellm.core.scheduler import Scheduler
 from pagellm.core.sched_output import EngineCoreOutput
 from pagellm.distributed.executor import UniProcExecutor
@@ -33,21 +33,6 @@ pass, so a test can hold a request in flight (for the shutdown-drain tests)."""
 
 class InjectedFault(RuntimeError):
     """The failure ``PAGELLM_FAULT_INJECT_STEP`` asks for; never raised in normal runs."""
-
-
-@dataclass
-class EngineStats:
-    num_running: int
-    num_waiting: int
-    kv_cache_usage: float
-    num_preemptions: int
-    prefix_cache_queries: int
-    prefix_cache_hits: int
-    num_steps: int
-    prompt_tokens: int = 0
-    """Prompt tokens of the requests that produced their first token so far."""
-    generation_tokens: int = 0
-    """Tokens generated so far."""
 
 
 def model_dtype(platform: Platform, config: EngineConfig, hf_config) -> torch.dtype:

@@ -19,7 +19,7 @@ import msgspec
 
 from pagellm.core.request import Request
 from pagellm.core.sched_output import EngineCoreOutput, TopLogprobs
-from pagellm.engine.engine_core import EngineStats
+from pagellm.core.stats import EngineStats
 from pagellm.sampling_params import SamplingParams
 
 # ---- client -> core ------------------------------------------------------------------------
@@ -102,28 +102,15 @@ class EngineCoreOutputMsg(msgspec.Struct, array_like=True):
     num_preemptions: int = 0
 
 
-class StatsSnapshot(msgspec.Struct, array_like=True):
-    """``EngineStats`` at the end of a step."""
-    num_running: int
-    num_waiting: int
-    kv_cache_usage: float
-    num_preemptions: int
-    prefix_cache_queries: int
-    prefix_cache_hits: int
-    num_steps: int
-    prompt_tokens: int
-    generation_tokens: int
-
-
 class EngineCoreOutputs(msgspec.Struct, tag="outputs", array_like=True):
     outputs: list[EngineCoreOutputMsg]
-    stats: StatsSnapshot
+    stats: EngineStats
     timestamp: float
 
 
 class UtilityResult(msgspec.Struct, tag="result", array_like=True):
     call_id: int
-    stats: StatsSnapshot | None = None      # for "stats" calls
+    stats: EngineStats | None = None        # for "stats" calls
 
 
 class EngineReady(msgspec.Struct, tag="ready", array_like=True):
@@ -200,14 +187,6 @@ def output_from_msg(msg: EngineCoreOutputMsg) -> EngineCoreOutput:
         msg.request_id, msg.new_token_ids, _logprobs_from_msg(msg.new_logprobs), prompt_logprobs,
         msg.finish_reason, msg.stop_reason, msg.num_cached_tokens, msg.first_scheduled_time,
         msg.num_preemptions)
-
-
-def stats_to_msg(stats: EngineStats) -> StatsSnapshot:
-    return StatsSnapshot(**{name: getattr(stats, name) for name in StatsSnapshot.__struct_fields__})
-
-
-def stats_from_msg(msg: StatsSnapshot) -> EngineStats:
-    return EngineStats(**{name: getattr(msg, name) for name in msg.__struct_fields__})
 
 
 # One encoder per process is enough; decoders are typed by direction.

@@ -13,12 +13,11 @@ import pytest
 import pagellm.engine
 from pagellm.core.request import Request
 from pagellm.core.sched_output import EngineCoreOutput, TopLogprobs
-from pagellm.engine.engine_core import EngineStats
+from pagellm.core.stats import EngineStats
 from pagellm.engine.messages import (AbortRequests, EngineCoreOutputs, EngineDead, EngineReady,
                                      UtilityCall, UtilityResult, client_message_decoder,
                                      core_message_decoder, encoder, output_from_msg,
-                                     output_to_msg, request_from_msg, request_to_msg,
-                                     stats_from_msg, stats_to_msg)
+                                     output_to_msg, request_from_msg, request_to_msg)
 from pagellm.sampling_params import SamplingParams
 
 STATS = EngineStats(num_running=2, num_waiting=1, kv_cache_usage=0.25, num_preemptions=3,
@@ -57,12 +56,13 @@ def test_control_messages_roundtrip():
     _roundtrip(AbortRequests(["a", "b"]), client_message_decoder)
     for method in ("stats", "ping", "shutdown"):
         _roundtrip(UtilityCall(4, method), client_message_decoder)
-    _roundtrip(UtilityResult(4, stats=stats_to_msg(STATS)), core_message_decoder)
+    _roundtrip(UtilityResult(4, stats=STATS), core_message_decoder)
     _roundtrip(UtilityResult(5), core_message_decoder)
     _roundtrip(EngineReady(vocab_size=259, num_blocks=512, pid=42), core_message_decoder)
     _roundtrip(EngineDead("RuntimeError: x", "Traceback ...", client_error=False),
                core_message_decoder)
-    assert stats_from_msg(stats_to_msg(STATS)) == STATS
+    decoded = core_message_decoder.decode(encoder.encode(UtilityResult(6, stats=STATS)))
+    assert isinstance(decoded.stats, EngineStats) and decoded.stats == STATS
 
 
 def test_outputs_roundtrip_into_equal_core_outputs():
@@ -75,7 +75,7 @@ def test_outputs_roundtrip_into_equal_core_outputs():
         EngineCoreOutput("c", [], finish_reason="stop", stop_reason="END"),
         EngineCoreOutput("d", [3], finish_reason="length"),
     ]
-    batch = EngineCoreOutputs([output_to_msg(o) for o in outputs], stats_to_msg(STATS), 99.0)
+    batch = EngineCoreOutputs([output_to_msg(o) for o in outputs], STATS, 99.0)
     decoded = _roundtrip(batch, core_message_decoder)
     assert [output_from_msg(m) for m in decoded.outputs] == outputs
 
