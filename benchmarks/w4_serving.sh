@@ -18,21 +18,10 @@ INPUT_LEN=${W4_INPUT_LEN:-1024}
 OUTPUT_LEN=${W4_OUTPUT_LEN:-128}
 PORT=${W4_PORT:-8011}
 RATES=${*:-inf 16 4}
-PY=${PYTHON:-python3}
+source "$(dirname "$0")/serving_lib.sh"
 
 # shellcheck disable=SC2086  # W4_SERVER_FLAGS is a list of flags
-$PY -m pagellm.entrypoints.cli.main serve "pagellm/bench/configs/$MODEL" --load-format dummy \
-    --skip-tokenizer-init --served-model-name "$MODEL" --port "$PORT" --max-model-len 4096 \
-    --disable-log-requests ${W4_SERVER_FLAGS:-} > "$OUT/server_$MODEL.log" 2>&1 &
-server=$!
-for _ in $(seq 600); do
-    if ! kill -0 $server 2>/dev/null; then
-        echo "server exited during startup:"; tail -40 "$OUT/server_$MODEL.log"; exit 1
-    fi
-    curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
-    sleep 1
-done
-grep -E "KV cache|CUDA graph|Loaded" "$OUT/server_$MODEL.log" | tail -4
+start_server "$MODEL" "$OUT/server_$MODEL.log" ${W4_SERVER_FLAGS:-} || exit 1
 
 for rate in $RATES; do
     $PY -m pagellm.entrypoints.cli.main bench serving --port "$PORT" --model "$MODEL" \
@@ -45,10 +34,7 @@ done
 
 curl -s "http://127.0.0.1:$PORT/metrics" | grep -E "^vllm:(num_preemptions|prefix_cache_hits|generation_tokens)_total" \
     > "$OUT/metrics_after.txt"
-kill -TERM $server
-wait $server
-echo "server exit status: $?"
-tail -5 "$OUT/server_$MODEL.log"
+stop_server "$OUT/server_$MODEL.log"
 
 $PY - "$OUT" "$MODEL" <<'EOF'
 import json, pathlib, sys
