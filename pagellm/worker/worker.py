@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 
@@ -28,6 +29,11 @@ class Worker:
         start = time.perf_counter()
         if platform.is_cuda:
             torch.cuda.set_device(platform.device)
+            # An engine deleted earlier in this process may still be waiting for the cyclic
+            # GC; collect it and hand its cached blocks back before memory is measured, or
+            # its tensors count against this engine's KV budget.
+            gc.collect()
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(platform.device)
         self.model = load_model(config.model.model, hf_config, config.load.load_format, dtype,
                                 platform.device, seed=config.model.seed)
