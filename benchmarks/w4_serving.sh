@@ -23,13 +23,17 @@ source "$(dirname "$0")/serving_lib.sh"
 # shellcheck disable=SC2086  # W4_SERVER_FLAGS is a list of flags
 start_server "$MODEL" "$OUT/server_$MODEL.log" ${W4_SERVER_FLAGS:-} || exit 1
 
+failures=0
 for rate in $RATES; do
+    rm -f "$OUT/w4_${MODEL}_rate_$rate.json"        # no stale numbers in the table
     $PY -m pagellm.entrypoints.cli.main bench serving --port "$PORT" --model "$MODEL" \
         --dataset-name random --num-prompts "$NUM_PROMPTS" --random-input-len "$INPUT_LEN" \
         --random-output-len "$OUTPUT_LEN" --ignore-eos --request-rate "$rate" \
         --percentile-metrics ttft,tpot,itl,e2el --metric-percentiles 50,99 --disable-tqdm \
         --output-json "$OUT/w4_${MODEL}_rate_$rate.json" > "$OUT/w4_${MODEL}_rate_$rate.log" 2>&1
-    echo "rate $rate: exit $?"; tail -32 "$OUT/w4_${MODEL}_rate_$rate.log"
+    status=$?
+    [ $status -ne 0 ] && failures=$((failures + 1))
+    echo "rate $rate: exit $status"; tail -32 "$OUT/w4_${MODEL}_rate_$rate.log"
 done
 
 curl -s "http://127.0.0.1:$PORT/metrics" | grep -E "^vllm:(num_preemptions|prefix_cache_hits|generation_tokens)_total" \
@@ -39,12 +43,13 @@ stop_server "$OUT/server_$MODEL.log"
 $PY - "$OUT" "$MODEL" <<'EOF'
 import json, pathlib, sys
 out, model = pathlib.Path(sys.argv[1]), sys.argv[2]
-print(f"\nW4 {model}: rate | done | dur s | out tok/s | TTFT med/p99 ms | TPOT med/p99 ms | ITL med/p99 ms")
+print(f"\nW4 {model}: rate | done | failed | dur s | out tok/s | TTFT med/p99 ms | TPOT med/p99 ms | ITL med/p99 ms")
 for path in sorted(out.glob(f"w4_{model}_rate_*.json")):
     d = json.loads(path.read_text())
     rate = path.stem.rsplit("_", 1)[1]
-    print(f"{rate:>5} | {d['completed']:>4} | {d['duration']:6.1f} | {d['output_throughput']:8.0f} | "
+    print(f"{rate:>5} | {d['completed']:>4} | {d['failed']:>4} | {d['duration']:6.1f} | {d['output_throughput']:8.0f} | "
           f"{d['median_ttft_ms']:7.0f} / {d['p99_ttft_ms']:7.0f} | "
           f"{d['median_tpot_ms']:6.1f} / {d['p99_tpot_ms']:6.1f} | "
           f"{d['median_itl_ms']:6.1f} / {d['p99_itl_ms']:6.1f}")
 EOF
+exit $((failures > 0))

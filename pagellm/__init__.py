@@ -1,13 +1,15 @@
 """pagellm: a high-throughput, memory-efficient LLM inference and serving engine."""
 
-from pagellm.errors import ClientError, EngineDeadError, NotSupportedError, ServerError
+from pagellm.errors import (ClientError, EngineDeadError, NotSupportedError, ServerError,
+                            ServiceUnavailableError)
 from pagellm.outputs import CompletionOutput, Logprob, RequestOutput
 from pagellm.sampling_params import SamplingParams
 
 __version__ = "0.1.0"
 
 __all__ = ["LLM", "LLMEngine", "SamplingParams", "RequestOutput", "CompletionOutput", "Logprob",
-           "ClientError", "ServerError", "EngineDeadError", "NotSupportedError", "__version__"]
+           "ClientError", "ServerError", "EngineDeadError", "NotSupportedError",
+           "ServiceUnavailableError", "__version__"]
 
 
 def __getattr__(name):

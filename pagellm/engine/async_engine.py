@@ -122,7 +122,7 @@ class AsyncLLM:
         if self.errored:
             raise self.dead_error
         if self.draining:
-            raise ServiceUnavailableError("the server is shutting down and takes no new requests")
+            raise ServiceUnavailableError("the server is shutting down and starts no new requests")
         params = sampling_params if sampling_params is not None else SamplingParams()
         request_id = uuid.uuid4().hex if request_id is None else request_id
         requests = prepare_requests(self.config, self.input_processor, self.output_processor,
@@ -155,13 +155,15 @@ class AsyncLLM:
         if queue is not None:
             queue.put_nowait(None)
 
-    async def _abort(self, request_id: str) -> None:
+    async def _abort(self, request_id: str) -> bool:
+        """Abort ``request_id`` in the core; False when it had nothing left to abort there."""
         core_ids = self.output_processor.abort_request(request_id)
         if core_ids and not self.errored:
             try:
                 await self.client.abort_requests(core_ids)
             except EngineDeadError:
                 pass
+        return bool(core_ids)
 
     async def _handle_outputs(self) -> None:
         """Route each core output batch to the request queues; send stop-string aborts back."""
@@ -200,15 +202,16 @@ class AsyncLLM:
         deadline = loop.time() + timeout_s
         while self._queues and not self.errored and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        leftover = list(self._queues)
-        for request_id in leftover:
+        aborted = []
+        for request_id in list(self._queues):
             queue = self._queues.pop(request_id, None)
-            await self._abort(request_id)
-            if queue is not None:
+            if await self._abort(request_id):
+                aborted.append(request_id)
+            if queue is not None:   # behind a final output already queued, it is never read
                 queue.put_nowait(ServiceUnavailableError(
                     f"the server shut down before this request finished (drain timeout "
                     f"{timeout_s:g} s)"))
-        return leftover
+        return aborted
 
     async def shutdown(self, timeout_s: float = 10.0) -> None:
         """Stop the core process (in-flight generators raise EngineDeadError). Idempotent."""

@@ -81,3 +81,49 @@ def test_drain_timeout_aborts_the_rest_with_503_and_exits_zero(model_dir):
         error = rest[-1]["error"]
         assert error["code"] == 503 and "drain timeout" in error["message"]
         assert proc.wait(timeout=60) == 0
+
+
+def test_drain_waits_for_a_request_admitted_but_still_tokenizing(model_dir, monkeypatch):
+    """A request accepted before the signal but not yet in the engine (its prompt is still
+    being tokenized in the pool) finishes normally; only later requests get the 503."""
+    import asyncio
+
+    from pagellm.engine.async_engine import AsyncLLM
+    from pagellm.entrypoints.openai.api_server import ServerSettings, build_app, drain
+    from pagellm.entrypoints.openai.serving_completion import OpenAIServingCompletion
+
+    tokenize = OpenAIServingCompletion._tokenize_prompts
+
+    def slow_tokenize(self, prompts):
+        time.sleep(0.5)                             # a long prompt on a busy tokenizer pool
+        return tokenize(self, prompts)
+
+    monkeypatch.setattr(OpenAIServingCompletion, "_tokenize_prompts", slow_tokenize)
+    body = {"model": "tiny", "prompt": "hello", "max_tokens": 5, "ignore_eos": True}
+
+    async def scenario():
+        engine = await AsyncLLM.from_engine_args(
+            model=str(model_dir), served_model_name="tiny", max_model_len=256,
+            kv_cache_memory_bytes=16 * 2**20, tokenizer_pool_size=1)
+        app = build_app(engine, ServerSettings(disable_log_requests=True))
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                         base_url="http://pagellm") as client:
+                admitted = asyncio.create_task(client.post("/v1/completions", json=body))
+                await asyncio.sleep(0.2)
+                assert app.state.num_admitting == 1 and engine.num_unfinished_requests == 0
+                drained = asyncio.create_task(drain(app, engine, 30.0))
+                await asyncio.sleep(0.05)
+                late = await client.post("/v1/completions", json=body)
+                health = await client.get("/health")
+                response = await admitted
+                aborted = await drained
+        finally:
+            await engine.shutdown()
+        return response, late, health, aborted, drained
+
+    response, late, health, aborted, _ = asyncio.run(scenario())
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] == 5
+    assert late.status_code == 503 and health.status_code == 503
+    assert aborted == []

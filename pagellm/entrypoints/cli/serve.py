@@ -62,7 +62,8 @@ async def run_server(args: argparse.Namespace) -> int:
     from pagellm.entrypoints.openai.api_server import ServerSettings, build_app
     from pagellm.metrics.stats_logger import StatsLogger, interval_from_env
 
-    stats_interval_s = interval_from_env()      # a bad value fails before the engine starts
+    # a bad value fails before the engine starts
+    stats_interval_s = None if args.disable_log_stats else interval_from_env()
 
     engine_kwargs = engine_kwargs_from_args(args)
     if args.model_tag is not None:
@@ -128,16 +129,22 @@ def _begin_drain(server, app, engine, timeout_s: float) -> None:
     logger.info("shutdown requested: draining in-flight requests (up to %g s)", timeout_s)
     app.state.draining = True
     app.state.drain_task = asyncio.get_running_loop().create_task(
-        _drain_then_stop(server, engine, timeout_s))
+        _drain_then_stop(server, app, engine, timeout_s))
 
 
-async def _drain_then_stop(server, engine, timeout_s: float) -> None:
-    aborted = await engine.drain(timeout_s)
-    if aborted:
-        logger.warning("drain timeout: aborted %d unfinished requests", len(aborted))
-    else:
-        logger.info("drained: no request in flight")
-    server.should_exit = True
+async def _drain_then_stop(server, app, engine, timeout_s: float) -> None:
+    from pagellm.entrypoints.openai.api_server import drain
+
+    try:
+        aborted = await drain(app, engine, timeout_s)
+        if aborted:
+            logger.warning("drain timeout: aborted %d unfinished requests", len(aborted))
+        else:
+            logger.info("drained: no request in flight")
+    except Exception:           # a failed drain must still stop the server
+        logger.exception("the drain failed; stopping now")
+    finally:
+        server.should_exit = True
 
 
 async def _watch_engine(engine, server) -> None:

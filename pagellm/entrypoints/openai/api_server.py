@@ -122,6 +122,7 @@ def build_app(engine, settings: ServerSettings, chat_template: str | None = None
         chat.chat_template = tokenization.chat_template = chat_template
     app.state.engine, app.state.metrics, app.state.draining = engine, metrics, False
     app.state.drain_task = None             # set by the server's shutdown signal handler
+    app.state.num_admitting = 0             # admitted requests not yet in the engine (see drain)
     app.state.tokenizer_pool = pool         # run_server shuts it down after the server stops
 
     @app.exception_handler(RequestValidationError)
@@ -196,13 +197,33 @@ def build_app(engine, settings: ServerSettings, chat_template: str | None = None
         request_id = uuid.uuid4().hex
         if not settings.disable_log_requests:
             logger.info("request %s %s", request_id, raw.url.path)
-        task = asyncio.ensure_future(handler(request_id))
-        result = await _unless_disconnected(raw, task)
+        # Admitted: a drain that starts now waits for this request. When the handler returns,
+        # the request is either finished or registered in the engine (a stream in flight),
+        # where the engine's own drain sees it.
+        app.state.num_admitting += 1
+        try:
+            task = asyncio.ensure_future(handler(request_id))
+            result = await _unless_disconnected(raw, task)
+        finally:
+            app.state.num_admitting -= 1
         if result is None:
             return Response(status_code=499)
         return _result(result)
 
     return app
+
+
+async def drain(app: FastAPI, engine, timeout_s: float) -> list[str]:
+    """Graceful shutdown of ``app``: from now on /health and new generation requests answer
+    503; requests already admitted (still being tokenized, or generating) get up to
+    ``timeout_s`` seconds to finish; the rest are aborted and end with a 503 error. Returns
+    the ids of the aborted engine requests."""
+    app.state.draining = True
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while app.state.num_admitting and not engine.errored and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    return await engine.drain(max(0.0, deadline - loop.time()))
 
 
 async def _unless_disconnected(raw: Request, task: asyncio.Future):
