@@ -143,7 +143,6 @@ class OpenAIServingChat(OpenAIServing):
         choice = prompt.choices[delta.index]
         if not choice.take_stream_delta(delta):
             return None
-        choice.done = delta.finish_reason is not None
         return self._event(request_id, created, choice.index, DeltaMessage(content=delta.text),
                            self._logprobs(request, delta.token_ids, delta.logprobs or []),
                            delta.finish_reason, delta.stop_reason)

@@ -134,7 +134,6 @@ class OpenAIServingCompletion(OpenAIServing):
                                            delta.logprobs or [], not choice.started)
         choice.started = True
         choice.num_chars_sent += len(text)
-        choice.done = delta.finish_reason is not None
         chunk = CompletionStreamResponse(
             id=request_id, created=created, model=self.served_model_name,
             choices=[CompletionResponseChoice(index=choice.index, text=text, logprobs=logprobs,

@@ -60,8 +60,6 @@ class ChoiceState:
     """Characters streamed so far (echo included): the next completion text_offset."""
     started: bool = False
     """Streamed anything yet (the echo and the chat role go first)."""
-    done: bool = False
-    """Streamed its finish_reason: later deltas for it are ignored."""
 
     def add(self, delta: CompletionOutput) -> None:
         self.text += delta.text
@@ -72,8 +70,9 @@ class ChoiceState:
 
     def take_stream_delta(self, delta: CompletionOutput) -> bool:
         """Record a streamed delta; True when it should become an event (the choice has not
-        finished yet and the delta carries tokens, text or a finish reason)."""
-        if self.done:
+        finished yet and the delta carries tokens, text or a finish reason). Deltas after the
+        one carrying the finish reason are ignored."""
+        if self.finish_reason is not None:
             return False
         self.add(delta)
         return bool(delta.token_ids or delta.text or delta.finish_reason)
