@@ -10,8 +10,7 @@ import time
 from collections.abc import AsyncIterator
 
 from pagellm.engine.tokenizer import apply_chat_template
-from pagellm.entrypoints.openai.errors import (SSE_DONE, check_model, error_from_exception,
-                                               sse_event)
+from pagellm.entrypoints.openai.errors import check_model, error_from_exception, sse_event
 from pagellm.entrypoints.openai.protocol import (ChatCompletionLogProbs, ChatCompletionRequest,
                                                  ChatCompletionResponse,
                                                  ChatCompletionResponseChoice,
@@ -109,34 +108,33 @@ class OpenAIServingChat(OpenAIServing):
         return ChatCompletionResponse(id=request_id, model=self.served_model_name,
                                       choices=choices, usage=self.usage([prompt]))
 
-    async def _stream(self, request: ChatCompletionRequest, request_id: str, prompt: PromptState,
+    def _stream(self, request: ChatCompletionRequest, request_id: str, prompt: PromptState,
+                first: tuple[int, RequestOutput] | None, stream: AsyncIterator
+                ) -> AsyncIterator[str]:
+        return self.sse_stream(request_id, self._events(request, request_id, prompt, first, stream),
+                               stream)
+
+    async def _events(self, request: ChatCompletionRequest, request_id: str, prompt: PromptState,
                       first: tuple[int, RequestOutput] | None, stream: AsyncIterator
                       ) -> AsyncIterator[str]:
         created = int(time.time())
-        try:
-            role, echo = self.reply_role(request), self.echo_text(request)
-            for choice in prompt.choices:
-                yield self._event(request_id, created, choice.index, DeltaMessage(role=role,
-                                                                                  content=""))
-                if echo:
-                    yield self._event(request_id, created, choice.index,
-                                      DeltaMessage(content=echo))
-                choice.started = True
-            async for _, output in chain_first(first, stream):
-                for completion in output.outputs:
-                    event = self._delta_event(request, request_id, created, prompt, completion)
-                    if event is not None:
-                        yield event
-            if request.include_usage:
-                usage_chunk = ChatCompletionStreamResponse(
-                    id=request_id, object=_CHUNK, created=created, model=self.served_model_name,
-                    choices=[], usage=self.usage([prompt]))
-                yield sse_event(usage_chunk.model_dump_json(exclude_unset=True))
-        except Exception as error:
-            yield sse_event(error_from_exception(error, request_id).model_dump_json())
-        finally:
-            await stream.aclose()
-        yield SSE_DONE
+        role, echo = self.reply_role(request), self.echo_text(request)
+        for choice in prompt.choices:
+            yield self._event(request_id, created, choice.index, DeltaMessage(role=role,
+                                                                              content=""))
+            if echo:
+                yield self._event(request_id, created, choice.index, DeltaMessage(content=echo))
+            choice.started = True
+        async for _, output in chain_first(first, stream):
+            for completion in output.outputs:
+                event = self._delta_event(request, request_id, created, prompt, completion)
+                if event is not None:
+                    yield event
+        if request.include_usage:
+            usage_chunk = ChatCompletionStreamResponse(
+                id=request_id, object=_CHUNK, created=created, model=self.served_model_name,
+                choices=[], usage=self.usage([prompt]))
+            yield sse_event(usage_chunk.model_dump_json(exclude_unset=True))
 
     def _delta_event(self, request: ChatCompletionRequest, request_id: str, created: int,
                      prompt: PromptState, delta: CompletionOutput) -> str | None:

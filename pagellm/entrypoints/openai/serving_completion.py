@@ -11,8 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-from pagellm.entrypoints.openai.errors import (SSE_DONE, check_model, error_from_exception,
-                                               sse_event)
+from pagellm.entrypoints.openai.errors import check_model, error_from_exception, sse_event
 from pagellm.entrypoints.openai.protocol import (CompletionLogProbs, CompletionRequest,
                                                  CompletionResponse, CompletionResponseChoice,
                                                  CompletionStreamResponse, ErrorResponse)
@@ -101,28 +100,28 @@ class OpenAIServingCompletion(OpenAIServing):
             logprobs = self.completion_logprobs(token_ids, positions, choice.num_chars_sent)
         return text, logprobs
 
-    async def _stream(self, request: CompletionRequest, request_id: str,
+    def _stream(self, request: CompletionRequest, request_id: str, states: list[PromptState],
+                first: tuple[int, RequestOutput] | None, stream: AsyncIterator
+                ) -> AsyncIterator[str]:
+        return self.sse_stream(request_id, self._events(request, request_id, states, first, stream),
+                               stream)
+
+    async def _events(self, request: CompletionRequest, request_id: str,
                       states: list[PromptState], first: tuple[int, RequestOutput] | None,
                       stream: AsyncIterator) -> AsyncIterator[str]:
         created = int(time.time())
-        try:
-            async for prompt_index, output in chain_first(first, stream):
-                prompt = states[prompt_index]
-                _take_prompt_logprobs(prompt, output)
-                for completion in output.outputs:
-                    chunk = self._chunk(request, request_id, created, prompt, completion)
-                    if chunk is not None:
-                        yield chunk
-            if request.include_usage:
-                usage_chunk = CompletionStreamResponse(
-                    id=request_id, created=created, model=self.served_model_name, choices=[],
-                    usage=self.usage(states))
-                yield sse_event(usage_chunk.model_dump_json())
-        except Exception as error:
-            yield sse_event(error_from_exception(error, request_id).model_dump_json())
-        finally:
-            await stream.aclose()
-        yield SSE_DONE
+        async for prompt_index, output in chain_first(first, stream):
+            prompt = states[prompt_index]
+            _take_prompt_logprobs(prompt, output)
+            for completion in output.outputs:
+                chunk = self._chunk(request, request_id, created, prompt, completion)
+                if chunk is not None:
+                    yield chunk
+        if request.include_usage:
+            usage_chunk = CompletionStreamResponse(
+                id=request_id, created=created, model=self.served_model_name, choices=[],
+                usage=self.usage(states))
+            yield sse_event(usage_chunk.model_dump_json())
 
     def _chunk(self, request: CompletionRequest, request_id: str, created: int,
                prompt: PromptState, delta: CompletionOutput) -> str | None:

@@ -24,7 +24,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pagellm.entrypoints.openai.errors import error_from_exception
+from pagellm.entrypoints.openai.errors import SSE_DONE, error_from_exception, sse_event
 from pagellm.entrypoints.openai.protocol import (ChatCompletionLogProb, ChatCompletionLogProbs,
                                                  ChatCompletionLogProbsContent,
                                                  CompletionLogProbs, ErrorResponse, UsageInfo)
@@ -183,6 +183,21 @@ class OpenAIServing:
         except Exception as error:
             await _close(stream)
             return None, error_from_exception(error, request_id)
+
+    async def sse_stream(self, request_id: str, events: AsyncIterator[str],
+                         stream: AsyncIterator) -> AsyncIterator[str]:
+        """The body of a streamed response: ``events`` (built from ``stream``), an error event
+        if they fail midway, then ``data: [DONE]``. Both iterators are closed however it ends;
+        closing ``stream`` early aborts the engine request."""
+        try:
+            async for event in events:
+                yield event
+        except Exception as error:
+            yield sse_event(error_from_exception(error, request_id).model_dump_json())
+        finally:
+            await _close(events)
+            await _close(stream)
+        yield SSE_DONE
 
     def usage(self, prompts: list[PromptState]) -> UsageInfo:
         prompt_tokens = sum(len(prompt.token_ids) for prompt in prompts)
