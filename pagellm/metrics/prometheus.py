@@ -13,13 +13,12 @@ scrape and periodically); ``render`` gives the text exposition for GET /metrics.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
                                generate_latest)
 
+from pagellm.core.stats import EngineStats
 from pagellm.outputs import RequestOutput
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -178,29 +177,20 @@ class PrometheusMetrics:
             if tokens_per_choice > 1:
                 self.time_per_output_token.observe((last - first) / (tokens_per_choice - 1))
 
-    def update_from_stats(self, stats: Any) -> None:
-        """The engine's ``stats()`` (an object or a mapping): num_running (or running),
-        num_waiting (or waiting) and kv_cache_usage (0..1) set the gauges; num_preemptions,
-        prefix_cache_queries and prefix_cache_hits are the engine's totals since it started,
-        and the counters advance by what they grew."""
-        def value(*names: str, default=0):
-            for name in names:
-                found = stats.get(name) if isinstance(stats, Mapping) \
-                    else getattr(stats, name, None)
-                if found is not None:
-                    return found
-            return default
-
+    def update_from_stats(self, stats: EngineStats) -> None:
+        """The engine's ``stats()``: num_running, num_waiting and kv_cache_usage (0..1) set the
+        gauges; num_preemptions, prefix_cache_queries and prefix_cache_hits are the engine's
+        totals since it started, and the counters advance by what they grew."""
         totals = self.totals
-        totals.num_requests_running = int(value("num_running", "running"))
-        totals.num_requests_waiting = int(value("num_waiting", "waiting"))
-        totals.kv_cache_usage = float(value("kv_cache_usage", default=0.0))
+        totals.num_requests_running = stats.num_running
+        totals.num_requests_waiting = stats.num_waiting
+        totals.kv_cache_usage = stats.kv_cache_usage
         self.num_requests_running.set(totals.num_requests_running)
         self.num_requests_waiting.set(totals.num_requests_waiting)
         self.kv_cache_usage.set(totals.kv_cache_usage)
         self.gpu_cache_usage.set(totals.kv_cache_usage)
         for name in ("num_preemptions", "prefix_cache_queries", "prefix_cache_hits"):
-            engine_total = int(value(name))
+            engine_total = getattr(stats, name)
             # A total below the last one means a restarted engine: all of it is new.
             previous = self._seen_engine_totals.get(name, 0)
             grown = engine_total - previous if engine_total >= previous else engine_total

@@ -6,7 +6,9 @@ import asyncio
 import logging
 
 import pytest
+from msgspec.structs import replace
 
+from pagellm.core.stats import EngineStats
 from pagellm.metrics.prometheus import (TTFT_BUCKETS, MetricTotals, PrometheusMetrics,
                                         buckets_1_2_5)
 from pagellm.metrics.stats_logger import StatsLogger, format_stats_line
@@ -81,10 +83,10 @@ def test_inter_token_latency():
 def test_update_from_stats_sets_gauges_and_advances_counters_by_growth():
     metrics = PrometheusMetrics("m")
     value = metrics.registry.get_sample_value
-    stats = {"running": 3, "waiting": 2, "kv_cache_usage": 0.25, "num_preemptions": 4,
-             "prefix_cache_queries": 100, "prefix_cache_hits": 40}
+    stats = EngineStats(num_running=3, num_waiting=2, kv_cache_usage=0.25, num_preemptions=4,
+                        prefix_cache_queries=100, prefix_cache_hits=40, num_steps=7)
     metrics.update_from_stats(stats)
-    metrics.update_from_stats({**stats, "num_preemptions": 6, "prefix_cache_queries": 150})
+    metrics.update_from_stats(replace(stats, num_preemptions=6, prefix_cache_queries=150))
     assert value("vllm:num_requests_running", LABELS) == 3
     assert value("vllm:num_requests_waiting", LABELS) == 2
     assert value("vllm:kv_cache_usage_perc", LABELS) == 0.25
@@ -93,13 +95,11 @@ def test_update_from_stats_sets_gauges_and_advances_counters_by_growth():
     assert value("vllm:prefix_cache_queries_total", LABELS) == 150
     assert value("vllm:prefix_cache_hits_total", LABELS) == 40
     # a restarted engine starts its totals again from zero: the counter never goes back
-    metrics.update_from_stats({**stats, "num_preemptions": 1})
+    metrics.update_from_stats(replace(stats, num_preemptions=1))
     assert value("vllm:num_preemptions_total", LABELS) == 7
 
-    class Stats:   # an object with attributes (the engine's EngineStats names) works too
-        num_running, num_waiting, kv_cache_usage = 1, 0, 0.5
-        num_preemptions, prefix_cache_queries, prefix_cache_hits = 1, 150, 40
-    metrics.update_from_stats(Stats())
+    metrics.update_from_stats(replace(stats, num_running=1, num_waiting=0, kv_cache_usage=0.5,
+                                      num_preemptions=1, prefix_cache_queries=150))
     assert metrics.totals.num_requests_running == 1 and metrics.totals.kv_cache_usage == 0.5
 
 
@@ -145,7 +145,9 @@ def test_stats_logger_run_reads_engine_stats():
             self.calls += 1
             if self.calls == 1:
                 raise RuntimeError("not ready")
-            return {"running": 2, "waiting": 0, "kv_cache_usage": 0.5}
+            return EngineStats(num_running=2, num_waiting=0, kv_cache_usage=0.5,
+                               num_preemptions=0, prefix_cache_queries=0, prefix_cache_hits=0,
+                               num_steps=self.calls)
 
     async def go():
         metrics, engine = PrometheusMetrics("m"), Engine()
