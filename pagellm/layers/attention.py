@@ -32,13 +32,22 @@ class AttentionBackend(ABC):
 
     name: str = "abstract"
 
-    @abstractmethod
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kv_cache: torch.Tensor | None, attn_metadata: AttentionMetadata,
                 scale: float) -> torch.Tensor:
         """query: [T, num_heads, head_dim]; key, value: [T, num_kv_heads, head_dim];
         kv_cache: [2, num_blocks, block_size, num_kv_heads, head_dim].
         Returns [T, num_heads, head_dim] in the query's dtype."""
+        if kv_cache is None or kv_cache.numel() == 0:
+            return varlen_causal_attention(query, key, value, attn_metadata.query_start_loc_cpu,
+                                           scale)
+        return self.paged_forward(query, key, value, kv_cache, attn_metadata, scale)
+
+    @abstractmethod
+    def paged_forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      kv_cache: torch.Tensor, attn_metadata: AttentionMetadata,
+                      scale: float) -> torch.Tensor:
+        """``forward`` with a real cache: write the new K/V, then attend."""
 
 
 class TorchAttentionBackend(AttentionBackend):
@@ -46,9 +55,7 @@ class TorchAttentionBackend(AttentionBackend):
 
     name = "torch"
 
-    def forward(self, query, key, value, kv_cache, attn_metadata, scale):
-        if kv_cache is None or kv_cache.numel() == 0:
-            return varlen_causal_attention(query, key, value, attn_metadata.query_start_loc_cpu, scale)
+    def paged_forward(self, query, key, value, kv_cache, attn_metadata, scale):
         write_kv_cache(key, value, kv_cache, attn_metadata.slot_mapping)
         return paged_attention_torch(query, kv_cache, attn_metadata.block_tables,
                                      attn_metadata.seq_lens, attn_metadata.query_start_loc_cpu,
@@ -113,13 +120,11 @@ class Attention(nn.Module):
 class TritonAttentionBackend(AttentionBackend):
     """Triton kernels (``pagellm.ops.triton``): KV write, then one paged-attention launch for
     the whole mixed batch (split-KV for long decodes). Triton is imported on first use, so
-    building this object needs no triton; a cache-less run falls back to torch."""
+    building this object needs no triton; a cache-less run uses the torch path (``forward``)."""
 
     name = "triton"
 
-    def forward(self, query, key, value, kv_cache, attn_metadata, scale):
-        if kv_cache is None or kv_cache.numel() == 0:
-            return varlen_causal_attention(query, key, value, attn_metadata.query_start_loc_cpu, scale)
+    def paged_forward(self, query, key, value, kv_cache, attn_metadata, scale):
         from pagellm.ops.triton.kv_cache import write_kv_cache_triton
         from pagellm.ops.triton.paged_attention import paged_attention_triton
         write_kv_cache_triton(key, value, kv_cache, attn_metadata.slot_mapping)
