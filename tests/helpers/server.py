@@ -63,6 +63,19 @@ def running_server(model_dir, *extra: str, **kwargs):
             proc.wait(timeout=60)
 
 
+@contextlib.contextmanager
+def tiny_server(tmp_path_factory, name: str, *extra: str, **kwargs):
+    """A tiny random Llama served for one test module: yields (process, base URL); on the
+    way out a server still running must stop cleanly (SIGTERM -> exit 0)."""
+    from tests.helpers.tiny_models import make_tiny_model_dir
+
+    model_dir = make_tiny_model_dir(tmp_path_factory.mktemp(name), "llama")
+    proc, base = start_server(model_dir, *extra, **kwargs)
+    yield proc, base
+    if proc.poll() is None:
+        assert stop_server(proc) == 0
+
+
 def stop_server(proc: subprocess.Popen) -> int:
     """SIGTERM (graceful drain) and the exit status; kills it after 60 s."""
     if proc.poll() is None:

@@ -9,21 +9,17 @@ import time
 import httpx
 import pytest
 
-from tests.helpers.server import start_server, stop_server
-from tests.helpers.tiny_models import make_tiny_model_dir
+from tests.helpers.server import stop_server, tiny_server
 
 TEMPLATE = "{% for m in messages %}<<{{ m['content'] }}>>{% endfor %}"
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    model_dir = make_tiny_model_dir(tmp_path_factory.mktemp("flags"), "llama")
-    proc, base = start_server(model_dir, "--max-logprobs", "3", "--chat-template", TEMPLATE,
-                              "--tokenizer-pool-size", "2", log_stats=True,
-                              env_extra={"PAGELLM_LOG_STATS_INTERVAL": "0.5"})
-    yield proc, base
-    if proc.poll() is None:
-        stop_server(proc)
+    with tiny_server(tmp_path_factory, "flags", "--max-logprobs", "3", "--chat-template", TEMPLATE,
+                     "--tokenizer-pool-size", "2", log_stats=True,
+                     env_extra={"PAGELLM_LOG_STATS_INTERVAL": "0.5"}) as served:
+        yield served
 
 
 def _post(base, path, **body):

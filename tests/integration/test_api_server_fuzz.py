@@ -20,8 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from tests.helpers.server import start_server, stop_server
-from tests.helpers.tiny_models import make_tiny_model_dir
+from tests.helpers.server import tiny_server
 
 # Per operation and mode; keeps the file well under 90 s on 2 shared CPU cores.
 MAX_EXAMPLES = {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 50}
@@ -30,10 +29,8 @@ ERROR_FIELDS = {"message", "type", "param", "code"}
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory):
-    model_dir = make_tiny_model_dir(tmp_path_factory.mktemp("fuzz"), "llama")
-    proc, base = start_server(model_dir, "--disable-log-requests")
-    yield base
-    assert stop_server(proc) == 0
+    with tiny_server(tmp_path_factory, "fuzz", "--disable-log-requests") as (_, base):
+        yield base
 
 
 def openai_error_body_on_4xx(ctx, response, case) -> None:

@@ -8,16 +8,13 @@ import json
 import httpx
 import pytest
 
-from tests.helpers.server import start_server, stop_server
-from tests.helpers.tiny_models import make_tiny_model_dir
+from tests.helpers.server import tiny_server
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    model_dir = make_tiny_model_dir(tmp_path_factory.mktemp("notok"), "llama")
-    proc, base = start_server(model_dir, "--skip-tokenizer-init")
-    yield base
-    assert stop_server(proc) == 0
+    with tiny_server(tmp_path_factory, "notok", "--skip-tokenizer-init") as (_, base):
+        yield base
 
 
 def _complete(server, **body):

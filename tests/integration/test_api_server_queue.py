@@ -10,8 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.helpers.server import start_server, stop_server
-from tests.helpers.tiny_models import make_tiny_model_dir
+from tests.helpers.server import tiny_server
 
 MAX_TOKENS = 480        # a few seconds of decoding each on CPU: the others arrive meanwhile
 SLOW = {"model": "tiny", "prompt": "a", "max_tokens": MAX_TOKENS, "ignore_eos": True}
@@ -19,11 +18,9 @@ SLOW = {"model": "tiny", "prompt": "a", "max_tokens": MAX_TOKENS, "ignore_eos": 
 
 @pytest.fixture(scope="module")
 def queue_server(tmp_path_factory):
-    model_dir = make_tiny_model_dir(tmp_path_factory.mktemp("queue"), "llama")
-    proc, base = start_server(model_dir, "--max-num-seqs", "1", "--max-num-queued-requests", "1",
-                              "--max-model-len", "512")
-    yield base
-    assert stop_server(proc) == 0
+    with tiny_server(tmp_path_factory, "queue", "--max-num-seqs", "1",
+                     "--max-num-queued-requests", "1", "--max-model-len", "512") as (_, base):
+        yield base
 
 
 def _post_in_background(base: str, results: dict, name: str) -> threading.Thread:

@@ -9,18 +9,16 @@ import openai
 import pytest
 
 from pagellm.entrypoints.cli.main import main
-from tests.helpers.server import free_port, start_server, stop_server
-from tests.helpers.tiny_models import make_tiny_model_dir
+from tests.helpers.server import free_port, tiny_server
 
 API_KEY = "cli-key"
 
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
-    model_dir = make_tiny_model_dir(tmp_path_factory.mktemp("cli"), "llama")
-    proc, base = start_server(model_dir, "--api-key", API_KEY, "--disable-log-requests")
-    yield base + "/v1"
-    assert stop_server(proc) == 0
+    with tiny_server(tmp_path_factory, "cli", "--api-key", API_KEY,
+                     "--disable-log-requests") as (_, base):
+        yield base + "/v1"
 
 
 @pytest.fixture(scope="module")
