@@ -91,14 +91,9 @@ class OpenAIServingChat(OpenAIServing):
     async def _full_response(self, request: ChatCompletionRequest, request_id: str,
                              prompt: PromptState, stream: AsyncIterator
                              ) -> ChatCompletionResponse | ErrorResponse:
-        try:
-            async for _, output in stream:
-                for completion in output.outputs:
-                    prompt.choices[completion.index].add(completion)
-        except Exception as error:
-            return error_from_exception(error, request_id)
-        finally:
-            await stream.aclose()
+        error = await self.collect(request_id, [prompt], stream)
+        if error is not None:
+            return error
         role, echo = self.reply_role(request), self.echo_text(request)
         choices = [ChatCompletionResponseChoice(
             index=choice.index, message=ChatMessage(role=role, content=echo + choice.text),

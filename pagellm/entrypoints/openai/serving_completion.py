@@ -62,16 +62,9 @@ class OpenAIServingCompletion(OpenAIServing):
     async def _full_response(self, request: CompletionRequest, request_id: str,
                              states: list[PromptState], stream: AsyncIterator
                              ) -> CompletionResponse | ErrorResponse:
-        try:
-            async for prompt_index, output in stream:
-                prompt = states[prompt_index]
-                _take_prompt_logprobs(prompt, output)
-                for completion in output.outputs:
-                    prompt.choices[completion.index].add(completion)
-        except Exception as error:
-            return error_from_exception(error, request_id)
-        finally:
-            await stream.aclose()
+        error = await self.collect(request_id, states, stream)
+        if error is not None:
+            return error
         choices = []
         for prompt in states:
             for choice in prompt.choices:
@@ -112,7 +105,7 @@ class OpenAIServingCompletion(OpenAIServing):
         created = int(time.time())
         async for prompt_index, output in chain_first(first, stream):
             prompt = states[prompt_index]
-            _take_prompt_logprobs(prompt, output)
+            prompt.take_prompt_logprobs(output)
             for completion in output.outputs:
                 chunk = self._chunk(request, request_id, created, prompt, completion)
                 if chunk is not None:
@@ -139,9 +132,3 @@ class OpenAIServingCompletion(OpenAIServing):
                                               finish_reason=delta.finish_reason,
                                               stop_reason=delta.stop_reason)])
         return sse_event(chunk.model_dump_json())
-
-
-def _take_prompt_logprobs(prompt: PromptState, output: RequestOutput) -> None:
-    # Later outputs carry at least as many prompt positions (chunked prefill adds them).
-    if output.prompt_logprobs is not None:
-        prompt.prompt_logprobs = output.prompt_logprobs

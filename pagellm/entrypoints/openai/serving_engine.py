@@ -87,6 +87,11 @@ class PromptState:
     choices: list[ChoiceState]
     prompt_logprobs: list[PositionLogprobs | None] | None = None
 
+    def take_prompt_logprobs(self, output: RequestOutput) -> None:
+        # Later outputs carry at least as many prompt positions (chunked prefill adds them).
+        if output.prompt_logprobs is not None:
+            self.prompt_logprobs = output.prompt_logprobs
+
 
 class OpenAIServing:
     """Base of the completion and chat handlers."""
@@ -183,6 +188,23 @@ class OpenAIServing:
         except Exception as error:
             await _close(stream)
             return None, error_from_exception(error, request_id)
+
+    async def collect(self, request_id: str, prompts: list[PromptState],
+                      stream: AsyncIterator[tuple[int, RequestOutput]]) -> ErrorResponse | None:
+        """Read ``stream`` (from ``generate``) to its end into ``prompts``: every choice's
+        text, tokens, logprobs and finish, and the prompt logprobs. Returns the error body if
+        it fails, else None; ``stream`` is closed either way."""
+        try:
+            async for prompt_index, output in stream:
+                prompt = prompts[prompt_index]
+                prompt.take_prompt_logprobs(output)
+                for completion in output.outputs:
+                    prompt.choices[completion.index].add(completion)
+        except Exception as error:
+            return error_from_exception(error, request_id)
+        finally:
+            await _close(stream)
+        return None
 
     async def sse_stream(self, request_id: str, events: AsyncIterator[str],
                          stream: AsyncIterator) -> AsyncIterator[str]:
