@@ -1,8 +1,16 @@
-"""SamplingParams: vLLM's field names and defaults, validated at construction."""
+"""SamplingParams: vLLM's field names and defaults, validated at construction.
+
+This module owns every rule about a sampling parameter's own value (ranges, types, NaN); the
+HTTP server builds its SamplingParams from the request and relies on these checks, so the
+offline ``LLM`` and the server give the same message for the same value. Rules that depend on
+the model or the prompt (context length, vocabulary, max_logprobs) belong to
+``engine.input_processor.InputProcessor.validate``.
+"""
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field, fields
 
 from pagellm.errors import ClientError
@@ -13,7 +21,8 @@ _MAX_SEED = 2**63 - 1
 @dataclass
 class SamplingParams:
     """How to sample one prompt's completions. Out-of-range values raise ``ClientError``
-    (a ``ValueError``) naming the field."""
+    (a ``ValueError``) whose message starts with the field's name, e.g. ``temperature must be
+    >= 0, got -1``: the same message the HTTP server returns for the same value."""
 
     n: int = 1
     """Number of completions to return for the prompt."""
@@ -71,12 +80,22 @@ class SamplingParams:
             self.logit_bias = _parse_logit_bias(self.logit_bias)
         if self.top_k == -1:
             self.top_k = 0
+        for name in _FLOAT_FIELDS:      # 1 and 1.0 read the same everywhere, messages included
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, name, float(value))
         self._validate()
         if self.temperature < 1e-5:
             # Greedy: the other sampling knobs do not apply.
             self.temperature, self.top_p, self.top_k, self.min_p = 0.0, 1.0, 0, 0.0
 
     def _validate(self) -> None:
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            _check(isinstance(value, (int, float)) and not isinstance(value, bool), name,
+                   f"must be a number, got {value!r}")
+            _check(not math.isnan(value), name, "is not a number (NaN)")
+            _check(math.isfinite(value), name, f"must be a finite number, got {value}")
         _check(isinstance(self.n, int) and self.n >= 1, "n", f"must be an integer >= 1, got {self.n!r}")
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
@@ -119,12 +138,25 @@ class SamplingParams:
         values.update(changes)
         return SamplingParams(**values)
 
+    @classmethod
+    def from_validated(cls, **values) -> "SamplingParams":
+        """Rebuild params that were validated where they were made (the engine-core process
+        receives them over the wire): every field given, nothing checked again."""
+        params = cls.__new__(cls)
+        for name, value in values.items():
+            setattr(params, name, value)
+        return params
+
+
+_FLOAT_FIELDS = ("presence_penalty", "frequency_penalty", "repetition_penalty", "temperature",
+                 "top_p", "min_p")
+
 
 def _as_list(value, param: str) -> list:
     try:
         return list(value or [])
     except TypeError:
-        raise ClientError(f"SamplingParams.{param} must be a list, got {value!r}", param=param) from None
+        raise ClientError(f"{param} must be a list, got {value!r}", param=param) from None
 
 
 def _parse_logit_bias(logit_bias) -> dict[int, float]:
@@ -132,12 +164,14 @@ def _parse_logit_bias(logit_bias) -> dict[int, float]:
     try:
         parsed = {int(token_id): float(bias) for token_id, bias in dict(logit_bias).items()}
     except (TypeError, ValueError):
-        raise ClientError("SamplingParams.logit_bias must map integer token ids to numbers",
+        raise ClientError("logit_bias must map token ids (integers) to numbers",
                           param="logit_bias") from None
     _check(all(token_id >= 0 for token_id in parsed), "logit_bias", "token ids must be >= 0")
+    _check(all(math.isfinite(bias) for bias in parsed.values()), "logit_bias",
+           "biases must be finite numbers")
     return parsed
 
 
 def _check(ok: bool, param: str, message: str) -> None:
     if not ok:
-        raise ClientError(f"SamplingParams.{param} {message}", param=param)
+        raise ClientError(f"{param} {message}", param=param)

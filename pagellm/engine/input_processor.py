@@ -1,7 +1,9 @@
 """Turn a user's prompt and SamplingParams into validated core Requests.
 
 Raises ``ClientError`` (a ValueError naming the field) for anything the engine cannot serve;
-nothing invalid ever reaches the scheduler.
+nothing invalid ever reaches the scheduler. This module owns the rules that depend on the model
+(vocabulary, context length, max_logprobs, tokenizer); ``SamplingParams`` owns the rest. The
+HTTP server relies on both, so it and the offline ``LLM`` give the same messages.
 """
 
 from __future__ import annotations
@@ -29,11 +31,15 @@ class InputProcessor:
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
         self.vocab_size = vocab_size
-        self.eos_token_ids = set(eos_token_ids)
+        self.eos_token_ids = frozenset(eos_token_ids)
         self.eos_token_id = eos_token_ids[0] if eos_token_ids else None
         self.max_logprobs = max_logprobs
 
-    def process_prompt(self, prompt: PromptType) -> ProcessedPrompt:
+    def process_prompt(self, prompt: PromptType | ProcessedPrompt) -> ProcessedPrompt:
+        """Token ids (and text) of a prompt: text is tokenized here, once; a ProcessedPrompt is
+        returned as is. ClientError for an empty prompt or a token id outside the vocabulary."""
+        if isinstance(prompt, ProcessedPrompt):
+            return prompt
         if isinstance(prompt, dict):
             if "prompt_token_ids" in prompt:
                 return self.process_prompt(list(prompt["prompt_token_ids"]))
@@ -48,18 +54,21 @@ class InputProcessor:
             text = prompt
         elif isinstance(prompt, (list, tuple)):
             token_ids, text = list(prompt), None
-            if not all(isinstance(t, int) and not isinstance(t, bool) for t in token_ids):
-                raise ClientError("prompt token ids must be integers", param="prompt")
-            bad = [t for t in token_ids if not 0 <= t < self.vocab_size]
-            if bad:
-                raise ClientError(f"prompt token id {bad[0]} is out of the vocabulary "
-                                  f"[0, {self.vocab_size})", param="prompt")
+            self.check_token_ids(token_ids, "prompt")
         else:
             raise ClientError(f"a prompt must be text or a list of token ids, got "
                               f"{type(prompt).__name__}", param="prompt")
         if not token_ids:
             raise ClientError("the prompt is empty", param="prompt")
         return ProcessedPrompt(text, token_ids)
+
+    def check_token_ids(self, token_ids: list, param: str) -> None:
+        """ClientError ``prompt[1] must be a token id in [0, 49152), got -1`` for the first
+        entry of ``token_ids`` that is not an integer in the vocabulary."""
+        for index, token_id in enumerate(token_ids):
+            if type(token_id) is not int or not 0 <= token_id < self.vocab_size:
+                raise ClientError(f"{param}[{index}] must be a token id in "
+                                  f"[0, {self.vocab_size}), got {token_id!r}", param=param)
 
     def make_requests(self, request_id: str, prompt: ProcessedPrompt, params: SamplingParams,
                       arrival_time: float | None = None, priority: int = 0) -> list[Request]:
@@ -82,18 +91,21 @@ class InputProcessor:
         return children
 
     def validate(self, prompt: ProcessedPrompt, params: SamplingParams) -> SamplingParams:
-        """A checked copy of ``params`` with the EOS ids filled in; ClientError if the request
-        cannot be served."""
+        """``params`` checked against the model and the prompt, with the EOS ids filled in
+        (``all_stop_token_ids``, the same set for every request of this engine, so a params
+        object shared by several prompts stays valid for all); ClientError if the request
+        cannot be served. Not a copy: SamplingParams is built once per request."""
         num_prompt = len(prompt.prompt_token_ids)
         if num_prompt >= self.max_model_len:
             raise ClientError(
-                f"the prompt has {num_prompt} tokens but max_model_len is {self.max_model_len}; "
-                "shorten the prompt or raise max_model_len", param="prompt")
+                f"This model's maximum context length is {self.max_model_len} tokens, but the "
+                f"prompt has {num_prompt} tokens. Please shorten the prompt.", param="prompt")
         if params.max_tokens is not None and num_prompt + params.max_tokens > self.max_model_len:
             raise ClientError(
-                f"prompt ({num_prompt} tokens) + max_tokens ({params.max_tokens}) = "
-                f"{num_prompt + params.max_tokens} exceeds max_model_len={self.max_model_len}; "
-                "lower max_tokens or shorten the prompt", param="max_tokens")
+                f"This model's maximum context length is {self.max_model_len} tokens. However, "
+                f"you requested {num_prompt + params.max_tokens} tokens ({num_prompt} in the "
+                f"prompt, {params.max_tokens} in the completion). Please reduce the length of "
+                "the prompt or max_tokens.", param="max_tokens")
         if self.tokenizer is None and (params.detokenize or params.stop):
             raise ClientError("detokenize and stop strings need a tokenizer but the engine runs "
                               "with skip_tokenizer_init=True; use SamplingParams(detokenize=False)"
@@ -101,16 +113,12 @@ class InputProcessor:
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(params, name)
             if value is not None and value > self.max_logprobs:
-                raise ClientError(f"{name}={value} exceeds max_logprobs={self.max_logprobs}; "
-                                  "ask for fewer or raise max_logprobs", param=name)
-        for name, ids in (("stop_token_ids", params.stop_token_ids),
-                          ("logit_bias", list(params.logit_bias or ()))):
-            bad = [t for t in ids if not 0 <= t < self.vocab_size]
-            if bad:
-                raise ClientError(f"{name} holds token id {bad[0]} outside the vocabulary "
-                                  f"[0, {self.vocab_size})", param=name)
-        params = params.clone()
-        params.all_stop_token_ids = set(self.eos_token_ids)
+                raise ClientError(f"{name}={value} exceeds this server's max_logprobs="
+                                  f"{self.max_logprobs}; ask for fewer or raise max_logprobs",
+                                  param=name)
+        self.check_token_ids(params.stop_token_ids, "stop_token_ids")
+        self.check_token_ids(sorted(params.logit_bias or ()), "logit_bias")
+        params.all_stop_token_ids = self.eos_token_ids
         return params
 
 

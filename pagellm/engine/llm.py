@@ -52,11 +52,9 @@ class LLM:
 
     def _run(self, prompts, params, priorities, use_tqdm) -> list[RequestOutput]:
         engine = self.llm_engine
-        processed = [(engine.input_processor.process_prompt(p), sp) for p, sp in zip(prompts, params)]
-        for prompt, sp in processed:   # validate everything before queueing anything
-            engine.input_processor.validate(prompt, sp)
-        request_ids = [engine.add_request(prompt.prompt_token_ids if prompt.prompt is None
-                                          else prompt.prompt, sp, priority=priority)
+        # Tokenize and validate everything (once) before queueing anything.
+        processed = [engine.process_request(p, sp) for p, sp in zip(prompts, params)]
+        request_ids = [engine.add_request(prompt, sp, priority=priority, validated=True)
                        for (prompt, sp), priority in zip(processed, priorities)]
         order = {request_id: index for index, request_id in enumerate(request_ids)}
         results: list[RequestOutput | None] = [None] * len(request_ids)

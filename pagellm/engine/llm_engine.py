@@ -14,7 +14,7 @@ from pagellm.config.engine_args import EngineConfig, create_engine_config, final
 from pagellm.core.request import Request
 from pagellm.engine.core_client import InprocClient
 from pagellm.engine.engine_core import make_engine_core
-from pagellm.engine.input_processor import InputProcessor, PromptType
+from pagellm.engine.input_processor import InputProcessor, ProcessedPrompt, PromptType
 from pagellm.engine.output_processor import OutputProcessor
 from pagellm.engine.tokenizer import config_eos_token_ids, get_eos_token_ids, load_tokenizer
 from pagellm.errors import ClientError
@@ -46,22 +46,38 @@ def load_frontend_tokenizer(config: EngineConfig, hf_config) -> tuple[object | N
     return tokenizer, get_eos_token_ids(config.model.model, tokenizer)
 
 
-def prepare_requests(config: EngineConfig, input_processor: InputProcessor,
-                     output_processor: OutputProcessor, prompt: PromptType,
-                     params: SamplingParams, request_id: str, priority: int,
-                     arrival_time: float) -> list[Request]:
-    """Validate one prompt and register it with ``output_processor``; returns the core
-    Requests to send. Raises ClientError and registers nothing when the request is invalid."""
+def process_request(input_processor: InputProcessor, prompt: PromptType | ProcessedPrompt,
+                    params: SamplingParams) -> tuple[ProcessedPrompt, SamplingParams]:
+    """Tokenize (once) and validate one prompt; ClientError when it cannot be served."""
+    prompt_data = input_processor.process_prompt(prompt)
+    return prompt_data, input_processor.validate(prompt_data, params)
+
+
+def register_requests(config: EngineConfig, input_processor: InputProcessor,
+                      output_processor: OutputProcessor, prompt_data: ProcessedPrompt,
+                      params: SamplingParams, request_id: str, priority: int,
+                      arrival_time: float) -> list[Request]:
+    """Register a prompt that ``process_request`` accepted with ``output_processor``; returns
+    the core Requests to send. ClientError (nothing registered) for a bad id or priority."""
     if priority != 0 and config.scheduler.policy != "priority":
         raise ClientError("priority is only used with policy='priority'", param="priority")
     if request_id in output_processor.requests:
         raise ClientError(f"request id {request_id!r} is already in use", param="request_id")
-    prompt_data = input_processor.process_prompt(prompt)
-    params = input_processor.validate(prompt_data, params)
     requests = input_processor.make_requests(request_id, prompt_data, params, arrival_time,
                                              priority)
     output_processor.add_request(request_id, prompt_data, params, arrival_time)
     return requests
+
+
+def prepare_requests(config: EngineConfig, input_processor: InputProcessor,
+                     output_processor: OutputProcessor, prompt: PromptType | ProcessedPrompt,
+                     params: SamplingParams, request_id: str, priority: int,
+                     arrival_time: float) -> list[Request]:
+    """``process_request`` then ``register_requests``: raises ClientError and registers
+    nothing when the request is invalid."""
+    prompt_data, params = process_request(input_processor, prompt, params)
+    return register_requests(config, input_processor, output_processor, prompt_data, params,
+                             request_id, priority, arrival_time)
 
 
 class LLMEngine:
@@ -81,14 +97,24 @@ class LLMEngine:
         config, hf_config = resolve_config(**kwargs)
         return cls(config, hf_config)
 
-    def add_request(self, prompt: PromptType, params: SamplingParams,
+    def process_request(self, prompt: PromptType | ProcessedPrompt, params: SamplingParams
+                        ) -> tuple[ProcessedPrompt, SamplingParams]:
+        """Tokenize and validate one prompt without queueing it (``LLM`` checks a whole batch
+        before queueing any); pass the result to ``add_request``, which does neither again."""
+        return process_request(self.input_processor, prompt, params)
+
+    def add_request(self, prompt: PromptType | ProcessedPrompt, params: SamplingParams,
                     request_id: str | None = None, priority: int = 0,
-                    arrival_time: float | None = None) -> str:
-        """Validate and queue one prompt; raises ClientError and queues nothing when invalid."""
+                    arrival_time: float | None = None, validated: bool = False) -> str:
+        """Validate and queue one prompt; raises ClientError and queues nothing when invalid.
+        ``validated``: ``prompt`` and ``params`` come from ``process_request``."""
         request_id = str(next(self._counter)) if request_id is None else request_id
         arrival_time = time.time() if arrival_time is None else arrival_time
-        for request in prepare_requests(self.config, self.input_processor, self.output_processor,
-                                        prompt, params, request_id, priority, arrival_time):
+        if not validated:
+            prompt, params = self.process_request(prompt, params)
+        for request in register_requests(self.config, self.input_processor,
+                                         self.output_processor, prompt, params, request_id,
+                                         priority, arrival_time):
             self.core.add_request(request)
         return request_id
 

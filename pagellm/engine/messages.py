@@ -140,10 +140,9 @@ def params_to_msg(params: SamplingParams) -> SamplingParamsMsg:
 
 def params_from_msg(msg: SamplingParamsMsg) -> SamplingParams:
     fields = {name: getattr(msg, name) for name in msg.__struct_fields__}
-    all_stop_token_ids = set(fields.pop("all_stop_token_ids"))
-    params = SamplingParams(**fields)
-    params.all_stop_token_ids = all_stop_token_ids
-    return params
+    fields["all_stop_token_ids"] = set(fields["all_stop_token_ids"])
+    # Validated in the API process that built them; not checked a second time here.
+    return SamplingParams.from_validated(**fields)
 
 
 def request_to_msg(request: Request) -> EngineCoreRequest:

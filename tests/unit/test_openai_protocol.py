@@ -17,9 +17,11 @@ from pydantic import ValidationError
 
 from pagellm.entrypoints.openai.errors import (error_from_exception, error_from_validation,
                                                error_response)
-from pagellm.entrypoints.openai.protocol import (ChatCompletionRequest, ChatCompletionResponse,
-                                                 CompletionRequest, CompletionResponse,
-                                                 DetokenizeRequest, ErrorResponse,
+from pagellm.entrypoints.openai.protocol import (NOT_SUPPORTED_YET, REQUIRED_FIELDS,
+                                                 ChatCompletionRequest, ChatCompletionResponse,
+                                                 ChatMessageParam, CompletionRequest,
+                                                 CompletionResponse, DetokenizeRequest,
+                                                 ErrorResponse, StreamOptions,
                                                  TokenizeChatRequest, TokenizeCompletionRequest)
 from pagellm.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagellm.entrypoints.openai.serving_completion import OpenAIServingCompletion
@@ -27,6 +29,7 @@ from pagellm.entrypoints.openai.serving_tokenization import OpenAIServingTokeniz
 from pagellm.errors import ClientError, EngineDeadError, NotSupportedError
 from pagellm.metrics.prometheus import PrometheusMetrics
 from pagellm.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
+from pagellm.sampling_params import SamplingParams
 
 MAX_MODEL_LEN = 64
 
@@ -45,6 +48,9 @@ class CharTokenizer:
 
     def decode(self, token_ids) -> str:
         return "".join(chr(token_id) for token_id in token_ids)
+
+    def convert_ids_to_tokens(self, token_ids) -> list[str]:
+        return [chr(token_id) for token_id in token_ids]
 
     def apply_chat_template(self, conversation, chat_template, add_generation_prompt, tokenize,
                             **kwargs) -> str:
@@ -160,27 +166,157 @@ def test_unknown_fields_are_ignored_and_prompts_normalised():
 
 
 @pytest.mark.parametrize("fields, param", [
-    ({"temperature": 2.5}, "temperature"),
-    ({"n": 0}, "n"),
     ({"n": 129}, "n"),
-    ({"top_p": 0.0}, "top_p"),
-    ({"max_tokens": 0}, "max_tokens"),
-    ({"presence_penalty": 3}, "presence_penalty"),
     ({"stop": ["x"] * 17}, "stop"),
     ({"stop": "y" * 513}, "stop"),
-    ({"stop": [""]}, "stop"),
-    ({"logit_bias": {"abc": 1.0}}, "logit_bias"),
-    ({"logit_bias": {"5": 101.0}}, "logit_bias"),
     ({"prompt": [True, False]}, "prompt"),
-    ({"prompt": [-1]}, "prompt"),
+    ({"prompt": [1, 2.5]}, "prompt"),
     ({"stop_token_ids": [1] * 129}, "stop_token_ids"),
+    ({"logit_bias": {str(i): 1.0 for i in range(1025)}}, "logit_bias"),
 ])
-def test_out_of_range_fields_fail_parsing_with_the_field_named(fields, param):
+def test_size_bounds_fail_parsing_with_the_field_named(fields, param):
+    """What protects the server from huge inputs is checked at parsing."""
     with pytest.raises(ValidationError) as info:
         CompletionRequest(**{"prompt": "p", **fields})
     body = error_from_validation(info.value.errors())
     assert body.error.code == 400 and body.error.param == param
     assert body.error.message.startswith(param)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"temperature": -1}, "temperature must be >= 0, got -1.0"),
+    ({"temperature": float("nan")}, "temperature is not a number (NaN)"),
+    ({"temperature": float("inf")}, "temperature must be a finite number, got inf"),
+    ({"n": 0}, "n must be an integer >= 1, got 0"),
+    ({"top_p": 0.0}, "top_p must be in (0, 1], got 0.0"),
+    ({"max_tokens": 0}, "max_tokens must be an integer >= 1, got 0"),
+    ({"presence_penalty": 3}, "presence_penalty must be in [-2, 2], got 3.0"),
+    ({"stop": [""]}, "stop must be a list of non-empty strings"),
+    ({"logit_bias": {"abc": 1.0}}, "logit_bias must map token ids (integers) to numbers"),
+    ({"logit_bias": {"5": 101.0}}, "logit_bias bias for token 5 must be in [-100, 100], got"),
+    ({"stop_token_ids": [-1]}, "stop_token_ids must be a list of non-negative token ids"),
+])
+def test_semantic_ranges_are_sampling_params_rules(fields, message):
+    """Ranges are SamplingParams' rules: the request carries them there and the message is
+    exactly the one SamplingParams gives the offline LLM for the same value."""
+    request = CompletionRequest(prompt="p", **fields)
+    with pytest.raises(ClientError) as http_info:
+        request.to_sampling_params(MAX_MODEL_LEN, prompt_len=1)
+    with pytest.raises(ClientError) as offline_info:
+        SamplingParams(**fields)
+    assert str(http_info.value).startswith(message)
+    assert str(http_info.value) == str(offline_info.value)
+    assert http_info.value.param == offline_info.value.param == next(iter(fields))
+
+
+@pytest.mark.parametrize("field", ["n", "stream", "logprobs", "echo", "min_tokens",
+                                   "ignore_eos", "skip_special_tokens", "max_tokens",
+                                   "add_special_tokens", "spaces_between_special_tokens",
+                                   "include_stop_str_in_output", "priority", "temperature",
+                                   "stream_options", "prompt_logprobs", "use_beam_search"])
+def test_completion_null_means_the_default(field):
+    request = CompletionRequest(prompt="p", **{field: None})
+    default = CompletionRequest.model_fields[field].default
+    assert getattr(request, field) == default
+    assert default is None or field not in request.model_fields_set
+
+
+def test_every_optional_request_field_takes_null():
+    """Audit: null for any optional field of any request model parses to its default."""
+    chat_message = {"role": "user", "content": "x"}
+    for model, required in [(CompletionRequest, {"prompt": "p"}),
+                            (ChatCompletionRequest, {"messages": [chat_message]}),
+                            (TokenizeCompletionRequest, {"prompt": "p"}),
+                            (TokenizeChatRequest, {"messages": [chat_message]}),
+                            (StreamOptions, {}), (ChatMessageParam, {"role": "user"})]:
+        optional = [name for name, field in model.model_fields.items()
+                    if not field.is_required()]
+        parsed = model(**required, **{name: None for name in optional})
+        for name in optional:
+            assert getattr(parsed, name) == model.model_fields[name].default, (model, name)
+    messages = [{"role": "user", "content": "x"}]
+    request = ChatCompletionRequest(messages=messages, n=None, logprobs=None,
+                                    add_generation_prompt=None, echo=None,
+                                    stream_options={"include_usage": None})
+    assert (request.n, request.logprobs, request.add_generation_prompt) == (1, False, True)
+    assert request.stream_options.include_usage is False
+
+
+SURROGATE_BODIES = [
+    (CompletionRequest, {"prompt": "hi", "stop": ["\ud800"]}, "stop[0]"),
+    (CompletionRequest, {"prompt": ["ok", "a\udfffb"]}, "prompt[1]"),
+    (CompletionRequest, {"prompt": "hi", "user": "\ud800"}, "user"),
+    (CompletionRequest, {"prompt": "hi", "model": "m\ud800"}, "model"),
+    (CompletionRequest, {"prompt": "hi", "logit_bias": {"\ud800": 1}}, "logit_bias.<key>"),
+    (CompletionRequest, {"prompt": "hi", "suffix": "\udc00"}, "suffix"),
+    (ChatCompletionRequest, {"messages": [{"role": "user", "content": "x\udc00y"}]},
+     "messages[0].content"),
+    (ChatCompletionRequest, {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "\ud800"}]}]}, "messages[0].content[0].text"),
+    (ChatCompletionRequest, {"messages": [{"role": "user", "content": "x",
+                                           "name": "\ud800"}]}, "messages[0].name"),
+    (ChatCompletionRequest, {"messages": [{"role": "\ud800", "content": "x"}]},
+     "messages[0].role"),
+    (ChatCompletionRequest, {"messages": [{"role": "assistant", "tool_calls": [
+        {"function": {"arguments": "\ud800"}}]}]},
+     "messages[0].tool_calls[0].function.arguments"),
+    (ChatCompletionRequest, {"messages": [{"role": "user", "content": "x"}],
+                             "chat_template_kwargs": {"flag": "\ud800"}},
+     "chat_template_kwargs.flag"),
+    (ChatCompletionRequest, {"messages": [{"role": "user", "content": "x"}],
+                             "tools": [{"type": "function", "name": "\ud800"}]},
+     "tools[0].name"),
+    (TokenizeChatRequest, {"messages": [{"role": "user", "content": "\udc00"}]},
+     "messages[0].content"),
+    (TokenizeCompletionRequest, {"prompt": "\udc00"}, "prompt"),
+    (DetokenizeRequest, {"tokens": [1], "model": "\udc00"}, "model"),
+]
+
+
+@pytest.mark.parametrize("model, body, path", SURROGATE_BODIES,
+                         ids=[path for _, _, path in SURROGATE_BODIES])
+def test_lone_surrogates_anywhere_are_a_400_naming_the_field(model, body, path):
+    with pytest.raises(ValidationError) as info:
+        model.model_validate(json.loads(json.dumps(body)))
+    error = error_from_validation(info.value.errors()).error
+    assert error.code == 400
+    assert error.message.startswith(f"{path} holds a lone UTF-16 surrogate"), error.message
+    assert error.param == path.split("[")[0].split(".")[0]
+    error.model_dump_json()     # the message itself encodes (the character is escaped)
+
+
+@pytest.mark.parametrize("body, message", [
+    ({}, "prompt is required"),
+    ({"prompt": [1, "a"]}, "prompt[1] must be a token id (an integer), got str"),
+    ({"prompt": None}, "prompt must be a non-empty string"),
+    ({"prompt": "p", "n": "x"}, "n must be an integer, got 'x'"),
+    ({"prompt": "p", "stop": 5}, "stop must be a string or a list, got 5"),
+    ({"prompt": "p", "logit_bias": {"1": "a"}}, "logit_bias['1'] must be a number, got 'a'"),
+    ({"prompt": "p", "stream_options": {"include_usage": "zz"}},
+     "stream_options.include_usage must be true or false, got 'zz'"),
+])
+def test_validation_messages_speak_the_users_terms(body, message):
+    with pytest.raises(ValidationError) as info:
+        CompletionRequest.model_validate(body)
+    assert error_from_validation(info.value.errors()).error.message.startswith(message)
+
+
+def test_chat_validation_messages_name_nested_fields():
+    def message(body):
+        with pytest.raises(ValidationError) as info:
+            ChatCompletionRequest.model_validate(body)
+        return error_from_validation(info.value.errors()).error.message
+    assert message({}) == "messages is required"
+    assert message({"messages": []}) == "messages must not be empty"
+    assert message({"messages": [{"content": "x"}]}) == "messages[0].role is required"
+    assert message({"messages": [{"role": "user", "content": 5}]}) == \
+        "messages[0].content must be a string or a list, got 5"
+
+
+def test_an_empty_body_names_the_required_field():
+    errors = [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
+    body = error_from_validation(errors, REQUIRED_FIELDS["/v1/chat/completions"])
+    assert (body.error.message, body.error.param) == ("messages is required", "messages")
 
 
 def test_chat_bounds():
@@ -193,32 +329,34 @@ def test_chat_bounds():
 def test_completion_sampling_params():
     request = CompletionRequest(prompt="p", temperature=0.5, top_k=-1, stop="end", seed=7,
                                 logit_bias={"3": -1.0}, stream=True, min_tokens=2)
-    params = request.to_sampling_params(MAX_MODEL_LEN, prompt_len=10, max_logprobs=5)
+    params = request.to_sampling_params(MAX_MODEL_LEN, prompt_len=10)
     assert (params.temperature, params.top_k, params.stop, params.seed) == (0.5, 0, ["end"], 7)
     assert params.logit_bias == {3: -1.0}
     assert params.max_tokens == 16 and params.min_tokens == 2
-    assert params.output_kind == "delta"
-    assert CompletionRequest(prompt="p").to_sampling_params(64, 10, 5).output_kind == "final"
+    # Built once, final: the server sums deltas itself whether or not it streams.
+    assert params.output_kind == "delta" and params.detokenize
+    assert CompletionRequest(prompt="p").to_sampling_params(64, 10).output_kind == "delta"
+    assert not CompletionRequest(prompt="p").to_sampling_params(64, 10, False).detokenize
 
 
-def test_completion_max_tokens_default_shrinks_explicit_must_fit():
-    assert CompletionRequest(prompt="p").to_sampling_params(64, 60, 5).max_tokens == 4
-    assert CompletionRequest(prompt="p", max_tokens=None).to_sampling_params(64, 60, 5)\
+def test_completion_max_tokens_default_shrinks_explicit_is_the_engines_to_check():
+    assert CompletionRequest(prompt="p").to_sampling_params(64, 60).max_tokens == 4
+    assert CompletionRequest(prompt="p", max_tokens=None).to_sampling_params(64, 60)\
         .max_tokens == 4
-    with pytest.raises(ClientError) as info:
-        CompletionRequest(prompt="p", max_tokens=5).to_sampling_params(64, 60, 5)
-    assert info.value.param == "max_tokens" and "65 tokens" in str(info.value)
-    with pytest.raises(ClientError) as info:
-        CompletionRequest(prompt="p").to_sampling_params(64, 64, 5)
-    assert info.value.param == "prompt"
+    # An explicit value goes as is: InputProcessor.validate owns the context-length rule.
+    assert CompletionRequest(prompt="p", max_tokens=5).to_sampling_params(64, 60)\
+        .max_tokens == 5
+    assert CompletionRequest(prompt="p").to_sampling_params(64, 64).max_tokens == 16
 
 
-def test_logprobs_limits_and_echo_asks_for_prompt_logprobs():
-    with pytest.raises(ClientError) as info:
-        CompletionRequest(prompt="p", logprobs=6).to_sampling_params(64, 1, max_logprobs=5)
-    assert info.value.param == "logprobs"
-    params = CompletionRequest(prompt="p", logprobs=2, echo=True).to_sampling_params(64, 1, 5)
+def test_echo_asks_for_prompt_logprobs_unless_prompt_logprobs_says():
+    params = CompletionRequest(prompt="p", logprobs=2, echo=True).to_sampling_params(64, 1)
     assert (params.logprobs, params.prompt_logprobs) == (2, 2)
+    params = CompletionRequest(prompt="p", logprobs=2, echo=True, prompt_logprobs=0)\
+        .to_sampling_params(64, 1)
+    assert (params.logprobs, params.prompt_logprobs) == (2, 0)
+    assert CompletionRequest(prompt="p", prompt_logprobs=3).to_sampling_params(64, 1)\
+        .prompt_logprobs == 3
 
 
 def test_unsupported_completion_options_are_rejected():
@@ -228,6 +366,9 @@ def test_unsupported_completion_options_are_rejected():
     with pytest.raises(ClientError) as info:
         CompletionRequest(prompt=["a"] * 65).prompts()
     assert info.value.param == "prompt"
+    with pytest.raises(ClientError) as info:
+        CompletionRequest(prompt="p", prompt_logprobs=1, stream=True).prompts()
+    assert info.value.param == "prompt_logprobs"
 
 
 def test_chat_sampling_params():
@@ -235,14 +376,11 @@ def test_chat_sampling_params():
     request = ChatCompletionRequest(messages=messages, max_tokens=3, max_completion_tokens=5,
                                     logprobs=True, top_logprobs=2)
     params = request.to_sampling_params(64, 10, 5)
-    assert (params.max_tokens, params.logprobs) == (5, 2)
-    assert ChatCompletionRequest(messages=messages).to_sampling_params(64, 10, 5).max_tokens == 54
+    assert (params.max_tokens, params.logprobs, params.output_kind) == (5, 2, "delta")
+    # No max_tokens: None, which the engine resolves to the room the prompt leaves.
+    assert ChatCompletionRequest(messages=messages).to_sampling_params(64, 10).max_tokens is None
     assert ChatCompletionRequest(messages=messages, logprobs=True)\
         .to_sampling_params(64, 10, 5).logprobs == 0
-    with pytest.raises(ClientError) as info:
-        ChatCompletionRequest(messages=messages, max_completion_tokens=60)\
-            .to_sampling_params(64, 10, 5)
-    assert info.value.param == "max_completion_tokens"
     with pytest.raises(ClientError) as info:
         ChatCompletionRequest(messages=messages, top_logprobs=2).to_sampling_params(64, 10, 5)
     assert info.value.param == "top_logprobs"
@@ -346,8 +484,6 @@ def test_completion_client_errors_become_400_before_streaming():
     assert isinstance(result, ErrorResponse)
     assert (result.error.code, result.error.param) == (400, "prompt")
     assert complete(ScriptedEngine(), prompt="p", model="other").error.code == 404
-    too_long = complete(ScriptedEngine(), prompt="x" * 60, max_tokens=10)
-    assert (too_long.error.code, too_long.error.param) == (400, "max_tokens")
     assert complete(ScriptedEngine(), prompt=[[]]).error.param == "prompt"
 
 
@@ -477,7 +613,11 @@ def test_shapes_parse_as_the_openai_clients_types():
 def test_tokenize_and_detokenize():
     serving = OpenAIServingTokenization(ScriptedEngine())
     tokens = run(serving.tokenize(TokenizeCompletionRequest(prompt="ab")))
-    assert tokens.model_dump() == {"count": 2, "max_model_len": MAX_MODEL_LEN, "tokens": [97, 98]}
+    assert tokens.model_dump() == {"count": 2, "max_model_len": MAX_MODEL_LEN, "tokens": [97, 98],
+                                   "token_strs": None}
+    with_strs = run(serving.tokenize(TokenizeCompletionRequest(prompt="ab",
+                                                               return_token_strs=True)))
+    assert with_strs.token_strs == ["a", "b"]
     chat_tokens = run(serving.tokenize(TokenizeChatRequest(messages=[{"role": "user",
                                                                       "content": "x"}])))
     assert chat_tokens.tokens == [ord(char) for char in "<user>x<assistant>"]

@@ -25,8 +25,7 @@ from pagellm.entrypoints.openai.errors import (error_from_exception, error_from_
                                                error_from_validation, error_response)
 from pagellm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest,
                                                  DetokenizeRequest, ErrorResponse, ModelCard,
-                                                 ModelList, TokenizeChatRequest,
-                                                 TokenizeCompletionRequest)
+                                                 ModelList, REQUIRED_FIELDS, TokenizeRequest)
 from pagellm.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagellm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagellm.entrypoints.openai.serving_engine import make_tokenizer_pool
@@ -126,8 +125,9 @@ def build_app(engine, settings: ServerSettings, chat_template: str | None = None
     app.state.tokenizer_pool = pool         # run_server shuts it down after the server stops
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_, exc: RequestValidationError):
-        return _json(error_from_validation(exc.errors()))
+    async def _validation(raw: Request, exc: RequestValidationError):
+        return _json(error_from_validation(exc.errors(),
+                                           REQUIRED_FIELDS.get(raw.url.path, ())))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_, exc: StarletteHTTPException):
@@ -171,7 +171,7 @@ def build_app(engine, settings: ServerSettings, chat_template: str | None = None
         return await _serve(raw, lambda rid: chat.create_chat_completion(body, request_id=rid))
 
     @app.post("/tokenize")
-    async def tokenize(body: TokenizeCompletionRequest | TokenizeChatRequest):
+    async def tokenize(body: TokenizeRequest):
         return _result(await tokenization.tokenize(body))
 
     @app.post("/detokenize")

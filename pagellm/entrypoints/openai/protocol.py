@@ -1,17 +1,29 @@
 """Pydantic models of the OpenAI HTTP API: requests, responses, streamed chunks and errors.
 
-Requests accept unknown fields and ignore them (clients send many optional OpenAI fields), but
-every known field is bounded, so a malformed request fails at parsing with a message that names
-the field. ``to_sampling_params`` then applies the limits that depend on the model and the
-prompt (``max_model_len``, ``max_logprobs``) and raises ``ClientError`` naming the parameter.
+Requests (``OpenAIRequest``) parse in three steps, each owned once for every route and field:
+
+1. every string anywhere in the body (values and keys, nested messages included) must be valid
+   Unicode: a lone UTF-16 surrogate (``"\\ud800"``, legal JSON) fails with the field's path;
+2. an explicit ``null`` for an optional field means its default, as in the OpenAI API;
+3. field types and the bounds that protect the server from huge inputs (lengths, counts, ``n``)
+   are checked here, and every field vLLM or OpenAI defines but this server does not implement
+   yet fails with a 400 naming it (``NOT_SUPPORTED_YET``); unknown fields are ignored.
+
+Semantic ranges (temperature >= 0, top_p in (0, 1], ...) are not checked here:
+``SamplingParams`` owns them, and ``InputProcessor.validate`` owns the rules that depend on the
+model (context length, vocabulary, max_logprobs), so HTTP and the offline ``LLM`` give the same
+message for the same value. docs/openai_api_fields.md lists every field and what it does here.
 """
 
 from __future__ import annotations
 
+import re
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, StrictInt, Tag,
+                      field_validator, model_validator)
+from pydantic_core import PydanticCustomError
 
 from pagellm.errors import ClientError, NotSupportedError
 from pagellm.sampling_params import SamplingParams
@@ -24,13 +36,17 @@ MAX_STOP_STRING_CHARS = 512
 MAX_STOP_TOKEN_IDS = 128
 MAX_LOGIT_BIAS_ENTRIES = 1024
 MAX_TOP_LOGPROBS = 20
+"""OpenAI's documented range of top_logprobs is 0..20 (the engine's max_logprobs may be lower)."""
 MAX_MESSAGES = 4096
 MAX_INT32 = 2**31 - 1
-MAX_SEED = 2**63 - 1
+COMPLETION_DEFAULT_MAX_TOKENS = 16
+"""OpenAI's default max_tokens for /v1/completions (chat has none: up to the context length)."""
 
 TokenId = Annotated[StrictInt, Field(ge=0, le=MAX_INT32)]
 TokenIds = Annotated[list[TokenId], Field(max_length=MAX_PROMPT_CHARS)]
 PromptText = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class OpenAIBaseModel(BaseModel):
@@ -39,28 +55,139 @@ class OpenAIBaseModel(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class StreamOptions(OpenAIBaseModel):
+# ---- request parsing shared by every route ------------------------------------------------
+
+NOT_SUPPORTED_YET: dict[str, tuple[tuple, str]] = {
+    # field: (values that mean "off" and are accepted, hint added to the 400 message)
+    "use_beam_search": ((None, False), ""),
+    "length_penalty": ((None, 1, 1.0), " (it only applies to beam search)"),
+    "allowed_token_ids": ((None,), ""),
+    "bad_words": ((None, []), ""),
+    "guided_json": ((None,), " (structured outputs)"),
+    "guided_regex": ((None,), " (structured outputs)"),
+    "guided_choice": ((None,), " (structured outputs)"),
+    "guided_grammar": ((None,), " (structured outputs)"),
+    "guided_decoding_backend": ((None,), " (structured outputs)"),
+    "guided_whitespace_pattern": ((None,), " (structured outputs)"),
+    "structured_outputs": ((None,), ""),
+    "logits_processors": ((None, []), ""),
+    "return_tokens_as_token_ids": ((None, False), ""),
+    "return_token_ids": ((None, False), ""),
+    "cache_salt": ((None,), ""),
+    "kv_transfer_params": ((None,), ""),
+    "vllm_xargs": ((None,), ""),
+    "request_id": ((None,), "; send the X-Request-Id header instead"),
+    "prompt_embeds": ((None,), ""),
+    "mm_processor_kwargs": ((None,), " (this server serves text-only models)"),
+    "documents": ((None,), ""),
+    "reasoning_effort": ((None,), ""),
+    "web_search_options": ((None,), ""),
+    "audio": ((None,), ""),
+    "modalities": ((None, ["text"]), "; only ['text'] is"),
+    "functions": ((None, []), "; the deprecated function calling is not built"),
+    "function_call": ((None, "none"), "; the deprecated function calling is not built"),
+    "store": ((None, False), "; this server stores nothing, send store=false"),
+    "service_tier": ((None, "auto", "default"), "; only 'auto' and 'default' are"),
+    "verbosity": ((None,), ""),
+}
+
+
+def _path(parent: str, key: Any) -> str:
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    return f"{parent}.{key}" if parent else str(key)
+
+
+def find_lone_surrogate(value: Any, path: str = "") -> tuple[str, str] | None:
+    """(path such as ``messages[0].content``, the character) of the first string in a parsed
+    JSON ``value`` (keys included) holding a lone UTF-16 surrogate, else None. Such strings
+    cannot be encoded as UTF-8, so they must never reach the tokenizer or the engine."""
+    if isinstance(value, str):
+        found = _SURROGATE.search(value)
+        return (path, found.group()) if found else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and _SURROGATE.search(key):
+                return _path(path, "<key>"), _SURROGATE.search(key).group()
+            found = find_lone_surrogate(item, _path(path, key))
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            if type(item) is int:     # token ids: the common long list
+                continue
+            found = find_lone_surrogate(item, _path(path, index))
+            if found:
+                return found
+    return None
+
+
+class OpenAIRequest(OpenAIBaseModel):
+    """Base of request bodies and of the objects nested in them: ``null`` for a field whose
+    default is not null means that default. Top-level bodies (``check_strings``) also refuse
+    lone surrogates anywhere in the body, naming the field."""
+
+    check_strings: ClassVar[bool] = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prepare(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if cls.check_strings:
+            found = find_lone_surrogate(data)
+            if found:
+                path, char = found
+                raise PydanticCustomError(
+                    "string_surrogate", "{field} holds a lone UTF-16 surrogate ({char}); every "
+                    "string must be valid Unicode", {"field": path, "char": ascii(char)[1:-1],
+                                                     "param": re.split(r"[.\[]", path)[0]})
+        return {key: value for key, value in data.items()
+                if value is not None or _null_allowed(cls, key)}
+
+    @field_validator(*NOT_SUPPORTED_YET, check_fields=False)
+    @classmethod
+    def _not_supported_yet(cls, value: Any, info) -> Any:
+        accepted, hint = NOT_SUPPORTED_YET[info.field_name]
+        if not any(value is ok or (type(value) is type(ok) and value == ok) for ok in accepted):
+            raise PydanticCustomError("not_supported", "{field} is not supported yet{hint}",
+                                      {"field": info.field_name, "hint": hint})
+        return value
+
+
+def _null_allowed(cls: type[BaseModel], name: str) -> bool:
+    """True unless ``name`` is an optional field whose default is not None."""
+    field = cls.model_fields.get(name)
+    return field is None or field.is_required() or field.default is None
+
+
+class StreamOptions(OpenAIRequest):
     include_usage: bool = False
     """Send one last chunk with token usage (and no choices) before ``data: [DONE]``."""
+    continuous_usage_stats: bool = False
+    """vLLM's extension: with include_usage, every chunk also carries the usage so far
+    (completions only, for now)."""
 
 
-class _SamplingRequest(OpenAIBaseModel):
+class _SamplingRequest(OpenAIRequest):
     """Fields shared by completion and chat requests."""
 
+    check_strings: ClassVar[bool] = True
+
     model: str | None = Field(None, max_length=1024)
-    n: int = Field(1, ge=1, le=MAX_N)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=-1, le=MAX_INT32)
-    min_p: float | None = Field(None, ge=0.0, le=1.0)
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
-    seed: int | None = Field(None, ge=-MAX_SEED, le=MAX_SEED)
+    n: int = Field(1, le=MAX_N)
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
     stop: str | list[str] | None = None
-    stop_token_ids: list[TokenId] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
-    max_tokens: int | None = Field(None, ge=1, le=MAX_INT32)
-    min_tokens: int = Field(0, ge=0, le=MAX_INT32)
+    stop_token_ids: list[StrictInt] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
+    max_tokens: int | None = None
+    min_tokens: int = 0
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
@@ -69,8 +196,28 @@ class _SamplingRequest(OpenAIBaseModel):
     include_stop_str_in_output: bool = False
     logit_bias: dict[str, float] | None = Field(None, max_length=MAX_LOGIT_BIAS_ENTRIES)
     user: str | None = Field(None, max_length=1024)
+    """An end-user id for the caller's own bookkeeping; it changes nothing in the output."""
     priority: int = Field(0, ge=-MAX_INT32, le=MAX_INT32)
     """Lower runs first when the scheduler uses priority scheduling (vLLM's extension)."""
+    # Known fields whose features are not built yet: any value but "off" is a 400.
+    use_beam_search: Any = None
+    length_penalty: Any = None
+    allowed_token_ids: Any = None
+    bad_words: Any = None
+    guided_json: Any = None
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
+    guided_decoding_backend: Any = None
+    guided_whitespace_pattern: Any = None
+    structured_outputs: Any = None
+    logits_processors: Any = None
+    return_tokens_as_token_ids: Any = None
+    return_token_ids: Any = None
+    cache_salt: Any = None
+    kv_transfer_params: Any = None
+    vllm_xargs: Any = None
+    request_id: Any = None
 
     @field_validator("stop")
     @classmethod
@@ -78,96 +225,136 @@ class _SamplingRequest(OpenAIBaseModel):
         stops = [stop] if isinstance(stop, str) else stop or []
         if len(stops) > MAX_STOP_STRINGS:
             raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(stops)}")
-        for text in stops:
-            if not text or len(text) > MAX_STOP_STRING_CHARS:
-                raise ValueError(f"stop strings must be 1 to {MAX_STOP_STRING_CHARS} characters")
+        if any(len(text) > MAX_STOP_STRING_CHARS for text in stops):
+            raise ValueError(f"stop strings must be at most {MAX_STOP_STRING_CHARS} characters")
         return stop
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _check_logit_bias(cls, logit_bias):
-        for key, bias in (logit_bias or {}).items():
-            if not key.isdigit():
-                raise ValueError(f"keys must be token ids (decimal integers), got {key[:32]!r}")
-            if not -100.0 <= bias <= 100.0:
-                raise ValueError(f"bias for token {key} must be in [-100, 100], got {bias}")
-        return logit_bias
 
     @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
-    def _sampling_params(self, max_tokens: int | None, max_tokens_param: str,
-                         default_max_tokens: int | None, max_model_len: int, prompt_len: int,
-                         logprobs: int | None, prompt_logprobs: int | None = None
-                         ) -> SamplingParams:
-        max_tokens = _max_tokens(max_tokens, max_tokens_param, default_max_tokens,
-                                 max_model_len, prompt_len)
+    @property
+    def continuous_usage(self) -> bool:
+        """Usage in every streamed chunk (stream_options.continuous_usage_stats)."""
+        return self.include_usage and self.stream_options.continuous_usage_stats
+
+    def _sampling_params(self, max_tokens: int | None, logprobs: int | None,
+                         prompt_logprobs: int | None, detokenize: bool) -> SamplingParams:
+        """The request's SamplingParams, final as the engine runs them (``output_kind``
+        'delta': the server sums deltas itself). SamplingParams checks every range."""
         optional = {name: getattr(self, name) for name in (
             "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
             "repetition_penalty") if getattr(self, name) is not None}
         return SamplingParams(
             n=self.n, seed=self.seed, stop=self.stop, stop_token_ids=self.stop_token_ids,
             max_tokens=max_tokens, min_tokens=self.min_tokens, ignore_eos=self.ignore_eos,
-            logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+            logprobs=logprobs, prompt_logprobs=prompt_logprobs, detokenize=detokenize,
             skip_special_tokens=self.skip_special_tokens,
             spaces_between_special_tokens=self.spaces_between_special_tokens,
             include_stop_str_in_output=self.include_stop_str_in_output,
-            logit_bias=self.logit_bias, output_kind="delta" if self.stream else "final",
-            **optional)
+            logit_bias=self.logit_bias, output_kind="delta", **optional)
 
 
-def _max_tokens(requested: int | None, param: str, default: int | None, max_model_len: int,
-                prompt_len: int) -> int:
-    """The requested max_tokens checked against the room the prompt leaves; when none was
-    requested, ``default`` capped by that room (all of it when ``default`` is None)."""
+def _default_max_tokens(requested: int | None, default: int | None, max_model_len: int,
+                        prompt_len: int) -> int | None:
+    """``requested`` as is (the engine checks that it fits); without one, ``default`` capped
+    by the room the prompt leaves (None: all of it, which the engine resolves)."""
+    if requested is not None or default is None:
+        return requested
     room = max_model_len - prompt_len
-    if room <= 0:
-        raise ClientError(
-            f"This model's maximum context length is {max_model_len} tokens, but the prompt has "
-            f"{prompt_len} tokens. Please shorten the prompt.", param="prompt")
-    if requested is None:
-        return room if default is None else min(default, room)
-    if requested > room:
-        raise ClientError(
-            f"This model's maximum context length is {max_model_len} tokens. However, you "
-            f"requested {prompt_len + requested} tokens ({prompt_len} in the prompt, {requested} "
-            f"in the completion). Please reduce the length of the prompt or {param}.",
-            param=param)
-    return requested
+    return min(default, room) if room > 0 else default
 
 
-def _check_logprobs(value: int | None, param: str, max_logprobs: int) -> None:
-    if value is not None and value > max_logprobs:
-        raise ClientError(f"{param}={value} exceeds this server's max_logprobs={max_logprobs}",
-                          param=param)
+def _check_prompt(prompt: Any) -> Any:
+    """The shape of a completion prompt: text, token ids, or a list of either. Token id
+    ranges are the engine's to check (it knows the vocabulary)."""
+    if isinstance(prompt, str):
+        return _checked_text(prompt, "prompt")
+    if not isinstance(prompt, list) or not prompt:
+        raise PydanticCustomError(
+            "prompt_type", "prompt must be a non-empty string, a list of token ids, or a list "
+                           "of strings or of token-id lists")
+    if isinstance(prompt[0], list):
+        for index, token_ids in enumerate(prompt):
+            _checked_token_ids(token_ids, f"prompt[{index}]")
+    elif isinstance(prompt[0], str):
+        for index, text in enumerate(prompt):
+            _checked_text(text, f"prompt[{index}]")
+    else:
+        _checked_token_ids(prompt, "prompt")
+    return prompt
+
+
+def _checked_text(text: Any, where: str) -> str:
+    if not isinstance(text, str):
+        raise PydanticCustomError("prompt_type", "{where} must be a string like the other "
+                                  "prompts", {"where": where})
+    if len(text) > MAX_PROMPT_CHARS:
+        raise PydanticCustomError("prompt_too_long", "{where} must be at most {limit} "
+                                  "characters", {"where": where, "limit": MAX_PROMPT_CHARS})
+    return text
+
+
+def _checked_token_ids(token_ids: Any, where: str) -> list[int]:
+    if not isinstance(token_ids, list):
+        raise PydanticCustomError("prompt_type", "{where} must be a list of token ids",
+                                  {"where": where})
+    if len(token_ids) > MAX_PROMPT_CHARS:
+        raise PydanticCustomError("prompt_too_long", "{where} must be at most {limit} token "
+                                  "ids", {"where": where, "limit": MAX_PROMPT_CHARS})
+    for index, token_id in enumerate(token_ids):
+        if type(token_id) is not int:
+            raise PydanticCustomError("prompt_type", "{where}[{index}] must be a token id (an "
+                                      "integer), got {got}", {"where": where, "index": index,
+                                                              "got": type(token_id).__name__})
+    return token_ids
 
 
 class CompletionRequest(_SamplingRequest):
     """POST /v1/completions."""
 
-    prompt: PromptText | TokenIds | list[PromptText] | list[TokenIds]
+    prompt: Any
     """One text, one list of token ids, or a list of either (one choice set per prompt)."""
-    max_tokens: int | None = Field(16, ge=1, le=MAX_INT32)
+    max_tokens: int | None = COMPLETION_DEFAULT_MAX_TOKENS
     logprobs: int | None = Field(None, ge=0, le=MAX_INT32)
     echo: bool = False
     best_of: int | None = Field(None, ge=1, le=MAX_N)
     suffix: str | None = Field(None, max_length=MAX_STOP_STRING_CHARS)
+    prompt_logprobs: int | None = Field(None, ge=0, le=MAX_INT32)
+    """vLLM's extension: logprobs of each prompt token (this many top ones, plus the token)."""
+    add_special_tokens: bool = True
+    """Let the tokenizer add its special tokens (BOS) to a text prompt."""
+    truncate_prompt_tokens: int | None = Field(None, ge=-1, le=MAX_INT32)
+    """Keep only the last k prompt tokens (-1: the last max_model_len - 1)."""
+    response_format: Any = None
+    prompt_embeds: Any = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _check_prompt_shape(cls, prompt):
+        return _check_prompt(prompt)
+
+    @field_validator("response_format")
+    @classmethod
+    def _check_response_format(cls, value):
+        if value is not None and not (isinstance(value, dict) and value.get("type") == "text"):
+            raise PydanticCustomError("not_supported", "response_format is not supported yet "
+                                      "on completions (only {{'type': 'text'}})")
+        return value
 
     def prompts(self) -> list[str | list[int]]:
-        """The prompts as a list (text or token ids each); ClientError for an empty or too
-        long batch and for options this server does not support."""
+        """The prompts as a list (text or token ids each); ClientError for a too long batch
+        and for options this server does not support."""
         if self.best_of is not None and self.best_of != self.n:
             raise NotSupportedError("best_of other than n is not supported", param="best_of")
         if self.suffix:
             raise NotSupportedError("suffix is not supported", param="suffix")
+        if self.prompt_logprobs is not None and self.stream:
+            raise ClientError("prompt_logprobs are not available when stream=true",
+                              param="prompt_logprobs")
         prompt = self.prompt
-        if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
-            prompts = [prompt]
-        else:
-            prompts = list(prompt)
-        if not prompts:
-            raise ClientError("prompt must not be empty", param="prompt")
+        prompts = [prompt] if isinstance(prompt, str) or isinstance(prompt[0], int) \
+            else list(prompt)
         if len(prompts) > MAX_PROMPTS:
             raise ClientError(f"at most {MAX_PROMPTS} prompts per request, got {len(prompts)}",
                               param="prompt")
@@ -176,20 +363,29 @@ class CompletionRequest(_SamplingRequest):
                               param="n")
         return prompts
 
+    def truncate(self, token_ids: list[int], max_model_len: int) -> list[int]:
+        """``token_ids`` cut to their last ``truncate_prompt_tokens`` (vLLM's rule)."""
+        keep = self.truncate_prompt_tokens
+        if keep is None:
+            return token_ids
+        keep = max_model_len - 1 if keep == -1 else keep
+        return token_ids[-keep:] if keep else []
+
     def to_sampling_params(self, max_model_len: int, prompt_len: int,
-                           max_logprobs: int) -> SamplingParams:
-        """SamplingParams for one prompt of ``prompt_len`` tokens; ClientError naming the
-        parameter when the request cannot be served. With echo, the prompt's logprobs are
-        asked for too."""
-        _check_logprobs(self.logprobs, "logprobs", max_logprobs)
-        prompt_logprobs = self.logprobs if self.echo and self.logprobs is not None else None
+                           detokenize: bool = True) -> SamplingParams:
+        """SamplingParams for one prompt of ``prompt_len`` tokens. With echo and logprobs,
+        the prompt's logprobs are asked for too (unless prompt_logprobs says how many)."""
+        prompt_logprobs = self.prompt_logprobs
+        if prompt_logprobs is None and self.echo:
+            prompt_logprobs = self.logprobs
         # OpenAI's default of 16 shrinks to fit a long prompt; an explicit value must fit.
         requested = self.max_tokens if "max_tokens" in self.model_fields_set else None
-        return self._sampling_params(requested, "max_tokens", 16, max_model_len, prompt_len,
-                                     self.logprobs, prompt_logprobs)
+        max_tokens = _default_max_tokens(requested, COMPLETION_DEFAULT_MAX_TOKENS,
+                                         max_model_len, prompt_len)
+        return self._sampling_params(max_tokens, self.logprobs, prompt_logprobs, detokenize)
 
 
-class ChatMessageParam(BaseModel):
+class ChatMessageParam(OpenAIRequest):
     """One message of a conversation; extra keys (tool_calls, ...) go to the chat template."""
 
     model_config = ConfigDict(extra="allow")
@@ -202,7 +398,7 @@ class ChatCompletionRequest(_SamplingRequest):
     """POST /v1/chat/completions."""
 
     messages: list[ChatMessageParam] = Field(min_length=1, max_length=MAX_MESSAGES)
-    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_INT32)
+    max_completion_tokens: int | None = None
     """Takes precedence over the deprecated max_tokens."""
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
@@ -214,9 +410,36 @@ class ChatCompletionRequest(_SamplingRequest):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    """Only shapes tool calls, which are refused without tool_choice='none': no effect."""
+    add_special_tokens: bool = False
+    """vLLM's default: the chat template already holds the special tokens."""
+    prompt_logprobs: int | None = None
+    include_reasoning: bool = True
+    """No reasoning parser runs, so there is never separate reasoning content: no effect."""
+    metadata: dict[str, Any] | None = Field(None, max_length=16)
+    """OpenAI tags stored completions with it; nothing is stored (store=true is refused)."""
+    prediction: dict[str, Any] | None = None
+    """A hint that only speeds up OpenAI's decoding; the output is the same without it."""
+    prompt_cache_key: str | None = Field(None, max_length=1024)
+    """Routes to OpenAI's prompt caches; prefix caching here is automatic: no effect."""
+    safety_identifier: str | None = Field(None, max_length=1024)
+    """An end-user id for abuse monitoring, like user: no effect on the output."""
+    mm_processor_kwargs: Any = None
+    documents: Any = None
+    reasoning_effort: Any = None
+    web_search_options: Any = None
+    audio: Any = None
+    modalities: Any = None
+    functions: Any = None
+    function_call: Any = None
+    store: Any = None
+    service_tier: Any = None
+    verbosity: Any = None
 
     def check_supported(self) -> None:
-        """ClientError for OpenAI features this server does not implement."""
+        """ClientError for OpenAI features this server does not implement, and for
+        combinations that contradict each other."""
         if self.tools and self.tool_choice != "none":
             raise NotSupportedError("tool calling is not supported; send tool_choice='none' or "
                                     "no tools", param="tools")
@@ -225,22 +448,30 @@ class ChatCompletionRequest(_SamplingRequest):
                                     param="response_format")
         if self.top_logprobs and not self.logprobs:
             raise ClientError("top_logprobs needs logprobs=true", param="top_logprobs")
+        if self.add_special_tokens:
+            raise NotSupportedError("add_special_tokens=true is not supported yet on chat",
+                                    param="add_special_tokens")
+        if self.prompt_logprobs is not None:
+            raise NotSupportedError("prompt_logprobs is not supported yet on chat (it is on "
+                                    "/v1/completions)", param="prompt_logprobs")
+        if self.continuous_usage:
+            raise NotSupportedError("stream_options.continuous_usage_stats is not supported yet "
+                                    "on chat (it is on /v1/completions)", param="stream_options")
 
     def message_dicts(self) -> list[dict]:
         return [message.model_dump(exclude_none=True) for message in self.messages]
 
     def to_sampling_params(self, max_model_len: int, prompt_len: int,
-                           max_logprobs: int) -> SamplingParams:
-        """SamplingParams for the rendered conversation of ``prompt_len`` tokens."""
+                           max_logprobs: int | None = None) -> SamplingParams:
+        """SamplingParams for the rendered conversation of ``prompt_len`` tokens
+        (``max_logprobs`` is the engine's to check and unused here)."""
         self.check_supported()
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
-        _check_logprobs(logprobs, "top_logprobs", max_logprobs)
         if self.max_completion_tokens is not None:
-            max_tokens, param = self.max_completion_tokens, "max_completion_tokens"
+            max_tokens = self.max_completion_tokens
         else:
-            max_tokens, param = self.max_tokens, "max_tokens"
-        return self._sampling_params(max_tokens, param, None, max_model_len, prompt_len,
-                                     logprobs)
+            max_tokens = self.max_tokens
+        return self._sampling_params(max_tokens, logprobs, None, detokenize=True)
 
 
 # ---- responses ----------------------------------------------------------------------------
@@ -258,6 +489,12 @@ class CompletionLogProbs(OpenAIBaseModel):
     top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
 
 
+class PromptLogprob(OpenAIBaseModel):
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
 class CompletionResponseChoice(OpenAIBaseModel):
     index: int
     text: str
@@ -265,6 +502,9 @@ class CompletionResponseChoice(OpenAIBaseModel):
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     """vLLM's extension: the stop string or token id that ended the choice."""
+    prompt_logprobs: list[dict[int, PromptLogprob] | None] | None = None
+    """vLLM's extension (with prompt_logprobs): per prompt token, token id -> its logprob;
+    None for the first token, which has no context."""
 
 
 class CompletionResponse(OpenAIBaseModel):
@@ -375,29 +615,68 @@ class ErrorResponse(OpenAIBaseModel):
 
 # ---- tokenize / detokenize ----------------------------------------------------------------
 
-class TokenizeCompletionRequest(OpenAIBaseModel):
+class TokenizeCompletionRequest(OpenAIRequest):
+    check_strings: ClassVar[bool] = True
     model: str | None = Field(None, max_length=1024)
     prompt: PromptText
     add_special_tokens: bool = True
+    return_token_strs: bool = False
+    """vLLM's extension: also return each token's string (``token_strs``)."""
 
 
-class TokenizeChatRequest(OpenAIBaseModel):
+class TokenizeChatRequest(OpenAIRequest):
+    check_strings: ClassVar[bool] = True
     model: str | None = Field(None, max_length=1024)
     messages: list[ChatMessageParam] = Field(min_length=1, max_length=MAX_MESSAGES)
     add_generation_prompt: bool = True
     chat_template: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    return_token_strs: bool = False
+    add_special_tokens: bool = False
+    """vLLM's default for chat; true is not supported yet."""
+    chat_template_kwargs: Any = None
+    tools: Any = None
+    mm_processor_kwargs: Any = None
+    documents: Any = None
+
+    @field_validator("add_special_tokens", "chat_template_kwargs", "tools")
+    @classmethod
+    def _not_supported_on_tokenize(cls, value, info):
+        if value:
+            raise PydanticCustomError("not_supported", "{field} is not supported yet on "
+                                      "/tokenize", {"field": info.field_name})
+        return value
+
+
+def tokenize_request_kind(body: Any) -> str:
+    """Which tokenize request a body is: 'chat' when it has messages, else 'completion'."""
+    return "chat" if isinstance(body, dict) and "messages" in body else "completion"
+
+
+TokenizeRequest = Annotated[
+    Annotated[TokenizeCompletionRequest, Tag("completion")]
+    | Annotated[TokenizeChatRequest, Tag("chat")],
+    Discriminator(tokenize_request_kind)]
+"""The body of POST /tokenize: parsed as one kind or the other, so errors name its fields."""
 
 
 class TokenizeResponse(OpenAIBaseModel):
     count: int
     max_model_len: int
     tokens: list[int]
+    token_strs: list[str] | None = None
 
 
-class DetokenizeRequest(OpenAIBaseModel):
+class DetokenizeRequest(OpenAIRequest):
+    check_strings: ClassVar[bool] = True
     model: str | None = Field(None, max_length=1024)
     tokens: TokenIds
 
 
 class DetokenizeResponse(OpenAIBaseModel):
     prompt: str
+
+
+REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
+    "/v1/completions": ("prompt",), "/v1/chat/completions": ("messages",),
+    "/tokenize": ("prompt (or messages)",), "/detokenize": ("tokens",)}
+"""Route -> the fields an empty body lacks (FastAPI reports only that the body is missing)."""

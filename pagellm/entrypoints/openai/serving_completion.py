@@ -14,9 +14,11 @@ from collections.abc import AsyncIterator
 from pagellm.entrypoints.openai.errors import check_model, error_from_exception, sse_event
 from pagellm.entrypoints.openai.protocol import (CompletionLogProbs, CompletionRequest,
                                                  CompletionResponse, CompletionResponseChoice,
-                                                 CompletionStreamResponse, ErrorResponse)
-from pagellm.entrypoints.openai.serving_engine import (ChoiceState, OpenAIServing, PromptState,
-                                                       chain_first, new_prompt_states)
+                                                 CompletionStreamResponse, ErrorResponse,
+                                                 PromptLogprob)
+from pagellm.entrypoints.openai.serving_engine import (MIN_LOGPROB, ChoiceState, OpenAIServing,
+                                                       PromptState, chain_first,
+                                                       new_prompt_states)
 from pagellm.errors import ClientError
 from pagellm.outputs import CompletionOutput, RequestOutput
 
@@ -31,9 +33,11 @@ class OpenAIServingCompletion(OpenAIServing):
         request_id = self.new_request_id(request_id)
         try:
             check_model(request.model, self.served_model_name)
-            prompts = await self.off_loop(self._tokenize_prompts, request.prompts())
+            prompts = await self.off_loop(self._tokenize_prompts, request)
+            # Without a tokenizer (skip_tokenizer_init) the server streams token counts with
+            # empty text, as vLLM does; stop strings still need one and get a 400.
             params = [request.to_sampling_params(self.max_model_len, len(token_ids),
-                                                 self.max_logprobs)
+                                                 detokenize=self.tokenizer is not None)
                       for _, token_ids in prompts]
             if request.echo and self.tokenizer is None:
                 raise ClientError("echo needs a tokenizer; this server runs without one",
@@ -52,12 +56,18 @@ class OpenAIServingCompletion(OpenAIServing):
             return error
         return self._stream(request, request_id, states, first, stream)
 
-    def _tokenize_prompts(self, prompts: list[str | list[int]]
+    def _tokenize_prompts(self, request: CompletionRequest
                           ) -> list[tuple[str | None, list[int]]]:
         """(text or None, token ids) of each prompt, in one go so that a batch costs one hop
-        to the tokenizer pool."""
-        return [(prompt if isinstance(prompt, str) else None, self.tokenize_prompt(prompt))
-                for prompt in prompts]
+        to the tokenizer pool; truncated when the request asks (the text is then None: the
+        prompt the model sees is no longer that text)."""
+        prompts = []
+        for prompt in request.prompts():
+            token_ids = self.tokenize_prompt(prompt, request.add_special_tokens)
+            truncated = request.truncate(token_ids, self.max_model_len)
+            text = prompt if isinstance(prompt, str) and truncated is token_ids else None
+            prompts.append((text, truncated))
+        return prompts
 
     async def _full_response(self, request: CompletionRequest, request_id: str,
                              states: list[PromptState], stream: AsyncIterator
@@ -72,9 +82,24 @@ class OpenAIServingCompletion(OpenAIServing):
                                                    choice.token_ids, choice.logprobs, True)
                 choices.append(CompletionResponseChoice(
                     index=choice.index, text=text, logprobs=logprobs,
-                    finish_reason=choice.finish_reason, stop_reason=choice.stop_reason))
+                    finish_reason=choice.finish_reason, stop_reason=choice.stop_reason,
+                    prompt_logprobs=self._prompt_logprobs(request, prompt)))
         return CompletionResponse(id=request_id, model=self.served_model_name, choices=choices,
                                   usage=self.usage(states))
+
+    def _prompt_logprobs(self, request: CompletionRequest, prompt: PromptState
+                         ) -> list[dict[int, PromptLogprob] | None] | None:
+        """The prompt_logprobs field of a choice: each prompt position's token id -> logprob
+        (clamped like the other logprobs), when the request asked for them."""
+        if request.prompt_logprobs is None:
+            return None
+        positions = list(prompt.prompt_logprobs or ())
+        positions += [None] * (len(prompt.token_ids) - len(positions))
+        return [None if position is None else {
+            token_id: PromptLogprob(logprob=max(entry.logprob, MIN_LOGPROB), rank=entry.rank,
+                                    decoded_token=self.decoded_token(token_id,
+                                                                     entry.decoded_token))
+            for token_id, entry in position.items()} for position in positions]
 
     def _choice_text(self, request: CompletionRequest, prompt: PromptState, choice: ChoiceState,
                      text: str, token_ids: list[int], positions: list, with_echo: bool
@@ -107,7 +132,7 @@ class OpenAIServingCompletion(OpenAIServing):
             prompt = states[prompt_index]
             prompt.take_prompt_logprobs(output)
             for completion in output.outputs:
-                chunk = self._chunk(request, request_id, created, prompt, completion)
+                chunk = self._chunk(request, request_id, created, states, prompt, completion)
                 if chunk is not None:
                     yield chunk
         if request.include_usage:
@@ -117,7 +142,8 @@ class OpenAIServingCompletion(OpenAIServing):
             yield sse_event(usage_chunk.model_dump_json())
 
     def _chunk(self, request: CompletionRequest, request_id: str, created: int,
-               prompt: PromptState, delta: CompletionOutput) -> str | None:
+               states: list[PromptState], prompt: PromptState, delta: CompletionOutput
+               ) -> str | None:
         """The event for one choice's delta, or None when there is nothing to send."""
         choice = prompt.choices[delta.index]
         if not choice.take_stream_delta(delta):
@@ -130,5 +156,6 @@ class OpenAIServingCompletion(OpenAIServing):
             id=request_id, created=created, model=self.served_model_name,
             choices=[CompletionResponseChoice(index=choice.index, text=text, logprobs=logprobs,
                                               finish_reason=delta.finish_reason,
-                                              stop_reason=delta.stop_reason)])
+                                              stop_reason=delta.stop_reason)],
+            usage=self.usage(states) if request.continuous_usage else None)
         return sse_event(chunk.model_dump_json())

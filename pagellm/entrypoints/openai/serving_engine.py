@@ -32,7 +32,7 @@ from pagellm.errors import ClientError
 from pagellm.outputs import CompletionOutput, PositionLogprobs, RequestOutput
 from pagellm.sampling_params import SamplingParams
 
-_MIN_LOGPROB = -9999.0   # OpenAI clients choke on -inf; vLLM clamps the same way
+MIN_LOGPROB = -9999.0   # OpenAI clients choke on -inf; vLLM clamps the same way
 DEFAULT_MAX_LOGPROBS = 20
 TOKENIZER_THREAD_PREFIX = "pagellm-tokenizer"
 _T = TypeVar("_T")
@@ -129,14 +129,15 @@ class OpenAIServing:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.tokenizer_pool, functools.partial(function, *args))
 
-    def tokenize_prompt(self, prompt: str | list[int]) -> list[int]:
+    def tokenize_prompt(self, prompt: str | list[int], add_special_tokens: bool = True
+                        ) -> list[int]:
         """Token ids of a text or token-id prompt; ClientError for an empty prompt or text
         without a tokenizer."""
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ClientError("this server has no tokenizer (skip_tokenizer_init): send the "
                                   "prompt as token ids", param="prompt")
-            token_ids = list(self.tokenizer.encode(prompt))
+            token_ids = list(self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens))
         else:
             token_ids = list(prompt)
         if not token_ids:
@@ -150,13 +151,10 @@ class OpenAIServing:
                  params: list[SamplingParams], priority: int
                  ) -> AsyncIterator[tuple[int, RequestOutput]]:
         """(prompt index, delta RequestOutput) pairs of all prompts, in arrival order. Closing
-        the iterator aborts every prompt's request."""
+        the iterator aborts every prompt's request. ``params`` are final (built once by the
+        request, with ``output_kind='delta'``); the engine validates them."""
         streams = []
         for index, (prompt, prompt_params) in enumerate(zip(prompts, params)):
-            # Without a tokenizer (skip_tokenizer_init) the server streams token counts with
-            # empty text, as vLLM does; stop strings still need one and get a 400.
-            prompt_params = prompt_params.clone(output_kind="delta",
-                                                detokenize=self.tokenizer is not None)
             engine_id = request_id if len(prompts) == 1 else f"{request_id}-{index}"
             stream = self.engine.generate(prompt.token_ids, prompt_params, engine_id,
                                           priority=priority)
@@ -252,9 +250,9 @@ class OpenAIServing:
                 result.token_logprobs.append(None)
                 result.top_logprobs.append(None)
                 continue
-            result.token_logprobs.append(max(entry.logprob, _MIN_LOGPROB))
+            result.token_logprobs.append(max(entry.logprob, MIN_LOGPROB))
             result.top_logprobs.append({
-                self.decoded_token(top_id, top.decoded_token): max(top.logprob, _MIN_LOGPROB)
+                self.decoded_token(top_id, top.decoded_token): max(top.logprob, MIN_LOGPROB)
                 for top_id, top in position.items()})
         return result
 
@@ -271,10 +269,10 @@ class OpenAIServing:
                          key=lambda item: item[1].rank)
             content.append(ChatCompletionLogProbsContent(
                 token=token, bytes=_utf8(token),
-                logprob=_MIN_LOGPROB if entry is None else max(entry.logprob, _MIN_LOGPROB),
+                logprob=MIN_LOGPROB if entry is None else max(entry.logprob, MIN_LOGPROB),
                 top_logprobs=[ChatCompletionLogProb(
                     token=self.decoded_token(top_id, top.decoded_token),
-                    logprob=max(top.logprob, _MIN_LOGPROB),
+                    logprob=max(top.logprob, MIN_LOGPROB),
                     bytes=_utf8(self.decoded_token(top_id, top.decoded_token)))
                     for top_id, top in top]))
         return ChatCompletionLogProbs(content=content)

@@ -32,8 +32,11 @@ class OpenAIServingTokenization(OpenAIServing):
             token_ids = await self.off_loop(_token_ids, tokenizer, request, self.chat_template)
         except Exception as error:
             return error_from_exception(error)
+        token_strs = None
+        if request.return_token_strs:
+            token_strs = tokenizer.convert_ids_to_tokens(list(token_ids))
         return TokenizeResponse(count=len(token_ids), max_model_len=self.max_model_len,
-                                tokens=list(token_ids))
+                                tokens=list(token_ids), token_strs=token_strs)
 
     async def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse | ErrorResponse:
         """The text of token ids; ClientError for an id outside the vocabulary."""
