@@ -101,9 +101,9 @@ def test_chat_uses_template(default_llm):
 
 
 def test_bad_input_raises_and_engine_lives(default_llm):
-    with pytest.raises(ClientError, match="max_model_len"):
+    with pytest.raises(ClientError, match="maximum context length is 2048 tokens"):
         default_llm.generate("hi", SamplingParams(max_tokens=10**6), use_tqdm=False)
-    with pytest.raises(ClientError, match="vocabulary"):
+    with pytest.raises(ClientError, match=r"prompt\[0\] must be a token id in \[0, "):
         default_llm.generate([[10**7]], use_tqdm=False)
     with pytest.raises(ClientError, match="max_logprobs"):
         default_llm.generate("hi", SamplingParams(logprobs=1000), use_tqdm=False)

@@ -21,7 +21,7 @@ from pagellm.entrypoints.openai.protocol import (NOT_SUPPORTED_YET, REQUIRED_FIE
                                                  ChatCompletionRequest, ChatCompletionResponse,
                                                  ChatMessageParam, CompletionRequest,
                                                  CompletionResponse, DetokenizeRequest,
-                                                 ErrorResponse, StreamOptions,
+                                                 ErrorResponse, PromptLogprob, StreamOptions,
                                                  TokenizeChatRequest, TokenizeCompletionRequest)
 from pagellm.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagellm.entrypoints.openai.serving_completion import OpenAIServingCompletion
@@ -626,3 +626,116 @@ def test_tokenize_and_detokenize():
     assert (bad.error.code, bad.error.param) == (400, "tokens")
     assert run(serving.tokenize(TokenizeCompletionRequest(prompt="a", model="x"))).error.code \
         == 404
+
+
+# ---- the field audit (docs/openai_api_fields.md) -------------------------------------------
+
+REJECTED = {  # field: a value that asks for the feature
+    "use_beam_search": True, "length_penalty": 0.5, "allowed_token_ids": [1, 2],
+    "bad_words": ["x"], "guided_json": {"type": "object"}, "guided_regex": "a+",
+    "guided_choice": ["a"], "guided_grammar": "root ::= 'a'", "guided_decoding_backend": "xgr",
+    "guided_whitespace_pattern": " ", "structured_outputs": {"json": {}},
+    "logits_processors": ["x"], "return_tokens_as_token_ids": True, "return_token_ids": True,
+    "cache_salt": "s", "kv_transfer_params": {"a": 1}, "vllm_xargs": {"a": 1},
+    "request_id": "mine", "prompt_embeds": "AAAA", "mm_processor_kwargs": {"a": 1},
+    "documents": [{"text": "d"}], "reasoning_effort": "high", "web_search_options": {},
+    "audio": {"voice": "alloy"}, "modalities": ["text", "audio"], "functions": [{"name": "f"}],
+    "function_call": "auto", "store": True, "service_tier": "flex", "verbosity": "low",
+}
+CHAT_ONLY = {"mm_processor_kwargs", "documents", "reasoning_effort", "web_search_options",
+             "audio", "modalities", "functions", "function_call", "store", "service_tier",
+             "verbosity"}
+
+
+def test_every_not_supported_yet_field_is_tested():
+    assert set(REJECTED) == set(NOT_SUPPORTED_YET)
+
+
+@pytest.mark.parametrize("field", sorted(REJECTED))
+def test_known_unbuilt_fields_are_a_400_naming_them(field):
+    bodies = []
+    if field != "prompt_embeds":
+        bodies.append((ChatCompletionRequest, {"messages": [{"role": "user", "content": "x"}]}))
+    if field not in CHAT_ONLY:
+        bodies.append((CompletionRequest, {"prompt": "p"}))
+    for model, body in bodies:
+        model.model_validate({**body, field: NOT_SUPPORTED_YET[field][0][-1]})  # "off": fine
+        with pytest.raises(ValidationError) as info:
+            model.model_validate({**body, field: REJECTED[field]})
+        error = error_from_validation(info.value.errors()).error
+        assert (error.code, error.param) == (400, field)
+        assert error.message.startswith(f"{field} is not supported yet"), error.message
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"add_special_tokens": True}, "add_special_tokens"),
+    ({"prompt_logprobs": 1}, "prompt_logprobs"),
+    ({"stream": True, "stream_options": {"include_usage": True,
+                                         "continuous_usage_stats": True}}, "stream_options"),
+    ({"tools": [{"type": "function"}]}, "tools"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+])
+def test_chat_fields_built_for_completions_only_are_rejected_on_chat(fields, param):
+    result = chat(ScriptedEngine(), messages=MESSAGES, **fields)
+    assert isinstance(result, ErrorResponse)
+    assert (result.error.code, result.error.param) == (400, param)
+    assert "not supported" in result.error.message
+
+
+def test_tokenize_chat_rejects_what_it_cannot_honour():
+    for field, value in [("add_special_tokens", True), ("tools", [{"type": "function"}]),
+                         ("chat_template_kwargs", {"a": 1}), ("mm_processor_kwargs", {"a": 1}),
+                         ("documents", [{"text": "d"}])]:
+        with pytest.raises(ValidationError) as info:
+            TokenizeChatRequest(messages=MESSAGES, **{field: value})
+        assert error_from_validation(info.value.errors()).error.param == field
+
+
+def test_accepted_and_ignored_fields_parse():
+    """Fields whose OpenAI meaning this server satisfies by doing nothing (see the audit)."""
+    request = ChatCompletionRequest(
+        messages=MESSAGES, user="u1", store=False, metadata={"k": "v"}, service_tier="auto",
+        parallel_tool_calls=True, include_reasoning=False, prediction={"type": "content",
+                                                                       "content": "x"},
+        prompt_cache_key="k", safety_identifier="s", modalities=["text"])
+    assert request.to_sampling_params(64, 10).max_tokens is None
+
+
+def test_completion_prompt_logprobs_in_every_choice_of_the_prompt():
+    response = complete(ScriptedEngine(), prompt="abc", prompt_logprobs=0, n=2)
+    for choice in response.choices:
+        positions = choice.prompt_logprobs
+        assert positions[0] is None and len(positions) == 3
+        assert positions[1] == {ord("b"): PromptLogprob(logprob=-0.5, rank=1,
+                                                        decoded_token="b")}
+    body = json.loads(response.model_dump_json())
+    assert body["choices"][0]["prompt_logprobs"][2] == {
+        str(ord("c")): {"logprob": -0.5, "rank": 1, "decoded_token": "c"}}
+    assert complete(ScriptedEngine(), prompt="abc").choices[0].prompt_logprobs is None
+
+
+def test_completion_add_special_tokens_and_truncation_reach_the_engine():
+    class BosTokenizer(CharTokenizer):
+        def encode(self, text, add_special_tokens=True):
+            return ([1] if add_special_tokens else []) + super().encode(text)
+    engine = ScriptedEngine()
+    engine.tokenizer = BosTokenizer()
+    complete(engine, prompt="abc")
+    complete(engine, prompt="abc", add_special_tokens=False)
+    complete(engine, prompt="abcdef", truncate_prompt_tokens=2, echo=True)
+    assert [call[0] for call in engine.calls] == [[1, 97, 98, 99], [97, 98, 99], [101, 102]]
+    response = complete(ScriptedEngine(), prompt="abcdef", truncate_prompt_tokens=2, echo=True,
+                        max_tokens=1)
+    assert response.choices[0].text.startswith("ef")   # echo shows what the model saw
+    assert response.usage.prompt_tokens == 2
+
+
+def test_completion_continuous_usage_stats_in_every_chunk():
+    events = complete(ScriptedEngine(replies=("abc",)), prompt="pp", stream=True,
+                      stream_options={"include_usage": True, "continuous_usage_stats": True})
+    chunks = [event for event in events[:-1] if event["choices"]]
+    assert [chunk["usage"]["completion_tokens"] for chunk in chunks] == [1, 2, 3]
+    assert all(chunk["usage"]["prompt_tokens"] == 2 for chunk in chunks)
+    plain = complete(ScriptedEngine(replies=("abc",)), prompt="pp", stream=True,
+                     stream_options={"include_usage": True})
+    assert all(event["usage"] is None for event in plain[:-2])

@@ -441,10 +441,11 @@ class ChatCompletionRequest(_SamplingRequest):
         """ClientError for OpenAI features this server does not implement, and for
         combinations that contradict each other."""
         if self.tools and self.tool_choice != "none":
-            raise NotSupportedError("tool calling is not supported; send tool_choice='none' or "
-                                    "no tools", param="tools")
+            raise NotSupportedError("tools are not supported yet (tool calling); send "
+                                    "tool_choice='none' or no tools", param="tools")
         if self.response_format and self.response_format.get("type", "text") != "text":
-            raise NotSupportedError("only response_format {'type': 'text'} is supported",
+            raise NotSupportedError("response_format is not supported yet beyond "
+                                    "{'type': 'text'} (structured outputs)",
                                     param="response_format")
         if self.top_logprobs and not self.logprobs:
             raise ClientError("top_logprobs needs logprobs=true", param="top_logprobs")
