@@ -670,6 +670,7 @@ def test_known_unbuilt_fields_are_a_400_naming_them(field):
 @pytest.mark.parametrize("fields, param", [
     ({"add_special_tokens": True}, "add_special_tokens"),
     ({"prompt_logprobs": 1}, "prompt_logprobs"),
+    ({"truncate_prompt_tokens": 4}, "truncate_prompt_tokens"),
     ({"stream": True, "stream_options": {"include_usage": True,
                                          "continuous_usage_stats": True}}, "stream_options"),
     ({"tools": [{"type": "function"}]}, "tools"),

@@ -415,6 +415,7 @@ class ChatCompletionRequest(_SamplingRequest):
     add_special_tokens: bool = False
     """vLLM's default: the chat template already holds the special tokens."""
     prompt_logprobs: int | None = None
+    truncate_prompt_tokens: int | None = None
     include_reasoning: bool = True
     """No reasoning parser runs, so there is never separate reasoning content: no effect."""
     metadata: dict[str, Any] | None = Field(None, max_length=16)
@@ -452,9 +453,10 @@ class ChatCompletionRequest(_SamplingRequest):
         if self.add_special_tokens:
             raise NotSupportedError("add_special_tokens=true is not supported yet on chat",
                                     param="add_special_tokens")
-        if self.prompt_logprobs is not None:
-            raise NotSupportedError("prompt_logprobs is not supported yet on chat (it is on "
-                                    "/v1/completions)", param="prompt_logprobs")
+        for name in ("prompt_logprobs", "truncate_prompt_tokens"):
+            if getattr(self, name) is not None:
+                raise NotSupportedError(f"{name} is not supported yet on chat (it is on "
+                                        "/v1/completions)", param=name)
         if self.continuous_usage:
             raise NotSupportedError("stream_options.continuous_usage_stats is not supported yet "
                                     "on chat (it is on /v1/completions)", param="stream_options")
