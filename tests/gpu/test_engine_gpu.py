@@ -65,8 +65,8 @@ def test_cuda_graphs_replay_every_decode_step(model_dirs):
     # eager); each later step decodes all of them, padded to the captured size 8.
     common = dict(device="cuda", dtype="float32", max_model_len=512, kv_cache_memory_bytes=2**28,
                   max_num_batched_tokens=2048)
-    llm = LLM(str(model_dirs["qwen3"]), compilation_config={"cudagraph_capture_sizes": [1, 2, 4, 8]},
-              **common)
+    llm = LLM(str(model_dirs["qwen3"]),
+              compilation_config={"cudagraph_capture_sizes": [1, 2, 4, 8]}, **common)
     graphs = _graph_runner(llm)
     assert graphs is not None and sorted(graphs.graphs) == [1, 2, 4, 8]
     assert graphs.num_replays == {1: 0, 2: 0, 4: 0, 8: 0}

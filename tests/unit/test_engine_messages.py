@@ -83,8 +83,9 @@ def assert_fields_equal(decoded, original, names) -> None:
 def _params() -> SamplingParams:
     params = SamplingParams(n=2, presence_penalty=0.5, frequency_penalty=-0.5,
                             repetition_penalty=1.1, temperature=0.7, top_p=0.9, top_k=5, min_p=0.1,
-                            seed=2**62, stop=["\n\n", "END"], stop_token_ids=[7, 9], ignore_eos=True,
-                            max_tokens=None, min_tokens=2, logprobs=3, prompt_logprobs=1,
+                            seed=2**62, stop=["\n\n", "END"], stop_token_ids=[7, 9],
+                            ignore_eos=True, max_tokens=None, min_tokens=2, logprobs=3,
+                            prompt_logprobs=1,
                             detokenize=False, skip_special_tokens=False,
                             spaces_between_special_tokens=False, include_stop_str_in_output=True,
                             logit_bias={"5": -2.5}, output_kind="delta")
@@ -122,7 +123,8 @@ def test_samples_set_every_field():
 
 
 def test_message_types_carry_their_core_types_field_for_field():
-    assert list(SamplingParamsMsg.__struct_fields__) == [f.name for f in dataclasses.fields(SamplingParams)]
+    assert list(SamplingParamsMsg.__struct_fields__) == [
+        f.name for f in dataclasses.fields(SamplingParams)]
     assert list(EngineCoreOutputMsg.__struct_fields__) == [
         f.name for f in dataclasses.fields(EngineCoreOutput)]
     assert list(EngineCoreRequest.__struct_fields__) == REQUEST_ARGS

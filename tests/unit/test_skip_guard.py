@@ -79,7 +79,8 @@ def test_never_collected():
     pass
 """)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["test_inner.py: could not import 'a_module_that_is_not_installed'*"])
+    result.stdout.fnmatch_lines(
+        ["test_inner.py: could not import 'a_module_that_is_not_installed'*"])
 
 
 def test_a_failing_session_keeps_its_status(pytester):

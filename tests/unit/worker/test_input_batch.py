@@ -16,7 +16,8 @@ CPU = torch.device("cpu")
 GREEDY = SamplingParams(temperature=0.0)
 
 
-def sched_output(new=(), cached=(), num_scheduled=None, finished=(), preempted=()) -> SchedulerOutput:
+def sched_output(new=(), cached=(), num_scheduled=None, finished=(),
+                 preempted=()) -> SchedulerOutput:
     num_scheduled = num_scheduled or {}
     return SchedulerOutput(list(new), list(cached), num_scheduled, sum(num_scheduled.values()),
                            set(finished), preempted_req_ids=set(preempted))

@@ -20,7 +20,7 @@ def filled_cache(num_blocks: int = 6, num_swap_blocks: int = 4) -> KVCache:
 
 
 def test_spec_sizes_and_shapes():
-    assert SPEC.bytes_per_block == 2 * 2 * 4 * 2 * 3 * 4      # layers, K/V, tokens, heads, dim, fp32
+    assert SPEC.bytes_per_block == 2 * 2 * 4 * 2 * 3 * 4   # layers, K/V, tokens, heads, dim, fp32
     assert KVCacheSpec(2, 4, 2, 3, torch.bfloat16).bytes_per_block == SPEC.bytes_per_block // 2
     assert SPEC.layer_shape(7) == (2, 7, 4, 2, 3)
 
