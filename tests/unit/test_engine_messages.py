@@ -85,8 +85,7 @@ def _params() -> SamplingParams:
                             repetition_penalty=1.1, temperature=0.7, top_p=0.9, top_k=5, min_p=0.1,
                             seed=2**62, stop=["\n\n", "END"], stop_token_ids=[7, 9],
                             ignore_eos=True, max_tokens=None, min_tokens=2, logprobs=3,
-                            prompt_logprobs=1,
-                            detokenize=False, skip_special_tokens=False,
+                            prompt_logprobs=1, detokenize=False, skip_special_tokens=False,
                             spaces_between_special_tokens=False, include_stop_str_in_output=True,
                             logit_bias={"5": -2.5}, output_kind="delta")
     params.all_stop_token_ids = {0, 2}
