@@ -21,8 +21,10 @@ $(VENV_STAMP): pyproject.toml
 	touch $@
 
 # A hung test fails after 10 minutes with its stack printed, instead of eating CI's time.
+# -rs prints every skip with its reason; a skip outside the gpu marker fails the run
+# (tests/helpers/skip_guard.py).
 test: venv
-	$(VENV_PYTHON) -m pytest -q tests --timeout=600 --durations=15 $(TEST_ARGS)
+	$(VENV_PYTHON) -m pytest -q -rs tests --timeout=600 --durations=15 $(TEST_ARGS)
 
 serve: venv
 	$(VENV_PYTHON) -m pagellm.entrypoints.cli.main serve $(ARGS)

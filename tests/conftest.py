@@ -1,10 +1,16 @@
-"""Shared fixtures. Tiny random HF models come from tests/helpers/tiny_models.py."""
+"""Shared fixtures, and the skip guard: a test not marked ``gpu`` that skips fails the session
+(tests/helpers/skip_guard.py). Tiny random HF models come from tests/helpers/tiny_models.py."""
 
 from __future__ import annotations
 
 import pytest
 
+from tests.helpers.skip_guard import SkipGuard
 from tests.helpers.tiny_models import make_tiny_model_dir
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(SkipGuard(), "pagellm_skip_guard")
 
 
 @pytest.fixture(scope="session")

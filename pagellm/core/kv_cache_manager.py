@@ -37,6 +37,8 @@ class KVCacheManager:
         self.free_swap_blocks: list[int] = list(range(num_swap_blocks - 1, -1, -1))
         self.num_swap_blocks = num_swap_blocks
         self.req_to_swap_blocks: dict[str, list[int]] = {}
+        self.num_swapped_out_blocks = 0   # since start: blocks copied to swap space
+        self.num_swapped_in_blocks = 0    # since start: blocks copied back from swap space
         self.prefix_stats = PrefixCacheStats()
 
     # ---- prefix caching -------------------------------------------------------------------
@@ -162,6 +164,7 @@ class KVCacheManager:
         mapping = [(blocks[i].block_id, swap_blocks[i]) for i in range(num_needed)]
         self.free(request)
         self.req_to_swap_blocks[request.request_id] = swap_blocks
+        self.num_swapped_out_blocks += num_needed
         return mapping
 
     def can_swap_in(self, request: Request, num_new_tokens: int) -> bool:
@@ -177,4 +180,5 @@ class KVCacheManager:
         self.req_to_blocks[request.request_id] = new_blocks
         self.free_swap_blocks.extend(reversed(swap_blocks))
         self._cache_full_blocks(request, request.num_computed_tokens)
+        self.num_swapped_in_blocks += len(swap_blocks)
         return [(swap, gpu.block_id) for swap, gpu in zip(swap_blocks, new_blocks)]

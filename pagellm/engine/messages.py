@@ -62,6 +62,7 @@ class EngineCoreRequest(msgspec.Struct, tag="add", array_like=True):
     arrival_time: float
     priority: int = 0
     group_id: str | None = None
+    cache_salt: str | None = None
 
 
 class AbortRequests(msgspec.Struct, tag="abort", array_like=True):
@@ -149,13 +150,13 @@ def request_to_msg(request: Request) -> EngineCoreRequest:
     return EngineCoreRequest(
         request.request_id, request.prompt_token_ids, params_to_msg(request.sampling_params),
         request.max_tokens, request.eos_token_id, request.arrival_time, request.priority,
-        request.group_id)
+        request.group_id, request.cache_salt)
 
 
 def request_from_msg(msg: EngineCoreRequest) -> Request:
     return Request(msg.request_id, msg.prompt_token_ids, params_from_msg(msg.sampling_params),
                    msg.max_tokens, msg.eos_token_id, msg.arrival_time, msg.priority,
-                   group_id=msg.group_id)
+                   group_id=msg.group_id, cache_salt=msg.cache_salt)
 
 
 def _logprobs_to_msg(logprobs: TopLogprobs | None) -> TopLogprobsMsg | None:

@@ -7,6 +7,7 @@ attend to one token of it, so they cannot disturb real requests.
 
 Contract: ``capture`` must run after the KV cache is bound (graphs hold its addresses);
 ``run`` returns a view of a static output buffer that stays valid until the next ``run``.
+``num_replays`` counts the replays per captured size (the proof that decode steps used them).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class CudaGraphRunner:
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)  # [n + 1]
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
+        self.num_replays: dict[int, int] = dict.fromkeys(self.capture_sizes, 0)
+        """Replays since capture, per padded batch size (capture's own runs not counted)."""
 
     def padded_size(self, num_reqs: int) -> int | None:
         for size in self.capture_sizes:
@@ -113,4 +116,5 @@ class CudaGraphRunner:
             self.seq_lens[n:size].fill_(1)
             self.positions[n:size].zero_()
         self.graphs[size].replay()
+        self.num_replays[size] += 1
         return self.outputs[size][:n]

@@ -56,12 +56,30 @@ def test_cuda_matches_cpu(name, model_dirs, monkeypatch):
             torch.cuda.empty_cache()
 
 
-def test_cuda_graphs_used_for_decode(model_dirs):
-    common = dict(device="cuda", dtype="float32", max_model_len=512, kv_cache_memory_bytes=2**28)
-    llm = LLM(str(model_dirs["qwen3"]), compilation_config={"cudagraph_capture_sizes": [1, 2, 4, 8]},
-              **common)
-    graphs = llm.llm_engine.engine_core.executor.worker.runner.cuda_graphs
+def _graph_runner(llm: LLM):
+    return llm.llm_engine.engine_core.executor.worker.runner.cuda_graphs
+
+
+def test_cuda_graphs_replay_every_decode_step(model_dirs):
+    # A budget over the prompts' 240 tokens: step 1 prefills all six (not all-decode, so
+    # eager); each later step decodes all of them, padded to the captured size 8.
+    common = dict(device="cuda", dtype="float32", max_model_len=512, kv_cache_memory_bytes=2**28,
+                  max_num_batched_tokens=2048)
+    llm = LLM(str(model_dirs["qwen3"]),
+              compilation_config={"cudagraph_capture_sizes": [1, 2, 4, 8]}, **common)
+    graphs = _graph_runner(llm)
     assert graphs is not None and sorted(graphs.graphs) == [1, 2, 4, 8]
+    assert graphs.num_replays == {1: 0, 2: 0, 4: 0, 8: 0}
     eager = LLM(str(model_dirs["qwen3"]), enforce_eager=True, **common)
-    assert eager.llm_engine.engine_core.executor.worker.runner.cuda_graphs is None
+    assert _graph_runner(eager) is None            # enforce_eager: nothing captured or replayed
     assert _tokens(llm) == _tokens(eager)
+    num_decode_steps = GREEDY.max_tokens - 1
+    assert llm.llm_engine.stats().num_steps == 1 + num_decode_steps
+    assert graphs.num_replays == {1: 0, 2: 0, 4: 0, 8: num_decode_steps}
+    # Three requests pad to 4; one alone runs the size-1 graph (not the 1-token prompt, whose
+    # first step is already all-decode).
+    llm.generate(PROMPTS[:3], GREEDY, use_tqdm=False)
+    assert graphs.num_replays == {1: 0, 2: 0, 4: num_decode_steps, 8: num_decode_steps}
+    llm.generate(PROMPTS[1:2], GREEDY, use_tqdm=False)
+    assert graphs.num_replays == {1: num_decode_steps, 2: 0, 4: num_decode_steps,
+                                  8: num_decode_steps}

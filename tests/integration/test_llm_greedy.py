@@ -69,6 +69,14 @@ def test_engine_variants_keep_greedy_output(variant, default_model_path, default
     stats = llm.llm_engine.stats()
     if variant.startswith("preempt"):
         assert stats.num_preemptions > 0
+    kv = llm.llm_engine.engine_core.scheduler.kv
+    if variant == "preempt_swap":
+        # Swapping really happened (a fallback to recompute would keep the output too), and
+        # every block swapped out came back.
+        assert kv.num_swapped_out_blocks > 0
+        assert kv.num_swapped_in_blocks == kv.num_swapped_out_blocks
+    else:
+        assert kv.num_swapped_out_blocks == kv.num_swapped_in_blocks == 0
     assert stats.kv_cache_usage == 0.0          # everything freed
 
 

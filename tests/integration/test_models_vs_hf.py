@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +16,13 @@ from transformers import AutoModelForCausalLM
 from pagellm.errors import ClientError
 from pagellm.models import get_model_class, load_hf_config, load_model
 from pagellm.models.gguf_loader import infer_llama3_rope_scaling
+from tests.helpers.hf_reference import hf_greedy
 from tests.helpers.tiny_gguf import write_tiny_gguf
 from tests.helpers.paged import build_attn_metadata, positions_for, random_block_tables
 from tests.helpers.tiny_models import make_tiny_model_dir
 
 BLOCK_SIZE = 4
 PROMPTS = [[5, 17, 99, 3, 200, 41, 8, 8, 150], [66], [12, 250, 7, 7, 31, 90]]
-GGUF_PATH = os.environ.get("PAGELLM_TEST_GGUF", "/tmp/pagellm_cache/SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def load_ours(path, load_format="auto", dtype=torch.float32, seed=0):
@@ -146,19 +145,27 @@ def test_dummy_weights_are_deterministic_by_seed(tiny_model_dirs):
 
 
 @pytest.mark.slow
-def test_gguf_default_model_matches_hf():
-    path = Path(GGUF_PATH)
-    if not path.is_file():
-        pytest.skip(f"{path} not present (set PAGELLM_TEST_GGUF)")
+def test_gguf_default_model_matches_hf(default_model_path, hf_default_model):
+    """The real default model (fetched once into the cache): logits of a prefill and a decode
+    step match HF on the same GGUF, and so do 8 greedy tokens decoded step by step."""
+    path = Path(default_model_path)
     config = load_hf_config(str(path))
     assert config.architectures == ["LlamaForCausalLM"] and config.tie_word_embeddings
     assert config.max_position_embeddings == 8192
     ours = load_ours(path)
-    hf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                    dtype=torch.float32).eval()
     prompts = [[1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018,
                 411, 407, 19712, 8182, 2, 198], [504, 3458, 282, 4649, 314]]
-    check_prefill_then_decode(ours, hf_model, prompts, atol=1e-3)
+    check_prefill_then_decode(ours, hf_default_model, prompts, atol=1e-3)
+    num_tokens = 8
+    runner = PagedRunner(ours, [len(p) + num_tokens for p in prompts])
+    chunks, num_computed, generated = prompts, [0, 0], [[], []]
+    for _ in range(num_tokens):
+        next_tokens = runner.step(chunks, num_computed).argmax(-1).tolist()
+        num_computed = [n + len(c) for n, c in zip(num_computed, chunks)]
+        chunks = [[t] for t in next_tokens]
+        for tokens, token in zip(generated, next_tokens):
+            tokens.append(token)
+    assert generated == [hf_greedy(hf_default_model, p, num_tokens) for p in prompts]
 
 
 def test_unsupported_architecture_is_a_client_error(tmp_path):

@@ -270,6 +270,7 @@ def test_preempt_by_swap_then_swap_in():
     assert output.preempted_req_ids == {"b"}
     assert (victim.status, victim.num_computed_tokens) == (RequestStatus.SWAPPED, 8)
     assert scheduler.kv.req_to_swap_blocks == {"b": [0, 1]}
+    assert (scheduler.kv.num_swapped_out_blocks, scheduler.kv.num_swapped_in_blocks) == (2, 0)
     assert engine_outputs[0].finish_reason == "length"
 
     output, _ = step(scheduler)
@@ -282,6 +283,7 @@ def test_preempt_by_swap_then_swap_in():
     assert victim.status == RequestStatus.RUNNING
     assert scheduler.kv.req_to_swap_blocks == {}
     assert sorted(scheduler.kv.free_swap_blocks) == list(range(8))
+    assert (scheduler.kv.num_swapped_out_blocks, scheduler.kv.num_swapped_in_blocks) == (2, 2)
 
 
 def test_swap_falls_back_to_recompute_when_swap_space_is_short(caplog):
@@ -292,6 +294,7 @@ def test_swap_falls_back_to_recompute_when_swap_space_is_short(caplog):
     victim = scheduler.requests["b"]
     assert (victim.status, victim.num_computed_tokens) == (RequestStatus.PREEMPTED, 0)
     assert scheduler.kv.free_swap_blocks == [0]
+    assert scheduler.kv.num_swapped_out_blocks == 0
     assert "PreemptionMode.RECOMPUTE" in caplog.text
 
 
