@@ -28,8 +28,9 @@ class ModelConfig:
     """Weight quantization method for GEMMs (fp8, awq, gptq): not supported yet."""
     trust_remote_code: bool = False
     """Accepted for compatibility; pagellm never runs code from a model directory."""
-    tokenizer_pool_size: int = 0
-    """Tokenize in a pool of this many workers off the server's event loop (server only)."""
+    tokenizer_pool_size: int = 2
+    """Threads that tokenize prompts and render chat templates off the server's event loop
+    (server only; at least 1: nothing is tokenized on the event loop)."""
     skip_tokenizer_init: bool = False
     """Load no tokenizer: prompts must be token ids and SamplingParams.detokenize must be False
     (EOS ids come from config.json). For random-weight benchmarks on a config-only directory."""
@@ -41,6 +42,6 @@ class ModelConfig:
         if self.max_model_len is not None:
             check_range("max_model_len", self.max_model_len, 1)
         check_range("max_logprobs", self.max_logprobs, 0)
-        check_range("tokenizer_pool_size", self.tokenizer_pool_size, 0)
+        check_range("tokenizer_pool_size", self.tokenizer_pool_size, 1)
         if self.quantization is not None:
             not_supported_yet("quantization", self.quantization)

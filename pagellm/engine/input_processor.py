@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from pagellm.core.request import Request
+from pagellm.engine.tokenizer import check_prompt_chars
 from pagellm.errors import ClientError
 from pagellm.sampling_params import SamplingParams
 
@@ -50,6 +51,7 @@ class InputProcessor:
             if self.tokenizer is None:
                 raise ClientError("text prompts need a tokenizer but the engine runs with "
                                   "skip_tokenizer_init=True; pass token ids", param="prompt")
+            check_prompt_chars(self.tokenizer, prompt, self.max_model_len)
             token_ids = self.tokenizer.encode(prompt)
             text = prompt
         elif isinstance(prompt, (list, tuple)):

@@ -40,13 +40,17 @@ class LLM:
     def chat(self, messages: ChatMessages | list[ChatMessages],
              sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
              use_tqdm: bool = True, chat_template: str | None = None,
-             add_generation_prompt: bool = True) -> list[RequestOutput]:
-        """Apply the model's chat template to one conversation or a list of them, then
-        generate."""
+             add_generation_prompt: bool = True, continue_final_message: bool = False,
+             chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
+        """Apply the chat template (``chat_template`` or the model's, rendered in the bounded
+        sandbox) to one conversation or a list of them, then generate.
+        ``continue_final_message``: the reply continues the last (assistant) message; needs
+        ``add_generation_prompt=False``. ``chat_template_kwargs``: extra template variables."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         tokenizer = self.llm_engine.tokenizer
-        prompts = [apply_chat_template(tokenizer, conversation, add_generation_prompt=add_generation_prompt,
-                                       chat_template=chat_template)
+        prompts = [apply_chat_template(tokenizer, conversation, add_generation_prompt,
+                                       chat_template, continue_final_message,
+                                       **(chat_template_kwargs or {}))
                    for conversation in conversations]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 

@@ -11,9 +11,11 @@ import logging
 import os
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
+from pagellm.engine.chat_template import render_chat
 from pagellm.errors import ClientError
 
 logger = logging.getLogger(__name__)
@@ -130,15 +132,22 @@ def config_eos_token_ids(hf_config) -> list[int]:
 
 
 def render_chat_template(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = True,
-                         chat_template: str | None = None, **template_kwargs) -> str:
+                         chat_template: str | None = None, continue_final_message: bool = False,
+                         **template_kwargs) -> str:
     """The prompt text for ``messages`` (OpenAI chat format) under the chat template.
 
     ``chat_template`` overrides the tokenizer's own (from tokenizer_config.json, chat_template
     .jinja or the GGUF's ``tokenizer.chat_template``). Message content may be a string or a list
-    of ``{"type": "text", "text": ...}`` parts, which are joined. Raises ``ClientError`` for
-    malformed messages, a model without a template, or a template that rejects the messages.
+    of ``{"type": "text", "text": ...}`` parts, which are joined. The template renders in the
+    bounded sandbox of ``pagellm.engine.chat_template`` (same text as transformers'
+    ``apply_chat_template``), so this blocks for up to its time bound: call it off the event
+    loop. ``continue_final_message``: the prompt ends inside the final assistant message (see
+    ``chat_template.render_chat``). Raises ``ClientError`` for malformed messages, a model
+    without a template, or a template that fails, rejects the messages or passes a bound.
     """
     template = chat_template or getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):      # named templates: transformers picks "default"
+        template = template.get("default")
     if not template:
         raise ClientError(
             "this model's tokenizer has no chat template, so chat requests cannot be rendered; "
@@ -147,25 +156,26 @@ def render_chat_template(tokenizer: Any, messages: list[dict], add_generation_pr
     conversation = [_normalize_message(index, message) for index, message in enumerate(messages)]
     if not conversation:
         raise ClientError("messages must not be empty", param="messages")
-    from jinja2 import TemplateError
+    return render_chat(template, conversation, add_generation_prompt=add_generation_prompt,
+                       continue_final_message=continue_final_message,
+                       special_tokens=_special_tokens(tokenizer), template_kwargs=template_kwargs)
 
-    try:
-        return tokenizer.apply_chat_template(
-            conversation, chat_template=template, add_generation_prompt=add_generation_prompt,
-            tokenize=False, **template_kwargs)
-    except TemplateError as error:
-        raise ClientError(f"the chat template rejected the messages: {error}",
-                          param="messages") from error
+
+def _special_tokens(tokenizer: Any) -> dict[str, Any]:
+    """The special-token variables transformers gives a template (``bos_token``, ...)."""
+    tokens = getattr(tokenizer, "special_tokens_map", None)
+    return dict(tokens) if isinstance(tokens, dict) else {}
 
 
 def apply_chat_template(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = True,
-                        chat_template: str | None = None, **template_kwargs) -> list[int]:
+                        chat_template: str | None = None, continue_final_message: bool = False,
+                        **template_kwargs) -> list[int]:
     """The prompt token ids for ``messages``; see ``render_chat_template``.
 
     The template writes the special tokens itself (BOS included), so none are added here.
     """
     text = render_chat_template(tokenizer, messages, add_generation_prompt, chat_template,
-                                **template_kwargs)
+                                continue_final_message, **template_kwargs)
     return tokenizer.encode(text, add_special_tokens=False)
 
 
@@ -189,3 +199,82 @@ def _normalize_message(index: int, message: Any) -> dict:
         raise ClientError(f"{param}.content must be a string or a list of text parts",
                           param=param)
     return {**message, "content": content}
+
+
+# ---- a prompt too long to tokenize --------------------------------------------------------------
+
+_LOSSLESS_PRE_TOKENIZERS = frozenset({"ByteLevel", "Metaspace", "Digits", "Split", "Punctuation"})
+_DROPPING_BEHAVIOR = "Removed"
+_max_chars_cache: "weakref.WeakKeyDictionary[Any, int | None]" = weakref.WeakKeyDictionary()
+
+
+def max_chars_per_token(tokenizer: Any) -> int | None:
+    """L, the most characters of text one token can stand for, or None when this tokenizer
+    gives no such bound. Cached per tokenizer.
+
+    Only for tokenizers that keep every character of the input: a BPE model that is byte-level
+    (each vocabulary character is one byte) or has byte fallback, with no normalizer and only
+    pre-tokenizers that split without dropping anything. Then a token covers at most
+    ``len(token string)`` bytes (an added token: its content), so ``L`` is the longest of those
+    and a text of ``c`` characters has at least ``c / L`` tokens. Tokenizers that may drop or
+    merge characters (WordPiece dropping spaces, an NFC normalizer, unknown-word tokens) get
+    None.
+    """
+    try:
+        return _max_chars_cache[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    bound = _compute_max_chars_per_token(tokenizer)
+    try:
+        _max_chars_cache[tokenizer] = bound
+    except TypeError:           # not weak-referenceable: computed again next time
+        pass
+    return bound
+
+
+def _compute_max_chars_per_token(tokenizer: Any) -> int | None:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    try:
+        spec = json.loads(backend.to_str())
+    except (AttributeError, ValueError, TypeError):
+        return None
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE" or spec.get("normalizer") is not None:
+        return None
+    pre_tokenizers = _flatten_pre_tokenizers(spec.get("pre_tokenizer"))
+    if any(p.get("type") not in _LOSSLESS_PRE_TOKENIZERS or p.get("behavior") ==
+           _DROPPING_BEHAVIOR for p in pre_tokenizers):
+        return None
+    byte_level = any(p.get("type") == "ByteLevel" for p in pre_tokenizers)
+    if not (byte_level or model.get("byte_fallback")):
+        return None
+    vocab = model.get("vocab") or {}
+    added = [token.get("content", "") for token in spec.get("added_tokens") or ()]
+    return max([1, *(len(token) for token in vocab), *(len(token) for token in added)])
+
+
+def _flatten_pre_tokenizers(spec: dict | None) -> list[dict]:
+    if spec is None:
+        return []
+    if spec.get("type") == "Sequence":
+        return [p for child in spec.get("pretokenizers") or () for p in _flatten_pre_tokenizers(child)]
+    return [spec]
+
+
+def check_prompt_chars(tokenizer: Any, text: str, max_model_len: int, param: str = "prompt"
+                       ) -> None:
+    """Refuse, before tokenizing, a text that certainly has too many tokens: with ``L`` from
+    ``max_chars_per_token``, a text of more than ``L * max_model_len`` characters has more than
+    ``max_model_len`` tokens (a prompt may have at most ``max_model_len - 1``). Raises
+    ``ClientError`` with the usual "maximum context length" message; does nothing when the
+    tokenizer gives no bound."""
+    chars_per_token = max_chars_per_token(tokenizer)
+    if chars_per_token is None or len(text) <= chars_per_token * max_model_len:
+        return
+    at_least = -(-len(text) // chars_per_token)
+    raise ClientError(
+        f"This model's maximum context length is {max_model_len} tokens, but the prompt has at "
+        f"least {at_least} tokens ({len(text)} characters). Please shorten the prompt.",
+        param=param)

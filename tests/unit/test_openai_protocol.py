@@ -37,7 +37,8 @@ MAX_MODEL_LEN = 64
 class CharTokenizer:
     """One token per character (id = code point); a chat template of ``<role>content``."""
 
-    chat_template = "char-template"
+    chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+                     "{% if add_generation_prompt %}<assistant>{% endif %}")
     vocab_size = 256
 
     def __len__(self) -> int:
@@ -51,11 +52,6 @@ class CharTokenizer:
 
     def convert_ids_to_tokens(self, token_ids) -> list[str]:
         return [chr(token_id) for token_id in token_ids]
-
-    def apply_chat_template(self, conversation, chat_template, add_generation_prompt, tokenize,
-                            **kwargs) -> str:
-        text = "".join(f"<{m['role']}>{m['content']}" for m in conversation)
-        return text + ("<assistant>" if add_generation_prompt else "")
 
 
 def _position(token_id: int, num_top: int) -> dict[int, Logprob]:

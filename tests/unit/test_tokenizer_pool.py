@@ -1,13 +1,17 @@
-"""--tokenizer-pool-size: with a pool, the handlers encode prompts and render chat templates on
-its threads, off the event loop, with the same results as inline; without one, inline."""
+"""--tokenizer-pool-size: the handlers encode prompts, render chat templates and decode on the
+pool's threads, never on the event loop; without a pool, on the loop's default executor; the
+default config has a pool."""
 
 from __future__ import annotations
 
 import threading
 
+import pytest
+
+from pagellm.config.model import ModelConfig
 from pagellm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest,
-                                                 ErrorResponse, TokenizeChatRequest,
-                                                 TokenizeCompletionRequest)
+                                                 DetokenizeRequest, ErrorResponse,
+                                                 TokenizeChatRequest, TokenizeCompletionRequest)
 from pagellm.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagellm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagellm.entrypoints.openai.serving_engine import (TOKENIZER_THREAD_PREFIX,
@@ -17,20 +21,24 @@ from tests.unit.test_openai_protocol import CharTokenizer, ScriptedEngine, run
 
 
 class ThreadRecordingTokenizer(CharTokenizer):
-    """CharTokenizer that notes the thread each encode / chat template call ran on."""
+    """CharTokenizer that notes the thread each encode, decode and chat template render (its
+    special_tokens_map is read once per render) ran on."""
 
     def __init__(self):
         self.threads: list[str] = []
+
+    @property
+    def special_tokens_map(self) -> dict:
+        self.threads.append(threading.current_thread().name)
+        return {}
 
     def encode(self, text, add_special_tokens=True):
         self.threads.append(threading.current_thread().name)
         return super().encode(text, add_special_tokens)
 
-    def apply_chat_template(self, conversation, chat_template, add_generation_prompt, tokenize,
-                            **kwargs):
+    def decode(self, token_ids):
         self.threads.append(threading.current_thread().name)
-        return super().apply_chat_template(conversation, chat_template, add_generation_prompt,
-                                           tokenize, **kwargs)
+        return super().decode(token_ids)
 
 
 def _engine() -> ScriptedEngine:
@@ -56,6 +64,7 @@ def _serve_all(engine, pool) -> list:
             await tokenization.tokenize(TokenizeChatRequest(messages=messages)),
             await completion.create_completion(CompletionRequest(prompt="", max_tokens=2),
                                                request_id="r3"),
+            await tokenization.detokenize(DetokenizeRequest(tokens=[104, 105])),
         ]
     return run(go())
 
@@ -67,26 +76,36 @@ def _comparable(results: list) -> list:
     return dumped
 
 
-def test_pool_size_zero_means_inline():
-    assert make_tokenizer_pool(0) is None
+def test_without_a_pool_nothing_runs_on_the_event_loop_thread():
     engine = _engine()
     _serve_all(engine, None)
     threads = engine.tokenizer.threads
-    assert len(threads) >= 5 and set(threads) == {threading.current_thread().name}
+    # 2 completion prompts, chat render + encode, /tokenize text, /tokenize chat render +
+    # encode, the empty prompt, /detokenize (the ScriptedEngine decodes nothing itself)
+    assert len(threads) == 9
+    assert threading.current_thread().name not in threads
+
+
+def test_default_config_tokenizes_off_the_loop_and_zero_is_refused():
+    assert ModelConfig().tokenizer_pool_size >= 1
+    with pytest.raises(ValueError, match="tokenizer_pool_size"):
+        ModelConfig(tokenizer_pool_size=0)
+    with pytest.raises(ValueError):
+        make_tokenizer_pool(0)
 
 
 def test_pool_tokenizes_on_its_threads_with_identical_results():
     inline_engine, pooled_engine = _engine(), _engine()
-    inline = _serve_all(inline_engine, None)
+    inline = _serve_all(inline_engine, None)     # on the default executor
     pool = make_tokenizer_pool(2)
     try:
         pooled = _serve_all(pooled_engine, pool)
     finally:
         pool.shutdown()
     assert _comparable(pooled) == _comparable(inline)
-    assert len(pooled_engine.tokenizer.threads) == len(inline_engine.tokenizer.threads) >= 5
+    assert len(pooled_engine.tokenizer.threads) == len(inline_engine.tokenizer.threads) == 9
     assert all(name.startswith(TOKENIZER_THREAD_PREFIX + "_")
                for name in pooled_engine.tokenizer.threads)
-    empty = pooled[-1]
+    empty = pooled[-2]
     assert isinstance(empty, ErrorResponse) and empty.error.code == 400
     assert empty.error.param == "prompt"

@@ -1,9 +1,9 @@
 """``pagellm serve [MODEL]``: the OpenAI-compatible HTTP server.
 
 Every engine argument is a flag (generated from the config dataclasses), plus the server's
-own: --host, --port, --api-key (or PAGELLM_API_KEY), --chat-template, --disable-log-requests,
---disable-log-stats, --drain-timeout. Exit status: 0 after a clean shutdown, 1 when the engine
-core died.
+own: --host, --port, --api-key (or PAGELLM_API_KEY), --chat-template,
+--trust-request-chat-template, --disable-log-requests, --disable-log-stats, --drain-timeout.
+Exit status: 0 after a clean shutdown, 1 when the engine core died.
 
 Shutdown (SIGTERM or SIGINT): the listening socket stays open while /health answers 503 (so a
 load balancer takes the server out) and new generation requests get 503; requests already in
@@ -41,6 +41,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
                              "(default: $PAGELLM_API_KEY)")
     server.add_argument("--chat-template", default=None,
                         help="a Jinja chat template, or a file holding one, for every chat request")
+    server.add_argument("--trust-request-chat-template", action="store_true",
+                        help="accept a chat_template sent in a request (chat and /tokenize); "
+                             "without it such requests get a 400. Every template renders in a "
+                             "Jinja sandbox with time, memory and size bounds either way")
     server.add_argument("--disable-log-requests", action="store_true", help="no per-request log line")
     server.add_argument("--disable-log-stats", action="store_true", help="no periodic stats log line")
     server.add_argument("--drain-timeout", type=float, default=30.0,
@@ -71,7 +75,8 @@ async def run_server(args: argparse.Namespace) -> int:
     engine = await AsyncLLM.from_engine_args(**engine_kwargs)
     settings = ServerSettings(api_key=args.api_key, max_body_bytes=args.max_body_bytes,
                               max_num_queued_requests=engine.config.scheduler.max_num_queued_requests,
-                              disable_log_requests=args.disable_log_requests)
+                              disable_log_requests=args.disable_log_requests,
+                              trust_request_chat_template=args.trust_request_chat_template)
     app = build_app(engine, settings, _chat_template(args.chat_template))
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
                             timeout_graceful_shutdown=_CLOSE_TIMEOUT_S, access_log=False)
@@ -94,8 +99,7 @@ async def run_server(args: argparse.Namespace) -> int:
             task.cancel()
         died = engine.errored
         await engine.shutdown()
-        if app.state.tokenizer_pool is not None:
-            app.state.tokenizer_pool.shutdown(wait=False, cancel_futures=True)
+        app.state.tokenizer_pool.shutdown(wait=False, cancel_futures=True)
     if died:
         logger.error("the engine core died: %s", engine.dead_error)
         return 1

@@ -44,6 +44,9 @@ class ServerSettings:
     max_header_bytes: int = 16 * 1024
     max_num_queued_requests: int | None = None
     disable_log_requests: bool = False
+    trust_request_chat_template: bool = False
+    """Let requests send their own chat_template (vLLM's --trust-request-chat-template); it
+    still renders in the bounded sandbox."""
 
 
 class _Guard:
@@ -119,6 +122,8 @@ def build_app(engine, settings: ServerSettings, chat_template: str | None = None
     tokenization = OpenAIServingTokenization(engine, tokenizer_pool=pool)
     if chat_template is not None:
         chat.chat_template = tokenization.chat_template = chat_template
+    chat.trust_request_chat_template = settings.trust_request_chat_template
+    tokenization.trust_request_chat_template = settings.trust_request_chat_template
     app.state.engine, app.state.metrics, app.state.draining = engine, metrics, False
     app.state.drain_task = None             # set by the server's shutdown signal handler
     app.state.num_admitting = 0             # admitted requests not yet in the engine (see drain)

@@ -405,6 +405,9 @@ class ChatCompletionRequest(_SamplingRequest):
     echo: bool = False
     """Start the reply with the last message's content when its role is the reply's role."""
     add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    """End the prompt inside the last (assistant) message so the reply continues it (vLLM's
+    extension); needs add_generation_prompt=false."""
     chat_template: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     chat_template_kwargs: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
@@ -632,6 +635,7 @@ class TokenizeChatRequest(OpenAIRequest):
     model: str | None = Field(None, max_length=1024)
     messages: list[ChatMessageParam] = Field(min_length=1, max_length=MAX_MESSAGES)
     add_generation_prompt: bool = True
+    continue_final_message: bool = False
     chat_template: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     return_token_strs: bool = False
     add_special_tokens: bool = False

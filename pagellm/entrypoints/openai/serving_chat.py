@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-from pagellm.engine.tokenizer import apply_chat_template
+from pagellm.engine.tokenizer import check_prompt_chars, render_chat_template
 from pagellm.entrypoints.openai.errors import check_model, error_from_exception, sse_event
 from pagellm.entrypoints.openai.protocol import (ChatCompletionLogProbs, ChatCompletionRequest,
                                                  ChatCompletionResponse,
@@ -18,13 +18,10 @@ from pagellm.entrypoints.openai.protocol import (ChatCompletionLogProbs, ChatCom
                                                  ChatCompletionStreamResponse, ChatMessage,
                                                  DeltaMessage, ErrorResponse)
 from pagellm.entrypoints.openai.serving_engine import (OpenAIServing, PromptState, chain_first,
-                                                       new_prompt_states)
+                                                       check_template_request, new_prompt_states)
 from pagellm.errors import ClientError
 from pagellm.outputs import CompletionOutput, RequestOutput
 
-# apply_chat_template's own arguments: a request's chat_template_kwargs may not set them.
-_RESERVED_TEMPLATE_KWARGS = frozenset({"conversation", "chat_template", "add_generation_prompt",
-                                       "tokenize", "tokenizer", "return_dict", "messages"})
 _CHUNK = "chat.completion.chunk"
 
 
@@ -32,21 +29,24 @@ class OpenAIServingChat(OpenAIServing):
     request_id_prefix = "chatcmpl"
     chat_template: str | None = None
     """The server's --chat-template; a request's own chat_template wins."""
+    trust_request_chat_template: bool = False
+    """--trust-request-chat-template: a request may send its own chat_template."""
 
     def render_prompt(self, request: ChatCompletionRequest) -> list[int]:
-        """The prompt token ids of the conversation; ClientError when it cannot be rendered."""
+        """The prompt token ids of the conversation (run off the event loop); ClientError when
+        it cannot be rendered, or its text certainly has more than max_model_len tokens."""
         if self.tokenizer is None:
             raise ClientError("chat needs a tokenizer; this server runs without one (use "
                               "/v1/completions with token ids)", param="messages")
-        kwargs = dict(request.chat_template_kwargs or {})
-        reserved = sorted(_RESERVED_TEMPLATE_KWARGS & kwargs.keys())
-        if reserved:
-            raise ClientError(f"chat_template_kwargs may not set {', '.join(reserved)}",
-                              param="chat_template_kwargs")
-        return apply_chat_template(self.tokenizer, request.message_dicts(),
-                                   add_generation_prompt=request.add_generation_prompt,
-                                   chat_template=request.chat_template or self.chat_template,
-                                   **kwargs)
+        kwargs = check_template_request(request.chat_template, request.chat_template_kwargs,
+                                        self.trust_request_chat_template)
+        text = render_chat_template(self.tokenizer, request.message_dicts(),
+                                    add_generation_prompt=request.add_generation_prompt,
+                                    chat_template=request.chat_template or self.chat_template,
+                                    continue_final_message=request.continue_final_message,
+                                    **kwargs)
+        check_prompt_chars(self.tokenizer, text, self.max_model_len, param="messages")
+        return self.tokenizer.encode(text, add_special_tokens=False)
 
     async def create_chat_completion(
             self, request: ChatCompletionRequest, request_id: str | None = None

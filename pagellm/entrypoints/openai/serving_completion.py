@@ -63,7 +63,8 @@ class OpenAIServingCompletion(OpenAIServing):
         prompt the model sees is no longer that text)."""
         prompts = []
         for prompt in request.prompts():
-            token_ids = self.tokenize_prompt(prompt, request.add_special_tokens)
+            token_ids = self.tokenize_prompt(prompt, request.add_special_tokens,
+                                             request.truncate_prompt_tokens is None)
             truncated = request.truncate(token_ids, self.max_model_len)
             text = prompt if isinstance(prompt, str) and truncated is token_ids else None
             prompts.append((text, truncated))

@@ -8,9 +8,12 @@ priority)`` -> async iterator of RequestOutput, plus ``tokenizer``, ``served_mod
 (non-streamed) response is the sum of its deltas, and token counts reach the metrics as they
 are generated rather than at the end.
 
-Tokenization (prompt encoding, chat template rendering) runs through ``off_loop``: on the
-handler's ``tokenizer_pool`` (a thread pool; HF fast tokenizers release the GIL while encoding)
-when it has one, so a long prompt does not stall every other stream; inline when it has none.
+Tokenization (prompt encoding, chat template rendering, decoding for /detokenize) always runs
+through ``off_loop``: on the handler's ``tokenizer_pool`` (``--tokenizer-pool-size`` threads; HF
+fast tokenizers release the GIL while encoding), or the event loop's default executor when it
+has none, so a long prompt or a slow template never stalls the other connections. A text
+prompt that certainly has too many tokens is refused before it is tokenized
+(``check_prompt_chars``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from pagellm.engine.tokenizer import check_prompt_chars
 from pagellm.entrypoints.openai.errors import SSE_DONE, error_from_exception, sse_event
 from pagellm.entrypoints.openai.protocol import (ChatCompletionLogProb, ChatCompletionLogProbs,
                                                  ChatCompletionLogProbsContent,
@@ -38,12 +42,57 @@ TOKENIZER_THREAD_PREFIX = "pagellm-tokenizer"
 _T = TypeVar("_T")
 
 
-def make_tokenizer_pool(pool_size: int) -> ThreadPoolExecutor | None:
-    """The pool that ``--tokenizer-pool-size`` asks for: None for 0 (tokenize inline on the
-    event loop), else ``pool_size`` threads named ``pagellm-tokenizer_<i>``."""
-    if pool_size <= 0:
-        return None
+def make_tokenizer_pool(pool_size: int) -> ThreadPoolExecutor:
+    """The pool that ``--tokenizer-pool-size`` asks for: ``pool_size`` (at least 1) threads
+    named ``pagellm-tokenizer_<i>``."""
+    if pool_size < 1:
+        raise ValueError(f"tokenizer pool size must be at least 1, got {pool_size}")
     return ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix=TOKENIZER_THREAD_PREFIX)
+
+
+def check_template_request(chat_template: str | None, template_kwargs: dict | None,
+                           trust_request_chat_template: bool) -> dict:
+    """The chat_template_kwargs a request may pass to the template (a copy); ClientError when
+    it sends its own chat_template to a server without ``--trust-request-chat-template``, or
+    kwargs that set the renderer's own arguments or hold anything but plain JSON data."""
+    if chat_template is not None and not trust_request_chat_template:
+        raise ClientError("this request sends its own chat_template, which this server refuses: "
+                          "start it with --trust-request-chat-template to allow request "
+                          "templates", param="chat_template")
+    kwargs = dict(template_kwargs or {})
+    reserved = sorted(RESERVED_TEMPLATE_KWARGS & kwargs.keys())
+    if reserved:
+        raise ClientError(f"chat_template_kwargs may not set {', '.join(reserved)}",
+                          param="chat_template_kwargs")
+    _check_plain_json(kwargs, "chat_template_kwargs", MAX_TEMPLATE_KWARGS_DEPTH)
+    return kwargs
+
+
+RESERVED_TEMPLATE_KWARGS = frozenset({
+    "conversation", "messages", "chat_template", "add_generation_prompt",
+    "continue_final_message", "tools", "documents", "tokenize", "tokenizer", "return_dict"})
+"""The renderer's own arguments: chat_template_kwargs may not set them."""
+MAX_TEMPLATE_KWARGS_DEPTH = 16
+
+
+def _check_plain_json(value: Any, param: str, depth: int) -> None:
+    """ClientError unless ``value`` is JSON data (str, number, bool, None, lists, dicts with
+    string keys) nested at most ``depth`` deep."""
+    if value is None or type(value) in (str, int, float, bool):
+        return
+    if depth <= 0:
+        raise ClientError(f"{param} is nested too deeply", param=param)
+    if type(value) is list:
+        for item in value:
+            _check_plain_json(item, param, depth - 1)
+    elif type(value) is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise ClientError(f"{param} keys must be strings", param=param)
+            _check_plain_json(item, param, depth - 1)
+    else:
+        raise ClientError(f"{param} values must be plain JSON data, got "
+                          f"{type(value).__name__}", param=param)
 
 
 @dataclass
@@ -102,8 +151,8 @@ class OpenAIServing:
                  max_model_len: int | None = None, max_logprobs: int | None = None,
                  metrics: Any = None, tokenizer_pool: Executor | None = None):
         """``metrics``: a ``pagellm.metrics.prometheus.PrometheusMetrics`` or None.
-        ``tokenizer_pool``: where ``off_loop`` runs tokenization (None: inline); the caller
-        owns it and shuts it down."""
+        ``tokenizer_pool``: where ``off_loop`` runs tokenization (None: the event loop's
+        default executor); the caller owns it and shuts it down."""
         self.engine = engine
         self.tokenizer_pool = tokenizer_pool
         self.served_model_name = served_model_name or engine.served_model_name
@@ -122,21 +171,22 @@ class OpenAIServing:
         return f"{self.request_id_prefix}-{request_id or uuid.uuid4().hex}"
 
     async def off_loop(self, function: Callable[..., _T], *args: Any) -> _T:
-        """``function(*args)`` on the tokenizer pool, or inline without one; its exception is
-        raised here either way."""
-        if self.tokenizer_pool is None:
-            return function(*args)
+        """``function(*args)`` on the tokenizer pool (the loop's default executor without
+        one), never on the event loop; its exception is raised here."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.tokenizer_pool, functools.partial(function, *args))
 
-    def tokenize_prompt(self, prompt: str | list[int], add_special_tokens: bool = True
-                        ) -> list[int]:
+    def tokenize_prompt(self, prompt: str | list[int], add_special_tokens: bool = True,
+                        check_length: bool = True) -> list[int]:
         """Token ids of a text or token-id prompt; ClientError for an empty prompt or text
-        without a tokenizer."""
+        without a tokenizer. ``check_length``: refuse a text certainly longer than the context
+        before encoding it (``check_prompt_chars``); off when the request truncates."""
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ClientError("this server has no tokenizer (skip_tokenizer_init): send the "
                                   "prompt as token ids", param="prompt")
+            if check_length:
+                check_prompt_chars(self.tokenizer, prompt, self.max_model_len)
             token_ids = list(self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens))
         else:
             token_ids = list(prompt)

@@ -8,7 +8,7 @@ from pagellm.entrypoints.openai.errors import check_model, error_from_exception
 from pagellm.entrypoints.openai.protocol import (DetokenizeRequest, DetokenizeResponse,
                                                  ErrorResponse, TokenizeChatRequest,
                                                  TokenizeCompletionRequest, TokenizeResponse)
-from pagellm.entrypoints.openai.serving_engine import OpenAIServing
+from pagellm.entrypoints.openai.serving_engine import OpenAIServing, check_template_request
 from pagellm.errors import ClientError
 
 
@@ -16,6 +16,8 @@ class OpenAIServingTokenization(OpenAIServing):
     request_id_prefix = "tokn"
     chat_template: str | None = None
     """The server's --chat-template (the one chat requests use); a request's own wins."""
+    trust_request_chat_template: bool = False
+    """--trust-request-chat-template: a request may send its own chat_template."""
 
     def _checked_tokenizer(self, model: str | None):
         check_model(model, self.served_model_name)
@@ -29,6 +31,9 @@ class OpenAIServingTokenization(OpenAIServing):
         """Token ids of a prompt, or of messages under the chat template."""
         try:
             tokenizer = self._checked_tokenizer(request.model)
+            if isinstance(request, TokenizeChatRequest):
+                check_template_request(request.chat_template, None,
+                                       self.trust_request_chat_template)
             token_ids = await self.off_loop(_token_ids, tokenizer, request, self.chat_template)
         except Exception as error:
             return error_from_exception(error)
@@ -42,15 +47,19 @@ class OpenAIServingTokenization(OpenAIServing):
         """The text of token ids; ClientError for an id outside the vocabulary."""
         try:
             tokenizer = self._checked_tokenizer(request.model)
-            vocab_size = len(tokenizer)
-            bad = [token_id for token_id in request.tokens if token_id >= vocab_size]
-            if bad:
-                raise ClientError(f"token id {bad[0]} is outside the vocabulary "
-                                  f"[0, {vocab_size})", param="tokens")
-            text = tokenizer.decode(list(request.tokens))
+            text = await self.off_loop(_decode, tokenizer, request.tokens)
         except Exception as error:
             return error_from_exception(error)
         return DetokenizeResponse(prompt=text)
+
+
+def _decode(tokenizer, token_ids: list[int]) -> str:
+    vocab_size = len(tokenizer)
+    bad = [token_id for token_id in token_ids if token_id >= vocab_size]
+    if bad:
+        raise ClientError(f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})",
+                          param="tokens")
+    return tokenizer.decode(list(token_ids))
 
 
 def _token_ids(tokenizer, request: TokenizeCompletionRequest | TokenizeChatRequest,
@@ -58,5 +67,6 @@ def _token_ids(tokenizer, request: TokenizeCompletionRequest | TokenizeChatReque
     if isinstance(request, TokenizeChatRequest):
         messages = [message.model_dump(exclude_none=True) for message in request.messages]
         return apply_chat_template(tokenizer, messages, request.add_generation_prompt,
-                                   request.chat_template or server_template)
+                                   request.chat_template or server_template,
+                                   request.continue_final_message)
     return tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
