@@ -60,7 +60,8 @@ def prepare_requests(config: EngineConfig, input_processor: InputProcessor,
     params = input_processor.validate(prompt_data, params)
     requests = input_processor.make_requests(request_id, prompt_data, params, arrival_time,
                                              priority)
-    output_processor.add_request(request_id, prompt_data, params, arrival_time)
+    output_processor.add_request(request_id, prompt_data, params, arrival_time,
+                                 max_tokens=requests[0].max_tokens)
     return requests
 
 
