@@ -3,10 +3,10 @@
     INFO 2026-11-30 12:00:00.123 api-server pagellm.server: Serving tiny on http://127.0.0.1:8000
     INFO 2026-11-30 12:00:01.456 engine-core pagellm.worker.worker: KV cache: ...
 
-``init_logging(process_label)`` installs it on the root logger (replacing handlers a library put
-there), routes uvicorn's loggers through it (uvicorn is started with ``log_config=None``), and
-quiets the HTTP client libraries, whose INFO line per request ("HTTP Request: POST ...") is
-noise in a terminal client.
+``init_logging(process_label)`` installs it on the root logger, routes uvicorn's loggers
+through it (uvicorn is started with ``log_config=None``), and quiets the HTTP client
+libraries, whose INFO line per request ("HTTP Request: POST ...") is noise in a terminal
+client.
 """
 
 from __future__ import annotations
@@ -30,13 +30,15 @@ def formatter(process_label: str) -> logging.Formatter:
 
 
 def init_logging(process_label: str = "pagellm", level: int = logging.INFO) -> None:
-    """Log to stderr in pagellm's format from ``level`` up; idempotent (a second call only
-    changes the label and level)."""
+    """Log to stderr in pagellm's format from ``level`` up; idempotent (a second call replaces
+    the handler an earlier call installed; handlers others installed stay)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(process_label))
+    handler.pagellm_handler = True
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if getattr(old, "pagellm_handler", False):
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
     for name in UVICORN_LOGGERS:       # through the root handler, not uvicorn's own

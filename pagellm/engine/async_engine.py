@@ -79,6 +79,16 @@ class AsyncLLM:
         return self.config.model.max_model_len
 
     @property
+    def num_gpu_blocks(self) -> int:
+        """KV-cache blocks on the engine's device (vLLM's name, CPU included)."""
+        return self.client.ready.num_blocks
+
+    @property
+    def num_cpu_blocks(self) -> int:
+        """CPU swap blocks (0 unless preemption_mode='swap')."""
+        return self.client.ready.num_swap_blocks
+
+    @property
     def num_unfinished_requests(self) -> int:
         return len(self._queues)
 
