@@ -148,12 +148,15 @@ async def run_server(args: argparse.Namespace, sock: socket.socket | None = None
             tasks.append(app.state.drain_task)
         for task in tasks:
             task.cancel()
-        died = engine.errored
+        # not errored yet when the core was killed a moment ago (its exit is reported late)
+        died = engine.dead_error or (None if engine.is_healthy() else
+                                     f"the engine core process exited (exit code "
+                                     f"{engine.client.process.exitcode})")
         await engine.shutdown()
         if app.state.tokenizer_pool is not None:
             app.state.tokenizer_pool.shutdown(wait=False, cancel_futures=True)
     if died:
-        logger.error("the engine core died: %s", engine.dead_error)
+        logger.error("the engine core died: %s", died)
         return 1
     return 0
 
