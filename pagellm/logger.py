@@ -17,7 +17,7 @@ import sys
 LOG_FORMAT = "%(levelname)s %(asctime)s.%(msecs)03d {label} %(name)s: %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
-QUIET_LOGGERS = ("httpx", "httpcore", "urllib3", "filelock")
+QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "urllib3", "filelock")
 """Libraries that log at INFO per request or per file; shown from WARNING up."""
 
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
