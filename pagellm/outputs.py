@@ -24,6 +24,8 @@ class RequestMetrics:
     last_token_time: float | None = None
     finished_time: float | None = None
     num_preemptions: int = 0
+    max_tokens_param: int | None = None
+    """The request's max_tokens, resolved (max_model_len - prompt length when unset)."""
 
     @property
     def time_in_queue(self) -> float | None:

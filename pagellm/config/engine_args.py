@@ -81,8 +81,10 @@ def create_engine_config(**kwargs) -> EngineConfig:
         speculative=configs[SpeculativeConfig], compilation=configs[CompilationConfig])
 
 
-def finalize_lengths(config: EngineConfig, model_max_len: int) -> EngineConfig:
-    """Fill max_model_len and max_num_batched_tokens once the model's limits are known."""
+def finalize_lengths(config: EngineConfig, model_max_len: int,
+                     device_type: str = "cuda") -> EngineConfig:
+    """Fill max_model_len and max_num_batched_tokens once the model's limits and the device
+    (``device_type``: "cpu" or "cuda", which picks the default budget) are known."""
     max_model_len = config.model.max_model_len or model_max_len
     if max_model_len > model_max_len:
         raise ClientError(
@@ -91,7 +93,7 @@ def finalize_lengths(config: EngineConfig, model_max_len: int) -> EngineConfig:
     sched = config.scheduler
     budget = sched.max_num_batched_tokens
     if budget is None:
-        budget = 8192 if sched.enable_chunked_prefill else max(max_model_len, 8192)
+        budget = sched.default_max_num_batched_tokens(max_model_len, device_type)
     if not sched.enable_chunked_prefill and budget < max_model_len:
         raise ClientError(
             f"max_num_batched_tokens={budget} is smaller than max_model_len={max_model_len}; "

@@ -5,12 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+DEFAULT_MAX_NUM_BATCHED_TOKENS = {"cuda": 8192, "cpu": 256}
+"""Per-platform step budgets with chunked prefill on (vLLM also picks them per platform)."""
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
     max_num_seqs: int = 256
     """Most requests running in one step."""
     max_num_batched_tokens: int | None = None
-    """Token budget of one step (default 8192 with chunked prefill, else max(max_model_len, 8192))."""
+    """Token budget of one step. Default with chunked prefill: 8192 on CUDA, 256 on CPU (a CPU
+    step costs about 2-10 ms per prompt token for the default 135M model, so a larger chunk
+    would stall every running stream for seconds behind one long prompt; measured in
+    benchmarks/RESULTS.md, 2026-11-30). Without chunked prefill: max(max_model_len, 8192), and
+    an explicit value must be >= max_model_len (a whole prompt runs in one step)."""
     enable_chunked_prefill: bool = True
     """Split long prompts across steps so decodes keep running; off = whole prompts only."""
     preemption_mode: str = "recompute"
@@ -22,6 +30,13 @@ class SchedulerConfig:
     """fcfs, or priority (lower value first; ties by arrival)."""
     max_num_queued_requests: int | None = None
     """Reject new requests once this many wait (server returns 503); None = unbounded."""
+
+    def default_max_num_batched_tokens(self, max_model_len: int, device_type: str) -> int:
+        """The budget when none was given (see ``max_num_batched_tokens``); ``device_type``
+        is the resolved platform, "cpu" or "cuda"."""
+        if not self.enable_chunked_prefill:
+            return max(max_model_len, DEFAULT_MAX_NUM_BATCHED_TOKENS["cuda"])
+        return DEFAULT_MAX_NUM_BATCHED_TOKENS[device_type]
 
     def __post_init__(self) -> None:
         from pagellm.config.checks import check_choice, check_range

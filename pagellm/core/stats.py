@@ -1,5 +1,9 @@
 """``EngineStats``: the engine core's counters after a step. One msgspec Struct serves the
-in-process engine and the ZMQ messages of the process split (no copy type to keep in sync)."""
+in-process engine and the ZMQ messages of the process split (no copy type to keep in sync).
+
+The engine-core process pushes one with every output batch, and a stats-only batch when the
+gauges change without a step producing outputs (a request scheduled, a request aborted): the API
+process keeps the latest, so ``/metrics`` and the periodic log line never wait on a step."""
 
 from __future__ import annotations
 
@@ -25,3 +29,14 @@ class EngineStats(msgspec.Struct, array_like=True):
     """Prompt tokens of the requests that produced their first token so far."""
     generation_tokens: int = 0
     """Tokens generated so far."""
+    iteration_tokens: list[int] = msgspec.field(default_factory=list)
+    """Tokens (prompt + generated) run by each forward pass since the previous pushed stats,
+    oldest first (vLLM's ``iteration_tokens_total`` histogram); empty in a ``stats()`` call's
+    answer and in a report sent before a step runs."""
+
+    def same_gauges(self, other: "EngineStats | None") -> bool:
+        """True when ``other`` shows the same running/waiting counts and KV usage."""
+        return other is not None and (self.num_running, self.num_waiting,
+                                      self.kv_cache_usage) == (other.num_running,
+                                                               other.num_waiting,
+                                                               other.kv_cache_usage)

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from pagellm.config.engine_args import EngineConfig
 from pagellm.engine.core_client import MPClient
@@ -50,7 +50,10 @@ class AsyncLLM:
         self.output_processor = OutputProcessor(tokenizer)
         # request id -> its outputs; an exception ends the generator with it, None quietly
         self._queues: dict[str, asyncio.Queue[RequestOutput | Exception | None]] = {}
-        self.last_stats: EngineStats | None = None      # as of the last step with outputs
+        self.last_stats: EngineStats | None = None
+        """The latest stats the core pushed (after each step, and when its gauges change)."""
+        self.stats_listeners: list[Callable[[EngineStats], None]] = []
+        """Called with every pushed EngineStats, in the output handler (keep them cheap)."""
         self.draining = False                            # set by drain(): no new requests
         self._handler = asyncio.create_task(self._handle_outputs(), name="pagellm-outputs")
 
@@ -74,6 +77,16 @@ class AsyncLLM:
     @property
     def max_model_len(self) -> int:
         return self.config.model.max_model_len
+
+    @property
+    def num_gpu_blocks(self) -> int:
+        """KV-cache blocks on the engine's device (vLLM's name, CPU included)."""
+        return self.client.ready.num_blocks
+
+    @property
+    def num_cpu_blocks(self) -> int:
+        """CPU swap blocks (0 unless preemption_mode='swap')."""
+        return self.client.ready.num_swap_blocks
 
     @property
     def num_unfinished_requests(self) -> int:
@@ -102,6 +115,11 @@ class AsyncLLM:
         """False once the core died or was shut down (cheap: no round trip)."""
         return not self.errored and self.client.process.is_alive()
 
+    def check_alive(self) -> None:
+        """EngineDeadError unless the core is running (cheap: no round trip); right after the
+        core process exits this already raises, before the exit is reported."""
+        self.client.raise_if_dead()
+
     async def check_health(self, timeout_s: float = 5.0) -> None:
         """A round trip to the core; raises EngineDeadError if it does not answer."""
         try:
@@ -110,7 +128,8 @@ class AsyncLLM:
             raise EngineDeadError(f"the engine core did not answer within {timeout_s} s") from None
 
     async def stats(self) -> EngineStats:
-        """Fresh stats from the core (a round trip)."""
+        """Fresh stats from the core (a round trip that waits for the current step to end;
+        ``last_stats`` and ``stats_listeners`` have the pushed ones without waiting)."""
         return await self.client.stats()
 
     # ---- requests -----------------------------------------------------------------------------
@@ -119,8 +138,7 @@ class AsyncLLM:
                        request_id: str | None = None, priority: int = 0
                        ) -> AsyncIterator[RequestOutput]:
         """Outputs of one prompt (see the module docstring for the contract)."""
-        if self.errored:
-            raise self.dead_error
+        self.check_alive()
         if self.draining:
             raise ServiceUnavailableError("the server is shutting down and starts no new requests")
         params = sampling_params if sampling_params is not None else SamplingParams()
@@ -170,7 +188,7 @@ class AsyncLLM:
         try:
             while True:
                 batch = await self.client.get_output()
-                self.last_stats = batch.stats
+                self._publish_stats(batch.stats)
                 core_outputs = [output_from_msg(message) for message in batch.outputs]
                 for start in range(0, len(core_outputs), OUTPUT_CHUNK_SIZE):
                     if start:
@@ -189,14 +207,26 @@ class AsyncLLM:
             self._fail_all(EngineDeadError(f"the output handler failed: {error!r}"))
             await self.client.shutdown()
 
+    def _publish_stats(self, stats: EngineStats) -> None:
+        self.last_stats = stats
+        for listener in self.stats_listeners:
+            try:
+                listener(stats)
+            except Exception:       # metrics must never stop the outputs
+                logger.exception("a stats listener failed")
+
     def _fail_all(self, error: EngineDeadError) -> None:
         for queue in self._queues.values():
             queue.put_nowait(error)
 
-    async def drain(self, timeout_s: float) -> list[str]:
+    async def drain(self, timeout_s: float, drain_timeout_s: float | None = None) -> list[str]:
         """Take no new requests (``generate`` raises ServiceUnavailableError), wait up to
         ``timeout_s`` for the in-flight ones to finish, then abort the rest: their generators
-        raise ServiceUnavailableError. Returns the aborted ids."""
+        raise ServiceUnavailableError, whose message names ``drain_timeout_s`` (the configured
+        timeout, when the caller already spent part of it; default ``timeout_s``). Returns the
+        aborted ids."""
+        if drain_timeout_s is None:
+            drain_timeout_s = timeout_s
         self.draining = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -210,7 +240,7 @@ class AsyncLLM:
             if queue is not None:   # behind a final output already queued, it is never read
                 queue.put_nowait(ServiceUnavailableError(
                     f"the server shut down before this request finished (drain timeout "
-                    f"{timeout_s:g} s)"))
+                    f"{drain_timeout_s:g} s)"))
         return aborted
 
     async def shutdown(self, timeout_s: float = 10.0) -> None:

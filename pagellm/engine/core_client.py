@@ -8,9 +8,11 @@ import itertools
 import multiprocessing
 import os
 import shutil
+import stat
 import tempfile
 import time
 import weakref
+from pathlib import Path
 
 import zmq
 import zmq.asyncio
@@ -24,7 +26,7 @@ from pagellm.engine.engine_core import EngineCore
 from pagellm.engine.messages import (AbortRequests, EngineCoreOutputs, EngineDead, EngineReady,
                                      UtilityCall, UtilityResult, core_message_decoder, encoder,
                                      request_to_msg)
-from pagellm.errors import ClientError, EngineDeadError
+from pagellm.errors import ClientError, EngineDeadError, ServerError
 
 EXIT_GRACE_S = 0.5      # after the core process exits, how long its EngineDead may take to arrive
 
@@ -86,7 +88,7 @@ class MPClient:
         """Spawn the core and wait for its ready message. Raises ClientError when the core
         rejected the config at start-up, EngineDeadError when it failed otherwise, exited,
         or was not ready within ``startup_timeout_s`` (the process is then stopped)."""
-        socket_dir = tempfile.mkdtemp(prefix="pagellm-")    # mode 0700: only this user
+        socket_dir = make_socket_dir()
         input_address = f"ipc://{os.path.join(socket_dir, 'input')}"
         output_address = f"ipc://{os.path.join(socket_dir, 'output')}"
         context = zmq.asyncio.Context()
@@ -163,11 +165,20 @@ class MPClient:
         self._set_dead("the engine was shut down")
         self._close(kill=True)
 
+    def raise_if_dead(self) -> None:
+        """EngineDeadError when the core died, was shut down, or its process has exited, even
+        in the moment before that exit is reported (EXIT_GRACE_S): nothing sent to a core that
+        is gone would ever be answered."""
+        if self.dead_error is not None:
+            raise self.dead_error
+        if not self.process.is_alive():
+            raise EngineDeadError(f"the engine core process exited (exit code "
+                                  f"{self.process.exitcode})")
+
     # ---- internals ----------------------------------------------------------------------------
 
     async def _send(self, message) -> None:
-        if self.dead_error is not None:
-            raise self.dead_error
+        self.raise_if_dead()
         await self.input_socket.send(encoder.encode(message), copy=False)
 
     async def _call(self, method: str) -> UtilityResult:
@@ -231,6 +242,59 @@ class MPClient:
         self.context.term()
         if kill:
             self._finalizer()
+
+
+SOCKET_DIR_PREFIX = "ipc-"
+
+
+def socket_root() -> Path:
+    """The directory holding every server's socket directory: ``$XDG_RUNTIME_DIR/pagellm``
+    when that is set, else ``<tmp>/pagellm-<uid>``; created mode 0700 and owned by this user
+    (ServerError otherwise, e.g. another user created it first to read our sockets)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        root = Path(runtime) / "pagellm"
+    else:
+        root = Path(tempfile.gettempdir()) / f"pagellm-{os.getuid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    info = root.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise ServerError(f"{root} is not a directory owned by this user; remove it or set "
+                          "XDG_RUNTIME_DIR to a private directory")
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        root.chmod(0o700)
+    return root
+
+
+def make_socket_dir() -> str:
+    """A new private directory (mode 0700) for this process's ipc:// sockets, named
+    ``ipc-<pid>-<random>`` under ``socket_root()``; first removes those left behind by
+    processes that are gone (an API server killed with SIGKILL cannot clean up)."""
+    root = socket_root()
+    remove_stale_socket_dirs(root)
+    return tempfile.mkdtemp(prefix=f"{SOCKET_DIR_PREFIX}{os.getpid()}-", dir=root)
+
+
+def remove_stale_socket_dirs(root: Path) -> list[Path]:
+    """Remove the socket directories in ``root`` whose owning process is dead; returns them.
+    Directories of live processes, and names not ours, are left alone."""
+    removed = []
+    for path in root.glob(f"{SOCKET_DIR_PREFIX}*-*"):
+        owner = path.name[len(SOCKET_DIR_PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and not _pid_alive(int(owner)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:         # alive, another user's
+        return True
+    return True
 
 
 def _kill_process(process: multiprocessing.Process, socket_dir: str) -> None:

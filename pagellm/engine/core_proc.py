@@ -32,7 +32,9 @@ from pagellm.engine.messages import (AbortRequests, EngineCoreOutputs, EngineCor
                                      EngineDead, EngineReady, UtilityCall, UtilityResult,
                                      client_message_decoder, encoder, output_to_msg,
                                      request_from_msg)
+from pagellm.core.stats import EngineStats
 from pagellm.errors import ClientError
+from pagellm.logger import init_logging
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +59,14 @@ class EngineCoreProc:
         self.input_socket = input_socket
         self.output_socket = output_socket
         self.parent_pid = os.getppid()
+        self.last_pushed: EngineStats | None = None
+        self.iteration_tokens: list[int] = []     # per forward pass, since the last push
+        engine_core.on_scheduled = self._push_stats_if_changed
 
     def run_busy_loop(self) -> None:
         """Returns on a shutdown call; raises _ParentGone when the API process is gone, and
-        whatever a step raises."""
+        whatever a step raises. Pushes the outputs and stats of every step that ran a forward
+        pass (see ``core.stats``), and stats alone when the gauges changed otherwise."""
         while True:
             try:
                 self._drain_input()
@@ -68,10 +74,36 @@ class EngineCoreProc:
                 return
             if self.parent_pid != os.getppid():
                 raise _ParentGone
-            outputs = self.engine_core.step() if self.engine_core.has_unfinished_requests() else []
-            if outputs:
-                self._send(EngineCoreOutputs([output_to_msg(o) for o in outputs],
-                                             self.engine_core.stats(), time.time()))
+            if not self.engine_core.has_unfinished_requests():
+                self._push_stats_if_changed()       # e.g. the last request was aborted
+                continue
+            num_steps = self.engine_core.num_steps
+            outputs = self._step()
+            if self.engine_core.num_steps != num_steps:
+                self.iteration_tokens.append(self.engine_core.last_step_num_tokens)
+            if outputs or self.iteration_tokens:
+                self._push(outputs)
+
+    def _step(self):
+        """One engine step; a failure names the requests it was running."""
+        try:
+            return self.engine_core.step()
+        except Exception:
+            running = [request.request_id for request in self.engine_core.scheduler.running]
+            logger.error("the step failed while running requests %s", running)
+            raise
+
+    def _push(self, outputs) -> None:
+        stats = self.engine_core.stats()
+        stats.iteration_tokens, self.iteration_tokens = self.iteration_tokens, []
+        self.last_pushed = stats
+        self._send(EngineCoreOutputs([output_to_msg(o) for o in outputs], stats, time.time()))
+
+    def _push_stats_if_changed(self) -> None:
+        """A stats-only push when running/waiting/KV usage moved since the last push (cheap:
+        three numbers compared), so the API process shows a long step's batch during it."""
+        if not self.engine_core.stats().same_gauges(self.last_pushed):
+            self._push([])
 
     def _drain_input(self) -> None:
         """Handle every queued message; block (up to IDLE_POLL_MS) only when there is no work."""
@@ -86,7 +118,9 @@ class EngineCoreProc:
         if isinstance(message, EngineCoreRequest):
             core.add_request(request_from_msg(message))
         elif isinstance(message, AbortRequests):
-            core.abort_requests(message.request_ids)
+            aborted = core.abort_requests(message.request_ids)
+            if aborted:
+                logger.info("aborted requests %s", ", ".join(aborted))
         elif isinstance(message, UtilityCall):
             self._handle_utility(message)
 
@@ -118,7 +152,7 @@ def run_engine_core(config_json: bytes, input_address: str, output_address: str)
     """Entry point of the spawned process; exits with the code documented above."""
     # Ctrl-C reaches the whole process group: the API process decides how to shut down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s engine-core %(message)s")
+    init_logging("engine-core")
     context = zmq.Context()
     output_socket = context.socket(zmq.PUSH)
     output_socket.setsockopt(zmq.SNDTIMEO, IDLE_POLL_MS)
@@ -131,16 +165,19 @@ def run_engine_core(config_json: bytes, input_address: str, output_address: str)
     try:
         engine_core = _build_engine_core(config_json)
         vocab_size = engine_core.executor.worker.model.vocab_size
-        _send(output_socket, EngineReady(vocab_size, engine_core.num_blocks, os.getpid()),
-              parent_pid)
+        _send(output_socket, EngineReady(vocab_size, engine_core.num_blocks, os.getpid(),
+                                         engine_core.num_swap_blocks), parent_pid)
         EngineCoreProc(engine_core, input_socket, output_socket).run_busy_loop()
     except _ParentGone:
         logger.warning("engine core: the API process is gone; exiting")
     except Exception as error:      # reported to the client, then exit 1
         exit_code = 1
-        logger.error("engine core failed: %s", error, exc_info=True)
-        dead = EngineDead(f"{type(error).__name__}: {error}", traceback.format_exc(),
-                          client_error=isinstance(error, ClientError) and engine_core is None)
+        client_error = isinstance(error, ClientError) and engine_core is None
+        # A config the machine cannot serve (the KV cache does not fit) is the user's to fix:
+        # one line, here and in the API process; anything else is a bug worth its traceback.
+        logger.error("engine core failed: %s", error, exc_info=not client_error)
+        dead = EngineDead(f"{type(error).__name__}: {error}" if not client_error else str(error),
+                          "" if client_error else traceback.format_exc(), client_error=client_error)
         try:
             _send(output_socket, dead, parent_pid)
         except _ParentGone:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -37,7 +38,11 @@ class InjectedFault(RuntimeError):
 
 def model_dtype(platform: Platform, config: EngineConfig, hf_config) -> torch.dtype:
     """The dtype the model runs in: the configured one, or the checkpoint's under 'auto'."""
-    checkpoint_dtype = getattr(hf_config, "torch_dtype", None) or getattr(hf_config, "dtype", None)
+    # ``dtype`` first: transformers >= 4.56 warns on every read of the deprecated
+    # ``torch_dtype`` attribute; configs from older releases only have ``torch_dtype``.
+    checkpoint_dtype = getattr(hf_config, "dtype", None)
+    if checkpoint_dtype is None and "torch_dtype" in getattr(hf_config, "__dict__", {}):
+        checkpoint_dtype = hf_config.__dict__["torch_dtype"]
     if isinstance(checkpoint_dtype, str):
         checkpoint_dtype = getattr(torch, checkpoint_dtype, None)
     return platform.resolve_dtype(config.model.dtype, checkpoint_dtype)
@@ -54,9 +59,15 @@ class EngineCore:
         self.scheduler = Scheduler(config.scheduler, config.cache, config.model.max_model_len,
                                    num_blocks, num_swap_blocks)
         self.num_blocks = num_blocks
+        self.num_swap_blocks = num_swap_blocks
         self.num_steps = 0
         self.num_prompt_tokens = 0
         self.num_generation_tokens = 0
+        self.last_step_num_tokens = 0
+        """Tokens (prompt + generated) the last forward pass ran."""
+        self.on_scheduled: Callable[[], None] | None = None
+        """Called after each step is scheduled, before its forward pass (the engine-core
+        process pushes the new gauges from here, so they show during a long step)."""
         self._fault_step = int(os.environ.get(FAULT_INJECT_ENV) or 0)   # test-only, 0 = off
         self._step_delay_s = float(os.environ.get(SLOW_STEP_ENV) or 0)  # test-only, 0 = off
 
@@ -75,6 +86,8 @@ class EngineCore:
         if sched.is_empty and not sched.finished_req_ids and not sched.blocks_to_swap_out:
             return []
         self._count_prompt_tokens(sched)
+        if self.on_scheduled is not None:
+            self.on_scheduled()
         if self._fault_step and self.num_steps + 1 == self._fault_step:
             raise InjectedFault(f"{FAULT_INJECT_ENV}={self._fault_step}: forward pass "
                                 f"{self._fault_step} fails on purpose")
@@ -82,6 +95,7 @@ class EngineCore:
             time.sleep(self._step_delay_s)
         runner_output = self.executor.execute_model(sched)
         self.num_steps += 1
+        self.last_step_num_tokens = sched.total_num_scheduled_tokens
         self.num_generation_tokens += len(runner_output.sampled_token_ids)
         return self.scheduler.update_from_output(sched, runner_output)
 

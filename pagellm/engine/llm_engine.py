@@ -21,6 +21,7 @@ from pagellm.errors import ClientError
 from pagellm.models.default_model import resolve_model_path
 from pagellm.models.hf_config import load_hf_config
 from pagellm.outputs import RequestOutput
+from pagellm.platforms import current_platform
 from pagellm.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ def resolve_config(**kwargs) -> tuple[EngineConfig, object]:
     tokenizer_path = config.model.tokenizer or model_path
     config = dataclasses.replace(config, model=dataclasses.replace(
         config.model, model=model_path, tokenizer=tokenizer_path, served_model_name=served))
-    return finalize_lengths(config, hf_config.max_position_embeddings), hf_config
+    device_type = current_platform(config.parallel.device).name
+    return finalize_lengths(config, hf_config.max_position_embeddings, device_type), hf_config
 
 
 def load_frontend_tokenizer(config: EngineConfig, hf_config) -> tuple[object | None, list[int]]:
@@ -65,7 +67,8 @@ def register_requests(config: EngineConfig, input_processor: InputProcessor,
         raise ClientError(f"request id {request_id!r} is already in use", param="request_id")
     requests = input_processor.make_requests(request_id, prompt_data, params, arrival_time,
                                              priority)
-    output_processor.add_request(request_id, prompt_data, params, arrival_time)
+    output_processor.add_request(request_id, prompt_data, params, arrival_time,
+                                 max_tokens=requests[0].max_tokens)
     return requests
 
 

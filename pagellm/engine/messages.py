@@ -119,6 +119,7 @@ class EngineReady(msgspec.Struct, tag="ready", array_like=True):
     vocab_size: int
     num_blocks: int
     pid: int
+    num_swap_blocks: int = 0        # CPU swap blocks (0 unless preemption_mode='swap')
 
 
 class EngineDead(msgspec.Struct, tag="dead", array_like=True):

@@ -56,14 +56,16 @@ class OutputProcessor:
         self.core_to_parent: dict[str, str] = {}
 
     def add_request(self, request_id: str, prompt: ProcessedPrompt, params: SamplingParams,
-                    arrival_time: float) -> None:
+                    arrival_time: float, max_tokens: int | None = None) -> None:
+        """Track a validated request; ``max_tokens``: its resolved limit, kept in its metrics."""
         ids = [request_id] if params.n == 1 else [child_request_id(request_id, i)
                                                  for i in range(params.n)]
         completions = {core_id: _Completion(index, self._detokenizer(prompt, params),
                                             logprobs=[] if params.logprobs is not None else None,
                                             cumulative_logprob=0.0 if params.logprobs is not None else None)
                        for index, core_id in enumerate(ids)}
-        state = _RequestState(request_id, prompt, params, completions, RequestMetrics(arrival_time))
+        state = _RequestState(request_id, prompt, params, completions,
+                              RequestMetrics(arrival_time, max_tokens_param=max_tokens))
         if params.prompt_logprobs is not None:
             state.prompt_logprobs = [None]
         self.requests[request_id] = state

@@ -6,8 +6,10 @@ Counters are declared without the ``_total`` suffix; prometheus_client adds it, 
 vLLM's exposition (``vllm:prompt_tokens_total``).
 
 Feeding: the API server calls ``observe_tokens`` as outputs arrive, ``observe_finished`` once
-per finished request, and ``update_from_stats`` with the engine's ``stats()`` (before each
-scrape and periodically); ``render`` gives the text exposition for GET /metrics.
+per finished request, and ``update_from_stats`` with every EngineStats the engine core pushes
+(``AsyncLLM.stats_listeners``: no scrape ever waits on an engine step); ``render`` gives the
+text exposition for GET /metrics, which also carries the process collector's ``process_*``
+series and the HTTP series ``observe_http`` feeds. No ``*_created`` series (as vLLM).
 """
 
 from __future__ import annotations
@@ -16,18 +18,24 @@ import copy
 from dataclasses import dataclass
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
-                               generate_latest)
+                               ProcessCollector, disable_created_metrics, generate_latest)
 
 from pagellm.core.stats import EngineStats
 from pagellm.outputs import RequestOutput
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
+disable_created_metrics()       # a process-wide switch of prometheus_client
+
 # vLLM's buckets (vllm/v1/metrics/loggers.py).
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
                 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
 TOKEN_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
                          2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+ITERATION_TOKENS_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+PARAMS_N_BUCKETS = (1, 2, 5, 10, 20)
+HTTP_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                        60.0, 120.0, 300.0)
 REQUEST_LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0,
                            50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
 
@@ -42,6 +50,23 @@ def buckets_1_2_5(max_value: int) -> list[int]:
                 return buckets
             buckets.append(value)
         exponent += 1
+
+
+CACHE_CONFIG_LABELS = ("block_size", "num_gpu_blocks", "num_cpu_blocks", "cache_dtype",
+                       "enable_prefix_caching", "gpu_memory_utilization", "kv_cache_memory_bytes",
+                       "swap_space_bytes")
+
+
+def cache_config_labels(cache_config, num_gpu_blocks: int, num_cpu_blocks: int) -> dict[str, str]:
+    """The ``vllm:cache_config_info`` labels of a CacheConfig and the block counts the engine
+    allocated (``num_gpu_blocks`` is the device's, CPU included, as vLLM names it)."""
+    kv_bytes = cache_config.kv_cache_memory_bytes
+    return {"block_size": str(cache_config.block_size), "num_gpu_blocks": str(num_gpu_blocks),
+            "num_cpu_blocks": str(num_cpu_blocks), "cache_dtype": cache_config.kv_cache_dtype,
+            "enable_prefix_caching": str(cache_config.enable_prefix_caching),
+            "gpu_memory_utilization": str(cache_config.gpu_memory_utilization),
+            "kv_cache_memory_bytes": "None" if kv_bytes is None else str(kv_bytes),
+            "swap_space_bytes": str(int(cache_config.swap_space * 1024**3))}
 
 
 @dataclass
@@ -68,6 +93,8 @@ class PrometheusMetrics:
         self._seen_engine_totals: dict[str, int] = {}
         self._build_gauges_and_counters()
         self._build_histograms(max_model_len)
+        self._build_http_metrics()
+        ProcessCollector(registry=self.registry)    # process_cpu_seconds_total, memory, fds
 
     def _labelled(self, cls, name: str, documentation: str, **kwargs):
         metric = cls(name, documentation, labelnames=["model_name"], registry=self.registry,
@@ -99,6 +126,19 @@ class PrometheusMetrics:
         self.request_success = Counter(
             "vllm:request_success", "Count of successfully processed requests.",
             labelnames=["model_name", "finished_reason"], registry=self.registry)
+        self.cache_config_info = Gauge(
+            "vllm:cache_config_info", "Information of the KV cache config (labels; value 1).",
+            labelnames=list(CACHE_CONFIG_LABELS), registry=self.registry)
+
+    def _build_http_metrics(self) -> None:
+        labels = ["method", "handler", "status"]
+        self.http_requests = Counter(
+            "http_requests", "HTTP requests by method, route and status code.", labels,
+            registry=self.registry)
+        self.http_request_duration = Histogram(
+            "http_request_duration_seconds", "HTTP request latency in seconds, until the "
+            "response (a whole stream included) is sent.", labels,
+            buckets=HTTP_LATENCY_BUCKETS, registry=self.registry)
 
     def _build_histograms(self, max_model_len: int) -> None:
         self.time_to_first_token = self._labelled(
@@ -123,6 +163,15 @@ class PrometheusMetrics:
         self.request_decode_time = self._labelled(
             Histogram, "vllm:request_decode_time_seconds",
             "Histogram of time spent in DECODE phase for request.", **latency)
+        self.request_inference_time = self._labelled(
+            Histogram, "vllm:request_inference_time_seconds",
+            "Histogram of time spent in RUNNING phase for request.", **latency)
+        self.iteration_tokens = self._labelled(
+            Histogram, "vllm:iteration_tokens_total",
+            "Histogram of number of tokens per engine_step.", buckets=ITERATION_TOKENS_BUCKETS)
+        self.request_params_n = self._labelled(
+            Histogram, "vllm:request_params_n", "Histogram of the n request parameter.",
+            buckets=PARAMS_N_BUCKETS)
         token_buckets = {"buckets": buckets_1_2_5(max_model_len)}
         self.request_prompt_tokens = self._labelled(
             Histogram, "vllm:request_prompt_tokens",
@@ -130,6 +179,21 @@ class PrometheusMetrics:
         self.request_generation_tokens = self._labelled(
             Histogram, "vllm:request_generation_tokens",
             "Number of generation tokens processed.", **token_buckets)
+        self.request_params_max_tokens = self._labelled(
+            Histogram, "vllm:request_params_max_tokens",
+            "Histogram of the max_tokens request parameter.", **token_buckets)
+
+    def set_cache_config_info(self, labels: dict[str, str]) -> None:
+        """``vllm:cache_config_info``: one series set to 1 whose labels are ``labels``
+        (``cache_config_labels``)."""
+        self.cache_config_info.clear()
+        self.cache_config_info.labels(**labels).set(1)
+
+    def observe_http(self, method: str, handler: str, status: int, duration_s: float) -> None:
+        """One HTTP request: ``handler`` is the route's path template (a bounded label set)."""
+        labels = {"method": method, "handler": handler, "status": str(status)}
+        self.http_requests.labels(**labels).inc()
+        self.http_request_duration.labels(**labels).observe(duration_s)
 
     def observe_tokens(self, num_prompt_tokens: int = 0, num_generation_tokens: int = 0,
                        inter_token_latency: float | None = None) -> None:
@@ -157,14 +221,19 @@ class PrometheusMetrics:
                                         finished_reason=choice.finish_reason or "abort").inc()
         self.request_prompt_tokens.observe(len(output.prompt_token_ids))
         self.request_generation_tokens.observe(num_generation_tokens)
+        self.request_params_n.observe(len(output.outputs))
         metrics = output.metrics
         if metrics is None:
             return
+        if metrics.max_tokens_param is not None:
+            self.request_params_max_tokens.observe(metrics.max_tokens_param)
         if metrics.time_in_queue is not None:
             self.request_queue_time.observe(metrics.time_in_queue)
         end = metrics.finished_time or metrics.last_token_time
         if end is not None:
             self.e2e_request_latency.observe(end - metrics.arrival_time)
+            if metrics.first_scheduled_time is not None:
+                self.request_inference_time.observe(end - metrics.first_scheduled_time)
         first, last = metrics.first_token_time, metrics.last_token_time
         if first is None:
             return
@@ -178,9 +247,12 @@ class PrometheusMetrics:
                 self.time_per_output_token.observe((last - first) / (tokens_per_choice - 1))
 
     def update_from_stats(self, stats: EngineStats) -> None:
-        """The engine's ``stats()``: num_running, num_waiting and kv_cache_usage (0..1) set the
+        """Stats the engine pushed: num_running, num_waiting and kv_cache_usage (0..1) set the
         gauges; num_preemptions, prefix_cache_queries and prefix_cache_hits are the engine's
-        totals since it started, and the counters advance by what they grew."""
+        totals since it started, and the counters advance by what they grew; each entry of
+        iteration_tokens is one step's token count."""
+        for num_tokens in stats.iteration_tokens:
+            self.iteration_tokens.observe(num_tokens)
         totals = self.totals
         totals.num_requests_running = stats.num_running
         totals.num_requests_waiting = stats.num_waiting

@@ -17,7 +17,6 @@ import math
 import os
 import time
 from collections.abc import Callable
-from typing import Any
 
 from pagellm.errors import ClientError
 from pagellm.metrics.prometheus import MetricTotals, PrometheusMetrics
@@ -80,14 +79,10 @@ class StatsLogger:
         self.last_totals, self.last_time = current, now
         return line
 
-    async def run(self, engine: Any) -> None:
-        """Every ``interval_s``: read ``engine.stats()`` into the metrics and log the line;
-        until cancelled. A failing ``stats()`` is logged and retried next interval."""
+    async def run(self) -> None:
+        """Log the line every ``interval_s`` until cancelled. The numbers are those the
+        metrics already hold (the engine pushes its stats each step), so a long engine step
+        never delays the line."""
         while True:
             await asyncio.sleep(self.interval_s)
-            try:
-                self.metrics.update_from_stats(await engine.stats())
-            except Exception as error:   # the log line must not take the server down
-                logger.warning("could not read the engine's stats: %s", error)
-                continue
             self.log()

@@ -65,10 +65,14 @@ class Worker:
                 f"of {cache.block_size}, {budget / GiB:.2f} GiB) but max_model_len={max_model_len} "
                 "needs more: lower max_model_len, or raise kv_cache_memory_bytes / "
                 "gpu_memory_utilization", param="max_model_len")
+        # Swap space is reserved only under preemption_mode='swap' (EngineCore drops it
+        # otherwise), so only then does the line mention it.
+        swap = (f"; swap space: {num_swap_blocks} blocks"
+                if self.config.scheduler.preemption_mode == "swap" else "")
         logger.info("KV cache: %d blocks (%d tokens, %.2f GiB); maximum concurrency for "
-                    "%d tokens per request: %.2fx; swap space: %d blocks", num_blocks,
-                    num_blocks * cache.block_size, num_blocks * per_block / GiB, max_model_len,
-                    num_blocks * cache.block_size / max_model_len, num_swap_blocks)
+                    "%d tokens per request: %.2fx%s", num_blocks, num_blocks * cache.block_size,
+                    num_blocks * per_block / GiB, max_model_len,
+                    num_blocks * cache.block_size / max_model_len, swap)
         return num_blocks, num_swap_blocks
 
     def _cuda_kv_budget(self) -> int:

@@ -23,16 +23,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model_dir, *extra: str, env_extra: dict | None = None, log_stats: bool = False
-                 ) -> tuple[subprocess.Popen, str]:
+SERVE_COMMAND = ("-m", "pagellm.entrypoints.cli.main", "serve")
+"""The default launch: ``python -m pagellm.entrypoints.cli.main serve`` (= ``pagellm serve``)."""
+
+
+def start_server(model_dir, *extra: str, env_extra: dict | None = None, log_stats: bool = False,
+                 launch: tuple[str, ...] = SERVE_COMMAND) -> tuple[subprocess.Popen, str]:
     """Serve ``model_dir`` as model "tiny" (256-token context, 16 MiB KV cache) plus ``extra``
-    flags (and --disable-log-stats unless ``log_stats``). Raises RuntimeError, with the
-    server's output, when it exits or never gets healthy."""
+    flags (and --disable-log-stats unless ``log_stats``), started as ``python *launch --model
+    DIR ...``. Raises RuntimeError, with the server's output, when it exits or never gets
+    healthy."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.getcwd(), **(env_extra or {})}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pagellm.entrypoints.cli.main", "serve", str(model_dir),
-         "--port", str(port), "--kv-cache-memory-bytes", str(16 * 2**20), "--max-model-len", "256",
+        [sys.executable, *launch, "--model", str(model_dir), "--port", str(port), "--kv-cache-memory-bytes", str(16 * 2**20), "--max-model-len", "256",
          "--served-model-name", "tiny", *([] if log_stats else ["--disable-log-stats"]), *extra],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"

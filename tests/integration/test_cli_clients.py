@@ -74,3 +74,19 @@ def test_unreachable_server_exits_1_with_a_message(command, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith(f"pagellm {command}: error: cannot reach the server at {url}")
+
+
+def test_chat_prints_no_http_client_log_lines(url):
+    """The httpx/httpcore INFO line per request ("HTTP Request: POST ...") is noise."""
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pagellm", "chat", "--url", url, "--api-key", API_KEY,
+         *_greedy("-q", "hi")], env={**os.environ, "PYTHONPATH": os.getcwd()},
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    assert "HTTP Request:" not in result.stderr and "httpx" not in result.stderr
+

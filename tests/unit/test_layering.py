@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pagellm
 
-BASE = {"config", "errors", "sampling_params", "outputs"}
+BASE = {"config", "errors", "sampling_params", "outputs", "logger"}
 ALLOWED = {
-    "config": BASE, "errors": BASE, "sampling_params": BASE, "outputs": BASE,
+    "config": BASE, "errors": BASE, "sampling_params": BASE, "outputs": BASE, "logger": BASE,
     "platforms": BASE,
     "ops": BASE | {"platforms"},
     "layers": BASE | {"ops", "platforms"},
@@ -29,6 +29,7 @@ ALLOWED = {
     "tuning": BASE | {"__init__", "engine", "bench"},
     "entrypoints": BASE | {"__init__", "engine", "bench", "tuning", "metrics", "models"},
     "__init__": BASE | {"engine"},
+    "__main__": BASE | {"entrypoints"},
 }
 ENGINE_FORBIDDEN = {"worker"}
 

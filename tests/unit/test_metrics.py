@@ -103,6 +103,57 @@ def test_update_from_stats_sets_gauges_and_advances_counters_by_growth():
     assert metrics.totals.num_requests_running == 1 and metrics.totals.kv_cache_usage == 0.5
 
 
+def test_no_created_series_and_process_metrics_present():
+    text = PrometheusMetrics("m").render().decode()
+    assert "_created" not in text
+    assert "process_cpu_seconds_total" in text and "process_resident_memory_bytes" in text
+
+
+def test_iteration_tokens_histogram_observes_each_pushed_step():
+    metrics = PrometheusMetrics("m")
+    value = metrics.registry.get_sample_value
+    stats = EngineStats(num_running=1, num_waiting=0, kv_cache_usage=0.1, num_preemptions=0,
+                        prefix_cache_queries=0, prefix_cache_hits=0, num_steps=2,
+                        iteration_tokens=[512, 1])
+    metrics.update_from_stats(stats)
+    metrics.update_from_stats(replace(stats, iteration_tokens=[]))    # a stats-only push
+    assert value("vllm:iteration_tokens_total_count", LABELS) == 2
+    assert value("vllm:iteration_tokens_total_sum", LABELS) == 513
+    assert value("vllm:iteration_tokens_total_bucket", {**LABELS, "le": "256.0"}) == 1
+
+
+def test_request_params_and_inference_time():
+    metrics = PrometheusMetrics("m", max_model_len=100)
+    value = metrics.registry.get_sample_value
+    output = finished_output()
+    output.metrics.max_tokens_param = 20
+    output.outputs.append(CompletionOutput(1, "y", [1], finish_reason="length"))
+    metrics.observe_finished(output)
+    assert value("vllm:request_params_n_sum", LABELS) == 2
+    assert value("vllm:request_params_n_bucket", {**LABELS, "le": "1.0"}) == 0
+    assert value("vllm:request_params_max_tokens_sum", LABELS) == 20
+    assert value("vllm:request_inference_time_seconds_sum", LABELS) == 3.0   # 13.5 - 10.5
+    assert value("vllm:request_queue_time_seconds_sum", LABELS) == 0.5
+
+
+def test_cache_config_info_and_http_metrics():
+    from pagellm.config.cache import CacheConfig
+    from pagellm.metrics.prometheus import cache_config_labels
+
+    metrics = PrometheusMetrics("m")
+    labels = cache_config_labels(CacheConfig(block_size=32), num_gpu_blocks=64, num_cpu_blocks=0)
+    metrics.set_cache_config_info(labels)
+    value = metrics.registry.get_sample_value
+    assert labels["block_size"] == "32" and labels["num_gpu_blocks"] == "64"
+    assert value("vllm:cache_config_info", labels) == 1
+    metrics.observe_http("POST", "/v1/completions", 200, 0.25)
+    metrics.observe_http("POST", "/v1/completions", 401, 0.001)
+    http = {"method": "POST", "handler": "/v1/completions"}
+    assert value("http_requests_total", {**http, "status": "200"}) == 1
+    assert value("http_requests_total", {**http, "status": "401"}) == 1
+    assert value("http_request_duration_seconds_sum", {**http, "status": "200"}) == 0.25
+
+
 def test_buckets():
     assert buckets_1_2_5(100) == [1, 2, 5, 10, 20, 50, 100]
     assert buckets_1_2_5(4) == [1, 2]
@@ -136,30 +187,25 @@ def test_stats_logger_uses_counter_deltas_and_is_quiet_when_idle(caplog):
     assert [record.levelno for record in caplog.records] == [logging.INFO, logging.DEBUG]
 
 
-def test_stats_logger_run_reads_engine_stats():
-    class Engine:
-        def __init__(self):
-            self.calls = 0
-
-        async def stats(self):
-            self.calls += 1
-            if self.calls == 1:
-                raise RuntimeError("not ready")
-            return EngineStats(num_running=2, num_waiting=0, kv_cache_usage=0.5,
-                               num_preemptions=0, prefix_cache_queries=0, prefix_cache_hits=0,
-                               num_steps=self.calls)
+def test_stats_logger_run_logs_pushed_stats_without_asking_the_engine(caplog):
+    """run() takes no engine: it logs what the metrics hold (pushed stats), so a slow step
+    cannot delay or block the line."""
+    metrics = PrometheusMetrics("m")
+    metrics.update_from_stats(EngineStats(num_running=2, num_waiting=1, kv_cache_usage=0.5,
+                                          num_preemptions=0, prefix_cache_queries=0,
+                                          prefix_cache_hits=0, num_steps=3))
 
     async def go():
-        metrics, engine = PrometheusMetrics("m"), Engine()
-        task = asyncio.create_task(StatsLogger(metrics, interval_s=0.001).run(engine))
-        while engine.calls < 3:
+        task = asyncio.create_task(StatsLogger(metrics, interval_s=0.001).run())
+        while not any("Running: 2 reqs" in r.getMessage() for r in caplog.records):
             await asyncio.sleep(0.001)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        return metrics
-    metrics = asyncio.run(asyncio.wait_for(go(), 10))
-    assert metrics.totals.num_requests_running == 2
+    with caplog.at_level(logging.INFO, logger="pagellm.metrics"):
+        asyncio.run(asyncio.wait_for(go(), 10))
+    line = next(r.getMessage() for r in caplog.records if "Running: 2 reqs" in r.getMessage())
+    assert "Waiting: 1 reqs, GPU KV cache usage: 50.0%" in line
 
 
 @pytest.mark.parametrize("raw, expected", [(None, 10.0), ("", 10.0), ("2.5", 2.5)])

@@ -2,18 +2,19 @@
 clients of a running server) and ``pagellm bench throughput|latency|serving``.
 
 Each subcommand module offers ``add_cli_args(parser)`` and ``main(args)``; engine arguments
-come from ``pagellm.config.cli_args`` (one flag per config field). A ``ClientError`` (a bad option
+come from ``pagellm.config.cli_args`` (one flag per config field). ``python -m pagellm`` runs
+this command too. A ``ClientError`` (a bad option
 value, a missing model) prints ``error: ...`` and exits with status 2, like argparse does.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from pagellm.errors import ClientError
+from pagellm.logger import init_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,8 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``) and run the subcommand; returns the exit
     status."""
     args = build_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    init_logging("api-server" if args.command == "serve" else "pagellm")
     try:
         result = args.run(args)
     except ClientError as error:

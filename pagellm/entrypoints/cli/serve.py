@@ -3,7 +3,9 @@
 Every engine argument is a flag (generated from the config dataclasses), plus the server's
 own: --host, --port, --api-key (or PAGELLM_API_KEY), --chat-template,
 --trust-request-chat-template, --disable-log-requests, --disable-log-stats, --drain-timeout.
-Exit status: 0 after a clean shutdown, 1 when the engine core died.
+Exit status: 0 after a clean shutdown, 1 when the engine core died, 2 for a bad option (a port out of range, a busy port or an unknown host is found
+before the model loads: the socket is bound first; the server listens once the model is ready).
+Same as ``python -m pagellm serve`` and ``python -m pagellm.entrypoints.openai.api_server``.
 
 Shutdown (SIGTERM or SIGINT): the listening socket stays open while /health answers 503 (so a
 load balancer takes the server out) and new generation requests get 503; requests already in
@@ -16,12 +18,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 
 from pagellm.config.cli_args import add_engine_args, engine_kwargs_from_args
+from pagellm.errors import ClientError
 
 logger = logging.getLogger("pagellm.server")
 
@@ -35,7 +40,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
                         help="model directory, .gguf file or 'default' (same as --model)")
     server = parser.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    server.add_argument("--port", type=int, default=8000, help="port to listen on")
+    server.add_argument("--port", type=port_number, default=8000,
+                        help="port to listen on, 0..65535 (0: any free port)")
     server.add_argument("--api-key", default=os.environ.get("PAGELLM_API_KEY"),
                         help="require 'Authorization: Bearer KEY' on every route but /health "
                              "(default: $PAGELLM_API_KEY)")
@@ -54,12 +60,57 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     add_engine_args(parser)
 
 
+def port_number(text: str) -> int:
+    """argparse type of --port: an integer in 0..65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: not an integer") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {port}: must be in 0..65535")
+    return port
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port) but not yet listening (connections are refused until
+    uvicorn listens, once the model is loaded). ClientError naming the host or port when the
+    host does not resolve or the port is taken or not ours to use."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise ClientError(f"--host {host!r} cannot be resolved: {error.strerror}",
+                          param="host") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            reason = "is already in use"
+        elif error.errno == errno.EADDRNOTAVAIL:
+            reason = "is not an address of this machine"
+        else:
+            reason = f"cannot be bound: {error.strerror}"
+        raise ClientError(f"--port {port} on --host {host} {reason}", param="port") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s %(name)s: %(message)s")
-    return asyncio.run(run_server(args))
+    sock = bind_socket(args.host, args.port)     # before the model loads: fail fast
+    try:
+        return asyncio.run(run_server(args, sock))
+    finally:
+        sock.close()
 
 
-async def run_server(args: argparse.Namespace) -> int:
+async def run_server(args: argparse.Namespace, sock: socket.socket | None = None) -> int:
+    """Load the engine, then serve on ``sock`` (bound by ``bind_socket``; bound here from
+    --host/--port when None) until a drain or the engine's death; returns the exit status."""
     import uvicorn
 
     from pagellm.engine.async_engine import AsyncLLM
@@ -69,6 +120,8 @@ async def run_server(args: argparse.Namespace) -> int:
     # a bad value fails before the engine starts
     stats_interval_s = None if args.disable_log_stats else interval_from_env()
 
+    if sock is None:
+        sock = bind_socket(args.host, args.port)
     engine_kwargs = engine_kwargs_from_args(args)
     if args.model_tag is not None:
         engine_kwargs["model"] = args.model_tag
@@ -78,30 +131,36 @@ async def run_server(args: argparse.Namespace) -> int:
                               disable_log_requests=args.disable_log_requests,
                               trust_request_chat_template=args.trust_request_chat_template)
     app = build_app(engine, settings, _chat_template(args.chat_template))
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
-                            timeout_graceful_shutdown=_CLOSE_TIMEOUT_S, access_log=False)
-    server = _Server(config)
+    # log_config=None: uvicorn's loggers go through pagellm's format (logger.init_logging);
+    # access_log=False: the app's own access log line carries the request id and latency.
+    config = uvicorn.Config(app, log_config=None, log_level="info", access_log=False,
+                            timeout_graceful_shutdown=_CLOSE_TIMEOUT_S)
+    server = _Server(config, f"Serving {engine.served_model_name} on "
+                             f"{_url(sock.getsockname())}")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _begin_drain, server, app, engine, args.drain_timeout)
     tasks = [asyncio.create_task(_watch_engine(engine, server))]
     if not args.disable_log_stats:
         stats_logger = StatsLogger(app.state.metrics, stats_interval_s)
-        tasks.append(asyncio.create_task(stats_logger.run(engine)))
-    logger.info("Serving %s on http://%s:%d", engine.served_model_name, args.host, args.port)
+        tasks.append(asyncio.create_task(stats_logger.run()))
     try:
-        await server.serve()        # returns once the drain (or engine death) set should_exit
+        # returns once the drain (or engine death) set should_exit
+        await server.serve(sockets=[sock])
     finally:
         app.state.draining = True
         if app.state.drain_task is not None:
             tasks.append(app.state.drain_task)
         for task in tasks:
             task.cancel()
-        died = engine.errored
+        # not errored yet when the core was killed a moment ago (its exit is reported late)
+        died = engine.dead_error or (None if engine.is_healthy() else
+                                     f"the engine core process exited (exit code "
+                                     f"{engine.client.process.exitcode})")
         await engine.shutdown()
         app.state.tokenizer_pool.shutdown(wait=False, cancel_futures=True)
     if died:
-        logger.error("the engine core died: %s", engine.dead_error)
+        logger.error("the engine core died: %s", died)
         return 1
     return 0
 
@@ -111,17 +170,32 @@ def _server_class():
 
     class Server(uvicorn.Server):
         """uvicorn re-raises a captured SIGTERM at exit (status -15); pagellm drains and exits 0,
-        so it installs its own handlers instead."""
+        so it installs its own handlers instead. ``serving_line`` is logged once the socket
+        listens."""
+
+        serving_line = ""
 
         @contextlib.contextmanager
         def capture_signals(self):
             yield
 
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            if self.started:
+                logger.info("%s", self.serving_line)
+
     return Server
 
 
-def _Server(config):
-    return _server_class()(config)
+def _Server(config, serving_line: str = ""):
+    server = _server_class()(config)
+    server.serving_line = serving_line
+    return server
+
+
+def _url(address) -> str:
+    host, port = address[0], address[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _begin_drain(server, app, engine, timeout_s: float) -> None:
@@ -142,7 +216,8 @@ async def _drain_then_stop(server, app, engine, timeout_s: float) -> None:
     try:
         aborted = await drain(app, engine, timeout_s)
         if aborted:
-            logger.warning("drain timeout: aborted %d unfinished requests", len(aborted))
+            logger.warning("drain timeout (%g s): aborted %d unfinished requests", timeout_s,
+                           len(aborted))
         else:
             logger.info("drained: no request in flight")
     except Exception:           # a failed drain must still stop the server

@@ -1,9 +1,18 @@
 """The OpenAI-compatible HTTP server: routes, API-key check, size limits, error bodies,
-queue limit, metrics, health, and the process lifecycle (engine death -> exit non-zero,
-SIGTERM -> graceful drain -> exit 0).
+queue limit, metrics, health, access log, and the process lifecycle (engine death -> exit
+non-zero, SIGTERM -> graceful drain -> exit 0).
 
 The engine is an ``AsyncLLM`` whose core runs in its own process; this process does HTTP,
 tokenization, chat templates, detokenization and SSE.
+
+Every response carries ``X-Request-Id``: the client's own when it sent a valid one (1-128
+characters of ``A-Z a-z 0-9 . _ : -``), else a new one. The access log line of a request
+(method, path, status, latency, request id; never the prompt) and the engine's lines about it
+(preemptions, aborts) name that id; the engine's id is the same, or the client's id plus a
+unique suffix, so a client-chosen id can never collide with a request in flight.
+
+``python -m pagellm.entrypoints.openai.api_server`` (vLLM's classic entry point) takes the same
+flags as ``pagellm serve``.
 """
 
 from __future__ import annotations
@@ -11,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -20,7 +31,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pagellm import __version__
-from pagellm.errors import ClientError
+from pagellm.errors import ClientError, EngineDeadError
 from pagellm.entrypoints.openai.errors import (error_from_exception, error_from_http_exception,
                                                error_from_validation, error_response)
 from pagellm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest,
@@ -30,9 +41,14 @@ from pagellm.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagellm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagellm.entrypoints.openai.serving_engine import make_tokenizer_pool
 from pagellm.entrypoints.openai.serving_tokenization import OpenAIServingTokenization
-from pagellm.metrics.prometheus import CONTENT_TYPE, PrometheusMetrics
+from pagellm.metrics.prometheus import CONTENT_TYPE, PrometheusMetrics, cache_config_labels
 
 logger = logging.getLogger("pagellm.server")
+access_logger = logging.getLogger("pagellm.access")
+
+REQUEST_ID_HEADER = "X-Request-Id"
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_MAX_LOGGED_PATH = 200
 
 UNAUTHENTICATED_PATHS = frozenset({"/health"})
 
@@ -101,6 +117,62 @@ class _BodyTooLarge(ClientError):
         super().__init__("request body is too large", param=None)
 
 
+def request_id_from(headers) -> tuple[str, bool]:
+    """(request id, whether the client chose it) from raw ASGI ``headers``: the client's
+    X-Request-Id when valid (see the module docstring), else a new uuid4 hex."""
+    sent = next((v for k, v in headers if k == b"x-request-id"), None)
+    if sent is not None:
+        text = sent.decode("latin-1")
+        if _VALID_REQUEST_ID.fullmatch(text):
+            return text, True
+    return uuid.uuid4().hex, False
+
+
+class _AccessLog:
+    """Pure ASGI middleware, outermost: gives every HTTP request its id (``scope["state"]``
+    and the X-Request-Id response header), then logs one line and feeds the HTTP metrics when
+    the response is over (a stream included), whatever answered it: a route, the error
+    handlers, or _Guard's 400/401."""
+
+    def __init__(self, app, metrics: PrometheusMetrics, log: bool):
+        self.app = app
+        self.metrics = metrics
+        self.log = log
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request_id, client_chosen = request_id_from(scope.get("headers") or [])
+        state = scope.setdefault("state", {})
+        state["request_id"], state["request_id_from_client"] = request_id, client_chosen
+        status = 500            # when the app fails before it starts a response
+        start = time.perf_counter()
+
+        async def send_with_id(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()),
+                                                  (b"x-request-id", request_id.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self._record(scope, status, time.perf_counter() - start, request_id)
+
+    def _record(self, scope, status: int, duration_s: float, request_id: str) -> None:
+        path = scope.get("path", "")
+        route = scope.get("route")          # set by the router on a match
+        handler = getattr(route, "path", None) or "(unmatched)"     # a bounded label set
+        self.metrics.observe_http(scope.get("method", "?"), handler, status, duration_s)
+        if self.log:
+            client = scope.get("client") or ("-", 0)
+            access_logger.info("%s:%s \"%s %s\" %d %.1f ms request_id=%s", client[0], client[1],
+                               scope.get("method", "?"), path[:_MAX_LOGGED_PATH], status,
+                               duration_s * 1000, request_id)
+
+
 async def _send_error(send, message: str, status: int, error_type: str = "invalid_request_error"):
     body = ErrorResponse.model_validate(
         {"error": {"message": message, "type": error_type, "param": None, "code": status}}
@@ -114,8 +186,15 @@ async def _send_error(send, message: str, status: int, error_type: str = "invali
 def build_app(engine, settings: ServerSettings, chat_template: str | None = None) -> FastAPI:
     """The FastAPI app for one engine. Handlers never see the engine's internals."""
     app = FastAPI(title="pagellm", version=__version__)
-    app.add_middleware(_Guard, settings=settings)
     metrics = PrometheusMetrics(engine.served_model_name, engine.max_model_len)
+    metrics.set_cache_config_info(cache_config_labels(
+        engine.config.cache, engine.num_gpu_blocks, engine.num_cpu_blocks))
+    engine.stats_listeners.append(metrics.update_from_stats)
+    if engine.last_stats is not None:
+        metrics.update_from_stats(engine.last_stats)
+    app.add_middleware(_Guard, settings=settings)
+    # added last = outermost: it sees (and logs) _Guard's own 400/401 answers too
+    app.add_middleware(_AccessLog, metrics=metrics, log=not settings.disable_log_requests)
     pool = make_tokenizer_pool(engine.config.model.tokenizer_pool_size)
     completion = OpenAIServingCompletion(engine, metrics=metrics, tokenizer_pool=pool)
     chat = OpenAIServingChat(engine, metrics=metrics, tokenizer_pool=pool)
@@ -143,8 +222,9 @@ def build_app(engine, settings: ServerSettings, chat_template: str | None = None
         return response
 
     @app.exception_handler(Exception)
-    async def _unexpected(_, exc: Exception):
-        return _json(error_from_exception(exc))
+    async def _unexpected(raw: Request, exc: Exception):
+        return _json(_blame_dead_engine(engine, error_from_exception(
+            exc, getattr(raw.state, "request_id", None))))
 
     @app.get("/health")
     async def health():
@@ -163,8 +243,7 @@ def build_app(engine, settings: ServerSettings, chat_template: str | None = None
 
     @app.get("/metrics")
     async def prometheus():
-        if engine.is_healthy():
-            metrics.update_from_stats(await engine.stats())
+        # The engine pushes its stats each step (stats_listeners): nothing here waits on it.
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.post("/v1/completions")
@@ -197,11 +276,13 @@ def build_app(engine, settings: ServerSettings, chat_template: str | None = None
                 f"the server is at its limit of {limit} queued requests; retry later", 503))
             response.headers["Retry-After"] = "1"
             return response
-        if not engine.is_healthy():
-            return _json(error_from_exception(engine.dead_error or RuntimeError("engine down")))
-        request_id = uuid.uuid4().hex
-        if not settings.disable_log_requests:
-            logger.info("request %s %s", request_id, raw.url.path)
+        try:
+            engine.check_alive()
+        except EngineDeadError as error:
+            return _json(error_from_exception(error, raw.state.request_id))
+        request_id = raw.state.request_id
+        if raw.state.request_id_from_client:    # unique in the engine, still greppable
+            request_id = f"{request_id}-{uuid.uuid4().hex[:8]}"
         # Admitted: a drain that starts now waits for this request. When the handler returns,
         # the request is either finished or registered in the engine (a stream in flight),
         # where the engine's own drain sees it.
@@ -213,9 +294,19 @@ def build_app(engine, settings: ServerSettings, chat_template: str | None = None
             app.state.num_admitting -= 1
         if result is None:
             return Response(status_code=499)
+        if isinstance(result, ErrorResponse):
+            result = _blame_dead_engine(engine, result)
         return _result(result)
 
     return app
+
+
+def _blame_dead_engine(engine, error: ErrorResponse) -> ErrorResponse:
+    """A 500 that happened while the engine core was dying (a send to a core that just
+    exited, a socket closed under a request) is the engine's death, not a bug: 503."""
+    if error.error.code != 500 or engine.is_healthy():
+        return error
+    return error_from_exception(engine.dead_error or EngineDeadError("the engine core is gone"))
 
 
 async def drain(app: FastAPI, engine, timeout_s: float) -> list[str]:
@@ -228,7 +319,7 @@ async def drain(app: FastAPI, engine, timeout_s: float) -> list[str]:
     deadline = loop.time() + timeout_s
     while app.state.num_admitting and not engine.errored and loop.time() < deadline:
         await asyncio.sleep(0.05)
-    return await engine.drain(max(0.0, deadline - loop.time()))
+    return await engine.drain(max(0.0, deadline - loop.time()), drain_timeout_s=timeout_s)
 
 
 async def _unless_disconnected(raw: Request, task: asyncio.Future):
@@ -253,3 +344,11 @@ def _result(result):
 
 def _json(error: ErrorResponse) -> JSONResponse:
     return JSONResponse(error.model_dump(), status_code=error.status_code)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from pagellm.entrypoints.cli.main import main
+
+    sys.exit(main(["serve", *sys.argv[1:]]))
