@@ -3,8 +3,9 @@
 Every engine argument is a flag (generated from the config dataclasses), plus the server's
 own: --host, --port, --api-key (or PAGELLM_API_KEY), --chat-template,
 --trust-request-chat-template, --disable-log-requests, --disable-log-stats, --drain-timeout.
-Exit status: 0 after a clean shutdown, 1 when the engine core died, 2 for a bad option (a port out of range, a busy port or an unknown host is found
-before the model loads: the socket is bound first; the server listens once the model is ready).
+Exit status: 0 after a clean shutdown, 1 when the engine core died, 2 for a bad option (a port
+out of range, a busy port or an unknown host is found before the model loads: the socket is
+bound first; the server listens once the model is ready).
 Same as ``python -m pagellm serve`` and ``python -m pagellm.entrypoints.openai.api_server``.
 
 Shutdown (SIGTERM or SIGINT): the listening socket stays open while /health answers 503 (so a
