@@ -21,6 +21,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
 import time
 
@@ -174,15 +175,29 @@ class MultiprocExecutor:
             reply = reply_decoder.decode(self._result_socket.recv())
             if isinstance(reply, WorkerFailed):
                 return reply
-        dead = [(rank, p) for rank, p in enumerate(self.processes) if not p.is_alive()]
-        rank, process = dead[0] if dead else (-1, None)
-        code = process.exitcode if process is not None else None
-        return WorkerFailed(rank, f"worker process rank {rank} (pid {process and process.pid}) "
-                            f"exited unexpectedly with code {code}", "", False)
+        return WorkerFailed(-1, "a worker process exited", "", False)
+
+    def _exited_ranks(self, reporting_rank: int) -> list[str]:
+        """'rank r (pid p) exited with code c / was killed by SIGX' for every worker that is
+        gone, other than the one that reported an error itself."""
+        texts = []
+        for rank, process in enumerate(self.processes):
+            if rank == reporting_rank or process.is_alive():
+                continue
+            code = process.exitcode
+            how = (f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0
+                   else f"exited with code {code}")
+            texts.append(f"worker rank {rank} (pid {process.pid}) {how}")
+        return texts
 
     def _fail(self, failure: WorkerFailed) -> None:
-        text = f"tensor-parallel worker rank {failure.rank} failed: {failure.error}"
-        error: Exception = (ClientError(failure.error) if failure.client_error
+        """Stop every worker and raise: the exits of workers that died without a word come
+        first (a peer's collective error is only their consequence)."""
+        exited = self._exited_ranks(failure.rank)
+        causes = exited + ([f"worker rank {failure.rank} failed: {failure.error}"]
+                           if failure.rank >= 0 else [])
+        text = "tensor-parallel " + "; ".join(causes or [failure.error])
+        error: Exception = (ClientError(failure.error) if failure.client_error and not exited
                             else EngineDeadError(text))
         logger.error("%s%s", text, f"\n{failure.traceback}" if failure.traceback else "")
         self.dead_error = error
