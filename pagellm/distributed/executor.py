@@ -24,6 +24,7 @@ import shutil
 import signal
 import tempfile
 import time
+import weakref
 
 import msgspec
 import torch
@@ -101,6 +102,8 @@ class MultiprocExecutor:
         # the rendezvous store lives here, so its port is known before any worker starts
         self._store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True,
                                                  wait_for_workers=False)
+        # an executor dropped without shutdown() (an LLM going out of scope) still stops them
+        weakref.finalize(self, _kill_workers, self.processes, self._socket_dir)
         try:
             self._start_workers(config, platform, dtype, result_address)
             ready = self._collect(WorkerReady, range(self.world_size))
@@ -228,3 +231,11 @@ class MultiprocExecutor:
         shutil.rmtree(self._socket_dir, ignore_errors=True)
         if os.path.exists(self._socket_dir):
             logger.warning("could not remove %s", self._socket_dir)
+
+
+def _kill_workers(processes: list[multiprocessing.Process], socket_dir: str) -> None:
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+            process.join(5)
+    shutil.rmtree(socket_dir, ignore_errors=True)
