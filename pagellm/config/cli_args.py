@@ -7,6 +7,8 @@ under vLLM's name with dashes (``max_num_seqs`` -> ``--max-num-seqs``), its docs
 - ``int``, ``float``, ``str`` (optionally ``| None``) -> a typed value
 - ``dict`` (optionally ``| None``) -> a JSON object, e.g. ``--compilation-config '{"a": 1}'``
 
+``SHORT_FLAGS`` adds vLLM's short forms (``-tp``, ``-pp``, ``-dp``).
+
 Every flag defaults to ``None`` ("not given"), so ``engine_kwargs_from_args`` passes to the
 engine only what the user typed and the config dataclasses keep owning the defaults and the
 validation. A field of any other type makes ``add_engine_args`` raise ``TypeError``: a new
@@ -24,6 +26,10 @@ import typing
 from pagellm.config.engine_args import CONFIG_CLASSES, engine_arg_fields, field_docs
 
 _SCALAR_TYPES = (int, float, str)
+
+SHORT_FLAGS = {"tensor_parallel_size": "-tp", "pipeline_parallel_size": "-pp",
+               "data_parallel_size": "-dp"}
+"""vLLM's short forms of some flags (``-tp 2`` = ``--tensor-parallel-size 2``)."""
 
 
 def flag_name(field_name: str) -> str:
@@ -65,7 +71,8 @@ def _add_field_flag(group, field: dataclasses.Field, hint, doc: str) -> None:
         kwargs.update(type=_json_object, metavar="JSON")
     else:
         kwargs["type"] = base
-    group.add_argument(flag_name(field.name), **kwargs)
+    short = (SHORT_FLAGS[field.name],) if field.name in SHORT_FLAGS else ()
+    group.add_argument(flag_name(field.name), *short, **kwargs)
 
 
 def _base_type(hint, name: str) -> type:

@@ -1,14 +1,17 @@
-"""Parallelism and devices (only one device per engine is built yet)."""
+"""Parallelism and devices: tensor parallelism on one host (mp executor); pipeline and data
+parallelism are not built yet."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+EXECUTOR_BACKENDS = ("uni", "mp", "ray")
+
 
 @dataclass(frozen=True)
 class ParallelConfig:
     tensor_parallel_size: int = 1
-    """Shard every layer across this many GPUs (not supported yet beyond 1)."""
+    """Shard every layer across this many ranks (devices), one worker process each."""
     pipeline_parallel_size: int = 1
     """Split the layers across this many stages (not supported yet beyond 1)."""
     data_parallel_size: int = 1
@@ -16,7 +19,8 @@ class ParallelConfig:
     enable_expert_parallel: bool = False
     """Shard MoE experts instead of tensor-parallel slicing (not supported yet)."""
     distributed_executor_backend: str | None = None
-    """uni, mp or ray; only the in-process executor exists yet."""
+    """uni (one rank in the engine process), mp (one worker process per rank) or ray (not
+    supported yet); None = uni for one rank, mp for more."""
     device: str = "auto"
     """auto (CUDA when available, else CPU), cpu, or cuda."""
 
@@ -24,12 +28,50 @@ class ParallelConfig:
         from pagellm.config.checks import check_choice, check_range, not_supported_yet
 
         for name in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
-            value = getattr(self, name)
-            check_range(name, value, 1)
-            if value != 1:
-                not_supported_yet(name, value)
+            check_range(name, getattr(self, name), 1)
+        for name in ("pipeline_parallel_size", "data_parallel_size"):
+            if getattr(self, name) != 1:
+                not_supported_yet(name, getattr(self, name))
         if self.enable_expert_parallel:
             not_supported_yet("enable_expert_parallel", True)
         check_choice("distributed_executor_backend", self.distributed_executor_backend,
-                     (None, "uni"))
+                     (None, *EXECUTOR_BACKENDS))
+        if self.distributed_executor_backend == "ray":
+            not_supported_yet("distributed_executor_backend", "ray", "; use 'mp' on one host")
+        if self.distributed_executor_backend == "uni" and self.world_size > 1:
+            from pagellm.errors import ClientError
+            raise ClientError(f"distributed_executor_backend='uni' runs one rank, but "
+                              f"tensor_parallel_size={self.tensor_parallel_size}: use 'mp'",
+                              param="distributed_executor_backend")
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
+
+    @property
+    def world_size(self) -> int:
+        """Ranks (worker processes) of one engine: tensor x pipeline parallel size."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @property
+    def executor_backend(self) -> str:
+        """The executor that runs the ranks (``distributed_executor_backend`` resolved)."""
+        return self.distributed_executor_backend or ("mp" if self.world_size > 1 else "uni")
+
+    def verify_with_model(self, hf_config) -> None:
+        """ClientError (naming the model field and tensor_parallel_size) when the model's
+        heads or MLP width cannot be split across the tensor-parallel ranks."""
+        from pagellm.errors import ClientError
+
+        tp = self.tensor_parallel_size
+        heads = hf_config.num_attention_heads
+        kv_heads = getattr(hf_config, "num_key_value_heads", None) or heads
+        problems = []
+        if heads % tp:
+            problems.append(f"num_attention_heads={heads} is not divisible by it")
+        if kv_heads % tp and tp % kv_heads:
+            problems.append(f"num_key_value_heads={kv_heads} neither divides it nor is divisible "
+                            "by it")
+        if hf_config.intermediate_size % tp:
+            problems.append(f"intermediate_size={hf_config.intermediate_size} is not divisible "
+                            "by it")
+        if problems:
+            raise ClientError(f"tensor_parallel_size={tp} does not fit the model: "
+                              f"{'; '.join(problems)}", param="tensor_parallel_size")

@@ -1,13 +1,49 @@
-"""Executors run the worker(s) for the engine core. Only the in-process one exists yet; the
-multiprocess (tensor parallel) and Ray executors plug in behind the same methods."""
+"""Executors run the worker(s) for the engine core, behind one interface:
+
+``determine_num_blocks()`` -> (KV blocks, swap blocks), the minimum over ranks;
+``initialize_cache(num_blocks, num_swap_blocks)``; ``execute_model(SchedulerOutput)`` ->
+``ModelRunnerOutput``; ``shutdown()``; ``vocab_size``; ``load_stats`` (one per rank).
+
+- ``UniProcExecutor`` ("uni"): one rank in the engine-core process (no process group).
+- ``MultiprocExecutor`` ("mp"): one spawned worker process per rank, rank 0 included.
+
+Why rank 0 is a worker process too (vLLM V1's layout), not the engine-core process: the
+engine core then never sits inside a collective, so it can wait for a step's result and for
+the death of any worker at the same time (``zmq.Poller`` on the result socket and on every
+process sentinel). A dead worker becomes an ``EngineDeadError`` at once, even on NCCL, which
+does not notice a dead peer by itself; the cost is one more process and two ipc:// messages
+per step (tens of microseconds).
+"""
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+import time
+import weakref
+
+import msgspec
 import torch
+import zmq
 
 from pagellm.config.engine_args import EngineConfig
 from pagellm.core.sched_output import ModelRunnerOutput, SchedulerOutput
+from pagellm.distributed.worker_proc import (CacheReady, DetermineNumBlocks, ExecuteModel,
+                                             InitializeCache, NumBlocks, Shutdown, StepResult,
+                                             WorkerArgs, WorkerFailed, WorkerReady, encoder,
+                                             reply_decoder, run_worker_process)
+from pagellm.errors import ClientError, EngineDeadError
+from pagellm.models.loader import LoadStats
 from pagellm.platforms import Platform
+
+logger = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT_S = 10.0     # how long workers get to exit after Shutdown before a kill
+FAILURE_GRACE_MS = 500        # after a worker dies, wait this long for its WorkerFailed text
 
 
 class UniProcExecutor:
@@ -17,6 +53,8 @@ class UniProcExecutor:
         from pagellm.worker.worker import Worker
 
         self.worker = Worker(config, platform, hf_config, dtype)
+        self.vocab_size = hf_config.vocab_size
+        self.load_stats = [self.worker.load_stats]
 
     def determine_num_blocks(self) -> tuple[int, int]:
         return self.worker.determine_num_blocks()
@@ -29,3 +67,175 @@ class UniProcExecutor:
 
     def shutdown(self) -> None:
         self.worker = None
+
+
+def make_executor(config: EngineConfig, platform: Platform, hf_config, dtype: torch.dtype):
+    """The executor ``config.parallel`` asks for, after checking the layout fits the model and
+    the devices (ClientError before any worker starts)."""
+    parallel = config.parallel
+    parallel.verify_with_model(hf_config)
+    if platform.is_cuda and parallel.world_size > torch.cuda.device_count():
+        raise ClientError(f"tensor_parallel_size x pipeline_parallel_size = {parallel.world_size} "
+                          f"ranks, but only {torch.cuda.device_count()} CUDA devices are visible",
+                          param="tensor_parallel_size")
+    if parallel.executor_backend == "mp":
+        return MultiprocExecutor(config, platform, hf_config, dtype)
+    return UniProcExecutor(config, platform, hf_config, dtype)
+
+
+class MultiprocExecutor:
+    """One spawned worker process per rank; calls go to every rank over ZMQ, results come
+    back from rank 0. Any worker failure raises EngineDeadError (ClientError for a bad
+    configuration found while loading) and stops every worker; later calls raise too."""
+
+    def __init__(self, config: EngineConfig, platform: Platform, hf_config, dtype: torch.dtype):
+        self.world_size = config.parallel.world_size
+        self.vocab_size = hf_config.vocab_size
+        self.dead_error: Exception | None = None
+        self._socket_dir = tempfile.mkdtemp(prefix="pagellm-workers-")
+        self._context = zmq.Context()
+        self._result_socket = self._context.socket(zmq.PULL)
+        result_address = f"ipc://{self._socket_dir}/results"
+        self._result_socket.bind(result_address)
+        self._input_sockets = []
+        self.processes: list[multiprocessing.Process] = []
+        # the rendezvous store lives here, so its port is known before any worker starts
+        self._store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True,
+                                                 wait_for_workers=False)
+        # an executor dropped without shutdown() (an LLM going out of scope) still stops them
+        weakref.finalize(self, _kill_workers, self.processes, self._socket_dir)
+        try:
+            self._start_workers(config, platform, dtype, result_address)
+            ready = self._collect(WorkerReady, range(self.world_size))
+            self.load_stats = [LoadStats(r.checkpoint_bytes_read, r.param_bytes)
+                               for r in sorted(ready.values(), key=lambda r: r.rank)]
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _start_workers(self, config, platform, dtype, result_address: str) -> None:
+        context = multiprocessing.get_context("spawn")
+        for rank in range(self.world_size):
+            socket = self._context.socket(zmq.PUSH)
+            input_address = f"ipc://{self._socket_dir}/input-{rank}"
+            socket.bind(input_address)
+            self._input_sockets.append(socket)
+            args = WorkerArgs(config, rank, self.world_size, platform.name,
+                              str(dtype).removeprefix("torch."), "127.0.0.1", self._store.port,
+                              input_address, result_address)
+            process = context.Process(target=run_worker_process, name=f"pagellm-worker-{rank}",
+                                      args=(msgspec.json.encode(args),), daemon=True)
+            process.start()
+            self.processes.append(process)
+        logger.info("started %d worker processes (pids %s)", self.world_size,
+                    [p.pid for p in self.processes])
+
+    def determine_num_blocks(self) -> tuple[int, int]:
+        """The minimum over ranks of each rank's (KV blocks, swap blocks)."""
+        self._broadcast(DetermineNumBlocks())
+        replies = self._collect(NumBlocks, range(self.world_size)).values()
+        return min(r.num_blocks for r in replies), min(r.num_swap_blocks for r in replies)
+
+    def initialize_cache(self, num_blocks: int, num_swap_blocks: int) -> None:
+        self._broadcast(InitializeCache(num_blocks, num_swap_blocks))
+        self._collect(CacheReady, range(self.world_size))
+
+    def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        self._broadcast(ExecuteModel(sched))
+        return self._collect(StepResult, [0])[0].output
+
+    def _broadcast(self, call) -> None:
+        if self.dead_error is not None:
+            raise self.dead_error
+        message = encoder.encode(call)
+        for socket in self._input_sockets:
+            socket.send(message)
+
+    def _collect(self, reply_type: type, ranks) -> dict:
+        """Wait for one ``reply_type`` from each of ``ranks``; raises on WorkerFailed or on
+        the exit of any worker (whichever comes first), after stopping the workers."""
+        pending, replies = set(ranks), {}
+        poller = zmq.Poller()
+        poller.register(self._result_socket, zmq.POLLIN)
+        for process in self.processes:
+            poller.register(process.sentinel, zmq.POLLIN)
+        while pending:
+            events = dict(poller.poll())
+            if self._result_socket in events:
+                reply = reply_decoder.decode(self._result_socket.recv())
+                if isinstance(reply, WorkerFailed):
+                    self._fail(reply)
+                assert isinstance(reply, reply_type), f"unexpected worker reply {reply}"
+                replies[reply.rank] = reply
+                pending.discard(reply.rank)
+            elif events:
+                self._fail(self._failure_after_exit())
+        return replies
+
+    def _failure_after_exit(self) -> WorkerFailed:
+        """The WorkerFailed a dying worker may still send, or one describing the exit."""
+        if self._result_socket.poll(FAILURE_GRACE_MS):
+            reply = reply_decoder.decode(self._result_socket.recv())
+            if isinstance(reply, WorkerFailed):
+                return reply
+        return WorkerFailed(-1, "a worker process exited", "", False)
+
+    def _exited_ranks(self, reporting_rank: int) -> list[str]:
+        """'rank r (pid p) exited with code c / was killed by SIGX' for every worker that is
+        gone, other than the one that reported an error itself."""
+        texts = []
+        for rank, process in enumerate(self.processes):
+            if rank == reporting_rank or process.is_alive():
+                continue
+            code = process.exitcode
+            how = (f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0
+                   else f"exited with code {code}")
+            texts.append(f"worker rank {rank} (pid {process.pid}) {how}")
+        return texts
+
+    def _fail(self, failure: WorkerFailed) -> None:
+        """Stop every worker and raise: the exits of workers that died without a word come
+        first (a peer's collective error is only their consequence)."""
+        exited = self._exited_ranks(failure.rank)
+        causes = exited + ([f"worker rank {failure.rank} failed: {failure.error}"]
+                           if failure.rank >= 0 else [])
+        text = "tensor-parallel " + "; ".join(causes or [failure.error])
+        error: Exception = (ClientError(failure.error) if failure.client_error and not exited
+                            else EngineDeadError(text))
+        logger.error("%s%s", text, f"\n{failure.traceback}" if failure.traceback else "")
+        self.dead_error = error
+        self.shutdown()
+        raise error
+
+    def shutdown(self) -> None:
+        """Ask every worker to exit, kill those still alive after SHUTDOWN_TIMEOUT_S (at once
+        once one has failed); close the sockets. Idempotent."""
+        if self._context.closed:
+            return
+        if self.dead_error is None:
+            try:
+                message = encoder.encode(Shutdown())
+                for socket in self._input_sockets:
+                    socket.send(message, zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+        deadline = time.monotonic() + (0 if self.dead_error else SHUTDOWN_TIMEOUT_S)
+        for process in self.processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+        for socket in [self._result_socket, *self._input_sockets]:
+            socket.close(linger=0)
+        self._context.term()
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
+        if os.path.exists(self._socket_dir):
+            logger.warning("could not remove %s", self._socket_dir)
+
+
+def _kill_workers(processes: list[multiprocessing.Process], socket_dir: str) -> None:
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+            process.join(5)
+    shutil.rmtree(socket_dir, ignore_errors=True)

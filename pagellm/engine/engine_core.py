@@ -17,7 +17,7 @@ from pagellm.core.request import Request
 from pagellm.core.stats import EngineStats
 from pagellm.core.scheduler import Scheduler
 from pagellm.core.sched_output import EngineCoreOutput
-from pagellm.distributed.executor import UniProcExecutor
+from pagellm.distributed.executor import make_executor
 from pagellm.platforms import Platform, current_platform
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def model_dtype(platform: Platform, config: EngineConfig, hf_config) -> torch.dt
 class EngineCore:
     def __init__(self, config: EngineConfig, platform: Platform, hf_config, dtype: torch.dtype):
         self.config = config
-        self.executor = UniProcExecutor(config, platform, hf_config, dtype)
+        self.executor = make_executor(config, platform, hf_config, dtype)
         num_blocks, num_swap_blocks = self.executor.determine_num_blocks()
         if config.scheduler.preemption_mode != "swap":
             num_swap_blocks = 0     # swap space is only reserved when it can be used

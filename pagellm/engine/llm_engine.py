@@ -89,7 +89,7 @@ class LLMEngine:
         self.tokenizer, eos_ids = load_frontend_tokenizer(config, hf_config)
         self.engine_core = make_engine_core(config, hf_config)
         self.core = InprocClient(self.engine_core)
-        vocab_size = self.engine_core.executor.worker.model.vocab_size
+        vocab_size = self.engine_core.executor.vocab_size
         self.input_processor = InputProcessor(self.tokenizer, config.model.max_model_len,
                                               vocab_size, eos_ids, config.model.max_logprobs)
         self.output_processor = OutputProcessor(self.tokenizer)
@@ -134,3 +134,7 @@ class LLMEngine:
 
     def stats(self):
         return self.core.stats()
+
+    def shutdown(self) -> None:
+        """Stop the engine core and its workers (worker processes under the mp executor)."""
+        self.core.shutdown()

@@ -2,12 +2,13 @@
 
 The families differ only in flags: Qwen2 always has q/k/v biases, Qwen3 normalises each
 q/k head with an RMSNorm before RoPE. Module names follow the HF checkpoints, except that
-q/k/v and gate/up are fused (``qkv_proj``, ``gate_up_proj``) and loaded shard by shard.
+q/k/v and gate/up are fused (``qkv_proj``, ``gate_up_proj``): ``stacked_params_mapping``
+tells ``pagellm.models.loader`` which checkpoint tensor is which shard. Every layer is
+tensor-parallel (attention heads, MLP columns, vocabulary rows split across ranks); built
+outside a tensor-parallel group it is the whole model.
 """
 
 from __future__ import annotations
-
-from typing import Iterable
 
 import torch
 from torch import nn
@@ -15,15 +16,13 @@ from torch import nn
 from pagellm.errors import ClientError
 from pagellm.layers.attention import Attention, AttentionBackend, TorchAttentionBackend
 from pagellm.layers.attention_metadata import AttentionMetadata
-from pagellm.layers.linear import Linear, MergedLinear, linear
+from pagellm.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from pagellm.layers.norm import RMSNorm
 from pagellm.layers.rotary import RotaryEmbedding, rope_settings
+from pagellm.layers.vocab_parallel_embedding import (LogitsProcessor, ParallelLMHead,
+                                                     VocabParallelEmbedding)
 from pagellm.ops.activation import silu_and_mul
 from pagellm.platforms import use_triton_kernels
-
-# checkpoint name fragment -> (fused module name fragment, shard index)
-_STACKED = {".q_proj.": (".qkv_proj.", 0), ".k_proj.": (".qkv_proj.", 1), ".v_proj.": (".qkv_proj.", 2),
-            ".gate_proj.": (".gate_up_proj.", 0), ".up_proj.": (".gate_up_proj.", 1)}
 
 
 def head_dim_of(config) -> int:
@@ -34,12 +33,17 @@ class LlamaAttention(nn.Module):
     def __init__(self, config, rotary: RotaryEmbedding, backend: AttentionBackend,
                  qkv_bias: bool, o_bias: bool, qk_norm: bool, dtype: torch.dtype):
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
         self.head_dim = head_dim_of(config)
-        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.qkv_proj = MergedLinear(config.hidden_size, [q_size, kv_size, kv_size], qkv_bias, dtype)
-        self.o_proj = Linear(q_size, config.hidden_size, bias=o_bias, dtype=dtype)
+        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim,
+                                          config.num_attention_heads, config.num_key_value_heads,
+                                          bias=qkv_bias, params_dtype=dtype)
+        self.num_heads = self.qkv_proj.num_heads
+        """Query heads on this rank."""
+        self.num_kv_heads = self.qkv_proj.num_kv_heads
+        """KV heads on this rank (split, or one replicated head when tp > num_kv_heads)."""
+        self.qkv_sizes = self.qkv_proj.output_partition_sizes
+        self.o_proj = RowParallelLinear(config.num_attention_heads * self.head_dim,
+                                        config.hidden_size, bias=o_bias, params_dtype=dtype)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype) if qk_norm else None
         self.rotary_emb = rotary
@@ -50,7 +54,7 @@ class LlamaAttention(nn.Module):
                 attn_metadata: AttentionMetadata) -> torch.Tensor:
         """hidden: [T, hidden_size] -> [T, hidden_size]; writes this step's K/V into kv_cache."""
         num_tokens = hidden.shape[0]
-        q, k, v = self.qkv_proj(hidden).split(self.qkv_proj.output_sizes, dim=-1)
+        q, k, v = self.qkv_proj(hidden).split(self.qkv_sizes, dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)        # [T, num_heads, head_dim]
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)     # [T, num_kv_heads, head_dim]
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
@@ -68,12 +72,13 @@ class LlamaMLP(nn.Module):
                               param="model")
         bias = bool(getattr(config, "mlp_bias", False))
         inter = config.intermediate_size
-        self.gate_up_proj = MergedLinear(config.hidden_size, [inter, inter], bias, dtype)
-        self.down_proj = Linear(inter, config.hidden_size, bias=bias, dtype=dtype)
+        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [inter, inter], bias,
+                                                       params_dtype=dtype)
+        self.down_proj = RowParallelLinear(inter, config.hidden_size, bias=bias, params_dtype=dtype)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """[T, hidden_size] -> [T, hidden_size]."""
-        gate_up = self.gate_up_proj(hidden)                    # [num_tokens, 2 * intermediate]
+        gate_up = self.gate_up_proj(hidden)            # [num_tokens, 2 * intermediate / tp]
         if use_triton_kernels(gate_up):
             from pagellm.ops.triton.activation import silu_and_mul_triton
             return self.down_proj(silu_and_mul_triton(gate_up))
@@ -106,7 +111,7 @@ class LlamaModel(nn.Module):
         head_dim = head_dim_of(config)
         rope_theta, rope_scaling = rope_settings(config)
         rotary = RotaryEmbedding(head_dim, config.max_position_embeddings, rope_theta, rope_scaling)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, dtype=dtype)
+        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, dtype)
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(config, rotary, backend, qkv_bias, o_bias, qk_norm, dtype)
             for _ in range(config.num_hidden_layers))
@@ -125,6 +130,13 @@ class LlamaModel(nn.Module):
 class LlamaForCausalLM(nn.Module):
     """A causal LM over one flattened batch of tokens against a paged KV cache."""
 
+    packed_modules_mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"],
+                              "gate_up_proj": ["gate_proj", "up_proj"]}
+    """Fused module -> the checkpoint modules stacked into it (quantization and LoRA use it)."""
+    stacked_params_mapping = [(".qkv_proj.", ".q_proj.", "q"), (".qkv_proj.", ".k_proj.", "k"),
+                              (".qkv_proj.", ".v_proj.", "v"), (".gate_up_proj.", ".gate_proj.", 0),
+                              (".gate_up_proj.", ".up_proj.", 1)]
+    """(parameter name fragment, checkpoint name fragment, shard id) for the loader."""
     qkv_bias: bool | None = None
     """Force q/k/v biases on (Qwen2); None = follow config.attention_bias."""
     qk_norm: bool = False
@@ -140,15 +152,17 @@ class LlamaForCausalLM(nn.Module):
         self.dtype = dtype
         """Weight and activation dtype; KV caches must use it too."""
         self.num_layers = config.num_hidden_layers
-        self.num_kv_heads = config.num_key_value_heads
         self.head_dim = head_dim_of(config)
         self.vocab_size = config.vocab_size
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         """lm_head shares embed_tokens' weight."""
         self.model = LlamaModel(config, attn_backend or TorchAttentionBackend(),
                                 qkv_bias, o_bias, self.qk_norm, dtype)
-        self.lm_head = None if self.tie_word_embeddings else Linear(
-            config.hidden_size, config.vocab_size, bias=False, dtype=dtype)
+        self.num_kv_heads = self.model.layers[0].self_attn.num_kv_heads
+        """KV heads per layer on this rank: the KV cache's head count."""
+        self.lm_head = self.model.embed_tokens if self.tie_word_embeddings else ParallelLMHead(
+            config.vocab_size, config.hidden_size, dtype)
+        self.logits_processor = LogitsProcessor(config.vocab_size)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor],
                 attn_metadata: AttentionMetadata) -> torch.Tensor:
@@ -158,43 +172,8 @@ class LlamaForCausalLM(nn.Module):
         return self.model(input_ids, positions, kv_caches, attn_metadata)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[n, hidden_size] -> float32 logits [n, vocab_size]."""
-        weight = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return linear(hidden, weight).float()
-
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """Copy HF-named checkpoint tensors into the parameters (casting dtype and device).
-        Returns the names of the parameters that received data; fused parameters count once
-        every shard has arrived. Unknown names are ignored."""
-        params = dict(self.named_parameters())
-        shards_seen: dict[str, int] = {}
-        loaded = set()
-        for name, tensor in weights:
-            if "rotary_emb.inv_freq" in name or (name == "lm_head.weight" and self.lm_head is None):
-                continue
-            for fragment, (fused, shard_index) in _STACKED.items():
-                if fragment in name:
-                    target = name.replace(fragment, fused)
-                    if target in params:
-                        module_name, param_name = target.rsplit(".", 1)
-                        module = self.get_submodule(module_name)
-                        module.load_shard(param_name, shard_index, tensor, name)
-                        shards_seen[target] = shards_seen.get(target, 0) + 1
-                        if shards_seen[target] == len(module.output_sizes):
-                            loaded.add(target)
-                    break
-            else:
-                if name in params:
-                    _copy_checked(params[name], tensor, name)
-                    loaded.add(name)
-        return loaded
-
-
-def _copy_checked(param: torch.Tensor, tensor: torch.Tensor, name: str) -> None:
-    if tuple(param.shape) != tuple(tensor.shape):
-        raise ClientError(f"checkpoint tensor {name} has shape {tuple(tensor.shape)}, "
-                          f"the model expects {tuple(param.shape)}", param="model")
-    param.data.copy_(tensor)
+        """[n, hidden_size] -> float32 logits [n, vocab_size], the same on every rank."""
+        return self.logits_processor(self.lm_head, hidden)
 
 
 class MistralForCausalLM(LlamaForCausalLM):

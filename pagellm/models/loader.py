@@ -1,19 +1,25 @@
-"""Build a model and fill its weights: safetensors (mmap), GGUF (dequantized) or dummy.
+"""Build a model and fill its weights: safetensors (mmap, lazily sliced), GGUF (dequantized
+tensor by tensor) or dummy (random).
 
-Models are built on the meta device and materialised once on the target device, so no
-weight is ever allocated twice (an 8B model in bf16 loads straight onto the GPU).
+The model is built directly on the target device with uninitialised parameters (each
+parallel layer allocates only this rank's shard), then every checkpoint tensor goes through
+its parameter's ``weight_loader``, which narrows it to the rank's shard before reading. Fused
+parameters (q|k|v, gate|up) take their pieces through the model class's
+``stacked_params_mapping``. ``LoadStats`` counts what a rank read and holds.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import zlib
+from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 from torch import nn
 
 from pagellm.errors import ClientError
 from pagellm.layers.attention import AttentionBackend, get_attn_backend
-from pagellm.layers.norm import RMSNorm
+from pagellm.layers.weight_utils import default_weight_loader
 from pagellm.models.gguf_loader import iter_gguf_weights
 from pagellm.models.hf_config import is_gguf_path
 from pagellm.models.registry import get_model_class
@@ -21,6 +27,20 @@ from pagellm.models.safetensors_loader import has_safetensors, iter_safetensors_
 from pagellm.platforms import Platform
 
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
+
+
+@dataclass
+class LoadStats:
+    """What one rank's load did, in bytes."""
+
+    checkpoint_bytes_read: int = 0
+    """Checkpoint data read into memory: only the rank's shards for safetensors; whole
+    dequantized tensors (one at a time) for GGUF; whole generated tensors for dummy."""
+    param_bytes: int = 0
+    """Bytes of the rank's parameters once loaded."""
+
+    def add_read(self, num_bytes: int) -> None:
+        self.checkpoint_bytes_read += num_bytes
 
 
 def resolve_load_format(model_path: str, load_format: str) -> str:
@@ -40,46 +60,103 @@ def resolve_load_format(model_path: str, load_format: str) -> str:
 
 def load_model(model_path: str, hf_config, load_format: str, dtype: torch.dtype,
                device: torch.device, seed: int = 0,
-               attn_backend: AttentionBackend | None = None) -> nn.Module:
-    """A ready-to-run model in eval mode with every parameter on ``device`` in ``dtype``.
-
-    attn_backend defaults to ``get_attn_backend`` for the device's platform.
+               attn_backend: AttentionBackend | None = None,
+               stats: LoadStats | None = None) -> nn.Module:
+    """A ready-to-run model in eval mode with this rank's parameters on ``device`` in
+    ``dtype`` (the whole model outside a tensor-parallel group). ``stats`` (optional) is
+    filled in. attn_backend defaults to ``get_attn_backend`` for the device's platform.
     ClientError when the format does not fit the path or a weight is missing or misshapen.
     """
     device = torch.device(device)
+    stats = stats if stats is not None else LoadStats()
     load_format = resolve_load_format(model_path, load_format)
     model_class = get_model_class(hf_config.architectures)
     if attn_backend is None:
         attn_backend = get_attn_backend(Platform("cuda" if device.type == "cuda" else "cpu", device))
-    with torch.device("meta"):
+    with torch.device(device):
         model = model_class(hf_config, dtype=dtype, attn_backend=attn_backend)
-    model.to_empty(device=device)
-    for module in model.modules():
-        if hasattr(module, "init_buffers"):
-            module.init_buffers()
+    model.to(device)          # buffers built on the CPU (rotary tables)
     if load_format == "dummy":
-        init_dummy_weights(model, seed)
+        init_dummy_weights(model, seed, stats)
     else:
-        weights = (iter_gguf_weights(model_path, hf_config) if load_format == "gguf"
-                   else iter_safetensors_weights(model_path))
-        loaded = model.load_weights(weights)
+        weights = (_counted(iter_gguf_weights(model_path, hf_config), stats)
+                   if load_format == "gguf" else iter_safetensors_weights(model_path, stats.add_read))
+        loaded = load_weights(model, weights)
         missing = sorted(set(dict(model.named_parameters())) - loaded)
         if missing:
             raise ClientError(f"{model_path} lacks weights for {missing[:8]}"
                               f"{' and more' if len(missing) > 8 else ''}", param="model")
+    stats.param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     return model.eval().requires_grad_(False)
 
 
+def _counted(weights: Iterable[tuple[str, torch.Tensor]], stats: LoadStats):
+    for name, tensor in weights:
+        stats.add_read(tensor.numel() * tensor.element_size())
+        yield name, tensor
+
+
 @torch.no_grad()
-def init_dummy_weights(model: nn.Module, seed: int, std: float = 0.02) -> None:
+def load_weights(model: nn.Module, weights: Iterable[tuple[str, object]]) -> set[str]:
+    """Hand every HF-named checkpoint tensor (a tensor or a LazySlice) to its parameter's
+    ``weight_loader``; fused parameters get theirs with the shard id from the model class's
+    ``stacked_params_mapping``. Returns the parameter names that received all their data.
+    Unknown names are ignored; a misshapen tensor is a ClientError naming it."""
+    params = dict(model.named_parameters())
+    mapping = getattr(model, "stacked_params_mapping", [])
+    shards_expected: dict[str, int] = {}
+    for param_fragment, _, _ in mapping:
+        for name in params:
+            if param_fragment in name:
+                shards_expected[name] = shards_expected.get(name, 0) + 1
+    shards_seen: dict[str, int] = {}
+    loaded = set()
+    for name, loaded_weight in weights:
+        if "rotary_emb.inv_freq" in name:
+            continue
+        target, shard_id = _param_for(name, mapping, params)
+        if target is None:
+            continue
+        param = params[target]
+        try:
+            getattr(param, "weight_loader", default_weight_loader)(param, loaded_weight, *(
+                () if shard_id is None else (shard_id,)))
+        except ClientError as error:
+            raise ClientError(f"checkpoint tensor {name}: {error}", param="model") from None
+        shards_seen[target] = shards_seen.get(target, 0) + 1
+        if shards_seen[target] >= shards_expected.get(target, 1):
+            loaded.add(target)
+    return loaded
+
+
+def _param_for(name: str, mapping, params) -> tuple[str | None, object]:
+    """(parameter name, shard id) a checkpoint tensor loads into; (None, None) if none."""
+    for param_fragment, weight_fragment, shard_id in mapping:
+        if weight_fragment in name:
+            target = name.replace(weight_fragment, param_fragment)
+            return (target, shard_id) if target in params else (None, None)
+    return (name, None) if name in params else (None, None)
+
+
+@torch.no_grad()
+def init_dummy_weights(model: nn.Module, seed: int, stats: LoadStats | None = None,
+                       std: float = 0.02) -> None:
     """Random weights, deterministic for a seed on a given device type: norms at 1, every
-    other parameter normal(0, std). Generated on the parameters' own device."""
-    norm_params = {id(m.weight) for m in model.modules() if isinstance(m, RMSNorm)}
-    generators: dict[torch.device, torch.Generator] = {}
-    for _, param in sorted(model.named_parameters()):
-        if id(param) in norm_params:
+    other parameter normal(0, std). Each checkpoint tensor a parameter loads from
+    (``loaded_shapes``) is generated whole on the parameter's device from a seed of its own
+    (seed, name, shard), then goes through the parameter's weight_loader: a rank keeps its
+    shard, so the model is the same at every tensor-parallel size."""
+    for name, param in model.named_parameters():
+        shapes = getattr(param, "loaded_shapes", None)
+        if shapes is None:          # norms and other replicated parameters without a loader
             param.fill_(1.0)
             continue
-        if param.device not in generators:
-            generators[param.device] = torch.Generator(device=param.device).manual_seed(seed)
-        param.normal_(0.0, std, generator=generators[param.device])
+        for shard_id, shape in shapes:
+            key = f"{name}:{shard_id}".encode()
+            generator = torch.Generator(device=param.device)
+            generator.manual_seed((seed * 0x9E3779B1 + zlib.crc32(key)) % 2**63)
+            full = torch.empty(shape, dtype=param.dtype, device=param.device)
+            full.normal_(0.0, std, generator=generator)
+            if stats is not None:
+                stats.add_read(full.numel() * full.element_size())
+            param.weight_loader(param, full, *(() if shard_id is None else (shard_id,)))

@@ -11,7 +11,7 @@ import torch
 from pagellm.config.cache import DEFAULT_CPU_KV_CACHE_BYTES
 from pagellm.config.engine_args import EngineConfig
 from pagellm.errors import ClientError
-from pagellm.models.loader import load_model
+from pagellm.models.loader import LoadStats, load_model
 from pagellm.platforms import Platform
 from pagellm.worker.kv_cache import KVCache, KVCacheSpec
 from pagellm.worker.model_runner import ModelRunner
@@ -35,8 +35,10 @@ class Worker:
             gc.collect()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(platform.device)
+        self.load_stats = LoadStats()
+        """What this rank read from the checkpoint and holds (its shard under TP)."""
         self.model = load_model(config.model.model, hf_config, config.load.load_format, dtype,
-                                platform.device, seed=config.model.seed)
+                                platform.device, seed=config.model.seed, stats=self.load_stats)
         self.model.eval()
         logger.info("Loaded %s (%s) in %.1f s", config.model.model, dtype,
                     time.perf_counter() - start)

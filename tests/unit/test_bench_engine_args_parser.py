@@ -106,3 +106,13 @@ def test_field_without_a_command_line_form_is_a_type_error(monkeypatch):
     monkeypatch.setattr(module, "CONFIG_CLASSES", (OddConfig,))
     with pytest.raises(TypeError, match="sizes"):
         add_engine_args(argparse.ArgumentParser())
+
+
+def test_vllm_short_parallel_flags():
+    args = _parser().parse_args(["-tp", "2", "--distributed-executor-backend", "mp"])
+    assert engine_kwargs_from_args(args) == {"tensor_parallel_size": 2,
+                                             "distributed_executor_backend": "mp"}
+    config = create_engine_config(**engine_kwargs_from_args(args))
+    assert (config.parallel.world_size, config.parallel.executor_backend) == (2, "mp")
+    assert create_engine_config(tensor_parallel_size=2).parallel.executor_backend == "mp"
+    assert create_engine_config().parallel.executor_backend == "uni"

@@ -16,12 +16,14 @@ ALLOWED = {
     "config": BASE, "errors": BASE, "sampling_params": BASE, "outputs": BASE, "logger": BASE,
     "platforms": BASE,
     "ops": BASE | {"platforms"},
-    "layers": BASE | {"ops", "platforms"},
-    "models": BASE | {"layers", "ops", "platforms"},
+    # distributed/parallel_state.py (process groups, collectives) sits below layers
+    "parallel_state": BASE | {"platforms"},
+    "layers": BASE | {"ops", "platforms", "parallel_state"},
+    "models": BASE | {"layers", "ops", "platforms", "parallel_state"},
     "core": BASE,
     # the runner receives the core's typed step messages (torch-free data)
-    "worker": BASE | {"models", "layers", "ops", "platforms", "core"},
-    "distributed": BASE | {"worker", "core", "platforms"},
+    "worker": BASE | {"models", "layers", "ops", "platforms", "core", "parallel_state"},
+    "distributed": BASE | {"worker", "core", "platforms", "parallel_state", "models"},
     # engine reaches the worker only through the executor; it reads model metadata
     "engine": BASE | {"core", "distributed", "platforms", "models"},
     "metrics": BASE | {"engine", "core"},
@@ -40,17 +42,26 @@ def _pagellm_imports(path: Path) -> set[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pagellm"):
             parts = node.module.split(".")
-            found.add(parts[1] if len(parts) > 1 else "__init__")
+            found.add(_target_layer(parts))
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 parts = alias.name.split(".")
                 if parts[0] == "pagellm":
-                    found.add(parts[1] if len(parts) > 1 else "__init__")
+                    found.add(_target_layer(parts))
     return found
+
+
+def _target_layer(parts: list[str]) -> str:
+    """The layer of an imported module ``pagellm.X[.Y]``."""
+    if parts[1:3] == ["distributed", "parallel_state"]:
+        return "parallel_state"
+    return parts[1] if len(parts) > 1 else "__init__"
 
 
 def _layer_of(path: Path, root: Path) -> str:
     relative = path.relative_to(root)
+    if relative.parts == ("distributed", "parallel_state.py"):
+        return "parallel_state"
     return relative.parts[0].removesuffix(".py") if len(relative.parts) > 1 or \
         relative.name != "__init__.py" else "__init__"
 

@@ -1,0 +1,159 @@
+"""Process groups of one worker process and the collectives the model layers use (vLLM names).
+
+A worker process that is one rank of a parallel engine calls ``init_distributed_environment``
+then ``initialize_model_parallel`` before it builds its model; the layers ask
+``get_tensor_model_parallel_rank/world_size`` which shard they hold, and reduce or gather
+through ``tensor_model_parallel_all_reduce/all_gather``. A process that never initialises
+(the single-process engine) sees tensor-parallel world size 1: every collective returns its
+input untouched and no process group exists.
+
+Groups: the world group, and one tensor-parallel group per pipeline stage (ranks
+``[stage * tp, (stage + 1) * tp)``; pipeline stages are the seam for pipeline parallelism).
+Each group has a device group (NCCL on CUDA, gloo on CPU, from ``Platform.dist_backend()``)
+and a gloo CPU group for control data. Every collective has the timeout given at init, so a
+rank that hangs makes its peers raise instead of waiting forever.
+
+This module imports only torch and ``platforms``/``errors``: layers and models may use it
+(tests/unit/test_layering.py treats it as its own layer below ``layers``).
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_DIST_TIMEOUT_S = 300.0
+"""Collective timeout: a rank stuck longer than this in a collective (a hung peer) raises.
+A peer that dies is noticed at once (gloo: connection closed; the executor also watches the
+worker processes), so this only bounds true hangs; it is long because the first collective
+waits for the slowest rank to finish loading its weights."""
+
+
+@dataclass
+class GroupCoordinator:
+    """One process group as seen by one rank: its ranks, this rank's place, the groups."""
+
+    ranks: list[int]
+    """Global ranks in the group, in group-rank order."""
+    rank_in_group: int
+    """This process's index in ``ranks``."""
+    device_group: object | None = None
+    """torch ProcessGroup for tensors on the device (None when the group has one rank)."""
+    cpu_group: object | None = None
+    """gloo ProcessGroup for CPU control tensors (the device group itself on CPU)."""
+
+    @property
+    def world_size(self) -> int:
+        return len(self.ranks)
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over the group's ranks, in place; returns it. No-op for one rank."""
+        if self.world_size == 1:
+            return tensor
+        dist.all_reduce(tensor, group=self.device_group)
+        return tensor
+
+    def all_gather(self, tensor: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """Concatenate every rank's ``tensor`` along ``dim`` in rank order: [..., n, ...] ->
+        [..., world_size * n, ...] (same on every rank). Returns the input for one rank."""
+        if self.world_size == 1:
+            return tensor
+        dim = dim % tensor.dim()
+        tensor = tensor.contiguous()
+        gathered = torch.empty((self.world_size, *tensor.shape), dtype=tensor.dtype,
+                               device=tensor.device)                 # [world, *shape]
+        if tensor.is_cuda:
+            dist.all_gather_into_tensor(gathered, tensor, group=self.device_group)
+        else:   # gloo has no all_gather_into_tensor; it fills the views in place
+            dist.all_gather(list(gathered.unbind(0)), tensor, group=self.device_group)
+        return gathered.movedim(0, dim).flatten(dim, dim + 1)
+
+
+_SINGLE = GroupCoordinator(ranks=[0], rank_in_group=0)
+_WORLD: GroupCoordinator | None = None
+_TP: GroupCoordinator | None = None
+
+
+def init_distributed_environment(world_size: int, rank: int, backend: str, store_host: str,
+                                 store_port: int,
+                                 timeout_s: float = DEFAULT_DIST_TIMEOUT_S) -> None:
+    """Join the default process group through the TCPStore at ``store_host:store_port`` (the
+    executor hosts it). Blocks until every rank joined; RuntimeError after ``timeout_s``."""
+    global _WORLD
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = dist.TCPStore(store_host, store_port, world_size, is_master=False, timeout=timeout)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
+                            timeout=timeout)
+    cpu_group = dist.group.WORLD if backend == "gloo" else dist.new_group(backend="gloo",
+                                                                         timeout=timeout)
+    _WORLD = GroupCoordinator(list(range(world_size)), rank, dist.group.WORLD, cpu_group)
+
+
+def initialize_model_parallel(tensor_model_parallel_size: int = 1,
+                              pipeline_model_parallel_size: int = 1) -> None:
+    """Create the tensor-parallel groups (one per pipeline stage). Every rank must call it
+    with the same sizes; ValueError when their product is not the world size."""
+    global _TP
+    world = get_world_group()
+    if tensor_model_parallel_size * pipeline_model_parallel_size != world.world_size:
+        raise ValueError(f"tensor_parallel_size={tensor_model_parallel_size} x "
+                         f"pipeline_parallel_size={pipeline_model_parallel_size} != world size "
+                         f"{world.world_size}")
+    backend = dist.get_backend()
+    for stage in range(pipeline_model_parallel_size):
+        ranks = list(range(stage * tensor_model_parallel_size,
+                           (stage + 1) * tensor_model_parallel_size))
+        device_group = dist.new_group(ranks, backend=backend)    # every rank creates every group
+        cpu_group = device_group if backend == "gloo" else dist.new_group(ranks, backend="gloo")
+        if world.rank_in_group in ranks:
+            _TP = GroupCoordinator(ranks, ranks.index(world.rank_in_group), device_group,
+                                   cpu_group)
+
+
+def model_parallel_is_initialized() -> bool:
+    return _TP is not None
+
+
+def get_world_group() -> GroupCoordinator:
+    """The world group; a one-rank group when this process never joined one."""
+    return _WORLD or _SINGLE
+
+
+def get_tp_group() -> GroupCoordinator:
+    """This rank's tensor-parallel group; a one-rank group when not initialised."""
+    return _TP or _SINGLE
+
+
+def get_tensor_model_parallel_world_size() -> int:
+    return get_tp_group().world_size
+
+
+def get_tensor_model_parallel_rank() -> int:
+    return get_tp_group().rank_in_group
+
+
+def tensor_model_parallel_all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over the tensor-parallel group, in place (no-op at TP=1)."""
+    return get_tp_group().all_reduce(tensor)
+
+
+def tensor_model_parallel_all_gather(tensor: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Concatenate the tensor-parallel ranks' tensors along ``dim`` (identity at TP=1)."""
+    return get_tp_group().all_gather(tensor, dim)
+
+
+def destroy_model_parallel() -> None:
+    global _TP
+    _TP = None
+
+
+def destroy_distributed_environment() -> None:
+    """Leave the process groups (idempotent)."""
+    global _WORLD
+    destroy_model_parallel()
+    _WORLD = None
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,187 @@
+"""One rank of a multiprocess engine: the worker process's main loop and its messages.
+
+``MultiprocExecutor`` spawns one process per rank with ``run_worker_process``. The only
+thing Python pickles is the start-up argument (``WorkerArgs`` as msgspec JSON bytes); every
+message afterwards is a msgspec Struct below, encoded with msgpack:
+
+    executor PUSH -> rank r PULL (one socket per rank)   ExecutorCall (same call to every rank)
+    every rank PUSH -> executor PULL (one shared socket) WorkerReply
+
+Call order: ``WorkerReady`` is sent once the model is loaded; then ``DetermineNumBlocks`` ->
+``NumBlocks`` from every rank, ``InitializeCache`` -> ``CacheReady`` from every rank,
+``ExecuteModel`` -> ``StepResult`` from rank 0 only (every rank runs the same step and
+samples the same tokens, see LogitsProcessor), ``Shutdown`` -> exit 0. An exception sends
+``WorkerFailed`` and exits 1. A worker whose parent is gone exits on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import traceback
+
+import msgspec
+import torch
+import zmq
+
+from pagellm.config.engine_args import EngineConfig
+from pagellm.core.sched_output import ModelRunnerOutput, SchedulerOutput
+from pagellm.errors import ClientError
+
+logger = logging.getLogger(__name__)
+
+IDLE_POLL_MS = 1000     # how often an idle worker checks that its parent is alive
+
+
+class WorkerArgs(msgspec.Struct, frozen=True):
+    """Everything a worker process needs to start (sent once, as JSON)."""
+    config: EngineConfig
+    rank: int
+    world_size: int
+    device_type: str            # "cpu" | "cuda"
+    dtype: str                  # torch dtype name, e.g. "float32"
+    store_host: str             # the executor's TCPStore, for torch.distributed rendezvous
+    store_port: int
+    input_address: str          # this rank's ipc:// address for ExecutorCall
+    result_address: str         # the shared ipc:// address for WorkerReply
+
+
+class DetermineNumBlocks(msgspec.Struct, tag=True):
+    pass
+
+
+class InitializeCache(msgspec.Struct, tag=True):
+    num_blocks: int
+    num_swap_blocks: int
+
+
+class ExecuteModel(msgspec.Struct, tag=True):
+    scheduler_output: SchedulerOutput
+
+
+class Shutdown(msgspec.Struct, tag=True):
+    pass
+
+
+ExecutorCall = DetermineNumBlocks | InitializeCache | ExecuteModel | Shutdown
+
+
+class WorkerReady(msgspec.Struct, tag=True):
+    rank: int
+    checkpoint_bytes_read: int
+    """This rank's LoadStats: checkpoint bytes it read and parameter bytes it holds."""
+    param_bytes: int
+
+
+class NumBlocks(msgspec.Struct, tag=True):
+    rank: int
+    num_blocks: int
+    num_swap_blocks: int
+
+
+class CacheReady(msgspec.Struct, tag=True):
+    rank: int
+
+
+class StepResult(msgspec.Struct, tag=True):
+    rank: int
+    output: ModelRunnerOutput
+
+
+class WorkerFailed(msgspec.Struct, tag=True):
+    rank: int
+    error: str                  # "Type: message"
+    traceback: str
+    client_error: bool          # a ClientError (bad configuration), not a crash
+
+
+WorkerReply = WorkerReady | NumBlocks | CacheReady | StepResult | WorkerFailed
+
+encoder = msgspec.msgpack.Encoder()
+call_decoder = msgspec.msgpack.Decoder(ExecutorCall)
+reply_decoder = msgspec.msgpack.Decoder(WorkerReply)
+
+
+class _ParentGone(Exception):
+    """The executor's process exited."""
+
+
+def run_worker_process(args_json: bytes) -> None:
+    """Entry point of a spawned worker; exits 0 after Shutdown (or when the parent is gone),
+    1 after an error (reported as WorkerFailed first)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # the engine decides how to shut down
+    args = msgspec.json.decode(args_json, type=WorkerArgs)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{args.rank} %(message)s")
+    context = zmq.Context()
+    input_socket = context.socket(zmq.PULL)
+    input_socket.connect(args.input_address)
+    result_socket = context.socket(zmq.PUSH)
+    result_socket.connect(args.result_address)
+    exit_code = 0
+    try:
+        worker = _start_worker(args)
+        result_socket.send(encoder.encode(WorkerReady(
+            args.rank, worker.load_stats.checkpoint_bytes_read, worker.load_stats.param_bytes)))
+        _serve(worker, args.rank, input_socket, result_socket, os.getppid())
+    except _ParentGone:
+        logger.warning("worker %d: the engine process is gone; exiting", args.rank)
+    except Exception as error:
+        exit_code = 1
+        logger.error("worker %d failed: %s", args.rank, error, exc_info=True)
+        result_socket.send(encoder.encode(WorkerFailed(
+            args.rank, f"{type(error).__name__}: {error}", traceback.format_exc(),
+            isinstance(error, ClientError))))
+    finally:
+        from pagellm.distributed.parallel_state import destroy_distributed_environment
+        destroy_distributed_environment()
+        input_socket.close(linger=0)
+        result_socket.close(linger=2000)
+        context.term()
+    sys.exit(exit_code)
+
+
+def _start_worker(args: WorkerArgs):
+    """Join the process groups, then build this rank's Worker (device, model shard)."""
+    from pagellm.distributed.parallel_state import (init_distributed_environment,
+                                                    initialize_model_parallel)
+    from pagellm.models.hf_config import load_hf_config
+    from pagellm.platforms import Platform
+    from pagellm.worker.worker import Worker
+
+    if args.device_type == "cuda":
+        platform = Platform("cuda", torch.device("cuda", args.rank))
+        torch.cuda.set_device(platform.device)
+    else:
+        platform = Platform("cpu", torch.device("cpu"))
+        # the ranks share the host's cores: without this each one starts a thread per core
+        torch.set_num_threads(max(1, torch.get_num_threads() // args.world_size))
+    init_distributed_environment(args.world_size, args.rank, platform.dist_backend(),
+                                 args.store_host, args.store_port)
+    parallel = args.config.parallel
+    initialize_model_parallel(parallel.tensor_parallel_size, parallel.pipeline_parallel_size)
+    hf_config = load_hf_config(args.config.model.model)
+    return Worker(args.config, platform, hf_config, getattr(torch, args.dtype))
+
+
+def _serve(worker, rank: int, input_socket: zmq.Socket, result_socket: zmq.Socket,
+           parent_pid: int) -> None:
+    """Answer executor calls until Shutdown."""
+    while True:
+        if not input_socket.poll(IDLE_POLL_MS):
+            if os.getppid() != parent_pid:
+                raise _ParentGone()
+            continue
+        call = call_decoder.decode(input_socket.recv())
+        if isinstance(call, ExecuteModel):
+            output = worker.execute_model(call.scheduler_output)
+            if rank == 0:
+                result_socket.send(encoder.encode(StepResult(rank, output)))
+        elif isinstance(call, DetermineNumBlocks):
+            result_socket.send(encoder.encode(NumBlocks(rank, *worker.determine_num_blocks())))
+        elif isinstance(call, InitializeCache):
+            worker.initialize_cache(call.num_blocks, call.num_swap_blocks)
+            result_socket.send(encoder.encode(CacheReady(rank)))
+        else:
+            return

@@ -1,0 +1,152 @@
+"""Tensor parallelism end to end on CPU (gloo, the mp executor: one spawned worker process per
+rank): TP=2 gives TP=1's greedy tokens and close logprobs on tiny random Llama / Qwen2 /
+Qwen3 and a GQA model with fewer KV heads than ranks, each rank reads only its shard, a
+killed worker fails the generation instead of hanging, and layouts that cannot work are
+rejected before any worker starts.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from pagellm import LLM, ClientError, EngineDeadError, SamplingParams
+from tests.helpers.tiny_models import make_tiny_model_dir
+
+ENGINE = dict(device="cpu", kv_cache_memory_bytes=4 * 2**20, max_num_seqs=8)
+PROMPTS = ["hello world", "the quick brown fox jumps", "a", "1, 2, 3, 4,"]
+GREEDY = SamplingParams(temperature=0.0, max_tokens=12, logprobs=3, prompt_logprobs=2)
+# name -> (tiny arch, config overrides)
+CASES = {"llama": ("llama", {}), "qwen2": ("qwen2", {}), "qwen3": ("qwen3", {}),
+         "llama-kv1": ("llama", {"num_key_value_heads": 1})}
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tp-models")
+    return {name: make_tiny_model_dir(root / name, arch, **overrides)
+            for name, (arch, overrides) in CASES.items()}
+
+
+def assert_same_generation(reference, outputs) -> None:
+    for ref, out in zip(reference, outputs, strict=True):
+        assert out.outputs[0].token_ids == ref.outputs[0].token_ids
+        for ref_step, step in zip(ref.outputs[0].logprobs, out.outputs[0].logprobs, strict=True):
+            assert step.keys() == ref_step.keys()
+            for token_id, logprob in ref_step.items():
+                assert math.isclose(step[token_id].logprob, logprob.logprob, abs_tol=1e-4)
+        for ref_step, step in zip(ref.prompt_logprobs[1:], out.prompt_logprobs[1:], strict=True):
+            for token_id, logprob in ref_step.items():
+                assert math.isclose(step[token_id].logprob, logprob.logprob, abs_tol=1e-4)
+
+
+def generate_both(model_dir):
+    """(TP=1 outputs, TP=2 outputs, TP=1 LLM, TP=2 LLM) for PROMPTS; the TP=2 LLM is live."""
+    reference_llm = LLM(str(model_dir), **ENGINE)
+    reference = reference_llm.generate(PROMPTS, GREEDY, use_tqdm=False)
+    tp_llm = LLM(str(model_dir), tensor_parallel_size=2, **ENGINE)
+    return reference, tp_llm.generate(PROMPTS, GREEDY, use_tqdm=False), reference_llm, tp_llm
+
+
+@pytest.mark.parametrize("case", ["qwen2", "qwen3"])
+def test_tp2_greedy_equals_tp1(model_dirs, case):
+    reference, outputs, _, tp_llm = generate_both(model_dirs[case])
+    try:
+        assert tp_llm.llm_engine.engine_core.executor.world_size == 2
+        assert_same_generation(reference, outputs)
+    finally:
+        tp_llm.shutdown()
+
+
+def test_tp2_llama_equals_tp1_and_each_rank_reads_only_its_shard(model_dirs):
+    reference, outputs, reference_llm, tp_llm = generate_both(model_dirs["llama"])
+    try:
+        assert_same_generation(reference, outputs)
+        whole = reference_llm.llm_engine.engine_core.executor.load_stats[0]
+        ranks = tp_llm.llm_engine.engine_core.executor.load_stats
+    finally:
+        tp_llm.shutdown()
+    config = reference_llm.llm_engine.engine_core.executor.worker.model.config
+    # only the RMSNorm weights are replicated in a bias-free Llama: each rank reads them whole
+    norm_bytes = (2 * config.num_hidden_layers + 1) * config.hidden_size * 4
+    assert whole.checkpoint_bytes_read == whole.param_bytes
+    assert sum(r.checkpoint_bytes_read for r in ranks) == whole.checkpoint_bytes_read + norm_bytes
+    for rank in ranks:
+        assert rank.checkpoint_bytes_read < 0.52 * whole.checkpoint_bytes_read
+        assert rank.param_bytes < 0.52 * whole.param_bytes
+
+
+def test_tp_above_num_kv_heads_replicates_kv_and_a_killed_worker_fails_generation(model_dirs):
+    reference, outputs, _, tp_llm = generate_both(model_dirs["llama-kv1"])
+    executor = tp_llm.llm_engine.engine_core.executor
+    try:
+        assert_same_generation(reference, outputs)
+        engine_core = tp_llm.llm_engine.engine_core
+        start_steps = engine_core.num_steps
+        victim = executor.processes[1]
+
+        def kill_mid_generation():
+            deadline = time.monotonic() + 60
+            while engine_core.num_steps < start_steps + 3 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            os.kill(victim.pid, signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_mid_generation)
+        killer.start()
+        long = SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)
+        started = time.monotonic()
+        with pytest.raises(EngineDeadError, match="rank 1"):
+            tp_llm.generate(PROMPTS, long, use_tqdm=False)
+        killer.join()
+        assert time.monotonic() - started < 30
+        assert engine_core.num_steps < start_steps + 400
+        assert all(not p.is_alive() for p in executor.processes)   # rank 0 stopped too
+        with pytest.raises(EngineDeadError):
+            tp_llm.generate(PROMPTS[:1], GREEDY, use_tqdm=False)
+    finally:
+        tp_llm.shutdown()
+
+
+def test_heads_not_divisible_by_tp_is_rejected_before_workers_start(model_dirs):
+    before = set(multiprocessing.active_children())
+    with pytest.raises(ClientError, match=r"tensor_parallel_size=3.*num_attention_heads=4"):
+        LLM(str(model_dirs["llama"]), tensor_parallel_size=3, **ENGINE)
+    assert set(multiprocessing.active_children()) == before
+
+
+def test_uni_executor_cannot_run_two_ranks(model_dirs):
+    with pytest.raises(ClientError, match="distributed_executor_backend='uni'"):
+        LLM(str(model_dirs["llama"]), tensor_parallel_size=2, distributed_executor_backend="uni",
+            **ENGINE)
+
+
+def test_default_model_rejects_tp2_naming_heads():
+    """SmolLM2-135M has 9 attention heads and 3 KV heads: TP=2 cannot split them."""
+    with pytest.raises(ClientError, match=r"tensor_parallel_size=2.*num_attention_heads=9"):
+        LLM("default", tensor_parallel_size=2, **ENGINE)
+
+
+@pytest.mark.slow
+def test_default_model_tp3_greedy_equals_tp1(default_llm):
+    """9 heads and 3 KV heads over 3 ranks: one KV head per rank (GGUF, dequantized per
+    tensor in each worker)."""
+    params = SamplingParams(temperature=0.0, max_tokens=8, logprobs=2)
+    prompts = ["The capital of France is", "def fibonacci(n):"]
+    reference = default_llm.generate(prompts, params, use_tqdm=False)
+    tp_llm = LLM("default", tensor_parallel_size=3, kv_cache_memory_bytes=64 * 2**20,
+                 max_model_len=2048, dtype="float32")
+    try:
+        outputs = tp_llm.generate(prompts, params, use_tqdm=False)
+    finally:
+        tp_llm.shutdown()
+    for ref, out in zip(reference, outputs, strict=True):
+        assert out.outputs[0].token_ids == ref.outputs[0].token_ids
+        for ref_step, step in zip(ref.outputs[0].logprobs, out.outputs[0].logprobs, strict=True):
+            for token_id, logprob in ref_step.items():
+                assert math.isclose(step[token_id].logprob, logprob.logprob, abs_tol=1e-3)

@@ -1,0 +1,159 @@
+"""Tensor-parallel layers in 2 spawned gloo processes against the unsharded math: every rank
+loads its shard from the full tensors through the weight loaders, runs the layer, and must
+get the TP=1 result (column/merged/QKV/row linear, vocab-parallel embedding, LM head).
+
+One spawn runs every check (starting processes is the slow part); each rank writes its
+failures to a file that the test reads back, so a wrong shard fails with the layer's name.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+WORLD_SIZE = 2
+HIDDEN = 16
+
+
+def _check(name: str, got: torch.Tensor, expected: torch.Tensor, failures: list[str]) -> None:
+    try:
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    except AssertionError as error:
+        failures.append(f"{name}: {error}")
+
+
+def _column_and_row_checks(rank: int, failures: list[str]) -> None:
+    from pagellm.layers.linear import (ColumnParallelLinear, MergedColumnParallelLinear,
+                                       ReplicatedLinear, RowParallelLinear)
+
+    g = torch.Generator().manual_seed(0)      # same tensors on both ranks
+    x = torch.randn(5, HIDDEN, generator=g)
+    w, b = torch.randn(12, HIDDEN, generator=g), torch.randn(12, generator=g)
+    for gather in (False, True):
+        layer = ColumnParallelLinear(HIDDEN, 12, bias=True, gather_output=gather)
+        layer.weight_loader(layer.weight, w)
+        layer.weight_loader(layer.bias, b)
+        expected = F.linear(x, w, b)
+        _check(f"column gather={gather}", layer(x),
+               expected if gather else expected[:, rank * 6:(rank + 1) * 6], failures)
+    gate, up = torch.randn(8, HIDDEN, generator=g), torch.randn(8, HIDDEN, generator=g)
+    merged = MergedColumnParallelLinear(HIDDEN, [8, 8], bias=False)
+    merged.weight_loader(merged.weight, gate, 0)
+    merged.weight_loader(merged.weight, up, 1)
+    out = merged(x)                                           # [5, 4 (gate_r) + 4 (up_r)]
+    _check("merged gate", out[:, :4], F.linear(x, gate)[:, rank * 4:(rank + 1) * 4], failures)
+    _check("merged up", out[:, 4:], F.linear(x, up)[:, rank * 4:(rank + 1) * 4], failures)
+    w_row, b_row = torch.randn(10, 12, generator=g), torch.randn(10, generator=g)
+    x_full = torch.randn(5, 12, generator=g)
+    for input_is_parallel in (True, False):
+        row = RowParallelLinear(12, 10, bias=True, input_is_parallel=input_is_parallel)
+        row.weight_loader(row.weight, w_row)
+        row.weight_loader(row.bias, b_row)
+        x_in = x_full[:, rank * 6:(rank + 1) * 6] if input_is_parallel else x_full
+        _check(f"row input_is_parallel={input_is_parallel}", row(x_in),
+               F.linear(x_full, w_row, b_row), failures)
+    replicated = ReplicatedLinear(HIDDEN, 12, bias=True)
+    replicated.weight_loader(replicated.weight, w)
+    replicated.weight_loader(replicated.bias, b)
+    _check("replicated", replicated(x), F.linear(x, w, b), failures)
+
+
+def _qkv_checks(rank: int, failures: list[str]) -> None:
+    from pagellm.layers.linear import QKVParallelLinear
+
+    head_dim = 4
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, HIDDEN, generator=g)
+    for num_kv_heads in (2, 1):         # KV heads split, then one KV head replicated on both
+        q = torch.randn(4 * head_dim, HIDDEN, generator=g)
+        k = torch.randn(num_kv_heads * head_dim, HIDDEN, generator=g)
+        v = torch.randn(num_kv_heads * head_dim, HIDDEN, generator=g)
+        layer = QKVParallelLinear(HIDDEN, head_dim, 4, num_kv_heads, bias=False)
+        for shard_id, tensor in (("q", q), ("k", k), ("v", v)):
+            layer.weight_loader(layer.weight, tensor, shard_id)
+        if (layer.num_heads, layer.num_kv_heads) != (2, 1):
+            failures.append(f"qkv kv={num_kv_heads}: heads per rank {layer.num_heads}, "
+                            f"{layer.num_kv_heads}")
+        out_q, out_k, out_v = layer(x).split([8, 4, 4], dim=-1)
+        kv_rank = rank if num_kv_heads == 2 else 0
+        _check(f"qkv kv={num_kv_heads} q", out_q, F.linear(x, q)[:, rank * 8:(rank + 1) * 8],
+               failures)
+        _check(f"qkv kv={num_kv_heads} k", out_k,
+               F.linear(x, k)[:, kv_rank * 4:(kv_rank + 1) * 4], failures)
+        _check(f"qkv kv={num_kv_heads} v", out_v,
+               F.linear(x, v)[:, kv_rank * 4:(kv_rank + 1) * 4], failures)
+
+
+def _vocab_checks(rank: int, failures: list[str]) -> None:
+    from pagellm.layers.vocab_parallel_embedding import (LogitsProcessor, ParallelLMHead,
+                                                         VocabParallelEmbedding)
+
+    vocab = 11                          # odd: rank 1 holds 5 real rows and 1 padding row
+    g = torch.Generator().manual_seed(2)
+    table = torch.randn(vocab, HIDDEN, generator=g)
+    embedding = VocabParallelEmbedding(vocab, HIDDEN)
+    embedding.weight_loader(embedding.weight, table)
+    if rank == 1 and not torch.all(embedding.weight[5] == 0):
+        failures.append("vocab padding row is not zero")
+    ids = torch.tensor([0, 5, 6, 10, 3, 10])
+    _check("vocab embedding", embedding(ids), F.embedding(ids, table), failures)
+    head = ParallelLMHead(vocab, HIDDEN)
+    head.weight_loader(head.weight, table)
+    hidden = torch.randn(4, HIDDEN, generator=g)
+    logits = LogitsProcessor(vocab)(head, hidden)
+    if logits.shape != (4, vocab) or logits.dtype != torch.float32:
+        failures.append(f"logits shape {tuple(logits.shape)} dtype {logits.dtype}")
+    _check("lm head logits", logits, F.linear(hidden, table), failures)
+
+
+def _rank_main(rank: int, port: int, out_dir: str) -> None:
+    from pagellm.distributed import parallel_state as ps
+
+    failures: list[str] = []
+    try:
+        torch.set_num_threads(1)
+        ps.init_distributed_environment(WORLD_SIZE, rank, "gloo", "127.0.0.1", port, timeout_s=60)
+        ps.initialize_model_parallel(WORLD_SIZE)
+        if (ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()) != \
+                (rank, WORLD_SIZE):
+            failures.append("wrong tp rank / world size")
+        gathered = ps.tensor_model_parallel_all_gather(torch.full((2, 3), float(rank)), dim=0)
+        _check("all_gather dim 0", gathered, torch.tensor([[0.0] * 3] * 2 + [[1.0] * 3] * 2),
+               failures)
+        _column_and_row_checks(rank, failures)
+        _qkv_checks(rank, failures)
+        _vocab_checks(rank, failures)
+    except Exception:
+        failures.append(traceback.format_exc())
+    finally:
+        ps.destroy_distributed_environment()
+    Path(out_dir, f"rank{rank}.txt").write_text("\n".join(failures))
+
+
+def test_parallel_layers_match_unsharded_math_on_two_gloo_ranks(tmp_path):
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_rank_main, args=(rank, store.port, str(tmp_path)))
+                 for rank in range(WORLD_SIZE)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(120)
+        assert process.exitcode == 0, f"rank exited with {process.exitcode}"
+    for rank in range(WORLD_SIZE):
+        report = (tmp_path / f"rank{rank}.txt").read_text()
+        assert report == "", f"rank {rank}:\n{report}"
+
+
+def test_single_process_collectives_are_identity():
+    from pagellm.distributed import parallel_state as ps
+
+    assert not ps.model_parallel_is_initialized()
+    x = torch.randn(3, 4)
+    assert ps.tensor_model_parallel_all_reduce(x) is x
+    assert ps.tensor_model_parallel_all_gather(x) is x
+    assert (ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()) == (0, 1)
