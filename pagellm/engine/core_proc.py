@@ -164,7 +164,7 @@ def run_engine_core(config_json: bytes, input_address: str, output_address: str)
     engine_core = None
     try:
         engine_core = _build_engine_core(config_json)
-        vocab_size = engine_core.executor.worker.model.vocab_size
+        vocab_size = engine_core.executor.vocab_size
         _send(output_socket, EngineReady(vocab_size, engine_core.num_blocks, os.getpid(),
                                          engine_core.num_swap_blocks), parent_pid)
         EngineCoreProc(engine_core, input_socket, output_socket).run_busy_loop()
