@@ -256,8 +256,7 @@ class RayDistributedExecutor:
         """'worker rank r (pid p on ip) died: <Ray's reason>'."""
         where = (f" (pid {self.worker_pids[rank]} on {self.worker_nodes[rank]})"
                  if rank < len(self.worker_pids) else "")
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        return f"worker rank {rank}{where} died: {' '.join(lines[:2]) or type(error).__name__}"
+        return f"worker rank {rank}{where} died: {_death_reason(error)}"
 
     def shutdown(self) -> None:
         """Ask every actor to leave its process groups (unless one failed), kill the actors,
@@ -312,3 +311,13 @@ def _resources_text(total: dict, needed: dict) -> str:
 
 def _gpu_sort_key(gpu: str):
     return (0, int(gpu)) if gpu.isdigit() else (1, gpu)
+
+
+def _death_reason(error: RayActorError) -> str:
+    """Ray's 'The actor is dead because ...' sentence up to its generic advice, else the
+    message's first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("The actor is dead because"):
+            return line.split(" Some common causes")[0]
+    return lines[0] if lines else type(error).__name__
