@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import NoReturn
 
 import msgspec
 import ray
 import torch
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -150,6 +151,7 @@ class RayDistributedExecutor:
             scheduling_strategy=PlacementGroupSchedulingStrategy(
                 placement_group=self._placement_group, placement_group_bundle_index=index))
             .remote() for index in range(self.world_size)]
+        self.workers = actors           # in bundle order until the ranks are known
         infos = self._wait({index: actor.node_info.remote() for index, actor in enumerate(actors)})
         order = sorted(range(self.world_size),
                        key=lambda i: (infos[i][1] != driver_ip, infos[i][1], i))
@@ -220,6 +222,9 @@ class RayDistributedExecutor:
                 result = ray.get(ref)
             except RayActorError as error:
                 self._fail(None, [self._death_text(rank, error)], pending, rank_of)
+            except RayError as error:     # an exception that escaped a RayWorker method
+                self._fail(WorkerFailed(rank, f"{type(error).__name__}: {error}", "", False),
+                           [], pending, rank_of)
             if isinstance(result, bytes):
                 result = reply_decoder.decode(result)
                 if isinstance(result, WorkerFailed):
@@ -228,7 +233,7 @@ class RayDistributedExecutor:
         return results
 
     def _fail(self, failure: WorkerFailed | None, deaths: list[str], pending: list,
-              rank_of: dict) -> None:
+              rank_of: dict) -> NoReturn:
         """Stop every actor and raise. Deaths come first (a peer's collective error is only
         their consequence): those known, then those of ``pending`` calls that end within
         FAILURE_GRACE_S."""
