@@ -1,8 +1,10 @@
 """One rank of a multiprocess engine: the worker process's main loop and its messages.
 
-``MultiprocExecutor`` spawns one process per rank with ``run_worker_process``. The only
-thing Python pickles is the start-up argument (``WorkerArgs`` as msgspec JSON bytes); every
-message afterwards is a msgspec Struct below, encoded with msgpack:
+``MultiprocExecutor`` spawns one process per rank with ``run_worker_process``; the Ray
+executor's actors (ray_executor.RayWorker) reuse ``start_worker``, ``handle_call`` and the
+messages, carried as bytes in Ray calls instead of over ZMQ. The only thing Python pickles is
+the start-up argument (``WorkerArgs`` as msgspec JSON bytes); every message afterwards is a
+msgspec Struct below, encoded with msgpack:
 
     executor PUSH -> rank r PULL (one socket per rank)   ExecutorCall (same call to every rank)
     every rank PUSH -> executor PULL (one shared socket) WorkerReply

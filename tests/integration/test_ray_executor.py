@@ -51,6 +51,8 @@ def test_ray_tp2_equals_mp_tp2(ray_llm, tiny_model_dirs):
     assert isinstance(executor, RayDistributedExecutor)
     assert len(executor.workers) == 2
     assert len(set(executor.worker_pids) | {os.getpid()}) == 3    # two actor processes
+    table = ray.util.placement_group_table(executor._placement_group)
+    assert (table["strategy"], len(table["bundles"])) == ("STRICT_PACK", 2)   # one node holds both
     assert executor.load_stats == mp_stats                         # the same shard per rank
     assert_same_generation(reference, ray_llm.generate(PROMPTS, GREEDY, use_tqdm=False))
 
