@@ -9,8 +9,11 @@ message afterwards is a msgspec Struct below, encoded with msgpack:
 
 Call order: ``WorkerReady`` is sent once the model is loaded; then ``DetermineNumBlocks`` ->
 ``NumBlocks`` from every rank, ``InitializeCache`` -> ``CacheReady`` from every rank,
-``ExecuteModel`` -> ``StepResult`` from rank 0 only (every rank runs the same step and
-samples the same tokens, see LogitsProcessor), ``Shutdown`` -> exit 0. An exception sends
+``ExecuteModel`` -> ``StepResult`` from ``ParallelConfig.output_rank`` only (TP rank 0 of
+the last pipeline stage: every rank of that stage samples the same tokens, see
+LogitsProcessor; earlier stages pass their hidden states on and sample nothing), ``Shutdown``
+-> exit 0. Under pipeline parallelism the executor sends the next ExecuteModel before the
+previous StepResult is back; each rank runs its calls in order. An exception sends
 ``WorkerFailed`` and exits 1. A worker whose parent is gone exits on its own.
 """
 
@@ -124,7 +127,8 @@ def run_worker_process(args_json: bytes) -> None:
         worker = _start_worker(args)
         result_socket.send(encoder.encode(WorkerReady(
             args.rank, worker.load_stats.checkpoint_bytes_read, worker.load_stats.param_bytes)))
-        _serve(worker, args.rank, input_socket, result_socket, os.getppid())
+        _serve(worker, args.rank, args.rank == args.config.parallel.output_rank, input_socket,
+               result_socket, os.getppid())
     except _ParentGone:
         logger.warning("worker %d: the engine process is gone; exiting", args.rank)
     except Exception as error:
@@ -160,14 +164,15 @@ def _start_worker(args: WorkerArgs):
     init_distributed_environment(args.world_size, args.rank, platform.dist_backend(),
                                  args.store_host, args.store_port)
     parallel = args.config.parallel
-    initialize_model_parallel(parallel.tensor_parallel_size, parallel.pipeline_parallel_size)
+    initialize_model_parallel(parallel.tensor_parallel_size, parallel.pipeline_parallel_size,
+                              parallel.layer_partition())
     hf_config = load_hf_config(args.config.model.model)
     return Worker(args.config, platform, hf_config, getattr(torch, args.dtype))
 
 
-def _serve(worker, rank: int, input_socket: zmq.Socket, result_socket: zmq.Socket,
-           parent_pid: int) -> None:
-    """Answer executor calls until Shutdown."""
+def _serve(worker, rank: int, reports_steps: bool, input_socket: zmq.Socket,
+           result_socket: zmq.Socket, parent_pid: int) -> None:
+    """Answer executor calls until Shutdown; ``reports_steps``: this rank sends StepResults."""
     while True:
         if not input_socket.poll(IDLE_POLL_MS):
             if os.getppid() != parent_pid:
@@ -176,7 +181,7 @@ def _serve(worker, rank: int, input_socket: zmq.Socket, result_socket: zmq.Socke
         call = call_decoder.decode(input_socket.recv())
         if isinstance(call, ExecuteModel):
             output = worker.execute_model(call.scheduler_output)
-            if rank == 0:
+            if reports_steps:
                 result_socket.send(encoder.encode(StepResult(rank, output)))
         elif isinstance(call, DetermineNumBlocks):
             result_socket.send(encoder.encode(NumBlocks(rank, *worker.determine_num_blocks())))
