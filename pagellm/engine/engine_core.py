@@ -114,7 +114,11 @@ class EngineCore:
 
     @staticmethod
     def _has_work(sched) -> bool:
-        return not (sched.is_empty and not sched.finished_req_ids and not sched.blocks_to_swap_out)
+        """Whether the workers must see ``sched``: tokens to run, or requests to forget
+        (finished or preempted: a request that preempted itself leaves a step with no
+        tokens, and the runner must still drop its row) or blocks to swap out."""
+        return not (sched.is_empty and not sched.finished_req_ids and not sched.preempted_req_ids
+                    and not sched.blocks_to_swap_out)
 
     def _before_execute(self, sched) -> None:
         self._count_prompt_tokens(sched)

@@ -8,6 +8,7 @@ layer splits that cannot work are rejected before any worker starts.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 
 import pytest
@@ -146,3 +147,28 @@ def test_impossible_layer_splits_are_rejected_before_workers_start(model_dirs, o
     with pytest.raises(ClientError, match=message):
         LLM(str(model_dirs["llama"]), **options, **ENGINE)
     assert set(multiprocessing.active_children()) == before
+
+
+@pytest.mark.slow
+def test_default_model_pp2_greedy_equals_one_process(default_llm):
+    """SmolLM2-135M (GGUF, 30 layers, tied embeddings) over two stages of 15 layers: each
+    stage dequantizes only its own tensors."""
+    params = SamplingParams(temperature=0.0, max_tokens=8, logprobs=2)
+    prompts = ["The capital of France is", "def fibonacci(n):"]
+    reference = default_llm.generate(prompts, params, use_tqdm=False)
+    llm = LLM("default", pipeline_parallel_size=2, kv_cache_memory_bytes=64 * 2**20,
+              max_model_len=2048, dtype="float32")
+    try:
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+        stats = llm.llm_engine.engine_core.executor.load_stats
+    finally:
+        llm.shutdown()
+    whole = default_llm.llm_engine.engine_core.executor.load_stats[0]
+    for ref, out in zip(reference, outputs, strict=True):
+        assert out.outputs[0].token_ids == ref.outputs[0].token_ids
+        for ref_step, step in zip(ref.outputs[0].logprobs, out.outputs[0].logprobs, strict=True):
+            for token_id, logprob in ref_step.items():
+                assert math.isclose(step[token_id].logprob, logprob.logprob, abs_tol=1e-3)
+    for stage in stats:
+        assert stage.checkpoint_bytes_read < 0.75 * whole.checkpoint_bytes_read
+        assert stage.param_bytes < 0.75 * whole.param_bytes
