@@ -81,7 +81,8 @@ def load_model(model_path: str, hf_config, load_format: str, dtype: torch.dtype,
     if load_format == "dummy":
         init_dummy_weights(model, seed, stats)
     else:
-        params, mapping = dict(model.named_parameters()), getattr(model, "stacked_params_mapping", [])
+        params = dict(model.named_parameters())
+        mapping = getattr(model, "stacked_params_mapping", [])
         wanted = lambda name: _param_for(name, mapping, params)[0] is not None  # noqa: E731
         weights = (_counted(iter_gguf_weights(model_path, hf_config, wanted), stats)
                    if load_format == "gguf" else iter_safetensors_weights(model_path, stats.add_read))

@@ -46,7 +46,8 @@ def test_layer_split_checked_against_the_model():
     with pytest.raises(ClientError, match="sums to 3, but the model has num_hidden_layers=2"):
         ParallelConfig(pipeline_parallel_size=2,
                        pipeline_layer_partition="2,1").verify_with_model(model)
-    ParallelConfig(pipeline_parallel_size=2, pipeline_layer_partition="1,1").verify_with_model(model)
+    fits = ParallelConfig(pipeline_parallel_size=2, pipeline_layer_partition="1,1")
+    fits.verify_with_model(model)
 
 
 def test_uni_executor_cannot_run_two_stages():
