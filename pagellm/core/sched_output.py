@@ -27,6 +27,10 @@ class CachedRequestData:
     request_id: str
     new_block_ids: list[int]
     num_computed_tokens: int
+    new_token_ids: list[int] = field(default_factory=list)
+    """Pipeline parallelism only: the output tokens from position ``max(num_computed_tokens,
+    num_prompt_tokens)`` on (the token sampled since the runner last ran this request). The ranks of earlier stages
+    never sample, so they learn the tokens this way; empty otherwise."""
 
 
 @dataclass

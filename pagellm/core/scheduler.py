@@ -9,6 +9,14 @@ request is preempted (recompute: drop its KV; swap: copy it to CPU swap space).
 Contract: ``schedule`` mutates requests (status, ``num_computed_tokens`` advanced by what it
 scheduled) and block tables; ``update_from_output`` appends sampled tokens and finishes
 requests. Every finished or aborted request's blocks are freed at once.
+
+Several batches in flight (``max_concurrent_batches`` > 1, pipeline parallelism, vLLM's batch
+queue): ``schedule`` may be called again before the previous batches' outputs are back, and
+every SchedulerOutput must reach ``update_from_output`` in the order it was scheduled. A
+request in flight is neither scheduled again nor chosen for preemption until its batch's
+output is back; an aborted one's output is dropped. Freeing an in-flight request's blocks
+at once is safe: every stage runs the batches in order, so a later batch that reuses a block
+writes it after the in-flight batch is done with it.
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ logger = logging.getLogger(__name__)
 
 class Scheduler:
     def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig,
-                 max_model_len: int, num_blocks: int, num_swap_blocks: int = 0):
+                 max_model_len: int, num_blocks: int, num_swap_blocks: int = 0,
+                 max_concurrent_batches: int = 1):
         self.config = scheduler_config
         self.max_model_len = max_model_len
         self.max_num_batched_tokens = scheduler_config.max_num_batched_tokens or 8192
@@ -42,6 +51,11 @@ class Scheduler:
         self.finished_req_ids: set[str] = set()    # to tell the runner next step
         self.preempted_req_ids: set[str] = set()
         self.num_preemptions = 0
+        self.max_concurrent_batches = max_concurrent_batches
+        self.pipelined = max_concurrent_batches > 1
+        """Batches may be scheduled before earlier ones' outputs are back (see the module)."""
+        self.in_flight: dict[str, Request] = {}
+        """Pipelined only: requests of the batches whose outputs are not back yet."""
         # scheduler_delay_factor bookkeeping (vLLM's _passed_delay)
         self._prev_step_time = 0.0
         self._prev_step_had_prompt = False
@@ -87,13 +101,15 @@ class Scheduler:
     # ---- one step ---------------------------------------------------------------------------
 
     def schedule(self) -> SchedulerOutput:
-        step = _StepState(budget=self.max_num_batched_tokens)
+        step = _StepState(self.max_num_batched_tokens, self._micro_batch_size())
         self._schedule_running(step)
         # Called every step, even one with a preemption, so the prompt latency it measures
         # spans exactly one step.
         passed_delay = self._passed_delay(time.time())
         if not step.preempted and passed_delay:
             self._schedule_waiting(step)
+        if self.pipelined:
+            self._mark_in_flight(step)
         for request in step.scheduled:
             request.num_computed_tokens += step.num_tokens[request.request_id]
         self._prev_step_had_prompt = step.had_prompt
@@ -107,6 +123,25 @@ class Scheduler:
             blocks_to_swap_out=step.swap_out,
             blocks_to_swap_in=step.swap_in, num_preempted=len(step.preempted))
 
+    def _micro_batch_size(self) -> int:
+        """Requests one batch may take: all of them, or when pipelined an equal share of the
+        unfinished requests per batch in flight, so the stages get as many batches as they
+        can hold (one batch with every request would leave all but one stage idle)."""
+        if not self.pipelined:
+            return self.config.max_num_seqs
+        return max(1, -(-self.num_unfinished_requests // self.max_concurrent_batches))
+
+    def _mark_in_flight(self, step: "_StepState") -> None:
+        """Record the step's requests as in flight and give each running one the tokens the
+        earlier pipeline stages have not seen (their ranks never sample)."""
+        requests = self.requests
+        for cached in step.cached_reqs:
+            request = requests[cached.request_id]
+            cached.new_token_ids = request.all_token_ids[
+                max(cached.num_computed_tokens, request.num_prompt_tokens):]
+        for request in step.scheduled:
+            self.in_flight[request.request_id] = request
+
     def _num_new_tokens(self, request: Request, budget: int) -> int:
         """Tokens to run for a request now: all it lacks, chunked to the budget if allowed;
         0 when it cannot run this step."""
@@ -117,8 +152,12 @@ class Scheduler:
 
     def _schedule_running(self, step: "_StepState") -> None:
         index, running, allocate_slots = 0, self.running, self.kv.allocate_slots
-        while index < len(running) and step.budget > 0:
+        in_flight = self.in_flight
+        while index < len(running) and step.budget > 0 and step.has_room:
             request = running[index]
+            if in_flight and request.request_id in in_flight:
+                index += 1      # its previous batch is still in the pipeline
+                continue
             num_new = len(request.all_token_ids) - request.num_computed_tokens
             if num_new > step.budget:
                 num_new = self._num_new_tokens(request, step.budget)
@@ -142,9 +181,14 @@ class Scheduler:
             index += 1
 
     def _pick_victim(self) -> Request:
+        """The running request to preempt: the latest (or lowest-priority) one that is not in
+        flight (the request asking for blocks never is, so there always is one)."""
+        candidates = self.running
+        if self.in_flight:
+            candidates = [r for r in candidates if r.request_id not in self.in_flight]
         if self.config.policy == "priority":
-            return max(self.running, key=lambda r: (r.priority, r.arrival_time))
-        return self.running[-1]
+            return max(candidates, key=lambda r: (r.priority, r.arrival_time))
+        return candidates[-1]
 
     def _preempt(self, request: Request, step: "_StepState") -> None:
         self.running.remove(request)
@@ -177,8 +221,11 @@ class Scheduler:
         return self.waiting[0]
 
     def _schedule_waiting(self, step: "_StepState") -> None:
-        while self.waiting and step.budget > 0 and len(self.running) < self.config.max_num_seqs:
+        while (self.waiting and step.budget > 0 and step.has_room
+               and len(self.running) < self.config.max_num_seqs):
             request = self._next_waiting()
+            if self.in_flight and request.request_id in self.in_flight:
+                return      # an aborted request of the same id is still in flight
             if request.status == RequestStatus.SWAPPED:
                 if not self._admit_swapped(request, step):
                     return
@@ -236,8 +283,16 @@ class Scheduler:
 
     def update_from_output(self, sched: SchedulerOutput,
                            runner_output: ModelRunnerOutput) -> list[EngineCoreOutput]:
+        """Append the step's sampled tokens, finish the requests they end; returns the
+        outputs (new tokens, prompt logprobs, finishes). Tokens of requests aborted while the
+        step ran are dropped."""
         outputs: dict[str, EngineCoreOutput] = {}
         requests, logprobs = self.requests, runner_output.logprobs
+        aborted: set[str] = set()
+        if self.pipelined:      # this batch's request objects: an id may be reused after abort
+            requests = {request_id: self.in_flight.pop(request_id)
+                        for request_id in sched.num_scheduled_tokens}
+            aborted = {request_id for request_id, r in requests.items() if r.is_finished}
         update_block_hashes = self.kv.update_block_hashes
         for row, (request_id, token_id) in enumerate(
                 zip(runner_output.req_ids, runner_output.sampled_token_ids)):
@@ -259,6 +314,8 @@ class Scheduler:
                 self.running.remove(request)
                 self._free(request)
         for request_id, prompt_logprobs in runner_output.prompt_logprobs.items():
+            if request_id in aborted:
+                continue
             out = outputs.get(request_id) or outputs.setdefault(
                 request_id, EngineCoreOutput(request_id, []))
             out.new_prompt_logprobs = prompt_logprobs
@@ -295,8 +352,9 @@ def _row(logprobs: TopLogprobs | None, row: int) -> TopLogprobs | None:
 class _StepState:
     """What one ``schedule`` call has decided so far."""
 
-    def __init__(self, budget: int):
+    def __init__(self, budget: int, max_num_reqs: int):
         self.budget = budget
+        self.max_num_reqs = max_num_reqs
         self.num_tokens: dict[str, int] = {}
         self.new_reqs: list[NewRequestData] = []
         self.cached_reqs: list[CachedRequestData] = []
@@ -305,6 +363,11 @@ class _StepState:
         self.swap_out: list[tuple[int, int]] = []
         self.swap_in: list[tuple[int, int]] = []
         self.had_prompt = False
+
+    @property
+    def has_room(self) -> bool:
+        """Fewer requests scheduled than the batch may take."""
+        return len(self.scheduled) < self.max_num_reqs
 
     def add_cached(self, request: Request, num_new: int, new_block_ids: list[int]) -> None:
         self.num_tokens[request.request_id] = num_new

@@ -1,8 +1,10 @@
 """Executors run the worker(s) for the engine core, behind one interface:
 
 ``determine_num_blocks()`` -> (KV blocks, swap blocks), the minimum over ranks;
-``initialize_cache(num_blocks, num_swap_blocks)``; ``execute_model(SchedulerOutput)`` ->
-``ModelRunnerOutput``; ``shutdown()``; ``vocab_size``; ``load_stats`` (one per rank).
+``initialize_cache(num_blocks, num_swap_blocks)``; ``execute_model(SchedulerOutput,
+non_block=False)`` -> ``ModelRunnerOutput`` (a ``StepFuture`` of it with ``non_block=True``);
+``max_concurrent_batches`` (how many steps may be in flight: the pipeline depth);
+``shutdown()``; ``vocab_size``; ``load_stats`` (one per rank).
 
 - ``UniProcExecutor`` ("uni"): one rank in the engine-core process (no process group).
 - ``MultiprocExecutor`` ("mp"): one spawned worker process per rank, rank 0 included.
@@ -27,6 +29,8 @@ import signal
 import tempfile
 import time
 import weakref
+from collections import deque
+from typing import Callable
 
 import msgspec
 import torch
@@ -48,8 +52,32 @@ SHUTDOWN_TIMEOUT_S = 10.0     # how long workers get to exit after Shutdown befo
 FAILURE_GRACE_MS = 500        # after a worker dies, wait this long for its WorkerFailed text
 
 
+class StepFuture:
+    """The ModelRunnerOutput of a step that may still be running on the workers (vLLM's
+    ``execute_model(..., non_block=True)``). ``result()`` blocks until it is back (and
+    raises what the executor raises when a worker fails)."""
+
+    def __init__(self, wait: Callable[["StepFuture"], None] | None = None,
+                 output: ModelRunnerOutput | None = None):
+        self._wait = wait
+        self._output = output
+
+    def done(self) -> bool:
+        return self._output is not None
+
+    def set_result(self, output: ModelRunnerOutput) -> None:
+        self._output = output
+
+    def result(self) -> ModelRunnerOutput:
+        if self._output is None:
+            self._wait(self)
+        return self._output
+
+
 class UniProcExecutor:
     """Rank 0 in the engine-core process."""
+
+    max_concurrent_batches = 1
 
     def __init__(self, config: EngineConfig, platform: Platform, hf_config, dtype: torch.dtype):
         from pagellm.worker.worker import Worker
@@ -64,8 +92,9 @@ class UniProcExecutor:
     def initialize_cache(self, num_blocks: int, num_swap_blocks: int) -> None:
         self.worker.initialize_cache(num_blocks, num_swap_blocks)
 
-    def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:
-        return self.worker.execute_model(sched)
+    def execute_model(self, sched: SchedulerOutput, non_block: bool = False):
+        output = self.worker.execute_model(sched)
+        return StepFuture(output=output) if non_block else output
 
     def shutdown(self) -> None:
         self.worker = None
@@ -91,12 +120,19 @@ def make_executor(config: EngineConfig, platform: Platform, hf_config, dtype: to
 
 
 class MultiprocExecutor:
-    """One spawned worker process per rank; calls go to every rank over ZMQ, results come
-    back from rank 0. Any worker failure raises EngineDeadError (ClientError for a bad
-    configuration found while loading) and stops every worker; later calls raise too."""
+    """One spawned worker process per rank; calls go to every rank over ZMQ, step results
+    come back from the output rank (TP rank 0 of the last pipeline stage). Under pipeline
+    parallelism up to ``max_concurrent_batches`` steps run at once (``non_block=True``);
+    their results come back in the order the steps were sent. Any worker failure raises
+    EngineDeadError (ClientError for a bad configuration found while loading) and stops
+    every worker; later calls raise too."""
 
     def __init__(self, config: EngineConfig, platform: Platform, hf_config, dtype: torch.dtype):
         self.world_size = config.parallel.world_size
+        self.output_rank = config.parallel.output_rank
+        self.max_concurrent_batches = config.parallel.pipeline_parallel_size
+        """Steps that may be in flight at once: one per pipeline stage."""
+        self._pending_steps: deque[StepFuture] = deque()
         self.vocab_size = hf_config.vocab_size
         self.dead_error: Exception | None = None
         self._socket_dir = tempfile.mkdtemp(prefix="pagellm-workers-")
@@ -147,9 +183,21 @@ class MultiprocExecutor:
         self._broadcast(InitializeCache(num_blocks, num_swap_blocks))
         self._collect(CacheReady, range(self.world_size))
 
-    def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+    def execute_model(self, sched: SchedulerOutput, non_block: bool = False):
+        """Send the step to every rank; its ModelRunnerOutput, or with ``non_block`` a
+        StepFuture of it (the call returns once the step is sent)."""
         self._broadcast(ExecuteModel(sched))
-        return self._collect(StepResult, [0])[0].output
+        future = StepFuture(self._wait_step)
+        self._pending_steps.append(future)
+        return future if non_block else future.result()
+
+    def _wait_step(self, future: StepFuture) -> None:
+        """Collect step results, oldest step first, until ``future`` has its output."""
+        while not future.done():
+            if self.dead_error is not None:
+                raise self.dead_error
+            output = self._collect(StepResult, [self.output_rank])[self.output_rank].output
+            self._pending_steps.popleft().set_result(output)
 
     def _broadcast(self, call) -> None:
         if self.dead_error is not None:
@@ -206,7 +254,7 @@ class MultiprocExecutor:
         exited = self._exited_ranks(failure.rank)
         causes = exited + ([f"worker rank {failure.rank} failed: {failure.error}"]
                            if failure.rank >= 0 else [])
-        text = "tensor-parallel " + "; ".join(causes or [failure.error])
+        text = "parallel " + "; ".join(causes or [failure.error])
         error: Exception = (ClientError(failure.error) if failure.client_error and not exited
                             else EngineDeadError(text))
         logger.error("%s%s", text, f"\n{failure.traceback}" if failure.traceback else "")

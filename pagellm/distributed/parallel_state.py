@@ -7,8 +7,11 @@ through ``tensor_model_parallel_all_reduce/all_gather``. A process that never in
 (the single-process engine) sees tensor-parallel world size 1: every collective returns its
 input untouched and no process group exists.
 
-Groups: the world group, and one tensor-parallel group per pipeline stage (ranks
-``[stage * tp, (stage + 1) * tp)``; pipeline stages are the seam for pipeline parallelism).
+Groups: the world group, one tensor-parallel group per pipeline stage (ranks
+``[stage * tp, (stage + 1) * tp)``), and one pipeline group per tensor-parallel rank (ranks
+``[t, t + tp, t + 2 tp, ...]``): stage s's TP rank t sends its hidden states to stage s + 1's
+TP rank t. ``get_pp_group().is_first_rank/is_last_rank`` tell a model which ends it holds and
+``get_pp_layer_range`` which decoder layers.
 Each group has a device group (NCCL on CUDA, gloo on CPU, from ``Platform.dist_backend()``)
 and a gloo CPU group for control data. Every collective has the timeout given at init, so a
 rank that hangs makes its peers raise instead of waiting forever.
@@ -71,10 +74,31 @@ class GroupCoordinator:
             dist.all_gather(list(gathered.unbind(0)), tensor, group=self.device_group)
         return gathered.movedim(0, dim).flatten(dim, dim + 1)
 
+    @property
+    def is_first_rank(self) -> bool:
+        return self.rank_in_group == 0
+
+    @property
+    def is_last_rank(self) -> bool:
+        return self.rank_in_group == self.world_size - 1
+
+    def isend_next(self, tensor: torch.Tensor):
+        """Start sending ``tensor`` to the next rank of the group; returns the torch Work
+        (wait on it before ``tensor`` is freed or changed)."""
+        return dist.isend(tensor, self.ranks[self.rank_in_group + 1], group=self.device_group)
+
+    def recv_prev(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Fill ``tensor`` (its shape and dtype must match what the previous rank sent) from
+        the previous rank of the group; blocks until it arrived (or the group timeout)."""
+        dist.recv(tensor, self.ranks[self.rank_in_group - 1], group=self.device_group)
+        return tensor
+
 
 _SINGLE = GroupCoordinator(ranks=[0], rank_in_group=0)
 _WORLD: GroupCoordinator | None = None
 _TP: GroupCoordinator | None = None
+_PP: GroupCoordinator | None = None
+_PP_LAYER_PARTITION: list[int] | None = None
 
 
 def init_distributed_environment(world_size: int, rank: int, backend: str, store_host: str,
@@ -93,10 +117,13 @@ def init_distributed_environment(world_size: int, rank: int, backend: str, store
 
 
 def initialize_model_parallel(tensor_model_parallel_size: int = 1,
-                              pipeline_model_parallel_size: int = 1) -> None:
-    """Create the tensor-parallel groups (one per pipeline stage). Every rank must call it
-    with the same sizes; ValueError when their product is not the world size."""
-    global _TP
+                              pipeline_model_parallel_size: int = 1,
+                              pipeline_layer_partition: list[int] | None = None) -> None:
+    """Create the tensor-parallel groups (one per pipeline stage) and the pipeline groups
+    (one per TP rank). Every rank must call it with the same arguments; ValueError when the
+    sizes' product is not the world size. ``pipeline_layer_partition``: decoder layers per
+    stage (None = balanced), used by ``get_pp_layer_range``."""
+    global _TP, _PP, _PP_LAYER_PARTITION
     world = get_world_group()
     if tensor_model_parallel_size * pipeline_model_parallel_size != world.world_size:
         raise ValueError(f"tensor_parallel_size={tensor_model_parallel_size} x "
@@ -111,6 +138,13 @@ def initialize_model_parallel(tensor_model_parallel_size: int = 1,
         if world.rank_in_group in ranks:
             _TP = GroupCoordinator(ranks, ranks.index(world.rank_in_group), device_group,
                                    cpu_group)
+    for tp_rank in range(tensor_model_parallel_size):
+        ranks = list(range(tp_rank, world.world_size, tensor_model_parallel_size))
+        device_group = dist.new_group(ranks, backend=backend)
+        if world.rank_in_group in ranks:
+            _PP = GroupCoordinator(ranks, ranks.index(world.rank_in_group), device_group,
+                                   device_group)
+    _PP_LAYER_PARTITION = pipeline_layer_partition
 
 
 def model_parallel_is_initialized() -> bool:
@@ -125,6 +159,20 @@ def get_world_group() -> GroupCoordinator:
 def get_tp_group() -> GroupCoordinator:
     """This rank's tensor-parallel group; a one-rank group when not initialised."""
     return _TP or _SINGLE
+
+
+def get_pp_group() -> GroupCoordinator:
+    """This rank's pipeline group (its rank is the stage); one rank when not initialised."""
+    return _PP or _SINGLE
+
+
+def get_pp_layer_range(num_layers: int) -> tuple[int, int]:
+    """[start, end) of the decoder layers this rank's pipeline stage runs (all of them
+    without pipeline parallelism)."""
+    from pagellm.config.parallel import stage_layer_range
+
+    pp = get_pp_group()
+    return stage_layer_range(num_layers, pp.world_size, pp.rank_in_group, _PP_LAYER_PARTITION)
 
 
 def get_tensor_model_parallel_world_size() -> int:
@@ -146,8 +194,8 @@ def tensor_model_parallel_all_gather(tensor: torch.Tensor, dim: int = -1) -> tor
 
 
 def destroy_model_parallel() -> None:
-    global _TP
-    _TP = None
+    global _TP, _PP, _PP_LAYER_PARTITION
+    _TP = _PP = _PP_LAYER_PARTITION = None
 
 
 def destroy_distributed_environment() -> None:

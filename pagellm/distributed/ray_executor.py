@@ -45,6 +45,7 @@ from pagellm.distributed.worker_proc import (CacheReady, DetermineNumBlocks, Exe
                                              WorkerArgs, WorkerFailed, WorkerReady, encoder,
                                              reply_decoder)
 from pagellm.errors import ClientError, EngineDeadError
+from pagellm.logger import init_logging
 from pagellm.models.loader import LoadStats
 from pagellm.platforms import Platform
 
@@ -76,8 +77,8 @@ class RayWorker:
 
         args = msgspec.json.decode(args_json, type=WorkerArgs)
         self.rank = args.rank
-        logging.basicConfig(level=logging.INFO,
-                            format=f"%(asctime)s worker-{args.rank} %(message)s")
+        self.reports_steps = args.rank == args.config.parallel.output_rank
+        init_logging(f"worker-{args.rank}")
         if visible_devices is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = visible_devices
         try:
@@ -93,7 +94,8 @@ class RayWorker:
         from pagellm.distributed.worker_proc import call_decoder, handle_call
 
         try:
-            reply = handle_call(self.worker, self.rank, call_decoder.decode(message))
+            reply = handle_call(self.worker, self.rank, call_decoder.decode(message),
+                                self.reports_steps)
         except Exception as error:
             return self._failed(error)
         return None if reply is None else encoder.encode(reply)

@@ -11,8 +11,11 @@ msgspec Struct below, encoded with msgpack:
 
 Call order: ``WorkerReady`` is sent once the model is loaded; then ``DetermineNumBlocks`` ->
 ``NumBlocks`` from every rank, ``InitializeCache`` -> ``CacheReady`` from every rank,
-``ExecuteModel`` -> ``StepResult`` from rank 0 only (every rank runs the same step and
-samples the same tokens, see LogitsProcessor), ``Shutdown`` -> exit 0. An exception sends
+``ExecuteModel`` -> ``StepResult`` from ``ParallelConfig.output_rank`` only (TP rank 0 of
+the last pipeline stage: every rank of that stage samples the same tokens, see
+LogitsProcessor; earlier stages pass their hidden states on and sample nothing), ``Shutdown``
+-> exit 0. Under pipeline parallelism the executor sends the next ExecuteModel before the
+previous StepResult is back; each rank runs its calls in order. An exception sends
 ``WorkerFailed`` and exits 1. A worker whose parent is gone exits on its own.
 """
 
@@ -31,6 +34,7 @@ import zmq
 from pagellm.config.engine_args import EngineConfig
 from pagellm.core.sched_output import ModelRunnerOutput, SchedulerOutput
 from pagellm.errors import ClientError
+from pagellm.logger import init_logging
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +122,7 @@ def run_worker_process(args_json: bytes) -> None:
     1 after an error (reported as WorkerFailed first)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the engine decides how to shut down
     args = msgspec.json.decode(args_json, type=WorkerArgs)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{args.rank} %(message)s")
+    init_logging(f"worker-{args.rank}")
     context = zmq.Context()
     input_socket = context.socket(zmq.PULL)
     input_socket.connect(args.input_address)
@@ -129,7 +133,8 @@ def run_worker_process(args_json: bytes) -> None:
         worker = start_worker(args)
         result_socket.send(encoder.encode(WorkerReady(
             args.rank, worker.load_stats.checkpoint_bytes_read, worker.load_stats.param_bytes)))
-        _serve(worker, args.rank, input_socket, result_socket, os.getppid())
+        _serve(worker, args.rank, args.rank == args.config.parallel.output_rank, input_socket,
+               result_socket, os.getppid())
     except _ParentGone:
         logger.warning("worker %d: the engine process is gone; exiting", args.rank)
     except Exception as error:
@@ -166,14 +171,15 @@ def start_worker(args: WorkerArgs):
     init_distributed_environment(args.world_size, args.rank, platform.dist_backend(),
                                  args.store_host, args.store_port)
     parallel = args.config.parallel
-    initialize_model_parallel(parallel.tensor_parallel_size, parallel.pipeline_parallel_size)
+    initialize_model_parallel(parallel.tensor_parallel_size, parallel.pipeline_parallel_size,
+                              parallel.layer_partition())
     hf_config = load_hf_config(args.config.model.model)
     return Worker(args.config, platform, hf_config, getattr(torch, args.dtype))
 
 
-def _serve(worker, rank: int, input_socket: zmq.Socket, result_socket: zmq.Socket,
-           parent_pid: int) -> None:
-    """Answer executor calls until Shutdown."""
+def _serve(worker, rank: int, reports_steps: bool, input_socket: zmq.Socket,
+           result_socket: zmq.Socket, parent_pid: int) -> None:
+    """Answer executor calls until Shutdown; ``reports_steps``: this rank sends StepResults."""
     while True:
         if not input_socket.poll(IDLE_POLL_MS):
             if os.getppid() != parent_pid:
@@ -182,17 +188,19 @@ def _serve(worker, rank: int, input_socket: zmq.Socket, result_socket: zmq.Socke
         call = call_decoder.decode(input_socket.recv())
         if isinstance(call, Shutdown):
             return
-        reply = handle_call(worker, rank, call)
+        reply = handle_call(worker, rank, call, reports_steps)
         if reply is not None:
             result_socket.send(encoder.encode(reply))
 
 
-def handle_call(worker, rank: int, call: ExecutorCall) -> WorkerReply | None:
+def handle_call(worker, rank: int, call: ExecutorCall, reports_steps: bool) -> WorkerReply | None:
     """Run one executor call (not Shutdown) on this rank's Worker: the reply to send, or None
-    for a step that another rank reports. Shared by the mp worker loop and the Ray actor."""
+    for a step that another rank reports (``reports_steps``: this rank is the last pipeline
+    stage's TP rank 0, ``ParallelConfig.output_rank``). Shared by the mp worker loop and the
+    Ray actor."""
     if isinstance(call, ExecuteModel):
         output = worker.execute_model(call.scheduler_output)
-        return StepResult(rank, output) if rank == 0 else None
+        return StepResult(rank, output) if reports_steps else None
     if isinstance(call, DetermineNumBlocks):
         return NumBlocks(rank, *worker.determine_num_blocks())
     if isinstance(call, InitializeCache):

@@ -1,6 +1,10 @@
 """EngineCore: schedule -> execute -> update, one step at a time.
 
 Owns the scheduler and the executor. It sees token ids only; text lives in the frontend.
+Under pipeline parallelism (``executor.max_concurrent_batches`` > 1) it keeps a batch queue
+(vLLM's ``step_with_batch_queue``): a step schedules and sends a new batch while earlier ones
+are still in the pipeline, and only waits for the oldest when the queue is full or nothing
+else can be scheduled, so every stage has work.
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 
 import torch
@@ -16,7 +21,7 @@ from pagellm.config.engine_args import EngineConfig
 from pagellm.core.request import Request
 from pagellm.core.stats import EngineStats
 from pagellm.core.scheduler import Scheduler
-from pagellm.core.sched_output import EngineCoreOutput
+from pagellm.core.sched_output import EngineCoreOutput, ModelRunnerOutput
 from pagellm.distributed.executor import make_executor
 from pagellm.platforms import Platform, current_platform
 
@@ -56,8 +61,14 @@ class EngineCore:
         if config.scheduler.preemption_mode != "swap":
             num_swap_blocks = 0     # swap space is only reserved when it can be used
         self.executor.initialize_cache(num_blocks, num_swap_blocks)
+        self.batch_queue_size = getattr(self.executor, "max_concurrent_batches", 1)
+        """Batches in flight at most (1: no batch queue, each step waits for its output)."""
+        self.batch_queue: deque = deque()
+        """(SchedulerOutput, StepFuture) of the batches in flight, oldest first."""
+        self.max_batches_in_flight = 0
+        """The most batches that were in flight at once (1 without pipeline parallelism)."""
         self.scheduler = Scheduler(config.scheduler, config.cache, config.model.max_model_len,
-                                   num_blocks, num_swap_blocks)
+                                   num_blocks, num_swap_blocks, self.batch_queue_size)
         self.num_blocks = num_blocks
         self.num_swap_blocks = num_swap_blocks
         self.num_steps = 0
@@ -82,9 +93,45 @@ class EngineCore:
 
     def step(self) -> list[EngineCoreOutput]:
         """Run one scheduled batch; returns the new tokens and finishes of this step."""
+        if self.batch_queue_size > 1:
+            return self._step_with_batch_queue()
         sched = self.scheduler.schedule()
-        if sched.is_empty and not sched.finished_req_ids and not sched.blocks_to_swap_out:
+        if not self._has_work(sched):
             return []
+        self._before_execute(sched)
+        runner_output = self.executor.execute_model(sched)
+        return self._after_execute(sched, runner_output)
+
+    def _step_with_batch_queue(self) -> list[EngineCoreOutput]:
+        """Send a new batch when the queue has room and something can be scheduled; return
+        at once while the queue is not full, else wait for the oldest batch and return its
+        outputs. Every SchedulerOutput goes back to the scheduler, in order."""
+        queue = self.batch_queue
+        if len(queue) < self.batch_queue_size:
+            sched = self.scheduler.schedule()
+            if self._has_work(sched):
+                self._before_execute(sched)
+                queue.append((sched, self.executor.execute_model(sched, non_block=True)))
+                self.max_batches_in_flight = max(self.max_batches_in_flight, len(queue))
+                if len(queue) < self.batch_queue_size and not sched.is_empty:
+                    return []
+            else:
+                # nothing new to run (every request is in flight): the step still counts
+                self.scheduler.update_from_output(sched, ModelRunnerOutput([], []))
+        if not queue:
+            return []
+        sched, future = queue.popleft()
+        return self._after_execute(sched, future.result())
+
+    @staticmethod
+    def _has_work(sched) -> bool:
+        """Whether the workers must see ``sched``: tokens to run, or requests to forget
+        (finished or preempted: a request that preempted itself leaves a step with no
+        tokens, and the runner must still drop its row) or blocks to swap out."""
+        return not (sched.is_empty and not sched.finished_req_ids and not sched.preempted_req_ids
+                    and not sched.blocks_to_swap_out)
+
+    def _before_execute(self, sched) -> None:
         self._count_prompt_tokens(sched)
         if self.on_scheduled is not None:
             self.on_scheduled()
@@ -93,7 +140,8 @@ class EngineCore:
                                 f"{self._fault_step} fails on purpose")
         if self._step_delay_s:
             time.sleep(self._step_delay_s)
-        runner_output = self.executor.execute_model(sched)
+
+    def _after_execute(self, sched, runner_output) -> list[EngineCoreOutput]:
         self.num_steps += 1
         self.last_step_num_tokens = sched.total_num_scheduled_tokens
         self.num_generation_tokens += len(runner_output.sampled_token_ids)

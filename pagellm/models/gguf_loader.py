@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -149,14 +149,16 @@ def hf_name(gguf_name: str) -> str | None:
     return f"model.layers.{layer}.{_BLOCK_NAMES[part]}.{kind}"
 
 
-def iter_gguf_weights(path: str | Path, hf_config) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (HF name, float32 CPU tensor) for every weight in the file, dequantized, with
-    llama-arch q/k rows put back in HF order."""
+def iter_gguf_weights(path: str | Path, hf_config, wanted: Callable[[str], bool] = lambda n: True
+                      ) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (HF name, float32 CPU tensor) for every weight in the file whose HF name is
+    ``wanted`` (others are not dequantized: a pipeline stage skips other stages' layers),
+    dequantized, with llama-arch q/k rows put back in HF order."""
     reader = open_gguf(path)
     permuted = gguf_arch(reader) == "llama"
     for tensor in reader.tensors:
         name = hf_name(tensor.name)
-        if name is None:
+        if name is None or not wanted(name):
             continue
         array = np.ascontiguousarray(dequantize(tensor.data, tensor.tensor_type))
         if not array.flags.writeable:  # unquantized tensors come back as read-only memmaps

@@ -4,8 +4,11 @@ The families differ only in flags: Qwen2 always has q/k/v biases, Qwen3 normalis
 q/k head with an RMSNorm before RoPE. Module names follow the HF checkpoints, except that
 q/k/v and gate/up are fused (``qkv_proj``, ``gate_up_proj``): ``stacked_params_mapping``
 tells ``pagellm.models.loader`` which checkpoint tensor is which shard. Every layer is
-tensor-parallel (attention heads, MLP columns, vocabulary rows split across ranks); built
-outside a tensor-parallel group it is the whole model.
+tensor-parallel (attention heads, MLP columns, vocabulary rows split across ranks). Under
+pipeline parallelism a model holds only its stage's decoder layers (``get_pp_layer_range``),
+the embedding on the first stage, the final norm and LM head on the last (and the embedding
+there too when the LM head is tied to it). Built outside any process group it is the whole
+model.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pagellm.distributed.parallel_state import get_pp_group, get_pp_layer_range
 from pagellm.errors import ClientError
 from pagellm.layers.attention import Attention, AttentionBackend, TorchAttentionBackend
 from pagellm.layers.attention_metadata import AttentionMetadata
@@ -21,6 +25,7 @@ from pagellm.layers.norm import RMSNorm
 from pagellm.layers.rotary import RotaryEmbedding, rope_settings
 from pagellm.layers.vocab_parallel_embedding import (LogitsProcessor, ParallelLMHead,
                                                      VocabParallelEmbedding)
+from pagellm.models.utils import IntermediateTensors, PPMissingLayer, make_layers
 from pagellm.ops.activation import silu_and_mul
 from pagellm.platforms import use_triton_kernels
 
@@ -111,18 +116,34 @@ class LlamaModel(nn.Module):
         head_dim = head_dim_of(config)
         rope_theta, rope_scaling = rope_settings(config)
         rotary = RotaryEmbedding(head_dim, config.max_position_embeddings, rope_theta, rope_scaling)
-        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, dtype)
-        self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, rotary, backend, qkv_bias, o_bias, qk_norm, dtype)
-            for _ in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        pp = get_pp_group()
+        tied = bool(getattr(config, "tie_word_embeddings", False))
+        self.start_layer, self.end_layer = get_pp_layer_range(config.num_hidden_layers)
+        """This stage's decoder layers: [start_layer, end_layer)."""
+        self.embed_tokens = (VocabParallelEmbedding(config.vocab_size, config.hidden_size, dtype)
+                             if pp.is_first_rank or (tied and pp.is_last_rank)
+                             else PPMissingLayer())
+        self.layers = make_layers(
+            config.num_hidden_layers, self.start_layer, self.end_layer,
+            lambda: LlamaDecoderLayer(config, rotary, backend, qkv_bias, o_bias, qk_norm, dtype))
+        self.norm = (RMSNorm(config.hidden_size, config.rms_norm_eps, dtype) if pp.is_last_rank
+                     else PPMissingLayer())
 
-    def forward(self, input_ids, positions, kv_caches, attn_metadata):
-        """input_ids, positions: [T] -> [T, hidden_size]."""
-        hidden, residual = self.embed_tokens(input_ids), None          # [T, hidden_size]
-        for i, layer in enumerate(self.layers):
-            kv_cache = kv_caches[i] if kv_caches else None
-            hidden, residual = layer(positions, hidden, residual, kv_cache, attn_metadata)
+    def forward(self, input_ids, positions, kv_caches, attn_metadata,
+                intermediate_tensors: IntermediateTensors | None = None):
+        """input_ids, positions: [T]; kv_caches[i]: the cache of this stage's i-th layer.
+        The first stage embeds input_ids, later ones continue from ``intermediate_tensors``.
+        Returns [T, hidden_size] final hidden states on the last stage, else the
+        IntermediateTensors for the next stage."""
+        if intermediate_tensors is None:
+            hidden, residual = self.embed_tokens(input_ids), None      # [T, hidden_size]
+        else:
+            hidden, residual = intermediate_tensors.hidden_states, intermediate_tensors.residual
+        for i in range(self.start_layer, self.end_layer):
+            kv_cache = kv_caches[i - self.start_layer] if kv_caches else None
+            hidden, residual = self.layers[i](positions, hidden, residual, kv_cache, attn_metadata)
+        if isinstance(self.norm, PPMissingLayer):
+            return IntermediateTensors(hidden, residual)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
@@ -151,25 +172,34 @@ class LlamaForCausalLM(nn.Module):
         self.config = config
         self.dtype = dtype
         """Weight and activation dtype; KV caches must use it too."""
-        self.num_layers = config.num_hidden_layers
         self.head_dim = head_dim_of(config)
         self.vocab_size = config.vocab_size
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         """lm_head shares embed_tokens' weight."""
         self.model = LlamaModel(config, attn_backend or TorchAttentionBackend(),
                                 qkv_bias, o_bias, self.qk_norm, dtype)
-        self.num_kv_heads = self.model.layers[0].self_attn.num_kv_heads
+        self.num_layers = self.model.end_layer - self.model.start_layer
+        """Decoder layers on this rank (all of them without pipeline parallelism): the KV
+        cache's layer count."""
+        self.num_kv_heads = self.model.layers[self.model.start_layer].self_attn.num_kv_heads
         """KV heads per layer on this rank: the KV cache's head count."""
-        self.lm_head = self.model.embed_tokens if self.tie_word_embeddings else ParallelLMHead(
-            config.vocab_size, config.hidden_size, dtype)
+        if not get_pp_group().is_last_rank:
+            self.lm_head = PPMissingLayer()
+        elif self.tie_word_embeddings:
+            self.lm_head = self.model.embed_tokens
+        else:
+            self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, dtype)
         self.logits_processor = LogitsProcessor(config.vocab_size)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor],
-                attn_metadata: AttentionMetadata) -> torch.Tensor:
-        """input_ids, positions: [num_tokens]; kv_caches[i]: layer i's
-        [2, num_blocks, block_size, num_kv_heads, head_dim] cache, mutated (new K/V written).
-        Returns hidden states [num_tokens, hidden_size]."""
-        return self.model(input_ids, positions, kv_caches, attn_metadata)
+                attn_metadata: AttentionMetadata,
+                intermediate_tensors: IntermediateTensors | None = None):
+        """input_ids, positions: [num_tokens]; kv_caches[i]: this stage's i-th layer's
+        [2, num_blocks, block_size, num_kv_heads, head_dim] cache, mutated (new K/V written);
+        ``intermediate_tensors``: the previous stage's output (None on the first stage).
+        Returns hidden states [num_tokens, hidden_size] on the last pipeline stage,
+        IntermediateTensors for the next stage on the others."""
+        return self.model(input_ids, positions, kv_caches, attn_metadata, intermediate_tensors)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[n, hidden_size] -> float32 logits [n, vocab_size], the same on every rank."""

@@ -5,7 +5,9 @@ The model is built directly on the target device with uninitialised parameters (
 parallel layer allocates only this rank's shard), then every checkpoint tensor goes through
 its parameter's ``weight_loader``, which narrows it to the rank's shard before reading. Fused
 parameters (q|k|v, gate|up) take their pieces through the model class's
-``stacked_params_mapping``. ``LoadStats`` counts what a rank read and holds.
+``stacked_params_mapping``. ``LoadStats`` counts what a rank read and holds. Under pipeline
+parallelism the layers of other stages have no parameters here, so their tensors are never
+read (safetensors) or dequantized (GGUF).
 """
 
 from __future__ import annotations
@@ -79,7 +81,10 @@ def load_model(model_path: str, hf_config, load_format: str, dtype: torch.dtype,
     if load_format == "dummy":
         init_dummy_weights(model, seed, stats)
     else:
-        weights = (_counted(iter_gguf_weights(model_path, hf_config), stats)
+        params = dict(model.named_parameters())
+        mapping = getattr(model, "stacked_params_mapping", [])
+        wanted = lambda name: _param_for(name, mapping, params)[0] is not None  # noqa: E731
+        weights = (_counted(iter_gguf_weights(model_path, hf_config, wanted), stats)
                    if load_format == "gguf" else iter_safetensors_weights(model_path, stats.add_read))
         loaded = load_weights(model, weights)
         missing = sorted(set(dict(model.named_parameters())) - loaded)

@@ -3,8 +3,9 @@ steps and updated from the scheduler's diffs, so a step's inputs are a few vecto
 gathers instead of per-request Python work.
 
 Contract: ``apply(sched)`` is the only mutation from the scheduler's side (forget finished
-and preempted requests, add new ones, extend block tables, set computed counts);
-``append_sampled`` records the tokens this runner sampled. ``build_step_inputs`` and
+and preempted requests, add new ones, extend block tables, set computed counts, and under
+pipeline parallelism write the tokens sampled on the last stage); ``append_sampled`` records
+the tokens this runner sampled. ``build_step_inputs`` and
 ``sampling_arrays`` only read.
 """
 
@@ -80,6 +81,11 @@ class InputBatch:
         rows = [row_of[cached.request_id] for cached in cached_reqs]
         self.num_computed[rows] = [cached.num_computed_tokens for cached in cached_reqs]
         for row, cached in zip(rows, cached_reqs):
+            if cached.new_token_ids:    # pipeline parallelism; the last stage has them already
+                start = max(cached.num_computed_tokens, int(self.num_prompt_tokens[row]))
+                end = start + len(cached.new_token_ids)
+                self.token_ids[row, start:end] = cached.new_token_ids
+                self.num_tokens[row] = max(self.num_tokens[row], end)
             if cached.new_block_ids:
                 start = self.num_blocks[row]
                 self.block_table[row, start:start + len(cached.new_block_ids)] = cached.new_block_ids

@@ -2,6 +2,12 @@
 
 The same code runs on CPU and CUDA; device specifics come from the platform and the
 attention backend. One device-to-host copy of the sampled ids (and logprobs) per step.
+
+Under pipeline parallelism every stage's runner applies the same SchedulerOutput and builds
+the same step inputs; a stage other than the first receives the previous stage's hidden
+states and residual ([2, num_tokens, hidden_size], one message from the same TP rank of the
+previous stage; num_tokens is known from the step), a stage other than the last sends its
+own on and returns an empty output, and only the last stage computes logits and samples.
 """
 
 from __future__ import annotations
@@ -10,7 +16,9 @@ import numpy as np
 import torch
 
 from pagellm.core.sched_output import ModelRunnerOutput, SchedulerOutput, TopLogprobs
+from pagellm.distributed.parallel_state import get_pp_group
 from pagellm.layers.sampler import Sampler, SamplingMetadata
+from pagellm.models.utils import IntermediateTensors
 from pagellm.ops.sampling import compute_logprobs_topk
 from pagellm.platforms import Platform
 from pagellm.worker.input_batch import InputBatch, StepInputs
@@ -31,6 +39,8 @@ class ModelRunner:
         self.generators: dict[str, torch.Generator] = {}   # seeded requests, alive until finished
         self.kv_cache: KVCache | None = None
         self.cuda_graphs = None      # CudaGraphRunner once captured (CUDA, not enforce_eager)
+        self.pp_group = get_pp_group()
+        self._pending_send: tuple | None = None   # (torch Work, buffer) of the last stage-to-stage send
         torch.manual_seed(seed)
 
     def bind_kv_cache(self, kv_cache: KVCache) -> None:
@@ -46,11 +56,10 @@ class ModelRunner:
         if sched.total_num_scheduled_tokens == 0:
             return ModelRunnerOutput([], [])
         inputs = self.batch.build_step_inputs(sched, self.device)
-        if self.cuda_graphs is not None and self.cuda_graphs.can_run(inputs.attn_metadata):
-            hidden = self.cuda_graphs.run(inputs.input_ids, inputs.positions, inputs.attn_metadata)
-        else:
-            hidden = self.model(inputs.input_ids, inputs.positions, self.kv_cache.layers,
-                                inputs.attn_metadata)              # [num_tokens, hidden]
+        hidden = self._forward(inputs)                              # [num_tokens, hidden]
+        if not self.pp_group.is_last_rank:
+            self._send_to_next_stage(hidden)
+            return ModelRunnerOutput([], [])
         prompt_logprobs = self._prompt_logprobs(inputs, hidden)
         if not inputs.sample_rows:
             return ModelRunnerOutput([], [], prompt_logprobs=prompt_logprobs)
@@ -65,6 +74,32 @@ class ModelRunner:
             logprobs = TopLogprobs(out.logprob_token_ids.tolist(), out.logprobs.tolist(),
                                    out.sampled_token_ranks.tolist())
         return ModelRunnerOutput(request_ids, sampled, logprobs, prompt_logprobs)
+
+    def _forward(self, inputs: StepInputs):
+        """This stage's layers over the step: final hidden states [num_tokens, hidden] on the
+        last pipeline stage, IntermediateTensors on the others."""
+        if self.cuda_graphs is not None and self.cuda_graphs.can_run(inputs.attn_metadata):
+            return self.cuda_graphs.run(inputs.input_ids, inputs.positions, inputs.attn_metadata)
+        intermediate = (None if self.pp_group.is_first_rank
+                        else self._recv_from_prev_stage(inputs.attn_metadata.num_tokens))
+        return self.model(inputs.input_ids, inputs.positions, self.kv_cache.layers,
+                          inputs.attn_metadata, intermediate)
+
+    def _recv_from_prev_stage(self, num_tokens: int) -> IntermediateTensors:
+        """The previous stage's hidden states and residual for this step (blocks)."""
+        buffer = torch.empty((2, num_tokens, self.model.config.hidden_size),
+                             dtype=self.model.dtype, device=self.device)  # [2, T, hidden]
+        self.pp_group.recv_prev(buffer)
+        return IntermediateTensors(buffer[0], buffer[1])
+
+    def _send_to_next_stage(self, tensors: IntermediateTensors) -> None:
+        """Start sending this step's hidden states and residual to the next stage; the send
+        runs while this stage takes its next batch. The previous step's send is waited for
+        first (the next stage received it before it began that step's layers)."""
+        if self._pending_send is not None:
+            self._pending_send[0].wait()
+        buffer = torch.stack([tensors.hidden_states, tensors.residual])  # [2, T, hidden]
+        self._pending_send = (self.pp_group.isend_next(buffer), buffer)
 
     def _sampling_metadata(self, rows: np.ndarray, request_ids: list[str]) -> SamplingMetadata:
         batch, device = self.batch, self.device

@@ -1,4 +1,5 @@
-"""One rank: owns the device, the model, the KV cache and the model runner."""
+"""One rank: owns the device, the model, the KV cache and the model runner. Under pipeline
+parallelism the model, the KV cache and the memory profile cover only this stage's layers."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from pagellm.config.cache import DEFAULT_CPU_KV_CACHE_BYTES
 from pagellm.config.engine_args import EngineConfig
+from pagellm.distributed.parallel_state import get_pp_group
 from pagellm.errors import ClientError
 from pagellm.models.loader import LoadStats, load_model
 from pagellm.platforms import Platform
@@ -121,8 +123,15 @@ class Worker:
             slot_mapping=positions.clone(), query_start_loc_cpu=starts, seq_lens_cpu=per_req,
             max_query_len=max(per_req), max_seq_len=max(per_req))
         input_ids = torch.zeros(num_tokens, dtype=torch.int64, device=device)
-        hidden = self.model(input_ids, positions, caches, metadata)
-        self.model.compute_logits(hidden[-num_reqs:])
+        intermediate = None
+        if not get_pp_group().is_first_rank:     # stand-ins for the previous stage's output
+            from pagellm.models.utils import IntermediateTensors
+            zeros = torch.zeros((num_tokens, self.model.config.hidden_size), dtype=self.dtype,
+                                device=device)
+            intermediate = IntermediateTensors(zeros, zeros.clone())
+        hidden = self.model(input_ids, positions, caches, metadata, intermediate)
+        if get_pp_group().is_last_rank:
+            self.model.compute_logits(hidden[-num_reqs:])
         self.platform.synchronize()
         del caches, hidden
 
@@ -131,7 +140,10 @@ class Worker:
                            pin_memory=self.platform.pin_memory())
         self.runner.bind_kv_cache(kv_cache)
         if self.platform.is_cuda and not self.config.model.enforce_eager:
-            self._capture_cuda_graphs(kv_cache)
+            if get_pp_group().world_size > 1:   # graphs capture a whole-model forward only
+                logger.info("pipeline parallelism: CUDA graphs are not captured (eager mode)")
+            else:
+                self._capture_cuda_graphs(kv_cache)
 
     def _capture_cuda_graphs(self, kv_cache: KVCache) -> None:
         from pagellm.worker.cuda_graph import CudaGraphRunner, default_capture_sizes

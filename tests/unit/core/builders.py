@@ -28,11 +28,13 @@ def make_request(request_id: str, prompt: list[int] | int, max_tokens: int = 16,
 
 def make_scheduler(num_blocks: int = 64, block_size: int = 4, max_num_batched_tokens: int = 64,
                    max_num_seqs: int = 16, max_model_len: int = 256, num_swap_blocks: int = 0,
-                   enable_prefix_caching: bool = True, **scheduler_options) -> Scheduler:
+                   enable_prefix_caching: bool = True, max_concurrent_batches: int = 1,
+                   **scheduler_options) -> Scheduler:
     scheduler_config = SchedulerConfig(max_num_batched_tokens=max_num_batched_tokens,
                                        max_num_seqs=max_num_seqs, **scheduler_options)
     cache_config = CacheConfig(block_size=block_size, enable_prefix_caching=enable_prefix_caching)
-    return Scheduler(scheduler_config, cache_config, max_model_len, num_blocks, num_swap_blocks)
+    return Scheduler(scheduler_config, cache_config, max_model_len, num_blocks, num_swap_blocks,
+                     max_concurrent_batches)
 
 
 def play_runner(scheduler: Scheduler, output: SchedulerOutput,
