@@ -1,5 +1,6 @@
-"""Parallelism and devices: tensor parallelism on one host (mp executor); pipeline and data
-parallelism are not built yet."""
+"""Parallelism and devices: tensor parallelism on one host (mp executor) and data parallelism
+(independent engine replicas behind one server or LLM); pipeline parallelism is not built
+yet."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ class ParallelConfig:
     pipeline_parallel_size: int = 1
     """Split the layers across this many stages (not supported yet beyond 1)."""
     data_parallel_size: int = 1
-    """Independent engine replicas behind one server (not supported yet beyond 1)."""
+    """Independent engine replicas (each a whole engine core in its own process, with its own
+    scheduler, KV cache and tensor_parallel_size x pipeline_parallel_size ranks) behind one
+    server or LLM; a load balancer routes each request by queue length, KV usage and
+    prefix-cache affinity. On CUDA it needs data x tensor x pipeline parallel size devices."""
     enable_expert_parallel: bool = False
     """Shard MoE experts instead of tensor-parallel slicing (not supported yet)."""
     distributed_executor_backend: str | None = None
@@ -29,9 +33,8 @@ class ParallelConfig:
 
         for name in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
             check_range(name, getattr(self, name), 1)
-        for name in ("pipeline_parallel_size", "data_parallel_size"):
-            if getattr(self, name) != 1:
-                not_supported_yet(name, getattr(self, name))
+        if self.pipeline_parallel_size != 1:
+            not_supported_yet("pipeline_parallel_size", self.pipeline_parallel_size)
         if self.enable_expert_parallel:
             not_supported_yet("enable_expert_parallel", True)
         check_choice("distributed_executor_backend", self.distributed_executor_backend,

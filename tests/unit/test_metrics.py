@@ -29,15 +29,15 @@ def test_exposition_uses_vllms_names():
     metrics = PrometheusMetrics("m", max_model_len=100)
     metrics.observe_tokens(num_prompt_tokens=7, num_generation_tokens=3)
     text = metrics.render().decode()
-    for line in ('vllm:prompt_tokens_total{model_name="m"} 7.0',
-                 'vllm:generation_tokens_total{model_name="m"} 3.0',
-                 'vllm:num_requests_running{model_name="m"} 0.0',
-                 'vllm:num_requests_waiting{model_name="m"} 0.0',
-                 'vllm:kv_cache_usage_perc{model_name="m"} 0.0',
-                 'vllm:gpu_cache_usage_perc{model_name="m"} 0.0',
-                 'vllm:num_preemptions_total{model_name="m"} 0.0',
-                 'vllm:prefix_cache_queries_total{model_name="m"} 0.0',
-                 'vllm:prefix_cache_hits_total{model_name="m"} 0.0'):
+    for line in ('vllm:prompt_tokens_total{engine="0",model_name="m"} 7.0',
+                 'vllm:generation_tokens_total{engine="0",model_name="m"} 3.0',
+                 'vllm:num_requests_running{engine="0",model_name="m"} 0.0',
+                 'vllm:num_requests_waiting{engine="0",model_name="m"} 0.0',
+                 'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.0',
+                 'vllm:gpu_cache_usage_perc{engine="0",model_name="m"} 0.0',
+                 'vllm:num_preemptions_total{engine="0",model_name="m"} 0.0',
+                 'vllm:prefix_cache_queries_total{engine="0",model_name="m"} 0.0',
+                 'vllm:prefix_cache_hits_total{engine="0",model_name="m"} 0.0'):
         assert line in text.splitlines(), line
     for name in ("time_to_first_token_seconds", "inter_token_latency_seconds",
                  "time_per_output_token_seconds", "e2e_request_latency_seconds",
