@@ -14,7 +14,7 @@ from pagellm.metrics.prometheus import (TTFT_BUCKETS, MetricTotals, PrometheusMe
 from pagellm.metrics.stats_logger import StatsLogger, format_stats_line
 from pagellm.outputs import CompletionOutput, RequestMetrics, RequestOutput
 
-LABELS = {"model_name": "m"}
+LABELS = {"model_name": "m", "engine": "0"}
 
 
 def finished_output(num_tokens: int = 5, finish_reason: str = "stop") -> RequestOutput:
@@ -48,7 +48,8 @@ def test_exposition_uses_vllms_names():
 def test_registries_are_private():
     first, second = PrometheusMetrics("a"), PrometheusMetrics("a")
     first.observe_tokens(num_prompt_tokens=1)
-    assert second.registry.get_sample_value("vllm:prompt_tokens_total", {"model_name": "a"}) == 0
+    assert second.registry.get_sample_value("vllm:prompt_tokens_total", 
+                                            {"model_name": "a", "engine": "0"}) == 0
 
 
 def test_observe_finished_records_latencies_and_success():
