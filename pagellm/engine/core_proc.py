@@ -153,7 +153,8 @@ def run_engine_core(config_json: bytes, input_address: str, output_address: str)
     """Entry point of the spawned process; exits with the code documented above."""
     # Ctrl-C reaches the whole process group: the API process decides how to shut down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    init_logging("engine-core")
+    # "engine-core", or "engine-core-<i>" for data-parallel replica i
+    init_logging(multiprocessing.current_process().name.removeprefix("pagellm-"))
     context = zmq.Context()
     output_socket = context.socket(zmq.PUSH)
     output_socket.setsockopt(zmq.SNDTIMEO, IDLE_POLL_MS)

@@ -280,7 +280,11 @@ class SyncDPClient:
 
     def stats(self) -> EngineStats:
         """Every replica's fresh stats merged (``merge_stats``)."""
-        return merge_stats(self._call(self.client.stats()))
+        return merge_stats(self.stats_per_engine())
+
+    def stats_per_engine(self) -> list[EngineStats]:
+        """Every replica's fresh stats, in replica order."""
+        return self._call(self.client.stats())
 
     def shutdown(self) -> None:
         """Stop every replica and the loop thread. Idempotent."""
