@@ -257,7 +257,14 @@ class SyncDPClient:
         self._closed = False
 
     def _call(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+        """Run ``coroutine`` on the loop thread and wait for it. When the wait is interrupted
+        (Ctrl-C) the coroutine is cancelled, so no output batch is taken and then dropped."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
 
     @property
     def ready(self) -> EngineReady:
