@@ -1,6 +1,6 @@
-"""Parallelism and devices: tensor parallelism on one host (mp executor) and data parallelism
-(independent engine replicas behind one server or LLM); pipeline parallelism is not built
-yet."""
+"""Parallelism and devices: tensor parallelism on one host (mp executor) or across the hosts
+of a Ray cluster (ray executor), and data parallelism (independent engine replicas behind one
+server or LLM); pipeline parallelism is not built yet."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ class ParallelConfig:
     enable_expert_parallel: bool = False
     """Shard MoE experts instead of tensor-parallel slicing (not supported yet)."""
     distributed_executor_backend: str | None = None
-    """uni (one rank in the engine process), mp (one worker process per rank) or ray (not
-    supported yet); None = uni for one rank, mp for more."""
+    """uni (one rank in the engine process), mp (one worker process per rank on this host) or
+    ray (one Ray actor per rank, on the nodes of a Ray cluster); None = uni for one rank, mp
+    for more."""
     device: str = "auto"
     """auto (CUDA when available, else CPU), cpu, or cuda."""
 
@@ -40,7 +41,7 @@ class ParallelConfig:
         check_choice("distributed_executor_backend", self.distributed_executor_backend,
                      (None, *EXECUTOR_BACKENDS))
         if self.distributed_executor_backend == "ray":
-            not_supported_yet("distributed_executor_backend", "ray", "; use 'mp' on one host")
+            _check_ray_installed()
         if self.distributed_executor_backend == "uni" and self.world_size > 1:
             from pagellm.errors import ClientError
             raise ClientError(f"distributed_executor_backend='uni' runs one rank, but "
@@ -78,3 +79,14 @@ class ParallelConfig:
         if problems:
             raise ClientError(f"tensor_parallel_size={tp} does not fit the model: "
                               f"{'; '.join(problems)}", param="tensor_parallel_size")
+
+
+def _check_ray_installed() -> None:
+    """ClientError when the ray package is missing (checked without importing it)."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        from pagellm.errors import ClientError
+        raise ClientError("distributed_executor_backend='ray' needs the ray package: "
+                          "pip install ray (or pip install pagellm[ray])",
+                          param="distributed_executor_backend")

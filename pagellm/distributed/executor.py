@@ -6,6 +6,8 @@
 
 - ``UniProcExecutor`` ("uni"): one rank in the engine-core process (no process group).
 - ``MultiprocExecutor`` ("mp"): one spawned worker process per rank, rank 0 included.
+- ``RayDistributedExecutor`` ("ray", ray_executor.py): one Ray actor per rank, on one host or
+  several; imported only when selected.
 
 Why rank 0 is a worker process too (vLLM V1's layout), not the engine-core process: the
 engine core then never sits inside a collective, so it can wait for a step's result and for
@@ -74,12 +76,17 @@ def make_executor(config: EngineConfig, platform: Platform, hf_config, dtype: to
     the devices (ClientError before any worker starts)."""
     parallel = config.parallel
     parallel.verify_with_model(hf_config)
-    if platform.is_cuda and parallel.world_size > torch.cuda.device_count():
+    # a Ray cluster's GPUs may be on other hosts: the Ray executor checks its resources
+    if (platform.is_cuda and parallel.executor_backend != "ray"
+            and parallel.world_size > torch.cuda.device_count()):
         raise ClientError(f"tensor_parallel_size x pipeline_parallel_size = {parallel.world_size} "
                           f"ranks, but only {torch.cuda.device_count()} CUDA devices are visible",
                           param="tensor_parallel_size")
     if parallel.executor_backend == "mp":
         return MultiprocExecutor(config, platform, hf_config, dtype)
+    if parallel.executor_backend == "ray":
+        from pagellm.distributed.ray_executor import RayDistributedExecutor   # imports ray
+        return RayDistributedExecutor(config, platform, hf_config, dtype)
     return UniProcExecutor(config, platform, hf_config, dtype)
 
 

@@ -1,8 +1,10 @@
 """One rank of a multiprocess engine: the worker process's main loop and its messages.
 
-``MultiprocExecutor`` spawns one process per rank with ``run_worker_process``. The only
-thing Python pickles is the start-up argument (``WorkerArgs`` as msgspec JSON bytes); every
-message afterwards is a msgspec Struct below, encoded with msgpack:
+``MultiprocExecutor`` spawns one process per rank with ``run_worker_process``; the Ray
+executor's actors (ray_executor.RayWorker) reuse ``start_worker``, ``handle_call`` and the
+messages, carried as bytes in Ray calls instead of over ZMQ. The only thing Python pickles is
+the start-up argument (``WorkerArgs`` as msgspec JSON bytes); every message afterwards is a
+msgspec Struct below, encoded with msgpack:
 
     executor PUSH -> rank r PULL (one socket per rank)   ExecutorCall (same call to every rank)
     every rank PUSH -> executor PULL (one shared socket) WorkerReply
@@ -44,8 +46,11 @@ class WorkerArgs(msgspec.Struct, frozen=True):
     dtype: str                  # torch dtype name, e.g. "float32"
     store_host: str             # the executor's TCPStore, for torch.distributed rendezvous
     store_port: int
-    input_address: str          # this rank's ipc:// address for ExecutorCall
-    result_address: str         # the shared ipc:// address for WorkerReply
+    input_address: str          # this rank's ipc:// address for ExecutorCall ("" under Ray)
+    result_address: str         # the shared ipc:// address for WorkerReply ("" under Ray)
+    device_index: int | None = None
+    """CUDA device of this rank among the visible ones; None = the rank (mp: every GPU of
+    the host is visible to every worker). The Ray executor sets it per node."""
 
 
 class DetermineNumBlocks(msgspec.Struct, tag=True):
@@ -121,7 +126,7 @@ def run_worker_process(args_json: bytes) -> None:
     result_socket.connect(args.result_address)
     exit_code = 0
     try:
-        worker = _start_worker(args)
+        worker = start_worker(args)
         result_socket.send(encoder.encode(WorkerReady(
             args.rank, worker.load_stats.checkpoint_bytes_read, worker.load_stats.param_bytes)))
         _serve(worker, args.rank, input_socket, result_socket, os.getppid())
@@ -142,7 +147,7 @@ def run_worker_process(args_json: bytes) -> None:
     sys.exit(exit_code)
 
 
-def _start_worker(args: WorkerArgs):
+def start_worker(args: WorkerArgs):
     """Join the process groups, then build this rank's Worker (device, model shard)."""
     from pagellm.distributed.parallel_state import (init_distributed_environment,
                                                     initialize_model_parallel)
@@ -151,7 +156,8 @@ def _start_worker(args: WorkerArgs):
     from pagellm.worker.worker import Worker
 
     if args.device_type == "cuda":
-        platform = Platform("cuda", torch.device("cuda", args.rank))
+        index = args.rank if args.device_index is None else args.device_index
+        platform = Platform("cuda", torch.device("cuda", index))
         torch.cuda.set_device(platform.device)
     else:
         platform = Platform("cpu", torch.device("cpu"))
@@ -174,14 +180,22 @@ def _serve(worker, rank: int, input_socket: zmq.Socket, result_socket: zmq.Socke
                 raise _ParentGone()
             continue
         call = call_decoder.decode(input_socket.recv())
-        if isinstance(call, ExecuteModel):
-            output = worker.execute_model(call.scheduler_output)
-            if rank == 0:
-                result_socket.send(encoder.encode(StepResult(rank, output)))
-        elif isinstance(call, DetermineNumBlocks):
-            result_socket.send(encoder.encode(NumBlocks(rank, *worker.determine_num_blocks())))
-        elif isinstance(call, InitializeCache):
-            worker.initialize_cache(call.num_blocks, call.num_swap_blocks)
-            result_socket.send(encoder.encode(CacheReady(rank)))
-        else:
+        if isinstance(call, Shutdown):
             return
+        reply = handle_call(worker, rank, call)
+        if reply is not None:
+            result_socket.send(encoder.encode(reply))
+
+
+def handle_call(worker, rank: int, call: ExecutorCall) -> WorkerReply | None:
+    """Run one executor call (not Shutdown) on this rank's Worker: the reply to send, or None
+    for a step that another rank reports. Shared by the mp worker loop and the Ray actor."""
+    if isinstance(call, ExecuteModel):
+        output = worker.execute_model(call.scheduler_output)
+        return StepResult(rank, output) if rank == 0 else None
+    if isinstance(call, DetermineNumBlocks):
+        return NumBlocks(rank, *worker.determine_num_blocks())
+    if isinstance(call, InitializeCache):
+        worker.initialize_cache(call.num_blocks, call.num_swap_blocks)
+        return CacheReady(rank)
+    raise TypeError(f"unexpected executor call {call}")

@@ -40,11 +40,13 @@ def replica_environments(config: EngineConfig, is_cuda: bool,
                          visible_devices: list[str] | None = None) -> list[dict[str, str]]:
     """Per replica, the environment variables its engine-core process gets: on CUDA with
     more than one replica, ``CUDA_VISIBLE_DEVICES`` = its slice of ``visible_devices`` (this
-    process's ``CUDA_VISIBLE_DEVICES``, or every device); nothing otherwise. ClientError naming
+    process's ``CUDA_VISIBLE_DEVICES``, or every device); nothing otherwise (the ray backend
+    included: Ray assigns the ranks' GPUs). ClientError naming
     data_parallel_size when there are fewer devices than replicas x ranks."""
     parallel = config.parallel
     num_engines, ranks = parallel.data_parallel_size, parallel.world_size
-    if not is_cuda or num_engines == 1:
+    if not is_cuda or num_engines == 1 or parallel.executor_backend == "ray":
+        # Ray places each replica's rank actors on the cluster's GPUs itself
         return [{} for _ in range(num_engines)]
     if visible_devices is None:
         visible_devices = _visible_cuda_devices()

@@ -9,7 +9,7 @@ from pagellm.config.engine_args import create_engine_config
 
 
 @pytest.mark.parametrize("name, value", [
-    ("pipeline_parallel_size", 2), ("distributed_executor_backend", "ray"),
+    ("pipeline_parallel_size", 2),
     ("quantization", "awq"), ("enable_lora", True), ("speculative_config", {"num_speculative_tokens": 3}),
     ("cpu_offload_gb", 4), ("enable_expert_parallel", True), ("kv_cache_dtype", "fp8"),
 ])

@@ -150,3 +150,63 @@ def test_default_model_tp3_greedy_equals_tp1(default_llm):
         for ref_step, step in zip(ref.outputs[0].logprobs, out.outputs[0].logprobs, strict=True):
             for token_id, logprob in ref_step.items():
                 assert math.isclose(step[token_id].logprob, logprob.logprob, abs_tol=1e-3)
+
+
+# 10 blocks of 16 tokens per rank (each rank holds 1 of the 2 KV heads: 4,096 bytes a block) for
+# 3 running requests that need ~4 blocks each: the scheduler has to preempt. 3 rows in each
+# worker's input batch: a request whose row a worker failed to free leaves none for the next.
+SMALL_CACHE = dict(device="cpu", kv_cache_memory_bytes=10 * 4096, max_model_len=128,
+                   max_num_seqs=3, preemption_mode="recompute")
+LONG = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def small_cache_tp2_llm(model_dirs):
+    llm = LLM(str(model_dirs["llama"]), tensor_parallel_size=2, **SMALL_CACHE)
+    yield llm
+    llm.shutdown()
+
+
+def reference_token_ids(model_dir, prompts, params) -> list[list[int]]:
+    """TP=1 greedy tokens with a cache large enough that nothing is preempted."""
+    llm = LLM(str(model_dir), device="cpu", kv_cache_memory_bytes=4 * 2**20, max_model_len=128)
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    assert llm.llm_engine.stats().num_preemptions == 0
+    return [o.outputs[0].token_ids for o in outputs]
+
+
+def test_tp2_preemption_by_recompute_keeps_greedy_output(model_dirs, small_cache_tp2_llm):
+    engine_core = small_cache_tp2_llm.llm_engine.engine_core
+    assert engine_core.num_blocks == 10
+    preemptions_before = engine_core.scheduler.num_preemptions
+    outputs = small_cache_tp2_llm.generate(PROMPTS, LONG, use_tqdm=False)
+    assert engine_core.scheduler.num_preemptions > preemptions_before
+    assert [o.outputs[0].token_ids for o in outputs] == \
+        reference_token_ids(model_dirs["llama"], PROMPTS, LONG)
+    assert small_cache_tp2_llm.llm_engine.stats().kv_cache_usage == 0.0
+
+
+def test_tp2_abort_mid_generation_keeps_other_requests_output(model_dirs, small_cache_tp2_llm):
+    """Abort one of three running requests after a few steps, then admit a new one into its
+    slot: the workers drop the aborted request's state and the others decode on unchanged."""
+    engine = small_cache_tp2_llm.llm_engine
+    kept, aborted, late = PROMPTS[:2], PROMPTS[2], PROMPTS[3]
+    ids = [engine.add_request(prompt, LONG) for prompt in kept]
+    aborted_id = engine.add_request(aborted, LONG)
+    [core_id] = engine.output_processor.requests[aborted_id].completions
+    scheduler = engine.engine_core.scheduler
+    for _ in range(5):
+        assert engine.step() == []          # nothing finishes this early
+    assert 0 < len(scheduler.requests[core_id].output_token_ids) < LONG.max_tokens
+    engine.abort_request(aborted_id)
+    assert core_id not in scheduler.requests
+    finished: dict[str, list[int]] = {}
+    ids.append(engine.add_request(late, LONG))
+    while engine.has_unfinished_requests():
+        for output in engine.step():
+            assert output.request_id != aborted_id
+            if output.finished:
+                finished[output.request_id] = output.outputs[0].token_ids
+    assert [finished[i] for i in ids] == \
+        reference_token_ids(model_dirs["llama"], [*kept, late], LONG)
+    assert engine.stats().kv_cache_usage == 0.0

@@ -17,12 +17,12 @@ from pydantic import ValidationError
 
 from pagellm.entrypoints.openai.errors import (error_from_exception, error_from_validation,
                                                error_response)
-from pagellm.entrypoints.openai.protocol import (NOT_SUPPORTED_YET, REQUIRED_FIELDS,
-                                                 ChatCompletionRequest, ChatCompletionResponse,
-                                                 ChatMessageParam, CompletionRequest,
+from pagellm.entrypoints.openai.protocol import (REQUIRED_FIELDS, ChatCompletionRequest,
+                                                 ChatCompletionResponse, ChatMessageParam, CompletionRequest,
                                                  CompletionResponse, DetokenizeRequest,
                                                  ErrorResponse, PromptLogprob, StreamOptions,
                                                  TokenizeChatRequest, TokenizeCompletionRequest)
+from pagellm.entrypoints.openai.request_base import NOT_SUPPORTED_YET
 from pagellm.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagellm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagellm.entrypoints.openai.serving_tokenization import OpenAIServingTokenization
