@@ -1,5 +1,6 @@
 """Parallelism and devices: tensor and pipeline parallelism on one host (mp executor) or
-across the hosts of a Ray cluster (ray executor); data parallelism is not built yet."""
+across the hosts of a Ray cluster (ray executor), and data parallelism (independent engine
+replicas behind one server or LLM)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ class ParallelConfig:
     vLLM's VLLM_PP_LAYER_PARTITION); must sum to the model's layer count. None = balanced,
     with the remainder on the stages before the last (as vLLM does)."""
     data_parallel_size: int = 1
-    """Independent engine replicas behind one server (not supported yet beyond 1)."""
+    """Independent engine replicas (each a whole engine core in its own process, with its own
+    scheduler, KV cache and tensor_parallel_size x pipeline_parallel_size ranks) behind one
+    server or LLM; a load balancer routes each request by queue length, KV usage and
+    prefix-cache affinity. On CUDA it needs data x tensor x pipeline parallel size devices."""
     enable_expert_parallel: bool = False
     """Shard MoE experts instead of tensor-parallel slicing (not supported yet)."""
     distributed_executor_backend: str | None = None
@@ -35,8 +39,6 @@ class ParallelConfig:
 
         for name in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
             check_range(name, getattr(self, name), 1)
-        if self.data_parallel_size != 1:
-            not_supported_yet("data_parallel_size", self.data_parallel_size)
         self.layer_partition()      # the partition's form is checked here, its sum later
         if self.enable_expert_parallel:
             not_supported_yet("enable_expert_parallel", True)

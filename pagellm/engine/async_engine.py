@@ -1,5 +1,7 @@
 """AsyncLLM: the server's engine. Tokenization, detokenization and stop strings run here, in
-the API process; the engine core runs in its own process behind an ``MPClient``.
+the API process; the engine core runs in its own process behind an ``MPClient``, or, with
+``data_parallel_size=N``, N engine cores (replicas) run behind a ``DPClient`` that picks the
+replica of each request (see ``dp_client`` and ``dp_balancer``).
 
 Contract for callers (the HTTP layer):
 - ``generate`` is an async generator of ``RequestOutput``s. ``SamplingParams.output_kind``
@@ -9,7 +11,7 @@ Contract for callers (the HTTP layer):
   aborts the request; the core frees its KV blocks before its next step.
 - Invalid input raises ``ClientError`` on the first iteration, before anything reaches the
   core; the engine keeps serving.
-- When the engine core dies every in-flight and later ``generate`` raises
+- When the engine core (any replica) dies every in-flight and later ``generate`` raises
   ``EngineDeadError`` and ``is_healthy()`` turns False.
 - SIGTERM handling: ``await drain(timeout_s)`` then ``await shutdown()``.
 """
@@ -23,8 +25,8 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 from pagellm.config.engine_args import EngineConfig
-from pagellm.engine.core_client import MPClient
 from pagellm.core.stats import EngineStats
+from pagellm.engine.dp_client import DPClient, merge_stats
 from pagellm.engine.input_processor import InputProcessor, PromptType
 from pagellm.engine.llm_engine import load_frontend_tokenizer, prepare_requests, resolve_config
 from pagellm.engine.messages import output_from_msg
@@ -39,7 +41,7 @@ OUTPUT_CHUNK_SIZE = 128     # outputs routed between yields to the event loop
 
 
 class AsyncLLM:
-    def __init__(self, config: EngineConfig, client: MPClient, tokenizer, eos_token_ids: list[int]):
+    def __init__(self, config: EngineConfig, client: DPClient, tokenizer, eos_token_ids: list[int]):
         """Use ``await AsyncLLM.from_engine_args(...)``; this takes a started client."""
         self.config = config
         self.client = client
@@ -50,10 +52,13 @@ class AsyncLLM:
         self.output_processor = OutputProcessor(tokenizer)
         # request id -> its outputs; an exception ends the generator with it, None quietly
         self._queues: dict[str, asyncio.Queue[RequestOutput | Exception | None]] = {}
-        self.last_stats: EngineStats | None = None
-        """The latest stats the core pushed (after each step, and when its gauges change)."""
-        self.stats_listeners: list[Callable[[EngineStats], None]] = []
-        """Called with every pushed EngineStats, in the output handler (keep them cheap)."""
+        self.engine_stats: list[EngineStats | None] = [None] * client.num_engines
+        """Per replica, the latest stats it pushed (after each step, and when its gauges
+        change); None until it pushed any."""
+        self.stats_listeners: list[Callable[[EngineStats, int], None]] = []
+        """Called with every pushed EngineStats and the index of the replica that pushed it,
+        in the output handler (keep them cheap)."""
+        self._engine_of_request: dict[str, int] = {}     # unfinished request id -> replica
         self.draining = False                            # set by drain(): no new requests
         self._handler = asyncio.create_task(self._handle_outputs(), name="pagellm-outputs")
 
@@ -65,7 +70,7 @@ class AsyncLLM:
         config, hf_config = await asyncio.to_thread(resolve_config, **engine_args)
         tokenizer, eos_token_ids = await asyncio.to_thread(load_frontend_tokenizer, config,
                                                            hf_config)
-        client = await MPClient.start(config, startup_timeout_s)
+        client = await DPClient.start(config, startup_timeout_s)
         return cls(config, client, tokenizer, eos_token_ids)
 
     # ---- properties the server reads ----------------------------------------------------------
@@ -79,8 +84,23 @@ class AsyncLLM:
         return self.config.model.max_model_len
 
     @property
+    def num_engines(self) -> int:
+        """Engine cores (data-parallel replicas)."""
+        return self.client.num_engines
+
+    @property
+    def last_stats(self) -> EngineStats | None:
+        """The replicas' latest pushed stats merged (``merge_stats``); None before any push."""
+        pushed = [stats for stats in self.engine_stats if stats is not None]
+        return merge_stats(pushed) if pushed else None
+
+    def engine_index_of(self, request_id: str) -> int:
+        """The replica serving unfinished request ``request_id`` (0 when unknown)."""
+        return self._engine_of_request.get(request_id, 0)
+
+    @property
     def num_gpu_blocks(self) -> int:
-        """KV-cache blocks on the engine's device (vLLM's name, CPU included)."""
+        """KV-cache blocks on one replica's device (vLLM's name, CPU included)."""
         return self.client.ready.num_blocks
 
     @property
@@ -98,9 +118,10 @@ class AsyncLLM:
         estimate, without a round trip. The sent-but-unfinished count is exact; the batch
         capacity is max_num_seqs, or the running count of the last step when requests were
         waiting then (the KV cache or the token budget was the limit)."""
-        capacity = self.config.scheduler.max_num_seqs
-        if self.last_stats is not None and self.last_stats.num_waiting > 0:
-            capacity = self.last_stats.num_running
+        capacity = self.config.scheduler.max_num_seqs * self.num_engines
+        last_stats = self.last_stats
+        if last_stats is not None and last_stats.num_waiting > 0:
+            capacity = last_stats.num_running
         return max(0, len(self.output_processor.core_to_parent) - capacity)
 
     @property
@@ -113,7 +134,7 @@ class AsyncLLM:
 
     def is_healthy(self) -> bool:
         """False once the core died or was shut down (cheap: no round trip)."""
-        return not self.errored and self.client.process.is_alive()
+        return not self.errored and self.client.is_alive()
 
     def check_alive(self) -> None:
         """EngineDeadError unless the core is running (cheap: no round trip); right after the
@@ -128,9 +149,10 @@ class AsyncLLM:
             raise EngineDeadError(f"the engine core did not answer within {timeout_s} s") from None
 
     async def stats(self) -> EngineStats:
-        """Fresh stats from the core (a round trip that waits for the current step to end;
-        ``last_stats`` and ``stats_listeners`` have the pushed ones without waiting)."""
-        return await self.client.stats()
+        """Fresh stats from the core, every replica's merged (a round trip that waits for the
+        current step to end; ``last_stats`` and ``stats_listeners`` have the pushed ones
+        without waiting)."""
+        return merge_stats(await self.client.stats())
 
     # ---- requests -----------------------------------------------------------------------------
 
@@ -149,8 +171,7 @@ class AsyncLLM:
         self._queues[request_id] = queue
         finished = False
         try:
-            for request in requests:
-                await self.client.add_request(request)
+            self._engine_of_request[request_id] = await self.client.add_requests(requests)
             while not finished:
                 item = await queue.get()
                 if item is None:        # abort() ended it
@@ -162,6 +183,7 @@ class AsyncLLM:
                 yield item
         finally:
             self._queues.pop(request_id, None)
+            self._engine_of_request.pop(request_id, None)
             if not finished:
                 await self._abort(request_id)
 
@@ -187,8 +209,8 @@ class AsyncLLM:
         """Route each core output batch to the request queues; send stop-string aborts back."""
         try:
             while True:
-                batch = await self.client.get_output()
-                self._publish_stats(batch.stats)
+                engine_index, batch = await self.client.get_output()
+                self._publish_stats(batch.stats, engine_index)
                 core_outputs = [output_from_msg(message) for message in batch.outputs]
                 for start in range(0, len(core_outputs), OUTPUT_CHUNK_SIZE):
                     if start:
@@ -207,11 +229,11 @@ class AsyncLLM:
             self._fail_all(EngineDeadError(f"the output handler failed: {error!r}"))
             await self.client.shutdown()
 
-    def _publish_stats(self, stats: EngineStats) -> None:
-        self.last_stats = stats
+    def _publish_stats(self, stats: EngineStats, engine_index: int) -> None:
+        self.engine_stats[engine_index] = stats
         for listener in self.stats_listeners:
             try:
-                listener(stats)
+                listener(stats, engine_index)
             except Exception:       # metrics must never stop the outputs
                 logger.exception("a stats listener failed")
 
@@ -244,7 +266,7 @@ class AsyncLLM:
         return aborted
 
     async def shutdown(self, timeout_s: float = 10.0) -> None:
-        """Stop the core process (in-flight generators raise EngineDeadError). Idempotent."""
+        """Stop the core processes (in-flight generators raise EngineDeadError). Idempotent."""
         await self.client.shutdown(timeout_s)
         try:
             await asyncio.wait_for(self._handler, timeout_s)

@@ -40,6 +40,12 @@ class InprocClient:
     def add_request(self, request: Request) -> None:
         self.engine_core.add_request(request)
 
+    def add_requests(self, requests: list[Request]) -> int:
+        """One prompt's core requests (its n > 1 children); returns the engine index, 0."""
+        for request in requests:
+            self.engine_core.add_request(request)
+        return 0
+
     def abort_requests(self, request_ids) -> None:
         if request_ids:
             self.engine_core.abort_requests(request_ids)
@@ -84,10 +90,13 @@ class MPClient:
         self._finalizer = weakref.finalize(self, _kill_process, process, socket_dir)
 
     @classmethod
-    async def start(cls, config: EngineConfig, startup_timeout_s: float = 600.0) -> "MPClient":
-        """Spawn the core and wait for its ready message. Raises ClientError when the core
-        rejected the config at start-up, EngineDeadError when it failed otherwise, exited,
-        or was not ready within ``startup_timeout_s`` (the process is then stopped)."""
+    async def start(cls, config: EngineConfig, startup_timeout_s: float = 600.0,
+                    env: dict[str, str] | None = None, name: str = "pagellm-engine-core"
+                    ) -> "MPClient":
+        """Spawn the core (process ``name``, extra environment ``env``: see
+        ``start_engine_core_process``) and wait for its ready message. Raises ClientError when
+        the core rejected the config at start-up, EngineDeadError when it failed otherwise,
+        exited, or was not ready within ``startup_timeout_s`` (the process is then stopped)."""
         socket_dir = make_socket_dir()
         input_address = f"ipc://{os.path.join(socket_dir, 'input')}"
         output_address = f"ipc://{os.path.join(socket_dir, 'output')}"
@@ -96,7 +105,7 @@ class MPClient:
         input_socket.bind(input_address)
         output_socket = context.socket(zmq.PULL)
         output_socket.bind(output_address)
-        process = start_engine_core_process(config, input_address, output_address)
+        process = start_engine_core_process(config, input_address, output_address, env, name)
         client = cls(process, context, input_socket, output_socket, socket_dir)
         try:
             client.ready = await client._wait_ready(startup_timeout_s)

@@ -15,6 +15,7 @@ error, which is first reported to the client as ``EngineDead``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -152,7 +153,8 @@ def run_engine_core(config_json: bytes, input_address: str, output_address: str)
     """Entry point of the spawned process; exits with the code documented above."""
     # Ctrl-C reaches the whole process group: the API process decides how to shut down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    init_logging("engine-core")
+    # "engine-core", or "engine-core-<i>" for data-parallel replica i
+    init_logging(multiprocessing.current_process().name.removeprefix("pagellm-"))
     context = zmq.Context()
     output_socket = context.socket(zmq.PUSH)
     output_socket.setsockopt(zmq.SNDTIMEO, IDLE_POLL_MS)
@@ -199,10 +201,28 @@ def _build_engine_core(config_json: bytes) -> EngineCore:
 
 
 def start_engine_core_process(config: EngineConfig, input_address: str,
-                              output_address: str) -> multiprocessing.Process:
-    """Spawn the engine-core process (not a daemon: it may start worker processes itself)."""
+                              output_address: str, env: dict[str, str] | None = None,
+                              name: str = "pagellm-engine-core") -> multiprocessing.Process:
+    """Spawn the engine-core process (not a daemon: it may start worker processes itself).
+    ``env``: variables set in the child (and its workers) only, from its first instruction:
+    a data-parallel replica's ``CUDA_VISIBLE_DEVICES`` must be there before torch sees CUDA."""
     context = multiprocessing.get_context("spawn")
-    process = context.Process(target=run_engine_core, name="pagellm-engine-core",
+    process = context.Process(target=run_engine_core, name=name,
                               args=(msgspec.json.encode(config), input_address, output_address))
-    process.start()
+    with _environment(env or {}):      # a spawned child copies os.environ at start()
+        process.start()
     return process
+
+
+@contextlib.contextmanager
+def _environment(env: dict[str, str]):
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -1,6 +1,8 @@
 """LLMEngine: the synchronous frontend (input processor -> core client -> output processor).
 
-Used by the offline ``LLM``; the server's async engine wraps the same processors.
+Used by the offline ``LLM``; the server's async engine wraps the same processors. One engine
+core runs in this process; with ``data_parallel_size=N > 1``, N engine-core processes run
+behind a ``SyncDPClient`` (an in-process core cannot be replicated).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from pagellm.config.engine_args import EngineConfig, create_engine_config, finalize_lengths
 from pagellm.core.request import Request
 from pagellm.engine.core_client import InprocClient
+from pagellm.engine.dp_client import SyncDPClient
 from pagellm.engine.engine_core import make_engine_core
 from pagellm.engine.input_processor import InputProcessor, ProcessedPrompt, PromptType
 from pagellm.engine.output_processor import OutputProcessor
@@ -87,9 +90,14 @@ class LLMEngine:
     def __init__(self, config: EngineConfig, hf_config):
         self.config = config
         self.tokenizer, eos_ids = load_frontend_tokenizer(config, hf_config)
-        self.engine_core = make_engine_core(config, hf_config)
-        self.core = InprocClient(self.engine_core)
-        vocab_size = self.engine_core.executor.vocab_size
+        if config.parallel.data_parallel_size > 1:
+            self.engine_core = None     # the cores live in their own processes
+            self.core = SyncDPClient(config)
+            vocab_size = self.core.ready.vocab_size
+        else:
+            self.engine_core = make_engine_core(config, hf_config)
+            self.core = InprocClient(self.engine_core)
+            vocab_size = self.engine_core.executor.vocab_size
         self.input_processor = InputProcessor(self.tokenizer, config.model.max_model_len,
                                               vocab_size, eos_ids, config.model.max_logprobs)
         self.output_processor = OutputProcessor(self.tokenizer)
@@ -115,10 +123,9 @@ class LLMEngine:
         arrival_time = time.time() if arrival_time is None else arrival_time
         if not validated:
             prompt, params = self.process_request(prompt, params)
-        for request in register_requests(self.config, self.input_processor,
-                                         self.output_processor, prompt, params, request_id,
-                                         priority, arrival_time):
-            self.core.add_request(request)
+        self.core.add_requests(register_requests(self.config, self.input_processor,
+                                                 self.output_processor, prompt, params,
+                                                 request_id, priority, arrival_time))
         return request_id
 
     def abort_request(self, request_id: str) -> None:

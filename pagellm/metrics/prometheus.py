@@ -1,12 +1,16 @@
 """Prometheus metrics under vLLM's names, so vLLM dashboards and alerts work unchanged.
 
-Every metric carries a ``model_name`` label and lives in this object's own CollectorRegistry
+Every engine metric carries ``model_name`` and ``engine`` labels (vLLM's: ``engine`` is the
+data-parallel replica's index, "0" to "N-1", and "0" alone without data parallelism; the
+total over replicas is the sum over ``engine``, e.g. ``sum by (model_name)``), and lives in
+this object's own CollectorRegistry
 (never prometheus_client's global one, so two servers or tests in one process do not clash).
 Counters are declared without the ``_total`` suffix; prometheus_client adds it, which gives
 vLLM's exposition (``vllm:prompt_tokens_total``).
 
 Feeding: the API server calls ``observe_tokens`` as outputs arrive, ``observe_finished`` once
-per finished request, and ``update_from_stats`` with every EngineStats the engine core pushes
+per finished request (each with the index of the replica serving the request), and
+``update_from_stats`` with every EngineStats an engine core pushes
 (``AsyncLLM.stats_listeners``: no scrape ever waits on an engine step); ``render`` gives the
 text exposition for GET /metrics, which also carries the process collector's ``process_*``
 series and the HTTP series ``observe_http`` feeds. No ``*_created`` series (as vLLM).
@@ -81,25 +85,31 @@ class MetricTotals:
     num_requests_running: int = 0
     num_requests_waiting: int = 0
     kv_cache_usage: float = 0.0
-    """Fraction of KV-cache blocks in use, 0..1."""
+    """Fraction of KV-cache blocks in use, 0..1 (the replicas' mean)."""
 
 
 class PrometheusMetrics:
     def __init__(self, model_name: str, max_model_len: int = 8192,
-                 registry: CollectorRegistry | None = None):
+                 registry: CollectorRegistry | None = None, num_engines: int = 1):
+        """``num_engines``: data-parallel replicas; each gets its ``engine`` series from the
+        start (at zero)."""
         self.model_name = model_name
+        self.num_engines = num_engines
         self.registry = registry if registry is not None else CollectorRegistry()
         self.totals = MetricTotals()
-        self._seen_engine_totals: dict[str, int] = {}
+        self._seen_engine_totals: dict[tuple[int, str], int] = {}
+        self._engine_gauges = [(0, 0, 0.0)] * num_engines   # (running, waiting, KV usage)
         self._build_gauges_and_counters()
         self._build_histograms(max_model_len)
         self._build_http_metrics()
         ProcessCollector(registry=self.registry)    # process_cpu_seconds_total, memory, fds
 
-    def _labelled(self, cls, name: str, documentation: str, **kwargs):
-        metric = cls(name, documentation, labelnames=["model_name"], registry=self.registry,
-                     **kwargs)
-        return metric.labels(model_name=self.model_name)
+    def _labelled(self, cls, name: str, documentation: str, **kwargs) -> list:
+        """The metric's child of each replica, by engine index."""
+        metric = cls(name, documentation, labelnames=["model_name", "engine"],
+                     registry=self.registry, **kwargs)
+        return [metric.labels(model_name=self.model_name, engine=str(index))
+                for index in range(self.num_engines)]
 
     def _build_gauges_and_counters(self) -> None:
         self.num_requests_running = self._labelled(
@@ -125,7 +135,7 @@ class PrometheusMetrics:
             "Prefix cache hits, in terms of number of cached tokens.")
         self.request_success = Counter(
             "vllm:request_success", "Count of successfully processed requests.",
-            labelnames=["model_name", "finished_reason"], registry=self.registry)
+            labelnames=["model_name", "engine", "finished_reason"], registry=self.registry)
         self.cache_config_info = Gauge(
             "vllm:cache_config_info", "Information of the KV cache config (labels; value 1).",
             labelnames=list(CACHE_CONFIG_LABELS), registry=self.registry)
@@ -196,79 +206,88 @@ class PrometheusMetrics:
         self.http_request_duration.labels(**labels).observe(duration_s)
 
     def observe_tokens(self, num_prompt_tokens: int = 0, num_generation_tokens: int = 0,
-                       inter_token_latency: float | None = None) -> None:
-        """Tokens of one output as it arrives; ``inter_token_latency``: seconds since the
-        request's previous token-bearing output."""
+                       inter_token_latency: float | None = None, engine_index: int = 0) -> None:
+        """Tokens of one output as it arrives from replica ``engine_index``;
+        ``inter_token_latency``: seconds since the request's previous token-bearing output."""
         if num_prompt_tokens:
-            self.prompt_tokens.inc(num_prompt_tokens)
+            self.prompt_tokens[engine_index].inc(num_prompt_tokens)
             self.totals.prompt_tokens += num_prompt_tokens
         if num_generation_tokens:
-            self.generation_tokens.inc(num_generation_tokens)
+            self.generation_tokens[engine_index].inc(num_generation_tokens)
             self.totals.generation_tokens += num_generation_tokens
         if inter_token_latency is not None:
-            self.inter_token_latency.observe(inter_token_latency)
+            self.inter_token_latency[engine_index].observe(inter_token_latency)
 
-    def observe_finished(self, output: RequestOutput,
-                         num_generation_tokens: int | None = None) -> None:
-        """One finished request: success counts by finish reason (one per choice), token-count
-        histograms, and the latencies from ``output.metrics``. ``num_generation_tokens``: all
-        tokens the request generated (default: those in ``output``, right for a final output,
-        not for the last delta of a stream)."""
+    def observe_finished(self, output: RequestOutput, num_generation_tokens: int | None = None,
+                         engine_index: int = 0) -> None:
+        """One request finished on replica ``engine_index``: success counts by finish reason
+        (one per choice), token-count histograms, and the latencies from ``output.metrics``.
+        ``num_generation_tokens``: all tokens the request generated (default: those in
+        ``output``, right for a final output, not for the last delta of a stream)."""
         if num_generation_tokens is None:
             num_generation_tokens = sum(len(choice.token_ids) for choice in output.outputs)
+        engine = str(engine_index)
         for choice in output.outputs:
-            self.request_success.labels(model_name=self.model_name,
+            self.request_success.labels(model_name=self.model_name, engine=engine,
                                         finished_reason=choice.finish_reason or "abort").inc()
-        self.request_prompt_tokens.observe(len(output.prompt_token_ids))
-        self.request_generation_tokens.observe(num_generation_tokens)
-        self.request_params_n.observe(len(output.outputs))
+        self.request_prompt_tokens[engine_index].observe(len(output.prompt_token_ids))
+        self.request_generation_tokens[engine_index].observe(num_generation_tokens)
+        self.request_params_n[engine_index].observe(len(output.outputs))
+        if output.metrics is not None:
+            self._observe_latencies(output, num_generation_tokens, engine_index)
+
+    def _observe_latencies(self, output: RequestOutput, num_generation_tokens: int,
+                           engine_index: int) -> None:
         metrics = output.metrics
-        if metrics is None:
-            return
         if metrics.max_tokens_param is not None:
-            self.request_params_max_tokens.observe(metrics.max_tokens_param)
+            self.request_params_max_tokens[engine_index].observe(metrics.max_tokens_param)
         if metrics.time_in_queue is not None:
-            self.request_queue_time.observe(metrics.time_in_queue)
+            self.request_queue_time[engine_index].observe(metrics.time_in_queue)
         end = metrics.finished_time or metrics.last_token_time
         if end is not None:
-            self.e2e_request_latency.observe(end - metrics.arrival_time)
+            self.e2e_request_latency[engine_index].observe(end - metrics.arrival_time)
             if metrics.first_scheduled_time is not None:
-                self.request_inference_time.observe(end - metrics.first_scheduled_time)
+                self.request_inference_time[engine_index].observe(
+                    end - metrics.first_scheduled_time)
         first, last = metrics.first_token_time, metrics.last_token_time
         if first is None:
             return
-        self.time_to_first_token.observe(first - metrics.arrival_time)
+        self.time_to_first_token[engine_index].observe(first - metrics.arrival_time)
         if metrics.first_scheduled_time is not None:
-            self.request_prefill_time.observe(first - metrics.first_scheduled_time)
+            self.request_prefill_time[engine_index].observe(first - metrics.first_scheduled_time)
         if last is not None:
-            self.request_decode_time.observe(last - first)
+            self.request_decode_time[engine_index].observe(last - first)
             tokens_per_choice = num_generation_tokens / max(1, len(output.outputs))
             if tokens_per_choice > 1:
-                self.time_per_output_token.observe((last - first) / (tokens_per_choice - 1))
+                self.time_per_output_token[engine_index].observe(
+                    (last - first) / (tokens_per_choice - 1))
 
-    def update_from_stats(self, stats: EngineStats) -> None:
-        """Stats the engine pushed: num_running, num_waiting and kv_cache_usage (0..1) set the
-        gauges; num_preemptions, prefix_cache_queries and prefix_cache_hits are the engine's
-        totals since it started, and the counters advance by what they grew; each entry of
-        iteration_tokens is one step's token count."""
+    def update_from_stats(self, stats: EngineStats, engine_index: int = 0) -> None:
+        """Stats replica ``engine_index`` pushed: num_running, num_waiting and kv_cache_usage
+        (0..1) set its gauges; num_preemptions, prefix_cache_queries and prefix_cache_hits are
+        its totals since it started, and its counters advance by what they grew; each entry of
+        iteration_tokens is one step's token count. ``totals`` sums the replicas (KV usage:
+        their mean)."""
         for num_tokens in stats.iteration_tokens:
-            self.iteration_tokens.observe(num_tokens)
+            self.iteration_tokens[engine_index].observe(num_tokens)
+        self.num_requests_running[engine_index].set(stats.num_running)
+        self.num_requests_waiting[engine_index].set(stats.num_waiting)
+        self.kv_cache_usage[engine_index].set(stats.kv_cache_usage)
+        self.gpu_cache_usage[engine_index].set(stats.kv_cache_usage)
+        self._engine_gauges[engine_index] = (stats.num_running, stats.num_waiting,
+                                             stats.kv_cache_usage)
         totals = self.totals
-        totals.num_requests_running = stats.num_running
-        totals.num_requests_waiting = stats.num_waiting
-        totals.kv_cache_usage = stats.kv_cache_usage
-        self.num_requests_running.set(totals.num_requests_running)
-        self.num_requests_waiting.set(totals.num_requests_waiting)
-        self.kv_cache_usage.set(totals.kv_cache_usage)
-        self.gpu_cache_usage.set(totals.kv_cache_usage)
+        totals.num_requests_running = sum(g[0] for g in self._engine_gauges)
+        totals.num_requests_waiting = sum(g[1] for g in self._engine_gauges)
+        totals.kv_cache_usage = sum(g[2] for g in self._engine_gauges) / self.num_engines
         for name in ("num_preemptions", "prefix_cache_queries", "prefix_cache_hits"):
             engine_total = getattr(stats, name)
             # A total below the last one means a restarted engine: all of it is new.
-            previous = self._seen_engine_totals.get(name, 0)
+            previous = self._seen_engine_totals.get((engine_index, name), 0)
             grown = engine_total - previous if engine_total >= previous else engine_total
-            self._seen_engine_totals[name] = engine_total
+            self._seen_engine_totals[(engine_index, name)] = engine_total
             if grown:
-                getattr(self, name).inc(grown)
+                getattr(self, name)[engine_index].inc(grown)
                 setattr(totals, name, getattr(totals, name) + grown)
 
     def snapshot(self) -> MetricTotals:

@@ -40,7 +40,7 @@ def test_fault_in_forward_fails_every_request(tiny_model_dirs, monkeypatch):
         engine = await AsyncLLM.from_engine_args(model=str(tiny_model_dirs["llama"]),
                                                  **ENGINE_ARGS)
         monkeypatch.delenv(FAULT_INJECT_ENV)
-        pid = engine.client.process.pid
+        pid = engine.client.clients[0].process.pid
         received = {i: 0 for i in range(3)}
 
         async def consume(i):
@@ -57,7 +57,7 @@ def test_fault_in_forward_fails_every_request(tiny_model_dirs, monkeypatch):
         with pytest.raises(EngineDeadError):
             await engine.stats()
         await asyncio.wait_for(engine.shutdown(), 15)
-        return pid, engine.client.process.exitcode
+        return pid, engine.client.clients[0].process.exitcode
 
     pid, exit_code = asyncio.run(scenario())
     assert exit_code == 1 and _gone(pid)
@@ -67,7 +67,7 @@ def test_shutdown_leaves_no_process(tiny_model_dirs):
     async def scenario():
         engine = await AsyncLLM.from_engine_args(model=str(tiny_model_dirs["llama"]),
                                                  **ENGINE_ARGS)
-        pid, socket_dir = engine.client.process.pid, engine.client.socket_dir
+        pid, socket_dir = engine.client.clients[0].process.pid, engine.client.clients[0].socket_dir
         assert psutil.Process(pid).ppid() == os.getpid() and engine.is_healthy()
         await engine.check_health()
         stream = engine.generate("still running", LONG)
@@ -76,7 +76,7 @@ def test_shutdown_leaves_no_process(tiny_model_dirs):
         with pytest.raises(EngineDeadError):      # in-flight requests end, they do not hang
             await asyncio.wait_for(_drain(stream), 5)
         assert not engine.is_healthy()
-        return pid, socket_dir, engine.client.process.exitcode
+        return pid, socket_dir, engine.client.clients[0].process.exitcode
 
     pid, socket_dir, exit_code = asyncio.run(scenario())
     assert exit_code == 0 and _gone(pid) and not os.path.exists(socket_dir)
@@ -117,7 +117,7 @@ def test_drain_finishes_short_requests_and_aborts_long_ones(tiny_model_dirs, mon
             await asyncio.wait_for(_drain(long_stream), 5)
         stats = await engine.stats()
         await engine.shutdown()
-        return short_output, aborted, stats, engine.client.process.exitcode
+        return short_output, aborted, stats, engine.client.clients[0].process.exitcode
 
     short_output, aborted, stats, exit_code = asyncio.run(scenario())
     assert short_output.finished and len(short_output.outputs[0].token_ids) == 3

@@ -9,7 +9,6 @@ from pagellm.config.engine_args import create_engine_config
 
 
 @pytest.mark.parametrize("name, value", [
-    ("data_parallel_size", 2),
     ("quantization", "awq"), ("enable_lora", True), ("speculative_config", {"num_speculative_tokens": 3}),
     ("cpu_offload_gb", 4), ("enable_expert_parallel", True), ("kv_cache_dtype", "fp8"),
 ])
@@ -28,6 +27,7 @@ def test_unknown_argument_suggests_name():
     (dict(block_size=3), "block_size"), (dict(max_num_seqs=0), "max_num_seqs"),
     (dict(preemption_mode="drop"), "preemption_mode"), (dict(dtype="int4"), "dtype"),
     (dict(swap_space=-1), "swap_space"), (dict(policy="lifo"), "policy"),
+    (dict(data_parallel_size=0), "data_parallel_size"),
 ])
 def test_out_of_range_values_name_the_field(kwargs, field):
     with pytest.raises(ClientError, match=field):

@@ -14,7 +14,7 @@ from pagellm.metrics.prometheus import (TTFT_BUCKETS, MetricTotals, PrometheusMe
 from pagellm.metrics.stats_logger import StatsLogger, format_stats_line
 from pagellm.outputs import CompletionOutput, RequestMetrics, RequestOutput
 
-LABELS = {"model_name": "m"}
+LABELS = {"model_name": "m", "engine": "0"}
 
 
 def finished_output(num_tokens: int = 5, finish_reason: str = "stop") -> RequestOutput:
@@ -29,15 +29,15 @@ def test_exposition_uses_vllms_names():
     metrics = PrometheusMetrics("m", max_model_len=100)
     metrics.observe_tokens(num_prompt_tokens=7, num_generation_tokens=3)
     text = metrics.render().decode()
-    for line in ('vllm:prompt_tokens_total{model_name="m"} 7.0',
-                 'vllm:generation_tokens_total{model_name="m"} 3.0',
-                 'vllm:num_requests_running{model_name="m"} 0.0',
-                 'vllm:num_requests_waiting{model_name="m"} 0.0',
-                 'vllm:kv_cache_usage_perc{model_name="m"} 0.0',
-                 'vllm:gpu_cache_usage_perc{model_name="m"} 0.0',
-                 'vllm:num_preemptions_total{model_name="m"} 0.0',
-                 'vllm:prefix_cache_queries_total{model_name="m"} 0.0',
-                 'vllm:prefix_cache_hits_total{model_name="m"} 0.0'):
+    for line in ('vllm:prompt_tokens_total{engine="0",model_name="m"} 7.0',
+                 'vllm:generation_tokens_total{engine="0",model_name="m"} 3.0',
+                 'vllm:num_requests_running{engine="0",model_name="m"} 0.0',
+                 'vllm:num_requests_waiting{engine="0",model_name="m"} 0.0',
+                 'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.0',
+                 'vllm:gpu_cache_usage_perc{engine="0",model_name="m"} 0.0',
+                 'vllm:num_preemptions_total{engine="0",model_name="m"} 0.0',
+                 'vllm:prefix_cache_queries_total{engine="0",model_name="m"} 0.0',
+                 'vllm:prefix_cache_hits_total{engine="0",model_name="m"} 0.0'):
         assert line in text.splitlines(), line
     for name in ("time_to_first_token_seconds", "inter_token_latency_seconds",
                  "time_per_output_token_seconds", "e2e_request_latency_seconds",
@@ -48,7 +48,8 @@ def test_exposition_uses_vllms_names():
 def test_registries_are_private():
     first, second = PrometheusMetrics("a"), PrometheusMetrics("a")
     first.observe_tokens(num_prompt_tokens=1)
-    assert second.registry.get_sample_value("vllm:prompt_tokens_total", {"model_name": "a"}) == 0
+    assert second.registry.get_sample_value("vllm:prompt_tokens_total", 
+                                            {"model_name": "a", "engine": "0"}) == 0
 
 
 def test_observe_finished_records_latencies_and_success():

@@ -517,10 +517,10 @@ def test_handlers_feed_the_metrics():
     complete(ScriptedEngine(replies=("abc",)), metrics=metrics, prompt="pq", n=2)
     assert (metrics.totals.prompt_tokens, metrics.totals.generation_tokens) == (2, 6)
     value = metrics.registry.get_sample_value
-    assert value("vllm:request_success_total",
-                 {"model_name": "tiny", "finished_reason": "length"}) == 2
-    assert value("vllm:time_to_first_token_seconds_sum", {"model_name": "tiny"}) == 1.0
-    assert value("vllm:inter_token_latency_seconds_count", {"model_name": "tiny"}) == 2
+    labels = {"model_name": "tiny", "engine": "0"}
+    assert value("vllm:request_success_total", {**labels, "finished_reason": "length"}) == 2
+    assert value("vllm:time_to_first_token_seconds_sum", labels) == 1.0
+    assert value("vllm:inter_token_latency_seconds_count", labels) == 2
 
 
 # ---- /v1/chat/completions ------------------------------------------------------------------

@@ -27,7 +27,7 @@ import socket
 from pathlib import Path
 
 from pagellm.config.cli_args import add_engine_args, engine_kwargs_from_args
-from pagellm.errors import ClientError
+from pagellm.errors import ClientError, EngineDeadError
 
 logger = logging.getLogger("pagellm.server")
 
@@ -154,10 +154,12 @@ async def run_server(args: argparse.Namespace, sock: socket.socket | None = None
             tasks.append(app.state.drain_task)
         for task in tasks:
             task.cancel()
-        # not errored yet when the core was killed a moment ago (its exit is reported late)
-        died = engine.dead_error or (None if engine.is_healthy() else
-                                     f"the engine core process exited (exit code "
-                                     f"{engine.client.process.exitcode})")
+        died = engine.dead_error
+        if died is None and not engine.is_healthy():
+            try:    # not errored yet when a core was killed a moment ago (reported late)
+                engine.check_alive()
+            except EngineDeadError as error:
+                died = error
         await engine.shutdown()
         app.state.tokenizer_pool.shutdown(wait=False, cancel_futures=True)
     if died:

@@ -186,12 +186,14 @@ async def _send_error(send, message: str, status: int, error_type: str = "invali
 def build_app(engine, settings: ServerSettings, chat_template: str | None = None) -> FastAPI:
     """The FastAPI app for one engine. Handlers never see the engine's internals."""
     app = FastAPI(title="pagellm", version=__version__)
-    metrics = PrometheusMetrics(engine.served_model_name, engine.max_model_len)
+    metrics = PrometheusMetrics(engine.served_model_name, engine.max_model_len,
+                                num_engines=engine.num_engines)
     metrics.set_cache_config_info(cache_config_labels(
         engine.config.cache, engine.num_gpu_blocks, engine.num_cpu_blocks))
     engine.stats_listeners.append(metrics.update_from_stats)
-    if engine.last_stats is not None:
-        metrics.update_from_stats(engine.last_stats)
+    for engine_index, stats in enumerate(engine.engine_stats):
+        if stats is not None:
+            metrics.update_from_stats(stats, engine_index)
     app.add_middleware(_Guard, settings=settings)
     # added last = outermost: it sees (and logs) _Guard's own 400/401 answers too
     app.add_middleware(_AccessLog, metrics=metrics, log=not settings.disable_log_requests)

@@ -215,7 +215,9 @@ class OpenAIServing:
                         ) -> AsyncIterator[RequestOutput]:
         """``stream`` unchanged; its token counts and timings go to the metrics. Closing this
         iterator closes ``stream`` (which aborts the engine request)."""
-        tracker = _RequestTracker(self.metrics) if self.metrics is not None else None
+        engine_index_of = getattr(self.engine, "engine_index_of", None)
+        tracker = (_RequestTracker(self.metrics, engine_index_of)
+                   if self.metrics is not None else None)
         try:
             async for output in stream:
                 if tracker is not None:
@@ -330,10 +332,13 @@ class OpenAIServing:
 
 class _RequestTracker:
     """Feeds one request's outputs to the metrics: prompt tokens once, generated tokens and
-    the gap between token-bearing outputs as they come, the request's timings at the end."""
+    the gap between token-bearing outputs as they come, the request's timings at the end; all
+    under the replica that serves it (``engine_index_of(request_id)``; replica 0 without
+    one)."""
 
-    def __init__(self, metrics: Any):
+    def __init__(self, metrics: Any, engine_index_of: Callable[[str], int] | None = None):
         self.metrics = metrics
+        self.engine_index_of = engine_index_of
         self.prompt_counted = False
         self.last_token_time: float | None = None
         self.num_generated = 0
@@ -346,13 +351,17 @@ class _RequestTracker:
             if self.last_token_time is not None:
                 inter_token_latency = now - self.last_token_time
             self.last_token_time = now
+        engine_index = (self.engine_index_of(output.request_id)
+                        if self.engine_index_of is not None else 0)
         self.metrics.observe_tokens(
             num_prompt_tokens=0 if self.prompt_counted else len(output.prompt_token_ids),
-            num_generation_tokens=num_new, inter_token_latency=inter_token_latency)
+            num_generation_tokens=num_new, inter_token_latency=inter_token_latency,
+            engine_index=engine_index)
         self.prompt_counted = True
         self.num_generated += num_new
         if output.finished:
-            self.metrics.observe_finished(output, num_generation_tokens=self.num_generated)
+            self.metrics.observe_finished(output, num_generation_tokens=self.num_generated,
+                                          engine_index=engine_index)
 
 
 def _padded(positions: Sequence | None, length: int) -> list:
