@@ -162,7 +162,7 @@ def test_an_interrupt_swallowed_by_a_del_is_raised_again_until_the_render_stops(
     dels: list[float] = []
 
     def drop() -> str:
-        _SpinsInDel(0.6, dels)      # spans the 0.3 s deadline: the first interrupt lands in it
+        _SpinsInDel(3.0, dels)      # spans the 0.3 s deadline: the first interrupt lands in it
         return ""
 
     # seconds of plain loops after that when nothing stops it
@@ -176,12 +176,18 @@ def test_an_interrupt_swallowed_by_a_del_is_raised_again_until_the_render_stops(
             render_chat(template, MESSAGES, template_kwargs={"drop": drop},
                         limits=TemplateLimits(timeout_s=0.3))
         assert "abandoned" not in str(caught.value)      # stopped, not given up on
-        assert 0.6 <= time.perf_counter() - started < 0.6 + FAST_S
+        assert 0.3 <= time.perf_counter() - started < 0.3 + FAST_S
         assert _Interrupted in swallowed                 # the scenario happened
-        finished = len(dels)
-        time.sleep(0.2)
-        assert len(dels) == finished                     # the render really stopped
+        assert dels == []                                # ... in the middle of __del__
+        assert _render_threads() == []                   # the render really stopped
     assert num_abandoned_renders() == 0
+
+
+def _render_threads() -> list[threading.Thread]:
+    """Render threads still alive a moment after their render returned."""
+    time.sleep(0.05)
+    return [thread for thread in threading.enumerate()
+            if thread.name == "pagellm-template-render" and thread.is_alive()]
 
 
 def test_renders_ending_as_their_bound_passes_leave_no_interrupt_behind(monkeypatch):
@@ -221,7 +227,7 @@ def test_a_render_stuck_in_c_code_is_abandoned_and_its_caller_answered(monkeypat
     limits = TemplateLimits(timeout_s=0.2, stop_grace_s=0.3)
     started = time.perf_counter()
     try:
-        with pytest.raises(ClientError, match="longer than 0.2 s; it did not stop"):
+        with pytest.raises(ClientError, match="longer than 0.2 s to render; it did not stop"):
             render_chat("{{ stuck() }}", MESSAGES, limits=limits,
                         template_kwargs={"stuck": _stuck_in_c(release)})
         assert 0.5 <= time.perf_counter() - started < 0.5 + FAST_S
