@@ -43,10 +43,10 @@ def _tokenize(base: str, **fields) -> httpx.Response:
 
 
 def _health_latencies(base: str, stop: threading.Event) -> list[float]:
-    """Poll /health until ``stop``; the latency of each poll."""
+    """Poll /health until ``stop`` (at least once); the latency of each poll."""
     latencies = []
     with httpx.Client(timeout=30) as client:
-        while not stop.is_set():
+        while not latencies or not stop.is_set():
             started = time.perf_counter()
             assert client.get(base + "/health").status_code == 200
             latencies.append(time.perf_counter() - started)
