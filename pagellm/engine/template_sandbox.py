@@ -16,10 +16,14 @@ with ``--trust-request-chat-template``, a request's own. Each renders through
   too, so no value grows past the bound step by step;
 - the rendered text is produced in chunks (``Template.generate``) and refused past
   ``max_chars``;
-- a watchdog thread stops the render (an exception raised in the rendering thread) after
-  ``timeout_s`` seconds, or once the process's resident memory grew by ``max_memory_bytes``
-  during the render: the backstop for loops that build nothing (``range`` × ``range``) and for
-  values accumulated one bounded step at a time.
+- the render runs in a thread of its own, and the calling thread stops it (an exception raised
+  in the rendering thread, again and again until it has stopped: Python drops one that lands in
+  a ``__del__``) after ``timeout_s`` seconds, or once the process's resident memory grew by
+  ``max_memory_bytes`` during the render: the backstop for loops that build nothing (``range``
+  × ``range``) and for values accumulated one bounded step at a time;
+- a render that still runs ``stop_grace_s`` after that (stuck in C code) is abandoned: the
+  caller gets its error anyway, so a tokenizer-pool thread is never held longer than
+  ``timeout_s + stop_grace_s``, and the daemon thread cannot delay the process's exit.
 
 Every refusal raises ``TemplateLimitError``. ``render_bounded`` must run off the event loop (it
 blocks for up to ``timeout_s``).
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 import os
 import re
 import threading
@@ -48,7 +53,14 @@ MAX_INT_BITS = 1 << 16
 uninterruptible C call, and Python refuses to print integers past 4300 digits anyway."""
 MAX_JSON_INDENT = 64
 _WATCHDOG_POLL_S = 0.01
+_REINTERRUPT_S = 0.025
+"""How often the supervisor raises ``_Interrupted`` again until the render has stopped."""
+_REAP_INTERVAL_S = 0.05
+MAX_ABANDONED_RENDERS = 4
+"""Renders that would not stop (stuck in C code) whose threads may still run; past it, every
+render is refused until one stops. Each may burn a core."""
 _DIGITS = re.compile(r"\d+")
+logger = logging.getLogger(__name__)
 
 
 class TemplateLimitError(SecurityError):
@@ -70,78 +82,159 @@ class TemplateLimits:
     """Growth of the process's resident memory during the render that stops it."""
     max_template_chars: int = 256 * 1024
     """Longest template source accepted (real chat templates are a few KB)."""
+    stop_grace_s: float = 1.0
+    """Seconds a render may go on after it passed a bound (while being interrupted every
+    ``_REINTERRUPT_S``) before the caller gets its error anyway and the render's thread is
+    abandoned."""
 
 
 class _Interrupted(BaseException):
-    """Raised in the rendering thread by the watchdog; BaseException so that no ``except
-    Exception`` inside Jinja or a filter swallows it."""
+    """Raised in the rendering thread by its supervisor; BaseException so that no ``except
+    Exception`` inside Jinja or a filter swallows it. Python itself drops one that lands in a
+    ``__del__`` or a GC callback ("Exception ignored in ..."), so the supervisor raises it again
+    every ``_REINTERRUPT_S`` until the render has left."""
 
 
 def render_bounded(compile_source: Callable[[], Template], context: dict,
                    limits: TemplateLimits) -> str:
     """``compile_source()`` then the template rendered with ``context``, within ``limits``.
 
-    Raises ``TemplateLimitError`` past a bound; any other error of the template (including
-    ``jinja2.TemplateError``) propagates unchanged. Blocks the calling thread."""
-    watchdog = _Watchdog(limits)
-    try:
-        with watchdog:
-            template = compile_source()
-            parts, size = [], 0
-            for chunk in template.generate(context):
-                size += len(chunk)
-                if size > limits.max_chars:
-                    raise TemplateLimitError(
-                        f"the chat template's output passed {limits.max_chars} characters")
-                parts.append(chunk)
-            return "".join(parts)
-    except _Interrupted:
-        raise TemplateLimitError(watchdog.reason) from None
+    The render runs in a fresh daemon thread supervised by the calling thread (see
+    ``_SupervisedRender``), so the caller returns within ``timeout_s + stop_grace_s`` even
+    when the render cannot be stopped. Raises ``TemplateLimitError`` past a bound (or when
+    ``MAX_ABANDONED_RENDERS`` renders that would not stop still run); any other error of the
+    template (including ``jinja2.TemplateError``) propagates unchanged. Blocks the calling
+    thread."""
+
+    def render() -> str:
+        template = compile_source()
+        parts, size = [], 0
+        for chunk in template.generate(context):
+            size += len(chunk)
+            if size > limits.max_chars:
+                raise TemplateLimitError(
+                    f"the chat template's output passed {limits.max_chars} characters")
+            parts.append(chunk)
+        return "".join(parts)
+
+    return _SupervisedRender(render, limits).run()
 
 
-class _Watchdog:
-    """Stops the thread that entered it, by raising ``_Interrupted`` there, once the time or
-    memory bound passes; leaving it (``__exit__``) guarantees no exception is still pending."""
+def num_abandoned_renders() -> int:
+    """Renders given up on (past ``timeout_s + stop_grace_s``) whose thread still runs."""
+    with _ABANDONED_LOCK:
+        return sum(1 for render in _ABANDONED if render.thread.is_alive())
 
-    def __init__(self, limits: TemplateLimits):
-        self.limits = limits
-        self.target = threading.get_ident()
+
+class _SupervisedRender:
+    """One render in its own daemon thread; the calling thread supervises it.
+
+    The supervisor raises ``_Interrupted`` in the render thread once the time or memory bound
+    passes, and again every ``_REINTERRUPT_S`` until the render thread has left ``function``
+    (``left``). ``left`` is set under ``lock``, and the supervisor raises only under ``lock``
+    while ``left`` is false, so at most one interrupt can still be pending once the render has
+    left: the render thread cancels it, or catches it if it lands first (``_run``). Nothing is
+    ever raised in the caller's thread. A render still running ``stop_grace_s`` after its bound
+    passed (stuck in C code, say) is abandoned: the caller gets its ``TemplateLimitError``, and
+    a reaper thread keeps interrupting the render until it stops."""
+
+    def __init__(self, function: Callable[[], str], limits: TemplateLimits):
+        self.function, self.limits = function, limits
         self.lock = threading.Lock()
-        self.done = threading.Event()
-        self.reason = ""
+        self.left = False
+        self.finished = threading.Event()       # value or error is set
+        self.value: str | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="pagellm-template-render",
+                                       daemon=True)
 
-    def __enter__(self) -> "_Watchdog":
-        self.deadline = time.monotonic() + self.limits.timeout_s
-        self.rss_start = _rss_bytes()
-        threading.Thread(target=self._watch, name="pagellm-template-watchdog",
-                         daemon=True).start()
-        return self
+    def run(self) -> str:
+        if num_abandoned_renders() >= MAX_ABANDONED_RENDERS:
+            raise TemplateLimitError(f"{MAX_ABANDONED_RENDERS} chat templates that would not "
+                                     "stop are still running; try again later")
+        rss_start = _rss_bytes()
+        self.thread.start()
+        reason = self._supervise(rss_start)
+        if isinstance(self.error, _Interrupted):
+            raise TemplateLimitError(reason or "the chat template was interrupted")
+        if self.error is not None:
+            raise self.error
+        return self.value
 
-    def __exit__(self, *exc_info) -> None:
-        with self.lock:
-            self.done.set()
-            if self.reason:         # fired but maybe not delivered yet: cancel it
-                _raise_in_thread(self.target, None)
-
-    def _watch(self) -> None:
-        while not self.done.wait(_WATCHDOG_POLL_S):
-            reason = self._passed_bound()
+    def _supervise(self, rss_start: int) -> str | None:
+        """Wait for the render, interrupting it past a bound; the bound passed, if any."""
+        deadline = time.monotonic() + self.limits.timeout_s
+        reason, give_up_at, interrupted_at = None, float("inf"), float("-inf")
+        while not self.finished.wait(_WATCHDOG_POLL_S):
+            now = time.monotonic()
+            if reason is None:
+                reason = _passed_bound(self.limits, deadline, rss_start)
+                give_up_at = now + self.limits.stop_grace_s
             if reason is None:
                 continue
-            with self.lock:
-                if not self.done.is_set():
-                    self.reason = reason
-                    _raise_in_thread(self.target, _Interrupted)
-            return
+            if now >= give_up_at:
+                _abandon(self)
+                raise TemplateLimitError(f"{reason}; it did not stop and was abandoned")
+            if now - interrupted_at >= _REINTERRUPT_S:
+                self.interrupt()
+                interrupted_at = now
+        return reason
 
-    def _passed_bound(self) -> str | None:
-        if time.monotonic() > self.deadline:
-            return f"the chat template took longer than {self.limits.timeout_s:g} s to render"
-        grown = _rss_bytes() - self.rss_start
-        if self.rss_start and grown > self.limits.max_memory_bytes:
-            return (f"the chat template used more than {self.limits.max_memory_bytes >> 20} MiB "
-                    "of memory while rendering")
-        return None
+    def interrupt(self) -> None:
+        """Raise ``_Interrupted`` in the render thread unless it has left the render."""
+        with self.lock:
+            if not self.left and self.thread.is_alive():
+                _raise_in_thread(self.thread.ident, _Interrupted)
+
+    def _run(self) -> None:
+        try:
+            try:
+                self.value = self.function()
+            except BaseException as error:      # noqa: BLE001 (handed to the caller)
+                self.error = error
+            finally:
+                self._leave()
+        except _Interrupted:    # the one sent before ``left`` was set, landed after the render
+            self._leave()
+        self.finished.set()
+
+    def _leave(self) -> None:
+        with self.lock:
+            self.left = True
+        _raise_in_thread(threading.get_ident(), None)   # cancel one not yet delivered
+
+
+def _passed_bound(limits: TemplateLimits, deadline: float, rss_start: int) -> str | None:
+    if time.monotonic() > deadline:
+        return f"the chat template took longer than {limits.timeout_s:g} s to render"
+    grown = _rss_bytes() - rss_start
+    if rss_start and grown > limits.max_memory_bytes:
+        return (f"the chat template used more than {limits.max_memory_bytes >> 20} MiB "
+                "of memory while rendering")
+    return None
+
+
+_ABANDONED: list[_SupervisedRender] = []
+_ABANDONED_LOCK = threading.Lock()
+
+
+def _abandon(render: _SupervisedRender) -> None:
+    """Give up waiting on ``render``; a daemon reaper keeps interrupting it until it stops."""
+    logger.warning("a chat template render did not stop %g s after its bound; abandoning its "
+                   "thread (still interrupting it)", render.limits.stop_grace_s)
+    with _ABANDONED_LOCK:
+        _ABANDONED[:] = [other for other in _ABANDONED if other.thread.is_alive()]
+        _ABANDONED.append(render)
+    threading.Thread(target=_reap, args=(render,), name="pagellm-template-reaper",
+                     daemon=True).start()
+
+
+def _reap(render: _SupervisedRender) -> None:
+    while not render.finished.wait(_REAP_INTERVAL_S) and render.thread.is_alive():
+        render.interrupt()
+    with _ABANDONED_LOCK:
+        if render in _ABANDONED:
+            _ABANDONED.remove(render)
 
 
 def _raise_in_thread(thread_id: int, exc_type: type[BaseException] | None) -> None:

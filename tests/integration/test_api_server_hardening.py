@@ -5,6 +5,7 @@ while /health stays responsive. Then continue_final_message on the default model
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -42,10 +43,10 @@ def _tokenize(base: str, **fields) -> httpx.Response:
 
 
 def _health_latencies(base: str, stop: threading.Event) -> list[float]:
-    """Poll /health until ``stop``; the latency of each poll."""
+    """Poll /health until ``stop`` (at least once); the latency of each poll."""
     latencies = []
     with httpx.Client(timeout=30) as client:
-        while not stop.is_set():
+        while not latencies or not stop.is_set():
             started = time.perf_counter()
             assert client.get(base + "/health").status_code == 200
             latencies.append(time.perf_counter() - started)
@@ -115,6 +116,78 @@ def test_an_endless_template_is_stopped_while_other_requests_are_served(trusting
     assert results["bad"].status_code == 400
     assert "longer than 2 s" in results["bad"].json()["error"]["message"]
     assert max(latencies) < HEALTH_BOUND_S
+
+
+# Loaded by the test server's Python at startup (site imports ``sitecustomize`` from
+# PYTHONPATH): gives chat templates ``block_in_c()``, which blocks in C code (a lock acquire)
+# where no interrupt lands, standing in for a sandbox escape that hangs a render. Production
+# code has no such callable.
+_BLOCK_IN_C_SITECUSTOMIZE = """
+import threading
+
+import pagellm.engine.chat_template as chat_template
+
+_forever = threading.Lock()
+_forever.acquire()
+_make_environment = chat_template._environment
+
+
+def block_in_c():
+    _forever.acquire()
+
+
+def _environment(limits):
+    environment = _make_environment(limits)
+    environment.globals["block_in_c"] = block_in_c
+    return environment
+
+
+chat_template._environment = _environment
+"""
+STUCK = "{{ block_in_c() }}"
+
+
+def test_renders_stuck_in_c_get_a_400_the_pool_keeps_serving_and_sigterm_exits_0(
+        tmp_path_factory):
+    from tests.helpers.server import running_server, stop_server
+    from tests.helpers.tiny_models import make_tiny_model_dir
+
+    site_dir = tmp_path_factory.mktemp("block_in_c")
+    (site_dir / "sitecustomize.py").write_text(_BLOCK_IN_C_SITECUSTOMIZE)
+    model_dir = make_tiny_model_dir(tmp_path_factory.mktemp("stuck"), "llama")
+    env = {"PYTHONPATH": f"{site_dir}{os.pathsep}{os.getcwd()}"}
+    # two tokenizer-pool threads, both sent a render that never stops
+    with running_server(model_dir, "--trust-request-chat-template", "--tokenizer-pool-size",
+                        "2", env_extra=env) as (proc, base):
+        stuck: list[tuple[httpx.Response, float]] = []
+
+        def send_stuck(route):
+            started = time.perf_counter()
+            response = route(base, chat_template=STUCK)
+            stuck.append((response, time.perf_counter() - started))
+
+        senders = [threading.Thread(target=send_stuck, args=(route,))
+                   for route in (_chat, _tokenize)]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join(30)
+        assert len(stuck) == 2
+        for response, elapsed in stuck:
+            assert response.status_code == 400
+            message = response.json()["error"]["message"]
+            assert "longer than 2 s to render; it did not stop and was abandoned" in message
+            assert 3.0 <= elapsed < 6.0          # timeout_s 2 + stop_grace_s 1
+        # both render threads are still stuck; every route of the pool still answers at once
+        started = time.perf_counter()
+        assert _chat(base).status_code == 200
+        assert _tokenize(base, chat_template=BENIGN).status_code == 200
+        assert httpx.post(base + "/v1/completions", json={"prompt": "hello", "max_tokens": 2},
+                          timeout=60).status_code == 200
+        assert time.perf_counter() - started < 5
+        started = time.perf_counter()
+        assert stop_server(proc) == 0            # the stuck daemon threads do not hold it
+        assert time.perf_counter() - started < 20
 
 
 def test_multi_megabyte_prompts_are_refused_early_and_health_stays_fast(plain):

@@ -4,13 +4,15 @@ memory is refused fast, with the bound it passed named, and the rendering thread
 from __future__ import annotations
 
 import resource
+import sys
 import threading
 import time
 
 import pytest
 
 from pagellm.engine.chat_template import render_chat
-from pagellm.engine.template_sandbox import TemplateLimits
+from pagellm.engine import template_sandbox
+from pagellm.engine.template_sandbox import TemplateLimits, _Interrupted, num_abandoned_renders
 from pagellm.errors import ClientError
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -137,3 +139,105 @@ def test_renders_run_concurrently_in_threads_each_with_its_own_bound():
         assert _render("{{ messages[0].content }}", limits) == "hi"
     thread.join(5)
     assert "longer than 0.5 s" in str(results["slow"])
+
+
+class _SpinsInDel:
+    """Busy in Python code inside ``__del__`` for ``seconds``: an interrupt landing there is
+    dropped by Python ("Exception ignored in ..."), as one landing in asyncio's
+    ``_SelectorTransport.__del__`` was on a server under load."""
+
+    def __init__(self, seconds: float, finished: list):
+        self.seconds, self.finished = seconds, finished
+
+    def __del__(self):
+        end = time.monotonic() + self.seconds
+        while time.monotonic() < end:
+            pass
+        self.finished.append(self.seconds)
+
+
+def test_an_interrupt_swallowed_by_a_del_is_raised_again_until_the_render_stops(monkeypatch):
+    swallowed: list[type] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda raw: swallowed.append(raw.exc_type))
+    dels: list[float] = []
+
+    def drop() -> str:
+        _SpinsInDel(3.0, dels)      # spans the 0.3 s deadline: the first interrupt lands in it
+        return ""
+
+    # seconds of plain loops after that when nothing stops it
+    template = ("{{ drop() }}{% for i in range(30000) %}{% for j in range(3000) %}{% endfor %}"
+                "{% endfor %}done")
+    for _ in range(3):
+        swallowed.clear()
+        dels.clear()
+        started = time.perf_counter()
+        with pytest.raises(ClientError, match="longer than 0.3 s") as caught:
+            render_chat(template, MESSAGES, template_kwargs={"drop": drop},
+                        limits=TemplateLimits(timeout_s=0.3))
+        assert "abandoned" not in str(caught.value)      # stopped, not given up on
+        assert 0.3 <= time.perf_counter() - started < 0.3 + FAST_S
+        assert _Interrupted in swallowed                 # the scenario happened
+        assert dels == []                                # ... in the middle of __del__
+        assert _render_threads() == []                   # the render really stopped
+    assert num_abandoned_renders() == 0
+
+
+def _render_threads() -> list[threading.Thread]:
+    """Render threads still alive a moment after their render returned."""
+    time.sleep(0.05)
+    return [thread for thread in threading.enumerate()
+            if thread.name == "pagellm-template-render" and thread.is_alive()]
+
+
+def test_renders_ending_as_their_bound_passes_leave_no_interrupt_behind(monkeypatch):
+    escaped: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda raw: escaped.append(raw.exc_value))
+    monkeypatch.setattr(sys, "unraisablehook", lambda raw: escaped.append(raw.exc_value))
+    limits = TemplateLimits(timeout_s=0.02)
+    outcomes = set()
+    for count in range(40):          # loops of about 0.02 s: some stopped, some not
+        template = f"{{% for i in range({20000 + count * 1000}) %}}{{% endfor %}}ok"
+        try:
+            outcomes.add(render_chat(template, MESSAGES, limits=limits))
+        except ClientError as error:
+            outcomes.add("longer than" in str(error))
+    assert outcomes <= {"ok", True}
+    assert escaped == []
+    total = sum(range(1_000_000))    # and nothing is pending in this thread
+    assert total == 499999500000
+
+
+def _stuck_in_c(release: threading.Event):
+    """A template callable that blocks in C code (a lock acquire), where no interrupt lands,
+    until ``release`` is set."""
+    lock = threading.Lock()
+    lock.acquire()
+    threading.Thread(target=lambda: (release.wait(), lock.release()), daemon=True).start()
+
+    def stuck() -> str:
+        lock.acquire()
+        return "unreachable"
+    return stuck
+
+
+def test_a_render_stuck_in_c_code_is_abandoned_and_its_caller_answered(monkeypatch):
+    monkeypatch.setattr(template_sandbox, "MAX_ABANDONED_RENDERS", 1)
+    release = threading.Event()
+    limits = TemplateLimits(timeout_s=0.2, stop_grace_s=0.3)
+    started = time.perf_counter()
+    try:
+        with pytest.raises(ClientError, match="longer than 0.2 s to render; it did not stop"):
+            render_chat("{{ stuck() }}", MESSAGES, limits=limits,
+                        template_kwargs={"stuck": _stuck_in_c(release)})
+        assert 0.5 <= time.perf_counter() - started < 0.5 + FAST_S
+        assert num_abandoned_renders() == 1
+        with pytest.raises(ClientError, match="would not stop are still running"):
+            _render("{{ messages[0].content }}", limits)
+    finally:
+        release.set()
+    deadline = time.monotonic() + 5          # the reaper stops it once it is back in Python
+    while num_abandoned_renders() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert num_abandoned_renders() == 0
+    assert _render("{{ messages[0].content }}", limits) == "hi"
