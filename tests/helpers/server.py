@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -21,6 +22,26 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class DrainedOutput:
+    """A server's stdout read continuously by a thread, so a chatty server (an access-log line
+    per request) never blocks on a full pipe; ``read()`` waits for the end of the output (the
+    process exited) and returns all of it, like the pipe's own ``read()``."""
+
+    def __init__(self, pipe):
+        self._lines: list[str] = []
+        self._thread = threading.Thread(target=self._pump, args=(pipe,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, pipe) -> None:
+        for line in pipe:
+            self._lines.append(line)
+        pipe.close()
+
+    def read(self, timeout_s: float = 60.0) -> str:
+        self._thread.join(timeout_s)
+        return "".join(self._lines)
 
 
 SERVE_COMMAND = ("-m", "pagellm.entrypoints.cli.main", "serve")
@@ -36,9 +57,11 @@ def start_server(model_dir, *extra: str, env_extra: dict | None = None, log_stat
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.getcwd(), **(env_extra or {})}
     proc = subprocess.Popen(
-        [sys.executable, *launch, "--model", str(model_dir), "--port", str(port), "--kv-cache-memory-bytes", str(16 * 2**20), "--max-model-len", "256",
+        [sys.executable, *launch, "--model", str(model_dir), "--port", str(port),
+         "--kv-cache-memory-bytes", str(16 * 2**20), "--max-model-len", "256",
          "--served-model-name", "tiny", *([] if log_stats else ["--disable-log-stats"]), *extra],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc.stdout = DrainedOutput(proc.stdout)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + STARTUP_TIMEOUT_S
     while time.time() < deadline:
