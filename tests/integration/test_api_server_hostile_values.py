@@ -1,0 +1,82 @@
+"""A hostile client's values against a real server (tiny model): integers past what the engine
+holds, malformed bodies and keys, huge /tokenize prompts. Each must be a 400 naming the problem,
+and the server must keep serving afterwards."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.helpers.server import tiny_server
+
+API_KEY = "sk-hostile"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A tiny server whose max_logprobs exceeds its vocabulary (259 tokens)."""
+    with tiny_server(tmp_path_factory, "hostile", "--max-logprobs", "100000") as (proc, base):
+        yield proc, base
+
+
+def _post(base: str, path: str, body: dict, **kwargs) -> httpx.Response:
+    return httpx.post(base + path, json=body, timeout=60, **kwargs)
+
+
+def _assert_still_serving(proc, base: str) -> None:
+    assert proc.poll() is None
+    response = _post(base, "/v1/completions", {"prompt": "hi", "max_tokens": 2})
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] == 2
+
+
+@pytest.mark.parametrize("route", ["/v1/completions", "/v1/chat/completions"])
+@pytest.mark.parametrize("field, value, message", [
+    ("top_k", 2**63, "top_k must be -1, 0 (all tokens) or a positive integer <= 2147483647, "
+                     "got 9223372036854775808"),
+    ("top_k", 2**65, "top_k must be -1, 0 (all tokens) or a positive integer <= 2147483647"),
+    ("min_tokens", 2**63, "min_tokens must be an integer in [0, 2147483647]"),
+    ("max_tokens", 2**64, "max_tokens must be an integer in [1, 2147483647]"),
+    ("seed", 2**64, "seed must be an integer in [-2**63+1, 2**63-1]"),
+    ("stop_token_ids", [2**63], "stop_token_ids must be a list of token ids in [0, 2147483647]"),
+    ("stop_token_ids", [300], "stop_token_ids[0] must be a token id in [0, 259), got 300"),
+    ("logit_bias", {str(2**63): 1}, "logit_bias keys must be token ids in [0, 2147483647]"),
+    ("logit_bias", {"300": 1}, "logit_bias[0] must be a token id in [0, 259), got 300"),
+    ("logit_bias", {" 5": 1}, "logit_bias keys must be token ids in [0, 2147483647], got ' 5'"),
+    ("logit_bias", {"5_0": 1}, "logit_bias keys must be token ids in [0, 2147483647], got '5_0'"),
+    ("logit_bias", {"\u0665": 1}, "logit_bias keys must be token ids in [0, 2147483647]"),
+])
+def test_out_of_range_integers_are_a_400_and_the_server_lives(server, route, field, value,
+                                                              message):
+    proc, base = server
+    body = {"max_tokens": 2, field: value}
+    if route == "/v1/completions":
+        body["prompt"] = "hi"
+    else:
+        body["messages"] = [{"role": "user", "content": "hi"}]
+    response = _post(base, route, body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["message"].startswith(message), error
+    assert error["param"] == field and error["type"] == "BadRequestError"
+    _assert_still_serving(proc, base)
+
+
+@pytest.mark.parametrize("field", ["logprobs", "prompt_logprobs"])
+def test_logprobs_above_the_vocabulary_are_a_400_and_the_server_lives(server, field):
+    """max_logprobs (100000) allows it, but a top-k past the vocabulary would fail the step."""
+    proc, base = server
+    response = _post(base, "/v1/completions", {"prompt": "hi", "max_tokens": 2, field: 5000})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"] == (
+        f"{field}=5000 exceeds the model's vocabulary size 259")
+    _assert_still_serving(proc, base)
+
+
+def test_top_k_above_the_vocabulary_means_all_tokens(server):
+    proc, base = server
+    body = {"prompt": "hi", "max_tokens": 4, "temperature": 1.0, "seed": 7}
+    everything = _post(base, "/v1/completions", {**body, "top_k": 2**31 - 1})
+    assert everything.status_code == 200, everything.text
+    assert everything.json()["choices"][0]["text"] == (
+        _post(base, "/v1/completions", body).json()["choices"][0]["text"])
