@@ -80,3 +80,27 @@ def test_top_k_above_the_vocabulary_means_all_tokens(server):
     assert everything.status_code == 200, everything.text
     assert everything.json()["choices"][0]["text"] == (
         _post(base, "/v1/completions", body).json()["choices"][0]["text"])
+
+
+@pytest.mark.parametrize("form", ["prompt", "messages"])
+def test_tokenize_refuses_a_multi_megabyte_prompt_before_tokenizing(server, form):
+    """The same early refusal as completions and chat (3.9 MB, under the body cap)."""
+    proc, base = server
+    text = "hello world " * 325_000
+    body = {"prompt": text} if form == "prompt" else {"messages": [{"role": "user",
+                                                                    "content": text}]}
+    response = _post(base, "/tokenize", body)
+    assert response.status_code == 400, response.text[:200]
+    error = response.json()["error"]
+    assert error["message"].startswith("This model's maximum context length is 256 tokens, but "
+                                       "the prompt has at least ")
+    assert error["param"] == form and error["type"] == "BadRequestError"
+    _assert_still_serving(proc, base)
+
+
+def test_tokenize_counts_a_prompt_a_little_over_the_context(server):
+    """As vLLM: the count comes back with max_model_len for the client to compare."""
+    _, base = server
+    response = _post(base, "/tokenize", {"prompt": "hello " * 200})
+    assert response.status_code == 200, response.text
+    assert response.json()["count"] > response.json()["max_model_len"] == 256
