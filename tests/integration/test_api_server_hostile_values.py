@@ -104,3 +104,22 @@ def test_tokenize_counts_a_prompt_a_little_over_the_context(server):
     response = _post(base, "/tokenize", {"prompt": "hello " * 200})
     assert response.status_code == 200, response.text
     assert response.json()["count"] > response.json()["max_model_len"] == 256
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions", "/tokenize",
+                                  "/detokenize"])
+@pytest.mark.parametrize("content_type, shown", [
+    (None, "none"), ("text/plain", "'text/plain'"),
+    ("application/x-www-form-urlencoded", "'application/x-www-form-urlencoded'")])
+def test_a_json_body_without_a_json_content_type_says_what_to_send(server, path, content_type,
+                                                                  shown):
+    """What curl -d sends without -H: FastAPI leaves such a body unparsed."""
+    _, base = server
+    headers = {"content-type": content_type} if content_type else {}
+    response = httpx.post(base + path, content=b'{"prompt": "hi", "max_tokens": 2}',
+                          headers=headers, timeout=60)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == {
+        "message": "the request body must be a JSON object sent with 'Content-Type: "
+                   f"application/json' (got {shown})",
+        "type": "BadRequestError", "param": None, "code": 400}

@@ -212,8 +212,8 @@ def build_app(engine, settings: ServerSettings, chat_template: str | None = None
 
     @app.exception_handler(RequestValidationError)
     async def _validation(raw: Request, exc: RequestValidationError):
-        return _json(error_from_validation(exc.errors(),
-                                           REQUIRED_FIELDS.get(raw.url.path, ())))
+        return _json(error_from_validation(exc.errors(), REQUIRED_FIELDS.get(raw.url.path, ()),
+                                           raw.headers.get("content-type")))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_, exc: StarletteHTTPException):
