@@ -753,3 +753,15 @@ def test_completion_continuous_usage_stats_in_every_chunk():
     plain = complete(ScriptedEngine(replies=("abc",)), prompt="pp", stream=True,
                      stream_options={"include_usage": True})
     assert all(event["usage"] is None for event in plain[:-2])
+
+
+def test_response_format_messages_show_single_braces():
+    """PydanticCustomError only fills {names} from its context: a literal brace stays as
+    written, so an escaped "{{" would reach the client doubled."""
+    with pytest.raises(ValidationError) as info:
+        CompletionRequest(prompt="p", response_format={"type": "json_object"})
+    assert error_from_validation(info.value.errors()).error.message == (
+        "response_format is not supported yet on completions (only {'type': 'text'})")
+    result = chat(ScriptedEngine(), messages=MESSAGES, response_format={"type": "json_object"})
+    assert result.error.message == ("response_format is not supported yet beyond "
+                                    "{'type': 'text'} (structured outputs)")
