@@ -123,3 +123,17 @@ def test_a_json_body_without_a_json_content_type_says_what_to_send(server, path,
         "message": "the request body must be a JSON object sent with 'Content-Type: "
                    f"application/json' (got {shown})",
         "type": "BadRequestError", "param": None, "code": 400}
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_in_chat_template_kwargs_are_a_400(server, literal):
+    """Python's JSON parser reads these literals; they are not JSON data for a template."""
+    _, base = server
+    body = ('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, '
+            f'"chat_template_kwargs": {{"x": [{literal}]}}}}')
+    response = httpx.post(base + "/v1/chat/completions", content=body,
+                          headers={"content-type": "application/json"}, timeout=60)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "chat_template_kwargs"
+    assert error["message"].startswith("chat_template_kwargs values must be finite numbers")
