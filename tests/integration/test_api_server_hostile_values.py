@@ -137,3 +137,60 @@ def test_non_finite_numbers_in_chat_template_kwargs_are_a_400(server, literal):
     error = response.json()["error"]
     assert error["param"] == "chat_template_kwargs"
     assert error["message"].startswith("chat_template_kwargs values must be finite numbers")
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory):
+    """A tiny server behind an API key, with a 1000-byte body limit."""
+    with tiny_server(tmp_path_factory, "guarded", "--api-key", API_KEY,
+                     "--max-body-bytes", "1000") as (_, base):
+        yield base
+
+
+def _chunks(size: int):
+    yield b"{" + b" " * size + b"}"
+
+
+KEY = {"Authorization": f"Bearer {API_KEY}"}
+ERROR_SHAPES = [   # (method, path, request kwargs, status, type): whoever answers
+    ("POST", "/v1/completions", {}, 401, "AuthenticationError"),
+    ("GET", "/docs", {}, 401, "AuthenticationError"),
+    ("GET", "/redoc", {}, 401, "AuthenticationError"),
+    ("GET", "/openapi.json", {}, 401, "AuthenticationError"),
+    ("POST", "/v1/completions", {"headers": KEY, "content": b"{" + b" " * 2000 + b"}"}, 400,
+     "BadRequestError"),
+    ("POST", "/v1/completions", {"headers": KEY, "content": _chunks(2000)}, 400,
+     "BadRequestError"),
+    ("POST", "/v1/completions", {"headers": {**KEY, "X-Big": "x" * 20000}}, 400,
+     "BadRequestError"),
+    ("POST", "/v1/completions", {"headers": {**KEY, "content-type": "application/json"},
+                                 "content": b"{not json"}, 400, "BadRequestError"),
+    ("POST", "/v1/completions", {"headers": KEY, "json": {"prompt": "hi", "model": "other"}},
+     404, "NotFoundError"),
+    ("GET", "/v1/nothing", {"headers": KEY}, 404, "NotFoundError"),
+    ("GET", "/v1/completions", {"headers": KEY}, 405, "MethodNotAllowedError"),
+]
+
+
+@pytest.mark.parametrize("method, path, kwargs, status, error_type", ERROR_SHAPES)
+def test_every_error_has_one_type_per_status(guarded, method, path, kwargs, status,
+                                             error_type):
+    response = httpx.request(method, guarded + path, timeout=60, **kwargs)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["type"], error["code"]) == (error_type, status)
+
+
+def test_http_metrics_label_guarded_requests_by_their_route(guarded):
+    """The key check answers before routing; the label is still the route's template."""
+    for path in ("/v1/completions", "/docs", "/redoc", "/openapi.json", "/v1/nothing"):
+        assert httpx.post(guarded + path, timeout=60).status_code == 401
+    text = httpx.get(guarded + "/metrics", headers=KEY, timeout=60).text
+    for method, handler in (("POST", "/v1/completions"), ("POST", "/docs"),
+                            ("POST", "/redoc"), ("POST", "/openapi.json"),
+                            ("POST", "(unmatched)")):
+        series = (f'http_requests_total{{handler="{handler}",method="{method}",'
+                  'status="401"} 1.0')
+        assert series in text.splitlines(), (series, [
+            line for line in text.splitlines() if line.startswith("http_requests_total")])

@@ -16,8 +16,12 @@ from pagellm.errors import ClientError, EngineDeadError, ServiceUnavailableError
 logger = logging.getLogger(__name__)
 
 SSE_DONE = "data: [DONE]\n\n"
-_TYPES = {400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowedError",
-          500: "InternalServerError", 503: "ServiceUnavailableError"}
+_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError",
+          405: "MethodNotAllowedError", 500: "InternalServerError",
+          503: "ServiceUnavailableError"}
+"""HTTP status -> the error body's ``type``: one per status, whoever answers (a route, the
+framework, the size and key guard), named like vLLM's types and the openai client's
+exception classes."""
 _MAX_VALIDATION_MESSAGES = 3
 
 
