@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from dataclasses import dataclass, field, fields
 
 from pagellm.errors import ClientError
 
 _MAX_SEED = 2**63 - 1
+MAX_INT32 = 2**31 - 1
+"""The largest count or token id a request may give: the engine keeps these per request in
+int32/int64 arrays and msgpack messages, so a larger value must be a 400, never an overflow."""
+_TOKEN_ID_KEY = re.compile("[0-9]+")     # ASCII digits only: not " 5", "5_0" or Arabic-Indic
 
 
 @dataclass
@@ -83,7 +88,7 @@ class SamplingParams:
         for name in _FLOAT_FIELDS:      # 1 and 1.0 read the same everywhere, messages included
             value = getattr(self, name)
             if isinstance(value, int) and not isinstance(value, bool):
-                setattr(self, name, float(value))
+                setattr(self, name, _as_float(value, name))
         self._validate()
         if self.temperature < 1e-5:
             # Greedy: the other sampling knobs do not apply.
@@ -96,7 +101,7 @@ class SamplingParams:
                    f"must be a number, got {value!r}")
             _check(not math.isnan(value), name, "is not a number (NaN)")
             _check(math.isfinite(value), name, f"must be a finite number, got {value}")
-        _check(isinstance(self.n, int) and self.n >= 1, "n", f"must be an integer >= 1, got {self.n!r}")
+        _check_int(self.n, "n", 1)
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             _check(-2.0 <= value <= 2.0, name, f"must be in [-2, 2], got {value}")
@@ -104,25 +109,20 @@ class SamplingParams:
                f"must be > 0, got {self.repetition_penalty}")
         _check(self.temperature >= 0.0, "temperature", f"must be >= 0, got {self.temperature}")
         _check(0.0 < self.top_p <= 1.0, "top_p", f"must be in (0, 1], got {self.top_p}")
-        _check(isinstance(self.top_k, int) and self.top_k >= 0, "top_k",
-               f"must be -1, 0 (all tokens) or a positive integer, got {self.top_k!r}")
+        _check_int(self.top_k, "top_k", 0, what="-1, 0 (all tokens) or a positive integer")
         _check(0.0 <= self.min_p <= 1.0, "min_p", f"must be in [0, 1], got {self.min_p}")
-        _check(self.seed is None or (isinstance(self.seed, int) and -_MAX_SEED <= self.seed <= _MAX_SEED),
+        _check(self.seed is None or (_is_int(self.seed) and -_MAX_SEED <= self.seed <= _MAX_SEED),
                "seed", f"must be an integer in [-2**63+1, 2**63-1], got {self.seed!r}")
-        _check(self.max_tokens is None or (isinstance(self.max_tokens, int) and self.max_tokens >= 1),
-               "max_tokens", f"must be an integer >= 1, got {self.max_tokens!r}")
-        _check(isinstance(self.min_tokens, int) and self.min_tokens >= 0, "min_tokens",
-               f"must be an integer >= 0, got {self.min_tokens!r}")
+        _check_int(self.max_tokens, "max_tokens", 1, optional=True)
+        _check_int(self.min_tokens, "min_tokens", 0)
         _check(self.max_tokens is None or self.min_tokens <= self.max_tokens, "min_tokens",
                f"must be <= max_tokens={self.max_tokens}, got {self.min_tokens}")
         for name in ("logprobs", "prompt_logprobs"):
-            value = getattr(self, name)
-            _check(value is None or (isinstance(value, int) and value >= 0), name,
-                   f"must be None or an integer >= 0, got {value!r}")
+            _check_int(getattr(self, name), name, 0, optional=True)
         _check(all(isinstance(s, str) and s for s in self.stop), "stop",
                "must be a list of non-empty strings")
-        _check(all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids), "stop_token_ids",
-               "must be a list of non-negative token ids")
+        _check(all(_is_int(t) and 0 <= t <= MAX_INT32 for t in self.stop_token_ids),
+               "stop_token_ids", f"must be a list of token ids in [0, {MAX_INT32}]")
         for token_id, bias in (self.logit_bias or {}).items():
             _check(-100.0 <= bias <= 100.0, "logit_bias",
                    f"bias for token {token_id} must be in [-100, 100], got {bias}")
@@ -160,16 +160,48 @@ def _as_list(value, param: str) -> list:
 
 
 def _parse_logit_bias(logit_bias) -> dict[int, float]:
-    """JSON gives string keys ("50256": -100); a bad key or value is the client's error."""
+    """Token id -> bias. JSON gives string keys ("50256": -100), which must be plain ASCII
+    digits; a bad key or value is the client's error."""
     try:
-        parsed = {int(token_id): float(bias) for token_id, bias in dict(logit_bias).items()}
+        items = dict(logit_bias).items()
     except (TypeError, ValueError):
         raise ClientError("logit_bias must map token ids (integers) to numbers",
                           param="logit_bias") from None
-    _check(all(token_id >= 0 for token_id in parsed), "logit_bias", "token ids must be >= 0")
+    parsed = {}
+    for key, bias in items:
+        token_id = int(key) if isinstance(key, str) and _TOKEN_ID_KEY.fullmatch(key) else key
+        _check(_is_int(token_id) and 0 <= token_id <= MAX_INT32, "logit_bias",
+               f"keys must be token ids in [0, {MAX_INT32}], got {key!r}")
+        _check(isinstance(bias, (int, float)) and not isinstance(bias, bool), "logit_bias",
+               f"bias for token {token_id} must be a number, got {bias!r}")
+        parsed[token_id] = _as_float(bias, "logit_bias")
     _check(all(math.isfinite(bias) for bias in parsed.values()), "logit_bias",
            "biases must be finite numbers")
     return parsed
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _as_float(value: int | float, param: str) -> float:
+    """``value`` as a float; an integer too large for one is the client's error."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise ClientError(f"{param} must be a finite number, got an integer of "
+                          f"{len(str(abs(value)))} digits", param=param) from None
+
+
+def _check_int(value, param: str, minimum: int, optional: bool = False,
+               what: str | None = None) -> None:
+    """ClientError unless ``value`` is an integer in [minimum, MAX_INT32] (or None when
+    ``optional``); ``what`` replaces "an integer in [minimum, ..." in the message."""
+    if optional and value is None:
+        return
+    rule = f"{what} <= {MAX_INT32}" if what else f"an integer in [{minimum}, {MAX_INT32}]"
+    _check(_is_int(value) and minimum <= value <= MAX_INT32, param,
+           f"must be {rule}, got {value!r}")
 
 
 def _check(ok: bool, param: str, message: str) -> None:

@@ -221,7 +221,7 @@ class AsyncLLM:
                         queue = self._queues.get(output.request_id)
                         if queue is not None:
                             queue.put_nowait(output)
-                    await self.client.abort_requests(to_abort)
+                    await self.client.abort_requests(to_abort, finished=True)   # stop strings
         except EngineDeadError as error:
             self._fail_all(error)
         except Exception as error:      # a bug here must not leave generators hanging

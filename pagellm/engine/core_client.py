@@ -46,7 +46,7 @@ class InprocClient:
             self.engine_core.add_request(request)
         return 0
 
-    def abort_requests(self, request_ids) -> None:
+    def abort_requests(self, request_ids, finished: bool = False) -> None:
         if request_ids:
             self.engine_core.abort_requests(request_ids)
 
@@ -139,9 +139,11 @@ class MPClient:
     async def add_request(self, request: Request) -> None:
         await self._send(request_to_msg(request))
 
-    async def abort_requests(self, request_ids) -> None:
+    async def abort_requests(self, request_ids, finished: bool = False) -> None:
+        """Free ``request_ids`` in the core; ``finished``: they ended here (a stop string),
+        which the core logs as no abort."""
         if request_ids and self.dead_error is None:
-            await self._send(AbortRequests(list(request_ids)))
+            await self._send(AbortRequests(list(request_ids), finished))
 
     async def get_output(self) -> EngineCoreOutputs:
         """The next batch of outputs (with the stats after that step); waits for one."""

@@ -120,7 +120,9 @@ class EngineCoreProc:
             core.add_request(request_from_msg(message))
         elif isinstance(message, AbortRequests):
             aborted = core.abort_requests(message.request_ids)
-            if aborted:
+            if aborted and message.finished:
+                logger.debug("freed requests finished by a stop string: %s", ", ".join(aborted))
+            elif aborted:
                 logger.info("aborted requests %s", ", ".join(aborted))
         elif isinstance(message, UtilityCall):
             self._handle_utility(message)

@@ -164,7 +164,7 @@ class DPClient:
             await client.add_request(request)
         return engine_index
 
-    async def abort_requests(self, request_ids) -> None:
+    async def abort_requests(self, request_ids, finished: bool = False) -> None:
         """Abort each id on its replica; unknown or finished ids are ignored."""
         by_engine: dict[int, list[str]] = {}
         for request_id in request_ids:
@@ -172,7 +172,7 @@ class DPClient:
             if engine_index is not None:
                 by_engine.setdefault(engine_index, []).append(request_id)
         for engine_index, ids in by_engine.items():
-            await self.clients[engine_index].abort_requests(ids)
+            await self.clients[engine_index].abort_requests(ids, finished)
 
     async def get_output(self) -> tuple[int, EngineCoreOutputs]:
         """(replica index, its next output batch) in arrival order; EngineDeadError once any
@@ -275,9 +275,9 @@ class SyncDPClient:
     def add_requests(self, requests: list[Request]) -> int:
         return self._call(self.client.add_requests(requests))
 
-    def abort_requests(self, request_ids) -> None:
+    def abort_requests(self, request_ids, finished: bool = False) -> None:
         if request_ids:
-            self._call(self.client.abort_requests(list(request_ids)))
+            self._call(self.client.abort_requests(list(request_ids), finished))
 
     def get_output(self) -> list[EngineCoreOutput]:
         """The outputs of the next batch any replica pushes (waits for one)."""

@@ -118,6 +118,9 @@ class InputProcessor:
                 raise ClientError(f"{name}={value} exceeds this server's max_logprobs="
                                   f"{self.max_logprobs}; ask for fewer or raise max_logprobs",
                                   param=name)
+            if value is not None and value > self.vocab_size:     # top-k of more than V fails
+                raise ClientError(f"{name}={value} exceeds the model's vocabulary size "
+                                  f"{self.vocab_size}", param=name)
         self.check_token_ids(params.stop_token_ids, "stop_token_ids")
         self.check_token_ids(sorted(params.logit_bias or ()), "logit_bias")
         params.all_stop_token_ids = self.eos_token_ids

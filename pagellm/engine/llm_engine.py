@@ -136,7 +136,7 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         outputs, to_abort = self.output_processor.process(self.core.get_output())
-        self.core.abort_requests(to_abort)
+        self.core.abort_requests(to_abort, finished=True)     # ended by a stop string
         return outputs
 
     def stats(self):

@@ -67,6 +67,9 @@ class EngineCoreRequest(msgspec.Struct, tag="add", array_like=True):
 
 class AbortRequests(msgspec.Struct, tag="abort", array_like=True):
     request_ids: list[str]
+    finished: bool = False
+    """The requests already finished in the API process (a stop string matched there): the
+    core frees them, and this is no abort in the log."""
 
 
 UtilityMethod = Literal["stats", "ping", "shutdown"]

@@ -63,14 +63,17 @@ CACHE_CONFIG_LABELS = ("block_size", "num_gpu_blocks", "num_cpu_blocks", "cache_
 
 def cache_config_labels(cache_config, num_gpu_blocks: int, num_cpu_blocks: int) -> dict[str, str]:
     """The ``vllm:cache_config_info`` labels of a CacheConfig and the block counts the engine
-    allocated (``num_gpu_blocks`` is the device's, CPU included, as vLLM names it)."""
+    allocated (``num_gpu_blocks`` is the device's, CPU included, as vLLM names it).
+    ``swap_space_bytes`` is the swap space reserved: 0 when there are no CPU swap blocks
+    (preemption_mode='recompute' reserves none, whatever --swap-space says)."""
     kv_bytes = cache_config.kv_cache_memory_bytes
+    swap_bytes = int(cache_config.swap_space * 1024**3) if num_cpu_blocks else 0
     return {"block_size": str(cache_config.block_size), "num_gpu_blocks": str(num_gpu_blocks),
             "num_cpu_blocks": str(num_cpu_blocks), "cache_dtype": cache_config.kv_cache_dtype,
             "enable_prefix_caching": str(cache_config.enable_prefix_caching),
             "gpu_memory_utilization": str(cache_config.gpu_memory_utilization),
             "kv_cache_memory_bytes": "None" if kv_bytes is None else str(kv_bytes),
-            "swap_space_bytes": str(int(cache_config.swap_space * 1024**3))}
+            "swap_space_bytes": str(swap_bytes)}
 
 
 @dataclass

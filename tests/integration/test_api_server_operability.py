@@ -229,9 +229,18 @@ def test_server_log_format_and_content(served):
     with httpx.stream("POST", base + "/v1/completions", headers={**AUTH, "X-Request-Id": "gone"},
                       json={**BODY, "max_tokens": 200, "stream": True}, timeout=60) as response:
         next(response.iter_lines())
+    # one request ended by a stop string: the core frees it, and that is no abort
+    greedy = {**BODY, "max_tokens": 8, "temperature": 0}
+    text = httpx.post(base + "/v1/completions", json=greedy, headers=AUTH,
+                      timeout=60).json()["choices"][0]["text"]
+    stopped = httpx.post(base + "/v1/completions", json={**greedy, "stop": [text[0]]},
+                         headers={**AUTH, "X-Request-Id": "stopped"}, timeout=60).json()
+    assert stopped["choices"][0]["finish_reason"] == "stop"
+    assert stopped["usage"]["completion_tokens"] < 8
     time.sleep(1.0)
     assert stop_server(proc) == 0
     log = proc.stdout.read()
+    assert "cmpl-stopped" not in log
     lines = [line for line in log.splitlines() if line.strip()]
     assert [line for line in lines if not LOG_LINE.match(line)] == []
     assert "deprecat" not in log.lower()

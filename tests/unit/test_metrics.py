@@ -146,6 +146,10 @@ def test_cache_config_info_and_http_metrics():
     metrics.set_cache_config_info(labels)
     value = metrics.registry.get_sample_value
     assert labels["block_size"] == "32" and labels["num_gpu_blocks"] == "64"
+    assert labels["swap_space_bytes"] == "0"        # recompute: no swap blocks, none reserved
+    swapping = cache_config_labels(CacheConfig(swap_space=2.0), num_gpu_blocks=64,
+                                   num_cpu_blocks=10)
+    assert (swapping["num_cpu_blocks"], swapping["swap_space_bytes"]) == ("10", str(2 * 2**30))
     assert value("vllm:cache_config_info", labels) == 1
     metrics.observe_http("POST", "/v1/completions", 200, 0.25)
     metrics.observe_http("POST", "/v1/completions", 401, 0.001)

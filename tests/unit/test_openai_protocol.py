@@ -183,14 +183,31 @@ def test_size_bounds_fail_parsing_with_the_field_named(fields, param):
     ({"temperature": -1}, "temperature must be >= 0, got -1.0"),
     ({"temperature": float("nan")}, "temperature is not a number (NaN)"),
     ({"temperature": float("inf")}, "temperature must be a finite number, got inf"),
-    ({"n": 0}, "n must be an integer >= 1, got 0"),
+    ({"n": 0}, "n must be an integer in [1, 2147483647], got 0"),
     ({"top_p": 0.0}, "top_p must be in (0, 1], got 0.0"),
-    ({"max_tokens": 0}, "max_tokens must be an integer >= 1, got 0"),
+    ({"max_tokens": 0}, "max_tokens must be an integer in [1, 2147483647], got 0"),
+    ({"max_tokens": 2**31}, "max_tokens must be an integer in [1, 2147483647], got 2147483648"),
+    ({"top_k": 2**63}, "top_k must be -1, 0 (all tokens) or a positive integer <= 2147483647, "
+                       "got 9223372036854775808"),
+    ({"top_k": 2**70}, "top_k must be -1, 0 (all tokens) or a positive integer <= 2147483647"),
+    ({"min_tokens": 2**31}, "min_tokens must be an integer in [0, 2147483647], got 2147483648"),
+    ({"seed": 2**64}, "seed must be an integer in [-2**63+1, 2**63-1], got 18446744073709551616"),
     ({"presence_penalty": 3}, "presence_penalty must be in [-2, 2], got 3.0"),
     ({"stop": [""]}, "stop must be a list of non-empty strings"),
-    ({"logit_bias": {"abc": 1.0}}, "logit_bias must map token ids (integers) to numbers"),
+    ({"logit_bias": {"abc": 1.0}}, "logit_bias keys must be token ids in [0, 2147483647], "
+                                   "got 'abc'"),
+    ({"logit_bias": {" 5": 1.0}}, "logit_bias keys must be token ids in [0, 2147483647], "
+                                  "got ' 5'"),
+    ({"logit_bias": {"5_0": 1.0}}, "logit_bias keys must be token ids in [0, 2147483647], "
+                                   "got '5_0'"),
+    ({"logit_bias": {"\u0665": 1.0}}, "logit_bias keys must be token ids in [0, 2147483647], "
+                                      "got '\u0665'"),
+    ({"logit_bias": {"-1": 1.0}}, "logit_bias keys must be token ids"),
+    ({"logit_bias": {str(2**31): 1.0}}, "logit_bias keys must be token ids"),
     ({"logit_bias": {"5": 101.0}}, "logit_bias bias for token 5 must be in [-100, 100], got"),
-    ({"stop_token_ids": [-1]}, "stop_token_ids must be a list of non-negative token ids"),
+    ({"stop_token_ids": [-1]}, "stop_token_ids must be a list of token ids in [0, 2147483647]"),
+    ({"stop_token_ids": [2**63]}, "stop_token_ids must be a list of token ids in [0, "
+                                  "2147483647]"),
 ])
 def test_semantic_ranges_are_sampling_params_rules(fields, message):
     """Ranges are SamplingParams' rules: the request carries them there and the message is
@@ -736,3 +753,15 @@ def test_completion_continuous_usage_stats_in_every_chunk():
     plain = complete(ScriptedEngine(replies=("abc",)), prompt="pp", stream=True,
                      stream_options={"include_usage": True})
     assert all(event["usage"] is None for event in plain[:-2])
+
+
+def test_response_format_messages_show_single_braces():
+    """PydanticCustomError only fills {names} from its context: a literal brace stays as
+    written, so an escaped "{{" would reach the client doubled."""
+    with pytest.raises(ValidationError) as info:
+        CompletionRequest(prompt="p", response_format={"type": "json_object"})
+    assert error_from_validation(info.value.errors()).error.message == (
+        "response_format is not supported yet on completions (only {'type': 'text'})")
+    result = chat(ScriptedEngine(), messages=MESSAGES, response_format={"type": "json_object"})
+    assert result.error.message == ("response_format is not supported yet beyond "
+                                    "{'type': 'text'} (structured outputs)")

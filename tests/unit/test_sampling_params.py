@@ -59,6 +59,14 @@ BAD_VALUES = [
     ("logit_bias", {1: 100.5}), ("logit_bias", {1: -101.0}), ("logit_bias", {"x": 1.0}),
     ("logit_bias", {1: "strong"}), ("logit_bias", {-3: 1.0}),
     ("output_kind", "partial"),
+    # past what the engine's per-request arrays and messages hold (int32 / int64 / msgpack)
+    ("n", 2**31), ("top_k", 2**31), ("top_k", 2**63), ("top_k", 2**64 + 1), ("top_k", True),
+    ("max_tokens", 2**31), ("min_tokens", 2**63), ("logprobs", 2**31),
+    ("prompt_logprobs", 2**64), ("stop_token_ids", [2**31]), ("logit_bias", {2**31: 1.0}),
+    ("temperature", 10**400), ("top_p", -(10**400)), ("logit_bias", {5: 10**400}),
+    # string keys (JSON) must be ASCII digits: int() would read these as 5, 50, 5
+    ("logit_bias", {" 5": 1.0}), ("logit_bias", {"5_0": 1.0}), ("logit_bias", {"\u0665": 1.0}),
+    ("logit_bias", {"5\n": 1.0}), ("logit_bias", {True: 1.0}),
 ]
 
 
@@ -82,7 +90,10 @@ def test_min_tokens_above_max_tokens_is_rejected():
     dict(presence_penalty=2.0, frequency_penalty=-2.0), dict(repetition_penalty=0.01),
     dict(top_p=1.0, top_k=1, min_p=1.0), dict(temperature=0.0), dict(seed=-(2**63) + 1),
     dict(seed=2**63 - 1), dict(logprobs=0, prompt_logprobs=20), dict(logit_bias={5: -100.0}),
-    dict(output_kind="delta"), dict(max_tokens=None),
+    dict(output_kind="delta"), dict(max_tokens=None), dict(top_k=2**31 - 1),
+    dict(n=2**31 - 1), dict(max_tokens=2**31 - 1, min_tokens=2**31 - 1),
+    dict(logprobs=2**31 - 1), dict(stop_token_ids=[0, 2**31 - 1]),
+    dict(logit_bias={"0": 1, "2147483647": 1}),
 ])
 def test_boundary_values_are_accepted(kwargs):
     SamplingParams(**kwargs)

@@ -72,3 +72,20 @@ def test_stale_socket_dirs_of_dead_processes_are_removed(tmp_path):
     assert remove_stale_socket_dirs(tmp_path) == [stale]
     assert not stale.exists() and live.exists() and other.exists()
     assert stat.S_IMODE(live.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("argv, first_line", [
+    (["serve", "--port", "99999"],
+     "pagellm serve: error: argument --port: invalid port 99999: must be in 0..65535"),
+    (["serve", "--max-num-seqs", "many"], "pagellm serve: error: argument --max-num-seqs: "),
+    ([], "pagellm: error: the following arguments are required: COMMAND"),
+])
+def test_argument_errors_are_one_line_and_a_pointer_to_help(argv, first_line, capsys):
+    from pagellm.entrypoints.cli.main import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(first_line), lines
+    assert lines[1] == f"(run '{first_line.split(':')[0]} --help' for the options)"

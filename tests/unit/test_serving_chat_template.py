@@ -60,6 +60,9 @@ def test_a_huge_request_template_is_a_400_even_when_trusted(serve):
     ({"x": {"y": object()}}, "plain JSON data"),
     ({"x": {1: "y"}}, "keys must be strings"),
     ({"x": [[[[[[[[[[[[[[[[[["deep"]]]]]]]]]]]]]]]]]]}, "nested too deeply"),
+    ({"x": float("nan")}, "values must be finite numbers, got nan"),
+    ({"x": [1.0, float("inf")]}, "values must be finite numbers, got inf"),
+    ({"x": {"y": float("-inf")}}, "values must be finite numbers, got -inf"),
 ])
 def test_template_kwargs_must_be_plain_data_that_sets_no_renderer_argument(kwargs, words):
     request = ChatCompletionRequest(messages=MESSAGES, max_tokens=2)

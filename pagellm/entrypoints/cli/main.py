@@ -4,7 +4,9 @@ clients of a running server) and ``pagellm bench throughput|latency|serving``.
 Each subcommand module offers ``add_cli_args(parser)`` and ``main(args)``; engine arguments
 come from ``pagellm.config.cli_args`` (one flag per config field). ``python -m pagellm`` runs
 this command too. A ``ClientError`` (a bad option
-value, a missing model) prints ``error: ...`` and exits with status 2, like argparse does.
+value, a missing model) prints ``error: ...`` and exits with status 2, like argparse does; an
+argparse error prints one line too (``pagellm serve: error: ...``, plus where the help is),
+never the whole usage.
 """
 
 from __future__ import annotations
@@ -17,13 +19,21 @@ from pagellm.errors import ClientError
 from pagellm.logger import init_logging
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line and a pointer to --help (the usage of
+    ``pagellm serve`` alone is some 40 lines); subparsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n(run '{self.prog} --help' for the "
+                     "options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pagellm import __version__
     from pagellm.bench import latency, serving, throughput
     from pagellm.entrypoints.cli import clients, serve
 
-    parser = argparse.ArgumentParser(prog="pagellm",
-                                     description="pagellm: LLM inference on a paged KV cache")
+    parser = _Parser(prog="pagellm", description="pagellm: LLM inference on a paged KV cache")
     parser.add_argument("--version", action="version", version=f"pagellm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

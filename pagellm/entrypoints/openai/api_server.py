@@ -29,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from pagellm import __version__
 from pagellm.errors import ClientError, EngineDeadError
@@ -90,8 +91,7 @@ class _Guard:
             auth = next((v for k, v in headers if k == b"authorization"), b"").decode("latin-1")
             expected = f"Bearer {self.settings.api_key}"
             if not hmac.compare_digest(auth.encode(), expected.encode()):
-                return await _send_error(send, "invalid or missing API key", 401,
-                                         error_type="authentication_error")
+                return await _send_error(send, "invalid or missing API key", 401)
         return await self.app(scope, _limited(receive, self.settings.max_body_bytes), send)
 
 
@@ -132,12 +132,14 @@ class _AccessLog:
     """Pure ASGI middleware, outermost: gives every HTTP request its id (``scope["state"]``
     and the X-Request-Id response header), then logs one line and feeds the HTTP metrics when
     the response is over (a stream included), whatever answered it: a route, the error
-    handlers, or _Guard's 400/401."""
+    handlers, or _Guard's 400/401. ``routes``: the app's routes, to label a request the guard
+    answered (so the router never saw it) by the route its path would have reached."""
 
-    def __init__(self, app, metrics: PrometheusMetrics, log: bool):
+    def __init__(self, app, metrics: PrometheusMetrics, log: bool, routes: list):
         self.app = app
         self.metrics = metrics
         self.log = log
+        self.routes = routes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -163,7 +165,7 @@ class _AccessLog:
 
     def _record(self, scope, status: int, duration_s: float, request_id: str) -> None:
         path = scope.get("path", "")
-        route = scope.get("route")          # set by the router on a match
+        route = scope.get("route") or _matching_route(self.routes, scope)
         handler = getattr(route, "path", None) or "(unmatched)"     # a bounded label set
         self.metrics.observe_http(scope.get("method", "?"), handler, status, duration_s)
         if self.log:
@@ -173,10 +175,22 @@ class _AccessLog:
                                duration_s * 1000, request_id)
 
 
-async def _send_error(send, message: str, status: int, error_type: str = "invalid_request_error"):
-    body = ErrorResponse.model_validate(
-        {"error": {"message": message, "type": error_type, "param": None, "code": status}}
-    ).model_dump_json().encode()
+def _matching_route(routes: list, scope):
+    """The route the router would pick for ``scope``: the first that matches path and method,
+    else the first that matches the path (a 405); None when no path matches."""
+    partial = None
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return route
+        if match is Match.PARTIAL and partial is None:
+            partial = route
+    return partial
+
+
+async def _send_error(send, message: str, status: int):
+    """The same error body as the routes' (``error_response``), sent before any routing."""
+    body = error_response(message, status).model_dump_json().encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode())]})
@@ -196,7 +210,8 @@ def build_app(engine, settings: ServerSettings, chat_template: str | None = None
             metrics.update_from_stats(stats, engine_index)
     app.add_middleware(_Guard, settings=settings)
     # added last = outermost: it sees (and logs) _Guard's own 400/401 answers too
-    app.add_middleware(_AccessLog, metrics=metrics, log=not settings.disable_log_requests)
+    app.add_middleware(_AccessLog, metrics=metrics, log=not settings.disable_log_requests,
+                       routes=app.router.routes)       # the list the routes below join
     pool = make_tokenizer_pool(engine.config.model.tokenizer_pool_size)
     completion = OpenAIServingCompletion(engine, metrics=metrics, tokenizer_pool=pool)
     chat = OpenAIServingChat(engine, metrics=metrics, tokenizer_pool=pool)
@@ -212,8 +227,8 @@ def build_app(engine, settings: ServerSettings, chat_template: str | None = None
 
     @app.exception_handler(RequestValidationError)
     async def _validation(raw: Request, exc: RequestValidationError):
-        return _json(error_from_validation(exc.errors(),
-                                           REQUIRED_FIELDS.get(raw.url.path, ())))
+        return _json(error_from_validation(exc.errors(), REQUIRED_FIELDS.get(raw.url.path, ()),
+                                           raw.headers.get("content-type")))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_, exc: StarletteHTTPException):

@@ -16,8 +16,12 @@ from pagellm.errors import ClientError, EngineDeadError, ServiceUnavailableError
 logger = logging.getLogger(__name__)
 
 SSE_DONE = "data: [DONE]\n\n"
-_TYPES = {400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowedError",
-          500: "InternalServerError", 503: "ServiceUnavailableError"}
+_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError",
+          405: "MethodNotAllowedError", 500: "InternalServerError",
+          503: "ServiceUnavailableError"}
+"""HTTP status -> the error body's ``type``: one per status, whoever answers (a route, the
+framework, the size and key guard), named like vLLM's types and the openai client's
+exception classes."""
 _MAX_VALIDATION_MESSAGES = 3
 
 
@@ -47,15 +51,21 @@ def error_from_exception(error: BaseException, request_id: str | None = None) ->
     return error_response(f"internal server error{suffix}; see the server log", 500)
 
 
-def error_from_validation(errors: Iterable[Mapping],
-                          required_fields: Sequence[str] = ()) -> ErrorResponse:
+def error_from_validation(errors: Iterable[Mapping], required_fields: Sequence[str] = (),
+                          content_type: str | None = None) -> ErrorResponse:
     """A 400 body from pydantic's (or FastAPI's RequestValidationError's) ``errors()``, in the
     user's terms: the first few problems as ``messages[0].content must be a string``, the
     alternatives of a union merged (``must be a string or a list``); ``param`` is the top-level
     field of the first. ``required_fields``: what a missing body lacks (FastAPI reports an empty
-    body as the body missing, not as its required fields)."""
+    body as the body missing, not as its required fields). ``content_type``: the request's
+    header; a body sent without a JSON content type reaches validation unparsed (as bytes), and
+    the message says what to send instead."""
     errors = list(errors)
     for error in errors:
+        if _unparsed_body(error):
+            return error_response("the request body must be a JSON object sent with "
+                                  "'Content-Type: application/json' (got "
+                                  f"{ascii(content_type) if content_type else 'none'})", 400)
         if error.get("type") == "json_invalid":     # loc is a character offset, not a field
             detail = (error.get("ctx") or {}).get("error") or "JSON decode error"
             return error_response(f"the request body is not valid JSON: {detail} at "
@@ -103,6 +113,12 @@ _PHRASES = {
 _SELF_NAMED = frozenset({"string_surrogate", "not_supported", "prompt_type", "prompt_too_long"})
 _TAGS = frozenset({"body", "completion", "chat"})   # FastAPI's and TokenizeRequest's tags
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "any"})
+
+
+def _unparsed_body(error: Mapping) -> bool:
+    """The whole body failed as raw bytes: FastAPI parses JSON only under a JSON content type."""
+    return (isinstance(error.get("input"), (bytes, bytearray))
+            and all(isinstance(part, str) and part in _TAGS for part in error.get("loc", ())))
 
 
 def _location(error: Mapping) -> tuple[str, str | None]:

@@ -224,7 +224,7 @@ class CompletionRequest(_SamplingRequest):
     def _check_response_format(cls, value):
         if value is not None and not (isinstance(value, dict) and value.get("type") == "text"):
             raise PydanticCustomError("not_supported", "response_format is not supported yet "
-                                      "on completions (only {{'type': 'text'}})")
+                                      "on completions (only {'type': 'text'})")
         return value
 
     def prompts(self) -> list[str | list[int]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -76,8 +77,11 @@ MAX_TEMPLATE_KWARGS_DEPTH = 16
 
 
 def _check_plain_json(value: Any, param: str, depth: int) -> None:
-    """ClientError unless ``value`` is JSON data (str, number, bool, None, lists, dicts with
-    string keys) nested at most ``depth`` deep."""
+    """ClientError unless ``value`` is JSON data (str, finite number, bool, None, lists, dicts
+    with string keys) nested at most ``depth`` deep. NaN and Infinity, which Python's JSON
+    parser accepts, are not JSON."""
+    if type(value) is float and not math.isfinite(value):
+        raise ClientError(f"{param} values must be finite numbers, got {value}", param=param)
     if value is None or type(value) in (str, int, float, bool):
         return
     if depth <= 0:

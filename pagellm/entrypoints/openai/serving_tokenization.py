@@ -1,9 +1,14 @@
 """POST /tokenize and /detokenize (vLLM's extensions): the server's tokenizer and chat template
-without generating."""
+without generating.
+
+As in vLLM, /tokenize returns the count of a prompt longer than the context (with
+``max_model_len``, so the client can compare), but a text that certainly has more than
+``max_model_len`` tokens is refused before it is tokenized, with the same 400 as completions
+and chat (``check_prompt_chars``): tokenizing megabytes would be unbounded work."""
 
 from __future__ import annotations
 
-from pagellm.engine.tokenizer import apply_chat_template
+from pagellm.engine.tokenizer import check_prompt_chars, render_chat_template
 from pagellm.entrypoints.openai.errors import check_model, error_from_exception
 from pagellm.entrypoints.openai.protocol import (DetokenizeRequest, DetokenizeResponse,
                                                  ErrorResponse, TokenizeChatRequest,
@@ -34,7 +39,8 @@ class OpenAIServingTokenization(OpenAIServing):
             if isinstance(request, TokenizeChatRequest):
                 check_template_request(request.chat_template, None,
                                        self.trust_request_chat_template)
-            token_ids = await self.off_loop(_token_ids, tokenizer, request, self.chat_template)
+            token_ids = await self.off_loop(_token_ids, tokenizer, request, self.chat_template,
+                                            self.max_model_len)
         except Exception as error:
             return error_from_exception(error)
         token_strs = None
@@ -63,10 +69,15 @@ def _decode(tokenizer, token_ids: list[int]) -> str:
 
 
 def _token_ids(tokenizer, request: TokenizeCompletionRequest | TokenizeChatRequest,
-               server_template: str | None) -> list[int]:
+               server_template: str | None, max_model_len: int) -> list[int]:
+    """The request's token ids; ClientError when its text certainly has more than
+    ``max_model_len`` tokens (checked before encoding)."""
     if isinstance(request, TokenizeChatRequest):
         messages = [message.model_dump(exclude_none=True) for message in request.messages]
-        return apply_chat_template(tokenizer, messages, request.add_generation_prompt,
-                                   request.chat_template or server_template,
-                                   request.continue_final_message)
+        text = render_chat_template(tokenizer, messages, request.add_generation_prompt,
+                                    request.chat_template or server_template,
+                                    request.continue_final_message)
+        check_prompt_chars(tokenizer, text, max_model_len, param="messages")
+        return tokenizer.encode(text, add_special_tokens=False)
+    check_prompt_chars(tokenizer, request.prompt, max_model_len)
     return tokenizer.encode(request.prompt, add_special_tokens=request.add_special_tokens)
