@@ -10,7 +10,7 @@ import time
 from collections.abc import AsyncIterator
 
 from pagellm.engine.tokenizer import check_prompt_chars, render_chat_template
-from pagellm.entrypoints.openai.errors import check_model, error_from_exception, sse_event
+from pagellm.entrypoints.openai.errors import check_model, sse_event
 from pagellm.entrypoints.openai.protocol import (ChatCompletionLogProbs, ChatCompletionRequest,
                                                  ChatCompletionResponse,
                                                  ChatCompletionResponseChoice,
@@ -27,6 +27,7 @@ _CHUNK = "chat.completion.chunk"
 
 class OpenAIServingChat(OpenAIServing):
     request_id_prefix = "chatcmpl"
+    engine_param_names = {"logprobs": "top_logprobs"}
     chat_template: str | None = None
     """The server's --chat-template; a request's own chat_template wins."""
     trust_request_chat_template: bool = False
@@ -60,7 +61,7 @@ class OpenAIServingChat(OpenAIServing):
             params = request.to_sampling_params(self.max_model_len, len(token_ids),
                                                 self.max_logprobs)
         except Exception as error:
-            return error_from_exception(error, request_id)
+            return self.error_body(error, request_id)
         states = new_prompt_states([(None, token_ids)], request.n)
         stream = self.generate(request_id, states, [params], request.priority)
         if not request.stream:

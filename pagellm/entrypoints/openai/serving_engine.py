@@ -19,6 +19,7 @@ prompt that certainly has too many tokens is refused before it is tokenized
 from __future__ import annotations
 
 import asyncio
+import re
 import functools
 import math
 import time
@@ -171,6 +172,19 @@ class OpenAIServing:
     def tokenizer(self) -> Any:
         return self.engine.tokenizer
 
+    engine_param_names: dict[str, str] = {}
+    """Engine parameter -> this route's field, for error bodies: the engine's rules speak of
+    SamplingParams fields, which a route may name otherwise (chat's ``top_logprobs``)."""
+
+    def error_body(self, error: BaseException, request_id: str | None = None) -> ErrorResponse:
+        """``error_from_exception`` with the engine's parameter named as this route names it."""
+        body = error_from_exception(error, request_id)
+        field = self.engine_param_names.get(body.error.param)
+        if field is not None:
+            body.error.message = re.sub(rf"\b{body.error.param}=", f"{field}=", body.error.message)
+            body.error.param = field
+        return body
+
     def new_request_id(self, request_id: str | None = None) -> str:
         return f"{self.request_id_prefix}-{request_id or uuid.uuid4().hex}"
 
@@ -241,7 +255,7 @@ class OpenAIServing:
             return None, None
         except Exception as error:
             await _close(stream)
-            return None, error_from_exception(error, request_id)
+            return None, self.error_body(error, request_id)
 
     async def collect(self, request_id: str, prompts: list[PromptState],
                       stream: AsyncIterator[tuple[int, RequestOutput]]) -> ErrorResponse | None:
@@ -255,7 +269,7 @@ class OpenAIServing:
                 for completion in output.outputs:
                     prompt.choices[completion.index].add(completion)
         except Exception as error:
-            return error_from_exception(error, request_id)
+            return self.error_body(error, request_id)
         finally:
             await _close(stream)
         return None
@@ -269,7 +283,7 @@ class OpenAIServing:
             async for event in events:
                 yield event
         except Exception as error:
-            yield sse_event(error_from_exception(error, request_id).model_dump_json())
+            yield sse_event(self.error_body(error, request_id).model_dump_json())
         finally:
             await _close(events)
             await _close(stream)
