@@ -50,7 +50,10 @@ def test_offline_dp2_equals_dp1_spreads_requests_and_keeps_n_children_together(
         assert llm.llm_engine.engine_core is None      # the cores run in their own processes
         outputs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
         core = llm.llm_engine.core
-        assert [r.num_routed for r in core.client.balancer.replicas] == [4, 4]
+        # spread over both (4/4 when routed faster than stats arrive, 5/3 when a push lands
+        # between two routings: both are the balancer's rule)
+        routed = [r.num_routed for r in core.client.balancer.replicas]
+        assert sum(routed) == len(PROMPTS) and min(routed) >= 3, routed
         before = core.stats_per_engine()
         [sampled] = llm.generate(["n children"], SamplingParams(n=3, max_tokens=5, seed=1,
                                                                 ignore_eos=True), use_tqdm=False)
@@ -61,8 +64,8 @@ def test_offline_dp2_equals_dp1_spreads_requests_and_keeps_n_children_together(
     assert [o.outputs[0].token_ids for o in outputs] == \
         [o.outputs[0].token_ids for o in reference]
     assert [o.outputs[0].text for o in outputs] == [o.outputs[0].text for o in reference]
-    # both replicas generated (4 requests x MAX_TOKENS each)
-    assert [s.generation_tokens for s in before] == [4 * MAX_TOKENS, 4 * MAX_TOKENS]
+    # each replica generated for exactly the requests routed to it
+    assert [s.generation_tokens for s in before] == [n * MAX_TOKENS for n in routed]
     assert len(sampled.outputs) == 3
     grown = sorted(a.generation_tokens - b.generation_tokens for a, b in zip(after, before))
     assert grown == [0, 15]                            # all three children on one replica
@@ -151,7 +154,9 @@ def _health_after_kill(base: str) -> int | None:
 
 
 def test_killing_one_replica_fails_requests_and_the_server_exits_1(model_dir):
-    proc, base = start_server(model_dir, "-dp", "2")
+    # a slow step (fault injection) keeps every request generating when the replica dies
+    proc, base = start_server(model_dir, "-dp", "2",
+                              env_extra={"PAGELLM_FAULT_INJECT_STEP_DELAY_S": "0.05"})
     try:
         pids = _engine_core_pids(proc.pid)
         assert len(pids) == 2
