@@ -101,6 +101,8 @@ class SamplingParams:
                    f"must be a number, got {value!r}")
             _check(not math.isnan(value), name, "is not a number (NaN)")
             _check(math.isfinite(value), name, f"must be a finite number, got {value}")
+            _check(abs(value) <= FLOAT32_MAX, name, f"must be a float32 number (magnitude <= "
+                   f"{FLOAT32_MAX:.6g}: the sampler computes in float32), got {value}")
         _check_int(self.n, "n", 1)
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
@@ -147,6 +149,10 @@ class SamplingParams:
             setattr(params, name, value)
         return params
 
+
+FLOAT32_MAX = 3.4028234663852886e38
+"""The largest finite float32: sampling values go into float32 tensors, where anything larger
+becomes inf (a temperature of 1e308 would sample uniformly at random)."""
 
 _FLOAT_FIELDS = ("presence_penalty", "frequency_penalty", "repetition_penalty", "temperature",
                  "top_p", "min_p")

@@ -36,6 +36,7 @@ import functools
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -95,6 +96,29 @@ class _Interrupted(BaseException):
     every ``_REINTERRUPT_S`` until the render has left."""
 
 
+def _drop_swallowed_interrupts(hook_args) -> None:
+    """``sys.unraisablehook`` in front of the previous one: an ``_Interrupted`` that Python
+    dropped in a ``__del__`` or GC callback is expected (the supervisor sends another), so it
+    becomes a debug line instead of an "Exception ignored in ..." traceback on stderr, which
+    would break the one log format; every other unraisable exception goes on as before."""
+    if hook_args.exc_type is not None and issubclass(hook_args.exc_type, _Interrupted):
+        logger.debug("a template interrupt landed in %r and was dropped; another follows",
+                     hook_args.object)
+        return
+    _PREVIOUS_UNRAISABLEHOOK(hook_args)
+
+
+_PREVIOUS_UNRAISABLEHOOK = sys.unraisablehook
+
+
+def _install_interrupt_filter() -> None:
+    """Put ``_drop_swallowed_interrupts`` in place once (at the first render, not at import)."""
+    global _PREVIOUS_UNRAISABLEHOOK
+    if sys.unraisablehook is not _drop_swallowed_interrupts:
+        _PREVIOUS_UNRAISABLEHOOK = sys.unraisablehook
+        sys.unraisablehook = _drop_swallowed_interrupts
+
+
 def render_bounded(compile_source: Callable[[], Template], context: dict,
                    limits: TemplateLimits) -> str:
     """``compile_source()`` then the template rendered with ``context``, within ``limits``.
@@ -152,6 +176,7 @@ class _SupervisedRender:
         if num_abandoned_renders() >= MAX_ABANDONED_RENDERS:
             raise TemplateLimitError(f"{MAX_ABANDONED_RENDERS} chat templates that would not "
                                      "stop are still running; try again later")
+        _install_interrupt_filter()
         rss_start = _rss_bytes()
         self.thread.start()
         reason = self._supervise(rss_start)

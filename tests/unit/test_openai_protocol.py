@@ -765,3 +765,31 @@ def test_response_format_messages_show_single_braces():
     result = chat(ScriptedEngine(), messages=MESSAGES, response_format={"type": "json_object"})
     assert result.error.message == ("response_format is not supported yet beyond "
                                     "{'type': 'text'} (structured outputs)")
+
+
+def test_tokenize_refuses_prompt_and_messages_together():
+    from pydantic import TypeAdapter, ValidationError
+
+    from pagellm.entrypoints.openai.protocol import TokenizeRequest
+
+    adapter = TypeAdapter(TokenizeRequest)
+    with pytest.raises(ValidationError) as caught:
+        adapter.validate_python({"prompt": "hi", "messages": [{"role": "user", "content": "x"}]})
+    error = error_from_validation(caught.value.errors()).error
+    assert error.param == "prompt"
+    assert error.message == ("prompt must not be sent together with messages: /tokenize takes "
+                             "one of the two")
+    # either one alone, and an explicit null prompt beside messages, are fine
+    assert isinstance(adapter.validate_python({"prompt": "hi"}), TokenizeCompletionRequest)
+    assert isinstance(adapter.validate_python(
+        {"prompt": None, "messages": [{"role": "user", "content": "x"}]}), TokenizeChatRequest)
+
+
+@pytest.mark.parametrize("requested", [None, "", "tiny"])
+def test_an_empty_model_name_means_the_served_model(requested):
+    from pagellm.entrypoints.openai.errors import check_model
+
+    check_model(requested, "tiny")
+    with pytest.raises(ClientError, match="does not exist") as caught:
+        check_model("other", "tiny")
+    assert caught.value.status_code == 404

@@ -64,6 +64,8 @@ BAD_VALUES = [
     ("max_tokens", 2**31), ("min_tokens", 2**63), ("logprobs", 2**31),
     ("prompt_logprobs", 2**64), ("stop_token_ids", [2**31]), ("logit_bias", {2**31: 1.0}),
     ("temperature", 10**400), ("top_p", -(10**400)), ("logit_bias", {5: 10**400}),
+    # finite in float64 but inf in the sampler's float32 tensors (uniform sampling at top_k=1)
+    ("temperature", 1e308), ("repetition_penalty", 3.5e38),
     # string keys (JSON) must be ASCII digits: int() would read these as 5, 50, 5
     ("logit_bias", {" 5": 1.0}), ("logit_bias", {"5_0": 1.0}), ("logit_bias", {"\u0665": 1.0}),
     ("logit_bias", {"5\n": 1.0}), ("logit_bias", {True: 1.0}),
@@ -93,7 +95,7 @@ def test_min_tokens_above_max_tokens_is_rejected():
     dict(output_kind="delta"), dict(max_tokens=None), dict(top_k=2**31 - 1),
     dict(n=2**31 - 1), dict(max_tokens=2**31 - 1, min_tokens=2**31 - 1),
     dict(logprobs=2**31 - 1), dict(stop_token_ids=[0, 2**31 - 1]),
-    dict(logit_bias={"0": 1, "2147483647": 1}),
+    dict(logit_bias={"0": 1, "2147483647": 1}), dict(temperature=3.4e38),
 ])
 def test_boundary_values_are_accepted(kwargs):
     SamplingParams(**kwargs)

@@ -202,8 +202,9 @@ def error_from_http_exception(status_code: int, detail: object,
 
 
 def check_model(requested: str | None, served_model_name: str) -> None:
-    """ModelNotFoundError unless ``requested`` is None or the served model's name."""
-    if requested is not None and requested != served_model_name:
+    """ModelNotFoundError unless ``requested`` is None, empty (the served model, as vLLM
+    treats it) or the served model's name."""
+    if requested and requested != served_model_name:
         raise ModelNotFoundError(f"The model `{requested}` does not exist.", param="model")
 
 

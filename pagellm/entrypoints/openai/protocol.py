@@ -529,6 +529,16 @@ class TokenizeChatRequest(OpenAIRequest):
     tools: Any = None
     mm_processor_kwargs: Any = None
     documents: Any = None
+    prompt: None = None
+    """Refused: a body holds either a prompt or messages (which to tokenize would be a guess)."""
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt_beside_messages(cls, value):
+        if value is not None:
+            raise PydanticCustomError("tokenize_both", "must not be sent together with "
+                                      "messages: /tokenize takes one of the two")
+        return value
 
     @field_validator("add_special_tokens", "chat_template_kwargs", "tools")
     @classmethod
@@ -540,7 +550,8 @@ class TokenizeChatRequest(OpenAIRequest):
 
 
 def tokenize_request_kind(body: Any) -> str:
-    """Which tokenize request a body is: 'chat' when it has messages, else 'completion'."""
+    """Which tokenize request a body is: 'chat' when it has messages, else 'completion'
+    (``TokenizeChatRequest`` refuses a prompt beside the messages)."""
     return "chat" if isinstance(body, dict) and "messages" in body else "completion"
 
 
