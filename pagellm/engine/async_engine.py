@@ -174,6 +174,12 @@ class AsyncLLM:
             self._engine_of_request[request_id] = await self.client.add_requests(requests)
             while not finished:
                 item = await queue.get()
+                if self._queues.get(request_id) is not queue:
+                    # abort() or drain() ended it: they unregister the queue, then queue their
+                    # verdict (None or an error) behind any output already queued, which is
+                    # dropped so that nothing arrives after the abort
+                    while item is not None and not isinstance(item, Exception):
+                        item = await queue.get()
                 if item is None:        # abort() ended it
                     return
                 if isinstance(item, Exception):
