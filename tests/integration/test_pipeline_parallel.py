@@ -8,7 +8,6 @@ layer splits that cannot work are rejected before any worker starts.
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 
 import pytest
@@ -164,11 +163,7 @@ def test_default_model_pp2_greedy_equals_one_process(default_llm):
     finally:
         llm.shutdown()
     whole = default_llm.llm_engine.engine_core.executor.load_stats[0]
-    for ref, out in zip(reference, outputs, strict=True):
-        assert out.outputs[0].token_ids == ref.outputs[0].token_ids
-        for ref_step, step in zip(ref.outputs[0].logprobs, out.outputs[0].logprobs, strict=True):
-            for token_id, logprob in ref_step.items():
-                assert math.isclose(step[token_id].logprob, logprob.logprob, abs_tol=1e-3)
+    assert_same_generation(reference, outputs, abs_tol=1e-3, same_top_tokens=False)
     for stage in stats:
         assert stage.checkpoint_bytes_read < 0.75 * whole.checkpoint_bytes_read
         assert stage.param_bytes < 0.75 * whole.param_bytes

@@ -7,10 +7,8 @@ and pagellm imports ray only when the ray backend is selected.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -19,7 +17,8 @@ import ray
 from pagellm import LLM, ClientError, EngineDeadError, SamplingParams
 from pagellm.distributed.executor import MultiprocExecutor
 from pagellm.distributed.ray_executor import RayDistributedExecutor
-from tests.integration.test_tensor_parallel import ENGINE, GREEDY, PROMPTS, assert_same_generation
+from tests.integration.test_tensor_parallel import (ENGINE, GREEDY, PROMPTS,
+                                                    assert_same_generation, kill_after_steps)
 
 
 @pytest.fixture(scope="module")
@@ -61,16 +60,7 @@ def test_killed_actor_fails_generation_quickly(ray_llm):
     engine_core = ray_llm.llm_engine.engine_core
     executor = engine_core.executor
     start_steps = engine_core.num_steps
-    victim = executor.worker_pids[1]
-
-    def kill_mid_generation():
-        deadline = time.monotonic() + 60
-        while engine_core.num_steps < start_steps + 3 and time.monotonic() < deadline:
-            time.sleep(0.001)
-        os.kill(victim, signal.SIGKILL)
-
-    killer = threading.Thread(target=kill_mid_generation)
-    killer.start()
+    killer = kill_after_steps(engine_core, executor.worker_pids[1])
     long = SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)
     started = time.monotonic()
     with pytest.raises(EngineDeadError, match=r"worker rank 1 \(pid \d+ .*\) died"):
