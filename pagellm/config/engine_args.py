@@ -103,4 +103,19 @@ def finalize_lengths(config: EngineConfig, model_max_len: int,
     return dataclasses.replace(
         config,
         model=dataclasses.replace(config.model, max_model_len=max_model_len),
-        scheduler=dataclasses.replace(sched, max_num_batched_tokens=budget))
+        scheduler=dataclasses.replace(sched, max_num_batched_tokens=budget,
+                                      async_scheduling=_async_scheduling(config, device_type)))
+
+
+def _async_scheduling(config: EngineConfig, device_type: str) -> bool:
+    """``async_scheduling`` resolved: the user's value, else on for CUDA without pipeline
+    parallelism. ClientError for on with pipeline parallelism."""
+    wanted = config.scheduler.async_scheduling
+    pipelined = config.parallel.pipeline_parallel_size > 1
+    if wanted and pipelined:
+        raise ClientError("async_scheduling does not combine with pipeline_parallel_size > 1 "
+                          "(the pipeline's batch queue already overlaps the steps); drop one",
+                          param="async_scheduling")
+    if wanted is None:
+        return device_type == "cuda" and not pipelined
+    return wanted

@@ -33,6 +33,10 @@ class ParallelConfig:
     for more."""
     device: str = "auto"
     """auto (CUDA when available, else CPU), cpu, or cuda."""
+    disable_custom_all_reduce: bool = False
+    """Always use NCCL for tensor-parallel all-reduces. Otherwise (CUDA, mp executor) small
+    messages take a one-shot all-reduce over peer GPU memory wherever a start-up measurement
+    finds it faster than NCCL (vLLM's custom all-reduce; see distributed/custom_all_reduce.py)."""
 
     def __post_init__(self) -> None:
         from pagellm.config.checks import check_choice, check_range, not_supported_yet

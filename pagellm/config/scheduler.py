@@ -30,6 +30,11 @@ class SchedulerConfig:
     """fcfs, or priority (lower value first; ties by arrival)."""
     max_num_queued_requests: int | None = None
     """Reject new requests once this many wait (server returns 503); None = unbounded."""
+    async_scheduling: bool | None = None
+    """Schedule and prepare step N+1 while step N runs; step N's sampled tokens feed step N+1 on
+    the device and reach the host one step later (vLLM's async_scheduling). Default: on for
+    CUDA, off on CPU (CPU kernels run synchronously, so nothing would overlap). Not with
+    pipeline parallelism (its batch queue already keeps the stages busy)."""
 
     def default_max_num_batched_tokens(self, max_model_len: int, device_type: str) -> int:
         """The budget when none was given (see ``max_num_batched_tokens``); ``device_type``

@@ -37,7 +37,7 @@ class Request:
 
     __slots__ = ("request_id", "prompt_token_ids", "output_token_ids", "all_token_ids",
                  "sampling_params", "max_tokens", "eos_token_id", "arrival_time", "priority",
-                 "status", "num_computed_tokens", "num_cached_tokens", "block_hashes",
+                 "status", "num_computed_tokens", "num_output_placeholders", "num_cached_tokens", "block_hashes",
                  "stop_reason", "num_preemptions", "group_id", "first_scheduled_time",
                  "cache_salt")
 
@@ -56,6 +56,9 @@ class Request:
         self.priority = priority
         self.status = RequestStatus.WAITING
         self.num_computed_tokens = 0
+        # async scheduling: tokens sampled by steps in flight, not appended yet (their
+        # positions are already scheduled)
+        self.num_output_placeholders = 0
         self.num_cached_tokens = -1      # prefix-cache hit tokens at first scheduling
         self.block_hashes: list[bytes] = []
         self.stop_reason: int | str | None = None

@@ -17,6 +17,15 @@ request in flight is neither scheduled again nor chosen for preemption until its
 output is back; an aborted one's output is dropped. Freeing an in-flight request's blocks
 at once is safe: every stage runs the batches in order, so a later batch that reuses a block
 writes it after the in-flight batch is done with it.
+
+Async scheduling (``async_scheduling``, vLLM's): two batches in flight, and a request in
+flight IS scheduled again. A step that ends at a request's last token will sample one, so
+``schedule`` counts a placeholder for it (``Request.num_output_placeholders``) and the next
+step already runs that token's position: the runner takes the token from the previous step's
+sampled ids on the device. ``update_from_output`` turns the placeholder into the real token
+and checks the stop conditions; a request that stopped there may have one more step in
+flight, whose token is dropped. A request is not scheduled past max_tokens or max_model_len
+counting its placeholders, so only a stop token or string can waste a step.
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ logger = logging.getLogger(__name__)
 class Scheduler:
     def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig,
                  max_model_len: int, num_blocks: int, num_swap_blocks: int = 0,
-                 max_concurrent_batches: int = 1):
+                 max_concurrent_batches: int = 1, async_scheduling: bool = False):
         self.config = scheduler_config
         self.max_model_len = max_model_len
         self.max_num_batched_tokens = scheduler_config.max_num_batched_tokens or 8192
@@ -52,8 +61,12 @@ class Scheduler:
         self.preempted_req_ids: set[str] = set()
         self.num_preemptions = 0
         self.max_concurrent_batches = max_concurrent_batches
-        self.pipelined = max_concurrent_batches > 1
+        self.async_scheduling = async_scheduling
+        self.pipelined = max_concurrent_batches > 1 and not async_scheduling
         """Batches may be scheduled before earlier ones' outputs are back (see the module)."""
+        self._step_requests: dict[int, dict[str, Request]] = {}
+        """Async only: id(SchedulerOutput) -> the request objects it scheduled (an id may be
+        reused after an abort while a step is in flight)."""
         self.in_flight: dict[str, Request] = {}
         """Pipelined only: requests of the batches whose outputs are not back yet."""
         # scheduler_delay_factor bookkeeping (vLLM's _passed_delay)
@@ -112,16 +125,23 @@ class Scheduler:
             self._mark_in_flight(step)
         for request in step.scheduled:
             request.num_computed_tokens += step.num_tokens[request.request_id]
+        if self.async_scheduling:
+            for request in step.scheduled:
+                if request.num_computed_tokens == request.num_tokens + request.num_output_placeholders:
+                    request.num_output_placeholders += 1     # this step samples its next token
         self._prev_step_had_prompt = step.had_prompt
         finished, self.finished_req_ids = self.finished_req_ids, set()
         preempted, self.preempted_req_ids = self.preempted_req_ids - finished, set()
-        return SchedulerOutput(
+        sched = SchedulerOutput(
             scheduled_new_reqs=step.new_reqs, scheduled_cached_reqs=step.cached_reqs,
             num_scheduled_tokens=step.num_tokens,
             total_num_scheduled_tokens=self.max_num_batched_tokens - step.budget,
             finished_req_ids=finished, preempted_req_ids=preempted,
             blocks_to_swap_out=step.swap_out,
             blocks_to_swap_in=step.swap_in, num_preempted=len(step.preempted))
+        if self.async_scheduling:
+            self._step_requests[id(sched)] = {r.request_id: r for r in step.scheduled}
+        return sched
 
     def _micro_batch_size(self) -> int:
         """Requests one batch may take: all of them, or when pipelined an equal share of the
@@ -158,7 +178,11 @@ class Scheduler:
             if in_flight and request.request_id in in_flight:
                 index += 1      # its previous batch is still in the pipeline
                 continue
-            num_new = len(request.all_token_ids) - request.num_computed_tokens
+            num_new = (len(request.all_token_ids) + request.num_output_placeholders
+                       - request.num_computed_tokens)
+            if request.num_output_placeholders and self._at_limit(request):
+                index += 1      # the token in flight is its last one
+                continue
             if num_new > step.budget:
                 num_new = self._num_new_tokens(request, step.budget)
                 if num_new == 0:
@@ -179,6 +203,12 @@ class Scheduler:
                 continue      # the request itself was preempted; running shrank under index
             step.add_cached(request, num_new, [b.block_id for b in new_blocks])
             index += 1
+
+    def _at_limit(self, request: Request) -> bool:
+        """Async: the tokens in flight already reach max_tokens or max_model_len."""
+        placeholders = request.num_output_placeholders
+        return (len(request.output_token_ids) + placeholders >= request.max_tokens
+                or len(request.all_token_ids) + placeholders >= self.max_model_len)
 
     def _pick_victim(self) -> Request:
         """The running request to preempt: the latest (or lowest-priority) one that is not in
@@ -293,12 +323,17 @@ class Scheduler:
             requests = {request_id: self.in_flight.pop(request_id)
                         for request_id in sched.num_scheduled_tokens}
             aborted = {request_id for request_id, r in requests.items() if r.is_finished}
+        elif self.async_scheduling:
+            requests = self._step_requests.pop(id(sched), {})
+            aborted = {request_id for request_id, r in requests.items() if r.is_finished}
         update_block_hashes = self.kv.update_block_hashes
         for row, (request_id, token_id) in enumerate(
                 zip(runner_output.req_ids, runner_output.sampled_token_ids)):
             request = requests.get(request_id)
             if request is None or request.status >= RequestStatus.FINISHED_STOPPED:
-                continue    # aborted while the step ran
+                continue    # aborted while the step ran, or stopped by an earlier step's token
+            if request.num_output_placeholders:
+                request.num_output_placeholders -= 1
             request.output_token_ids.append(token_id)
             request.all_token_ids.append(token_id)
             update_block_hashes(request)

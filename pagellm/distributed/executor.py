@@ -75,13 +75,14 @@ class StepFuture:
 
 
 class UniProcExecutor:
-    """Rank 0 in the engine-core process."""
-
-    max_concurrent_batches = 1
+    """Rank 0 in the engine-core process. With async scheduling, ``execute_model(non_block=
+    True)`` returns once the step is launched on the device; its future's ``result()`` waits
+    for the sampled tokens."""
 
     def __init__(self, config: EngineConfig, platform: Platform, hf_config, dtype: torch.dtype):
         from pagellm.worker.worker import Worker
 
+        self.max_concurrent_batches = 2 if config.scheduler.async_scheduling else 1
         self.worker = Worker(config, platform, hf_config, dtype)
         self.vocab_size = hf_config.vocab_size
         self.load_stats = [self.worker.load_stats]
@@ -93,8 +94,10 @@ class UniProcExecutor:
         self.worker.initialize_cache(num_blocks, num_swap_blocks)
 
     def execute_model(self, sched: SchedulerOutput, non_block: bool = False):
-        output = self.worker.execute_model(sched)
-        return StepFuture(output=output) if non_block else output
+        step = self.worker.execute_model_async(sched)
+        if not non_block:
+            return self.worker.resolve(step)
+        return StepFuture(lambda future: future.set_result(self.worker.resolve(step)))
 
     def shutdown(self) -> None:
         self.worker = None
@@ -130,8 +133,10 @@ class MultiprocExecutor:
     def __init__(self, config: EngineConfig, platform: Platform, hf_config, dtype: torch.dtype):
         self.world_size = config.parallel.world_size
         self.output_rank = config.parallel.output_rank
-        self.max_concurrent_batches = config.parallel.pipeline_parallel_size
-        """Steps that may be in flight at once: one per pipeline stage."""
+        self.max_concurrent_batches = (2 if config.scheduler.async_scheduling
+                                       else config.parallel.pipeline_parallel_size)
+        """Steps that may be in flight at once: one per pipeline stage, or two with async
+        scheduling (the workers launch step N+1 before they send step N's tokens)."""
         self._pending_steps: deque[StepFuture] = deque()
         self.vocab_size = hf_config.vocab_size
         self.dead_error: Exception | None = None
@@ -150,8 +155,10 @@ class MultiprocExecutor:
         try:
             self._start_workers(config, platform, dtype, result_address)
             ready = self._collect(WorkerReady, range(self.world_size))
-            self.load_stats = [LoadStats(r.checkpoint_bytes_read, r.param_bytes)
-                               for r in sorted(ready.values(), key=lambda r: r.rank)]
+            ranks = sorted(ready.values(), key=lambda r: r.rank)
+            self.load_stats = [LoadStats(r.checkpoint_bytes_read, r.param_bytes) for r in ranks]
+            self.custom_all_reduce_max_bytes = [r.custom_all_reduce_max_bytes for r in ranks]
+            """Per rank: the largest all-reduce taking the one-shot path (0: NCCL only)."""
         except BaseException:
             self.shutdown()
             raise

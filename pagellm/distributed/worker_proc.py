@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import traceback
 
 import msgspec
@@ -82,6 +83,8 @@ class WorkerReady(msgspec.Struct, tag=True):
     checkpoint_bytes_read: int
     """This rank's LoadStats: checkpoint bytes it read and parameter bytes it holds."""
     param_bytes: int
+    custom_all_reduce_max_bytes: int = 0
+    """All-reduces up to this size take the one-shot path on this rank (0: NCCL only)."""
 
 
 class NumBlocks(msgspec.Struct, tag=True):
@@ -131,8 +134,11 @@ def run_worker_process(args_json: bytes) -> None:
     exit_code = 0
     try:
         worker = start_worker(args)
+        from pagellm.distributed.parallel_state import get_tp_group
+        custom = get_tp_group().custom_all_reduce
         result_socket.send(encoder.encode(WorkerReady(
-            args.rank, worker.load_stats.checkpoint_bytes_read, worker.load_stats.param_bytes)))
+            args.rank, worker.load_stats.checkpoint_bytes_read, worker.load_stats.param_bytes,
+            custom.max_bytes if custom is not None else 0)))
         _serve(worker, args.rank, args.rank == args.config.parallel.output_rank, input_socket,
                result_socket, os.getppid())
     except _ParentGone:
@@ -173,24 +179,65 @@ def start_worker(args: WorkerArgs):
     parallel = args.config.parallel
     initialize_model_parallel(parallel.tensor_parallel_size, parallel.pipeline_parallel_size,
                               parallel.layer_partition())
+    if platform.is_cuda and not parallel.disable_custom_all_reduce:
+        from pagellm.distributed.parallel_state import init_custom_all_reduce
+        init_custom_all_reduce(platform.device, getattr(torch, args.dtype))
     hf_config = load_hf_config(args.config.model.model)
     return Worker(args.config, platform, hf_config, getattr(torch, args.dtype))
 
 
 def _serve(worker, rank: int, reports_steps: bool, input_socket: zmq.Socket,
            result_socket: zmq.Socket, parent_pid: int) -> None:
-    """Answer executor calls until Shutdown; ``reports_steps``: this rank sends StepResults."""
+    """Answer executor calls until Shutdown; ``reports_steps``: this rank sends StepResults.
+
+    A step is launched as soon as it arrives; its result is sent once its tokens are on the
+    host. Under async scheduling the executor sends step N+1 before it waits for step N, so
+    while step N runs on the device this loop watches for the next call: if it arrives first,
+    step N+1 is launched (queued behind N on the device) before step N's result is sent,
+    and the device never waits for the host between steps."""
+    unresolved = None       # the launched step whose result is not sent yet
     while True:
-        if not input_socket.poll(IDLE_POLL_MS):
+        if unresolved is not None and not _call_before_done(input_socket, unresolved):
+            _send_step(worker, rank, reports_steps, unresolved, result_socket)
+            unresolved = None
+            continue
+        if unresolved is None and not input_socket.poll(IDLE_POLL_MS):
             if os.getppid() != parent_pid:
                 raise _ParentGone()
             continue
         call = call_decoder.decode(input_socket.recv())
+        if isinstance(call, ExecuteModel):
+            step = worker.execute_model_async(call.scheduler_output)
+            if unresolved is not None:
+                _send_step(worker, rank, reports_steps, unresolved, result_socket)
+            unresolved = step
+            continue
+        if unresolved is not None:
+            _send_step(worker, rank, reports_steps, unresolved, result_socket)
+            unresolved = None
         if isinstance(call, Shutdown):
             return
         reply = handle_call(worker, rank, call, reports_steps)
         if reply is not None:
             result_socket.send(encoder.encode(reply))
+
+
+def _call_before_done(input_socket: zmq.Socket, step) -> bool:
+    """Wait until the next executor call arrives (True) or ``step``'s device work is done
+    (False), whichever comes first. Spins: a step lasts milliseconds."""
+    event = step.event
+    while True:
+        if input_socket.poll(0):
+            return True
+        if event is None or event.query():
+            return False
+        time.sleep(0)
+
+
+def _send_step(worker, rank: int, reports_steps: bool, step, result_socket: zmq.Socket) -> None:
+    output = worker.resolve(step)
+    if reports_steps:
+        result_socket.send(encoder.encode(StepResult(rank, output)))
 
 
 def handle_call(worker, rank: int, call: ExecutorCall, reports_steps: bool) -> WorkerReply | None:

@@ -1,10 +1,11 @@
 """EngineCore: schedule -> execute -> update, one step at a time.
 
 Owns the scheduler and the executor. It sees token ids only; text lives in the frontend.
-Under pipeline parallelism (``executor.max_concurrent_batches`` > 1) it keeps a batch queue
-(vLLM's ``step_with_batch_queue``): a step schedules and sends a new batch while earlier ones
-are still in the pipeline, and only waits for the oldest when the queue is full or nothing
-else can be scheduled, so every stage has work.
+Under pipeline parallelism or async scheduling (``executor.max_concurrent_batches`` > 1) it
+keeps a batch queue (vLLM's ``step_with_batch_queue``): a step schedules and sends a new batch
+while earlier ones are still running, and only waits for the oldest when the queue is full or
+nothing else can be scheduled, so every stage (or, with async scheduling, the one GPU) has
+work while the host schedules, prepares inputs and processes outputs.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ class EngineCore:
         self.max_batches_in_flight = 0
         """The most batches that were in flight at once (1 without pipeline parallelism)."""
         self.scheduler = Scheduler(config.scheduler, config.cache, config.model.max_model_len,
-                                   num_blocks, num_swap_blocks, self.batch_queue_size)
+                                   num_blocks, num_swap_blocks, self.batch_queue_size,
+                                   bool(config.scheduler.async_scheduling))
         self.num_blocks = num_blocks
         self.num_swap_blocks = num_swap_blocks
         self.num_steps = 0
@@ -153,7 +155,9 @@ class EngineCore:
         for request_id in sched.num_scheduled_tokens:
             request = requests[request_id]
             prefill_done = request.num_computed_tokens >= request.num_prompt_tokens
-            if prefill_done and not request.output_token_ids:
+            # async scheduling: a later step may be scheduled before the first token is back
+            if (prefill_done and not request.output_token_ids
+                    and request.num_output_placeholders <= 1):
                 self.num_prompt_tokens += request.num_prompt_tokens
 
     def stats(self) -> EngineStats:

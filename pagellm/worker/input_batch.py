@@ -4,8 +4,8 @@ gathers instead of per-request Python work.
 
 Contract: ``apply(sched)`` is the only mutation from the scheduler's side (forget finished
 and preempted requests, add new ones, extend block tables, set computed counts, and under
-pipeline parallelism write the tokens sampled on the last stage); ``append_sampled`` records
-the tokens this runner sampled. ``build_step_inputs`` and
+pipeline parallelism write the tokens sampled on the last stage); the runner counts a sampled token in ``num_tokens`` at launch and writes its value when the
+step resolves (async scheduling: one step later). ``build_step_inputs`` and
 ``sampling_arrays`` only read.
 """
 
@@ -32,6 +32,8 @@ class StepInputs:
     logits_indices: torch.Tensor           # [len(sample_rows)] flat index of each one's last token
     starts: list[int]                      # num_computed_tokens per batch row before the step
     counts: list[int]                      # tokens scheduled per batch row
+    token_rows: np.ndarray                 # [num_tokens] persistent row of each input token
+    token_positions: np.ndarray            # [num_tokens] position of each input token
 
 
 class InputBatch:
@@ -48,6 +50,9 @@ class InputBatch:
         self.sampling_params: list[SamplingParams | None] = [None] * max_num_reqs
         self.row_of: dict[str, int] = {}
         self.free_rows = list(range(max_num_reqs - 1, -1, -1))
+        self.generation = np.zeros(max_num_reqs, dtype=np.int64)
+        """Bumped whenever a row is freed or taken, so a late token (async scheduling) of a
+        row's former request is recognised and dropped."""
         # per-row sampling values, written once when a request joins
         self.temperature = np.zeros(max_num_reqs, dtype=np.float32)
         self.top_k = np.zeros(max_num_reqs, dtype=np.int64)
@@ -64,9 +69,11 @@ class InputBatch:
             row = self.row_of.pop(request_id, None)
             if row is not None:
                 self.sampling_params[row] = None
+                self.generation[row] += 1
                 self.free_rows.append(row)
         for new in sched.scheduled_new_reqs:
             row = self.free_rows.pop()
+            self.generation[row] += 1
             self.row_of[new.request_id] = row
             n = len(new.token_ids)
             self.token_ids[row, :n] = new.token_ids
@@ -105,6 +112,8 @@ class InputBatch:
             or params.logit_bias or params.min_tokens or params.logprobs is not None)
 
     def append_sampled(self, rows: np.ndarray, token_ids: list[int]) -> None:
+        """Append known tokens to the rows (the runner itself counts at launch and writes at
+        resolve; this is the one-call form)."""
         self.token_ids[rows, self.num_tokens[rows]] = token_ids
         self.num_tokens[rows] += 1
 
@@ -145,7 +154,7 @@ class InputBatch:
             max_query_len=int(counts.max()), max_seq_len=int(seq_lens.max()))
         return StepInputs(request_ids, rows, _to(input_ids, device), _to(positions, device),
                           metadata, samples.tolist(), _to(query_start_loc[1:][samples] - 1, device),
-                          starts.tolist(), counts.tolist())
+                          starts.tolist(), counts.tolist(), token_rows, positions)
 
 
 def _to(array: np.ndarray, device: torch.device) -> torch.Tensor:

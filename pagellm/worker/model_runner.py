@@ -3,6 +3,16 @@
 The same code runs on CPU and CUDA; device specifics come from the platform and the
 attention backend. One device-to-host copy of the sampled ids (and logprobs) per step.
 
+Async scheduling: ``execute_model_async`` launches a step and returns a ``PendingStep`` at
+once; the sampled ids travel to pinned host memory behind a CUDA event, and ``resolve`` waits
+for that event only (no other host sync in the step). The scheduler may then send step N+1
+before step N is resolved: the positions whose tokens are still on the device (the tokens step
+N sampled) are filled in step N+1's ``input_ids`` from step N's sampled tensor, on the device.
+At most one step is unresolved when the next one is built (the executors resolve in order).
+A step whose sampling needs the host copy of earlier outputs (penalties, min_tokens) resolves
+the previous step first, after its own forward pass is queued. ``num_forced_resolves`` counts
+those waits and ``num_device_input_tokens`` the tokens fed on the device (tests assert them).
+
 Under pipeline parallelism every stage's runner applies the same SchedulerOutput and builds
 the same step inputs; a stage other than the first receives the previous stage's hidden
 states and residual ([2, num_tokens, hidden_size], one message from the same TP rank of the
@@ -15,6 +25,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dataclasses import dataclass
+
 from pagellm.core.sched_output import ModelRunnerOutput, SchedulerOutput, TopLogprobs
 from pagellm.distributed.parallel_state import get_pp_group
 from pagellm.layers.sampler import Sampler, SamplingMetadata
@@ -23,6 +35,20 @@ from pagellm.ops.sampling import compute_logprobs_topk
 from pagellm.platforms import Platform
 from pagellm.worker.input_batch import InputBatch, StepInputs
 from pagellm.worker.kv_cache import KVCache
+
+
+@dataclass
+class PendingStep:
+    """A launched step whose sampled tokens may still be on the device."""
+    request_ids: list[str]              # the rows that sampled, in order
+    rows: np.ndarray                    # [n] their InputBatch rows
+    generations: np.ndarray             # [n] the rows' generation at launch (reuse check)
+    positions: np.ndarray               # [n] token position each sampled token fills
+    sampled: torch.Tensor | None        # [n] int64 on the device (None: nothing sampled)
+    host: list[torch.Tensor]            # host copies: sampled ids [, logprob ids, logprobs, ranks]
+    event: torch.cuda.Event | None      # recorded after the copies (CUDA only)
+    prompt_logprobs: dict
+    output: ModelRunnerOutput | None = None   # set by ModelRunner.resolve
 
 
 class ModelRunner:
@@ -41,39 +67,118 @@ class ModelRunner:
         self.cuda_graphs = None      # CudaGraphRunner once captured (CUDA, not enforce_eager)
         self.pp_group = get_pp_group()
         self._pending_send: tuple | None = None   # (torch Work, buffer) of the last stage-to-stage send
+        self._last_step: PendingStep | None = None
+        """The last launched step while it is unresolved (async scheduling)."""
+        self.num_forced_resolves = 0
+        """Steps resolved early because the next step's sampling needed their tokens on the host."""
+        self.num_device_input_tokens = 0
+        """Input tokens taken from the previous step's sampled ids on the device."""
         torch.manual_seed(seed)
 
     def bind_kv_cache(self, kv_cache: KVCache) -> None:
         self.kv_cache = kv_cache
 
-    @torch.inference_mode()
     def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        """Run one step and wait for its output."""
+        return self.resolve(self.execute_model_async(sched))
+
+    @torch.inference_mode()
+    def execute_model_async(self, sched: SchedulerOutput) -> PendingStep:
+        """Launch one step: apply the scheduler's diff, build the inputs (tokens of the
+        unresolved previous step filled on the device), forward, sample, and start the copy
+        of the sampled ids to the host. Returns without waiting for the device."""
         for request_id in sched.finished_req_ids:
             self.generators.pop(request_id, None)
         self.batch.apply(sched)
         self.kv_cache.swap_out(sched.blocks_to_swap_out)
         self.kv_cache.swap_in(sched.blocks_to_swap_in)
         if sched.total_num_scheduled_tokens == 0:
-            return ModelRunnerOutput([], [])
+            return self._done_step(ModelRunnerOutput([], []))
         inputs = self.batch.build_step_inputs(sched, self.device)
+        self._feed_previous_tokens(inputs)
         hidden = self._forward(inputs)                              # [num_tokens, hidden]
         if not self.pp_group.is_last_rank:
             self._send_to_next_stage(hidden)
-            return ModelRunnerOutput([], [])
+            return self._done_step(ModelRunnerOutput([], []))
         prompt_logprobs = self._prompt_logprobs(inputs, hidden)
         if not inputs.sample_rows:
-            return ModelRunnerOutput([], [], prompt_logprobs=prompt_logprobs)
+            return self._done_step(ModelRunnerOutput([], [], prompt_logprobs=prompt_logprobs))
         logits = self.model.compute_logits(hidden[inputs.logits_indices])  # [num_samples, vocab]
         rows = inputs.rows[inputs.sample_rows]
         request_ids = [inputs.request_ids[r] for r in inputs.sample_rows]
+        if self._last_step is not None and self.batch.special[rows].any():
+            self.num_forced_resolves += 1      # penalties / min_tokens read earlier outputs
+            self.resolve(self._last_step)
         out = self.sampler(logits, self._sampling_metadata(rows, request_ids))
-        sampled = out.sampled_token_ids.tolist()                   # the step's one host copy
-        self.batch.append_sampled(rows, sampled)
-        logprobs = None
+        step = PendingStep(request_ids, rows, self.batch.generation[rows].copy(),
+                           self.batch.num_tokens[rows].copy(), out.sampled_token_ids,
+                           self._copy_to_host(out), None, prompt_logprobs)
+        if self.device.type == "cuda":
+            step.event = torch.cuda.Event()
+            step.event.record()
+        self.batch.num_tokens[rows] += 1        # the token's value arrives in resolve()
+        self._last_step = step
+        return step
+
+    def _done_step(self, output: ModelRunnerOutput) -> PendingStep:
+        """A step that sampled nothing: resolved from the start."""
+        empty = np.zeros(0, dtype=np.int64)
+        return PendingStep([], empty, empty, empty, None, [], None, {}, output)
+
+    @staticmethod
+    def _copy_to_host(out) -> list[torch.Tensor]:
+        """Start the device-to-host copies of the sampler's outputs (pinned, non-blocking)."""
+        tensors = [out.sampled_token_ids]
         if out.logprobs is not None:
-            logprobs = TopLogprobs(out.logprob_token_ids.tolist(), out.logprobs.tolist(),
-                                   out.sampled_token_ranks.tolist())
-        return ModelRunnerOutput(request_ids, sampled, logprobs, prompt_logprobs)
+            tensors += [out.logprob_token_ids, out.logprobs, out.sampled_token_ranks]
+        if tensors[0].device.type == "cpu":
+            return tensors
+        copies = []
+        for tensor in tensors:
+            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            copies.append(host.copy_(tensor, non_blocking=True))
+        return copies
+
+    def resolve(self, step: PendingStep) -> ModelRunnerOutput:
+        """Wait for a launched step's sampled tokens (its CUDA event only), write them into
+        the batch's host token ids, and return its ModelRunnerOutput. Idempotent."""
+        if step.output is not None:
+            return step.output
+        if step.event is not None:
+            step.event.synchronize()
+        sampled = step.host[0].tolist()
+        # a row freed (finished, aborted, preempted) since launch may hold another request
+        live = self.batch.generation[step.rows] == step.generations
+        self.batch.token_ids[step.rows[live], step.positions[live]] = np.asarray(
+            sampled, dtype=np.int32)[live]
+        logprobs = None
+        if len(step.host) > 1:
+            ids, values, ranks = step.host[1:]
+            logprobs = TopLogprobs(ids.tolist(), values.tolist(), ranks.tolist())
+        step.output = ModelRunnerOutput(step.request_ids, sampled, logprobs, step.prompt_logprobs)
+        step.sampled = None
+        if self._last_step is step:
+            self._last_step = None
+        return step.output
+
+    def _feed_previous_tokens(self, inputs: StepInputs) -> None:
+        """Fill the input positions whose tokens the unresolved previous step sampled: on the
+        device, from its sampled ids (no host sync)."""
+        last = self._last_step
+        if last is None or last.sampled is None:
+            return
+        live = self.batch.generation[last.rows] == last.generations
+        pending_position = np.full(self.batch.max_num_reqs, -1, dtype=np.int64)
+        pending_index = np.zeros(self.batch.max_num_reqs, dtype=np.int64)
+        pending_position[last.rows[live]] = last.positions[live]
+        pending_index[last.rows[live]] = np.flatnonzero(live)
+        token_rows, positions = inputs.token_rows, inputs.token_positions
+        flat = np.flatnonzero(positions == pending_position[token_rows])
+        if not len(flat):
+            return
+        source = pending_index[token_rows[flat]]
+        inputs.input_ids[_device(flat, self.device)] = last.sampled[_device(source, self.device)]
+        self.num_device_input_tokens += len(flat)
 
     def _forward(self, inputs: StepInputs):
         """This stage's layers over the step: final hidden states [num_tokens, hidden] on the

@@ -161,4 +161,12 @@ class Worker:
         self.runner.cuda_graphs = graphs
 
     def execute_model(self, sched):
-        return self.runner.execute_model(sched)
+        """Run a step and wait for its output (ModelRunnerOutput)."""
+        return self.runner.resolve(self.runner.execute_model_async(sched))
+
+    def execute_model_async(self, sched):
+        """Launch a step; a PendingStep to ``resolve`` (see ModelRunner.execute_model_async)."""
+        return self.runner.execute_model_async(sched)
+
+    def resolve(self, step):
+        return self.runner.resolve(step)

@@ -48,9 +48,10 @@ def test_cuda_matches_cpu(name, model_dirs, monkeypatch):
     expected = _tokens(LLM(str(model_dirs[name]), device="cpu", **common))
     for backend in ("torch", "triton"):
         monkeypatch.setenv("PAGELLM_ATTENTION_BACKEND", backend)
-        for eager in (True, False):
-            llm = LLM(str(model_dirs[name]), device="cuda", enforce_eager=eager, **common)
-            assert _tokens(llm) == expected, (backend, eager)
+        for eager, async_scheduling in ((True, False), (False, False), (False, True)):
+            llm = LLM(str(model_dirs[name]), device="cuda", enforce_eager=eager,
+                      async_scheduling=async_scheduling, **common)
+            assert _tokens(llm) == expected, (backend, eager, async_scheduling)
             del llm
             gc.collect()
             torch.cuda.empty_cache()
@@ -83,3 +84,36 @@ def test_cuda_graphs_replay_every_decode_step(model_dirs):
     llm.generate(PROMPTS[1:2], GREEDY, use_tqdm=False)
     assert graphs.num_replays == {1: num_decode_steps, 2: 0, 4: num_decode_steps,
                                   8: num_decode_steps}
+
+
+def test_async_scheduling_launches_steps_without_a_host_sync(model_dirs):
+    """Every step's launch (inputs, graph replay, sampling, the copy of the sampled ids) runs
+    under torch's sync debug mode set to error: a host sync there raises. Only resolve()
+    waits, on the step's event. Greedy and seeded sampling, outputs equal the sync loop."""
+    common = dict(device="cuda", dtype="float32", kv_cache_memory_bytes=256 * 2**20,
+                  max_model_len=512)
+    params = [SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True),
+              SamplingParams(temperature=1.0, top_p=0.9, top_k=50, seed=1, max_tokens=24,
+                             ignore_eos=True)] * 3
+    prompts = PROMPTS
+    expected = LLM(str(model_dirs["qwen3"]), async_scheduling=False, **common).generate(
+        prompts, params, use_tqdm=False)
+    gc.collect()
+    torch.cuda.empty_cache()
+    llm = LLM(str(model_dirs["qwen3"]), async_scheduling=True, **common)
+    runner = llm.llm_engine.engine_core.executor.worker.runner
+    launch = runner.execute_model_async
+
+    def checked_launch(sched):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return launch(sched)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    runner.execute_model_async = checked_launch
+    got = llm.generate(prompts, params, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in expected]
+    assert runner.num_forced_resolves == 0
+    assert runner.num_device_input_tokens >= len(prompts) * 20
+    assert sum(runner.cuda_graphs.num_replays.values()) >= 20

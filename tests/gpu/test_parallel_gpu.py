@@ -63,3 +63,28 @@ def test_pp2_on_two_gpus_equals_one_gpu(model_dir, expected):
     core = llm.llm_engine.engine_core
     _check(llm, expected)
     assert core.max_batches_in_flight == 2
+
+
+def test_tp2_custom_all_reduce_equals_nccl_in_bf16(model_dir):
+    """The one-shot all-reduce is measured at start-up and taken for decode-sized messages on
+    two H200s; greedy tokens equal NCCL's (two ranks: both add the same two numbers), with
+    CUDA graphs and async scheduling on."""
+    prompts = PROMPTS[:4]
+    params = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
+    common = dict(COMMON, dtype="bfloat16", tensor_parallel_size=2)
+    nccl = LLM(str(model_dir), disable_custom_all_reduce=True, **common)
+    try:
+        assert nccl.llm_engine.engine_core.executor.custom_all_reduce_max_bytes == [0, 0]
+        want = [o.outputs[0].token_ids for o in nccl.generate(prompts, params, use_tqdm=False)]
+    finally:
+        nccl.shutdown()
+    custom = LLM(str(model_dir), **common)
+    try:
+        executor = custom.llm_engine.engine_core.executor
+        sizes = executor.custom_all_reduce_max_bytes
+        assert sizes[0] == sizes[1] >= 8192, sizes    # a batch-1 Llama-8B message is 8 KiB
+        got = [o.outputs[0].token_ids for o in custom.generate(prompts, params, use_tqdm=False)]
+        assert custom.llm_engine.engine_core.max_batches_in_flight == 2   # async scheduling
+    finally:
+        custom.shutdown()
+    assert got == want

@@ -55,6 +55,13 @@ ENGINE_VARIANTS = {
                               preemption_mode="recompute"),
     "preempt_swap": dict(kv_cache_memory_bytes=20 * 737280, max_model_len=256,
                          preemption_mode="swap", swap_space=0.1),
+    # async scheduling (off by default on CPU): steps scheduled before the previous one's
+    # tokens are back, with chunking and both preemption modes
+    "async_chunked": dict(async_scheduling=True, max_num_batched_tokens=16),
+    "async_preempt_recompute": dict(async_scheduling=True, kv_cache_memory_bytes=20 * 737280,
+                                    max_model_len=256, preemption_mode="recompute"),
+    "async_preempt_swap": dict(async_scheduling=True, kv_cache_memory_bytes=20 * 737280,
+                               max_model_len=256, preemption_mode="swap", swap_space=0.1),
 }
 
 
@@ -78,6 +85,13 @@ def test_engine_variants_keep_greedy_output(variant, default_model_path, default
     else:
         assert kv.num_swapped_out_blocks == kv.num_swapped_in_blocks == 0
     assert stats.kv_cache_usage == 0.0          # everything freed
+    runner = llm.llm_engine.engine_core.executor.worker.runner
+    if variant.startswith("async"):
+        # decode inputs really came from the previous step's sampled ids on the device
+        assert runner.num_device_input_tokens >= len(PROMPTS) * (MAX_TOKENS // 2)
+        assert llm.llm_engine.engine_core.max_batches_in_flight == 2
+    else:
+        assert runner.num_device_input_tokens == 0
 
 
 def test_prefix_caching_hits_and_keeps_output(default_llm, default_reference):

@@ -16,7 +16,8 @@ ALLOWED = {
     "config": BASE, "errors": BASE, "sampling_params": BASE, "outputs": BASE, "logger": BASE,
     "platforms": BASE,
     "ops": BASE | {"platforms"},
-    # distributed/parallel_state.py (process groups, collectives) sits below layers
+    # distributed/parallel_state.py (process groups, collectives) and custom_all_reduce.py
+    # (its one-shot all-reduce) sit below layers
     "parallel_state": BASE | {"platforms"},
     "layers": BASE | {"ops", "platforms", "parallel_state"},
     "models": BASE | {"layers", "ops", "platforms", "parallel_state"},
@@ -53,14 +54,15 @@ def _pagellm_imports(path: Path) -> set[str]:
 
 def _target_layer(parts: list[str]) -> str:
     """The layer of an imported module ``pagellm.X[.Y]``."""
-    if parts[1:3] == ["distributed", "parallel_state"]:
+    if parts[1:3] in (["distributed", "parallel_state"], ["distributed", "custom_all_reduce"]):
         return "parallel_state"
     return parts[1] if len(parts) > 1 else "__init__"
 
 
 def _layer_of(path: Path, root: Path) -> str:
     relative = path.relative_to(root)
-    if relative.parts == ("distributed", "parallel_state.py"):
+    if relative.parts in (("distributed", "parallel_state.py"),
+                          ("distributed", "custom_all_reduce.py")):
         return "parallel_state"
     return relative.parts[0].removesuffix(".py") if len(relative.parts) > 1 or \
         relative.name != "__init__.py" else "__init__"
