@@ -13,6 +13,10 @@ class StructuredOutputsConfig:
     """Grammar engine for response_format / structured_outputs / guided_* requests: auto,
     xgrammar, guidance, outlines (vLLM's names; only xgrammar is built in, and auto picks it;
     guidance and outlines are refused at start-up)."""
+    disable_any_whitespace: bool = False
+    """JSON constraints allow no whitespace between JSON tokens, for every request (vLLM's
+    StructuredOutputsConfig.disable_any_whitespace): small models stop looping on spaces and
+    newlines."""
 
     def __post_init__(self) -> None:
         from pagellm.config.checks import check_choice, not_supported_yet

@@ -15,8 +15,15 @@ bitmask to the runner in the SchedulerOutput; the runner masks the logits on the
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from pagellm.errors import ClientError
 from pagellm.sampling_params import SamplingParams
+
+_VALIDATED: OrderedDict[tuple, None] = OrderedDict()
+"""Constraint keys that compiled (most recent last, at most 1024): the server validates a
+request off the event loop first, and the input processor's check on the loop is then a
+lookup."""
 
 REQUEST_BACKENDS = (None, "auto", "xgrammar")
 """``guided_decoding_backend`` values a request may send: the engine has one backend."""
@@ -32,9 +39,15 @@ def validate_structured_outputs(params: SamplingParams, backend_name: str,
     if not has_tokenizer:
         raise ClientError("structured outputs need a tokenizer but the engine runs with "
                           "skip_tokenizer_init=True", param="structured_outputs")
+    key = (backend_name, constraint.key())
+    if key in _VALIDATED:
+        return
     if backend_name in ("auto", "xgrammar"):
         from pagellm.structured_output.xgrammar_backend import XgrammarBackend
         XgrammarBackend.validate(constraint)
+        _VALIDATED[key] = None
+        if len(_VALIDATED) > 1024:
+            _VALIDATED.popitem(last=False)
         return
     raise ClientError(f"structured_outputs_backend {backend_name!r} is not installed",
                       param="structured_outputs")

@@ -31,7 +31,8 @@ ALLOWED = {
     "metrics": BASE | {"engine", "core"},
     "bench": BASE | {"__init__", "engine"},
     "tuning": BASE | {"__init__", "engine", "bench"},
-    "entrypoints": BASE | {"__init__", "engine", "bench", "tuning", "metrics", "models"},
+    "entrypoints": BASE | {"__init__", "engine", "bench", "tuning", "metrics", "models",
+                           "structured_output"},
     "__init__": BASE | {"engine"},
     "__main__": BASE | {"entrypoints"},
 }
