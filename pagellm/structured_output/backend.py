@@ -64,6 +64,6 @@ class StructuredOutputBackend(ABC):
         seconds): call it off the engine loop. Raises ``ClientError`` like ``validate``."""
 
     @abstractmethod
-    def new_grammar(self, compiled: object, stop_token_ids: list[int],
-                    max_rollback_tokens: int = 0) -> StructuredOutputGrammar:
-        """A fresh matcher over ``compiled`` that ends on any of ``stop_token_ids``."""
+    def new_grammar(self, compiled: object, stop_token_ids: list[int]) -> StructuredOutputGrammar:
+        """A fresh matcher over ``compiled`` that ends on any of ``stop_token_ids`` and can
+        roll back any number of accepted tokens."""

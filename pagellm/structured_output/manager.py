@@ -79,11 +79,10 @@ class StructuredOutputManager:
     is the model's logits width (the bitmask covers all of it)."""
 
     def __init__(self, backend: StructuredOutputBackend, vocab_size: int,
-                 max_workers: int = 2, max_rollback_tokens: int = 0):
+                 max_workers: int = 2):
         self.backend = backend
         self.vocab_size = vocab_size
         self.num_words = bitmask_words(vocab_size)
-        self.max_rollback_tokens = max_rollback_tokens
         self.executor = ThreadPoolExecutor(max_workers, thread_name_prefix="pagellm-grammar")
         self._compiled: OrderedDict[tuple, Future] = OrderedDict()
         self.num_compiles = 0
@@ -104,8 +103,7 @@ class StructuredOutputManager:
         stop_ids = sorted(set(params.all_stop_token_ids) | set(params.stop_token_ids))
         return StructuredOutputRequest(
             params, future,
-            lambda compiled: self.backend.new_grammar(compiled, stop_ids,
-                                                      self.max_rollback_tokens))
+            lambda compiled: self.backend.new_grammar(compiled, stop_ids))
 
     def grammar_bitmask(self, requests: list, draft_token_ids: dict[str, list[int]] | None = None
                         ) -> tuple[dict[str, int], np.ndarray]:

@@ -64,11 +64,10 @@ class XgrammarBackend(StructuredOutputBackend):
         with _client_errors(params.kind):
             return compiler.compile_grammar(_build(_xgrammar(), params))
 
-    def new_grammar(self, compiled: object, stop_token_ids: list[int],
-                    max_rollback_tokens: int = 0) -> XgrammarGrammar:
-        xgr = _xgrammar()
-        matcher = xgr.GrammarMatcher(compiled, override_stop_tokens=stop_token_ids or None,
-                                     max_rollback_tokens=max_rollback_tokens)
+    def new_grammar(self, compiled: object, stop_token_ids: list[int]) -> XgrammarGrammar:
+        # xgrammar >= 0.2 keeps every accepted token for rollback (no max_rollback_tokens)
+        matcher = _xgrammar().GrammarMatcher(compiled,
+                                             override_stop_tokens=stop_token_ids or None)
         return XgrammarGrammar(matcher)
 
     def _get_compiler(self):
