@@ -10,6 +10,7 @@ the model or the prompt (context length, vocabulary, max_logprobs) belong to
 from __future__ import annotations
 
 import copy
+import json as _json
 import math
 import re
 from dataclasses import dataclass, field, fields
@@ -21,6 +22,81 @@ MAX_INT32 = 2**31 - 1
 """The largest count or token id a request may give: the engine keeps these per request in
 int32/int64 arrays and msgpack messages, so a larger value must be a 400, never an overflow."""
 _TOKEN_ID_KEY = re.compile("[0-9]+")     # ASCII digits only: not " 5", "5_0" or Arabic-Indic
+
+_CONSTRAINT_FIELDS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
+
+
+@dataclass
+class StructuredOutputsParams:
+    """One constraint on a request's output (vLLM's ``StructuredOutputsParams``): exactly one
+    of ``json``, ``regex``, ``choice``, ``grammar``, ``json_object``, ``structural_tag`` is
+    set, else ``ClientError`` (param ``structured_outputs``). Only the constraint's form is
+    checked here; whether the schema / grammar / regex compiles is the grammar backend's
+    check (``pagellm.structured_output``), also a ``ClientError`` naming the problem."""
+
+    json: dict | str | None = None
+    """A JSON schema (object or its JSON text): the output is one JSON value that validates."""
+    regex: str | None = None
+    """The output matches this regular expression in full."""
+    choice: list[str] | None = None
+    """The output is exactly one of these strings."""
+    grammar: str | None = None
+    """An EBNF grammar (xgrammar's GBNF dialect, root rule ``root``)."""
+    json_object: bool | None = None
+    """True: the output is any JSON object (``response_format={"type": "json_object"}``)."""
+    structural_tag: str | None = None
+    """xgrammar's structural tag as JSON text: free text in which each trigger (e.g.
+    ``<function=``) starts a segment constrained by its schema (tool calling)."""
+    disable_any_whitespace: bool = False
+    """JSON: no whitespace between tokens of the JSON text (compact output)."""
+    disable_additional_properties: bool = False
+    """JSON: objects without ``additionalProperties`` allow no extra keys."""
+    whitespace_pattern: str | None = None
+    """JSON: a regex for the whitespace between JSON tokens (vLLM's outlines option; xgrammar
+    reads only whether it is the empty string, like ``disable_any_whitespace``)."""
+
+    def __post_init__(self) -> None:
+        given = [name for name in _CONSTRAINT_FIELDS if getattr(self, name) is not None]
+        _check(len(given) == 1, "structured_outputs",
+               "must set exactly one of json, regex, choice, grammar, json_object, "
+               f"structural_tag; got {', '.join(given) if given else 'none'}")
+        self._validate_kind(given[0])
+
+    def _validate_kind(self, kind: str) -> None:
+        value = getattr(self, kind)
+        if kind == "json":
+            _check(isinstance(value, (dict, str)), "structured_outputs",
+                   f"json must be a JSON schema (an object or its JSON text), got {value!r}")
+        elif kind == "choice":
+            _check(isinstance(value, list) and value and all(isinstance(c, str) for c in value),
+                   "structured_outputs", "choice must be a non-empty list of strings")
+        elif kind == "json_object":
+            _check(value is True, "structured_outputs", "json_object must be true when given")
+        else:
+            _check(isinstance(value, str) and value != "", "structured_outputs",
+                   f"{kind} must be a non-empty string")
+        _check(self.whitespace_pattern is None or isinstance(self.whitespace_pattern, str),
+               "structured_outputs", "whitespace_pattern must be a string")
+
+    @property
+    def kind(self) -> str:
+        """The constraint given: json | regex | choice | grammar | json_object |
+        structural_tag."""
+        return next(name for name in _CONSTRAINT_FIELDS if getattr(self, name) is not None)
+
+    @property
+    def compact_json(self) -> bool:
+        """No whitespace in JSON output: ``disable_any_whitespace`` or an empty
+        ``whitespace_pattern``."""
+        return self.disable_any_whitespace or self.whitespace_pattern == ""
+
+    def key(self) -> tuple[str, str, bool, bool]:
+        """The grammar cache key: (kind, the constraint as canonical text, compact JSON,
+        no additional properties). Equal keys compile to the same grammar."""
+        value = getattr(self, self.kind)
+        if not isinstance(value, str):
+            value = _json.dumps(value, sort_keys=True, separators=(",", ":"))
+        return (self.kind, value, self.compact_json, self.disable_additional_properties)
 
 
 @dataclass
@@ -71,6 +147,9 @@ class SamplingParams:
     """Keep the matched stop string at the end of the text."""
     logit_bias: dict[int, float] | None = None
     """Added to the logits of the given token ids before sampling (-100..100)."""
+    structured_outputs: StructuredOutputsParams | None = None
+    """Constrain the output to a JSON schema, regex, choice, grammar or structural tag
+    (constrained decoding: disallowed tokens are masked before sampling)."""
     output_kind: str = "final"
     """internal: 'final' or 'delta' (streaming)."""
     all_stop_token_ids: set[int] = field(default_factory=set, repr=False)
@@ -85,6 +164,8 @@ class SamplingParams:
             self.logit_bias = _parse_logit_bias(self.logit_bias)
         if self.top_k == -1:
             self.top_k = 0
+        if isinstance(self.structured_outputs, dict):
+            self.structured_outputs = StructuredOutputsParams(**self.structured_outputs)
         for name in _FLOAT_FIELDS:      # 1 and 1.0 read the same everywhere, messages included
             value = getattr(self, name)
             if isinstance(value, int) and not isinstance(value, bool):
@@ -128,6 +209,9 @@ class SamplingParams:
         for token_id, bias in (self.logit_bias or {}).items():
             _check(-100.0 <= bias <= 100.0, "logit_bias",
                    f"bias for token {token_id} must be in [-100, 100], got {bias}")
+        _check(self.structured_outputs is None
+               or isinstance(self.structured_outputs, StructuredOutputsParams),
+               "structured_outputs", "must be a StructuredOutputsParams")
         _check(self.output_kind in ("final", "delta"), "output_kind", "must be 'final' or 'delta'")
 
     @property

@@ -20,7 +20,7 @@ import msgspec
 from pagellm.core.request import Request
 from pagellm.core.sched_output import EngineCoreOutput, TopLogprobs
 from pagellm.core.stats import EngineStats
-from pagellm.sampling_params import SamplingParams
+from pagellm.sampling_params import SamplingParams, StructuredOutputsParams
 
 # ---- client -> core ------------------------------------------------------------------------
 
@@ -48,6 +48,7 @@ class SamplingParamsMsg(msgspec.Struct, array_like=True, forbid_unknown_fields=T
     spaces_between_special_tokens: bool
     include_stop_str_in_output: bool
     logit_bias: dict[int, float] | None
+    structured_outputs: StructuredOutputsParams | None
     output_kind: str
     all_stop_token_ids: list[int]
 

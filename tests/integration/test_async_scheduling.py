@@ -102,3 +102,24 @@ def test_async_scheduling_under_tensor_parallel(tiny_model_dirs):
     got = [o.outputs[0].token_ids for o in async_llm.generate(prompts, params, use_tqdm=False)]
     assert got == expected
     assert async_llm.llm_engine.engine_core.max_batches_in_flight == 2
+
+
+def test_async_scheduling_with_structured_outputs(llms):
+    """A constrained request waits for its token in flight (its next bitmask needs it), a free
+    one does not: both give the sync loop's output."""
+    import json
+
+    from pagellm.sampling_params import StructuredOutputsParams
+
+    sync_llm, async_llm = llms
+    schema = {"type": "object", "properties": {"city": {"type": "string", "pattern": "^[A-Z][a-z]{1,8}$"},
+                                               "rank": {"type": "integer", "minimum": 1}},
+              "required": ["city", "rank"]}
+    params = [SamplingParams(temperature=0.0, max_tokens=40,
+                             structured_outputs=StructuredOutputsParams(json=schema)),
+              SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)]
+    prompts = ["Give a city as JSON:", "Once upon a time"]
+    expected = sync_llm.generate(prompts, params, use_tqdm=False)
+    got = async_llm.generate(prompts, params, use_tqdm=False)
+    assert _results(got) == _results(expected)
+    json.loads(got[0].outputs[0].text)
