@@ -19,10 +19,11 @@ from pagellm.config.load import LoadConfig
 from pagellm.config.model import ModelConfig
 from pagellm.config.parallel import ParallelConfig
 from pagellm.config.scheduler import SchedulerConfig
+from pagellm.config.structured_outputs import StructuredOutputsConfig
 from pagellm.errors import ClientError
 
 CONFIG_CLASSES = (ModelConfig, CacheConfig, SchedulerConfig, ParallelConfig, LoadConfig,
-                  LoRAConfig, SpeculativeConfig, CompilationConfig)
+                  LoRAConfig, SpeculativeConfig, CompilationConfig, StructuredOutputsConfig)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class EngineConfig:
     lora: LoRAConfig
     speculative: SpeculativeConfig
     compilation: CompilationConfig
+    structured_outputs: StructuredOutputsConfig = StructuredOutputsConfig()
 
 
 def engine_arg_fields() -> dict[str, tuple[type, dataclasses.Field]]:
@@ -78,7 +80,8 @@ def create_engine_config(**kwargs) -> EngineConfig:
         model=configs[ModelConfig], cache=configs[CacheConfig],
         scheduler=configs[SchedulerConfig], parallel=configs[ParallelConfig],
         load=configs[LoadConfig], lora=configs[LoRAConfig],
-        speculative=configs[SpeculativeConfig], compilation=configs[CompilationConfig])
+        speculative=configs[SpeculativeConfig], compilation=configs[CompilationConfig],
+        structured_outputs=configs[StructuredOutputsConfig])
 
 
 def finalize_lengths(config: EngineConfig, model_max_len: int,

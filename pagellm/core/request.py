@@ -13,10 +13,11 @@ class RequestStatus(enum.IntEnum):
     RUNNING = 1
     PREEMPTED = 2           # recompute: back in the waiting queue with no KV blocks
     SWAPPED = 3             # swap: KV blocks live in CPU swap space
-    FINISHED_STOPPED = 4    # EOS or a stop token id
-    FINISHED_LENGTH = 5     # max_tokens or max_model_len
-    FINISHED_ABORTED = 6    # client abort or stop string found by the detokenizer
-    FINISHED_ERROR = 7
+    WAITING_FOR_FSM = 4     # structured outputs: waiting (not scheduled) for its grammar compile
+    FINISHED_STOPPED = 5    # EOS, a stop token id, or the grammar's end
+    FINISHED_LENGTH = 6     # max_tokens or max_model_len
+    FINISHED_ABORTED = 7    # client abort or stop string found by the detokenizer
+    FINISHED_ERROR = 8      # the grammar failed to compile (structured outputs)
 
     @property
     def finished(self) -> bool:
@@ -39,7 +40,7 @@ class Request:
                  "sampling_params", "max_tokens", "eos_token_id", "arrival_time", "priority",
                  "status", "num_computed_tokens", "num_cached_tokens", "block_hashes",
                  "stop_reason", "num_preemptions", "group_id", "first_scheduled_time",
-                 "cache_salt")
+                 "cache_salt", "structured_output")
 
     def __init__(self, request_id: str, prompt_token_ids: list[int],
                  sampling_params: SamplingParams, max_tokens: int,
@@ -63,6 +64,9 @@ class Request:
         self.group_id = group_id         # parent id for n > 1 children
         self.first_scheduled_time: float | None = None
         self.cache_salt = cache_salt
+        self.structured_output = None
+        """Structured outputs: the scheduler's ``StructuredOutputRequest`` (compile future,
+        then grammar matcher), set by ``Scheduler.add_request``; None when unconstrained."""
 
     @property
     def num_prompt_tokens(self) -> int:

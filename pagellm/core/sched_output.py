@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from pagellm.sampling_params import SamplingParams
 
 
@@ -45,6 +47,12 @@ class SchedulerOutput:
     blocks_to_swap_out: list[tuple[int, int]] = field(default_factory=list)  # (gpu, cpu)
     blocks_to_swap_in: list[tuple[int, int]] = field(default_factory=list)   # (cpu, gpu)
     num_preempted: int = 0
+    structured_output_request_ids: dict[str, int] = field(default_factory=dict)
+    """Structured outputs: request id -> its first row in ``grammar_bitmask``, for the
+    constrained requests that sample this step (1 row each; 1 + k with k draft tokens)."""
+    grammar_bitmask: np.ndarray | None = None
+    """[rows, ceil(vocab_size / 32)] int32: bit ``t % 32`` of word ``t // 32`` set = token t
+    allowed (structured_output.backend); None when no sampling request is constrained."""
 
     @property
     def is_empty(self) -> bool:

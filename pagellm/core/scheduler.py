@@ -6,6 +6,13 @@ then waiting ones while budget is left. There is no prefill or decode phase; a r
 has ``num_computed_tokens`` of ``num_tokens``. When blocks run out, the lowest-priority running
 request is preempted (recompute: drop its KV; swap: copy it to CPU swap space).
 
+Structured outputs (``structured_output_manager``, see ``pagellm.structured_output.manager``):
+a constrained request waits as ``WAITING_FOR_FSM`` while its grammar compiles off this loop;
+the requests behind it are admitted meanwhile. Each step's SchedulerOutput carries the token
+bitmask of the constrained requests that sample, computed here from their matchers, and
+``update_from_output`` advances the matchers over the sampled tokens; a request whose grammar
+has ended (a stop token accepted) finishes with "stop".
+
 Contract: ``schedule`` mutates requests (status, ``num_computed_tokens`` advanced by what it
 scheduled) and block tables; ``update_from_output`` appends sampled tokens and finishes
 requests. Every finished or aborted request's blocks are freed at once.
@@ -38,7 +45,7 @@ logger = logging.getLogger(__name__)
 class Scheduler:
     def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig,
                  max_model_len: int, num_blocks: int, num_swap_blocks: int = 0,
-                 max_concurrent_batches: int = 1):
+                 max_concurrent_batches: int = 1, structured_output_manager=None):
         self.config = scheduler_config
         self.max_model_len = max_model_len
         self.max_num_batched_tokens = scheduler_config.max_num_batched_tokens or 8192
@@ -60,12 +67,25 @@ class Scheduler:
         self._prev_step_time = 0.0
         self._prev_step_had_prompt = False
         self._last_prompt_latency = 0.0
+        self.structured_output_manager = structured_output_manager
+        self.waiting_for_fsm: list[Request] = []
+        """Requests whose grammar is still compiling (also in ``waiting``, never scheduled)."""
+        self._failed: list[EngineCoreOutput] = []
+        """Outputs of requests that ended before running (their grammar failed to compile),
+        returned by the next ``update_from_output``."""
 
     # ---- requests in and out ------------------------------------------------------------------
 
     def add_request(self, request: Request) -> None:
         if request.request_id in self.requests:
             raise ValueError(f"request id {request.request_id!r} is already in use")
+        if request.sampling_params.structured_outputs is not None:
+            if self.structured_output_manager is None:
+                raise ValueError("a structured outputs request needs a structured_output_manager")
+            request.structured_output = self.structured_output_manager.grammar_init(
+                request.sampling_params)
+            request.status = RequestStatus.WAITING_FOR_FSM
+            self.waiting_for_fsm.append(request)
         self.requests[request.request_id] = request
         self.waiting.append(request)
 
@@ -81,6 +101,8 @@ class Scheduler:
                 self.running.remove(request)
             else:
                 self.waiting.remove(request)
+                if request.status == RequestStatus.WAITING_FOR_FSM:
+                    self.waiting_for_fsm.remove(request)
             request.status = status
             self._free(request)
             aborted.append(request_id)
@@ -115,13 +137,45 @@ class Scheduler:
         self._prev_step_had_prompt = step.had_prompt
         finished, self.finished_req_ids = self.finished_req_ids, set()
         preempted, self.preempted_req_ids = self.preempted_req_ids - finished, set()
+        bitmask_rows, bitmask = self._grammar_bitmask(step.scheduled)
         return SchedulerOutput(
             scheduled_new_reqs=step.new_reqs, scheduled_cached_reqs=step.cached_reqs,
             num_scheduled_tokens=step.num_tokens,
             total_num_scheduled_tokens=self.max_num_batched_tokens - step.budget,
             finished_req_ids=finished, preempted_req_ids=preempted,
             blocks_to_swap_out=step.swap_out,
-            blocks_to_swap_in=step.swap_in, num_preempted=len(step.preempted))
+            blocks_to_swap_in=step.swap_in, num_preempted=len(step.preempted),
+            structured_output_request_ids=bitmask_rows, grammar_bitmask=bitmask)
+
+    def _grammar_bitmask(self, scheduled: list[Request]):
+        """(request id -> bitmask row, bitmask) for the constrained requests among
+        ``scheduled`` that sample this step (all their tokens computed); ({}, None) if none."""
+        if self.structured_output_manager is None:
+            return {}, None
+        sampling = [r for r in scheduled if r.structured_output is not None
+                    and r.num_computed_tokens == len(r.all_token_ids)]
+        if not sampling:
+            return {}, None
+        return self.structured_output_manager.grammar_bitmask(sampling)
+
+    def _promote_compiled(self) -> None:
+        """Requests whose grammar compile finished become WAITING (schedulable); those whose
+        compile failed finish with "error" (their output goes out with the next update)."""
+        still = []
+        for request in self.waiting_for_fsm:
+            if not request.structured_output.is_ready():
+                still.append(request)
+            elif request.structured_output.error is None:
+                request.status = RequestStatus.WAITING
+            else:
+                self.waiting.remove(request)
+                request.status = RequestStatus.FINISHED_ERROR
+                request.stop_reason = request.structured_output.error
+                self._free(request)
+                self._failed.append(EngineCoreOutput(
+                    request.request_id, [], finish_reason=FINISH_REASONS[request.status],
+                    stop_reason=request.stop_reason))
+        self.waiting_for_fsm = still
 
     def _micro_batch_size(self) -> int:
         """Requests one batch may take: all of them, or when pipelined an equal share of the
@@ -215,15 +269,25 @@ class Scheduler:
             "total_cumulative_preemption_cnt=%d", request.request_id, mode.upper(),
             self.num_preemptions)
 
-    def _next_waiting(self) -> Request:
+    def _next_waiting(self) -> Request | None:
+        """The waiting request to admit next (skipping those whose grammar compiles)."""
+        waiting = self.waiting
+        if self.waiting_for_fsm:
+            waiting = [r for r in waiting if r.status != RequestStatus.WAITING_FOR_FSM]
+            if not waiting:
+                return None
         if self.config.policy == "priority":
-            return min(self.waiting, key=lambda r: (r.priority, r.arrival_time))
-        return self.waiting[0]
+            return min(waiting, key=lambda r: (r.priority, r.arrival_time))
+        return waiting[0]
 
     def _schedule_waiting(self, step: "_StepState") -> None:
+        if self.waiting_for_fsm:
+            self._promote_compiled()
         while (self.waiting and step.budget > 0 and step.has_room
                and len(self.running) < self.config.max_num_seqs):
             request = self._next_waiting()
+            if request is None:
+                return
             if self.in_flight and request.request_id in self.in_flight:
                 return      # an aborted request of the same id is still in flight
             if request.status == RequestStatus.SWAPPED:
@@ -286,7 +350,8 @@ class Scheduler:
         """Append the step's sampled tokens, finish the requests they end; returns the
         outputs (new tokens, prompt logprobs, finishes). Tokens of requests aborted while the
         step ran are dropped."""
-        outputs: dict[str, EngineCoreOutput] = {}
+        outputs: dict[str, EngineCoreOutput] = {o.request_id: o for o in self._failed}
+        self._failed = []
         requests, logprobs = self.requests, runner_output.logprobs
         aborted: set[str] = set()
         if self.pipelined:      # this batch's request objects: an id may be reused after abort
@@ -302,6 +367,8 @@ class Scheduler:
             request.output_token_ids.append(token_id)
             request.all_token_ids.append(token_id)
             update_block_hashes(request)
+            if request.structured_output is not None:
+                self._accept_token(request, token_id)
             out = EngineCoreOutput(
                 request_id, [token_id], None if logprobs is None else _row(logprobs, row),
                 num_cached_tokens=request.num_cached_tokens if request.num_cached_tokens > 0 else 0,
@@ -321,8 +388,26 @@ class Scheduler:
             out.new_prompt_logprobs = prompt_logprobs
         return list(outputs.values())
 
+    @staticmethod
+    def _accept_token(request: Request, token_id: int) -> None:
+        """Advance the request's grammar over its new token. A token the grammar refuses
+        (the runner masks every other one, so this is a bug) ends the request with "error"
+        rather than let it return output that breaks its constraint."""
+        if not request.structured_output.grammar.accept_tokens([token_id]):
+            logger.error("structured outputs: request %s sampled token %d, which its grammar "
+                         "does not allow; ending it", request.request_id, token_id)
+            request.status = RequestStatus.FINISHED_ERROR
+            request.stop_reason = f"token {token_id} breaks the structured outputs grammar"
+
     def _check_stop(self, request: Request, token_id: int) -> bool:
         """Finish the request if ``token_id`` (just appended) ends it; True if it did."""
+        if request.status == RequestStatus.FINISHED_ERROR:
+            return True
+        if request.structured_output is not None and request.structured_output.grammar.is_terminated():
+            request.status = RequestStatus.FINISHED_STOPPED
+            if token_id in request.sampling_params.stop_token_ids:
+                request.stop_reason = token_id
+            return True
         params = request.sampling_params
         num_output = len(request.output_token_ids)
         if num_output >= params.min_tokens:

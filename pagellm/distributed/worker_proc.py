@@ -28,6 +28,7 @@ import sys
 import traceback
 
 import msgspec
+import numpy as np
 import torch
 import zmq
 
@@ -108,8 +109,23 @@ class WorkerFailed(msgspec.Struct, tag=True):
 
 WorkerReply = WorkerReady | NumBlocks | CacheReady | StepResult | WorkerFailed
 
-encoder = msgspec.msgpack.Encoder()
-call_decoder = msgspec.msgpack.Decoder(ExecutorCall)
+def _encode_array(obj):
+    """numpy arrays (``SchedulerOutput.grammar_bitmask``) travel as (dtype, shape, bytes)."""
+    if isinstance(obj, np.ndarray):
+        return (obj.dtype.str, list(obj.shape), np.ascontiguousarray(obj).tobytes())
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+def _decode_array(expected_type, obj):
+    """The inverse of ``_encode_array`` (read-only, backed by the message's bytes)."""
+    if expected_type is np.ndarray:
+        dtype, shape, data = obj
+        return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape)
+    raise NotImplementedError(f"cannot decode {expected_type}")
+
+
+encoder = msgspec.msgpack.Encoder(enc_hook=_encode_array)
+call_decoder = msgspec.msgpack.Decoder(ExecutorCall, dec_hook=_decode_array)
 reply_decoder = msgspec.msgpack.Decoder(WorkerReply)
 
 

@@ -48,7 +48,9 @@ class AsyncLLM:
         self.tokenizer = tokenizer
         self.input_processor = InputProcessor(tokenizer, config.model.max_model_len,
                                               client.ready.vocab_size, eos_token_ids,
-                                              config.model.max_logprobs)
+                                              config.model.max_logprobs,
+                                              config.structured_outputs.structured_outputs_backend,
+                                              config.structured_outputs.disable_any_whitespace)
         self.output_processor = OutputProcessor(tokenizer)
         # request id -> its outputs; an exception ends the generator with it, None quietly
         self._queues: dict[str, asyncio.Queue[RequestOutput | Exception | None]] = {}

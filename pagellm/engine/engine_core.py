@@ -24,6 +24,7 @@ from pagellm.core.scheduler import Scheduler
 from pagellm.core.sched_output import EngineCoreOutput, ModelRunnerOutput
 from pagellm.distributed.executor import make_executor
 from pagellm.platforms import Platform, current_platform
+from pagellm.structured_output.manager import StructuredOutputManager, make_backend
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +68,11 @@ class EngineCore:
         """(SchedulerOutput, StepFuture) of the batches in flight, oldest first."""
         self.max_batches_in_flight = 0
         """The most batches that were in flight at once (1 without pipeline parallelism)."""
+        self.structured_output_manager = make_structured_output_manager(
+            config, self.executor.vocab_size)
         self.scheduler = Scheduler(config.scheduler, config.cache, config.model.max_model_len,
-                                   num_blocks, num_swap_blocks, self.batch_queue_size)
+                                   num_blocks, num_swap_blocks, self.batch_queue_size,
+                                   self.structured_output_manager)
         self.num_blocks = num_blocks
         self.num_swap_blocks = num_swap_blocks
         self.num_steps = 0
@@ -97,6 +101,7 @@ class EngineCore:
             return self._step_with_batch_queue()
         sched = self.scheduler.schedule()
         if not self._has_work(sched):
+            self._wait_for_grammars()
             return []
         self._before_execute(sched)
         runner_output = self.executor.execute_model(sched)
@@ -118,10 +123,19 @@ class EngineCore:
             else:
                 # nothing new to run (every request is in flight): the step still counts
                 self.scheduler.update_from_output(sched, ModelRunnerOutput([], []))
+                if not queue:
+                    self._wait_for_grammars()
         if not queue:
             return []
         sched, future = queue.popleft()
         return self._after_execute(sched, future.result())
+
+    def _wait_for_grammars(self) -> None:
+        """Nothing could run: if requests wait for their grammar, block briefly on the
+        compiles instead of spinning the engine loop (new input is read within 10 ms)."""
+        if self.scheduler.waiting_for_fsm:
+            self.structured_output_manager.wait_for_compiles(self.scheduler.waiting_for_fsm,
+                                                             timeout_s=0.01)
 
     @staticmethod
     def _has_work(sched) -> bool:
@@ -167,6 +181,23 @@ class EngineCore:
 
     def shutdown(self) -> None:
         self.executor.shutdown()
+        if self.structured_output_manager is not None:
+            self.structured_output_manager.shutdown()
+
+
+def make_structured_output_manager(config: EngineConfig,
+                                   vocab_size: int) -> StructuredOutputManager | None:
+    """The grammar manager (None under skip_tokenizer_init: there is no tokenizer to compile
+    with, and the input processor refuses constrained requests). The tokenizer is loaded on
+    the first constrained request, in a compile thread."""
+    if config.model.skip_tokenizer_init:
+        return None
+    from pagellm.engine.tokenizer import load_tokenizer
+
+    tokenizer_path = config.model.tokenizer or config.model.model
+    backend = make_backend(config.structured_outputs.structured_outputs_backend,
+                           lambda: load_tokenizer(tokenizer_path), vocab_size)
+    return StructuredOutputManager(backend, vocab_size)
 
 
 def make_engine_core(config: EngineConfig, hf_config) -> EngineCore:

@@ -15,6 +15,7 @@ from pagellm.core.request import Request
 from pagellm.engine.tokenizer import check_prompt_chars
 from pagellm.errors import ClientError
 from pagellm.sampling_params import SamplingParams
+from pagellm.structured_output import validate_structured_outputs
 
 # What a prompt may be: text, token ids, or {"prompt": ...} / {"prompt_token_ids": [...]}.
 PromptType = str | list[int] | dict
@@ -28,13 +29,16 @@ class ProcessedPrompt:
 
 class InputProcessor:
     def __init__(self, tokenizer, max_model_len: int, vocab_size: int, eos_token_ids: list[int],
-                 max_logprobs: int):
+                 max_logprobs: int, structured_outputs_backend: str = "auto",
+                 disable_any_whitespace: bool = False):
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
         self.vocab_size = vocab_size
         self.eos_token_ids = frozenset(eos_token_ids)
         self.eos_token_id = eos_token_ids[0] if eos_token_ids else None
         self.max_logprobs = max_logprobs
+        self.structured_outputs_backend = structured_outputs_backend
+        self.disable_any_whitespace = disable_any_whitespace
 
     def process_prompt(self, prompt: PromptType | ProcessedPrompt) -> ProcessedPrompt:
         """Token ids (and text) of a prompt: text is tokenized here, once; a ProcessedPrompt is
@@ -123,8 +127,21 @@ class InputProcessor:
                                   f"{self.vocab_size}", param=name)
         self.check_token_ids(params.stop_token_ids, "stop_token_ids")
         self.check_token_ids(sorted(params.logit_bias or ()), "logit_bias")
+        self.check_structured_outputs(params)
         params.all_stop_token_ids = self.eos_token_ids
         return params
+
+
+    def check_structured_outputs(self, params: SamplingParams) -> None:
+        """ClientError when ``params.structured_outputs`` cannot compile (a bad schema, regex
+        or grammar, named in the message); applies the engine's disable_any_whitespace. The
+        first check of a constraint imports the
+        grammar engine and parses it (milliseconds, seconds for the import): the server calls
+        this off its event loop before ``validate``, which then finds it cached."""
+        if self.disable_any_whitespace and params.structured_outputs is not None:
+            params.structured_outputs.disable_any_whitespace = True
+        validate_structured_outputs(params, self.structured_outputs_backend,
+                                    self.tokenizer is not None)
 
 
 def child_request_id(parent_id: str, index: int) -> str:

@@ -99,7 +99,9 @@ class LLMEngine:
             self.core = InprocClient(self.engine_core)
             vocab_size = self.engine_core.executor.vocab_size
         self.input_processor = InputProcessor(self.tokenizer, config.model.max_model_len,
-                                              vocab_size, eos_ids, config.model.max_logprobs)
+                                              vocab_size, eos_ids, config.model.max_logprobs,
+                                              config.structured_outputs.structured_outputs_backend,
+                                              config.structured_outputs.disable_any_whitespace)
         self.output_processor = OutputProcessor(self.tokenizer)
         self._counter = itertools.count()
 

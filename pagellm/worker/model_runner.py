@@ -19,6 +19,7 @@ from pagellm.core.sched_output import ModelRunnerOutput, SchedulerOutput, TopLog
 from pagellm.distributed.parallel_state import get_pp_group
 from pagellm.layers.sampler import Sampler, SamplingMetadata
 from pagellm.models.utils import IntermediateTensors
+from pagellm.ops.grammar_bitmask import apply_token_bitmask_
 from pagellm.ops.sampling import compute_logprobs_topk
 from pagellm.platforms import Platform
 from pagellm.worker.input_batch import InputBatch, StepInputs
@@ -66,6 +67,8 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden[inputs.logits_indices])  # [num_samples, vocab]
         rows = inputs.rows[inputs.sample_rows]
         request_ids = [inputs.request_ids[r] for r in inputs.sample_rows]
+        if sched.grammar_bitmask is not None:
+            self._apply_grammar_bitmask(logits, request_ids, sched)
         out = self.sampler(logits, self._sampling_metadata(rows, request_ids))
         sampled = out.sampled_token_ids.tolist()                   # the step's one host copy
         self.batch.append_sampled(rows, sampled)
@@ -100,6 +103,23 @@ class ModelRunner:
             self._pending_send[0].wait()
         buffer = torch.stack([tensors.hidden_states, tensors.residual])  # [2, T, hidden]
         self._pending_send = (self.pp_group.isend_next(buffer), buffer)
+
+    def _apply_grammar_bitmask(self, logits: torch.Tensor, request_ids: list[str],
+                               sched: SchedulerOutput) -> None:
+        """Structured outputs: mask the constrained rows of ``logits`` [num_samples, vocab]
+        in place, the whole batch in one kernel call and one host-to-device copy. The
+        scheduler's bitmask rows follow its own order (``structured_output_request_ids``);
+        they are placed at the rows of ``request_ids`` (the sampling order), -1 elsewhere.
+        With speculative decoding a request will own 1 + k consecutive logits rows and
+        bitmask rows, matched the same way."""
+        first_rows = sched.structured_output_request_ids
+        bitmask = sched.grammar_bitmask                              # [rows, words] int32
+        indices = [i for i, request_id in enumerate(request_ids) if request_id in first_rows]
+        if not indices:
+            return
+        ordered = np.full((len(request_ids), bitmask.shape[1]), -1, dtype=np.int32)
+        ordered[indices] = bitmask[[first_rows[request_ids[i]] for i in indices]]
+        apply_token_bitmask_(logits, _device(ordered, self.device), indices)
 
     def _sampling_metadata(self, rows: np.ndarray, request_ids: list[str]) -> SamplingMetadata:
         batch, device = self.batch, self.device

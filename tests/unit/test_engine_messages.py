@@ -24,7 +24,7 @@ from pagellm.engine.messages import (ClientMessage, CoreMessage, EngineCoreOutpu
                                      SamplingParamsMsg, UtilityResult, client_message_decoder,
                                      core_message_decoder, encoder, output_from_msg,
                                      output_to_msg, request_from_msg, request_to_msg)
-from pagellm.sampling_params import SamplingParams
+from pagellm.sampling_params import SamplingParams, StructuredOutputsParams
 
 
 # ---- samples with every field away from its default, so a dropped field shows ---------------
@@ -57,6 +57,11 @@ def sample_value(info: msgspec.inspect.Type, default=msgspec.NODEFAULT, seed: in
         return {sample_value(info.key_type, seed=seed): sample_value(info.value_type, seed=seed)}
     if isinstance(info, mi.StructType):
         return sample_struct(info.cls, seed)
+    if isinstance(info, mi.DataclassType) and info.cls is StructuredOutputsParams:
+        # exactly one constraint may be set; the options away from their defaults
+        return StructuredOutputsParams(regex=f"s{seed}", disable_any_whitespace=True,
+                                       disable_additional_properties=True,
+                                       whitespace_pattern=" ")
     raise TypeError(f"no sample for {info}: extend sample_value")
 
 
@@ -87,7 +92,9 @@ def _params() -> SamplingParams:
                             ignore_eos=True, max_tokens=None, min_tokens=2, logprobs=3,
                             prompt_logprobs=1, detokenize=False, skip_special_tokens=False,
                             spaces_between_special_tokens=False, include_stop_str_in_output=True,
-                            logit_bias={"5": -2.5}, output_kind="delta")
+                            logit_bias={"5": -2.5}, output_kind="delta",
+                            structured_outputs=StructuredOutputsParams(
+                                json={"type": "object"}, disable_any_whitespace=True))
     params.all_stop_token_ids = {0, 2}
     return params
 
@@ -136,6 +143,8 @@ def test_request_roundtrips_into_an_equal_core_request():
     assert_fields_equal(decoded.sampling_params, request.sampling_params,
                         [f.name for f in dataclasses.fields(SamplingParams)])
     assert decoded.sampling_params.logit_bias == {5: -2.5}
+    assert decoded.sampling_params.structured_outputs == StructuredOutputsParams(
+        json={"type": "object"}, disable_any_whitespace=True)
 
 
 def test_outputs_roundtrip_into_equal_core_outputs():

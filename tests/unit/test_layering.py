@@ -21,15 +21,18 @@ ALLOWED = {
     "layers": BASE | {"ops", "platforms", "parallel_state"},
     "models": BASE | {"layers", "ops", "platforms", "parallel_state"},
     "core": BASE,
+    # grammar backends and the engine-core manager (structured outputs)
+    "structured_output": BASE,
     # the runner receives the core's typed step messages (torch-free data)
     "worker": BASE | {"models", "layers", "ops", "platforms", "core", "parallel_state"},
     "distributed": BASE | {"worker", "core", "platforms", "parallel_state", "models"},
     # engine reaches the worker only through the executor; it reads model metadata
-    "engine": BASE | {"core", "distributed", "platforms", "models"},
+    "engine": BASE | {"core", "distributed", "platforms", "models", "structured_output"},
     "metrics": BASE | {"engine", "core"},
     "bench": BASE | {"__init__", "engine"},
     "tuning": BASE | {"__init__", "engine", "bench"},
-    "entrypoints": BASE | {"__init__", "engine", "bench", "tuning", "metrics", "models"},
+    "entrypoints": BASE | {"__init__", "engine", "bench", "tuning", "metrics", "models",
+                           "structured_output"},
     "__init__": BASE | {"engine"},
     "__main__": BASE | {"entrypoints"},
 }

@@ -597,7 +597,7 @@ def test_chat_errors():
     no_tokenizer.tokenizer = None
     assert chat(no_tokenizer, messages=MESSAGES).error.code == 400
     assert chat(ScriptedEngine(), messages=MESSAGES,
-                response_format={"type": "json_object"}).error.param == "response_format"
+                response_format={"type": "xml"}).error.param == "response_format"
 
 
 def test_shapes_parse_as_the_openai_clients_types():
@@ -644,10 +644,7 @@ def test_tokenize_and_detokenize():
 
 REJECTED = {  # field: a value that asks for the feature
     "use_beam_search": True, "length_penalty": 0.5, "allowed_token_ids": [1, 2],
-    "bad_words": ["x"], "guided_json": {"type": "object"}, "guided_regex": "a+",
-    "guided_choice": ["a"], "guided_grammar": "root ::= 'a'", "guided_decoding_backend": "xgr",
-    "guided_whitespace_pattern": " ", "structured_outputs": {"json": {}},
-    "logits_processors": ["x"], "return_tokens_as_token_ids": True, "return_token_ids": True,
+    "bad_words": ["x"], "logits_processors": ["x"], "return_tokens_as_token_ids": True, "return_token_ids": True,
     "cache_salt": "s", "kv_transfer_params": {"a": 1}, "vllm_xargs": {"a": 1},
     "request_id": "mine", "prompt_embeds": "AAAA", "mm_processor_kwargs": {"a": 1},
     "documents": [{"text": "d"}], "reasoning_effort": "high", "web_search_options": {},
@@ -685,7 +682,6 @@ def test_known_unbuilt_fields_are_a_400_naming_them(field):
     ({"truncate_prompt_tokens": 4}, "truncate_prompt_tokens"),
     ({"stream": True, "stream_options": {"include_usage": True,
                                          "continuous_usage_stats": True}}, "stream_options"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
 ])
 def test_chat_fields_built_for_completions_only_are_rejected_on_chat(fields, param):
     result = chat(ScriptedEngine(), messages=MESSAGES, **fields)
@@ -753,16 +749,13 @@ def test_completion_continuous_usage_stats_in_every_chunk():
     assert all(event["usage"] is None for event in plain[:-2])
 
 
-def test_response_format_messages_show_single_braces():
-    """PydanticCustomError only fills {names} from its context: a literal brace stays as
-    written, so an escaped "{{" would reach the client doubled."""
-    with pytest.raises(ValidationError) as info:
-        CompletionRequest(prompt="p", response_format={"type": "json_object"})
-    assert error_from_validation(info.value.errors()).error.message == (
-        "response_format is not supported yet on completions (only {'type': 'text'})")
-    result = chat(ScriptedEngine(), messages=MESSAGES, response_format={"type": "json_object"})
-    assert result.error.message == ("response_format is not supported yet beyond "
-                                    "{'type': 'text'} (structured outputs)")
+def test_unknown_response_format_type_is_a_400_listing_the_types():
+    expected = ("response_format.type must be one of ['text', 'json_object', 'json_schema', "
+                "'structural_tag'], got 'xml'")
+    result = chat(ScriptedEngine(), messages=MESSAGES, response_format={"type": "xml"})
+    assert (result.error.code, result.error.message) == (400, expected)
+    result = complete(ScriptedEngine(), prompt="p", response_format={"type": "xml"})
+    assert (result.error.code, result.error.param) == (400, "response_format")
 
 
 def test_tokenize_refuses_prompt_and_messages_together():

@@ -29,8 +29,9 @@ from pagellm.entrypoints.openai.protocol_tools import (ChatCompletionToolsParam,
                                                        resolve_tool_choice,
                                                        template_tool_calls, tool_json_schema)
 from pagellm.entrypoints.openai.request_base import OpenAIBaseModel, OpenAIRequest
+from pagellm.entrypoints.openai.structured_outputs import structured_outputs_of
 from pagellm.errors import ClientError, NotSupportedError
-from pagellm.sampling_params import SamplingParams
+from pagellm.sampling_params import SamplingParams, StructuredOutputsParams
 
 MAX_N = 128
 MAX_PROMPTS = 64
@@ -94,13 +95,14 @@ class _SamplingRequest(OpenAIRequest):
     length_penalty: Any = None
     allowed_token_ids: Any = None
     bad_words: Any = None
-    guided_json: Any = None
-    guided_regex: Any = None
-    guided_choice: Any = None
-    guided_grammar: Any = None
-    guided_decoding_backend: Any = None
-    guided_whitespace_pattern: Any = None
-    structured_outputs: Any = None
+    # Structured outputs (read by structured_outputs.structured_outputs_of).
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_decoding_backend: str | None = None
+    guided_whitespace_pattern: str | None = None
     logits_processors: Any = None
     return_tokens_as_token_ids: Any = None
     return_token_ids: Any = None
@@ -142,7 +144,8 @@ class _SamplingRequest(OpenAIRequest):
             skip_special_tokens=self.skip_special_tokens,
             spaces_between_special_tokens=self.spaces_between_special_tokens,
             include_stop_str_in_output=self.include_stop_str_in_output,
-            logit_bias=self.logit_bias, output_kind="delta", **optional)
+            logit_bias=self.logit_bias, structured_outputs=structured_outputs_of(self),
+            output_kind="delta", **optional)
 
 
 def _default_max_tokens(requested: int | None, default: int | None, max_model_len: int,
@@ -223,14 +226,6 @@ class CompletionRequest(_SamplingRequest):
     @classmethod
     def _check_prompt_shape(cls, prompt):
         return _check_prompt(prompt)
-
-    @field_validator("response_format")
-    @classmethod
-    def _check_response_format(cls, value):
-        if value is not None and not (isinstance(value, dict) and value.get("type") == "text"):
-            raise PydanticCustomError("not_supported", "response_format is not supported yet "
-                                      "on completions (only {'type': 'text'})")
-        return value
 
     def prompts(self) -> list[str | list[int]]:
         """The prompts as a list (text or token ids each); ClientError for a too long batch
@@ -369,10 +364,6 @@ class ChatCompletionRequest(_SamplingRequest):
         """ClientError for OpenAI features this server does not implement, and for
         combinations that contradict each other."""
         self.effective_tool_choice()
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise NotSupportedError("response_format is not supported yet beyond "
-                                    "{'type': 'text'} (structured outputs)",
-                                    param="response_format")
         if self.top_logprobs and not self.logprobs:
             raise ClientError("top_logprobs needs logprobs=true", param="top_logprobs")
         if self.add_special_tokens:
@@ -413,7 +404,6 @@ class ChatCompletionRequest(_SamplingRequest):
         schema = tool_json_schema(self.tools, self.effective_tool_choice(),
                                   self.parallel_tool_calls)
         if schema is not None:     # "required" or a named function: the output must match
-            from pagellm.sampling_params import StructuredOutputsParams
             params.structured_outputs = StructuredOutputsParams(json=schema)
         return params
 

@@ -95,6 +95,7 @@ class OpenAIServingChat(OpenAIServing):
             options = self.output_options(request, prompt_text)
             params = request.to_sampling_params(self.max_model_len, len(token_ids),
                                                 self.max_logprobs)
+            await self.check_structured_outputs([params])
         except Exception as error:
             return self.error_body(error, request_id)
         states = new_prompt_states([(None, token_ids)], request.n)

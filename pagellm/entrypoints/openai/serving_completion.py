@@ -39,6 +39,7 @@ class OpenAIServingCompletion(OpenAIServing):
             params = [request.to_sampling_params(self.max_model_len, len(token_ids),
                                                  detokenize=self.tokenizer is not None)
                       for _, token_ids in prompts]
+            await self.check_structured_outputs(params[:1])   # the same constraint for all
             if request.echo and self.tokenizer is None:
                 raise ClientError("echo needs a tokenizer; this server runs without one",
                                   param="echo")

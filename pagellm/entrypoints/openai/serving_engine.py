@@ -194,6 +194,14 @@ class OpenAIServing:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.tokenizer_pool, functools.partial(function, *args))
 
+    async def check_structured_outputs(self, params: list[SamplingParams]) -> None:
+        """ClientError (a 400 naming the problem) when a constraint cannot compile, checked on
+        the tokenizer pool: the grammar engine's first import takes seconds."""
+        input_processor = getattr(self.engine, "input_processor", None)
+        for one in params:
+            if one.structured_outputs is not None and input_processor is not None:
+                await self.off_loop(input_processor.check_structured_outputs, one)
+
     def tokenize_prompt(self, prompt: str | list[int], add_special_tokens: bool = True,
                         check_length: bool = True) -> list[int]:
         """Token ids of a text or token-id prompt; ClientError for an empty prompt or text

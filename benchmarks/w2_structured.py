@@ -1,0 +1,114 @@
+"""The cost of structured outputs: W2-like offline throughput with half the requests under a
+JSON schema vs none constrained (target: <= 10% slower), and the compile time of a large
+schema (runs on CPU too).
+
+GPU (one H200, Qwen3-0.6B as W2; any local model directory works):
+    PYTHONPATH=. python benchmarks/w2_structured.py --model /models/Qwen3-0.6B --num-prompts 256
+Compile time only (CPU is fine; the default model's tokenizer):
+    PYTHONPATH=. python benchmarks/w2_structured.py --compile-only
+
+W2: 256 requests, input and output lengths uniform in [100, 1024] (seed 0). Constrained
+requests ask for the JSON schema below with ignore_eos off; to keep the token counts equal
+the schema's array is long enough that max_tokens ends them ("length"), so both runs decode
+the same number of tokens and the difference is the masking cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+
+SCHEMA = {"type": "object", "properties": {
+    "items": {"type": "array", "items": {"type": "object", "properties": {
+        "id": {"type": "integer", "minimum": 0, "maximum": 100000},
+        "label": {"type": "string", "pattern": "^[a-z ]{1,40}$"},
+        "score": {"type": "number"},
+        "kind": {"enum": ["alpha", "beta", "gamma"]}},
+        "required": ["id", "label", "score", "kind"]}}},
+    "required": ["items"]}
+
+
+def large_schema(num_properties: int = 300) -> dict:
+    """An object with ``num_properties`` typed, required properties (nested every tenth)."""
+    kinds = [{"type": "integer", "minimum": -5, "maximum": 500}, {"type": "string"},
+             {"enum": ["a", "b", "c", "d"]}, {"type": "array", "items": {"type": "number"}},
+             {"type": "boolean"}]
+    properties = {}
+    for index in range(num_properties):
+        schema = kinds[index % len(kinds)]
+        if index % 10 == 9:
+            schema = {"type": "object", "properties": {"x": kinds[0], "y": kinds[1]},
+                      "required": ["x", "y"]}
+        properties[f"field_{index}"] = schema
+    return {"type": "object", "properties": properties, "required": list(properties)}
+
+
+def compile_time(model: str) -> None:
+    """Seconds to validate (API side) and compile (engine side, with the tokenizer) the
+    large schema, cold and cached."""
+    from pagellm.engine.llm_engine import resolve_config
+    from pagellm.engine.tokenizer import load_tokenizer
+    from pagellm.sampling_params import StructuredOutputsParams
+    from pagellm.structured_output.xgrammar_backend import XgrammarBackend
+
+    config, hf_config = resolve_config(model=model)
+    tokenizer = load_tokenizer(config.model.tokenizer)
+    backend = XgrammarBackend(lambda: tokenizer, hf_config.vocab_size)
+    backend.compile(StructuredOutputsParams(regex="warm"))      # TokenizerInfo once
+    params = StructuredOutputsParams(json=large_schema())
+    start = time.perf_counter()
+    backend.validate(params)
+    validate_s = time.perf_counter() - start
+    start = time.perf_counter()
+    backend.compile(params)
+    cold_s = time.perf_counter() - start
+    start = time.perf_counter()
+    backend.compile(params)
+    cached_s = time.perf_counter() - start
+    print(json.dumps({"schema_bytes": len(json.dumps(params.json)), "validate_s": validate_s,
+                      "compile_cold_s": cold_s, "compile_cached_s": cached_s}))
+
+
+def throughput(model: str, num_prompts: int, fraction: float) -> float:
+    from pagellm import LLM, SamplingParams
+    from pagellm.sampling_params import StructuredOutputsParams
+
+    rng = random.Random(0)
+    llm = LLM(model, max_model_len=4096)
+    vocab = llm.get_tokenizer().vocab_size
+    prompts, params = [], []
+    for index in range(num_prompts):
+        prompts.append({"prompt_token_ids": [rng.randrange(100, vocab - 1)
+                                             for _ in range(rng.randint(100, 1024))]})
+        constrained = index < num_prompts * fraction
+        params.append(SamplingParams(
+            temperature=1.0, seed=index, max_tokens=rng.randint(100, 1024),
+            ignore_eos=not constrained,
+            structured_outputs=StructuredOutputsParams(json=SCHEMA) if constrained else None))
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    elapsed = time.perf_counter() - start
+    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    print(json.dumps({"constrained_fraction": fraction, "output_tokens": tokens,
+                      "seconds": elapsed, "output_tokens_per_s": tokens / elapsed}))
+    return tokens / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--num-prompts", type=int, default=256)
+    parser.add_argument("--compile-only", action="store_true")
+    args = parser.parse_args()
+    compile_time(args.model)
+    if args.compile_only:
+        return
+    free = throughput(args.model, args.num_prompts, 0.0)
+    half = throughput(args.model, args.num_prompts, 0.5)
+    print(json.dumps({"slowdown": 1 - half / free}))
+
+
+if __name__ == "__main__":
+    main()
