@@ -22,7 +22,7 @@ from tests.helpers.server import running_server
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Get the current weather of a city",
     "parameters": {"type": "object", "properties": {
-        "city": {"type": "string", "maxLength": 20},
+        "city": {"type": "string", "pattern": "^[A-Za-z ]{1,20}$"},
         "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
         "required": ["city", "unit"], "additionalProperties": False}}}
 TIME = {"type": "function", "function": {
@@ -123,7 +123,7 @@ def test_langchain_bind_tools_forcing_a_call(server):
     class get_weather(BaseModel):  # noqa: N801 (the tool's name)
         """Get the current weather of a city."""
 
-        city: str = Field(max_length=20, description="the city")
+        city: str = Field(pattern="^[A-Za-z ]{1,20}$", description="the city")
 
     model = ChatOpenAI(base_url=server + "/v1", api_key="none", model="tiny", temperature=0,
                        max_tokens=60, max_retries=0)
@@ -132,6 +132,21 @@ def test_langchain_bind_tools_forcing_a_call(server):
     assert [call["name"] for call in message.tool_calls] == ["get_weather"]
     assert isinstance(message.tool_calls[0]["args"]["city"], str)
     assert not message.invalid_tool_calls
+
+
+def test_langchain_with_structured_output_by_function_calling(server):
+    """LangChain's function_calling method is a named tool choice. Needs structured outputs."""
+    from langchain_openai import ChatOpenAI
+    from pydantic import BaseModel, Field
+
+    class City(BaseModel):
+        name: str = Field(pattern="^[A-Za-z ]{1,20}$")
+
+    model = ChatOpenAI(base_url=server + "/v1", api_key="none", model="tiny", temperature=0,
+                       max_tokens=60, max_retries=0)
+    city = model.with_structured_output(City, method="function_calling").invoke(
+        "Name the capital of France.")
+    assert isinstance(city, City) and city.name
 
 
 def test_auto_tool_choice_needs_a_parser_at_startup():
