@@ -37,12 +37,14 @@ DEFAULT_LIMITS = TemplateLimits()
 
 def render_chat(template: str, messages: list[dict], *, add_generation_prompt: bool = True,
                 continue_final_message: bool = False, special_tokens: dict | None = None,
-                template_kwargs: dict | None = None,
+                template_kwargs: dict | None = None, tools: list[dict] | None = None,
                 limits: TemplateLimits = DEFAULT_LIMITS) -> str:
     """The prompt text of ``messages`` (dicts with string content) under ``template``.
 
     ``special_tokens``: the tokenizer's ``special_tokens_map``; ``template_kwargs``: extra
-    variables (plain JSON data), which override the special tokens. Raises ``ClientError`` when
+    variables (plain JSON data), which override the special tokens; ``tools``: the tools'
+    JSON schemas (``{"type": "function", "function": {...}}`` each, as transformers passes
+    them; a template that does not mention ``tools`` renders without them). Raises ``ClientError`` when
     the template fails, passes a bound of ``limits``, or (``continue_final_message``) the final
     message is not an assistant message or does not survive rendering.
     """
@@ -58,7 +60,7 @@ def render_chat(template: str, messages: list[dict], *, add_generation_prompt: b
     if continue_final_message:
         final_content = _tag_final_message(template, conversation)
     context = {**(special_tokens or {}), **(template_kwargs or {}), "messages": conversation,
-               "tools": None, "documents": None, "add_generation_prompt": add_generation_prompt}
+               "tools": tools, "documents": None, "add_generation_prompt": add_generation_prompt}
     try:
         text = render_bounded(lambda: _compiled(template, limits), context, limits)
     except TemplateLimitError as error:

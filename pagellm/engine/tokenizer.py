@@ -133,7 +133,7 @@ def config_eos_token_ids(hf_config) -> list[int]:
 
 def render_chat_template(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = True,
                          chat_template: str | None = None, continue_final_message: bool = False,
-                         **template_kwargs) -> str:
+                         tools: list[dict] | None = None, **template_kwargs) -> str:
     """The prompt text for ``messages`` (OpenAI chat format) under the chat template.
 
     ``chat_template`` overrides the tokenizer's own (from tokenizer_config.json, chat_template
@@ -142,7 +142,7 @@ def render_chat_template(tokenizer: Any, messages: list[dict], add_generation_pr
     bounded sandbox of ``pagellm.engine.chat_template`` (same text as transformers'
     ``apply_chat_template``), so this blocks for up to its time bound: call it off the event
     loop. ``continue_final_message``: the prompt ends inside the final assistant message (see
-    ``chat_template.render_chat``). Raises ``ClientError`` for malformed messages, a model
+    ``chat_template.render_chat``); ``tools``: passed to the template as ``tools``. Raises ``ClientError`` for malformed messages, a model
     without a template, or a template that fails, rejects the messages or passes a bound.
     """
     template = chat_template or getattr(tokenizer, "chat_template", None)
@@ -158,7 +158,8 @@ def render_chat_template(tokenizer: Any, messages: list[dict], add_generation_pr
         raise ClientError("messages must not be empty", param="messages")
     return render_chat(template, conversation, add_generation_prompt=add_generation_prompt,
                        continue_final_message=continue_final_message,
-                       special_tokens=_special_tokens(tokenizer), template_kwargs=template_kwargs)
+                       special_tokens=_special_tokens(tokenizer), template_kwargs=template_kwargs,
+                       tools=tools)
 
 
 def _special_tokens(tokenizer: Any) -> dict[str, Any]:

@@ -24,6 +24,8 @@ ALLOWED = {
     "core": BASE,
     # grammar backends and the engine-core manager (structured outputs)
     "structured_output": BASE,
+    # reasoning parsers: text in, text out (the chat API's reasoning_content)
+    "reasoning": BASE,
     # the runner receives the core's typed step messages (torch-free data)
     "worker": BASE | {"models", "layers", "ops", "platforms", "core", "parallel_state"},
     "distributed": BASE | {"worker", "core", "platforms", "parallel_state", "models"},
@@ -33,7 +35,7 @@ ALLOWED = {
     "bench": BASE | {"__init__", "engine"},
     "tuning": BASE | {"__init__", "engine", "bench"},
     "entrypoints": BASE | {"__init__", "engine", "bench", "tuning", "metrics", "models",
-                           "structured_output"},
+                           "structured_output", "reasoning"},
     "__init__": BASE | {"engine"},
     "__main__": BASE | {"entrypoints"},
 }

@@ -2,7 +2,8 @@
 
 Every engine argument is a flag (generated from the config dataclasses), plus the server's
 own: --host, --port, --api-key (or PAGELLM_API_KEY), --chat-template,
---trust-request-chat-template, --disable-log-requests, --disable-log-stats, --drain-timeout.
+--trust-request-chat-template, --enable-auto-tool-choice, --tool-call-parser,
+--reasoning-parser, --disable-log-requests, --disable-log-stats, --drain-timeout.
 Exit status: 0 after a clean shutdown, 1 when the engine core died, 2 for a bad option (a port
 out of range, a busy port or an unknown host is found before the model loads: the socket is
 bound first; the server listens once the model is ready).
@@ -52,6 +53,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
                         help="accept a chat_template sent in a request (chat and /tokenize); "
                              "without it such requests get a 400. Every template renders in a "
                              "Jinja sandbox with time, memory and size bounds either way")
+    add_chat_parser_args(server)
     server.add_argument("--disable-log-requests", action="store_true", help="no per-request log line")
     server.add_argument("--disable-log-stats", action="store_true", help="no periodic stats log line")
     server.add_argument("--drain-timeout", type=float, default=30.0,
@@ -59,6 +61,29 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     server.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024,
                         help="largest request body accepted")
     add_engine_args(parser)
+
+
+def add_chat_parser_args(group) -> None:
+    """vLLM's tool-calling and reasoning flags (the parsers' names are their registries')."""
+    from pagellm.entrypoints.openai.tool_parsers import ToolParserManager
+    from pagellm.reasoning import ReasoningParserManager
+
+    group.add_argument("--enable-auto-tool-choice", action="store_true",
+                       help="let tool_choice 'auto' (the default when a request sends tools) "
+                            "parse tool calls out of the model's text; needs --tool-call-parser")
+    group.add_argument("--tool-call-parser", default=None,
+                       choices=sorted(ToolParserManager.tool_parsers),
+                       help="the model's tool call format (qwen2_5 and qwen3 are hermes)")
+    group.add_argument("--reasoning-parser", default=None,
+                       choices=sorted(ReasoningParserManager.reasoning_parsers),
+                       help="split <think> reasoning into reasoning_content / reasoning")
+
+
+def check_chat_parser_args(args: argparse.Namespace) -> None:
+    """ClientError for --enable-auto-tool-choice without --tool-call-parser (vLLM's rule)."""
+    if args.enable_auto_tool_choice and not args.tool_call_parser:
+        raise ClientError("--enable-auto-tool-choice requires --tool-call-parser",
+                          param="tool_call_parser")
 
 
 def port_number(text: str) -> int:
@@ -102,6 +127,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def main(args: argparse.Namespace) -> int:
+    check_chat_parser_args(args)
     sock = bind_socket(args.host, args.port)     # before the model loads: fail fast
     try:
         return asyncio.run(run_server(args, sock))
@@ -130,7 +156,10 @@ async def run_server(args: argparse.Namespace, sock: socket.socket | None = None
     settings = ServerSettings(api_key=args.api_key, max_body_bytes=args.max_body_bytes,
                               max_num_queued_requests=engine.config.scheduler.max_num_queued_requests,
                               disable_log_requests=args.disable_log_requests,
-                              trust_request_chat_template=args.trust_request_chat_template)
+                              trust_request_chat_template=args.trust_request_chat_template,
+                              enable_auto_tool_choice=args.enable_auto_tool_choice,
+                              tool_call_parser=args.tool_call_parser,
+                              reasoning_parser=args.reasoning_parser)
     app = build_app(engine, settings, _chat_template(args.chat_template))
     # log_config=None: uvicorn's loggers go through pagellm's format (logger.init_logging);
     # access_log=False: the app's own access log line carries the request id and latency.

@@ -42,6 +42,8 @@ from pagellm.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagellm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagellm.entrypoints.openai.serving_engine import make_tokenizer_pool
 from pagellm.entrypoints.openai.serving_tokenization import OpenAIServingTokenization
+from pagellm.entrypoints.openai.tool_parsers import ToolParserManager
+from pagellm.reasoning import ReasoningParserManager
 from pagellm.metrics.prometheus import CONTENT_TYPE, PrometheusMetrics, cache_config_labels
 
 logger = logging.getLogger("pagellm.server")
@@ -64,6 +66,12 @@ class ServerSettings:
     trust_request_chat_template: bool = False
     """Let requests send their own chat_template (vLLM's --trust-request-chat-template); it
     still renders in the bounded sandbox."""
+    enable_auto_tool_choice: bool = False
+    """tool_choice 'auto' parses tool calls out of the text (with tool_call_parser)."""
+    tool_call_parser: str | None = None
+    """A ``ToolParserManager`` name (--tool-call-parser)."""
+    reasoning_parser: str | None = None
+    """A ``ReasoningParserManager`` name (--reasoning-parser)."""
 
 
 class _Guard:
@@ -219,6 +227,7 @@ def build_app(engine, settings: ServerSettings, chat_template: str | None = None
     if chat_template is not None:
         chat.chat_template = tokenization.chat_template = chat_template
     chat.trust_request_chat_template = settings.trust_request_chat_template
+    _set_chat_parsers(chat, settings)
     tokenization.trust_request_chat_template = settings.trust_request_chat_template
     app.state.engine, app.state.metrics, app.state.draining = engine, metrics, False
     app.state.drain_task = None             # set by the server's shutdown signal handler
@@ -316,6 +325,17 @@ def build_app(engine, settings: ServerSettings, chat_template: str | None = None
         return _result(result)
 
     return app
+
+
+def _set_chat_parsers(chat: OpenAIServingChat, settings: ServerSettings) -> None:
+    """The tool-call and reasoning parsers named by ``settings`` (KeyError naming the choices
+    for an unknown name)."""
+    chat.enable_auto_tools = settings.enable_auto_tool_choice
+    if settings.tool_call_parser is not None:
+        chat.tool_parser = ToolParserManager.get_tool_parser(settings.tool_call_parser)
+    if settings.reasoning_parser is not None:
+        chat.reasoning_parser = ReasoningParserManager.get_reasoning_parser(
+            settings.reasoning_parser)
 
 
 def _blame_dead_engine(engine, error: ErrorResponse) -> ErrorResponse:

@@ -24,10 +24,14 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import ConfigDict, Discriminator, Field, StrictInt, Tag, field_validator
 from pydantic_core import PydanticCustomError
 
+from pagellm.entrypoints.openai.protocol_tools import (ChatCompletionToolsParam, DeltaToolCall,
+                                                       ToolCall, ToolCallParam, ToolChoice,
+                                                       resolve_tool_choice,
+                                                       template_tool_calls, tool_json_schema)
 from pagellm.entrypoints.openai.request_base import OpenAIBaseModel, OpenAIRequest
 from pagellm.entrypoints.openai.structured_outputs import structured_outputs_of
 from pagellm.errors import ClientError, NotSupportedError
-from pagellm.sampling_params import SamplingParams
+from pagellm.sampling_params import SamplingParams, StructuredOutputsParams
 
 MAX_N = 128
 MAX_PROMPTS = 64
@@ -39,6 +43,7 @@ MAX_LOGIT_BIAS_ENTRIES = 1024
 MAX_TOP_LOGPROBS = 20
 """OpenAI's documented range of top_logprobs is 0..20 (the engine's max_logprobs may be lower)."""
 MAX_MESSAGES = 4096
+MAX_TOOLS = 512
 MAX_INT32 = 2**31 - 1
 COMPLETION_DEFAULT_MAX_TOKENS = 16
 """OpenAI's default max_tokens for /v1/completions (chat has none: up to the context length)."""
@@ -266,12 +271,43 @@ class CompletionRequest(_SamplingRequest):
 
 
 class ChatMessageParam(OpenAIRequest):
-    """One message of a conversation; extra keys (tool_calls, ...) go to the chat template."""
+    """One message of a conversation; extra keys (reasoning_content, ...) go to the chat
+    template. Only assistant messages carry ``tool_calls``; ``tool`` messages answer one by its
+    ``tool_call_id``."""
 
     model_config = ConfigDict(extra="allow")
     role: str = Field(max_length=64)
     content: str | list[dict[str, Any]] | None = None
     name: str | None = Field(None, max_length=256)
+    tool_calls: list[ToolCallParam] | None = Field(None, max_length=MAX_N * 8)
+    tool_call_id: str | None = Field(None, max_length=256)
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _tool_calls_from_assistant(cls, value, info):
+        if value is not None and info.data.get("role") != "assistant":
+            raise PydanticCustomError("tool_calls_role", "only assistant messages carry "
+                                      "tool_calls")
+        return value
+
+    @field_validator("tool_call_id")
+    @classmethod
+    def _tool_call_id_of_tool(cls, value, info):
+        if value is not None and info.data.get("role") != "tool":
+            raise PydanticCustomError("tool_call_id_role", "only tool messages carry a "
+                                      "tool_call_id")
+        return value
+
+    def template_dict(self, index: int) -> dict:
+        """The message as the chat template takes it (tool call arguments as dicts)."""
+        message = self.model_dump(exclude_none=True)
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ClientError(f"messages[{index}] has role 'tool' but no tool_call_id (the id "
+                              "of the call it answers)", param="messages")
+        if "tool_calls" in message:
+            message["tool_calls"] = template_tool_calls(message["tool_calls"],
+                                                        f"messages[{index}].tool_calls")
+        return message
 
 
 class ChatCompletionRequest(_SamplingRequest):
@@ -290,17 +326,20 @@ class ChatCompletionRequest(_SamplingRequest):
     extension); needs add_generation_prompt=false."""
     chat_template: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
     chat_template_kwargs: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[ChatCompletionToolsParam] | None = Field(None, max_length=MAX_TOOLS)
+    """Functions the model may call, rendered by the chat template (``tools=``)."""
+    tool_choice: ToolChoice | None = None
+    """none, auto (the default with tools: needs --enable-auto-tool-choice), required, or a
+    named function; see protocol_tools."""
     response_format: dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
-    """Only shapes tool calls, which are refused without tool_choice='none': no effect."""
+    """False: at most one tool call (later ones are dropped; "required" allows one item)."""
     add_special_tokens: bool = False
     """vLLM's default: the chat template already holds the special tokens."""
     prompt_logprobs: int | None = None
     truncate_prompt_tokens: int | None = None
     include_reasoning: bool = True
-    """No reasoning parser runs, so there is never separate reasoning content: no effect."""
+    """With --reasoning-parser: false drops the reasoning from the response."""
     metadata: dict[str, Any] | None = Field(None, max_length=16)
     """OpenAI tags stored completions with it; nothing is stored (store=true is refused)."""
     prediction: dict[str, Any] | None = None
@@ -324,9 +363,7 @@ class ChatCompletionRequest(_SamplingRequest):
     def check_supported(self) -> None:
         """ClientError for OpenAI features this server does not implement, and for
         combinations that contradict each other."""
-        if self.tools and self.tool_choice != "none":
-            raise NotSupportedError("tools are not supported yet (tool calling); send "
-                                    "tool_choice='none' or no tools", param="tools")
+        self.effective_tool_choice()
         if self.top_logprobs and not self.logprobs:
             raise ClientError("top_logprobs needs logprobs=true", param="top_logprobs")
         if self.add_special_tokens:
@@ -341,7 +378,17 @@ class ChatCompletionRequest(_SamplingRequest):
                                     "on chat (it is on /v1/completions)", param="stream_options")
 
     def message_dicts(self) -> list[dict]:
-        return [message.model_dump(exclude_none=True) for message in self.messages]
+        return [message.template_dict(index) for index, message in enumerate(self.messages)]
+
+    def effective_tool_choice(self) -> str | Any:
+        """'none', 'auto', 'required' or the named choice (``resolve_tool_choice``)."""
+        return resolve_tool_choice(self.tools, self.tool_choice,
+                                   "tool_choice" in self.model_fields_set)
+
+    def tool_dicts(self) -> list[dict] | None:
+        """The tools as the chat template takes them (transformers' ``tools=``)."""
+        return None if not self.tools else [tool.model_dump(exclude_none=True)
+                                            for tool in self.tools]
 
     def to_sampling_params(self, max_model_len: int, prompt_len: int,
                            max_logprobs: int | None = None) -> SamplingParams:
@@ -353,7 +400,12 @@ class ChatCompletionRequest(_SamplingRequest):
             max_tokens = self.max_completion_tokens
         else:
             max_tokens = self.max_tokens
-        return self._sampling_params(max_tokens, logprobs, None, detokenize=True)
+        params = self._sampling_params(max_tokens, logprobs, None, detokenize=True)
+        schema = tool_json_schema(self.tools, self.effective_tool_choice(),
+                                  self.parallel_tool_calls)
+        if schema is not None:     # "required" or a named function: the output must match
+            params.structured_outputs = StructuredOutputsParams(json=schema)
+        return params
 
 
 # ---- responses ----------------------------------------------------------------------------
@@ -424,11 +476,19 @@ class ChatCompletionLogProbs(OpenAIBaseModel):
 class ChatMessage(OpenAIBaseModel):
     role: str
     content: str | None = None
+    reasoning_content: str | None = None
+    """With --reasoning-parser: the model's reasoning, apart from the content."""
+    reasoning: str | None = None
+    """The same reasoning under vLLM's newer name."""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
 
 
 class DeltaMessage(OpenAIBaseModel):
     role: str | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatCompletionResponseChoice(OpenAIBaseModel):

@@ -1,7 +1,8 @@
-"""POST /v1/chat/completions: messages rendered by the model's chat template, then generated
-like a completion; the reply comes back as a ChatCompletionResponse, or as server-sent
-``chat.completion.chunk`` events (the role first, then content deltas, the usage chunk when
-asked for, ``data: [DONE]``), or as an ErrorResponse (HTTP status in ``error.code``).
+"""POST /v1/chat/completions: messages (and tools) rendered by the model's chat template, then
+generated like a completion; the reply comes back as a ChatCompletionResponse, or as server-sent
+``chat.completion.chunk`` events (the role first, then content / reasoning / tool call deltas,
+the usage chunk when asked for, ``data: [DONE]``), or as an ErrorResponse (HTTP status in
+``error.code``). Reasoning and tool calls are parsed out of the text by ``chat_output``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 
 from pagellm.engine.tokenizer import check_prompt_chars, render_chat_template
+from pagellm.entrypoints.openai.chat_output import ChatOutputOptions, ChatOutputParser
 from pagellm.entrypoints.openai.errors import check_model, sse_event
 from pagellm.entrypoints.openai.protocol import (ChatCompletionLogProbs, ChatCompletionRequest,
                                                  ChatCompletionResponse,
@@ -19,8 +21,10 @@ from pagellm.entrypoints.openai.protocol import (ChatCompletionLogProbs, ChatCom
                                                  DeltaMessage, ErrorResponse)
 from pagellm.entrypoints.openai.serving_engine import (OpenAIServing, PromptState, chain_first,
                                                        check_template_request, new_prompt_states)
+from pagellm.entrypoints.openai.tool_parsers import ToolParser
 from pagellm.errors import ClientError
 from pagellm.outputs import CompletionOutput, RequestOutput
+from pagellm.reasoning import ReasoningParser
 
 _CHUNK = "chat.completion.chunk"
 
@@ -32,10 +36,21 @@ class OpenAIServingChat(OpenAIServing):
     """The server's --chat-template; a request's own chat_template wins."""
     trust_request_chat_template: bool = False
     """--trust-request-chat-template: a request may send its own chat_template."""
+    enable_auto_tools: bool = False
+    """--enable-auto-tool-choice: tool_choice 'auto' parses tool calls out of the text."""
+    tool_parser: type[ToolParser] | None = None
+    """--tool-call-parser's class."""
+    reasoning_parser: type[ReasoningParser] | None = None
+    """--reasoning-parser's class."""
 
     def render_prompt(self, request: ChatCompletionRequest) -> list[int]:
-        """The prompt token ids of the conversation (run off the event loop); ClientError when
-        it cannot be rendered, or its text certainly has more than max_model_len tokens."""
+        """The prompt token ids of the conversation (run off the event loop)."""
+        return self.render_chat(request)[1]
+
+    def render_chat(self, request: ChatCompletionRequest) -> tuple[str, list[int]]:
+        """The prompt text and token ids of the conversation (run off the event loop);
+        ClientError when it cannot be rendered, or its text certainly has more than
+        max_model_len tokens."""
         if self.tokenizer is None:
             raise ClientError("chat needs a tokenizer; this server runs without one (use "
                               "/v1/completions with token ids)", param="messages")
@@ -45,9 +60,28 @@ class OpenAIServingChat(OpenAIServing):
                                     add_generation_prompt=request.add_generation_prompt,
                                     chat_template=request.chat_template or self.chat_template,
                                     continue_final_message=request.continue_final_message,
-                                    **kwargs)
+                                    tools=request.tool_dicts(), **kwargs)
         check_prompt_chars(self.tokenizer, text, self.max_model_len, param="messages")
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return text, self.tokenizer.encode(text, add_special_tokens=False)
+
+    def output_options(self, request: ChatCompletionRequest, prompt_text: str
+                       ) -> ChatOutputOptions:
+        """How the request's choices are parsed. ClientError for tool_choice 'auto' on a server
+        without --enable-auto-tool-choice and --tool-call-parser (vLLM's rule). The tool
+        parser may need special tokens kept in the text (``request`` is changed then)."""
+        tool_choice = request.effective_tool_choice()
+        if tool_choice == "auto":
+            if not (self.enable_auto_tools and self.tool_parser is not None):
+                raise ClientError('"auto" tool choice requires --enable-auto-tool-choice and '
+                                  "--tool-call-parser to be set", param="tool_choice")
+            if not self.tool_parser.skip_special_tokens:
+                request.skip_special_tokens = False
+        return ChatOutputOptions(
+            tool_choice=tool_choice, tool_parser=self.tool_parser,
+            reasoning_parser=self.reasoning_parser, prompt_text=prompt_text,
+            chat_template_kwargs=request.chat_template_kwargs or {},
+            include_reasoning=request.include_reasoning,
+            parallel_tool_calls=request.parallel_tool_calls)
 
     async def create_chat_completion(
             self, request: ChatCompletionRequest, request_id: str | None = None
@@ -57,7 +91,8 @@ class OpenAIServingChat(OpenAIServing):
         try:
             check_model(request.model, self.served_model_name)
             request.check_supported()
-            token_ids = await self.off_loop(self.render_prompt, request)
+            prompt_text, token_ids = await self.off_loop(self.render_chat, request)
+            options = self.output_options(request, prompt_text)
             params = request.to_sampling_params(self.max_model_len, len(token_ids),
                                                 self.max_logprobs)
             await self.check_structured_outputs([params])
@@ -66,11 +101,11 @@ class OpenAIServingChat(OpenAIServing):
         states = new_prompt_states([(None, token_ids)], request.n)
         stream = self.generate(request_id, states, [params], request.priority)
         if not request.stream:
-            return await self._full_response(request, request_id, states[0], stream)
+            return await self._full_response(request, request_id, states[0], stream, options)
         first, error = await self.start(stream, request_id)
         if error is not None:
             return error
-        return self._stream(request, request_id, states[0], first, stream)
+        return self._stream(request, request_id, states[0], first, stream, options)
 
     @staticmethod
     def reply_role(request: ChatCompletionRequest) -> str:
@@ -91,31 +126,39 @@ class OpenAIServingChat(OpenAIServing):
         return self.chat_logprobs(token_ids, positions, request.top_logprobs or 0)
 
     async def _full_response(self, request: ChatCompletionRequest, request_id: str,
-                             prompt: PromptState, stream: AsyncIterator
-                             ) -> ChatCompletionResponse | ErrorResponse:
+                             prompt: PromptState, stream: AsyncIterator,
+                             options: ChatOutputOptions) -> ChatCompletionResponse | ErrorResponse:
         error = await self.collect(request_id, [prompt], stream)
         if error is not None:
             return error
         role, echo = self.reply_role(request), self.echo_text(request)
-        choices = [ChatCompletionResponseChoice(
-            index=choice.index, message=ChatMessage(role=role, content=echo + choice.text),
-            logprobs=self._logprobs(request, choice.token_ids, choice.logprobs),
-            finish_reason=choice.finish_reason, stop_reason=choice.stop_reason)
-            for choice in prompt.choices]
+        choices = []
+        for choice in prompt.choices:
+            message, finish_reason = ChatMessage(role=role, content=echo + choice.text), \
+                choice.finish_reason
+            if options.parses:
+                message, finish_reason = _parsed_message(role, echo, choice.text, options,
+                                                         choice.finish_reason)
+            choices.append(ChatCompletionResponseChoice(
+                index=choice.index, message=message,
+                logprobs=self._logprobs(request, choice.token_ids, choice.logprobs),
+                finish_reason=finish_reason, stop_reason=choice.stop_reason))
         return ChatCompletionResponse(id=request_id, model=self.served_model_name,
                                       choices=choices, usage=self.usage([prompt]))
 
     def _stream(self, request: ChatCompletionRequest, request_id: str, prompt: PromptState,
-                first: tuple[int, RequestOutput] | None, stream: AsyncIterator
-                ) -> AsyncIterator[str]:
-        return self.sse_stream(request_id, self._events(request, request_id, prompt, first, stream),
-                               stream)
+                first: tuple[int, RequestOutput] | None, stream: AsyncIterator,
+                options: ChatOutputOptions) -> AsyncIterator[str]:
+        events = self._events(request, request_id, prompt, first, stream, options)
+        return self.sse_stream(request_id, events, stream)
 
     async def _events(self, request: ChatCompletionRequest, request_id: str, prompt: PromptState,
-                      first: tuple[int, RequestOutput] | None, stream: AsyncIterator
-                      ) -> AsyncIterator[str]:
+                      first: tuple[int, RequestOutput] | None, stream: AsyncIterator,
+                      options: ChatOutputOptions) -> AsyncIterator[str]:
         created = int(time.time())
         role, echo = self.reply_role(request), self.echo_text(request)
+        parsers = {choice.index: ChatOutputParser(options) for choice in prompt.choices} \
+            if options.parses else {}
         for choice in prompt.choices:
             yield self._event(request_id, created, choice.index, DeltaMessage(role=role,
                                                                               content=""))
@@ -124,8 +167,8 @@ class OpenAIServingChat(OpenAIServing):
             choice.started = True
         async for _, output in chain_first(first, stream):
             for completion in output.outputs:
-                event = self._delta_event(request, request_id, created, prompt, completion)
-                if event is not None:
+                for event in self._delta_events(request, request_id, created, prompt,
+                                                completion, parsers.get(completion.index)):
                     yield event
         if request.include_usage:
             usage_chunk = ChatCompletionStreamResponse(
@@ -133,14 +176,29 @@ class OpenAIServingChat(OpenAIServing):
                 choices=[], usage=self.usage([prompt]))
             yield sse_event(usage_chunk.model_dump_json(exclude_unset=True))
 
-    def _delta_event(self, request: ChatCompletionRequest, request_id: str, created: int,
-                     prompt: PromptState, delta: CompletionOutput) -> str | None:
+    def _delta_events(self, request: ChatCompletionRequest, request_id: str, created: int,
+                      prompt: PromptState, delta: CompletionOutput,
+                      parser: ChatOutputParser | None) -> list[str]:
+        """The events of one engine delta: its text as parsed (one content delta without a
+        parser), the logprobs on the first event and the finish on the last."""
         choice = prompt.choices[delta.index]
         if not choice.take_stream_delta(delta):
-            return None
-        return self._event(request_id, created, choice.index, DeltaMessage(content=delta.text),
-                           self._logprobs(request, delta.token_ids, delta.logprobs or []),
-                           delta.finish_reason, delta.stop_reason)
+            return []
+        logprobs = self._logprobs(request, delta.token_ids, delta.logprobs or [])
+        finish_reason = delta.finish_reason
+        if parser is None:
+            messages = [DeltaMessage(content=delta.text)]
+        else:
+            messages = parser.feed(delta.text, final=delta.finish_reason is not None)
+            finish_reason = parser.finish_reason(delta.finish_reason)
+        if not messages and (logprobs is not None or finish_reason is not None):
+            messages = [DeltaMessage()]
+        last = len(messages) - 1
+        return [self._event(request_id, created, choice.index, message,
+                            logprobs if index == 0 else None,
+                            finish_reason if index == last else None,
+                            delta.stop_reason if index == last else None)
+                for index, message in enumerate(messages)]
 
     def _event(self, request_id: str, created: int, index: int, delta: DeltaMessage,
                logprobs: ChatCompletionLogProbs | None = None, finish_reason: str | None = None,
@@ -151,3 +209,16 @@ class OpenAIServingChat(OpenAIServing):
                                                 finish_reason=finish_reason,
                                                 stop_reason=stop_reason)])
         return sse_event(chunk.model_dump_json(exclude_unset=True))
+
+
+def _parsed_message(role: str, echo: str, text: str, options: ChatOutputOptions,
+                    engine_finish_reason: str | None) -> tuple[ChatMessage, str | None]:
+    """The full message of one choice's ``text`` parsed as ``options`` say, and its
+    finish_reason."""
+    parser = ChatOutputParser(options)
+    parser.feed(text, final=True)
+    reasoning = parser.reasoning or None
+    message = ChatMessage(role=role, content=(echo + parser.content) or None,
+                          reasoning_content=reasoning, reasoning=reasoning,
+                          tool_calls=parser.tool_calls)
+    return message, parser.finish_reason(engine_finish_reason)
