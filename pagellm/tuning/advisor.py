@@ -405,3 +405,14 @@ def _next_up(current: int | None, ladder: tuple[int, ...]) -> str | None:
         if value > current:
             return str(value)
     return str(current * 2)
+
+
+def targets_for_scenario(scenario: str | None) -> Targets:
+    """The thresholds for a scenario: its TTFT goal when the guide gives one (online_chat:
+    TTFT < 200 ms, 001 §4.1), else the decision tree's defaults."""
+    from pagellm.config.presets import SCENARIOS
+
+    preset = SCENARIOS.get(scenario) if scenario else None
+    if preset is None or preset.ttft_target_s is None:
+        return Targets()
+    return Targets(ttft_s=preset.ttft_target_s)
