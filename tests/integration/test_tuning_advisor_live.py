@@ -10,6 +10,7 @@ import threading
 import httpx
 import pytest
 
+from pagellm.engine.engine_core import SLOW_STEP_ENV
 from pagellm.entrypoints.cli.main import main
 from pagellm.tuning.metrics_window import METRICS_READ
 from tests.helpers.server import free_port, running_server, stop_server
@@ -39,11 +40,11 @@ def _finding(base: str, symptom: str) -> dict:
 
 
 def test_tiny_kv_cache_preempts_and_the_advisor_names_the_kv_budget(tiny_model_dirs):
-    # 20 blocks of 16 tokens (8 KiB each for the tiny Llama in float32) = 320 tokens for six
-    # requests of 33 + 120 tokens each
-    with running_server(tiny_model_dirs["llama"], "--kv-cache-memory-bytes", str(20 * 8192),
-                        "--max-num-seqs", "6") as (proc, base):
-        for thread in _burst(base, 6, 120):
+    # 10 blocks of 16 tokens (8 KiB each for the tiny Llama in float32) = 160 tokens for four
+    # requests of 33 + 40 tokens (5 blocks) each
+    with running_server(tiny_model_dirs["llama"], "--kv-cache-memory-bytes", str(10 * 8192),
+                        "--max-model-len", "80", "--max-num-seqs", "4") as (proc, base):
+        for thread in _burst(base, 4, 40):
             thread.join()
         metrics = httpx.get(base + "/metrics").text
         preemptions = [line for line in metrics.splitlines()
@@ -51,7 +52,7 @@ def test_tiny_kv_cache_preempts_and_the_advisor_names_the_kv_budget(tiny_model_d
         assert float(preemptions[0].split()[-1]) > 0
         finding = _finding(base, "frequent_preemption")
         assert (finding["knob"], finding["direction"]) == ("kv_cache_memory_bytes", "increase")
-        assert finding["suggested"] == str(2 * 20 * 8192)
+        assert finding["suggested"] == str(2 * 10 * 8192)
         assert finding["source"].startswith("003_f5b5fcbd6a7f45fd.txt")
         # every series the advisor reads is in the real /metrics
         assert all(name in metrics for name in METRICS_READ)
@@ -59,9 +60,11 @@ def test_tiny_kv_cache_preempts_and_the_advisor_names_the_kv_budget(tiny_model_d
 
 
 def test_burst_queues_and_advise_names_max_num_seqs(tiny_model_dirs, capsys):
-    with running_server(tiny_model_dirs["llama"], "--max-num-seqs", "1") as (proc, base):
-        threads = _burst(base, 16, 48)
-        assert main(["advise", "--url", base, "--window", "3", "--interval", "0.5"]) == 0
+    # 50 ms per step: eight requests of 6 tokens one at a time keep >= 4 waiting for >= 1 s
+    with running_server(tiny_model_dirs["llama"], "--max-num-seqs", "1",
+                        env_extra={SLOW_STEP_ENV: "0.05"}) as (proc, base):
+        threads = _burst(base, 8, 6)
+        assert main(["advise", "--url", base, "--window", "2", "--interval", "0.25"]) == 0
         for thread in threads:
             thread.join()
         out = capsys.readouterr().out
@@ -73,12 +76,13 @@ def test_burst_queues_and_advise_names_max_num_seqs(tiny_model_dirs, capsys):
 
 
 def test_long_delay_factor_raises_ttft_and_the_advisor_lowers_it(tiny_model_dirs):
-    env = {"PAGELLM_LOG_STATS_INTERVAL": "1"}
+    # 20 ms per step, delay factor 20: a new prompt waits >= 0.4 s while a request runs
+    env = {"PAGELLM_LOG_STATS_INTERVAL": "1", SLOW_STEP_ENV: "0.02"}
     with running_server(tiny_model_dirs["llama"], "--scenario", "online_chat",
-                        "--scheduler-delay-factor", "100", log_stats=True,
+                        "--scheduler-delay-factor", "20", log_stats=True,
                         env_extra=env) as (proc, base):
-        background = _burst(base, 1, 200)       # keeps a request running: the delay applies
-        for _ in range(4):
+        background = _burst(base, 1, 150)       # keeps a request running: the delay applies
+        for _ in range(3):
             _complete(base, 2)
         background[0].join()
         finding = _finding(base, "high_ttft")
@@ -88,7 +92,7 @@ def test_long_delay_factor_raises_ttft_and_the_advisor_lowers_it(tiny_model_dirs
         assert stop_server(proc) == 0
         log = proc.stdout.read()
     assert "Engine configuration (scenario online_chat)" in log
-    assert "scheduler_delay_factor=100.0 (flag)" in log and "max_num_seqs=64 (scenario)" in log
+    assert "scheduler_delay_factor=20.0 (flag)" in log and "max_num_seqs=64 (scenario)" in log
     assert "config lint: batch_settings_on_online_scenario" in log
     assert "Advisor: " in log and "high_ttft -> decrease scheduler_delay_factor" in log
 
