@@ -39,7 +39,7 @@ def _finding(base: str, symptom: str) -> dict:
     return found[0]
 
 
-def test_tiny_kv_cache_preempts_and_the_advisor_names_the_kv_budget(tiny_model_dirs):
+def test_tiny_kv_cache_preempts_and_the_advisor_names_the_kv_budget(tiny_model_dirs, capsys):
     # 10 blocks of 16 tokens (8 KiB each for the tiny Llama in float32) = 160 tokens for four
     # requests of 33 + 40 tokens (5 blocks) each
     with running_server(tiny_model_dirs["llama"], "--kv-cache-memory-bytes", str(10 * 8192),
@@ -56,6 +56,9 @@ def test_tiny_kv_cache_preempts_and_the_advisor_names_the_kv_budget(tiny_model_d
         assert finding["source"].startswith("003_f5b5fcbd6a7f45fd.txt")
         # every series the advisor reads is in the real /metrics
         assert all(name in metrics for name in METRICS_READ)
+        # the checklist finds the live /metrics (and the deploy/ assets)
+        assert main(["check", "--scenario", "api_service", "--url", base]) == 0
+        assert "[PASS  ] 4/8 monitoring" in capsys.readouterr().out
         assert stop_server(proc) == 0
 
 

@@ -105,3 +105,9 @@ def test_cli_exit_codes_and_no_traceback(capsys, tmp_path):
     bad.write_text("{not json")
     assert main(["plan", str(bad), "--gpu", "H200"]) == 2
     assert "not a usable model config" in capsys.readouterr().err
+
+
+def test_pipeline_stages_size_the_busiest_rank():
+    # 32 layers over 3 stages: 11, 11, 10 -> the KV of 11 layers per block on the busiest rank
+    per_token = kv_geometry(PlanInputs(model=LLAMA_8B, pipeline_parallel_size=3))[0]
+    assert per_token == 11 * 2 * 8 * 128 * 2
