@@ -14,10 +14,15 @@ from pagellm.tuning.planner import PlanInputs, load_model_shape, plan
                                                        ("qwen3", 32, 1_234_567)])
 def test_plan_block_count_equals_the_engines(tiny_model_dirs, arch, block_size, budget):
     model_dir = str(tiny_model_dirs[arch])
+    # LLM(scenario=...): the preset fills what is not given, explicit arguments win
     llm = LLM(model_dir, device="cpu", kv_cache_memory_bytes=budget, block_size=block_size,
-              max_model_len=256)
+              max_model_len=256, scenario="batch_processing")
     try:
         engine_blocks = llm.llm_engine.engine_core.num_blocks
+        config = llm.llm_engine.config
+        assert (config.scheduler.scheduler_delay_factor, config.scheduler.max_num_seqs,
+                config.model.max_model_len) == (0.5, 256, 256)
+        assert config.value_sources["max_model_len"] == "flag"
     finally:
         llm.shutdown()
     result = plan(PlanInputs(model=load_model_shape(model_dir), device="cpu",
