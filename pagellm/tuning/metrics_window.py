@@ -102,7 +102,8 @@ def histogram_quantile(q: float, cumulative: dict[float, float]) -> float | None
                 return lower_bound
             if count == lower_count:
                 return bound
-            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
+            fraction = (rank - lower_count) / (count - lower_count)
+            return lower_bound + (bound - lower_bound) * fraction
         lower_bound, lower_count = bound, count
     return bounds[-1]
 

@@ -168,8 +168,10 @@ def weight_bytes_per_gpu(inputs: PlanInputs) -> int:
     linear_bytes = QUANT_BYTES_PER_WEIGHT.get(inputs.quantization, dtype_bytes) \
         if inputs.quantization else dtype_bytes
     q, kv = m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim
-    linear = m.hidden_size * (q + 2 * kv) + q * m.hidden_size + 3 * m.hidden_size * m.intermediate_size
-    layer = linear / tp * linear_bytes + (2 * m.hidden_size + (q + 2 * kv) * m.qkv_bias) * dtype_bytes
+    linear = (m.hidden_size * (q + 2 * kv) + q * m.hidden_size
+              + 3 * m.hidden_size * m.intermediate_size)      # qkv, o, gate/up/down
+    norms_and_bias = 2 * m.hidden_size + (q + 2 * kv) * m.qkv_bias
+    layer = linear / tp * linear_bytes + norms_and_bias * dtype_bytes
     stages = stage_layer_counts(m.num_layers, inputs.pipeline_parallel_size)
     embedding = m.vocab_size * m.hidden_size / tp * dtype_bytes
     first = stages[0] * layer + embedding
@@ -272,7 +274,8 @@ def _validate(inputs: PlanInputs) -> None:
     if inputs.kv_cache_dtype != "auto" and inputs.kv_cache_dtype not in KV_DTYPE_BYTES:
         raise ClientError(f"kv_cache_dtype must be auto or one of {', '.join(KV_DTYPE_BYTES)}",
                           param="kv_cache_dtype")
-    if inputs.max_model_len is not None and not 1 <= inputs.max_model_len <= m.max_position_embeddings:
+    length = inputs.max_model_len
+    if length is not None and not 1 <= length <= m.max_position_embeddings:
         raise ClientError(f"max_model_len must be in [1, {m.max_position_embeddings}] (the "
                           f"model's max_position_embeddings), got {inputs.max_model_len}",
                           param="max_model_len")
@@ -280,11 +283,13 @@ def _validate(inputs: PlanInputs) -> None:
     if tp < 1 or m.num_heads % tp or (m.num_kv_heads % tp and tp % m.num_kv_heads):
         raise ClientError(f"tensor_parallel_size={tp} must be >= 1 and divide "
                           f"num_attention_heads={m.num_heads} (and num_key_value_heads="
-                          f"{m.num_kv_heads}, or be a multiple of it)", param="tensor_parallel_size")
+                          f"{m.num_kv_heads}, or be a multiple of it)",
+                          param="tensor_parallel_size")
     if inputs.data_parallel_size < 1:
         raise ClientError("data_parallel_size must be >= 1", param="data_parallel_size")
     if not 0 < inputs.gpu_memory_utilization <= 1:
-        raise ClientError("gpu_memory_utilization must be in (0, 1]", param="gpu_memory_utilization")
+        raise ClientError("gpu_memory_utilization must be in (0, 1]",
+                          param="gpu_memory_utilization")
     if inputs.max_num_seqs < 1:
         raise ClientError("max_num_seqs must be >= 1", param="max_num_seqs")
     stage_layer_counts(m.num_layers, inputs.pipeline_parallel_size)   # ClientError if too many

@@ -8,7 +8,6 @@ from __future__ import annotations
 import threading
 
 import httpx
-import pytest
 
 from pagellm.engine.engine_core import SLOW_STEP_ENV
 from pagellm.entrypoints.cli.main import main

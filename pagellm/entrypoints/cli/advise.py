@@ -31,7 +31,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenario", default=None, help="online_chat, api_service, "
                         "batch_processing or mixed_workload (sets the targets)")
     parser.add_argument("--ttft-target-ms", type=float, default=None,
-                        help="TTFT P50 above this is a symptom (default: the scenario's, else 1000)")
+                        help="TTFT P50 above this is a symptom (default: the scenario's, "
+                             "else 1000)")
     parser.add_argument("--json", action="store_true", help="print the findings as JSON")
 
 
