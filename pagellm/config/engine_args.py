@@ -18,12 +18,14 @@ from pagellm.config.features import CompilationConfig, LoRAConfig, SpeculativeCo
 from pagellm.config.load import LoadConfig
 from pagellm.config.model import ModelConfig
 from pagellm.config.parallel import ParallelConfig
+from pagellm.config.presets import ScenarioConfig, apply_scenario
 from pagellm.config.scheduler import SchedulerConfig
 from pagellm.config.structured_outputs import StructuredOutputsConfig
 from pagellm.errors import ClientError
 
 CONFIG_CLASSES = (ModelConfig, CacheConfig, SchedulerConfig, ParallelConfig, LoadConfig,
-                  LoRAConfig, SpeculativeConfig, CompilationConfig, StructuredOutputsConfig)
+                  LoRAConfig, SpeculativeConfig, CompilationConfig, StructuredOutputsConfig,
+                  ScenarioConfig)
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,10 @@ class EngineConfig:
     speculative: SpeculativeConfig
     compilation: CompilationConfig
     structured_outputs: StructuredOutputsConfig = StructuredOutputsConfig()
+    scenario: ScenarioConfig = ScenarioConfig()
+    value_sources: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Engine argument name -> "flag" (given explicitly) or "scenario" (from the preset);
+    names absent here have their default (see ``describe_sources``)."""
 
 
 def engine_arg_fields() -> dict[str, tuple[type, dataclasses.Field]]:
@@ -65,15 +71,13 @@ def create_engine_config(**kwargs) -> EngineConfig:
     """Build the engine's configs from flat keyword arguments.
 
     Raises ``ClientError`` for an unknown name (with the closest known one) or a bad value.
+    With ``scenario=NAME`` the preset's values fill the names not given (``apply_scenario``).
     """
     fields = engine_arg_fields()
+    _reject_unknown(kwargs, fields)
+    kwargs, sources = apply_scenario(kwargs)
     grouped: dict[type, dict] = {cls: {} for cls in CONFIG_CLASSES}
     for name, value in kwargs.items():
-        if name not in fields:
-            import difflib
-            close = difflib.get_close_matches(name, fields, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ClientError(f"unknown engine argument {name!r}{hint}", param=name)
         grouped[fields[name][0]][name] = value
     configs = {cls: cls(**grouped[cls]) for cls in CONFIG_CLASSES}
     return EngineConfig(
@@ -81,14 +85,42 @@ def create_engine_config(**kwargs) -> EngineConfig:
         scheduler=configs[SchedulerConfig], parallel=configs[ParallelConfig],
         load=configs[LoadConfig], lora=configs[LoRAConfig],
         speculative=configs[SpeculativeConfig], compilation=configs[CompilationConfig],
-        structured_outputs=configs[StructuredOutputsConfig])
+        structured_outputs=configs[StructuredOutputsConfig],
+        scenario=configs[ScenarioConfig], value_sources=sources)
+
+
+def _reject_unknown(kwargs: dict, fields: dict) -> None:
+    for name in kwargs:
+        if name not in fields:
+            import difflib
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ClientError(f"unknown engine argument {name!r}{hint}", param=name)
+
+
+def describe_sources(config: EngineConfig) -> str:
+    """One line: every engine argument as ``name=value (source)``, source being flag,
+    scenario or default, flags and scenario values first."""
+    order = {"flag": 0, "scenario": 1, "default": 2}
+    items = []
+    for name, (cls, _) in engine_arg_fields().items():
+        section = next(f.name for f in dataclasses.fields(EngineConfig)
+                       if f.type in (cls.__name__, cls))
+        value = getattr(getattr(config, section), name)
+        source = config.value_sources.get(name, "default")
+        items.append((order[source], f"{name}={value!r} ({source})"))
+    return ", ".join(text for _, text in sorted(items, key=lambda item: item[0]))
 
 
 def finalize_lengths(config: EngineConfig, model_max_len: int,
                      device_type: str = "cuda") -> EngineConfig:
     """Fill max_model_len and max_num_batched_tokens once the model's limits and the device
-    (``device_type``: "cpu" or "cuda", which picks the default budget) are known."""
+    (``device_type``: "cpu" or "cuda", which picks the default budget) are known. A
+    max_model_len that came from a scenario preset is capped at the model's limit; an explicit
+    one above it is a ClientError."""
     max_model_len = config.model.max_model_len or model_max_len
+    if max_model_len > model_max_len and config.value_sources.get("max_model_len") == "scenario":
+        max_model_len = model_max_len   # a preset's length is a ceiling, not a demand
     if max_model_len > model_max_len:
         raise ClientError(
             f"max_model_len={max_model_len} exceeds the model's max_position_embeddings="

@@ -12,7 +12,8 @@ import itertools
 import logging
 import time
 
-from pagellm.config.engine_args import EngineConfig, create_engine_config, finalize_lengths
+from pagellm.config.engine_args import (EngineConfig, create_engine_config, describe_sources,
+                                        finalize_lengths)
 from pagellm.core.request import Request
 from pagellm.engine.core_client import InprocClient
 from pagellm.engine.dp_client import SyncDPClient
@@ -40,7 +41,11 @@ def resolve_config(**kwargs) -> tuple[EngineConfig, object]:
     config = dataclasses.replace(config, model=dataclasses.replace(
         config.model, model=model_path, tokenizer=tokenizer_path, served_model_name=served))
     device_type = current_platform(config.parallel.device).name
-    return finalize_lengths(config, hf_config.max_position_embeddings, device_type), hf_config
+    config = finalize_lengths(config, hf_config.max_position_embeddings, device_type)
+    scenario = config.scenario.scenario
+    logger.info("Engine configuration%s: %s", f" (scenario {scenario})" if scenario else "",
+                describe_sources(config))
+    return config, hf_config
 
 
 def load_frontend_tokenizer(config: EngineConfig, hf_config) -> tuple[object | None, list[int]]:

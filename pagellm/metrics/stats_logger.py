@@ -61,8 +61,12 @@ def format_stats_line(previous: MetricTotals, current: MetricTotals, elapsed_s: 
 
 class StatsLogger:
     def __init__(self, metrics: PrometheusMetrics, interval_s: float = DEFAULT_INTERVAL_S,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 extra_line: Callable[[float], str] | None = None):
+        """``extra_line(interval_s)``: a second line logged after each stats line at the same
+        level (the server's tuning-advisor line over the last interval)."""
         self.metrics = metrics
+        self.extra_line = extra_line
         self.interval_s = interval_s
         self.clock = clock
         self.last_totals = metrics.snapshot()
@@ -75,7 +79,10 @@ class StatsLogger:
         idle = (current.num_requests_running == 0 and current.num_requests_waiting == 0
                 and current.prompt_tokens == self.last_totals.prompt_tokens
                 and current.generation_tokens == self.last_totals.generation_tokens)
-        logger.log(logging.DEBUG if idle else logging.INFO, "%s", line)
+        level = logging.DEBUG if idle else logging.INFO
+        logger.log(level, "%s", line)
+        if self.extra_line is not None:
+            logger.log(level, "%s", self.extra_line(max(now - self.last_time, 1e-3)))
         self.last_totals, self.last_time = current, now
         return line
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pagellm.config.kv_sizing import kv_bytes_per_block
+
 
 @dataclass(frozen=True)
 class KVCacheSpec:
@@ -21,8 +23,8 @@ class KVCacheSpec:
     @property
     def bytes_per_block(self) -> int:
         element_size = torch.empty((), dtype=self.dtype).element_size()
-        return (self.num_layers * 2 * self.block_size * self.num_kv_heads * self.head_dim
-                * element_size)
+        return kv_bytes_per_block(self.num_layers, self.block_size, self.num_kv_heads,
+                                  self.head_dim, element_size)
 
     def layer_shape(self, num_blocks: int) -> tuple[int, ...]:
         return (2, num_blocks, self.block_size, self.num_kv_heads, self.head_dim)

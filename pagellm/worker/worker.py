@@ -9,8 +9,9 @@ import time
 
 import torch
 
-from pagellm.config.cache import DEFAULT_CPU_KV_CACHE_BYTES
 from pagellm.config.engine_args import EngineConfig
+from pagellm.config.kv_sizing import (check_max_model_len_fits, cpu_kv_budget, cuda_kv_budget,
+                                      fixed_kv_budget, num_kv_blocks)
 from pagellm.distributed.parallel_state import get_pp_group
 from pagellm.errors import ClientError
 from pagellm.models.loader import LoadStats, load_model
@@ -51,24 +52,17 @@ class Worker:
                                 self.model.num_kv_heads, self.model.head_dim, dtype)
 
     def determine_num_blocks(self) -> tuple[int, int]:
-        """(device KV blocks, CPU swap blocks) from the memory budget."""
+        """(device KV blocks, CPU swap blocks) from the memory budget (the arithmetic is
+        ``pagellm.config.kv_sizing``, shared with ``pagellm plan``)."""
         cache = self.config.cache
         per_block = self.spec.bytes_per_block
-        if cache.kv_cache_memory_bytes is not None:
-            budget = cache.kv_cache_memory_bytes
-        elif self.platform.is_cuda:
+        if fixed_kv_budget(cache) is None and self.platform.is_cuda:
             budget = self._cuda_kv_budget()
         else:
-            budget = DEFAULT_CPU_KV_CACHE_BYTES
-        num_blocks = int(budget // per_block)
-        num_swap_blocks = int(cache.swap_space * GiB // per_block)
+            budget = cpu_kv_budget(cache)
+        num_blocks, num_swap_blocks = num_kv_blocks(budget, per_block, cache.swap_space)
         max_model_len = self.config.model.max_model_len
-        if num_blocks * cache.block_size < max_model_len:
-            raise ClientError(
-                f"the KV cache holds {num_blocks * cache.block_size} tokens ({num_blocks} blocks "
-                f"of {cache.block_size}, {budget / GiB:.2f} GiB) but max_model_len={max_model_len} "
-                "needs more: lower max_model_len, or raise kv_cache_memory_bytes / "
-                "gpu_memory_utilization", param="max_model_len")
+        check_max_model_len_fits(num_blocks, cache.block_size, max_model_len, budget)
         # Swap space is reserved only under preemption_mode='swap' (EngineCore drops it
         # otherwise), so only then does the line mention it.
         swap = (f"; swap space: {num_swap_blocks} blocks"
@@ -87,7 +81,7 @@ class Worker:
         free, total = torch.cuda.mem_get_info(device)
         peak = torch.cuda.max_memory_allocated(device)
         non_torch = (total - free) - torch.cuda.memory_reserved(device)
-        budget = int(self.config.cache.gpu_memory_utilization * total) - peak - max(non_torch, 0)
+        budget = cuda_kv_budget(self.config.cache.gpu_memory_utilization, total, peak, non_torch)
         logger.info("CUDA memory: total %.2f GiB, torch peak %.2f GiB, other %.2f GiB -> KV "
                     "cache budget %.2f GiB", total / GiB, peak / GiB, non_torch / GiB, budget / GiB)
         if budget <= 0:

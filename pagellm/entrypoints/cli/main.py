@@ -1,5 +1,6 @@
 """The ``pagellm`` command: ``pagellm serve``, ``pagellm chat`` / ``pagellm complete`` (terminal
-clients of a running server) and ``pagellm bench throughput|latency|serving``.
+clients of a running server), ``pagellm plan | advise | check`` (tuning: capacity plan, live
+advisor, pre-deployment checklist) and ``pagellm bench throughput|latency|serving``.
 
 Each subcommand module offers ``add_cli_args(parser)`` and ``main(args)``; engine arguments
 come from ``pagellm.config.cli_args`` (one flag per config field). ``python -m pagellm`` runs
@@ -31,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from pagellm import __version__
     from pagellm.bench import latency, serving, throughput
-    from pagellm.entrypoints.cli import clients, serve
+    from pagellm.entrypoints.cli import advise, check, clients, plan, serve
 
     parser = _Parser(prog="pagellm", description="pagellm: LLM inference on a paged KV cache")
     parser.add_argument("--version", action="version", version=f"pagellm {__version__}")
@@ -51,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
                                             formatter_class=argparse.RawDescriptionHelpFormatter)
         clients.add_cli_args(client_parser, chat=name == "chat")
         client_parser.set_defaults(run=run)
+
+    for name, module, help_text in (
+            ("plan", plan, "will a model fit, and how many requests at once (capacity plan)"),
+            ("advise", advise, "the tuning guides' decision tree on a server's live metrics"),
+            ("check", check, "the pre-deployment checklist, automated")):
+        sub = commands.add_parser(name, help=help_text, description=module.__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_cli_args(sub)
+        sub.set_defaults(run=module.main)
 
     bench_parser = commands.add_parser("bench", help="offline and online benchmarks")
     benchmarks = bench_parser.add_subparsers(dest="bench_command", required=True,

@@ -153,6 +153,8 @@ async def run_server(args: argparse.Namespace, sock: socket.socket | None = None
     if args.model_tag is not None:
         engine_kwargs["model"] = args.model_tag
     engine = await AsyncLLM.from_engine_args(**engine_kwargs)
+    _apply_scenario_server_flags(args, engine.config.scenario.scenario)
+    _log_config_lint(engine.config)
     settings = ServerSettings(api_key=args.api_key, max_body_bytes=args.max_body_bytes,
                               max_num_queued_requests=engine.config.scheduler.max_num_queued_requests,
                               disable_log_requests=args.disable_log_requests,
@@ -172,7 +174,8 @@ async def run_server(args: argparse.Namespace, sock: socket.socket | None = None
         loop.add_signal_handler(sig, _begin_drain, server, app, engine, args.drain_timeout)
     tasks = [asyncio.create_task(_watch_engine(engine, server))]
     if not args.disable_log_stats:
-        stats_logger = StatsLogger(app.state.metrics, stats_interval_s)
+        stats_logger = StatsLogger(app.state.metrics, stats_interval_s,
+                                   extra_line=_advisor_line(app.state.advisor))
         tasks.append(asyncio.create_task(stats_logger.run()))
     try:
         # returns once the drain (or engine death) set should_exit
@@ -195,6 +198,32 @@ async def run_server(args: argparse.Namespace, sock: socket.socket | None = None
         logger.error("the engine core died: %s", died)
         return 1
     return 0
+
+
+def _apply_scenario_server_flags(args: argparse.Namespace, scenario: str | None) -> None:
+    """Turn on the server flags a scenario preset asks for (batch_processing:
+    --disable-log-requests)."""
+    from pagellm.config.presets import SCENARIOS
+
+    for flag in SCENARIOS[scenario].server_flags if scenario else ():
+        if not getattr(args, flag):
+            setattr(args, flag, True)
+            logger.info("scenario %s: --%s on", scenario, flag.replace("_", "-"))
+
+
+def _log_config_lint(config) -> None:
+    """Log the guides' anti-patterns this configuration shows (warnings; notes at INFO)."""
+    from pagellm.tuning.linter import lint_config
+
+    for finding in lint_config(config):
+        level = logging.WARNING if finding.severity == "warning" else logging.INFO
+        logger.log(level, "config lint: %s", finding.line())
+
+
+def _advisor_line(monitor):
+    from pagellm.tuning.advisor import format_line
+
+    return lambda interval_s: format_line(monitor.report(interval_s).findings)
 
 
 def _server_class():

@@ -33,6 +33,7 @@ from starlette.routing import Match
 
 from pagellm import __version__
 from pagellm.errors import ClientError, EngineDeadError
+from pagellm.entrypoints.openai.advisor_route import add_advisor_route
 from pagellm.entrypoints.openai.errors import (error_from_exception, error_from_http_exception,
                                                error_from_validation, error_response)
 from pagellm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest,
@@ -233,6 +234,7 @@ def build_app(engine, settings: ServerSettings, chat_template: str | None = None
     app.state.drain_task = None             # set by the server's shutdown signal handler
     app.state.num_admitting = 0             # admitted requests not yet in the engine (see drain)
     app.state.tokenizer_pool = pool         # run_server shuts it down after the server stops
+    add_advisor_route(app, engine, metrics)     # GET /advisor; app.state.advisor
 
     @app.exception_handler(RequestValidationError)
     async def _validation(raw: Request, exc: RequestValidationError):
