@@ -39,7 +39,8 @@ import zmq
 from pagellm.config.engine_args import EngineConfig
 from pagellm.core.sched_output import ModelRunnerOutput, SchedulerOutput
 from pagellm.distributed.worker_proc import (CacheReady, DetermineNumBlocks, ExecuteModel,
-                                             InitializeCache, NumBlocks, Shutdown, StepResult,
+                                             InitializeCache, NumBlocks, Profile, Profiled,
+                                             Shutdown, StepResult,
                                              WorkerArgs, WorkerFailed, WorkerReady, encoder,
                                              reply_decoder, run_worker_process)
 from pagellm.errors import ClientError, EngineDeadError
@@ -98,6 +99,10 @@ class UniProcExecutor:
         if not non_block:
             return self.worker.resolve(step)
         return StepFuture(lambda future: future.set_result(self.worker.resolve(step)))
+
+    def profile(self, is_start: bool) -> list[str]:
+        """Start or stop the torch profiler (Worker.profile); the kernel table per rank."""
+        return [self.worker.profile(is_start)]
 
     def shutdown(self) -> None:
         self.worker = None
@@ -197,6 +202,13 @@ class MultiprocExecutor:
         future = StepFuture(self._wait_step)
         self._pending_steps.append(future)
         return future if non_block else future.result()
+
+    def profile(self, is_start: bool) -> list[str]:
+        """Start or stop the torch profiler on every rank (Worker.profile); after a stop, each
+        rank's kernel table, rank order. Call with no step in flight."""
+        self._broadcast(Profile(is_start))
+        replies = self._collect(Profiled, range(self.world_size))
+        return [replies[rank].summary for rank in range(self.world_size)]
 
     def _wait_step(self, future: StepFuture) -> None:
         """Collect step results, oldest step first, until ``future`` has its output."""

@@ -76,7 +76,11 @@ class Shutdown(msgspec.Struct, tag=True):
     pass
 
 
-ExecutorCall = DetermineNumBlocks | InitializeCache | ExecuteModel | Shutdown
+class Profile(msgspec.Struct, tag=True):
+    is_start: bool
+
+
+ExecutorCall = DetermineNumBlocks | InitializeCache | ExecuteModel | Profile | Shutdown
 
 
 class WorkerReady(msgspec.Struct, tag=True):
@@ -110,7 +114,13 @@ class WorkerFailed(msgspec.Struct, tag=True):
     client_error: bool          # a ClientError (bad configuration), not a crash
 
 
-WorkerReply = WorkerReady | NumBlocks | CacheReady | StepResult | WorkerFailed
+class Profiled(msgspec.Struct, tag=True):
+    rank: int
+    summary: str
+    """After a stop: this rank's kernel table (see Worker.profile); empty after a start."""
+
+
+WorkerReply = WorkerReady | NumBlocks | CacheReady | StepResult | Profiled | WorkerFailed
 
 def _encode_array(obj):
     """numpy arrays (``SchedulerOutput.grammar_bitmask``) travel as (dtype, shape, bytes)."""
@@ -269,4 +279,6 @@ def handle_call(worker, rank: int, call: ExecutorCall, reports_steps: bool) -> W
     if isinstance(call, InitializeCache):
         worker.initialize_cache(call.num_blocks, call.num_swap_blocks)
         return CacheReady(rank)
+    if isinstance(call, Profile):
+        return Profiled(rank, worker.profile(call.is_start))
     raise TypeError(f"unexpected executor call {call}")

@@ -30,6 +30,29 @@ class LLM:
         """Stop the engine's worker processes now (they also stop when this process exits)."""
         self.llm_engine.shutdown()
 
+    def start_profile(self) -> None:
+        """Start torch.profiler on every rank (vLLM's ``LLM.start_profile``); not under data
+        parallelism, nor twice (ClientError)."""
+        executor = self._executor()
+        if getattr(self, "_profiling", False):
+            raise ClientError("start_profile() called twice without stop_profile()")
+        executor.profile(True)
+        self._profiling = True
+
+    def stop_profile(self) -> list[str]:
+        """Stop the profiler: each rank's top kernels by device time as text (also written
+        under $PAGELLM_TORCH_PROFILER_DIR when set). ClientError without start_profile()."""
+        executor = self._executor()
+        if not getattr(self, "_profiling", False):
+            raise ClientError("stop_profile() without start_profile()")
+        self._profiling = False
+        return executor.profile(False)
+
+    def _executor(self):
+        if self.llm_engine.engine_core is None:
+            raise ClientError("profiling runs on one engine core: not with data_parallel_size > 1")
+        return self.llm_engine.engine_core.executor
+
     def generate(self, prompts: PromptType | Sequence[PromptType],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
                  use_tqdm: bool = True, priority: list[int] | None = None) -> list[RequestOutput]:

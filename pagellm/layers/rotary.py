@@ -7,6 +7,7 @@ from torch import nn
 
 from pagellm.errors import ClientError
 from pagellm.ops.rotary import apply_rotary, llama3_scale_inv_freq, rope_cos_sin_cache, rope_inv_freq
+from pagellm.platforms import use_triton_kernels
 
 
 class RotaryEmbedding(nn.Module):
@@ -46,7 +47,11 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor):
         """positions: [T]; query: [T, num_heads, head_dim]; key: [T, num_kv_heads, head_dim].
-        Returns rotated (query, key)."""
+        Returns rotated (query, key): on CUDA the Triton kernel rotates the inputs in place
+        (one launch), elsewhere the torch twin returns new tensors."""
+        if use_triton_kernels(query) and query.stride(-1) == 1 and key.stride(-1) == 1:
+            from pagellm.ops.triton.rotary import apply_rotary_triton_
+            return apply_rotary_triton_(query, key, positions, self.cos_sin_cache)
         return apply_rotary(query, key, positions, self.cos_sin_cache)
 
 

@@ -154,6 +154,43 @@ class Worker:
         graphs.capture()
         self.runner.cuda_graphs = graphs
 
+    def profile(self, is_start: bool) -> str:
+        """Start (``is_start``) or stop torch.profiler on this rank (vLLM's start_profile /
+        stop_profile). A stop returns the top kernels by device time and the total device time
+        as text, and writes the table (and a Chrome trace) under $PAGELLM_TORCH_PROFILER_DIR
+        when set. RuntimeError for a stop without a start."""
+        import os
+
+        from torch.profiler import ProfilerActivity, profile
+
+        if is_start:
+            activities = [ProfilerActivity.CPU]
+            if self.platform.is_cuda:
+                activities.append(ProfilerActivity.CUDA)
+            self._profiler = profile(activities=activities)
+            self._profiler.__enter__()
+            return ""
+        if getattr(self, "_profiler", None) is None:
+            raise RuntimeError("stop_profile() without start_profile()")
+        self.platform.synchronize()
+        profiler, self._profiler = self._profiler, None
+        profiler.__exit__(None, None, None)
+        events = profiler.key_averages()
+        device_us = sum(e.self_device_time_total for e in events
+                        if e.device_type.name == "CUDA")
+        table = events.table(sort_by="self_cuda_time_total" if self.platform.is_cuda
+                             else "self_cpu_time_total", row_limit=15, max_name_column_width=70)
+        summary = f"{table}\ndevice time total: {device_us / 1e3:.2f} ms"
+        directory = os.environ.get("PAGELLM_TORCH_PROFILER_DIR")
+        if directory:
+            from pagellm.distributed.parallel_state import get_world_group
+            rank = get_world_group().rank_in_group
+            os.makedirs(directory, exist_ok=True)
+            with open(os.path.join(directory, f"rank{rank}.txt"), "w") as f:
+                f.write(summary)
+            profiler.export_chrome_trace(os.path.join(directory, f"rank{rank}.trace.json"))
+        return summary
+
     def execute_model(self, sched):
         """Run a step and wait for its output (ModelRunnerOutput)."""
         return self.runner.resolve(self.runner.execute_model_async(sched))
