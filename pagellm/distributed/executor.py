@@ -205,7 +205,10 @@ class MultiprocExecutor:
 
     def profile(self, is_start: bool) -> list[str]:
         """Start or stop the torch profiler on every rank (Worker.profile); after a stop, each
-        rank's kernel table, rank order. Call with no step in flight."""
+        rank's kernel table, rank order. Steps still in flight are collected first (their
+        futures keep the outputs for the engine core)."""
+        for future in list(self._pending_steps):
+            future.result()
         self._broadcast(Profile(is_start))
         replies = self._collect(Profiled, range(self.world_size))
         return [replies[rank].summary for rank in range(self.world_size)]

@@ -12,10 +12,19 @@ from pagellm.errors import ClientError
 def test_profile_every_tensor_parallel_rank(tiny_model_dirs, tmp_path, monkeypatch):
     monkeypatch.setenv("PAGELLM_TORCH_PROFILER_DIR", str(tmp_path))
     llm = LLM(str(tiny_model_dirs["llama"]), kv_cache_memory_bytes=8 * 2**20, dtype="float32",
-              block_size=4, tensor_parallel_size=2)
+              block_size=4, tensor_parallel_size=2, async_scheduling=True)
     with pytest.raises(ClientError, match="without start_profile"):
         llm.stop_profile()                      # refused before it reaches the workers
+    llm.generate([[3, 4], [5, 6, 7]], [SamplingParams(temperature=0.0, max_tokens=n)
+                                       for n in (3, 6)], use_tqdm=False)
+    # a step still in flight (async scheduling) is collected before the profiler call
+    core = llm.llm_engine.engine_core
+    llm.llm_engine.add_request([3, 4, 5], SamplingParams(temperature=0.0, max_tokens=8), "x")
+    core.step()
+    assert len(core.batch_queue) == 1
     llm.start_profile()
+    while llm.llm_engine.has_unfinished_requests():
+        llm.llm_engine.step()
     llm.generate([[3, 4, 5]], SamplingParams(temperature=0.0, max_tokens=4), use_tqdm=False)
     summaries = llm.stop_profile()
     assert len(summaries) == 2
