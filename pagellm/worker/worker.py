@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from pagellm.config.cache import DEFAULT_CPU_KV_CACHE_BYTES
+from pagellm.config.cache import DEFAULT_CPU_KV_CACHE_BYTES, kv_cache_torch_dtype
 from pagellm.config.engine_args import EngineConfig
 from pagellm.distributed.parallel_state import get_pp_group
 from pagellm.errors import ClientError
@@ -48,7 +48,8 @@ class Worker:
                                   config.model.max_logprobs, config.scheduler.max_num_seqs,
                                   config.model.max_model_len, seed=config.model.seed)
         self.spec = KVCacheSpec(self.model.num_layers, config.cache.block_size,
-                                self.model.num_kv_heads, self.model.head_dim, dtype)
+                                self.model.num_kv_heads, self.model.head_dim,
+                                kv_cache_torch_dtype(config.cache.kv_cache_dtype, dtype))
 
     def determine_num_blocks(self) -> tuple[int, int]:
         """(device KV blocks, CPU swap blocks) from the memory budget."""
@@ -69,6 +70,7 @@ class Worker:
                 f"of {cache.block_size}, {budget / GiB:.2f} GiB) but max_model_len={max_model_len} "
                 "needs more: lower max_model_len, or raise kv_cache_memory_bytes / "
                 "gpu_memory_utilization", param="max_model_len")
+        self._log_kv_cache_dtype()
         # Swap space is reserved only under preemption_mode='swap' (EngineCore drops it
         # otherwise), so only then does the line mention it.
         swap = (f"; swap space: {num_swap_blocks} blocks"
@@ -78,6 +80,17 @@ class Worker:
                     num_blocks * per_block / GiB, max_model_len,
                     num_blocks * cache.block_size / max_model_len, swap)
         return num_blocks, num_swap_blocks
+
+    def _log_kv_cache_dtype(self) -> None:
+        """With a quantized KV cache, say how many more blocks the budget buys."""
+        if self.spec.dtype == self.dtype:
+            return
+        kv_bytes = torch.empty((), dtype=self.spec.dtype).element_size()
+        model_bytes = torch.empty((), dtype=self.dtype).element_size()
+        logger.info("KV cache dtype %s (kv_cache_dtype=%s): %d byte(s) per element instead of %d "
+                    "(%s), %.1fx the blocks of an auto cache in the same memory", self.spec.dtype,
+                    self.config.cache.kv_cache_dtype, kv_bytes, model_bytes, self.dtype,
+                    model_bytes / kv_bytes)
 
     def _cuda_kv_budget(self) -> int:
         """gpu_memory_utilization × total − weights − peak activations of a profiling forward
@@ -109,7 +122,7 @@ class Worker:
         per_req = [num_tokens // num_reqs + (1 if i < num_tokens % num_reqs else 0)
                    for i in range(num_reqs)]
         num_blocks = -(-max(per_req) // self.spec.block_size)
-        caches = [torch.empty(self.spec.layer_shape(num_blocks), dtype=self.dtype, device=device)
+        caches = [torch.empty(self.spec.layer_shape(num_blocks), dtype=self.spec.dtype, device=device)
                   for _ in range(self.spec.num_layers)]
         starts = [0]
         for n in per_req:
