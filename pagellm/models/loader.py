@@ -24,6 +24,7 @@ from pagellm.errors import ClientError
 from pagellm.layers.attention import AttentionBackend, get_attn_backend
 from pagellm.layers.weight_utils import default_weight_loader, materialize
 from pagellm.models.gguf_loader import iter_gguf_weights
+from pagellm.models.gguf_quantized import keep_gguf_quantized, keep_gguf_quantized_enabled
 from pagellm.models.hf_config import is_gguf_path
 from pagellm.models.registry import get_model_class
 from pagellm.models.safetensors_loader import has_safetensors, iter_safetensors_weights
@@ -82,12 +83,14 @@ def load_model(model_path: str, hf_config, load_format: str, dtype: torch.dtype,
     if load_format == "dummy":
         init_dummy_weights(model, seed, stats)
     else:
+        filled = (keep_gguf_quantized(model, model_path, hf_config)
+                  if load_format == "gguf" and keep_gguf_quantized_enabled(device) else set())
         params = dict(model.named_parameters())
         mapping = getattr(model, "stacked_params_mapping", [])
         wanted = lambda name: _param_for(name, mapping, params)[0] is not None  # noqa: E731
         weights = (_counted(iter_gguf_weights(model_path, hf_config, wanted), stats)
                    if load_format == "gguf" else iter_safetensors_weights(model_path, stats.add_read))
-        loaded = load_weights(model, weights)
+        loaded = load_weights(model, weights) | filled
         missing = sorted(set(dict(model.named_parameters())) - loaded)
         if missing:
             raise ClientError(f"{model_path} lacks weights for {missing[:8]}"
