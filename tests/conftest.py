@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.helpers.skip_guard import SkipGuard
@@ -11,6 +13,9 @@ from tests.helpers.tiny_models import make_tiny_model_dir
 
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(SkipGuard(), "pagellm_skip_guard")
+    # The HF-equality tests compare float32 numerics, so GGUF models load dequantized in tests
+    # (servers they spawn inherit it); tests of the kept-quantized GGUF path unset it.
+    os.environ.setdefault("PAGELLM_GGUF_DEQUANTIZE", "1")
 
 
 @pytest.fixture(scope="session")

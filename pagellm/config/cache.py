@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 DEFAULT_CPU_KV_CACHE_BYTES = 2 * 1024**3
+
+KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn,
+                   "fp8_e5m2": torch.float8_e5m2}
+"""``kv_cache_dtype`` values (vLLM's names) -> the cache's torch dtype; None = the model dtype.
+``fp8`` means e4m3 (vLLM's default on CUDA)."""
+
+
+def kv_cache_torch_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
+    """The dtype KV cache tensors are stored in for a ``kv_cache_dtype`` value."""
+    return KV_CACHE_DTYPES[kv_cache_dtype] or model_dtype
 
 
 @dataclass(frozen=True)
@@ -21,12 +33,15 @@ class CacheConfig:
     enable_prefix_caching: bool = True
     """Reuse the KV blocks of shared prompt prefixes across requests."""
     kv_cache_dtype: str = "auto"
-    """KV cache dtype; only 'auto' (the model dtype) is supported yet."""
+    """KV cache dtype: 'auto' (the model dtype), 'fp8' (= 'fp8_e4m3') or 'fp8_e5m2'. An fp8
+    cache stores K/V in one byte per element, divided by per-layer scales k_scale / v_scale
+    (from the checkpoint's ``*.k_scale`` / ``*.v_scale`` tensors when present, else 1.0 as in
+    vLLM), so the same memory holds 2x the blocks of a 16-bit cache (4x of float32)."""
     cpu_offload_gb: float = 0.0
     """GiB of weights to keep in CPU memory (not supported yet)."""
 
     def __post_init__(self) -> None:
-        from pagellm.config.checks import check_range, not_supported_yet
+        from pagellm.config.checks import check_choice, check_range, not_supported_yet
 
         if self.block_size not in (1, 2, 4, 8, 16, 32, 64, 128, 256):
             from pagellm.errors import ClientError
@@ -36,8 +51,7 @@ class CacheConfig:
         if self.kv_cache_memory_bytes is not None:
             check_range("kv_cache_memory_bytes", self.kv_cache_memory_bytes, 1)
         check_range("swap_space", self.swap_space, 0)
-        if self.kv_cache_dtype != "auto":
-            not_supported_yet("kv_cache_dtype", self.kv_cache_dtype)
+        check_choice("kv_cache_dtype", self.kv_cache_dtype, KV_CACHE_DTYPES)
         check_range("cpu_offload_gb", self.cpu_offload_gb, 0)
         if self.cpu_offload_gb > 0:
             not_supported_yet("cpu_offload_gb", self.cpu_offload_gb)

@@ -34,19 +34,21 @@ class AttentionBackend(ABC):
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kv_cache: torch.Tensor | None, attn_metadata: AttentionMetadata,
-                scale: float) -> torch.Tensor:
+                scale: float, k_scale: float = 1.0, v_scale: float = 1.0) -> torch.Tensor:
         """query: [T, num_heads, head_dim]; key, value: [T, num_kv_heads, head_dim];
-        kv_cache: [2, num_blocks, block_size, num_kv_heads, head_dim].
+        kv_cache: [2, num_blocks, block_size, num_kv_heads, head_dim] in the query's dtype or
+        fp8 (then K/V are stored divided by ``k_scale``/``v_scale``).
         Returns [T, num_heads, head_dim] in the query's dtype."""
         if kv_cache is None or kv_cache.numel() == 0:
             return varlen_causal_attention(query, key, value, attn_metadata.query_start_loc_cpu,
                                            scale)
-        return self.paged_forward(query, key, value, kv_cache, attn_metadata, scale)
+        return self.paged_forward(query, key, value, kv_cache, attn_metadata, scale, k_scale,
+                                  v_scale)
 
     @abstractmethod
     def paged_forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       kv_cache: torch.Tensor, attn_metadata: AttentionMetadata,
-                      scale: float) -> torch.Tensor:
+                      scale: float, k_scale: float, v_scale: float) -> torch.Tensor:
         """``forward`` with a real cache: write the new K/V, then attend."""
 
 
@@ -55,11 +57,11 @@ class TorchAttentionBackend(AttentionBackend):
 
     name = "torch"
 
-    def paged_forward(self, query, key, value, kv_cache, attn_metadata, scale):
-        write_kv_cache(key, value, kv_cache, attn_metadata.slot_mapping)
+    def paged_forward(self, query, key, value, kv_cache, attn_metadata, scale, k_scale, v_scale):
+        write_kv_cache(key, value, kv_cache, attn_metadata.slot_mapping, k_scale, v_scale)
         return paged_attention_torch(query, kv_cache, attn_metadata.block_tables,
                                      attn_metadata.seq_lens, attn_metadata.query_start_loc_cpu,
-                                     attn_metadata.seq_lens_cpu, scale)
+                                     attn_metadata.seq_lens_cpu, scale, k_scale, v_scale)
 
 
 ATTENTION_BACKEND_ENV = "PAGELLM_ATTENTION_BACKEND"
@@ -108,12 +110,18 @@ class Attention(nn.Module):
         """Softmax scale, usually head_dim ** -0.5."""
         self.backend = backend
         """Where the work happens; shared by all layers."""
+        self.k_scale = 1.0
+        """An fp8 KV cache stores key / k_scale; set from the checkpoint's ``*.k_scale`` when
+        it has one (``pagellm.models.loader``), else 1.0 as in vLLM."""
+        self.v_scale = 1.0
+        """Same for values."""
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kv_cache: torch.Tensor | None, attn_metadata: AttentionMetadata) -> torch.Tensor:
         """query: [T, num_heads, head_dim]; key, value: [T, num_kv_heads, head_dim].
         Returns [T, num_heads * head_dim]."""
-        out = self.backend.forward(query, key, value, kv_cache, attn_metadata, self.scale)
+        out = self.backend.forward(query, key, value, kv_cache, attn_metadata, self.scale,
+                                   self.k_scale, self.v_scale)
         return out.flatten(1)
 
 
@@ -124,11 +132,12 @@ class TritonAttentionBackend(AttentionBackend):
 
     name = "triton"
 
-    def paged_forward(self, query, key, value, kv_cache, attn_metadata, scale):
+    def paged_forward(self, query, key, value, kv_cache, attn_metadata, scale, k_scale, v_scale):
         from pagellm.ops.triton.kv_cache import write_kv_cache_triton
         from pagellm.ops.triton.paged_attention import paged_attention_triton
-        write_kv_cache_triton(key, value, kv_cache, attn_metadata.slot_mapping)
+        write_kv_cache_triton(key, value, kv_cache, attn_metadata.slot_mapping, k_scale, v_scale)
         return paged_attention_triton(query, kv_cache, attn_metadata.block_tables,
                                       attn_metadata.query_start_loc, attn_metadata.seq_lens, scale,
                                       max_query_len=attn_metadata.max_query_len,
-                                      max_seq_len=attn_metadata.max_seq_len)
+                                      max_seq_len=attn_metadata.max_seq_len,
+                                      k_scale=k_scale, v_scale=v_scale)

@@ -55,6 +55,9 @@ class VocabParallelEmbedding(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [T] -> [T, embedding_dim] (the same on every rank)."""
+        lookup = getattr(self.quant_method, "embedding", None)   # a quantized table (GGUF)
+        if lookup is not None:
+            return lookup(self, input_ids)
         if self.tp_size == 1:
             return F.embedding(input_ids, self.weight)
         local_ids = input_ids - self.vocab_start_index

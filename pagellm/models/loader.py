@@ -12,6 +12,7 @@ read (safetensors) or dequantized (GGUF).
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Iterable
@@ -21,8 +22,9 @@ from torch import nn
 
 from pagellm.errors import ClientError
 from pagellm.layers.attention import AttentionBackend, get_attn_backend
-from pagellm.layers.weight_utils import default_weight_loader
+from pagellm.layers.weight_utils import default_weight_loader, materialize
 from pagellm.models.gguf_loader import iter_gguf_weights
+from pagellm.models.gguf_quantized import keep_gguf_quantized, keep_gguf_quantized_enabled
 from pagellm.models.hf_config import is_gguf_path
 from pagellm.models.registry import get_model_class
 from pagellm.models.safetensors_loader import has_safetensors, iter_safetensors_weights
@@ -81,12 +83,14 @@ def load_model(model_path: str, hf_config, load_format: str, dtype: torch.dtype,
     if load_format == "dummy":
         init_dummy_weights(model, seed, stats)
     else:
+        filled = (keep_gguf_quantized(model, model_path, hf_config)
+                  if load_format == "gguf" and keep_gguf_quantized_enabled(device) else set())
         params = dict(model.named_parameters())
         mapping = getattr(model, "stacked_params_mapping", [])
         wanted = lambda name: _param_for(name, mapping, params)[0] is not None  # noqa: E731
         weights = (_counted(iter_gguf_weights(model_path, hf_config, wanted), stats)
                    if load_format == "gguf" else iter_safetensors_weights(model_path, stats.add_read))
-        loaded = load_weights(model, weights)
+        loaded = load_weights(model, weights) | filled
         missing = sorted(set(dict(model.named_parameters())) - loaded)
         if missing:
             raise ClientError(f"{model_path} lacks weights for {missing[:8]}"
@@ -117,7 +121,7 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, object]]) -> set
     shards_seen: dict[str, int] = {}
     loaded = set()
     for name, loaded_weight in weights:
-        if "rotary_emb.inv_freq" in name:
+        if "rotary_emb.inv_freq" in name or _load_kv_scale(model, name, loaded_weight):
             continue
         target, shard_id = _param_for(name, mapping, params)
         if target is None:
@@ -132,6 +136,33 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, object]]) -> set
         if shards_seen[target] >= shards_expected.get(target, 1):
             loaded.add(target)
     return loaded
+
+
+_KV_SCALE_RE = re.compile(r"(.*\.self_attn)\.(?:attn\.)?(k_scale|v_scale|kv_scale)"
+                          r"|(.*\.self_attn)\.(k|v)_proj\.output_scale")
+
+
+def _load_kv_scale(model: nn.Module, name: str, loaded_weight) -> bool:
+    """A checkpoint's fp8 KV cache scale (vLLM's names: ``<layer>.self_attn.k_scale`` /
+    ``v_scale``, the older ``kv_scale`` for both, compressed-tensors'
+    ``k_proj.output_scale``) becomes the layer's ``Attention.k_scale`` / ``v_scale`` (a float).
+    Returns whether ``name`` was such a scale (a scale of another stage's layer is dropped)."""
+    match = _KV_SCALE_RE.fullmatch(name)
+    if match is None:
+        return False
+    prefix = match.group(1) or match.group(3)
+    kind = match.group(2) or f"{match.group(4)}_scale"
+    try:
+        attn = model.get_submodule(f"{prefix}.attn")
+    except AttributeError:
+        return True
+    value = float(materialize(loaded_weight).float().max())
+    if not value > 0:
+        raise ClientError(f"checkpoint tensor {name}: a KV cache scale must be > 0, got {value}",
+                          param="model")
+    for attribute in (("k_scale", "v_scale") if kind == "kv_scale" else (kind,)):
+        setattr(attn, attribute, value)
+    return True
 
 
 def _param_for(name: str, mapping, params) -> tuple[str | None, object]:

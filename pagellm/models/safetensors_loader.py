@@ -60,7 +60,7 @@ class LazySlice:
     def materialize(self) -> torch.Tensor:
         """Read this part from the file into a new CPU tensor; reports its bytes to on_read."""
         if not self._bounds:                           # a scalar
-            tensor = self._slice[:]
+            tensor = self._slice[()]           # [:] raises on 0-dim tensors
         else:
             tensor = self._slice[tuple(slice(start, stop) for start, stop in self._bounds)]
         self._on_read(tensor.numel() * tensor.element_size())

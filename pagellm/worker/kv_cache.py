@@ -19,6 +19,7 @@ class KVCacheSpec:
     num_kv_heads: int
     head_dim: int
     dtype: torch.dtype
+    """Storage dtype: the model's, or fp8 (``kv_cache_dtype``)."""
 
     @property
     def bytes_per_block(self) -> int:
@@ -57,7 +58,7 @@ class KVCache:
         src = torch.tensor([p[0] for p in pairs], device=self.device)
         dst = torch.tensor([p[1] for p in pairs])
         for cache, swap in zip(self.layers, self.swap_layers):
-            swap[:, dst] = cache[:, src].to("cpu")
+            _bytes_of(swap)[:, dst] = _bytes_of(cache)[:, src].to("cpu")
 
     def swap_in(self, pairs: list[tuple[int, int]]) -> None:
         """Copy swap blocks back to device blocks: pairs of (swap block, device block)."""
@@ -66,4 +67,9 @@ class KVCache:
         src = torch.tensor([p[0] for p in pairs])
         dst = torch.tensor([p[1] for p in pairs], device=self.device)
         for cache, swap in zip(self.layers, self.swap_layers):
-            cache[:, dst] = swap[:, src].to(self.device, non_blocking=True)
+            _bytes_of(cache)[:, dst] = _bytes_of(swap)[:, src].to(self.device, non_blocking=True)
+
+
+def _bytes_of(cache: torch.Tensor) -> torch.Tensor:
+    """A one-byte (fp8) cache as uint8, the same shape: CPU indexing has no fp8 kernels."""
+    return cache.view(torch.uint8) if cache.element_size() == 1 else cache

@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from pagellm.config.cache import kv_cache_torch_dtype
 from pagellm.config.engine_args import EngineConfig
 from pagellm.config.kv_sizing import (check_max_model_len_fits, cpu_kv_budget, cuda_kv_budget,
                                       fixed_kv_budget, num_kv_blocks)
@@ -49,7 +50,8 @@ class Worker:
                                   config.model.max_logprobs, config.scheduler.max_num_seqs,
                                   config.model.max_model_len, seed=config.model.seed)
         self.spec = KVCacheSpec(self.model.num_layers, config.cache.block_size,
-                                self.model.num_kv_heads, self.model.head_dim, dtype)
+                                self.model.num_kv_heads, self.model.head_dim,
+                                kv_cache_torch_dtype(config.cache.kv_cache_dtype, dtype))
 
     def determine_num_blocks(self) -> tuple[int, int]:
         """(device KV blocks, CPU swap blocks) from the memory budget (the arithmetic is
@@ -63,6 +65,7 @@ class Worker:
         num_blocks, num_swap_blocks = num_kv_blocks(budget, per_block, cache.swap_space)
         max_model_len = self.config.model.max_model_len
         check_max_model_len_fits(num_blocks, cache.block_size, max_model_len, budget)
+        self._log_kv_cache_dtype()
         # Swap space is reserved only under preemption_mode='swap' (EngineCore drops it
         # otherwise), so only then does the line mention it.
         swap = (f"; swap space: {num_swap_blocks} blocks"
@@ -72,6 +75,17 @@ class Worker:
                     num_blocks * per_block / GiB, max_model_len,
                     num_blocks * cache.block_size / max_model_len, swap)
         return num_blocks, num_swap_blocks
+
+    def _log_kv_cache_dtype(self) -> None:
+        """With a quantized KV cache, say how many more blocks the budget buys."""
+        if self.spec.dtype == self.dtype:
+            return
+        kv_bytes = torch.empty((), dtype=self.spec.dtype).element_size()
+        model_bytes = torch.empty((), dtype=self.dtype).element_size()
+        logger.info("KV cache dtype %s (kv_cache_dtype=%s): %d byte(s) per element instead of %d "
+                    "(%s), %.1fx the blocks of an auto cache in the same memory", self.spec.dtype,
+                    self.config.cache.kv_cache_dtype, kv_bytes, model_bytes, self.dtype,
+                    model_bytes / kv_bytes)
 
     def _cuda_kv_budget(self) -> int:
         """gpu_memory_utilization × total − weights − peak activations of a profiling forward
@@ -103,7 +117,7 @@ class Worker:
         per_req = [num_tokens // num_reqs + (1 if i < num_tokens % num_reqs else 0)
                    for i in range(num_reqs)]
         num_blocks = -(-max(per_req) // self.spec.block_size)
-        caches = [torch.empty(self.spec.layer_shape(num_blocks), dtype=self.dtype, device=device)
+        caches = [torch.empty(self.spec.layer_shape(num_blocks), dtype=self.spec.dtype, device=device)
                   for _ in range(self.spec.num_layers)]
         starts = [0]
         for n in per_req:

@@ -12,7 +12,8 @@ import torch
 
 from pagellm.layers.attention import TorchAttentionBackend, TritonAttentionBackend
 from pagellm.ops.activation import silu_and_mul
-from pagellm.ops.attention import paged_attention_torch, write_kv_cache
+from pagellm.ops.attention import (dequantize_kv_cache, paged_attention_torch, quantize_fp8,
+                                   write_kv_cache)
 from pagellm.ops.norm import fused_add_rms_norm, rms_norm
 from tests.helpers.paged import build_attn_metadata, random_block_tables
 
@@ -41,27 +42,39 @@ def random_paged_batch(query_lens: list[int], seq_lens: list[int], *, block_size
 def check_paged_attention(query_lens: list[int], seq_lens: list[int], *, block_size: int = 16,
                           num_heads: int = 8, num_kv_heads: int = 2, head_dim: int = 64,
                           dtype: torch.dtype = torch.bfloat16, device: str = "cuda",
-                          num_kv_splits: int | None = None, seed: int = 0) -> float:
+                          num_kv_splits: int | None = None, seed: int = 0,
+                          kv_cache_dtype: torch.dtype | None = None, k_scale: float = 1.0,
+                          v_scale: float = 1.0) -> float:
+    """``kv_cache_dtype`` fp8: the cache holds K / k_scale, V / v_scale in fp8 and the twin
+    runs on its float32 dequantization."""
     from pagellm.ops.triton.paged_attention import paged_attention_triton
 
     query, kv_cache, meta = random_paged_batch(
         query_lens, seq_lens, block_size=block_size, num_heads=num_heads,
         num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=dtype, device=device, seed=seed)
+    if kv_cache_dtype is not None:
+        kv_cache = torch.stack([quantize_fp8(kv_cache[0] * 3, k_scale, kv_cache_dtype),
+                                quantize_fp8(kv_cache[1] * 3, v_scale, kv_cache_dtype)])
     scale = head_dim ** -0.5
-    ref = paged_attention_torch(query.float(), kv_cache.float(), meta.block_tables, meta.seq_lens,
-                                meta.query_start_loc_cpu, meta.seq_lens_cpu, scale)
+    ref = paged_attention_torch(query.float(), dequantize_kv_cache(kv_cache, torch.float32, k_scale,
+                                                                   v_scale),
+                                meta.block_tables, meta.seq_lens, meta.query_start_loc_cpu,
+                                meta.seq_lens_cpu, scale)
     out = torch.full_like(query, float("nan"))
     paged_attention_triton(query, kv_cache, meta.block_tables, meta.query_start_loc, meta.seq_lens,
                            scale, max_query_len=meta.max_query_len, max_seq_len=meta.max_seq_len,
-                           num_kv_splits=num_kv_splits, out=out)
+                           num_kv_splits=num_kv_splits, out=out, k_scale=k_scale, v_scale=v_scale)
     return relative_error(out, ref)
 
 
 def check_write_kv_cache(num_tokens: int, *, block_size: int = 16, num_kv_heads: int = 4,
                          head_dim: int = 64, dtype: torch.dtype = torch.bfloat16,
-                         device: str = "cuda", seed: int = 0) -> bool:
+                         device: str = "cuda", seed: int = 0, k_scale: float = 1.0,
+                         v_scale: float = 1.0, fp8_representable: bool = False) -> bool:
     """Triton and torch writes into NaN-poisoned caches agree bit for bit (NaN where unwritten);
-    the key/value come in float32 to check the cast too."""
+    the key/value come in float32 to check the cast too (times 100 for an fp8 cache, so that
+    some saturate). ``fp8_representable``: K/V already on the fp8 grid (times the scale) so that
+    no rounding happens: Triton's interpreter rounds fp32 -> fp8 wrongly (31.0 -> 16.0)."""
     from pagellm.ops.triton.kv_cache import write_kv_cache_triton
 
     gen = torch.Generator().manual_seed(seed)
@@ -70,10 +83,17 @@ def check_write_kv_cache(num_tokens: int, *, block_size: int = 16, num_kv_heads:
     key = torch.randn(num_tokens, num_kv_heads, head_dim, generator=gen).to(device)
     value = torch.randn(num_tokens, num_kv_heads, head_dim, generator=gen).to(device)
     cache = torch.full((2, num_blocks, block_size, num_kv_heads, head_dim), float("nan"),
-                       dtype=dtype, device=device)
+                       device=device).to(dtype)
+    if cache.element_size() == 1:
+        key, value = key * 100, value * 100
+        if fp8_representable:
+            key = quantize_fp8(key, k_scale, dtype).float() * k_scale
+            value = quantize_fp8(value, v_scale, dtype).float() * v_scale
     expected = cache.clone()
-    write_kv_cache(key, value, expected, slots)
-    write_kv_cache_triton(key, value, cache, slots)
+    write_kv_cache(key, value, expected, slots, k_scale, v_scale)
+    write_kv_cache_triton(key, value, cache, slots, k_scale, v_scale)
+    if cache.element_size() == 1:      # fp8: compare the bytes (NaN patterns included)
+        return torch.equal(cache.view(torch.uint8), expected.view(torch.uint8))
     return torch.equal(cache.isnan(), expected.isnan()) and torch.equal(
         cache.nan_to_num(), expected.nan_to_num())
 
@@ -112,15 +132,22 @@ def check_silu_and_mul(num_rows: int, d: int, *, dtype: torch.dtype = torch.bflo
 def check_backends_agree(query_lens: list[int], seq_lens: list[int], *, block_size: int = 16,
                          num_heads: int = 8, num_kv_heads: int = 2, head_dim: int = 64,
                          dtype: torch.dtype = torch.bfloat16, device: str = "cuda",
-                         seed: int = 0) -> tuple[float, bool]:
-    """Both backends' forward from the same cache and new K/V: (output error, caches equal)."""
+                         seed: int = 0, kv_cache_dtype: torch.dtype | None = None,
+                         k_scale: float = 1.0, v_scale: float = 1.0) -> tuple[float, bool]:
+    """Both backends' forward from the same cache and new K/V: (output error, caches equal).
+    ``kv_cache_dtype`` fp8: an fp8 cache with those scales (bytes compared)."""
     query, kv_cache, meta = random_paged_batch(
         query_lens, seq_lens, block_size=block_size, num_heads=num_heads,
         num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=dtype, device=device, seed=seed)
+    if kv_cache_dtype is not None:
+        kv_cache = kv_cache.to(kv_cache_dtype)
     gen = torch.Generator().manual_seed(seed + 1)
     key = torch.randn(meta.num_tokens, num_kv_heads, head_dim, generator=gen).to(device, dtype)
     value = torch.randn(meta.num_tokens, num_kv_heads, head_dim, generator=gen).to(device, dtype)
     torch_cache = kv_cache.clone()
-    ref = TorchAttentionBackend().forward(query, key, value, torch_cache, meta, head_dim ** -0.5)
-    out = TritonAttentionBackend().forward(query, key, value, kv_cache, meta, head_dim ** -0.5)
+    scales = (head_dim ** -0.5, k_scale, v_scale)
+    ref = TorchAttentionBackend().forward(query, key, value, torch_cache, meta, *scales)
+    out = TritonAttentionBackend().forward(query, key, value, kv_cache, meta, *scales)
+    if kv_cache.element_size() == 1:
+        kv_cache, torch_cache = kv_cache.view(torch.uint8), torch_cache.view(torch.uint8)
     return relative_error(out, ref), torch.equal(kv_cache, torch_cache)

@@ -115,3 +115,37 @@ def test_rms_norm(num_rows, hidden, dtype):
 @pytest.mark.parametrize("num_rows,d", [(1, 64), (33, 11008), (7, 14336)])
 def test_silu_and_mul(num_rows, d, dtype):
     assert check_silu_and_mul(num_rows, d, dtype=dtype) < TOLERANCE
+
+
+FP8_DTYPES = [torch.float8_e4m3fn, torch.float8_e5m2]
+
+
+@pytest.mark.parametrize("kv_cache_dtype", FP8_DTYPES)
+@pytest.mark.parametrize("num_kv_heads,head_dim", [(1, 64), (3, 80)])
+def test_write_kv_cache_fp8(kv_cache_dtype, num_kv_heads, head_dim):
+    """Bytes equal to the torch twin's, saturation included (K/V x100, odd scales)."""
+    for num_tokens in (1, 17, 300):
+        assert check_write_kv_cache(num_tokens, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                                    dtype=kv_cache_dtype, k_scale=0.37, v_scale=1.9)
+
+
+@pytest.mark.parametrize("kv_cache_dtype", FP8_DTYPES)
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("num_kv_splits", [None, 1, 4])
+def test_paged_attention_fp8_cache(kv_cache_dtype, dtype, num_kv_splits):
+    """The kernels read an fp8 cache like the twin reads its dequantization: mixed batches and
+    (split-KV) decodes over odd lengths and scales."""
+    scales = dict(kv_cache_dtype=kv_cache_dtype, k_scale=0.37, v_scale=1.9)
+    assert check_paged_attention(MIXED_QUERY_LENS, MIXED_SEQ_LENS, num_heads=16, num_kv_heads=4,
+                                 dtype=dtype, num_kv_splits=num_kv_splits, **scales) < TOLERANCE
+    assert check_paged_attention([1, 1, 1], [1, 777, 2049], num_heads=32, num_kv_heads=8,
+                                 head_dim=128, dtype=dtype, num_kv_splits=num_kv_splits,
+                                 **scales) < TOLERANCE
+
+
+@pytest.mark.parametrize("kv_cache_dtype", FP8_DTYPES)
+def test_backends_agree_fp8_cache(kv_cache_dtype):
+    error, caches_equal = check_backends_agree(
+        MIXED_QUERY_LENS, MIXED_SEQ_LENS, num_heads=32, num_kv_heads=8, head_dim=128,
+        dtype=torch.bfloat16, kv_cache_dtype=kv_cache_dtype, k_scale=0.5, v_scale=0.25)
+    assert caches_equal and error < TOLERANCE

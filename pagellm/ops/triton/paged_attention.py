@@ -18,6 +18,8 @@ through the block tables and never syncing with the host:
   partial (acc, running max, running sum); a reduce kernel merges the segments.
 
 Softmax runs online in float32 with base-2 exponentials (scale folded with log2(e)).
+An fp8 cache is read as fp8 and cast to the query's dtype in registers; ``k_scale`` is folded
+into the softmax scale and ``v_scale`` multiplies the normalised output.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import math
 import torch
 import triton
 import triton.language as tl
+
+from pagellm.ops.attention import is_fp8
 
 _LOG2_E = 1.4426950408889634
 _DEFAULT_SM_COUNT = 1   # interpreter mode or CPU tensors: no device to fill
@@ -65,7 +69,7 @@ def _attend_range(q, acc, m_i, l_i, query_pos, key_start, key_end,
                         + (key_pos % BLOCK_SIZE) * stride_cache_slot + head_offset)  # [N]
         # keys transposed, [D, N]
         k = tl.load(cache_ptr + slot_offsets[None, :] + dims[:, None] * stride_cache_dim,
-                    mask=dim_valid[:, None] & key_valid[None, :], other=0.0)
+                    mask=dim_valid[:, None] & key_valid[None, :], other=0.0).to(q.dtype)
         scores = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale   # [M, N] fp32
         visible = key_valid[None, :] & (key_pos[None, :] <= query_pos[:, None])
         scores = tl.where(visible, scores, float("-inf"))
@@ -75,7 +79,7 @@ def _attend_range(q, acc, m_i, l_i, query_pos, key_start, key_end,
         p = tl.exp2(scores - m_safe[:, None])                             # [M, N]
         alpha = tl.exp2(m_i - m_safe)                                     # [M]
         v = tl.load(cache_ptr + stride_cache_kv + slot_offsets[:, None] + dims[None, :] * stride_cache_dim,
-                    mask=key_valid[:, None] & dim_valid[None, :], other=0.0)  # [N, D]
+                    mask=key_valid[:, None] & dim_valid[None, :], other=0.0).to(q.dtype)  # [N, D]
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
@@ -85,7 +89,7 @@ def _attend_range(q, acc, m_i, l_i, query_pos, key_start, key_end,
 @triton.jit
 def _paged_attention_kernel(
         out_ptr, q_ptr, cache_ptr, block_tables_ptr, query_start_loc_ptr,
-        seq_lens_ptr, qk_scale, num_reqs,
+        seq_lens_ptr, qk_scale, v_scale, num_reqs,
         stride_q_token, stride_q_head, stride_q_dim,
         stride_out_token, stride_out_head, stride_out_dim,
         stride_cache_kv, stride_cache_block, stride_cache_slot, stride_cache_head, stride_cache_dim,
@@ -126,7 +130,7 @@ def _paged_attention_kernel(
         stride_cache_kv, stride_cache_block, stride_cache_slot, stride_cache_head, stride_cache_dim,
         BLOCK_SIZE, HEAD_DIM, HEAD_DIM_PAD, TILE_N, DOT_PRECISION)
 
-    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    out = acc * (v_scale / tl.where(l_i == 0.0, 1.0, l_i))[:, None]
     tl.store(out_ptr + token[:, None] * stride_out_token + head[:, None] * stride_out_head
              + dims[None, :] * stride_out_dim, out.to(out_ptr.dtype.element_ty), mask=io_mask)
 
@@ -180,7 +184,7 @@ def _split_decode_kernel(
 @triton.jit
 def _split_decode_reduce_kernel(
         out_ptr, partial_acc_ptr, partial_max_ptr, partial_sum_ptr, query_start_loc_ptr,
-        seq_lens_ptr, segment_len, num_segments,
+        seq_lens_ptr, v_scale, segment_len, num_segments,
         stride_out_token, stride_out_head, stride_out_dim,
         HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, SEGMENTS_PAD: tl.constexpr):
     """One (request, query head): merge the partials of the segments that hold context."""
@@ -199,7 +203,7 @@ def _split_decode_reduce_kernel(
     dims = tl.arange(0, HEAD_DIM_PAD)
     seg_acc = tl.load(partial_acc_ptr + stat_offset[:, None] * HEAD_DIM_PAD + dims[None, :],
                       mask=used[:, None], other=0.0)                      # [S, D]
-    out = tl.sum(seg_acc * weight[:, None], 0) / tl.sum(seg_sum * weight, 0)   # [D]
+    out = tl.sum(seg_acc * weight[:, None], 0) * (v_scale / tl.sum(seg_sum * weight, 0))  # [D]
     token = tl.load(query_start_loc_ptr + req).to(tl.int64)
     tl.store(out_ptr + token * stride_out_token + head * stride_out_head + dims * stride_out_dim,
              out.to(out_ptr.dtype.element_ty), mask=dims < HEAD_DIM)
@@ -246,11 +250,14 @@ def _launch_config(query: torch.Tensor, kv_cache: torch.Tensor, max_query_len: i
 def paged_attention_triton(query: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
                            query_start_loc: torch.Tensor, seq_lens: torch.Tensor, scale: float, *,
                            max_query_len: int, max_seq_len: int, num_kv_splits: int | None = None,
-                           out: torch.Tensor | None = None) -> torch.Tensor:
+                           out: torch.Tensor | None = None, k_scale: float = 1.0,
+                           v_scale: float = 1.0) -> torch.Tensor:
     """Causal attention of a flattened batch against a paged cache that already holds the
     batch's own K/V. Reads ``kv_cache``; returns a new tensor; mutates nothing.
 
-    query: [num_tokens, num_heads, head_dim] (float32/float16/bfloat16, same dtype as the cache);
+    query: [num_tokens, num_heads, head_dim] (float32/float16/bfloat16, same dtype as the cache,
+    or an fp8 cache holding K / k_scale and V / v_scale: ``k_scale``/``v_scale`` are then
+    applied on the fly and ignored for other caches);
     kv_cache: [2, num_blocks, block_size, num_kv_heads, head_dim]; block_tables: [num_reqs,
     max_blocks] int32; query_start_loc: [num_reqs + 1] int32; seq_lens: [num_reqs] int32, all on
     the query's device. Request i owns rows ``query_start_loc[i]:query_start_loc[i+1]`` (at least
@@ -265,7 +272,9 @@ def paged_attention_triton(query: torch.Tensor, kv_cache: torch.Tensor, block_ta
     num_tokens, num_heads, head_dim = query.shape
     num_reqs = seq_lens.shape[0]
     num_kv_heads = kv_cache.shape[3]
-    if num_heads % num_kv_heads or kv_cache.shape[4] != head_dim or kv_cache.dtype != query.dtype:
+    fp8 = is_fp8(kv_cache.dtype)
+    if num_heads % num_kv_heads or kv_cache.shape[4] != head_dim or not (
+            fp8 or kv_cache.dtype == query.dtype):
         raise ValueError(f"query {tuple(query.shape)} {query.dtype} does not fit kv_cache "
                          f"{tuple(kv_cache.shape)} {kv_cache.dtype}")
     if out is None:
@@ -276,14 +285,15 @@ def paged_attention_triton(query: torch.Tensor, kv_cache: torch.Tensor, block_ta
     if num_kv_splits is None:
         num_kv_splits = choose_num_kv_splits(num_reqs, num_kv_heads, max_seq_len,
                                              _sm_count(query.device), config["TILE_N"])
-    qk_scale = scale * _LOG2_E
+    qk_scale = scale * _LOG2_E * (float(k_scale) if fp8 else 1.0)
+    v_scale = float(v_scale) if fp8 else 1.0
     if max_query_len == 1 and num_kv_splits > 1:
         _split_decode(out, query, kv_cache, block_tables, query_start_loc, seq_lens, qk_scale,
-                      max_seq_len, num_kv_splits, config)
+                      v_scale, max_seq_len, num_kv_splits, config)
         return out
     grid = (num_tokens // config["BLOCK_Q"] + num_reqs, num_kv_heads)
     _paged_attention_kernel[grid](
-        out, query, kv_cache, block_tables, query_start_loc, seq_lens, qk_scale,
+        out, query, kv_cache, block_tables, query_start_loc, seq_lens, qk_scale, v_scale,
         num_reqs, *query.stride(), *out.stride(), *kv_cache.stride(), block_tables.stride(0),
         **config)
     return out
@@ -291,7 +301,8 @@ def paged_attention_triton(query: torch.Tensor, kv_cache: torch.Tensor, block_ta
 
 def _split_decode(out: torch.Tensor, query: torch.Tensor, kv_cache: torch.Tensor,
                   block_tables: torch.Tensor, query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
-                  qk_scale: float, max_seq_len: int, num_kv_splits: int, config: dict) -> None:
+                  qk_scale: float, v_scale: float, max_seq_len: int, num_kv_splits: int,
+                  config: dict) -> None:
     """Flash-decoding: segments of ``segment_len`` keys per program, then a merge. Writes ``out``."""
     num_reqs, num_heads = seq_lens.shape[0], query.shape[1]
     tile_n, head_dim_pad = config["TILE_N"], config["HEAD_DIM_PAD"]
@@ -309,6 +320,6 @@ def _split_decode(out: torch.Tensor, query: torch.Tensor, kv_cache: torch.Tensor
         *kv_cache.stride(), block_tables.stride(0), num_heads, num_segments,
         **decode_config, BLOCK_M=max(16, config["GROUP_PAD"]))
     _split_decode_reduce_kernel[(num_reqs, num_heads)](
-        out, partial_acc, partial_max, partial_sum, query_start_loc, seq_lens, segment_len,
+        out, partial_acc, partial_max, partial_sum, query_start_loc, seq_lens, v_scale, segment_len,
         num_segments, *out.stride(), HEAD_DIM=config["HEAD_DIM"], HEAD_DIM_PAD=head_dim_pad,
         SEGMENTS_PAD=triton.next_power_of_2(num_segments), num_warps=4)

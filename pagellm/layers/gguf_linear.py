@@ -1,0 +1,232 @@
+"""GGUF weights kept quantized on CPU: llama.cpp blocks repacked for torch's int4 matmul.
+
+Every supported GGUF type is, per group of 32 inputs of one output row, an unsigned integer
+code ``u`` (4 to 8 bits) with a scale and an offset: ``w = scale * u + offset``
+(``gguf_codes``, checked against the ``gguf`` package's dequantizers):
+
+| type | bits | block | scale, offset per 32 weights                 |
+|------|------|-------|----------------------------------------------|
+| Q4_0 | 4    | 32    | d, -8d                                       |
+| Q4_1 | 4    | 32    | d, m                                         |
+| Q8_0 | 8    | 32    | d, -128d (u = q + 128)                       |
+| Q4_K | 4    | 256   | d * sc_j, -dmin * m_j (6-bit sc/m per 32)    |
+| Q5_K | 5    | 256   | d * sc_j, -dmin * m_j                        |
+
+torch's CPU kernel ``_weight_int4pack_mm_for_cpu`` computes ``x @ W.T`` for 4-bit codes q
+with per-group ``(scale, zero)`` as ``W = (q - 8) * scale + zero`` (group 32, bfloat16
+activations and scales; fast with AVX-512 BF16, ``benchmarks/RESULTS.md``). A 4-bit type is one
+such "plane" (zero = offset + 8 scale); a 5-8-bit code is split into nibbles ``u = 16 hi + lo``,
+two planes summed: hi with (16 scale, 128 scale), lo with (scale, offset + 8 scale). Q6_K
+(16-weight groups: the kernel takes 32-256) and other types stay dequantized (the loader logs
+it). Storage per weight: 0.625 bytes for 4-bit types (Q4_1's own size), 1.25 for 5-8-bit.
+
+Not exact against the float32 dequantized model: activations, scales and the kernel's output
+are bfloat16 (the default model's perplexity moves by well under 0.5%, tests/integration).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType
+from gguf.quants import Q4_K
+from torch import nn
+
+from pagellm.layers.linear import LinearMethodBase
+
+GROUP_SIZE = 32
+QK_K = 256
+T = GGMLQuantizationType
+CODE_BITS = {T.Q4_0: 4, T.Q4_1: 4, T.Q8_0: 8, T.Q4_K: 4, T.Q5_K: 5}
+"""GGUF types kept quantized, and the bits of their codes."""
+
+
+def _f16(column: np.ndarray) -> np.ndarray:
+    """[n, 2] uint8 -> [n, 1] float32 (little-endian fp16)."""
+    return column.copy().view(np.float16).astype(np.float32)
+
+
+def _codes_q4_0_q4_1(blocks: np.ndarray, has_min: bool):
+    """[n, 18|20] uint8 blocks of 32 -> codes [n, 32], scale [n, 1], offset [n, 1]."""
+    d = _f16(blocks[:, 0:2])
+    offset = _f16(blocks[:, 2:4]) if has_min else -8 * d
+    qs = blocks[:, 4 if has_min else 2:]                           # [n, 16]
+    codes = np.concatenate([qs & 0x0F, qs >> 4], axis=1)           # element j, then j + 16
+    return codes, d, offset
+
+
+def _codes_q8_0(blocks: np.ndarray):
+    d = _f16(blocks[:, 0:2])
+    codes = (blocks[:, 2:].view(np.int8).astype(np.int16) + 128).astype(np.uint8)   # [n, 32]
+    return codes, d, -128 * d
+
+
+def _codes_k(blocks: np.ndarray, five_bits: bool):
+    """[n, 144|176] Q4_K/Q5_K super-blocks of 256 -> codes [n * 8, 32], scale/offset [n * 8, 1]
+    (one row per 32-weight sub-block)."""
+    n = blocks.shape[0]
+    d, dmin = _f16(blocks[:, 0:2]), _f16(blocks[:, 2:4])
+    sc, m = Q4_K.get_scale_min(blocks[:, 4:16])                     # [n, 8] each
+    scale = (d * sc.astype(np.float32)).reshape(n * 8, 1)
+    offset = -(dmin * m.astype(np.float32)).reshape(n * 8, 1)
+    qs = blocks[:, 48:] if five_bits else blocks[:, 16:]            # [n, 128]
+    low = qs.reshape(n, 4, 1, 32) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)
+    codes = (low & 0x0F).reshape(n, 8, 32)
+    if five_bits:
+        qh = blocks[:, 16:48].reshape(n, 1, 32) >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
+        codes = codes | ((qh & 1) << 4)
+    return codes.reshape(n * 8, 32), scale, offset
+
+
+def gguf_codes(raw: np.ndarray, qtype: GGMLQuantizationType, num_cols: int):
+    """A GGUF tensor's raw blocks as (codes uint8 [rows, num_cols], scale float32 [rows,
+    num_cols / 32], offset float32 [rows, num_cols / 32]) with ``w = scale * code + offset``
+    per 32 consecutive weights of a row. raw: [rows, row bytes] uint8 (the reader's layout).
+    Raises KeyError for a type not in CODE_BITS."""
+    bits = CODE_BITS[qtype]             # noqa: F841 (KeyError for unsupported types)
+    rows = raw.shape[0]
+    block_bytes = {T.Q4_0: 18, T.Q4_1: 20, T.Q8_0: 34, T.Q4_K: 144, T.Q5_K: 176}[qtype]
+    blocks = np.ascontiguousarray(raw).reshape(-1, block_bytes)
+    if qtype in (T.Q4_0, T.Q4_1):
+        codes, scale, offset = _codes_q4_0_q4_1(blocks, qtype == T.Q4_1)
+    elif qtype == T.Q8_0:
+        codes, scale, offset = _codes_q8_0(blocks)
+    else:
+        codes, scale, offset = _codes_k(blocks, qtype == T.Q5_K)
+    groups = num_cols // GROUP_SIZE
+    return (codes.reshape(rows, num_cols), scale.reshape(rows, groups),
+            offset.reshape(rows, groups))
+
+
+def pack_planes(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bits: int
+                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(packed int4 weight, scales_and_zeros) per nibble plane for torch's CPU int4 matmul.
+    codes: [N, K] uint8; scale, offset: [N, K / 32] float32; N a multiple of 16."""
+    scale_t, offset_t = scale.t().contiguous(), offset.t().contiguous()     # [K / 32, N]
+    if bits <= 4:
+        planes = [(codes, scale_t, offset_t + 8 * scale_t)]
+    else:
+        planes = [(codes >> 4, 16 * scale_t, 128 * scale_t),
+                  (codes & 0x0F, scale_t, offset_t + 8 * scale_t)]
+    packed = []
+    for nibbles, plane_scale, zero in planes:
+        weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(nibbles.to(torch.int32), 1)
+        # [K / 32, N, 2]
+        scales_and_zeros = torch.stack([plane_scale, zero], dim=-1).to(torch.bfloat16)
+        packed.append((weight, scales_and_zeros.contiguous()))
+    return packed
+
+
+PACK_BLOCK_ROWS = 64
+"""torch's CPU int4 packing interleaves rows only within blocks of 64 (checked by
+``_nibble_positions``), so one row's codes can be read back from its block's bytes."""
+
+
+@functools.lru_cache(maxsize=8)
+def _nibble_positions(num_cols: int) -> torch.Tensor | None:
+    """[64, num_cols] int64: where (byte * 2 + high nibble) code (r, k) of a 64-row block lands
+    in the block's packed bytes; None if this torch packs rows across blocks. Found by packing
+    probes whose codes spell each element's index in base 16."""
+    count = PACK_BLOCK_ROWS * num_cols
+    digits = max(1, math.ceil(math.log(count, 16)))
+    source = torch.zeros(count, dtype=torch.int64)            # packed nibble -> element index
+    index = torch.arange(count)
+    for digit in range(digits):
+        probe = ((index >> (4 * digit)) & 15).view(PACK_BLOCK_ROWS, num_cols).to(torch.int32)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(probe, 1).flatten()
+        nibbles = torch.stack([packed & 15, packed >> 4], dim=1).flatten().to(torch.int64)
+        source |= nibbles << (4 * digit)
+    positions = torch.empty(count, dtype=torch.int64)
+    positions[source] = torch.arange(count)
+    # Two blocks of random codes must read back through the map: no row crosses a block.
+    codes = torch.randint(0, 16, (2 * PACK_BLOCK_ROWS, num_cols), dtype=torch.int32,
+                          generator=torch.Generator().manual_seed(0))
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    if not torch.equal(_read_rows(packed, positions.view(PACK_BLOCK_ROWS, num_cols),
+                                  torch.arange(2 * PACK_BLOCK_ROWS)), codes.to(torch.uint8)):
+        return None
+    return positions.view(PACK_BLOCK_ROWS, num_cols)
+
+
+def _read_rows(packed: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Codes [len(rows), K] uint8 of ``rows`` of a packed [N, K / 2] weight (N % 64 == 0)."""
+    blocks = packed.view(-1, packed.shape[1] * PACK_BLOCK_ROWS)        # [N / 64, 64 * K / 2]
+    where = positions[rows % PACK_BLOCK_ROWS]                           # [T, K]
+    data = blocks[rows // PACK_BLOCK_ROWS].gather(1, where // 2)        # [T, K] bytes
+    return (data >> (4 * (where % 2)).to(torch.uint8)) & 15
+
+
+def can_pack(num_rows: int, num_cols: int) -> bool:
+    """Shapes torch's CPU int4 kernel takes: N a multiple of 16, K of 32."""
+    return num_rows % 16 == 0 and num_cols % GROUP_SIZE == 0
+
+
+def can_embed(num_rows: int, num_cols: int) -> bool:
+    """Whether rows of a packed weight can be looked up (an embedding kept packed)."""
+    return (num_rows % PACK_BLOCK_ROWS == 0 and can_pack(num_rows, num_cols)
+            and _nibble_positions(num_cols) is not None)
+
+
+class GGUFLinearMethod(LinearMethodBase):
+    """A linear layer's weight as nibble planes of repacked GGUF blocks (module docstring).
+
+    The layer gets ``qweight_0`` ([N, K / 2] uint8) and ``scales_and_zeros_0`` ([K / 32, N, 2]
+    bfloat16) per plane (``_1`` for the low plane of 5-8-bit types), filled by
+    ``set_quantized`` from GGUF codes; ``apply`` returns float in the input's dtype.
+    """
+
+    def __init__(self, bits: int):
+        self.bits = bits
+        """Code bits of the GGUF type (4: one plane; 5-8: two)."""
+        self.num_planes = 1 if bits <= 4 else 2
+
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes,
+                       input_size, output_size, params_dtype, **extra_weight_attrs):
+        num_rows = sum(output_partition_sizes)
+        self.params_dtype = params_dtype
+        """The model's dtype: what ``embedding`` returns."""
+        for plane in range(self.num_planes):
+            layer.register_parameter(f"qweight_{plane}", nn.Parameter(torch.empty(
+                num_rows, input_size_per_partition // 2, dtype=torch.uint8), requires_grad=False))
+            layer.register_parameter(f"scales_and_zeros_{plane}", nn.Parameter(torch.empty(
+                input_size_per_partition // GROUP_SIZE, num_rows, 2, dtype=torch.bfloat16),
+                requires_grad=False))
+
+    def set_quantized(self, layer: nn.Module, codes: torch.Tensor, scale: torch.Tensor,
+                      offset: torch.Tensor) -> None:
+        """Fill the layer's planes from codes [N, K] and scale/offset [N, K / 32]."""
+        for plane, (weight, scales_and_zeros) in enumerate(
+                pack_planes(codes, scale, offset, self.bits)):
+            getattr(layer, f"qweight_{plane}").data = weight
+            getattr(layer, f"scales_and_zeros_{plane}").data = scales_and_zeros
+
+    def embedding(self, layer: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+        """Rows ``input_ids`` [T] of the weight, dequantized: [T, K] in the model's dtype (the
+        same bfloat16-rounded scales the matmul uses). Needs N % 64 == 0 (``can_embed``)."""
+        num_cols = layer.qweight_0.shape[1] * 2
+        positions = _nibble_positions(num_cols)
+        ids = input_ids.long()
+        out = torch.zeros(ids.shape[0], num_cols, dtype=torch.float32)
+        for plane in range(self.num_planes):
+            codes = _read_rows(getattr(layer, f"qweight_{plane}"), positions, ids)    # [T, K]
+            # [T, K / 32, 2]
+            scales_and_zeros = getattr(layer, f"scales_and_zeros_{plane}")[:, ids].transpose(0, 1)
+            scale = scales_and_zeros[..., 0].float().repeat_interleave(GROUP_SIZE, 1)  # [T, K]
+            zero = scales_and_zeros[..., 1].float().repeat_interleave(GROUP_SIZE, 1)
+            out += (codes.float() - 8) * scale + zero
+        return out.to(self.params_dtype)
+
+    def apply(self, layer, x, bias=None):
+        """x: [T, K] float -> [T, N] in x's dtype (bfloat16 inside the kernel)."""
+        x_bf16 = x.to(torch.bfloat16)
+        out = None
+        for plane in range(self.num_planes):
+            part = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x_bf16, getattr(layer, f"qweight_{plane}"), GROUP_SIZE,
+                getattr(layer, f"scales_and_zeros_{plane}"))            # [T, N] bfloat16
+            out = part.float() if out is None else out.add_(part)
+        out = out.to(x.dtype)
+        return out if bias is None else out + bias
