@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 DEFAULT_CPU_KV_CACHE_BYTES = 2 * 1024**3
 
-KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn,
-                   "fp8_e5m2": torch.float8_e5m2}
-"""``kv_cache_dtype`` values (vLLM's names) -> the cache's torch dtype; None = the model dtype.
-``fp8`` means e4m3 (vLLM's default on CUDA)."""
+KV_CACHE_DTYPES = {"auto": None, "fp8": "float8_e4m3fn", "fp8_e4m3": "float8_e4m3fn",
+                   "fp8_e5m2": "float8_e5m2"}
+"""``kv_cache_dtype`` values (vLLM's names) -> the name of the cache's torch dtype; None = the
+model dtype. ``fp8`` means e4m3 (vLLM's default on CUDA). Names, not torch dtypes: the config
+(and so the scheduler process's imports) stays torch-free."""
 
 
-def kv_cache_torch_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
-    """The dtype KV cache tensors are stored in for a ``kv_cache_dtype`` value."""
-    return KV_CACHE_DTYPES[kv_cache_dtype] or model_dtype
+def kv_cache_torch_dtype(kv_cache_dtype: str, model_dtype):
+    """The torch dtype KV cache tensors are stored in for a ``kv_cache_dtype`` value."""
+    import torch
+
+    name = KV_CACHE_DTYPES[kv_cache_dtype]
+    return getattr(torch, name) if name else model_dtype
 
 
 @dataclass(frozen=True)
