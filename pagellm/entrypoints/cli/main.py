@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=serve.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_cli_args(serve_parser)
     serve_parser.set_defaults(run=serve.main)
+    parser.config_file_parsers = {"serve": serve_parser}     # subcommands taking --config FILE
 
     for name, run, help_text in (
             ("chat", clients.chat_main, "chat with a running server from the terminal"),
@@ -71,7 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``) and run the subcommand; returns the exit
     status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = _expand_config_file(parser, argv)
+    except ClientError as error:
+        print(f"pagellm {argv[0]}: error: {error}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     init_logging("api-server" if args.command == "serve" else "pagellm")
     try:
         result = args.run(args)
@@ -79,6 +87,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pagellm {args.command}: error: {error}", file=sys.stderr)
         return 2
     return result if isinstance(result, int) else 0
+
+
+def _expand_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``argv`` with the flags of ``--config FILE`` put before the subcommand's own (see
+    ``config_file``), for the subcommands that take one."""
+    from pagellm.entrypoints.cli.config_file import expand_config_flag
+
+    sub = parser.config_file_parsers.get(argv[0]) if argv else None
+    if sub is None:
+        return argv
+    return argv[:1] + expand_config_flag(sub, argv[1:])
 
 
 if __name__ == "__main__":
