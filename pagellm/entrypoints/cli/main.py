@@ -1,5 +1,7 @@
-"""The ``pagellm`` command: ``pagellm serve``, ``pagellm chat`` / ``pagellm complete`` (terminal
-clients of a running server) and ``pagellm bench throughput|latency|serving``.
+"""The ``pagellm`` command: ``pagellm serve`` (``--config FILE`` reads flags from a YAML/JSON
+file), ``pagellm chat`` / ``pagellm complete`` (terminal clients of a running server),
+``pagellm tune`` (search the configuration on a workload) and
+``pagellm bench throughput|latency|serving|compare``.
 
 Each subcommand module offers ``add_cli_args(parser)`` and ``main(args)``; engine arguments
 come from ``pagellm.config.cli_args`` (one flag per config field). ``python -m pagellm`` runs
@@ -31,7 +33,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from pagellm import __version__
     from pagellm.bench import latency, serving, throughput
-    from pagellm.entrypoints.cli import clients, serve
+    from pagellm.entrypoints.cli import clients, serve, tune
 
     parser = _Parser(prog="pagellm", description="pagellm: LLM inference on a paged KV cache")
     parser.add_argument("--version", action="version", version=f"pagellm {__version__}")
@@ -52,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
                                             formatter_class=argparse.RawDescriptionHelpFormatter)
         clients.add_cli_args(client_parser, chat=name == "chat")
         client_parser.set_defaults(run=run)
+
+    tune_parser = commands.add_parser(
+        "tune", help="search the serving configuration on your workload (Optuna, real servers)",
+        description=tune.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tune.add_cli_args(tune_parser)
+    tune_parser.set_defaults(run=tune.main)
 
     bench_parser = commands.add_parser("bench", help="offline and online benchmarks")
     benchmarks = bench_parser.add_subparsers(dest="bench_command", required=True,
