@@ -46,7 +46,7 @@ class Knob:
             return trial.suggest_float(self.name, float(self.low), float(self.high), log=True)
         # steps of 1/100 of the range: configs stay readable (0.15, not 0.1430378732744839)
         step = _round_step((float(self.high) - float(self.low)) / 100)
-        high = self.low + step * math.floor((self.high - self.low) / step + 1e-9)
+        high = round(self.low + step * math.floor((self.high - self.low) / step + 1e-9), 9)
         return round(trial.suggest_float(self.name, float(self.low), float(high), step=step), 6)
 
     def describe(self) -> str:

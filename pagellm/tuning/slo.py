@@ -122,27 +122,31 @@ class EarlyStop:
     """Watches a run of ``num_requests`` requests as they finish and says, as soon as it is
     certain, that a percentile SLO can no longer be met whatever the rest measure.
 
-    With N requests, P(q) interpolates between sorted values at positions floor(q·(N−1)) and
-    the next one; once ``v`` requests exceed the bound, every position from N−v up is above
-    it, so P(q) is above it for sure when floor(q·(N−1)) >= N−v. Mean SLOs never stop a run
-    early. Not thread-safe; one instance per run."""
+    A percentile never decreases when one value grows, so its lowest possible final value is
+    the one with every unfinished request at 0 ms: the SLO is certainly broken once that is
+    above the bound (exact, not a heuristic: the run's final percentile can only be higher).
+    It is recomputed only when a finished request breaks the bound. Mean SLOs never stop a
+    run early. Not thread-safe; one instance per run."""
 
     def __init__(self, slos: Sequence[SLO], num_requests: int):
         self.num_requests = num_requests
-        self.limits = {slo.name: num_requests - math.floor(slo.percentile / 100
-                                                           * (num_requests - 1))
-                       for slo in slos if slo.percentile is not None}
         self._slos = [slo for slo in slos if slo.percentile is not None]
-        self.num_violating = {name: 0 for name in self.limits}
+        self._values: dict[str, list[float]] = {slo.name: [] for slo in self._slos}
         self.broken: str | None = None
         """Name of the first SLO found broken, None while every one may still hold."""
+
+    def lowest_possible(self, slo: SLO) -> float:
+        """The SLO's statistic if every unfinished request took 0 ms."""
+        values = self._values[slo.name]
+        padded = values + [0.0] * max(0, self.num_requests - len(values))
+        return float(np.percentile(padded, slo.percentile))
 
     def add(self, result: RequestResult) -> bool:
         """Count one finished request; True once some SLO is certainly broken."""
         values = request_values_ms(result)
         for slo in self._slos:
-            if values[slo.metric] > slo.bound_ms:
-                self.num_violating[slo.name] += 1
-                if self.broken is None and self.num_violating[slo.name] >= self.limits[slo.name]:
-                    self.broken = slo.name
+            self._values[slo.name].append(values[slo.metric])
+            if (self.broken is None and values[slo.metric] > slo.bound_ms
+                    and self.lowest_possible(slo) > slo.bound_ms):
+                self.broken = slo.name
         return self.broken is not None
