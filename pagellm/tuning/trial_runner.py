@@ -105,15 +105,15 @@ def summarize(results: Sequence[RequestResult], duration_s: float, rate: float,
 
 
 async def run_load(base_url: str, workload: Workload, rate: float, slos: Sequence[SLO],
-                   model: str) -> RunResult:
+                   model: str, early_stop: bool = True) -> RunResult:
     """All of the workload's requests at ``rate`` requests/s against ``base_url``, cut short
-    when an SLO is certainly broken."""
+    when an SLO is certainly broken (unless ``early_stop`` is off)."""
     import aiohttp
 
     inputs = build_inputs(workload.samples, model, base_url + "/v1/completions", False, None,
                           {"temperature": 0.0, "ignore_eos": True})
     offsets = arrival_offsets(len(inputs), rate, workload.burstiness, workload.seed)
-    early = EarlyStop(slos, len(inputs))
+    early = EarlyStop(slos if early_stop else [], len(inputs))
     semaphore = asyncio.Semaphore(workload.max_concurrency or len(inputs))
     timeout = aiohttp.ClientTimeout(total=6 * 3600)
     async with aiohttp.ClientSession(timeout=timeout, trust_env=False,
@@ -216,29 +216,31 @@ async def _warm_up(base_url: str, workload: Workload, model: str) -> None:
 
 
 def measure(config_file: Path, log_path: Path, workload: Workload, slos: Sequence[SLO],
-            on_run=None) -> list[RunResult]:
-    """Serve the configuration in ``config_file`` and run the workload at each rate,
-    ascending, until a run breaks an SLO. ``on_run(RunResult)`` is called after each run.
-    Raises ServerStartError when the server does not come up."""
+            on_run=None, repeats: int = 1, early_stop: bool = True) -> list[RunResult]:
+    """Serve the configuration in ``config_file`` and run the workload ``repeats`` times at
+    each rate, ascending; with ``early_stop``, runs stop early and the sweep stops at the
+    first run that breaks an SLO. ``on_run(RunResult)`` is called after each run. Raises
+    ServerStartError when the server does not come up."""
     server = ServerProcess(config_file, log_path)
     try:
         base_url = server.start()
-        return asyncio.run(_sweep(base_url, workload, slos, on_run))
+        return asyncio.run(_sweep(base_url, workload, slos, on_run, repeats, early_stop))
     finally:
         server.stop()
 
 
-async def _sweep(base_url: str, workload: Workload, slos: Sequence[SLO], on_run
-                 ) -> list[RunResult]:
+async def _sweep(base_url: str, workload: Workload, slos: Sequence[SLO], on_run,
+                 repeats: int, early_stop: bool) -> list[RunResult]:
     model = await fetch_model_id(base_url)
     await _warm_up(base_url, workload, model)
     runs = []
     for rate in sorted(workload.request_rates):
-        runs.append(await run_load(base_url, workload, rate, slos, model))
-        if on_run is not None:
-            on_run(runs[-1])
-        if not runs[-1].meets_slos:
-            break
+        for _ in range(repeats):
+            runs.append(await run_load(base_url, workload, rate, slos, model, early_stop))
+            if on_run is not None:
+                on_run(runs[-1])
+            if early_stop and not runs[-1].meets_slos:
+                return runs
     return runs
 
 

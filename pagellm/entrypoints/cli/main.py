@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from pagellm import __version__
-    from pagellm.bench import latency, serving, throughput
+    from pagellm.bench import compare, latency, serving, throughput
     from pagellm.entrypoints.cli import clients, serve, tune
 
     parser = _Parser(prog="pagellm", description="pagellm: LLM inference on a paged KV cache")
@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
             ("throughput", throughput, "offline throughput (requests/s, tokens/s), as vLLM's"),
             ("latency", latency, "latency of one batch end to end, as vLLM's"),
             ("serving", serving, "an OpenAI-compatible server under load (TTFT, TPOT, ITL), as "
-                                 "vLLM's")):
+                                 "vLLM's"),
+            ("compare", compare, "A/B: two serve configurations on the same workload, "
+                                 "P50/P95/P99 side by side over repeated runs")):
         sub = benchmarks.add_parser(name, help=help_text,
                                     description=module.__doc__,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
