@@ -43,11 +43,10 @@ def add_workload_args(parser: argparse.ArgumentParser) -> None:
                            "tpot, e2el; stats pNN or mean)")
 
 
-def build_workload(args: argparse.Namespace, model: str) -> Workload:
-    """The Workload of the flags for ``model`` (its tokenizer encodes dataset prompts and
-    bounds random token ids). ClientError for a bad flag."""
-    from pagellm.models.default_model import resolve_model_path
-
+def build_workload(args: argparse.Namespace, tokenizer_name: str) -> Workload:
+    """The Workload of the flags; ``tokenizer_name`` (a model directory or .gguf: the model's
+    resolved path unless --tokenizer is given) encodes dataset prompts and bounds random
+    token ids. ClientError for a bad flag."""
     if args.num_prompts < 1:
         raise ClientError(f"--num-prompts must be >= 1, got {args.num_prompts}",
                           param="num_prompts")
@@ -59,7 +58,6 @@ def build_workload(args: argparse.Namespace, model: str) -> Workload:
     if args.dataset_name != "random" and args.dataset_path is None:
         raise ClientError(f"--dataset-name {args.dataset_name} needs --dataset-path",
                           param="dataset_path")
-    tokenizer_name = args.tokenizer or resolve_model_path(model)
     sampling = argparse.Namespace(**vars(args))
     sampling.tokenizer, sampling.model = tokenizer_name, None
     tokenizer = load_bench_tokenizer(sampling)

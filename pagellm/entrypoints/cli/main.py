@@ -32,8 +32,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from pagellm import __version__
-    from pagellm.bench import compare, latency, serving, throughput
-    from pagellm.entrypoints.cli import clients, serve, tune
+    from pagellm.bench import latency, serving, throughput
+    from pagellm.entrypoints.cli import bench_compare, clients, serve, tune
 
     parser = _Parser(prog="pagellm", description="pagellm: LLM inference on a paged KV cache")
     parser.add_argument("--version", action="version", version=f"pagellm {__version__}")
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
             ("latency", latency, "latency of one batch end to end, as vLLM's"),
             ("serving", serving, "an OpenAI-compatible server under load (TTFT, TPOT, ITL), as "
                                  "vLLM's"),
-            ("compare", compare, "A/B: two serve configurations on the same workload, "
+            ("compare", bench_compare, "A/B: two serve configurations on the same workload, "
                                  "P50/P95/P99 side by side over repeated runs")):
         sub = benchmarks.add_parser(name, help=help_text,
                                     description=module.__doc__,

@@ -114,6 +114,13 @@ def check_serve_config(path: Path) -> None:
     config_file_to_argv(build_parser().config_file_parsers["serve"], path)
 
 
+def tokenizer_for(args: argparse.Namespace, model: str) -> str:
+    """--tokenizer, else the model's local path ('default' fetched and resolved)."""
+    from pagellm.models.default_model import resolve_model_path
+
+    return args.tokenizer or resolve_model_path(model)
+
+
 def visible_gpus() -> int:
     try:
         import torch
@@ -168,7 +175,7 @@ def build_setup(args: argparse.Namespace):
     if not knobs:
         raise ClientError("nothing to search: every knob is fixed by --serve-args",
                           param="knob")
-    workload = build_workload(args, args.model)
+    workload = build_workload(args, tokenizer_for(args, args.model))
     return TuneSetup(model=args.model, fixed=fixed, knobs=knobs, workload=workload, slos=slos,
                      workload_description=workload_description(args), num_gpus=num_gpus,
                      study_dir=args.study_dir)

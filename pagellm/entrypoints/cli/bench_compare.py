@@ -95,7 +95,7 @@ def format_table(rows: list[list[str]]) -> str:
 
 
 def main(args: argparse.Namespace) -> dict:
-    from pagellm.entrypoints.cli.tune import fixed_engine_args
+    from pagellm.entrypoints.cli.tune import fixed_engine_args, tokenizer_for
     from pagellm.tuning.trial_runner import ServerStartError, measure
     from pagellm.tuning.tuner import write_config
     from pagellm.tuning.workload import build_workload, slos_from_args
@@ -106,7 +106,7 @@ def main(args: argparse.Namespace) -> dict:
     fixed = fixed_engine_args(args.serve_args)
     configs = {"A": config_of(args.config_a, args.model, fixed),
                "B": config_of(args.config_b, args.model, fixed)}
-    workload = build_workload(args, configs["A"]["model"])
+    workload = build_workload(args, tokenizer_for(args, configs["A"]["model"]))
     args.work_dir.mkdir(parents=True, exist_ok=True)
     runs = {}
     for name, config in configs.items():
