@@ -205,3 +205,20 @@ def test_jsonl_dataset(tmp_path):
     path.write_text('{"prompt": "x"}\n')
     with pytest.raises(ClientError, match="line 1: no positive output length"):
         sample_jsonl_requests(path, 1, str.split)
+
+
+def test_baseline_config_from_a_preset_dict():
+    from pagellm.tuning.baseline import baseline_config, preset_values
+
+    preset = {"max_num_seqs": 64, "scheduler_delay_factor": 0.05, "max_model_len": 4096,
+              "disable_log_requests": True}
+    config, left_out = baseline_config("default", {"max_model_len": 256}, preset)
+    assert config == {"model": "default", "max-num-seqs": 64, "scheduler-delay-factor": 0.05,
+                      "max-model-len": 256}           # the fixed flags win over the preset
+    assert left_out == ["disable_log_requests"]        # not an engine argument: reported
+    try:
+        import pagellm.config.presets  # noqa: F401  (the scenario presets, when merged)
+    except ImportError:
+        assert preset_values("online_chat") is None
+    else:
+        assert preset_values("online_chat")["max_num_seqs"] == 64   # 001 §4.1
