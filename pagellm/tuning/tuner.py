@@ -8,7 +8,8 @@ and measure it on the workload (``trial_runner.measure``).
   (Optuna's PRUNED state): it counts as infeasible and costs only the requests it took to
   know. A configuration that cannot start (a constraint checked before launch, such as
   tp × dp above the GPU count) is pruned without a launch; a server that fails to start is a
-  FAIL trial with its log's tail.
+  FAIL trial with its log's tail. A configuration already measured in the study is not
+  launched again: the new trial takes the earlier one's result.
 - Persistence: the study lives in ``STUDY_DIR/study.db`` (Optuna's RDB storage, SQLite); the
   workload, SLOs, model, fixed flags and knobs are stored with it, and ``--resume`` continues
   it (new trials add to the old) only when they match.
@@ -102,13 +103,16 @@ def open_study(setup: TuneSetup, resume: bool, seed: int):
 
     setup.study_dir.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{(setup.study_dir / STUDY_FILE).resolve()}"
-    existing = optuna.study.get_all_study_names(storage)
-    if STUDY_NAME in existing and not resume:
+    count = 0
+    if STUDY_NAME in optuna.study.get_all_study_names(storage):
         count = len(optuna.load_study(study_name=STUDY_NAME, storage=storage).trials)
-        raise ClientError(f"{setup.study_dir} already holds a study of {count} trials: pass "
-                          "--resume to continue it, or choose another --study-dir",
-                          param="study_dir")
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)
+        if not resume:
+            raise ClientError(f"{setup.study_dir} already holds a study of {count} trials: "
+                              "pass --resume to continue it, or choose another --study-dir",
+                              param="study_dir")
+    # a resumed study's sampler starts where the old one stopped, not from the same seed
+    # (which would propose the first trials' configurations again)
+    sampler = optuna.samplers.TPESampler(seed=seed + count, n_startup_trials=4)
     study = optuna.create_study(study_name=STUDY_NAME, storage=storage, direction="maximize",
                                 sampler=sampler, load_if_exists=True)
     stored = study.user_attrs.get("setup")
@@ -137,6 +141,13 @@ def objective_for(setup: TuneSetup):
 
     def objective(trial: optuna.Trial) -> float:
         values = {knob.name: knob.suggest(trial) for knob in setup.knobs}
+        earlier = _same_configuration(trial, values)
+        if earlier is not None:         # measured already: its result, not a second launch
+            trial.set_user_attr("runs", earlier.user_attrs.get("runs", []))
+            trial.set_user_attr("note", f"same configuration as trial {earlier.number}")
+            if earlier.state == optuna.trial.TrialState.PRUNED:
+                raise optuna.TrialPruned(f"same configuration as trial {earlier.number}")
+            return earlier.value
         reason = constraint_violation(values, setup.fixed, setup.num_gpus,
                                       setup.fixed.get("max_model_len"))
         if reason is not None:
@@ -170,6 +181,18 @@ def objective_for(setup: TuneSetup):
         return best.goodput
 
     return objective
+
+
+def _same_configuration(trial, values: dict):
+    """An earlier COMPLETE or PRUNED trial of the study with exactly these knob values (None
+    when there is none)."""
+    import optuna
+
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    for earlier in trial.study.get_trials(deepcopy=False, states=states):
+        if earlier.params == values and earlier.user_attrs.get("runs"):
+            return earlier
+    return None
 
 
 def _flags_text(values: dict) -> str:

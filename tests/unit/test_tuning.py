@@ -222,3 +222,26 @@ def test_baseline_config_from_a_preset_dict():
         assert preset_values("online_chat") is None
     else:
         assert preset_values("online_chat")["max_num_seqs"] == 64   # 001 §4.1
+
+
+def test_a_configuration_measured_before_is_not_launched_again(tmp_path):
+    """The only configuration the space allows was measured in trial 0 (added to the
+    stored study as a finished trial); a resumed study reuses its result instead of
+    launching a server (which would fail here: the model does not exist)."""
+    import optuna
+
+    from pagellm.tuning.tuner import TuneSetup, open_study, run_study
+
+    knob = Knob("max_num_seqs", choices=(4,), kind=int)
+    setup = TuneSetup(model=str(tmp_path / "no-model"), fixed={}, knobs=[knob],
+                      workload=Workload(_samples([8]), [math.inf]), slos=[],
+                      workload_description={"w": 1}, study_dir=tmp_path / "study")
+    study = open_study(setup, resume=False, seed=0)
+    study.add_trial(optuna.trial.create_trial(
+        params={"max_num_seqs": 4},
+        distributions={"max_num_seqs": optuna.distributions.CategoricalDistribution([4])},
+        value=1.5, user_attrs={"runs": [_run(1.5)]}))
+    records = run_study(setup, n_trials=1, time_budget_s=None, resume=True)
+    assert [(r.state, r.goodput) for r in records] == [("COMPLETE", 1.5), ("COMPLETE", 1.5)]
+    assert records[1].note == "same configuration as trial 0" and records[1].runs == [_run(1.5)]
+    assert not (tmp_path / "study" / "trials" / "trial_1.log").exists()
