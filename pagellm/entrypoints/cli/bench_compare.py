@@ -2,8 +2,9 @@
 server configurations on the same workload, side by side.
 
 A and B are each a ``pagellm serve --config`` file (YAML/JSON) or a string of serve flags
-(``"--max-num-seqs 64 --scheduler-delay-factor 0.05"``); ``--model`` and ``--serve-args`` apply
-to both (a file's own ``model`` wins over ``--model``). Each configuration gets its own real
+(``"--max-num-seqs 64 --scheduler-delay-factor 0.05"``; a single flag without a value goes
+after ``--``: ``pagellm bench compare [options] -- --enforce-eager B``); ``--model`` and
+``--serve-args`` apply to both (a file's own ``model`` wins over ``--model``). Each configuration gets its own real
 ``pagellm serve`` (one at a time, so they do not share the machine), one warm-up request, then
 ``--repeats`` runs of the same requests at each ``--request-rate``. The table shows, per rate,
 P50/P95/P99 TTFT, TPOT and E2E latency, request and output-token throughput and (with

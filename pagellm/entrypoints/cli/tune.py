@@ -43,7 +43,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
                         help="model directory, .gguf file or 'default'")
     parser.add_argument("--serve-args", default="", metavar="FLAGS",
                         help="engine flags fixed in every trial, e.g. \"--max-model-len 2048 "
-                             "--dtype float16\"")
+                             "--dtype float16\" (a single flag: --serve-args=--enforce-eager)")
     add_workload_args(parser)
     search = parser.add_argument_group("search")
     search.add_argument("--knob", action="append", default=None, metavar="NAME[=RANGE]",
