@@ -1,4 +1,5 @@
-"""Benchmark request sets: random token ids and ShareGPT conversations, sampled like vLLM's.
+"""Benchmark request sets: random token ids, ShareGPT conversations and JSONL prompt files,
+sampled like vLLM's.
 
 Both samplers return ``SampleRequest``s (prompt token ids + the output length to ask for) and
 are deterministic for a given seed. Neither needs torch or an engine, so the offline
@@ -138,3 +139,56 @@ def _is_valid_sharegpt(prompt_len: int, output_len: int, output_len_fixed: bool)
         return False
     return (prompt_len <= SHAREGPT_MAX_PROMPT_LEN
             and prompt_len + output_len <= SHAREGPT_MAX_TOTAL_LEN)
+
+
+JSONL_OUTPUT_LEN_KEYS = ("output_len", "output_tokens", "max_tokens")
+"""Keys a JSONL line may give its output length under (the first one present wins)."""
+
+
+def sample_jsonl_requests(path: str | Path, num_requests: int,
+                          encode: Callable[[str], Sequence[int]], seed: int = 0,
+                          output_len: int | None = None) -> list[SampleRequest]:
+    """``num_requests`` prompts from a JSONL file (vLLM's custom dataset): one JSON object a
+    line with a ``"prompt"`` string and optionally its output length under one of
+    ``JSONL_OUTPUT_LEN_KEYS``; ``output_len`` overrides it and is required for lines without
+    one. Lines are shuffled with ``seed`` and repeated (seeded) when there are fewer than
+    ``num_requests``. Raises ``ClientError`` naming the file and line for a malformed line."""
+    entries = _load_jsonl(path)
+    random.Random(seed).shuffle(entries)
+    requests = []
+    for line_number, entry in entries[:num_requests]:
+        length = output_len
+        if length is None:
+            length = next((entry[key] for key in JSONL_OUTPUT_LEN_KEYS if key in entry), None)
+        if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+            raise ClientError(f"{str(path)!r} line {line_number}: no positive output length "
+                              f"(give one of {', '.join(JSONL_OUTPUT_LEN_KEYS)} or "
+                              "--jsonl-output-len)", param="dataset_path")
+        requests.append(SampleRequest(list(encode(entry["prompt"])), length, entry["prompt"]))
+    if len(requests) < num_requests:
+        requests += random.Random(seed).choices(requests, k=num_requests - len(requests))
+    return requests
+
+
+def _load_jsonl(path: str | Path) -> list[tuple[int, dict]]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise ClientError(f"cannot read the JSONL file {str(path)!r}: {error.strerror}",
+                          param="dataset_path") from None
+    entries = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ClientError(f"{str(path)!r} line {number} is not JSON: {error.msg}",
+                              param="dataset_path") from None
+        if not isinstance(entry, dict) or not isinstance(entry.get("prompt"), str):
+            raise ClientError(f"{str(path)!r} line {number}: expected an object with a "
+                              "\"prompt\" string", param="dataset_path")
+        entries.append((number, entry))
+    if not entries:
+        raise ClientError(f"{str(path)!r} holds no prompt", param="dataset_path")
+    return entries

@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from pagellm.bench.common import has_tokenizer_files, resolve_bench_model, write_json
-from pagellm.bench.datasets import (SampleRequest, ratio_range, sample_random_requests,
-                                    sample_sharegpt_requests)
+from pagellm.bench.datasets import (SampleRequest, ratio_range, sample_jsonl_requests,
+                                    sample_random_requests, sample_sharegpt_requests)
 from pagellm.errors import ClientError
 
 METRIC_NAMES = ("ttft", "tpot", "itl", "e2el")
@@ -369,8 +369,11 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
                         help="tokenizer directory or .gguf (ShareGPT prompts, chat prompts, and "
                              "the vocabulary of random prompts); default: --model when local")
     data = parser.add_argument_group("dataset")
-    data.add_argument("--dataset-name", choices=("random", "sharegpt"), default="random")
-    data.add_argument("--dataset-path", default=None, help="ShareGPT json file")
+    data.add_argument("--dataset-name", choices=("random", "sharegpt", "jsonl"),
+                      default="random")
+    data.add_argument("--dataset-path", default=None,
+                      help="ShareGPT json file, or JSONL file of {\"prompt\": ..., "
+                           "\"output_len\": N} lines")
     data.add_argument("--num-prompts", type=int, default=1000)
     data.add_argument("--random-input-len", type=int, default=1024)
     data.add_argument("--random-output-len", type=int, default=128)
@@ -380,6 +383,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
                       help="tokens of one shared prefix put before every random prompt")
     data.add_argument("--sharegpt-output-len", type=int, default=None,
                       help="output length of every ShareGPT request (default: the reply's)")
+    data.add_argument("--jsonl-output-len", type=int, default=None,
+                      help="output length of every JSONL request (default: the line's)")
     data.add_argument("--seed", type=int, default=0)
     load = parser.add_argument_group("load")
     load.add_argument("--request-rate", type=float, default=math.inf,
@@ -449,8 +454,9 @@ def check_load_options(args: argparse.Namespace) -> None:
     if args.max_concurrency is not None and args.max_concurrency < 1:
         raise ClientError(f"--max-concurrency must be >= 1, got {args.max_concurrency}",
                           param="max_concurrency")
-    if args.dataset_name == "sharegpt" and args.dataset_path is None:
-        raise ClientError("--dataset-name sharegpt needs --dataset-path", param="dataset_path")
+    if args.dataset_name in ("sharegpt", "jsonl") and args.dataset_path is None:
+        raise ClientError(f"--dataset-name {args.dataset_name} needs --dataset-path",
+                          param="dataset_path")
 
 
 def base_url_of(args: argparse.Namespace) -> str:
@@ -497,10 +503,13 @@ def random_vocabulary(args: argparse.Namespace, tokenizer) -> tuple[int, set[int
 
 
 def sample_requests(args: argparse.Namespace, tokenizer) -> list[SampleRequest]:
-    if args.dataset_name == "sharegpt":
+    if args.dataset_name in ("sharegpt", "jsonl"):
         if tokenizer is None:
-            raise ClientError("--dataset-name sharegpt needs a tokenizer (pass --tokenizer)",
-                              param="tokenizer")
+            raise ClientError(f"--dataset-name {args.dataset_name} needs a tokenizer (pass "
+                              "--tokenizer)", param="tokenizer")
+        if args.dataset_name == "jsonl":
+            return sample_jsonl_requests(args.dataset_path, args.num_prompts, tokenizer.encode,
+                                         args.seed, getattr(args, "jsonl_output_len", None))
         return sample_sharegpt_requests(args.dataset_path, args.num_prompts, tokenizer.encode,
                                         args.seed, args.sharegpt_output_len)
     vocab_size, special_ids = random_vocabulary(args, tokenizer)

@@ -1,6 +1,8 @@
-"""The ``pagellm`` command: ``pagellm serve``, ``pagellm chat`` / ``pagellm complete`` (terminal
-clients of a running server), ``pagellm plan | advise | check`` (tuning: capacity plan, live
-advisor, pre-deployment checklist) and ``pagellm bench throughput|latency|serving``.
+"""The ``pagellm`` command: ``pagellm serve`` (``--config FILE`` reads flags from a YAML/JSON
+file), ``pagellm chat`` / ``pagellm complete`` (terminal clients of a running server),
+``pagellm plan | advise | check`` (tuning: capacity plan, live advisor, pre-deployment
+checklist), ``pagellm tune`` (search the configuration on a workload) and
+``pagellm bench throughput|latency|serving|compare``.
 
 Each subcommand module offers ``add_cli_args(parser)`` and ``main(args)``; engine arguments
 come from ``pagellm.config.cli_args`` (one flag per config field). ``python -m pagellm`` runs
@@ -32,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from pagellm import __version__
     from pagellm.bench import latency, serving, throughput
-    from pagellm.entrypoints.cli import advise, check, clients, plan, serve
+    from pagellm.entrypoints.cli import advise, bench_compare, check, clients, plan, serve, tune
 
     parser = _Parser(prog="pagellm", description="pagellm: LLM inference on a paged KV cache")
     parser.add_argument("--version", action="version", version=f"pagellm {__version__}")
@@ -43,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=serve.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_cli_args(serve_parser)
     serve_parser.set_defaults(run=serve.main)
+    parser.config_file_parsers = {"serve": serve_parser}     # subcommands taking --config FILE
 
     for name, run, help_text in (
             ("chat", clients.chat_main, "chat with a running server from the terminal"),
@@ -61,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_cli_args(sub)
         sub.set_defaults(run=module.main)
+    tune_parser = commands.add_parser(
+        "tune", help="search the serving configuration on your workload (Optuna, real servers)",
+        description=tune.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tune.add_cli_args(tune_parser)
+    tune_parser.set_defaults(run=tune.main)
 
     bench_parser = commands.add_parser("bench", help="offline and online benchmarks")
     benchmarks = bench_parser.add_subparsers(dest="bench_command", required=True,
@@ -69,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
             ("throughput", throughput, "offline throughput (requests/s, tokens/s), as vLLM's"),
             ("latency", latency, "latency of one batch end to end, as vLLM's"),
             ("serving", serving, "an OpenAI-compatible server under load (TTFT, TPOT, ITL), as "
-                                 "vLLM's")):
+                                 "vLLM's"),
+            ("compare", bench_compare, "A/B: two serve configurations on the same workload, "
+                                 "P50/P95/P99 side by side over repeated runs")):
         sub = benchmarks.add_parser(name, help=help_text,
                                     description=module.__doc__,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,7 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``) and run the subcommand; returns the exit
     status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = _expand_config_file(parser, argv)
+    except ClientError as error:
+        print(f"pagellm {argv[0]}: error: {error}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     init_logging("api-server" if args.command == "serve" else "pagellm")
     try:
         result = args.run(args)
@@ -89,6 +106,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pagellm {args.command}: error: {error}", file=sys.stderr)
         return 2
     return result if isinstance(result, int) else 0
+
+
+def _expand_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``argv`` with the flags of ``--config FILE`` put before the subcommand's own (see
+    ``config_file``), for the subcommands that take one."""
+    from pagellm.entrypoints.cli.config_file import expand_config_flag
+
+    sub = parser.config_file_parsers.get(argv[0]) if argv else None
+    if sub is None:
+        return argv
+    return argv[:1] + expand_config_flag(sub, argv[1:])
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ own: --host, --port, --api-key (or PAGELLM_API_KEY), --chat-template,
 Exit status: 0 after a clean shutdown, 1 when the engine core died, 2 for a bad option (a port
 out of range, a busy port or an unknown host is found before the model loads: the socket is
 bound first; the server listens once the model is ready).
+``--config FILE`` reads flags from a YAML/JSON file (keys are flag names); flags typed on the
+command line override the file (``pagellm.entrypoints.cli.config_file``).
 Same as ``python -m pagellm serve`` and ``python -m pagellm.entrypoints.openai.api_server``.
 
 Shutdown (SIGTERM or SIGINT): the listening socket stays open while /health answers 503 (so a
@@ -41,6 +43,9 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_tag", nargs="?", default=None, metavar="MODEL",
                         help="model directory, .gguf file or 'default' (same as --model)")
     server = parser.add_argument_group("server")
+    server.add_argument("--config", metavar="FILE", default=None,
+                        help="a YAML or JSON file of flags (keys are flag names, e.g. "
+                             "'max-num-seqs: 128'); flags on the command line win over it")
     server.add_argument("--host", default="127.0.0.1", help="address to listen on")
     server.add_argument("--port", type=port_number, default=8000,
                         help="port to listen on, 0..65535 (0: any free port)")

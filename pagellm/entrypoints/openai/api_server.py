@@ -34,6 +34,7 @@ from starlette.routing import Match
 from pagellm import __version__
 from pagellm.errors import ClientError, EngineDeadError
 from pagellm.entrypoints.openai.advisor_route import add_advisor_route
+from pagellm.entrypoints.openai.dashboard import add_dashboard_route
 from pagellm.entrypoints.openai.errors import (error_from_exception, error_from_http_exception,
                                                error_from_validation, error_response)
 from pagellm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest,
@@ -54,7 +55,8 @@ REQUEST_ID_HEADER = "X-Request-Id"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _MAX_LOGGED_PATH = 200
 
-UNAUTHENTICATED_PATHS = frozenset({"/health"})
+UNAUTHENTICATED_PATHS = frozenset({"/health", "/dashboard"})
+"""/dashboard is a static page without data: its own requests carry the key."""
 
 
 @dataclass(frozen=True)
@@ -268,6 +270,8 @@ def build_app(engine, settings: ServerSettings, chat_template: str | None = None
         card = ModelCard(id=engine.served_model_name, root=engine.config.model.model,
                          max_model_len=engine.max_model_len)
         return ModelList(data=[card])
+
+    add_dashboard_route(app)        # GET /dashboard: live charts of /metrics and /advisor
 
     @app.get("/metrics")
     async def prometheus():
