@@ -40,7 +40,8 @@ class Worker:
         self.load_stats = LoadStats()
         """What this rank read from the checkpoint and holds (its shard under TP)."""
         self.model = load_model(config.model.model, hf_config, config.load.load_format, dtype,
-                                platform.device, seed=config.model.seed, stats=self.load_stats)
+                                platform.device, seed=config.model.seed, stats=self.load_stats,
+                                quantization=config.model.quantization)
         self.model.eval()
         logger.info("Loaded %s (%s) in %.1f s", config.model.model, dtype,
                     time.perf_counter() - start)
