@@ -24,6 +24,7 @@ FP8_MAX = torch.finfo(FP8_DTYPE).max            # 448.0
 FP8_MIN_SCALE = 1.0 / (FP8_MAX * 512.0)
 """Floor of a dynamic fp8 scale (vLLM's), so an all-zero token does not divide by zero."""
 INT8_MIN_SCALE = 1e-10
+INT8_SYMMETRIC_HALF_RANGE = 127.5
 
 
 def pack_factor(bits: int) -> int:
@@ -51,7 +52,7 @@ def pack_int32(values: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
     shifts = torch.arange(0, 32, bits, device=values.device, dtype=torch.int64)
     words = (moved << shifts).sum(-1)                             # [..., words], < 2**32
     words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
-    return words.movedim(-1, dim)
+    return words.movedim(-1, dim).contiguous()
 
 
 def group_index(num_rows: int, num_groups: int, g_idx: torch.Tensor | None,
@@ -119,9 +120,12 @@ def fp8_linear_torch(x_q: torch.Tensor, x_scale: torch.Tensor, weight: torch.Ten
 
 
 def quantize_int8_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dynamic symmetric per-token int8: x [M, K] -> (int8 [M, K], float32 scales [M, 1])."""
+    """Dynamic symmetric per-token int8: x [M, K] -> (int8 [M, K], float32 scales [M, 1]).
+    scale = max|row| / 127.5, compressed-tensors' symmetric range (255 / 2; the checkpoints'
+    writer defines the scheme, and transformers computes it so), values clamped to
+    [-128, 127]."""
     amax = x.abs().amax(dim=-1, keepdim=True).float()
-    scale = (amax / 127.0).clamp(min=INT8_MIN_SCALE)
+    scale = (amax / INT8_SYMMETRIC_HALF_RANGE).clamp(min=INT8_MIN_SCALE)
     return torch.round(x.float() / scale).clamp(-128, 127).to(torch.int8), scale
 
 

@@ -133,7 +133,7 @@ def dequantized_copy(quant_dir: Path, out_dir: Path) -> Path:
         elif method == "awq":
             from awq.utils.packing_utils import dequantize_gemm
             quant = config["quantization_config"]
-            weight = dequantize_gemm(tensors["qweight"], tensors["qzeros"], tensors["scales"],
+            weight = dequantize_gemm(tensors["qweight"], tensors["qzeros"], tensors["scales"].float(),
                                      quant["bits"], quant["group_size"]).t()
         else:
             raise ValueError(f"no dequantizer for {method}")
