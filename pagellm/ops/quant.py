@@ -17,6 +17,8 @@ Three families (vLLM's names for the schemes):
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 FP8_DTYPE = torch.float8_e4m3fn
@@ -158,12 +160,20 @@ def int8_linear(x_q: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor,
     return out + bias if bias is not None else out
 
 
+def scaled_mm_shape_ok(weight: torch.Tensor) -> bool:
+    """``torch._scaled_mm`` takes this fp8 weight [N, K]: N and K multiples of 16."""
+    return weight.shape[0] % 16 == 0 and weight.shape[1] % 16 == 0
+
+
+@functools.cache
+def fp8_tensor_cores(device: torch.device) -> bool:
+    """CUDA device with fp8 tensor cores (compute capability 8.9+: Ada, Hopper)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
 def scaled_mm_supported(weight: torch.Tensor) -> bool:
-    """Whether ``torch._scaled_mm`` runs this fp8 weight [N, K]: CUDA with fp8 tensor cores
-    (compute capability 8.9+, Ada/Hopper) and N, K multiples of 16."""
-    if not weight.is_cuda or weight.shape[0] % 16 or weight.shape[1] % 16:
-        return False
-    return torch.cuda.get_device_capability(weight.device) >= (8, 9)
+    """Whether ``torch._scaled_mm`` runs this fp8 weight [N, K] where it lies."""
+    return scaled_mm_shape_ok(weight) and fp8_tensor_cores(weight.device)
 
 
 def fp8_linear(x_q: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor,

@@ -135,16 +135,24 @@ def dequantized_copy(quant_dir: Path, out_dir: Path) -> Path:
             quant = config["quantization_config"]
             weight = dequantize_gemm(tensors["qweight"], tensors["qzeros"], tensors["scales"].float(),
                                      quant["bits"], quant["group_size"]).t()
+        elif method == "gptq":
+            weight = _gptq_dequantize(tensors, config["quantization_config"]).t()
         else:
             raise ValueError(f"no dequantizer for {method}")
         dense[f"{module}.weight"] = weight.float()
     return _write_dense(Path(quant_dir), Path(out_dir), dense)
 
 
-def gptq_from_compressed_tensors(ct_dir: Path, out_dir: Path, checkpoint_format: str = "gptq"
-                                 ) -> Path:
+def gptq_from_compressed_tensors(ct_dir: Path, out_dir: Path, checkpoint_format: str = "gptq",
+                                 desc_act: bool = False) -> Path:
     """FALLBACK native-GPTQ writer (module docstring): the pack-quantized integers of a
-    llm-compressor GPTQ checkpoint re-packed into the published GPTQ format."""
+    llm-compressor GPTQ checkpoint re-packed into the published GPTQ format.
+
+    ``desc_act``: llm-compressor 0.14 no longer writes act-order ``g_idx`` (actorder
+    "group" was removed), so an act-order checkpoint is made by relabeling the groups: group
+    g becomes ``(g * 7 + 3) % G`` (a fixed permutation) in ``g_idx`` and the rows of scales
+    and zeros move with it. The dequantized weight is unchanged, but every row reaches its
+    scale and zero through a non-trivial ``g_idx``."""
     from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
 
     config = _config(ct_dir)
@@ -172,18 +180,43 @@ def gptq_from_compressed_tensors(ct_dir: Path, out_dir: Path, checkpoint_format:
         out[f"{module}.qzeros"] = _gptq_pack(stored_zeros.t() & ((1 << bits) - 1), bits, dim=1)
         out[f"{module}.scales"] = scales.t().to(torch.float16).contiguous()   # [G, N]
         k = shape[1]
-        g_idx = tensors.get("weight_g_idx")
-        out[f"{module}.g_idx"] = (g_idx.to(torch.int32) if g_idx is not None else
-                                  torch.arange(k, dtype=torch.int32) // (group_size if group_size > 0 else k))
+        g_idx = torch.arange(k, dtype=torch.int32) // (group_size if group_size > 0 else k)
+        if desc_act:
+            num_groups = scales.shape[1]
+            relabel = (torch.arange(num_groups) * 7 + 3) % num_groups
+            assert len(set(relabel.tolist())) == num_groups
+            g_idx = relabel[g_idx.long()].to(torch.int32)
+            order = torch.argsort(relabel)                 # new group j holds old order[j]
+            out[f"{module}.scales"] = out[f"{module}.scales"][order].contiguous()
+            zeros_unpacked = stored_zeros.t()[order]                          # [G, N]
+            out[f"{module}.qzeros"] = _gptq_pack(zeros_unpacked & ((1 << bits) - 1), bits, dim=1)
+        out[f"{module}.g_idx"] = g_idx
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     config["quantization_config"] = {
         "quant_method": "gptq", "bits": bits, "group_size": group_size, "sym": sym,
-        "desc_act": weights.get("actorder") == "group", "checkpoint_format": checkpoint_format}
+        "desc_act": desc_act, "checkpoint_format": checkpoint_format}
     config["torch_dtype"] = "float16"
     (Path(out_dir) / "config.json").write_text(json.dumps(config))
     save_file(out, str(Path(out_dir) / "model.safetensors"))
     _copy_tokenizer(ct_dir, out_dir)
     return Path(out_dir)
+
+
+def _gptq_dequantize(tensors: dict, quant: dict) -> torch.Tensor:
+    """The dense [K, N] weight of a native GPTQ module by the published format (AutoGPTQ's
+    dequantization: zero + 1 for checkpoint_format gptq), written independently of pagellm."""
+    bits = quant["bits"]
+    per_word, mask = 32 // bits, (1 << bits) - 1
+    qweight = tensors["qweight"].to(torch.int64) & 0xFFFFFFFF                  # [K / pw, N]
+    q = torch.stack([(qweight >> (bits * i)) & mask for i in range(per_word)], dim=1)
+    q = q.reshape(-1, qweight.shape[1])                                        # [K, N]
+    qzeros = tensors["qzeros"].to(torch.int64) & 0xFFFFFFFF                    # [G, N / pw]
+    zeros = torch.stack([(qzeros >> (bits * i)) & mask for i in range(per_word)], dim=2)
+    zeros = zeros.reshape(qzeros.shape[0], -1)                                 # [G, N]
+    if quant.get("checkpoint_format", "gptq") == "gptq":
+        zeros = (zeros + 1) & mask
+    g_idx = tensors["g_idx"].long()
+    return (q - zeros[g_idx]).float() * tensors["scales"].float()[g_idx]
 
 
 def _gptq_pack(values: torch.Tensor, bits: int, dim: int) -> torch.Tensor:

@@ -24,7 +24,8 @@ from pagellm.layers.quantization.base_config import (QuantizationConfig, all_or_
                                                      create_per_shard_scalar, create_quant_param,
                                                      matches_module, replace_param)
 from pagellm.ops.quant import (FP8_DTYPE, FP8_MAX, fp8_linear, quantize_fp8_per_channel,
-                               quantize_fp8_per_token, quantize_fp8_static, scaled_mm_supported)
+                               quantize_fp8_per_token, quantize_fp8_static, fp8_tensor_cores,
+                               scaled_mm_shape_ok)
 
 ACTIVATION_SCHEMES = ("static", "dynamic")
 DUMMY_FP8_STD = 64.0
@@ -116,7 +117,7 @@ class Fp8LinearMethod(LinearMethodBase):
         replace_param(layer, "weight_scale", scale.contiguous())
         if self.static_input:
             replace_param(layer, "input_scale", layer.input_scale.data.max().reshape(()))
-        layer.use_scaled_mm = scaled_mm_supported(layer.weight)
+        layer.scaled_mm_shape_ok = scaled_mm_shape_ok(layer.weight)
 
     def apply(self, layer, x, bias=None):
         """x [T, K] -> [T, N] in x.dtype."""
@@ -124,8 +125,9 @@ class Fp8LinearMethod(LinearMethodBase):
             x_q, x_scale = quantize_fp8_static(x, layer.input_scale)
         else:
             x_q, x_scale = quantize_fp8_per_token(x)
+        use_scaled_mm = layer.scaled_mm_shape_ok and x.is_cuda and fp8_tensor_cores(x.device)
         return fp8_linear(x_q, x_scale, layer.weight, layer.weight_scale, x.dtype, bias,
-                          layer.use_scaled_mm)
+                          use_scaled_mm)
 
 
 def _dummy_fp8(full: torch.Tensor, generator: torch.Generator) -> None:
