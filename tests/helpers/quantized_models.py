@@ -69,7 +69,7 @@ def autoawq_checkpoint(base_dir: Path, out_dir: Path, group_size: int = 64) -> P
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     model.quantize(tokenizer, quant_config={"zero_point": True, "q_group_size": group_size,
                                             "w_bit": 4, "version": "GEMM"},
-                   calib_data=CALIBRATION_TEXTS, max_calib_seq_len=64)
+                   calib_data=CALIBRATION_TEXTS[:16], max_calib_seq_len=64, max_calib_samples=16)
     model.save_quantized(str(out_dir))
     _copy_tokenizer(base_dir, out_dir)
     return out_dir
