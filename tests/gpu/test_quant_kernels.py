@@ -130,3 +130,19 @@ def test_quantized_dummy_model_cuda_matches_cpu_path(tmp_path, quantization, mon
 
     with torch.no_grad():
         assert relative_error(logits(gpu, "cuda"), logits(cpu, "cpu")) < 5e-2
+
+
+@pytest.mark.parametrize("shape", [(1, 4096), (7, 14336), (300, 100), (2, 5000)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_fp8_per_token_quant_kernel_matches_twin(shape, dtype):
+    from pagellm.ops.triton.fp8_quant import quantize_fp8_per_token_triton
+
+    gen = torch.Generator(device="cuda").manual_seed(shape[0])
+    x = torch.randn(shape, device="cuda", generator=gen, dtype=dtype)
+    x[0] *= 100.0
+    if shape[0] > 1:
+        x[1] = 0.0                           # an all-zero token: the scale floor
+    q, scale = quantize_fp8_per_token_triton(x)
+    q_ref, scale_ref = quantize_fp8_per_token(x)
+    torch.testing.assert_close(scale, scale_ref, rtol=0, atol=0)
+    assert torch.equal(q.float(), q_ref.float())

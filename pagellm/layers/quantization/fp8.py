@@ -26,6 +26,7 @@ from pagellm.layers.quantization.base_config import (QuantizationConfig, all_or_
 from pagellm.ops.quant import (FP8_DTYPE, FP8_MAX, fp8_linear, quantize_fp8_per_channel,
                                quantize_fp8_per_token, quantize_fp8_static, fp8_tensor_cores,
                                scaled_mm_shape_ok)
+from pagellm.platforms import use_triton_kernels
 
 ACTIVATION_SCHEMES = ("static", "dynamic")
 DUMMY_FP8_STD = 64.0
@@ -123,6 +124,9 @@ class Fp8LinearMethod(LinearMethodBase):
         """x [T, K] -> [T, N] in x.dtype."""
         if self.static_input:
             x_q, x_scale = quantize_fp8_static(x, layer.input_scale)
+        elif use_triton_kernels(x):
+            from pagellm.ops.triton.fp8_quant import quantize_fp8_per_token_triton
+            x_q, x_scale = quantize_fp8_per_token_triton(x)
         else:
             x_q, x_scale = quantize_fp8_per_token(x)
         use_scaled_mm = layer.scaled_mm_shape_ok and x.is_cuda and fp8_tensor_cores(x.device)

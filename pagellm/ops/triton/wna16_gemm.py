@@ -17,6 +17,7 @@ dequantized with its own group's scale and zero before the dot.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -105,6 +106,7 @@ def _wna16_gemm_kernel(x_ptr, qweight_ptr, scales_ptr, zeros_ptr, g_idx_ptr, out
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
+@functools.cache
 def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
