@@ -33,7 +33,7 @@ w1() {
     --num-iters-warmup 1 --num-iters 3 --max-model-len 2048 --dtype bfloat16 \
     --output-json $OUT/w1_$name.json "$@" > $OUT/w1_$name.log 2>&1
   echo "W1 $name rc=$? $(grep -E 'decode' $OUT/w1_$name.log | tail -1)"
-  grep -E "Loaded" $OUT/w1_$name.log | tail -1
+  grep -E "Loaded|KV cache:" $OUT/w1_$name.log | tail -2
 }
 w3() {
   local name=$1; shift
@@ -41,6 +41,7 @@ w3() {
     --max-model-len 2048 --dtype bfloat16 --disable-tqdm \
     --output-json $OUT/w3_$name.json "$@" > $OUT/w3_$name.log 2>&1
   echo "W3 $name rc=$? $(grep -E 'Throughput' $OUT/w3_$name.log | tail -1)"
+  grep -E "Loaded|KV cache:" $OUT/w3_$name.log | tail -2
 }
 run_all() {  # $1 = w1 | w3
   $1 bf16 --model llama-3.1-8b
