@@ -38,10 +38,9 @@ def unpack_int32(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
     """int32 words holding ``32 // bits`` unsigned values each, element i in bits
     ``[i * bits, (i + 1) * bits)``, unpacked along ``dim`` -> int32 tensor with ``dim``
     ``32 // bits`` times longer."""
-    factor = pack_factor(bits)
-    shifts = torch.arange(0, 32, bits, device=packed.device, dtype=torch.int32)   # [factor]
+    shifts = torch.arange(0, 32, bits, device=packed.device, dtype=torch.int32)   # [32 // bits]
     moved = packed.movedim(dim, -1).unsqueeze(-1)                 # [..., words, 1]
-    values = (moved >> shifts) & ((1 << bits) - 1)                # [..., words, factor]
+    values = (moved >> shifts) & ((1 << bits) - 1)                # [..., words, 32 // bits]
     return values.flatten(-2).movedim(-1, dim)
 
 

@@ -11,14 +11,14 @@ float16 [G, N], ``g_idx`` int32 [K] (used with ``desc_act``). Checkpoint format 
 
 from __future__ import annotations
 
+import torch
+
 from pagellm.errors import ClientError
-from pagellm.layers.quantization.base_config import QuantizationConfig, all_or_none, matches_module
-from pagellm.layers.quantization.base_config import create_quant_param
+from pagellm.layers.quantization.base_config import (QuantizationConfig, all_or_none,
+                                                     create_quant_param, matches_module)
 from pagellm.layers.quantization.wna16 import (WNA16LinearMethod, WNA16Spec, create_g_idx,
                                                dummy_params)
 from pagellm.ops.quant import pack_factor, pack_int32, unpack_int32
-
-import torch
 
 GPTQ_GROUP_SIZES = (-1, 32, 64, 128)
 CHECKPOINT_FORMATS = ("gptq", "gptq_v2")

@@ -23,8 +23,7 @@ from torch import nn
 
 from pagellm.errors import ClientError
 from pagellm.layers.linear import LinearMethodBase
-from pagellm.layers.quantization.base_config import (create_quant_param, random_int32,
-                                                     random_scales, replace_param)
+from pagellm.layers.quantization.base_config import random_int32, random_scales, replace_param
 from pagellm.layers.weight_utils import check_shape, materialize, set_weight_attrs
 from pagellm.ops.quant import pack_factor, wna16_linear_torch
 from pagellm.platforms import use_triton_kernels
@@ -72,8 +71,12 @@ class GroupLayout:
             raise ClientError(f"{method}: {'; '.join(problems)} (tensor_parallel_size or "
                               "the checkpoint's group size do not fit this layer)",
                               param="quantization")
-        self.num_groups = (input_size_per_partition if self.groups_sharded
-                           else input_size) // self.group_size if spec.group_size != -1 else 1
+        if spec.group_size == -1:
+            self.num_groups = 1
+        else:
+            rows = input_size_per_partition if self.groups_sharded else input_size
+            self.num_groups = rows // self.group_size
+        """Groups this rank holds: its own (sharded), all of them, or one per channel."""
 
     def group_attrs(self, dim: int = 0) -> dict:
         """Loader attributes of a parameter whose dim ``dim`` runs over the groups."""
