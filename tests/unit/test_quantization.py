@@ -175,8 +175,23 @@ def test_online_fp8_layer_keeps_only_fp8_weights():
     assert (out - dense).norm() / dense.norm() < 0.05        # e4m3: 3 mantissa bits
 
 
+CT_W8A8_INT8 = {"quant_method": "compressed-tensors", "config_groups": {"g": {
+    "targets": ["Linear"], "format": "int-quantized",
+    "weights": {"num_bits": 8, "type": "int", "strategy": "channel", "symmetric": True},
+    "input_activations": {"num_bits": 8, "type": "int", "strategy": "token", "dynamic": True}}}}
+CT_W4A16_ASYM = {"quant_method": "compressed-tensors", "config_groups": {"g": {
+    "targets": ["Linear"], "format": "pack-quantized",
+    "weights": {"num_bits": 4, "type": "int", "strategy": "group", "group_size": 64,
+                "symmetric": False}}}}
+
+
 @pytest.mark.parametrize("quantization_config, quantization, bytes_per_linear_weight", [
-    (None, "fp8", 1.0), (GPTQ, None, 0.5)])
+    (None, "fp8", 1.0), (GPTQ, None, 0.5), ({**GPTQ, "desc_act": True, "bits": 8}, None, 1.0),
+    (AWQ, "awq_marlin", 0.5), ({"quant_method": "fp8", "activation_scheme": "static"}, None, 1.0),
+    (CT_W8A8_INT8, None, 1.0), (CT_W4A16_ASYM, None, 0.5),
+    ({**CT_W8A8_INT8, "config_groups": {"g": {**CT_W8A8_INT8["config_groups"]["g"],
+      "input_activations": {"num_bits": 8, "type": "int", "strategy": "tensor",
+                            "dynamic": False}}}}, None, 1.0)])
 def test_dummy_load_creates_quantized_weights(tmp_path, quantization_config, quantization,
                                               bytes_per_linear_weight):
     model_dir = make_tiny_model_dir(tmp_path, "llama", **TINY_QUANT_SHAPES)
@@ -192,7 +207,7 @@ def test_dummy_load_creates_quantized_weights(tmp_path, quantization_config, qua
                                  torch.device("cpu"), seed=3, stats=stats,
                                  quantization=quantization))
     layer = models[0].model.layers[0].mlp.down_proj              # [128, 256]
-    weight = layer.weight if quantization == "fp8" else layer.qweight
+    weight = layer.qweight if hasattr(layer, "qweight") else layer.weight
     assert weight.numel() * weight.element_size() == 128 * 256 * bytes_per_linear_weight
     second = dict(models[1].named_parameters())
     assert all(torch.equal(p.float(), second[n].float()) for n, p in models[0].named_parameters())
