@@ -25,7 +25,10 @@ class ModelConfig:
     enforce_eager: bool = False
     """Never use CUDA graphs (no effect on CPU)."""
     quantization: str | None = None
-    """Weight quantization method for GEMMs (fp8, awq, gptq): not supported yet."""
+    """Weight quantization of the linear layers: fp8, awq, awq_marlin, gptq, gptq_marlin,
+    compressed-tensors. None follows the checkpoint's quantization_config; a name must match
+    the checkpoint's method (the *_marlin names run the same fastest kernel); fp8 on an
+    unquantized checkpoint (or load_format=dummy) quantizes the weights at load."""
     trust_remote_code: bool = False
     """Accepted for compatibility; pagellm never runs code from a model directory."""
     tokenizer_pool_size: int = 2
@@ -36,12 +39,10 @@ class ModelConfig:
     (EOS ids come from config.json). For random-weight benchmarks on a config-only directory."""
 
     def __post_init__(self) -> None:
-        from pagellm.config.checks import check_choice, check_range, not_supported_yet
+        from pagellm.config.checks import check_choice, check_range
 
         check_choice("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16", "half", "float"))
         if self.max_model_len is not None:
             check_range("max_model_len", self.max_model_len, 1)
         check_range("max_logprobs", self.max_logprobs, 0)
         check_range("tokenizer_pool_size", self.tokenizer_pool_size, 1)
-        if self.quantization is not None:
-            not_supported_yet("quantization", self.quantization)

@@ -44,7 +44,7 @@ from pagellm.distributed.worker_proc import (CacheReady, DetermineNumBlocks, Exe
                                              WorkerArgs, WorkerFailed, WorkerReady, encoder,
                                              reply_decoder, run_worker_process)
 from pagellm.errors import ClientError, EngineDeadError
-from pagellm.models.loader import LoadStats
+from pagellm.models.loader import LoadStats, get_quant_config
 from pagellm.platforms import Platform
 
 logger = logging.getLogger(__name__)
@@ -113,6 +113,8 @@ def make_executor(config: EngineConfig, platform: Platform, hf_config, dtype: to
     the devices (ClientError before any worker starts)."""
     parallel = config.parallel
     parallel.verify_with_model(hf_config)
+    # the quantization must fit the checkpoint: fail before any worker starts
+    get_quant_config(config.model.model, hf_config, config.model.quantization)
     # a Ray cluster's GPUs may be on other hosts: the Ray executor checks its resources
     if (platform.is_cuda and parallel.executor_backend != "ray"
             and parallel.world_size > torch.cuda.device_count()):

@@ -10,11 +10,15 @@
 - ``RowParallelLinear``: input features split across ranks; partial products all-reduced.
 
 Weights are created and multiplied by the layer's ``quant_method`` (``UnquantizedLinearMethod``
-here; quantized methods plug into the same slot). Every parameter carries a
+here; the methods of ``pagellm.layers.quantization`` plug into the same slot, chosen by the
+model's ``quant_config`` for the layer's checkpoint name ``prefix``). Every parameter carries a
 ``weight_loader(param, loaded_weight, shard_id=None)`` that narrows the full checkpoint tensor
 to this rank's shard before reading it, and ``loaded_shapes``: the full checkpoint shape of
 each shard it is loaded from (the dummy loader generates those and narrows them the same way,
-so a dummy model is the same model at any tensor-parallel size).
+so a dummy model is the same model at any tensor-parallel size). A quantized parameter whose
+size along ``output_dim`` / ``input_dim`` is the logical size divided by a packing factor or
+a group size says so in ``size_divisors`` ({dim: divisor}); the loaders shard it by the
+divided sizes.
 """
 
 from __future__ import annotations
@@ -66,6 +70,10 @@ class LinearMethodBase(ABC):
               bias: torch.Tensor | None = None) -> torch.Tensor:
         """x: [num_tokens, input_size_per_partition] -> [num_tokens, sum(output_partition_sizes)]."""
 
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        """Called once every parameter is loaded: repack, quantize or drop what ``apply``
+        does not need (the loader counts the parameters' bytes after this). No-op here."""
+
 
 class UnquantizedLinearMethod(LinearMethodBase):
     """A dense ``weight`` [output, input] in the layer's dtype; pagellm's CPU GEMM order."""
@@ -85,7 +93,7 @@ class LinearBase(nn.Module):
     """What every linear layer has: sizes, the TP rank/size it was built for, quant_method."""
 
     def __init__(self, input_size: int, output_size: int, params_dtype: torch.dtype | None,
-                 quant_method: LinearMethodBase | None):
+                 quant_method: LinearMethodBase | None, quant_config=None, prefix: str = ""):
         super().__init__()
         self.input_size = input_size
         """Full (unsharded) input features."""
@@ -94,8 +102,13 @@ class LinearBase(nn.Module):
         self.params_dtype = params_dtype or torch.get_default_dtype()
         self.tp_rank = get_tensor_model_parallel_rank()
         self.tp_size = get_tensor_model_parallel_world_size()
+        self.prefix = prefix
+        """The layer's checkpoint module name (e.g. model.layers.0.self_attn.qkv_proj)."""
+        if quant_method is None and quant_config is not None:
+            quant_method = quant_config.get_quant_method(self, prefix)
         self.quant_method = quant_method or UnquantizedLinearMethod()
-        """Owns the weight layout and the matmul (the quantization slot)."""
+        """Owns the weight layout and the matmul (the quantization slot); from
+        ``quant_config.get_quant_method`` (None there: this layer is not quantized)."""
 
     def _create_bias(self, enabled: bool, size: int, attrs: dict) -> None:
         """Register ``bias`` [size] with the loader ``attrs``, or None when not enabled."""
@@ -112,8 +125,10 @@ class ReplicatedLinear(LinearBase):
 
     def __init__(self, input_size: int, output_size: int, bias: bool = True,
                  params_dtype: torch.dtype | None = None,
-                 quant_method: LinearMethodBase | None = None):
-        super().__init__(input_size, output_size, params_dtype, quant_method)
+                 quant_method: LinearMethodBase | None = None, quant_config=None,
+                 prefix: str = ""):
+        super().__init__(input_size, output_size, params_dtype, quant_method, quant_config,
+                         prefix)
         self.quant_method.create_weights(
             self, input_size, [output_size], input_size, output_size, self.params_dtype,
             weight_loader=self.weight_loader, loaded_shapes=[(None, (output_size, input_size))])
@@ -138,8 +153,10 @@ class ColumnParallelLinear(LinearBase):
     def __init__(self, input_size: int, output_size: int, bias: bool = True,
                  gather_output: bool = False, params_dtype: torch.dtype | None = None,
                  quant_method: LinearMethodBase | None = None,
-                 output_partition_sizes: list[int] | None = None):
-        super().__init__(input_size, output_size, params_dtype, quant_method)
+                 output_partition_sizes: list[int] | None = None, quant_config=None,
+                 prefix: str = ""):
+        super().__init__(input_size, output_size, params_dtype, quant_method, quant_config,
+                         prefix)
         self.gather_output = gather_output
         self.output_partition_sizes = output_partition_sizes or [divide(output_size, self.tp_size,
                                                                         "output_size")]
@@ -177,12 +194,14 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
 
     def __init__(self, input_size: int, output_sizes: list[int], bias: bool = True,
                  gather_output: bool = False, params_dtype: torch.dtype | None = None,
-                 quant_method: LinearMethodBase | None = None):
+                 quant_method: LinearMethodBase | None = None, quant_config=None,
+                 prefix: str = ""):
         self.output_sizes = list(output_sizes)
         """Full width of each piece, in order."""
         tp_size = get_tensor_model_parallel_world_size()
         super().__init__(input_size, sum(output_sizes), bias, gather_output, params_dtype,
-                         quant_method, [divide(s, tp_size, "output size") for s in output_sizes])
+                         quant_method, [divide(s, tp_size, "output size") for s in output_sizes],
+                         quant_config, prefix)
 
     def _loaded_shapes(self, trailing):
         return [(i, (size, *trailing)) for i, size in enumerate(self.output_sizes)]
@@ -198,8 +217,8 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
                 self.weight_loader(param, loaded_weight.narrow(output_dim, start, size), index)
                 start += size
             return
-        shard_size = self.output_partition_sizes[shard_id]
-        offset = sum(self.output_partition_sizes[:shard_id])
+        shard_size = _param_size(param, output_dim, self.output_partition_sizes[shard_id])
+        offset = _param_size(param, output_dim, sum(self.output_partition_sizes[:shard_id]))
         check_shape(loaded_weight, _full_shape(param, output_dim, self.output_sizes[shard_id]))
         copy_into(param.data.narrow(output_dim, offset, shard_size),
                   loaded_weight.narrow(output_dim, self.tp_rank * shard_size, shard_size))
@@ -213,7 +232,8 @@ class QKVParallelLinear(ColumnParallelLinear):
     def __init__(self, hidden_size: int, head_size: int, total_num_heads: int,
                  total_num_kv_heads: int, bias: bool = True,
                  params_dtype: torch.dtype | None = None,
-                 quant_method: LinearMethodBase | None = None):
+                 quant_method: LinearMethodBase | None = None, quant_config=None,
+                 prefix: str = ""):
         tp_size = get_tensor_model_parallel_world_size()
         self.head_size = head_size
         self.total_num_heads = total_num_heads
@@ -227,7 +247,8 @@ class QKVParallelLinear(ColumnParallelLinear):
             self.num_kv_head_replicas = 1
         q_size, kv_size = self.num_heads * head_size, self.num_kv_heads * head_size
         super().__init__(hidden_size, (total_num_heads + 2 * total_num_kv_heads) * head_size,
-                         bias, False, params_dtype, quant_method, [q_size, kv_size, kv_size])
+                         bias, False, params_dtype, quant_method, [q_size, kv_size, kv_size],
+                         quant_config, prefix)
 
     def _full_sizes(self) -> dict[str, int]:
         kv = self.total_num_kv_heads * self.head_size
@@ -249,8 +270,8 @@ class QKVParallelLinear(ColumnParallelLinear):
                 start += size
             return
         index = "qkv".index(shard_id)
-        shard_size = self.output_partition_sizes[index]
-        offset = sum(self.output_partition_sizes[:index])
+        shard_size = _param_size(param, output_dim, self.output_partition_sizes[index])
+        offset = _param_size(param, output_dim, sum(self.output_partition_sizes[:index]))
         head_rank = self.tp_rank if shard_id == "q" else self.tp_rank // self.num_kv_head_replicas
         check_shape(loaded_weight, _full_shape(param, output_dim, full_sizes[shard_id]))
         copy_into(param.data.narrow(output_dim, offset, shard_size),
@@ -264,8 +285,10 @@ class RowParallelLinear(LinearBase):
     def __init__(self, input_size: int, output_size: int, bias: bool = True,
                  input_is_parallel: bool = True, reduce_results: bool = True,
                  params_dtype: torch.dtype | None = None,
-                 quant_method: LinearMethodBase | None = None):
-        super().__init__(input_size, output_size, params_dtype, quant_method)
+                 quant_method: LinearMethodBase | None = None, quant_config=None,
+                 prefix: str = ""):
+        super().__init__(input_size, output_size, params_dtype, quant_method, quant_config,
+                         prefix)
         if bias and not reduce_results and self.tp_size > 1:
             raise ValueError("a RowParallelLinear with a bias must reduce its results")
         self.input_is_parallel = input_is_parallel
@@ -301,8 +324,16 @@ class RowParallelLinear(LinearBase):
         return tensor_model_parallel_all_reduce(out) if self.reduce_results else out
 
 
+def _param_size(param: torch.Tensor, dim: int, logical_size: int) -> int:
+    """How many entries of ``param`` along ``dim`` hold ``logical_size`` features (fewer for
+    packed or per-group quantized parameters: ``size_divisors``)."""
+    divisor = getattr(param, "size_divisors", {}).get(dim, 1)
+    return logical_size // divisor
+
+
 def _full_shape(param: torch.Tensor, dim: int, full_size: int) -> tuple[int, ...]:
-    """The parameter's shape with ``dim`` at its full (unsharded) size."""
+    """The parameter's shape with ``dim`` at its full (unsharded) size, ``full_size``
+    logical features."""
     shape = list(param.data.shape)
-    shape[dim] = full_size
+    shape[dim] = _param_size(param, dim, full_size)
     return tuple(shape)

@@ -36,19 +36,22 @@ def head_dim_of(config) -> int:
 
 class LlamaAttention(nn.Module):
     def __init__(self, config, rotary: RotaryEmbedding, backend: AttentionBackend,
-                 qkv_bias: bool, o_bias: bool, qk_norm: bool, dtype: torch.dtype):
+                 qkv_bias: bool, o_bias: bool, qk_norm: bool, dtype: torch.dtype,
+                 quant_config=None, prefix: str = ""):
         super().__init__()
         self.head_dim = head_dim_of(config)
         self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim,
                                           config.num_attention_heads, config.num_key_value_heads,
-                                          bias=qkv_bias, params_dtype=dtype)
+                                          bias=qkv_bias, params_dtype=dtype,
+                                          quant_config=quant_config, prefix=f"{prefix}.qkv_proj")
         self.num_heads = self.qkv_proj.num_heads
         """Query heads on this rank."""
         self.num_kv_heads = self.qkv_proj.num_kv_heads
         """KV heads on this rank (split, or one replicated head when tp > num_kv_heads)."""
         self.qkv_sizes = self.qkv_proj.output_partition_sizes
         self.o_proj = RowParallelLinear(config.num_attention_heads * self.head_dim,
-                                        config.hidden_size, bias=o_bias, params_dtype=dtype)
+                                        config.hidden_size, bias=o_bias, params_dtype=dtype,
+                                        quant_config=quant_config, prefix=f"{prefix}.o_proj")
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, dtype) if qk_norm else None
         self.rotary_emb = rotary
@@ -70,7 +73,7 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, config, dtype: torch.dtype):
+    def __init__(self, config, dtype: torch.dtype, quant_config=None, prefix: str = ""):
         super().__init__()
         if config.hidden_act != "silu":
             raise ClientError(f"hidden_act {config.hidden_act!r} is not supported; supported: silu",
@@ -78,8 +81,11 @@ class LlamaMLP(nn.Module):
         bias = bool(getattr(config, "mlp_bias", False))
         inter = config.intermediate_size
         self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [inter, inter], bias,
-                                                       params_dtype=dtype)
-        self.down_proj = RowParallelLinear(inter, config.hidden_size, bias=bias, params_dtype=dtype)
+                                                       params_dtype=dtype,
+                                                       quant_config=quant_config,
+                                                       prefix=f"{prefix}.gate_up_proj")
+        self.down_proj = RowParallelLinear(inter, config.hidden_size, bias=bias, params_dtype=dtype,
+                                           quant_config=quant_config, prefix=f"{prefix}.down_proj")
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """[T, hidden_size] -> [T, hidden_size]."""
@@ -91,10 +97,12 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config, rotary, backend, qkv_bias, o_bias, qk_norm, dtype):
+    def __init__(self, config, rotary, backend, qkv_bias, o_bias, qk_norm, dtype,
+                 quant_config=None, prefix: str = ""):
         super().__init__()
-        self.self_attn = LlamaAttention(config, rotary, backend, qkv_bias, o_bias, qk_norm, dtype)
-        self.mlp = LlamaMLP(config, dtype)
+        self.self_attn = LlamaAttention(config, rotary, backend, qkv_bias, o_bias, qk_norm, dtype,
+                                        quant_config, f"{prefix}.self_attn")
+        self.mlp = LlamaMLP(config, dtype, quant_config, f"{prefix}.mlp")
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
 
@@ -111,7 +119,7 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config, backend, qkv_bias, o_bias, qk_norm, dtype):
+    def __init__(self, config, backend, qkv_bias, o_bias, qk_norm, dtype, quant_config=None):
         super().__init__()
         head_dim = head_dim_of(config)
         rope_theta, rope_scaling = rope_settings(config)
@@ -125,7 +133,8 @@ class LlamaModel(nn.Module):
                              else PPMissingLayer())
         self.layers = make_layers(
             config.num_hidden_layers, self.start_layer, self.end_layer,
-            lambda: LlamaDecoderLayer(config, rotary, backend, qkv_bias, o_bias, qk_norm, dtype))
+            lambda i: LlamaDecoderLayer(config, rotary, backend, qkv_bias, o_bias, qk_norm, dtype,
+                                        quant_config, f"model.layers.{i}"))
         self.norm = (RMSNorm(config.hidden_size, config.rms_norm_eps, dtype) if pp.is_last_rank
                      else PPMissingLayer())
 
@@ -164,7 +173,9 @@ class LlamaForCausalLM(nn.Module):
     """Per-head RMSNorm of q and k before RoPE (Qwen3)."""
 
     def __init__(self, config, dtype: torch.dtype = torch.float32,
-                 attn_backend: AttentionBackend | None = None):
+                 attn_backend: AttentionBackend | None = None, quant_config=None):
+        """``quant_config``: a ``pagellm.layers.quantization.QuantizationConfig`` that picks
+        each linear layer's method by its checkpoint name (None: dense weights)."""
         super().__init__()
         attention_bias = bool(getattr(config, "attention_bias", False))
         qkv_bias = attention_bias if self.qkv_bias is None else self.qkv_bias
@@ -177,7 +188,7 @@ class LlamaForCausalLM(nn.Module):
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         """lm_head shares embed_tokens' weight."""
         self.model = LlamaModel(config, attn_backend or TorchAttentionBackend(),
-                                qkv_bias, o_bias, self.qk_norm, dtype)
+                                qkv_bias, o_bias, self.qk_norm, dtype, quant_config)
         self.num_layers = self.model.end_layer - self.model.start_layer
         """Decoder layers on this rank (all of them without pipeline parallelism): the KV
         cache's layer count."""

@@ -5,7 +5,11 @@ The model is built directly on the target device with uninitialised parameters (
 parallel layer allocates only this rank's shard), then every checkpoint tensor goes through
 its parameter's ``weight_loader``, which narrows it to the rank's shard before reading. Fused
 parameters (q|k|v, gate|up) take their pieces through the model class's
-``stacked_params_mapping``. ``LoadStats`` counts what a rank read and holds. Under pipeline
+``stacked_params_mapping``. With a quantization config (``quantization=`` or the checkpoint's
+``quantization_config``) the linear layers create their checkpoint's quantized parameters and
+repack or quantize them once loaded (``process_weights_after_loading``); a dummy load fills
+them with random packed values of the right shapes. ``LoadStats`` counts what a rank read and
+holds. Under pipeline
 parallelism the layers of other stages have no parameters here, so their tensors are never
 read (safetensors) or dequantized (GGUF).
 """
@@ -22,6 +26,7 @@ from torch import nn
 
 from pagellm.errors import ClientError
 from pagellm.layers.attention import AttentionBackend, get_attn_backend
+from pagellm.layers.quantization import QuantizationConfig, get_quantization_config
 from pagellm.layers.weight_utils import default_weight_loader, materialize
 from pagellm.models.gguf_loader import iter_gguf_weights
 from pagellm.models.gguf_quantized import keep_gguf_quantized, keep_gguf_quantized_enabled
@@ -41,7 +46,8 @@ class LoadStats:
     """Checkpoint data read into memory: only the rank's shards for safetensors; whole
     dequantized tensors (one at a time) for GGUF; whole generated tensors for dummy."""
     param_bytes: int = 0
-    """Bytes of the rank's parameters once loaded."""
+    """Bytes of the rank's parameters once loaded (quantized parameters at their quantized
+    size)."""
 
     def add_read(self, num_bytes: int) -> None:
         self.checkpoint_bytes_read += num_bytes
@@ -65,20 +71,24 @@ def resolve_load_format(model_path: str, load_format: str) -> str:
 def load_model(model_path: str, hf_config, load_format: str, dtype: torch.dtype,
                device: torch.device, seed: int = 0,
                attn_backend: AttentionBackend | None = None,
-               stats: LoadStats | None = None) -> nn.Module:
+               stats: LoadStats | None = None, quantization: str | None = None) -> nn.Module:
     """A ready-to-run model in eval mode with this rank's parameters on ``device`` in
     ``dtype`` (the whole model outside a tensor-parallel group). ``stats`` (optional) is
     filled in. attn_backend defaults to ``get_attn_backend`` for the device's platform.
-    ClientError when the format does not fit the path or a weight is missing or misshapen.
+    ``quantization``: the engine argument (``get_quant_config``). ClientError when the
+    format does not fit the path, a weight is missing or misshapen, or the quantization is
+    unsupported or contradicts the checkpoint.
     """
     device = torch.device(device)
     stats = stats if stats is not None else LoadStats()
     load_format = resolve_load_format(model_path, load_format)
     model_class = get_model_class(hf_config.architectures)
+    quant_config = get_quant_config(model_path, hf_config, quantization)
     if attn_backend is None:
         attn_backend = get_attn_backend(Platform("cuda" if device.type == "cuda" else "cpu", device))
     with torch.device(device):
-        model = model_class(hf_config, dtype=dtype, attn_backend=attn_backend)
+        model = model_class(hf_config, dtype=dtype, attn_backend=attn_backend,
+                            **({"quant_config": quant_config} if quant_config else {}))
     model.to(device)          # buffers built on the CPU (rotary tables)
     if load_format == "dummy":
         init_dummy_weights(model, seed, stats)
@@ -95,8 +105,30 @@ def load_model(model_path: str, hf_config, load_format: str, dtype: torch.dtype,
         if missing:
             raise ClientError(f"{model_path} lacks weights for {missing[:8]}"
                               f"{' and more' if len(missing) > 8 else ''}", param="model")
+    process_weights_after_loading(model)
     stats.param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     return model.eval().requires_grad_(False)
+
+
+def get_quant_config(model_path: str, hf_config, quantization: str | None = None,
+                     model_class: type | None = None) -> QuantizationConfig | None:
+    """The model's quantization (``pagellm.layers.quantization.get_quantization_config``)
+    with the model class's ``packed_modules_mapping``; None for dense weights. Called by the
+    executor before any worker starts, so a bad combination fails early."""
+    config = get_quantization_config(model_path, hf_config, quantization)
+    model_class = model_class or get_model_class(hf_config.architectures)
+    if config is not None and getattr(model_class, "packed_modules_mapping", None):
+        config.packed_modules_mapping = model_class.packed_modules_mapping
+    return config
+
+
+@torch.no_grad()
+def process_weights_after_loading(model: nn.Module) -> None:
+    """Let every layer's quant_method repack or quantize its loaded parameters."""
+    for module in model.modules():
+        quant_method = getattr(module, "quant_method", None)
+        if quant_method is not None and hasattr(quant_method, "process_weights_after_loading"):
+            quant_method.process_weights_after_loading(module)
 
 
 def _counted(weights: Iterable[tuple[str, torch.Tensor]], stats: LoadStats):
@@ -192,7 +224,11 @@ def init_dummy_weights(model: nn.Module, seed: int, stats: LoadStats | None = No
             generator = torch.Generator(device=param.device)
             generator.manual_seed((seed * 0x9E3779B1 + zlib.crc32(key)) % 2**63)
             full = torch.empty(shape, dtype=param.dtype, device=param.device)
-            full.normal_(0.0, std, generator=generator)
+            fill = getattr(param, "dummy_fill", None)     # quantized: packed ints, scales
+            if fill is not None:
+                fill(full, generator)
+            else:
+                full.normal_(0.0, std, generator=generator)
             if stats is not None:
                 stats.add_read(full.numel() * full.element_size())
             param.weight_loader(param, full, *(() if shard_id is None else (shard_id,)))

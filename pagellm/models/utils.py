@@ -28,7 +28,7 @@ class IntermediateTensors:
 
 
 def make_layers(num_layers: int, start: int, end: int, build) -> nn.ModuleList:
-    """``num_layers`` modules: ``build()`` for indices in [start, end), PPMissingLayer for
+    """``num_layers`` modules: ``build(i)`` for indices i in [start, end), PPMissingLayer for
     the rest (so layer i keeps its checkpoint name on every stage)."""
-    return nn.ModuleList(build() if start <= i < end else PPMissingLayer()
+    return nn.ModuleList(build(i) if start <= i < end else PPMissingLayer()
                          for i in range(num_layers))

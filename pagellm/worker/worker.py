@@ -42,9 +42,16 @@ class Worker:
         self.load_stats = LoadStats()
         """What this rank read from the checkpoint and holds (its shard under TP)."""
         self.model = load_model(config.model.model, hf_config, config.load.load_format, dtype,
-                                platform.device, seed=config.model.seed, stats=self.load_stats)
+                                platform.device, seed=config.model.seed, stats=self.load_stats,
+                                quantization=config.model.quantization)
         self.model.eval()
-        logger.info("Loaded %s (%s) in %.1f s", config.model.model, dtype,
+        if platform.is_cuda:
+            # quantizing at load (fp8) held the dense weights for a while: that peak is gone
+            # and must not shrink the KV cache (the resident weights still count)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(platform.device)
+        logger.info("Loaded %s (%s, weights %.2f GiB on this rank) in %.1f s",
+                    config.model.model, dtype, self.load_stats.param_bytes / GiB,
                     time.perf_counter() - start)
         self.runner = ModelRunner(self.model, platform, config.cache.block_size,
                                   config.model.max_logprobs, config.scheduler.max_num_seqs,

@@ -1,6 +1,7 @@
 """Tensor-parallel layers in 2 spawned gloo processes against the unsharded math: every rank
 loads its shard from the full tensors through the weight loaders, runs the layer, and must
-get the TP=1 result (column/merged/QKV/row linear, vocab-parallel embedding, LM head).
+get the TP=1 result (column/merged/QKV/row linear, vocab-parallel embedding, LM head, and
+quantized GPTQ / fp8 linears: packed, grouped and act-order parameters shard correctly).
 
 One spawn runs every check (starting processes is the slow part); each rank writes its
 failures to a file that the test reads back, so a wrong shard fails with the layer's name.
@@ -110,6 +111,87 @@ def _vocab_checks(rank: int, failures: list[str]) -> None:
     _check("lm head logits", logits, F.linear(hidden, table), failures)
 
 
+def _gptq_tensors(q: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor,
+                  g_idx: torch.Tensor, bits: int) -> dict:
+    """GPTQ v1 checkpoint tensors of a module from its ints q [K, N], zeros [G, N] (both
+    unsigned), scales [G, N] and g_idx [K]."""
+    from tests.helpers.quantized_models import _gptq_pack
+    return {"qweight": _gptq_pack(q, bits, 0), "qzeros": _gptq_pack((zeros - 1) & 15, bits, 1)
+            if bits == 4 else _gptq_pack((zeros - 1) & 255, bits, 1),
+            "scales": scales, "g_idx": g_idx.to(torch.int32)}
+
+
+def _random_int_weight(g, K: int, N: int, bits: int, group: int, act_order: bool):
+    """(q [K, N], zeros [G, N], scales [G, N], g_idx [K], dense weight [N, K])."""
+    num_groups = K // group
+    q = torch.randint(0, 1 << bits, (K, N), generator=g)
+    zeros = torch.randint(0, 1 << bits, (num_groups, N), generator=g)
+    scales = torch.rand(num_groups, N, generator=g) * 0.1 + 0.01
+    g_idx = torch.arange(K) // group
+    if act_order:
+        g_idx = g_idx[torch.randperm(K, generator=g)]
+    dense = ((q - zeros[g_idx]).float() * scales[g_idx]).t()
+    return q, zeros, scales, g_idx, dense
+
+
+def _load_all(layer, tensors_by_shard: dict) -> None:
+    params = dict(layer.named_parameters())
+    for shard_id, tensors in tensors_by_shard.items():
+        for name, tensor in tensors.items():
+            if name not in params:          # g_idx without act-order: ignored, as the loader does
+                continue
+            param = params[name]
+            param.weight_loader(param, tensor, *(() if shard_id is None else (shard_id,)))
+    layer.quant_method.process_weights_after_loading(layer)
+
+
+def _quantized_checks(rank: int, failures: list[str]) -> None:
+    """GPTQ (act-order: g_idx sharded with the input rows, every group kept; plain: groups
+    sharded) and compressed-tensors fp8 per-tensor scales on merged/row-parallel layers."""
+    from pagellm.layers.linear import MergedColumnParallelLinear, RowParallelLinear
+    from pagellm.layers.quantization.compressed_tensors import CompressedTensorsConfig
+    from pagellm.layers.quantization.gptq import GPTQConfig
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 64, generator=g)
+    for bits, act_order in ((4, True), (8, False)):
+        config = GPTQConfig(bits, 32, desc_act=act_order, sym=False)
+        row = RowParallelLinear(64, 32, bias=False, quant_config=config, prefix="m.down_proj")
+        q, zeros, scales, g_idx, dense = _random_int_weight(g, 64, 32, bits, 32, act_order)
+        _load_all(row, {None: _gptq_tensors(q, zeros, scales, g_idx, bits)})
+        _check(f"gptq row bits={bits} act_order={act_order}",
+               row(x[:, rank * 32:(rank + 1) * 32]), F.linear(x, dense), failures)
+        merged = MergedColumnParallelLinear(64, [32, 32], bias=False, quant_config=config,
+                                            prefix="m.gate_up_proj")
+        pieces = [_random_int_weight(g, 64, 32, bits, 32, False) for _ in range(2)]
+        if act_order:      # the fused pieces share one act-order g_idx
+            pieces = [p[:3] + (pieces[0][3],) + (((p[0] - p[1][pieces[0][3]]).float()
+                      * p[2][pieces[0][3]]).t(),) for p in pieces]
+        _load_all(merged, {i: _gptq_tensors(*p[:4], bits) for i, p in enumerate(pieces)})
+        out = merged(x)
+        for i, piece in enumerate(pieces):
+            _check(f"gptq merged bits={bits} piece {i}", out[:, i * 16:(i + 1) * 16],
+                   F.linear(x, piece[4])[:, rank * 16:(rank + 1) * 16], failures)
+    fp8 = CompressedTensorsConfig.from_config({"config_groups": {"group_0": {
+        "targets": ["Linear"], "format": "float-quantized",
+        "weights": {"num_bits": 8, "type": "float", "strategy": "tensor", "symmetric": True},
+        "input_activations": {"num_bits": 8, "type": "float", "strategy": "tensor",
+                              "dynamic": False, "symmetric": True}}}})
+    merged = MergedColumnParallelLinear(64, [32, 32], bias=False, quant_config=fp8,
+                                        prefix="m.gate_up_proj")
+    weights = [torch.randn(32, 64, generator=g).to(torch.float8_e4m3fn) for _ in range(2)]
+    weight_scales, input_scales = [torch.tensor([0.01]), torch.tensor([0.03])], \
+        [torch.tensor([0.05]), torch.tensor([0.02])]
+    _load_all(merged, {i: {"weight": weights[i], "weight_scale": weight_scales[i],
+                           "input_scale": input_scales[i]} for i in range(2)})
+    x_q = (x / 0.05).clamp(-448, 448).to(torch.float8_e4m3fn).float() * 0.05   # max input scale
+    out = merged(x)
+    for i in range(2):
+        _check(f"fp8 per-tensor merged piece {i}", out[:, i * 16:(i + 1) * 16],
+               F.linear(x_q, weights[i].float() * weight_scales[i])[:, rank * 16:(rank + 1) * 16],
+               failures)
+
+
 def _rank_main(rank: int, port: int, out_dir: str) -> None:
     from pagellm.distributed import parallel_state as ps
 
@@ -127,6 +209,7 @@ def _rank_main(rank: int, port: int, out_dir: str) -> None:
         _column_and_row_checks(rank, failures)
         _qkv_checks(rank, failures)
         _vocab_checks(rank, failures)
+        _quantized_checks(rank, failures)
     except Exception:
         failures.append(traceback.format_exc())
     finally:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CHECKS = ["attention", "split_decode", "kv_cache", "norm_activation", "backend", "fp8_kv_cache"]
+CHECKS = ["attention", "split_decode", "kv_cache", "norm_activation", "backend", "fp8_kv_cache",
+          "wna16_gemm"]
 
 
 @pytest.mark.parametrize("check", CHECKS)
@@ -66,8 +67,37 @@ def _run(check: str) -> None:
         # are compared here (the GPU test compares the written bytes too).
         error, _ = cases.check_backends_agree([1, 6], [10, 6], block_size=4, **small, **fp8)
         assert error < 0.1
+    elif check == "wna16_gemm":
+        _check_wna16_gemm()
     else:
         raise ValueError(check)
+
+
+def _check_wna16_gemm() -> None:
+    """The W4A16/W8A16 kernel in both unpack variants: split-K decode with one group per K
+    tile and zero points, an act-order g_idx prefill tile, a per-channel 8-bit odd K."""
+    import torch
+
+    import pagellm.ops.triton.wna16_gemm as wna16
+    from pagellm.ops.quant import pack_int32, wna16_linear_torch
+
+    wna16._num_sms = lambda device: 4
+    gen = torch.Generator().manual_seed(0)
+    for registers in (True, False):
+        wna16.UNPACK_IN_REGISTERS = registers
+        for M, K, N, bits, groups, zeros, act_order in ((1, 256, 64, 4, 2, True, False),
+                                                        (40, 128, 24, 4, 4, False, True),
+                                                        (5, 200, 16, 8, 1, True, False)):
+            q = pack_int32(torch.randint(0, 1 << bits, (K, N), generator=gen), bits, 0)
+            scales = torch.rand(groups, N, generator=gen) * 0.01
+            qzeros = (pack_int32(torch.randint(0, 1 << bits, (groups, N), generator=gen), bits, 1)
+                      if zeros else None)
+            g_idx = ((torch.randperm(K, generator=gen) // (K // groups)).to(torch.int32)
+                     if act_order else None)
+            x = torch.randn(M, K, generator=gen)
+            ref = wna16_linear_torch(x, q, scales, qzeros, g_idx, bits)
+            out = wna16.wna16_gemm_triton(x, q, scales, qzeros, g_idx, bits)
+            assert (out - ref).abs().max() / ref.abs().max() < 1e-5, (M, K, N, registers)
 
 
 if __name__ == "__main__":
