@@ -29,9 +29,12 @@ def test_dp2_on_two_gpus_equals_one_gpu(tmp_path):
     try:
         outputs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
         replicas = llm.llm_engine.core.client.balancer.replicas
-        assert [r.num_routed for r in replicas] == [4, 4]
+        routed = [r.num_routed for r in replicas]
+        # by load: an exact 4/4 depends on when each replica's stats arrive (they report
+        # their queues while the batch is being routed), but both take a share
+        assert sum(routed) == 8 and min(routed) >= 2, routed
         stats = llm.llm_engine.core.stats_per_engine()
     finally:
         llm.shutdown()
     assert [o.outputs[0].token_ids for o in outputs] == expected
-    assert [s.generation_tokens for s in stats] == [4 * 24, 4 * 24]
+    assert [s.generation_tokens for s in stats] == [n * 24 for n in routed]
