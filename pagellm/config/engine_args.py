@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import logging
 from dataclasses import dataclass
 
 from pagellm.config.cache import CacheConfig
@@ -22,6 +23,8 @@ from pagellm.config.presets import ScenarioConfig, apply_scenario
 from pagellm.config.scheduler import SchedulerConfig
 from pagellm.config.structured_outputs import StructuredOutputsConfig
 from pagellm.errors import ClientError
+
+logger = logging.getLogger(__name__)
 
 CONFIG_CLASSES = (ModelConfig, CacheConfig, SchedulerConfig, ParallelConfig, LoadConfig,
                   LoRAConfig, SpeculativeConfig, CompilationConfig, StructuredOutputsConfig,
@@ -144,9 +147,18 @@ def finalize_lengths(config: EngineConfig, model_max_len: int,
 
 def _async_scheduling(config: EngineConfig, device_type: str) -> bool:
     """``async_scheduling`` resolved: the user's value, else on for CUDA without pipeline
-    parallelism. ClientError for on with pipeline parallelism."""
+    parallelism; always off with speculative decoding (a logged note). ClientError for on
+    with pipeline parallelism, and for speculative decoding with pipeline parallelism."""
     wanted = config.scheduler.async_scheduling
     pipelined = config.parallel.pipeline_parallel_size > 1
+    if config.speculative.enabled:
+        if pipelined:
+            raise ClientError("speculative_config does not combine with pipeline_parallel_size "
+                              "> 1 yet; drop one", param="speculative_config")
+        if wanted or (wanted is None and device_type == "cuda"):
+            logger.info("speculative decoding: async_scheduling turned off (verification "
+                        "needs each step's accepted tokens on the host before the next step)")
+        return False
     if wanted and pipelined:
         raise ClientError("async_scheduling does not combine with pipeline_parallel_size > 1 "
                           "(the pipeline's batch queue already overlaps the steps); drop one",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pagellm.config.speculative import SpeculativeConfig  # noqa: F401  (re-exported)
+
 
 @dataclass(frozen=True)
 class LoRAConfig:
@@ -19,18 +21,6 @@ class LoRAConfig:
 
         if self.enable_lora:
             not_supported_yet("enable_lora", True)
-
-
-@dataclass(frozen=True)
-class SpeculativeConfig:
-    speculative_config: dict | None = None
-    """Speculative decoding settings (not supported yet)."""
-
-    def __post_init__(self) -> None:
-        from pagellm.config.checks import not_supported_yet
-
-        if self.speculative_config:
-            not_supported_yet("speculative_config", self.speculative_config)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ class Request:
                  "sampling_params", "max_tokens", "eos_token_id", "arrival_time", "priority",
                  "status", "num_computed_tokens", "num_output_placeholders", "num_cached_tokens", "block_hashes",
                  "stop_reason", "num_preemptions", "group_id", "first_scheduled_time",
-                 "cache_salt", "structured_output")
+                 "cache_salt", "structured_output", "spec_token_ids")
 
     def __init__(self, request_id: str, prompt_token_ids: list[int],
                  sampling_params: SamplingParams, max_tokens: int,
@@ -67,6 +67,9 @@ class Request:
         self.group_id = group_id         # parent id for n > 1 children
         self.first_scheduled_time: float | None = None
         self.cache_salt = cache_salt
+        self.spec_token_ids: list[int] = []
+        """Speculative decoding: the draft tokens the runner proposed after this request's
+        last sampled token, scheduled (perhaps cut) with its next decode step."""
         self.structured_output = None
         """Structured outputs: the scheduler's ``StructuredOutputRequest`` (compile future,
         then grammar matcher), set by ``Scheduler.add_request``; None when unconstrained."""

@@ -50,6 +50,9 @@ class SchedulerOutput:
     structured_output_request_ids: dict[str, int] = field(default_factory=dict)
     """Structured outputs: request id -> its first row in ``grammar_bitmask``, for the
     constrained requests that sample this step (1 row each; 1 + k with k draft tokens)."""
+    scheduled_spec_decode_tokens: dict[str, list[int]] = field(default_factory=dict)
+    """Speculative decoding: request id -> the draft tokens scheduled after its last token
+    (its ``num_scheduled_tokens`` = 1 + len(drafts)); absent for requests without drafts."""
     grammar_bitmask: np.ndarray | None = None
     """[rows, ceil(vocab_size / 32)] int32: bit ``t % 32`` of word ``t // 32`` set = token t
     allowed (structured_output.backend); None when no sampling request is constrained."""
@@ -70,10 +73,21 @@ class TopLogprobs:
 @dataclass
 class ModelRunnerOutput:
     req_ids: list[str]                         # requests that sampled a token this step
-    sampled_token_ids: list[int]
-    logprobs: TopLogprobs | None = None        # rows aligned with req_ids
+    sampled_token_ids: list[int | list[int]]
+    """One int per request; with speculative decoding (a step with drafts) a list per request:
+    the accepted drafts then the target's own token (1 to 1 + len(drafts) tokens)."""
+    logprobs: TopLogprobs | None = None
+    """Rows aligned with the tokens of ``sampled_token_ids`` flattened in request order."""
     prompt_logprobs: dict[str, tuple[int, TopLogprobs]] = field(default_factory=dict)
     """request id -> (first prompt position covered, logprobs of the following positions)."""
+    spec_token_ids: list[list[int]] | None = None
+    """Speculative decoding: per request (aligned with req_ids) the drafts proposed after
+    its new tokens, for the next step; None when speculation is off."""
+
+    @property
+    def num_sampled_tokens(self) -> int:
+        """New tokens of all requests (several per request under speculation)."""
+        return sum(len(t) if isinstance(t, list) else 1 for t in self.sampled_token_ids)
 
 
 @dataclass(slots=True)

@@ -35,6 +35,15 @@ flight, whose token is dropped. A request is not scheduled past max_tokens or ma
 counting its placeholders, so only a stop token or string can waste a step. A request under
 a grammar (structured outputs) is not scheduled while it has a token in flight: its next
 bitmask needs that token accepted first, so it runs every other step.
+
+Speculative decoding (``num_speculative_tokens`` > 0; async scheduling is off then): the
+runner returns drafts per request with each output (``Request.spec_token_ids``). A decode
+step (one token left to compute) schedules that token plus the drafts, cut to the budget,
+max_tokens and max_model_len (``SchedulerOutput.scheduled_spec_decode_tokens``); the KV
+manager allocates slots for all of them (lookahead slots). ``update_from_output`` gets 1 +
+accepted tokens per request, rolls ``num_computed_tokens`` back by the rejected drafts (their
+slots stay allocated and are overwritten by the next step), appends the tokens one by one
+and stops at the first that ends the request. Requests under a grammar never speculate.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ from pagellm.core.kv_cache_manager import KVCacheManager
 from pagellm.core.request import FINISH_REASONS, Request, RequestStatus
 from pagellm.core.sched_output import (CachedRequestData, EngineCoreOutput, ModelRunnerOutput,
                                        NewRequestData, SchedulerOutput, TopLogprobs)
+from pagellm.core.stats import SpecDecodingStats
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +67,7 @@ class Scheduler:
     def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig,
                  max_model_len: int, num_blocks: int, num_swap_blocks: int = 0,
                  max_concurrent_batches: int = 1, structured_output_manager=None,
-                 async_scheduling: bool = False):
+                 async_scheduling: bool = False, num_speculative_tokens: int = 0):
         self.config = scheduler_config
         self.max_model_len = max_model_len
         self.max_num_batched_tokens = scheduler_config.max_num_batched_tokens or 8192
@@ -72,6 +82,11 @@ class Scheduler:
         self.num_preemptions = 0
         self.max_concurrent_batches = max_concurrent_batches
         self.async_scheduling = async_scheduling
+        if num_speculative_tokens and (async_scheduling or max_concurrent_batches > 1):
+            raise ValueError("speculative decoding needs async scheduling and pipelining off")
+        self.num_speculative_tokens = num_speculative_tokens
+        self.spec_stats = SpecDecodingStats.new(num_speculative_tokens)
+        """Speculative decoding counters since start (drafts, draft and accepted tokens)."""
         self.pipelined = max_concurrent_batches > 1 and not async_scheduling
         """Batches may be scheduled before earlier ones' outputs are back (see the module)."""
         self._step_requests: dict[int, dict[str, Request]] = {}
@@ -165,6 +180,7 @@ class Scheduler:
             finished_req_ids=finished, preempted_req_ids=preempted,
             blocks_to_swap_out=step.swap_out,
             blocks_to_swap_in=step.swap_in, num_preempted=len(step.preempted),
+            scheduled_spec_decode_tokens=step.spec_tokens,
             structured_output_request_ids=bitmask_rows, grammar_bitmask=bitmask)
         if self.async_scheduling:
             self._step_requests[id(sched)] = {r.request_id: r for r in step.scheduled}
@@ -248,6 +264,8 @@ class Scheduler:
                 if num_new == 0:
                     index += 1
                     continue
+            drafts = self._drafts_to_schedule(request, num_new, step.budget)
+            num_new += len(drafts)
             new_blocks = None
             while True:
                 new_blocks = allocate_slots(request, num_new)
@@ -262,7 +280,19 @@ class Scheduler:
             if new_blocks is None:
                 continue      # the request itself was preempted; running shrank under index
             step.add_cached(request, num_new, [b.block_id for b in new_blocks])
+            if drafts:
+                step.spec_tokens[request.request_id] = drafts
             index += 1
+
+    def _drafts_to_schedule(self, request: Request, num_new: int, budget: int) -> list[int]:
+        """The request's drafts that fit this step (only when its one remaining token is a
+        decode token): cut to the budget, max_tokens and max_model_len, none under a grammar."""
+        drafts = request.spec_token_ids
+        if not drafts or num_new != 1 or request.structured_output is not None:
+            return []
+        room = min(budget - 1, request.max_tokens - len(request.output_token_ids) - 1,
+                   self.max_model_len - len(request.all_token_ids) - 1)
+        return drafts[:max(room, 0)]
 
     def _at_limit(self, request: Request) -> bool:
         """Async: the tokens in flight already reach max_tokens or max_model_len."""
@@ -294,6 +324,7 @@ class Scheduler:
             request.num_computed_tokens = 0
             request.status = RequestStatus.PREEMPTED
         request.num_preemptions += 1
+        request.spec_token_ids = []
         self.num_preemptions += 1
         self.waiting.appendleft(request)
         step.preempted.append(request)
@@ -397,30 +428,33 @@ class Scheduler:
         elif self.async_scheduling:
             requests = self._step_requests.pop(id(sched), {})
             aborted = {request_id for request_id, r in requests.items() if r.is_finished}
-        update_block_hashes = self.kv.update_block_hashes
-        for row, (request_id, token_id) in enumerate(
+        spec_drafts = sched.scheduled_spec_decode_tokens
+        proposals = runner_output.spec_token_ids
+        flat = 0        # logprobs row of the request's first new token
+        for row, (request_id, sampled) in enumerate(
                 zip(runner_output.req_ids, runner_output.sampled_token_ids)):
+            token_ids = sampled if isinstance(sampled, list) else [sampled]
+            first, flat = flat, flat + len(token_ids)
             request = requests.get(request_id)
             if request is None or request.status >= RequestStatus.FINISHED_STOPPED:
                 continue    # aborted while the step ran, or stopped by an earlier step's token
-            if request.num_output_placeholders:
-                request.num_output_placeholders -= 1
-            request.output_token_ids.append(token_id)
-            request.all_token_ids.append(token_id)
-            update_block_hashes(request)
-            if request.structured_output is not None:
-                self._accept_token(request, token_id)
+            if request_id in spec_drafts:
+                self._rollback_rejected(request, len(spec_drafts[request_id]), len(token_ids))
+            token_ids = self._append_tokens(request, token_ids)
             out = EngineCoreOutput(
-                request_id, [token_id], None if logprobs is None else _row(logprobs, row),
+                request_id, token_ids,
+                None if logprobs is None else _rows(logprobs, first, len(token_ids)),
                 num_cached_tokens=request.num_cached_tokens if request.num_cached_tokens > 0 else 0,
                 first_scheduled_time=request.first_scheduled_time,
                 num_preemptions=request.num_preemptions)
             outputs[request_id] = out
-            if self._check_stop(request, token_id):
+            if request.is_finished:
                 out.finish_reason = FINISH_REASONS[request.status]
                 out.stop_reason = request.stop_reason
                 self.running.remove(request)
                 self._free(request)
+            elif proposals is not None:
+                request.spec_token_ids = proposals[row]
         for request_id, prompt_logprobs in runner_output.prompt_logprobs.items():
             if request_id in aborted:
                 continue
@@ -428,6 +462,32 @@ class Scheduler:
                 request_id, EngineCoreOutput(request_id, []))
             out.new_prompt_logprobs = prompt_logprobs
         return list(outputs.values())
+
+    def _append_tokens(self, request: Request, token_ids: list[int]) -> list[int]:
+        """Append the step's new tokens one by one, checking the stop conditions after each;
+        returns those appended (cut after the first that finishes the request)."""
+        for index, token_id in enumerate(token_ids):
+            if request.num_output_placeholders:
+                request.num_output_placeholders -= 1
+            request.output_token_ids.append(token_id)
+            request.all_token_ids.append(token_id)
+            self.kv.update_block_hashes(request)
+            if request.structured_output is not None:
+                self._accept_token(request, token_id)
+            if self._check_stop(request, token_id):
+                return token_ids[:index + 1]
+        return token_ids
+
+    def _rollback_rejected(self, request: Request, num_drafts: int, num_new_tokens: int) -> None:
+        """Speculative decoding: the step computed 1 + num_drafts positions and produced
+        ``num_new_tokens`` (accepted drafts + 1); the rejected drafts' KV is not the
+        request's, so ``num_computed_tokens`` goes back to the accepted ones (their slots stay
+        allocated as lookahead for the next step). Counts the draft in ``spec_stats``."""
+        num_accepted = num_new_tokens - 1
+        if not 0 <= num_accepted <= num_drafts:
+            raise AssertionError(f"{num_new_tokens} new tokens for {num_drafts} drafts")
+        request.num_computed_tokens -= num_drafts - num_accepted
+        self.spec_stats.observe(num_drafts, num_accepted)
 
     @staticmethod
     def _accept_token(request: Request, token_id: int) -> None:
@@ -469,10 +529,11 @@ class Scheduler:
         return self.kv.usage()
 
 
-def _row(logprobs: TopLogprobs | None, row: int) -> TopLogprobs | None:
-    if logprobs is None:
-        return None
-    return TopLogprobs([logprobs.token_ids[row]], [logprobs.logprobs[row]], [logprobs.ranks[row]])
+def _rows(logprobs: TopLogprobs, first: int, count: int) -> TopLogprobs:
+    """Rows ``first .. first + count - 1`` of a step's logprobs."""
+    end = first + count
+    return TopLogprobs(logprobs.token_ids[first:end], logprobs.logprobs[first:end],
+                       logprobs.ranks[first:end])
 
 
 class _StepState:
@@ -488,6 +549,7 @@ class _StepState:
         self.preempted: list[Request] = []
         self.swap_out: list[tuple[int, int]] = []
         self.swap_in: list[tuple[int, int]] = []
+        self.spec_tokens: dict[str, list[int]] = {}
         self.had_prompt = False
 
     @property
@@ -515,5 +577,6 @@ class _StepState:
         if request.request_id not in self.num_tokens:
             return
         self.budget += self.num_tokens.pop(request.request_id)
+        self.spec_tokens.pop(request.request_id, None)
         self.scheduled.remove(request)
         self.cached_reqs = [c for c in self.cached_reqs if c.request_id != request.request_id]

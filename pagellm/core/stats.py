@@ -7,7 +7,36 @@ process keeps the latest, so ``/metrics`` and the periodic log line never wait o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import msgspec
+
+
+@dataclass
+class SpecDecodingStats:
+    """Speculative decoding counters since start (the scheduler's; vLLM's names)."""
+
+    num_drafts: int
+    """Requests' decode steps that ran with at least one draft token."""
+    num_draft_tokens: int
+    """Draft tokens scheduled (verified by the target model)."""
+    num_accepted_tokens: int
+    """Of those, accepted."""
+    num_accepted_tokens_per_pos: list[int]
+    """[num_speculative_tokens]: drafts accepted at position i (0 = first draft)."""
+
+    @classmethod
+    def new(cls, num_speculative_tokens: int) -> "SpecDecodingStats":
+        return cls(0, 0, 0, [0] * num_speculative_tokens)
+
+    def observe(self, num_draft_tokens: int, num_accepted_tokens: int) -> None:
+        """One request's verified step: ``num_draft_tokens`` drafts, the first
+        ``num_accepted_tokens`` of them accepted."""
+        self.num_drafts += 1
+        self.num_draft_tokens += num_draft_tokens
+        self.num_accepted_tokens += num_accepted_tokens
+        for position in range(num_accepted_tokens):
+            self.num_accepted_tokens_per_pos[position] += 1
 
 
 class EngineStats(msgspec.Struct, array_like=True):
@@ -33,6 +62,14 @@ class EngineStats(msgspec.Struct, array_like=True):
     """Tokens (prompt + generated) run by each forward pass since the previous pushed stats,
     oldest first (vLLM's ``iteration_tokens_total`` histogram); empty in a ``stats()`` call's
     answer and in a report sent before a step runs."""
+    spec_decode_num_drafts: int = 0
+    """Speculative decoding (totals since start): request steps verified with drafts."""
+    spec_decode_num_draft_tokens: int = 0
+    """Draft tokens verified."""
+    spec_decode_num_accepted_tokens: int = 0
+    """Draft tokens accepted."""
+    spec_decode_num_accepted_tokens_per_pos: list[int] = msgspec.field(default_factory=list)
+    """Accepted drafts by position in the draft (0 = first); empty when speculation is off."""
 
     def same_gauges(self, other: "EngineStats | None") -> bool:
         """True when ``other`` shows the same running/waiting counts and KV usage."""

@@ -74,7 +74,8 @@ class EngineCore:
         self.scheduler = Scheduler(config.scheduler, config.cache, config.model.max_model_len,
                                    num_blocks, num_swap_blocks, self.batch_queue_size,
                                    self.structured_output_manager,
-                                   bool(config.scheduler.async_scheduling))
+                                   bool(config.scheduler.async_scheduling),
+                                   config.speculative.num_spec_tokens)
         self.num_blocks = num_blocks
         self.num_swap_blocks = num_swap_blocks
         self.num_steps = 0
@@ -160,7 +161,7 @@ class EngineCore:
     def _after_execute(self, sched, runner_output) -> list[EngineCoreOutput]:
         self.num_steps += 1
         self.last_step_num_tokens = sched.total_num_scheduled_tokens
-        self.num_generation_tokens += len(runner_output.sampled_token_ids)
+        self.num_generation_tokens += runner_output.num_sampled_tokens
         return self.scheduler.update_from_output(sched, runner_output)
 
     def _count_prompt_tokens(self, sched) -> None:
@@ -176,12 +177,17 @@ class EngineCore:
 
     def stats(self) -> EngineStats:
         scheduler = self.scheduler
+        spec = scheduler.spec_stats
         return EngineStats(
             num_running=len(scheduler.running), num_waiting=len(scheduler.waiting),
             kv_cache_usage=scheduler.kv_cache_usage(), num_preemptions=scheduler.num_preemptions,
             prefix_cache_queries=scheduler.kv.prefix_stats.queries,
             prefix_cache_hits=scheduler.kv.prefix_stats.hits, num_steps=self.num_steps,
-            prompt_tokens=self.num_prompt_tokens, generation_tokens=self.num_generation_tokens)
+            prompt_tokens=self.num_prompt_tokens, generation_tokens=self.num_generation_tokens,
+            spec_decode_num_drafts=spec.num_drafts,
+            spec_decode_num_draft_tokens=spec.num_draft_tokens,
+            spec_decode_num_accepted_tokens=spec.num_accepted_tokens,
+            spec_decode_num_accepted_tokens_per_pos=list(spec.num_accepted_tokens_per_pos))
 
     def shutdown(self) -> None:
         self.executor.shutdown()

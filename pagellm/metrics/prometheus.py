@@ -89,6 +89,9 @@ class MetricTotals:
     num_requests_waiting: int = 0
     kv_cache_usage: float = 0.0
     """Fraction of KV-cache blocks in use, 0..1 (the replicas' mean)."""
+    spec_decode_num_drafts: int = 0
+    spec_decode_num_draft_tokens: int = 0
+    spec_decode_num_accepted_tokens: int = 0
 
 
 class PrometheusMetrics:
@@ -136,6 +139,16 @@ class PrometheusMetrics:
         self.prefix_cache_hits = self._labelled(
             Counter, "vllm:prefix_cache_hits",
             "Prefix cache hits, in terms of number of cached tokens.")
+        self.spec_decode_num_drafts = self._labelled(
+            Counter, "vllm:spec_decode_num_drafts", "Number of spec decoding drafts.")
+        self.spec_decode_num_draft_tokens = self._labelled(
+            Counter, "vllm:spec_decode_num_draft_tokens", "Number of draft tokens.")
+        self.spec_decode_num_accepted_tokens = self._labelled(
+            Counter, "vllm:spec_decode_num_accepted_tokens", "Number of accepted tokens.")
+        self.spec_decode_accepted_per_pos = Counter(
+            "vllm:spec_decode_num_accepted_tokens_per_pos",
+            "Accepted tokens per draft position.",
+            labelnames=["model_name", "engine", "position"], registry=self.registry)
         self.request_success = Counter(
             "vllm:request_success", "Count of successfully processed requests.",
             labelnames=["model_name", "engine", "finished_reason"], registry=self.registry)
@@ -283,15 +296,25 @@ class PrometheusMetrics:
         totals.num_requests_running = sum(g[0] for g in self._engine_gauges)
         totals.num_requests_waiting = sum(g[1] for g in self._engine_gauges)
         totals.kv_cache_usage = sum(g[2] for g in self._engine_gauges) / self.num_engines
-        for name in ("num_preemptions", "prefix_cache_queries", "prefix_cache_hits"):
-            engine_total = getattr(stats, name)
-            # A total below the last one means a restarted engine: all of it is new.
-            previous = self._seen_engine_totals.get((engine_index, name), 0)
-            grown = engine_total - previous if engine_total >= previous else engine_total
-            self._seen_engine_totals[(engine_index, name)] = engine_total
+        for name in ("num_preemptions", "prefix_cache_queries", "prefix_cache_hits",
+                     "spec_decode_num_drafts", "spec_decode_num_draft_tokens",
+                     "spec_decode_num_accepted_tokens"):
+            grown = self._grown(engine_index, name, getattr(stats, name))
             if grown:
                 getattr(self, name)[engine_index].inc(grown)
                 setattr(totals, name, getattr(totals, name) + grown)
+        for position, total in enumerate(stats.spec_decode_num_accepted_tokens_per_pos):
+            grown = self._grown(engine_index, f"spec_pos{position}", total)
+            self.spec_decode_accepted_per_pos.labels(
+                model_name=self.model_name, engine=str(engine_index),
+                position=str(position)).inc(grown)
+
+    def _grown(self, engine_index: int, name: str, engine_total: int) -> int:
+        """How much replica ``engine_index``'s total ``name`` grew since it was last seen
+        (a total below the last one means a restarted engine: all of it is new)."""
+        previous = self._seen_engine_totals.get((engine_index, name), 0)
+        self._seen_engine_totals[(engine_index, name)] = engine_total
+        return engine_total - previous if engine_total >= previous else engine_total
 
     def snapshot(self) -> MetricTotals:
         return copy.copy(self.totals)

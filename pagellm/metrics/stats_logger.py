@@ -56,7 +56,21 @@ def format_stats_line(previous: MetricTotals, current: MetricTotals, elapsed_s: 
             f"Waiting: {current.num_requests_waiting} reqs, "
             f"GPU KV cache usage: {100.0 * current.kv_cache_usage:.1f}%, "
             f"Prefix cache hit rate: {hit_rate:.1f}%, "
-            f"Preemptions: {current.num_preemptions}")
+            f"Preemptions: {current.num_preemptions}" + _spec_decode_part(previous, current))
+
+
+def _spec_decode_part(previous: MetricTotals, current: MetricTotals) -> str:
+    """Speculative decoding over the interval: the draft acceptance rate (accepted / draft
+    tokens) and the mean acceptance length (1 + accepted tokens per draft, vLLM's); empty
+    when no draft was verified since the previous line."""
+    drafts = current.spec_decode_num_drafts - previous.spec_decode_num_drafts
+    if drafts <= 0:
+        return ""
+    draft_tokens = current.spec_decode_num_draft_tokens - previous.spec_decode_num_draft_tokens
+    accepted = current.spec_decode_num_accepted_tokens - previous.spec_decode_num_accepted_tokens
+    rate = 100.0 * accepted / draft_tokens if draft_tokens else 0.0
+    return (f", Spec decode draft acceptance rate: {rate:.1f}%, "
+            f"Mean acceptance length: {1 + accepted / drafts:.2f}")
 
 
 class StatsLogger:

@@ -125,7 +125,11 @@ class InputBatch:
     def prompt_token_ids(self, row: int) -> np.ndarray:
         return self.token_ids[row, :self.num_prompt_tokens[row]]
 
-    def build_step_inputs(self, sched: SchedulerOutput, device: torch.device) -> StepInputs:
+    def build_step_inputs(self, sched: SchedulerOutput, device: torch.device,
+                          num_spec: np.ndarray | None = None) -> StepInputs:
+        """The step's flattened inputs. ``num_spec``: [num_reqs] draft tokens scheduled after
+        each request's last token (speculative decoding; their ids are already written past
+        ``num_tokens``); a request samples when its step ends at its last draft."""
         request_ids = list(sched.num_scheduled_tokens)
         rows = np.fromiter((self.row_of[r] for r in request_ids), dtype=np.int64,
                            count=len(request_ids))
@@ -144,7 +148,8 @@ class InputBatch:
         block_tables = self.block_table[rows, :max_blocks]                    # [num_reqs, max_blocks]
         slot_mapping = (self.block_table[token_rows, positions // self.block_size].astype(np.int64)
                         * self.block_size + positions % self.block_size)
-        samples = np.nonzero(seq_lens == self.num_tokens[rows])[0]
+        last = self.num_tokens[rows] if num_spec is None else self.num_tokens[rows] + num_spec
+        samples = np.nonzero(seq_lens == last)[0]
         metadata = AttentionMetadata(
             num_reqs=len(rows), num_tokens=num_tokens, block_size=self.block_size,
             query_start_loc=_to(query_start_loc.astype(np.int32), device),

@@ -18,6 +18,20 @@ the same step inputs; a stage other than the first receives the previous stage's
 states and residual ([2, num_tokens, hidden_size], one message from the same TP rank of the
 previous stage; num_tokens is known from the step), a stage other than the last sends its
 own on and returns an empty output, and only the last stage computes logits and samples.
+
+Speculative decoding (``speculative_config``, n-gram; async scheduling and pipeline
+parallelism are off then): each step runs synchronously through ``_speculative_step``. The
+scheduled drafts are written past each row's last token, the target model scores all 1 + k
+positions of every request in one forward, and the sampler draws one token per position
+(seeded requests from their own generator, in position order). Drafts are accepted while the
+drawn token equals the draft; the first drawn token that differs (or the bonus token after
+the last draft) ends the request's new tokens. With point-mass drafts (n-gram) this is the
+rejection sampling rule exactly: draft x is accepted with probability p(x), and on rejection
+the token is distributed as p restricted to tokens != x, i.e. normalised max(p - q, 0); for
+greedy rows it is "accept while the argmax equals the draft". The logprobs of each accepted
+token are those of its position. After the step the n-gram proposer drafts the next tokens
+of every request that may speculate (no penalties, min_tokens or grammar: their logits depend
+on the tokens before each position in ways the expanded rows do not model).
 """
 
 from __future__ import annotations
@@ -36,6 +50,7 @@ from pagellm.ops.sampling import compute_logprobs_topk
 from pagellm.platforms import Platform
 from pagellm.worker.input_batch import InputBatch, StepInputs
 from pagellm.worker.kv_cache import KVCache
+from pagellm.worker.ngram_proposer import NgramProposer
 
 
 @dataclass
@@ -54,7 +69,8 @@ class PendingStep:
 
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, platform: Platform, block_size: int,
-                 max_num_logprobs: int, max_num_reqs: int, max_model_len: int, seed: int = 0):
+                 max_num_logprobs: int, max_num_reqs: int, max_model_len: int, seed: int = 0,
+                 speculative_config=None):
         self.model = model
         self.platform = platform
         self.device = platform.device
@@ -74,6 +90,11 @@ class ModelRunner:
         """Steps resolved early because the next step's sampling needed their tokens on the host."""
         self.num_device_input_tokens = 0
         """Input tokens taken from the previous step's sampled ids on the device."""
+        self.proposer = None
+        """NgramProposer when speculative decoding is on (``SpeculativeConfig``)."""
+        if speculative_config is not None and speculative_config.enabled:
+            self.proposer = NgramProposer(speculative_config.num_spec_tokens,
+                                          *speculative_config.lookup_range)
         torch.manual_seed(seed)
 
     def bind_kv_cache(self, kv_cache: KVCache) -> None:
@@ -95,6 +116,8 @@ class ModelRunner:
         self.kv_cache.swap_in(sched.blocks_to_swap_in)
         if sched.total_num_scheduled_tokens == 0:
             return self._done_step(ModelRunnerOutput([], []))
+        if self.proposer is not None:
+            return self._done_step(self._speculative_step(sched))
         inputs = self.batch.build_step_inputs(sched, self.device)
         self._feed_previous_tokens(inputs)
         hidden = self._forward(inputs)                              # [num_tokens, hidden]
@@ -122,6 +145,63 @@ class ModelRunner:
         self.batch.num_tokens[rows] += 1        # the token's value arrives in resolve()
         self._last_step = step
         return step
+
+    def _speculative_step(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        """One synchronous step with drafts (see the module docstring): verify the scheduled
+        drafts, return 1 + accepted tokens per sampling request and the next drafts."""
+        batch, drafts = self.batch, sched.scheduled_spec_decode_tokens
+        for request_id, tokens in drafts.items():
+            row = batch.row_of[request_id]
+            start = int(batch.num_tokens[row])
+            batch.token_ids[row, start:start + len(tokens)] = tokens
+        num_spec = np.fromiter((len(drafts.get(r, ())) for r in sched.num_scheduled_tokens),
+                               dtype=np.int64, count=len(sched.num_scheduled_tokens))
+        inputs = batch.build_step_inputs(sched, self.device, num_spec)
+        hidden = self._forward(inputs)                              # [num_tokens, hidden]
+        prompt_logprobs = self._prompt_logprobs(inputs, hidden)
+        if not inputs.sample_rows:
+            return ModelRunnerOutput([], [], prompt_logprobs=prompt_logprobs, spec_token_ids=[])
+        sample_rows = np.asarray(inputs.sample_rows)
+        k = num_spec[sample_rows]                                   # [S] drafts per request
+        ends = np.asarray(inputs.attn_metadata.query_start_loc_cpu)[sample_rows + 1]
+        indices = np.concatenate([np.arange(e - 1 - n, e) for e, n in zip(ends, k)])
+        logits = self.model.compute_logits(hidden[_device(indices, self.device)])  # [sum(1+k), V]
+        rows = inputs.rows[sample_rows]
+        request_ids = [inputs.request_ids[r] for r in inputs.sample_rows]
+        expanded_ids = [r for r, n in zip(request_ids, k.tolist()) for _ in range(n + 1)]
+        if sched.grammar_bitmask is not None:
+            self._apply_grammar_bitmask(logits, expanded_ids, sched)
+        out = self.sampler(logits, self._sampling_metadata(np.repeat(rows, k + 1), expanded_ids))
+        sampled = out.sampled_token_ids.cpu().tolist()
+        new_tokens, kept = _accept_drafts(sampled, [drafts.get(r, []) for r in request_ids])
+        for row, tokens in zip(rows.tolist(), new_tokens):
+            start = int(batch.num_tokens[row])
+            batch.token_ids[row, start:start + len(tokens)] = tokens
+            batch.num_tokens[row] = start + len(tokens)
+        logprobs = None
+        if out.logprobs is not None:
+            ids, values, ranks = (t.cpu()[kept] for t in (out.logprob_token_ids, out.logprobs,
+                                                         out.sampled_token_ranks))
+            logprobs = TopLogprobs(ids.tolist(), values.tolist(), ranks.tolist())
+        return ModelRunnerOutput(request_ids, new_tokens, logprobs, prompt_logprobs,
+                                 spec_token_ids=self._propose(rows))
+
+    def _propose(self, rows: np.ndarray) -> list[list[int]]:
+        """The n-gram drafts after each row's tokens ([] for rows that may not speculate)."""
+        batch = self.batch
+        params = [batch.sampling_params[r] for r in rows.tolist()]
+        allowed = np.array([p.structured_outputs is None and not p.min_tokens
+                            and not p.presence_penalty and not p.frequency_penalty
+                            and p.repetition_penalty == 1.0 for p in params], dtype=bool)
+        proposals: list[list[int]] = [[] for _ in params]
+        if not allowed.any():
+            return proposals
+        lengths = batch.num_tokens[rows[allowed]]
+        drafted = self.proposer.propose(batch.token_ids[rows[allowed], :int(lengths.max())],
+                                        lengths)
+        for index, draft in zip(np.flatnonzero(allowed).tolist(), drafted):
+            proposals[index] = draft
+        return proposals
 
     def _done_step(self, output: ModelRunnerOutput) -> PendingStep:
         """A step that sampled nothing: resolved from the start."""
@@ -289,6 +369,22 @@ class ModelRunner:
             result[request_id] = (start + 1, TopLogprobs(ids.tolist(), values.tolist(),
                                                          ranks.tolist()))
         return result
+
+
+def _accept_drafts(sampled: list[int], drafts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """Verification: ``sampled`` holds the target's token at each of 1 + len(d) positions per
+    request (flattened, request order); a request keeps its drafts while they equal the
+    target's tokens, then the target's token at the first mismatch (or the bonus token).
+    Returns the new tokens per request and their indices in ``sampled``."""
+    new_tokens, kept, offset = [], [], 0
+    for draft in drafts:
+        accepted = 0
+        while accepted < len(draft) and sampled[offset + accepted] == draft[accepted]:
+            accepted += 1
+        new_tokens.append(sampled[offset:offset + accepted + 1])
+        kept.extend(range(offset, offset + accepted + 1))
+        offset += len(draft) + 1
+    return new_tokens, kept
 
 
 def _device(array: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -55,7 +55,8 @@ class Worker:
                     time.perf_counter() - start)
         self.runner = ModelRunner(self.model, platform, config.cache.block_size,
                                   config.model.max_logprobs, config.scheduler.max_num_seqs,
-                                  config.model.max_model_len, seed=config.model.seed)
+                                  config.model.max_model_len, seed=config.model.seed,
+                                  speculative_config=config.speculative)
         self.spec = KVCacheSpec(self.model.num_layers, config.cache.block_size,
                                 self.model.num_kv_heads, self.model.head_dim,
                                 kv_cache_torch_dtype(config.cache.kv_cache_dtype, dtype))

@@ -1,0 +1,132 @@
+"""``speculative_config``: speculative decoding settings, vLLM's current keys plus the older
+engine arguments the tuning guides use (accepted as aliases, with a deprecation warning).
+
+Built: ``{"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_max": n,
+"prompt_lookup_min": m}`` (prompt lookup, ``pagellm.spec_decode.ngram_proposer``).
+Recognised but not built yet (NotSupportedError, HTTP 400): a draft model
+(``{"model": DRAFT, "num_speculative_tokens": k}``) and EAGLE heads
+(``{"method": "eagle" | "eagle3", "model": HEAD}``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pagellm.errors import ClientError, NotSupportedError
+
+logger = logging.getLogger(__name__)
+
+SPEC_KEYS = ("method", "model", "num_speculative_tokens", "prompt_lookup_max",
+             "prompt_lookup_min")
+METHODS = ("ngram", "eagle", "eagle3", "draft_model")
+NGRAM_DEFAULT_LOOKUP = 5
+"""vLLM's n-gram window when neither prompt_lookup_min nor prompt_lookup_max is given."""
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    speculative_config: dict | None = None
+    """Speculative decoding, vLLM's keys: {"method": "ngram", "num_speculative_tokens": k,
+    "prompt_lookup_max": n, "prompt_lookup_min": m} (prompt lookup, built); a draft model
+    {"model": DRAFT, ...} and {"method": "eagle"|"eagle3", ...} are not supported yet."""
+    speculative_model: str | None = None
+    """Deprecated alias: "[ngram]" = speculative_config {"method": "ngram"}."""
+    num_speculative_tokens: int | None = None
+    """Deprecated alias of speculative_config's "num_speculative_tokens"."""
+    ngram_prompt_lookup_max: int | None = None
+    """Deprecated alias of speculative_config's "prompt_lookup_max"."""
+    ngram_prompt_lookup_min: int | None = None
+    """Deprecated alias of speculative_config's "prompt_lookup_min"."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_resolved", _resolve(self))
+
+    @property
+    def enabled(self) -> bool:
+        """Speculative decoding is on (n-gram, the only method built)."""
+        return self._resolved is not None
+
+    @property
+    def method(self) -> str | None:
+        return None if self._resolved is None else self._resolved["method"]
+
+    @property
+    def num_spec_tokens(self) -> int:
+        """k: draft tokens proposed per request per step (0 when off)."""
+        return 0 if self._resolved is None else self._resolved["num_speculative_tokens"]
+
+    @property
+    def lookup_range(self) -> tuple[int, int]:
+        """(prompt_lookup_min, prompt_lookup_max): the n-gram lengths tried."""
+        return self._resolved["prompt_lookup_min"], self._resolved["prompt_lookup_max"]
+
+
+def _resolve(config: SpeculativeConfig) -> dict | None:
+    """The effective settings {"method", "num_speculative_tokens", "prompt_lookup_max",
+    "prompt_lookup_min"}, or None when speculation is off. ClientError for a bad key or value,
+    NotSupportedError for a method not built yet."""
+    spec = dict(config.speculative_config or {})
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise ClientError(f"speculative_config: unknown key(s) {unknown}; allowed: "
+                          f"{list(SPEC_KEYS)}", param="speculative_config")
+    _merge_aliases(config, spec)
+    if not spec:
+        return None
+    method = spec.get("method")
+    model = spec.get("model")
+    if model == "[ngram]":
+        method, model = method or "ngram", None
+    if method is None and model is not None:
+        method = "draft_model"
+    if method is None:
+        raise ClientError("speculative_config needs \"method\" (e.g. \"ngram\") or \"model\"",
+                          param="speculative_config")
+    if method not in METHODS:
+        raise ClientError(f"speculative_config: method must be one of {list(METHODS)}, got "
+                          f"{method!r}", param="speculative_config")
+    if method != "ngram":
+        what = "a draft model" if method == "draft_model" else f"method {method!r}"
+        raise NotSupportedError(
+            f"speculative_config: {what} is not supported yet in pagellm; use "
+            "{\"method\": \"ngram\", \"num_speculative_tokens\": k}", param="speculative_config")
+    return _ngram_settings(spec)
+
+
+def _merge_aliases(config: SpeculativeConfig, spec: dict) -> None:
+    """Fill ``spec`` from the deprecated engine arguments (a key given both ways must agree)."""
+    aliases = (("speculative_model", "model"), ("num_speculative_tokens", "num_speculative_tokens"),
+               ("ngram_prompt_lookup_max", "prompt_lookup_max"),
+               ("ngram_prompt_lookup_min", "prompt_lookup_min"))
+    for alias, key in aliases:
+        value = config.__dict__[alias]
+        if value is None:
+            continue
+        logger.warning("%s is deprecated (as in vLLM); use speculative_config={%r: %r}",
+                       alias, key, value)
+        if key in spec and spec[key] != value:
+            raise ClientError(f"{alias}={value!r} contradicts speculative_config's {key}="
+                              f"{spec[key]!r}; give one", param=alias)
+        spec[key] = value
+
+
+def _ngram_settings(spec: dict) -> dict:
+    k = spec.get("num_speculative_tokens")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ClientError("speculative_config: num_speculative_tokens must be an integer >= 1 "
+                          f"for method \"ngram\", got {k!r}", param="speculative_config")
+    low, high = spec.get("prompt_lookup_min"), spec.get("prompt_lookup_max")
+    if low is None and high is None:
+        low = high = NGRAM_DEFAULT_LOOKUP
+    low = high if low is None else low
+    high = low if high is None else high
+    for name, value in (("prompt_lookup_min", low), ("prompt_lookup_max", high)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ClientError(f"speculative_config: {name} must be an integer >= 1, got "
+                              f"{value!r}", param="speculative_config")
+    if low > high:
+        raise ClientError(f"speculative_config: prompt_lookup_min={low} exceeds "
+                          f"prompt_lookup_max={high}", param="speculative_config")
+    return {"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_max": high,
+            "prompt_lookup_min": low}
