@@ -294,6 +294,11 @@ class Scheduler:
                    self.max_model_len - len(request.all_token_ids) - 1)
         return drafts[:max(room, 0)]
 
+    def has_constrained_running(self) -> bool:
+        """Whether a running request decodes under a grammar (async scheduling then runs
+        synchronously: see EngineCore._step_with_batch_queue)."""
+        return any(r.structured_output is not None for r in self.running)
+
     def _at_limit(self, request: Request) -> bool:
         """Async: the tokens in flight already reach max_tokens or max_model_len."""
         placeholders = request.num_output_placeholders

@@ -115,6 +115,11 @@ class EngineCore:
         at once while the queue is not full, else wait for the oldest batch and return its
         outputs. Every SchedulerOutput goes back to the scheduler, in order."""
         queue = self.batch_queue
+        if queue and self.scheduler.async_scheduling and self.scheduler.has_constrained_running():
+            # a grammar's next bitmask needs the token in flight: finish that step first, so
+            # constrained requests still advance every step (without the overlap)
+            sched, future = queue.popleft()
+            return self._after_execute(sched, future.result())
         if len(queue) < self.batch_queue_size:
             sched = self.scheduler.schedule()
             if self._has_work(sched):
