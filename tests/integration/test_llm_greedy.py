@@ -74,10 +74,10 @@ def test_engine_variants_keep_greedy_output(variant, default_model_path, default
     outputs = llm.generate(PROMPTS, GREEDY, use_tqdm=False)
     assert _token_ids(outputs) == expected
     stats = llm.llm_engine.stats()
-    if variant.startswith("preempt"):
+    if "preempt" in variant:
         assert stats.num_preemptions > 0
     kv = llm.llm_engine.engine_core.scheduler.kv
-    if variant == "preempt_swap":
+    if variant.endswith("preempt_swap"):
         # Swapping really happened (a fallback to recompute would keep the output too), and
         # every block swapped out came back.
         assert kv.num_swapped_out_blocks > 0
