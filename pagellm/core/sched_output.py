@@ -22,6 +22,7 @@ class NewRequestData:
     sampling_params: SamplingParams
     block_ids: list[int]
     num_computed_tokens: int      # tokens whose KV is already in the cache (prefix hits, swap-in)
+    lora_request: object = None   # LoRARequest, or None for the base model
 
 
 @dataclass(slots=True)

@@ -74,7 +74,8 @@ class EngineCore:
         self.scheduler = Scheduler(config.scheduler, config.cache, config.model.max_model_len,
                                    num_blocks, num_swap_blocks, self.batch_queue_size,
                                    self.structured_output_manager,
-                                   bool(config.scheduler.async_scheduling))
+                                   bool(config.scheduler.async_scheduling),
+                                   config.lora.max_loras if config.lora.enable_lora else 0)
         self.num_blocks = num_blocks
         self.num_swap_blocks = num_swap_blocks
         self.num_steps = 0
