@@ -9,7 +9,7 @@ from pagellm.config.engine_args import create_engine_config
 
 
 @pytest.mark.parametrize("name, value", [
-    ("quantization", "awq"), ("enable_lora", True), ("speculative_config", {"num_speculative_tokens": 3}),
+    ("quantization", "awq"), ("fully_sharded_loras", True), ("speculative_config", {"num_speculative_tokens": 3}),
     ("cpu_offload_gb", 4), ("enable_expert_parallel", True),
 ])
 def test_later_features_not_silently_ignored(name, value):

@@ -18,17 +18,16 @@ def _lora_shrink_kernel(x_ptr, a_ptr, slots_ptr, h_ptr, K, R, stride_xt, stride_
                         stride_ht, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
     token = tl.program_id(0)
     slot = tl.load(slots_ptr + token)
-    valid = slot >= 0
-    slot = tl.maximum(slot, 0)
-    offs_r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-    acc = tl.zeros([BLOCK_R], dtype=tl.float32)
-    for k_start in range(0, K, BLOCK_K):
-        offs_k = k_start + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + token * stride_xt + offs_k, mask=valid & (offs_k < K), other=0.0)
-        a = tl.load(a_ptr + slot * stride_as + offs_r[:, None] * stride_ar + offs_k[None, :],
-                    mask=valid & (offs_r[:, None] < R) & (offs_k[None, :] < K), other=0.0)
-        acc += tl.sum(a.to(tl.float32) * x.to(tl.float32)[None, :], axis=1)
-    tl.store(h_ptr + token * stride_ht + offs_r, acc, mask=valid & (offs_r < R))
+    if slot >= 0:                       # base-model tokens: nothing to do
+        offs_r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
+        acc = tl.zeros([BLOCK_R], dtype=tl.float32)
+        for k_start in range(0, K, BLOCK_K):
+            offs_k = k_start + tl.arange(0, BLOCK_K)
+            x = tl.load(x_ptr + token * stride_xt + offs_k, mask=offs_k < K, other=0.0)
+            a = tl.load(a_ptr + slot * stride_as + offs_r[:, None] * stride_ar + offs_k[None, :],
+                        mask=(offs_r[:, None] < R) & (offs_k[None, :] < K), other=0.0)
+            acc += tl.sum(a.to(tl.float32) * x.to(tl.float32)[None, :], axis=1)
+        tl.store(h_ptr + token * stride_ht + offs_r, acc, mask=offs_r < R)
 
 
 @triton.jit
@@ -36,20 +35,19 @@ def _lora_expand_kernel(h_ptr, b_ptr, slots_ptr, out_ptr, N, R, stride_ht, strid
                         stride_ot, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
     token = tl.program_id(0)
     slot = tl.load(slots_ptr + token)
-    valid = slot >= 0
-    slot = tl.maximum(slot, 0)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    for r_start in range(0, R, BLOCK_R):
-        offs_r = r_start + tl.arange(0, BLOCK_R)
-        h = tl.load(h_ptr + token * stride_ht + offs_r, mask=valid & (offs_r < R), other=0.0)
-        b = tl.load(b_ptr + slot * stride_bs + offs_n[:, None] * stride_bn + offs_r[None, :],
-                    mask=valid & (offs_n[:, None] < N) & (offs_r[None, :] < R), other=0.0)
-        acc += tl.sum(b.to(tl.float32) * h[None, :], axis=1)
-    out_mask = valid & (offs_n < N)
-    current = tl.load(out_ptr + token * stride_ot + offs_n, mask=out_mask, other=0.0)
-    tl.store(out_ptr + token * stride_ot + offs_n,
-             (current.to(tl.float32) + acc).to(out_ptr.dtype.element_ty), mask=out_mask)
+    if slot >= 0:                       # base-model tokens: their rows are not touched
+        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for r_start in range(0, R, BLOCK_R):
+            offs_r = r_start + tl.arange(0, BLOCK_R)
+            h = tl.load(h_ptr + token * stride_ht + offs_r, mask=offs_r < R, other=0.0)
+            b = tl.load(b_ptr + slot * stride_bs + offs_n[:, None] * stride_bn + offs_r[None, :],
+                        mask=(offs_n[:, None] < N) & (offs_r[None, :] < R), other=0.0)
+            acc += tl.sum(b.to(tl.float32) * h[None, :], axis=1)
+        out_mask = offs_n < N
+        current = tl.load(out_ptr + token * stride_ot + offs_n, mask=out_mask, other=0.0)
+        tl.store(out_ptr + token * stride_ot + offs_n,
+                 (current.to(tl.float32) + acc).to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
 def lora_shrink(x: torch.Tensor, a_slots: torch.Tensor, token_slots: torch.Tensor) -> torch.Tensor:
