@@ -182,12 +182,19 @@ class EngineCore:
             kv_cache_usage=scheduler.kv_cache_usage(), num_preemptions=scheduler.num_preemptions,
             prefix_cache_queries=scheduler.kv.prefix_stats.queries,
             prefix_cache_hits=scheduler.kv.prefix_stats.hits, num_steps=self.num_steps,
-            prompt_tokens=self.num_prompt_tokens, generation_tokens=self.num_generation_tokens)
+            prompt_tokens=self.num_prompt_tokens, generation_tokens=self.num_generation_tokens,
+            running_lora_adapters=_lora_names(scheduler.running),
+            waiting_lora_adapters=_lora_names(scheduler.waiting))
 
     def shutdown(self) -> None:
         self.executor.shutdown()
         if self.structured_output_manager is not None:
             self.structured_output_manager.shutdown()
+
+
+def _lora_names(requests) -> list[str]:
+    """Sorted names of the adapters the requests use (empty without LoRA)."""
+    return sorted({r.lora_request.lora_name for r in requests if r.lora_request is not None})
 
 
 def make_structured_output_manager(config: EngineConfig,

@@ -79,6 +79,8 @@ def test_lora_modules_models_selection_and_runtime_updates(setup):
                           json={"lora_name": "a3"}).status_code == 404
         assert [c["id"] for c in httpx.get(base + "/v1/models").json()["data"]] == \
             ["tiny", "a1", "a2"]
+        metrics = httpx.get(base + "/metrics").text
+        assert 'vllm:lora_requests_info{max_lora="2",running_lora_adapters="a1"' in metrics
 
 
 def test_runtime_routes_need_the_environment_variable(setup, monkeypatch):

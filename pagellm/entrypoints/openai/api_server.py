@@ -214,8 +214,10 @@ async def _send_error(send, message: str, status: int):
 def build_app(engine, settings: ServerSettings, chat_template: str | None = None) -> FastAPI:
     """The FastAPI app for one engine. Handlers never see the engine's internals."""
     app = FastAPI(title="pagellm", version=__version__)
+    lora = engine.config.lora
     metrics = PrometheusMetrics(engine.served_model_name, engine.max_model_len,
-                                num_engines=engine.num_engines)
+                                num_engines=engine.num_engines,
+                                max_lora=lora.max_loras if lora.enable_lora else 0)
     metrics.set_cache_config_info(cache_config_labels(
         engine.config.cache, engine.num_gpu_blocks, engine.num_cpu_blocks))
     engine.stats_listeners.append(metrics.update_from_stats)
