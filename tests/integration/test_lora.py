@@ -2,7 +2,7 @@
 tiny random models: pagellm's greedy tokens with an adapter equal HF transformers + PEFT and
 the merged model; a batch mixing the base model and four adapters equals each request alone
 (sync and async scheduling); slots load, evict and reload under max_loras < adapters in use
-(exact counters); TP=2 equals TP=1; prefix caching never shares KV across adapters; bad
+(exact counters); TP=2 and PP=2 equal one rank; prefix caching never shares KV across adapters; bad
 adapters are ClientErrors at load."""
 
 from __future__ import annotations
@@ -95,15 +95,20 @@ def test_slots_evict_and_reload_under_max_loras(models, llama_llm):
     again = tokens(llm.generate(PROMPTS[:1], GREEDY, use_tqdm=False, lora_request=per_prompt[0]))
     assert again == expected[:1]
     assert (manager.num_disk_loads, manager.num_slot_loads, manager.num_slot_evictions) == (5, 5, 3)
+    assert manager.context.mapping is not None
+    llm.generate(PROMPTS[:2], GREEDY, use_tqdm=False)         # base only: no LoRA work
+    assert manager.context.mapping is None
+    assert (manager.num_disk_loads, manager.num_slot_loads, manager.num_slot_evictions) == (5, 5, 3)
     assert not scheduler.running
 
 
-def test_tp2_with_lora_equals_tp1(models, llama_llm):
+@pytest.mark.parametrize("parallel", ["tensor_parallel_size", "pipeline_parallel_size"])
+def test_tp2_and_pp2_with_lora_equal_one_rank(models, llama_llm, parallel):
     adapters = models[1]
     per_prompt = [None, lora(adapters, 0), lora(adapters, 3)]
     expected = tokens(llama_llm.generate(PROMPTS[:3], GREEDY, use_tqdm=False,
                                          lora_request=per_prompt))
-    tp_llm = LLM(str(models[0]), tensor_parallel_size=2, max_loras=2, **ENGINE)
+    tp_llm = LLM(str(models[0]), max_loras=2, **{parallel: 2}, **ENGINE)
     try:
         got = tokens(tp_llm.generate(PROMPTS[:3], GREEDY, use_tqdm=False, lora_request=per_prompt))
     finally:
