@@ -14,6 +14,13 @@ import torch
 
 from pagellm.platforms import use_triton_kernels
 
+LORA_BGMV_MAX_TOKENS = 512
+"""CUDA: steps of at most this many tokens run the per-token Triton kernels; larger ones
+(prefill chunks) the grouped GEMMs. Each BGMV program reads its adapter's whole A (R x K) and
+B (N x R), so its L2 traffic grows with tokens x adapter size, while a group's GEMM reads each
+adapter once. The cut is an estimate from those byte counts (W11 measures it), not a
+measured optimum."""
+
 
 @dataclass
 class LoRABatchMapping:
@@ -34,8 +41,9 @@ def lora_delta_torch(x: torch.Tensor, a_slots: torch.Tensor, b_slots: torch.Tens
 
 def apply_lora(x: torch.Tensor, a_slots: torch.Tensor, b_slots: torch.Tensor,
                mapping: LoRABatchMapping, out: torch.Tensor) -> None:
-    """Add every adapter token's delta to ``out`` [T, N] in place (Triton on CUDA)."""
-    if use_triton_kernels(x):
+    """Add every adapter token's delta to ``out`` [T, N] in place (Triton on CUDA for steps
+    of at most LORA_BGMV_MAX_TOKENS tokens)."""
+    if x.shape[0] <= LORA_BGMV_MAX_TOKENS and use_triton_kernels(x):
         from pagellm.ops.triton.lora import lora_expand_, lora_shrink
 
         h = lora_shrink(x, a_slots, mapping.token_slots)               # [T, R] float32
