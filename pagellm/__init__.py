@@ -2,12 +2,13 @@
 
 from pagellm.errors import (ClientError, EngineDeadError, NotSupportedError, ServerError,
                             ServiceUnavailableError)
+from pagellm.lora.request import LoRARequest
 from pagellm.outputs import CompletionOutput, Logprob, RequestOutput
 from pagellm.sampling_params import SamplingParams
 
 __version__ = "0.1.0"
 
-__all__ = ["LLM", "LLMEngine", "SamplingParams", "RequestOutput", "CompletionOutput", "Logprob",
+__all__ = ["LLM", "LLMEngine", "SamplingParams", "LoRARequest", "RequestOutput", "CompletionOutput", "Logprob",
            "ClientError", "ServerError", "EngineDeadError", "NotSupportedError",
            "ServiceUnavailableError", "__version__"]
 

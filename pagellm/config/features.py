@@ -10,17 +10,35 @@ from pagellm.config.speculative import SpeculativeConfig  # noqa: F401  (re-expo
 @dataclass(frozen=True)
 class LoRAConfig:
     enable_lora: bool = False
-    """Serve LoRA adapters (not supported yet)."""
+    """Serve LoRA adapters (PEFT format) next to the base model, mixed in one batch."""
     max_loras: int = 1
-    """Adapters in one batch."""
+    """Distinct adapters in one batch (device slots per LoRA layer)."""
     max_lora_rank: int = 16
-    """Largest adapter rank."""
+    """Largest adapter rank; an adapter of a higher rank is refused at load (400)."""
+    max_cpu_loras: int | None = None
+    """Adapters cached in host memory (LRU); None = max_loras. At least max_loras."""
+    lora_dtype: str = "auto"
+    """Dtype of the adapter weights on the device: auto (the model's dtype), float16,
+    bfloat16 or float32."""
+    fully_sharded_loras: bool = False
+    """Also shard the rank dimension of column-parallel A (vLLM's option); only the default
+    (False) is supported."""
 
     def __post_init__(self) -> None:
-        from pagellm.config.checks import not_supported_yet
+        from pagellm.config.checks import check_choice, check_range, not_supported_yet
 
-        if self.enable_lora:
-            not_supported_yet("enable_lora", True)
+        check_range("max_loras", self.max_loras, 1, 256)
+        check_choice("max_lora_rank", self.max_lora_rank, (1, 8, 16, 32, 64, 128, 256, 320, 512))
+        if self.max_cpu_loras is not None:
+            check_range("max_cpu_loras", self.max_cpu_loras, self.max_loras, 4096)
+        check_choice("lora_dtype", self.lora_dtype, ("auto", "float16", "bfloat16", "float32"))
+        if self.fully_sharded_loras:
+            not_supported_yet("fully_sharded_loras", True)
+
+    @property
+    def cpu_loras(self) -> int:
+        """Adapters kept in host memory."""
+        return self.max_cpu_loras if self.max_cpu_loras is not None else self.max_loras
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,8 @@ class KVCacheManager:
 
     def _extra_keys(self, request: Request) -> tuple:
         keys = (request.cache_salt,) if request.cache_salt else ()
+        if request.lora_request is not None:    # an adapter's KV differs from the base's
+            keys += (("lora", request.lora_int_id),)
         if not self.enable_prefix_caching:
             keys += (request.group_id,)
         return keys

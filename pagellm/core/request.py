@@ -40,12 +40,13 @@ class Request:
                  "sampling_params", "max_tokens", "eos_token_id", "arrival_time", "priority",
                  "status", "num_computed_tokens", "num_output_placeholders", "num_cached_tokens", "block_hashes",
                  "stop_reason", "num_preemptions", "group_id", "first_scheduled_time",
-                 "cache_salt", "structured_output", "spec_token_ids")
+                 "cache_salt", "structured_output", "spec_token_ids", "lora_request")
 
     def __init__(self, request_id: str, prompt_token_ids: list[int],
                  sampling_params: SamplingParams, max_tokens: int,
                  eos_token_id: int | None = None, arrival_time: float | None = None,
-                 priority: int = 0, group_id: str | None = None, cache_salt: str | None = None):
+                 priority: int = 0, group_id: str | None = None, cache_salt: str | None = None,
+                 lora_request=None):
         self.request_id = request_id
         self.prompt_token_ids = list(prompt_token_ids)
         self.output_token_ids: list[int] = []
@@ -70,9 +71,16 @@ class Request:
         self.spec_token_ids: list[int] = []
         """Speculative decoding: the draft tokens the runner proposed after this request's
         last sampled token, scheduled (perhaps cut) with its next decode step."""
+        self.lora_request = lora_request
+        """The ``LoRARequest`` this request runs with; None = the base model."""
         self.structured_output = None
         """Structured outputs: the scheduler's ``StructuredOutputRequest`` (compile future,
         then grammar matcher), set by ``Scheduler.add_request``; None when unconstrained."""
+
+    @property
+    def lora_int_id(self) -> int:
+        """The adapter's id, 0 for the base model."""
+        return self.lora_request.lora_int_id if self.lora_request is not None else 0
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pagellm.lora.request import LoRARequest
 from pagellm.sampling_params import SamplingParams
 
 
@@ -22,6 +23,7 @@ class NewRequestData:
     sampling_params: SamplingParams
     block_ids: list[int]
     num_computed_tokens: int      # tokens whose KV is already in the cache (prefix hits, swap-in)
+    lora_request: LoRARequest | None = None   # None: the base model
 
 
 @dataclass(slots=True)

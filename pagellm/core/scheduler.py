@@ -67,8 +67,11 @@ class Scheduler:
     def __init__(self, scheduler_config: SchedulerConfig, cache_config: CacheConfig,
                  max_model_len: int, num_blocks: int, num_swap_blocks: int = 0,
                  max_concurrent_batches: int = 1, structured_output_manager=None,
-                 async_scheduling: bool = False, num_speculative_tokens: int = 0):
+                 async_scheduling: bool = False, num_speculative_tokens: int = 0,
+                 max_loras: int = 0):
         self.config = scheduler_config
+        self.max_loras = max_loras
+        """enable_lora: distinct adapters allowed among running requests (0 = LoRA off)."""
         self.max_model_len = max_model_len
         self.max_num_batched_tokens = scheduler_config.max_num_batched_tokens or 8192
         self.block_size = cache_config.block_size
@@ -346,11 +349,19 @@ class Scheduler:
         waiting = self.waiting
         if self.waiting_for_fsm:
             waiting = [r for r in waiting if r.status != RequestStatus.WAITING_FOR_FSM]
-            if not waiting:
-                return None
+        loras = self.running_loras() if self.max_loras else set()
+        if len(loras) >= self.max_loras > 0:
+            # another adapter would exceed max_loras: those requests wait (vLLM skips them)
+            waiting = [r for r in waiting if r.lora_int_id == 0 or r.lora_int_id in loras]
+        if not waiting:
+            return None
         if self.config.policy == "priority":
             return min(waiting, key=lambda r: (r.priority, r.arrival_time))
         return waiting[0]
+
+    def running_loras(self) -> set[int]:
+        """Adapter ids of the running requests (at most ``max_loras``)."""
+        return {r.lora_int_id for r in self.running if r.lora_request is not None}
 
     def _schedule_waiting(self, step: "_StepState") -> None:
         if self.waiting_for_fsm:
@@ -575,7 +586,8 @@ class _StepState:
         self.scheduled.append(request)
         self.new_reqs.append(NewRequestData(
             request.request_id, list(request.all_token_ids), request.num_prompt_tokens,
-            request.sampling_params, block_ids, request.num_computed_tokens))
+            request.sampling_params, block_ids, request.num_computed_tokens,
+            request.lora_request))
 
     def unschedule(self, request: Request) -> None:
         """Undo this step's scheduling of a request that is being preempted."""

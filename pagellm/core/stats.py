@@ -70,10 +70,15 @@ class EngineStats(msgspec.Struct, array_like=True):
     """Draft tokens accepted."""
     spec_decode_num_accepted_tokens_per_pos: list[int] = msgspec.field(default_factory=list)
     """Accepted drafts by position in the draft (0 = first); empty when speculation is off."""
+    running_lora_adapters: list[str] = msgspec.field(default_factory=list)
+    """enable_lora: names of the adapters of running requests, sorted."""
+    waiting_lora_adapters: list[str] = msgspec.field(default_factory=list)
+    """enable_lora: names of the adapters of waiting requests, sorted."""
 
     def same_gauges(self, other: "EngineStats | None") -> bool:
-        """True when ``other`` shows the same running/waiting counts and KV usage."""
-        return other is not None and (self.num_running, self.num_waiting,
-                                      self.kv_cache_usage) == (other.num_running,
-                                                               other.num_waiting,
-                                                               other.kv_cache_usage)
+        """True when ``other`` shows the same running/waiting counts, KV usage and adapters."""
+        return other is not None and (
+            self.num_running, self.num_waiting, self.kv_cache_usage, self.running_lora_adapters,
+            self.waiting_lora_adapters) == (other.num_running, other.num_waiting,
+                                            other.kv_cache_usage, other.running_lora_adapters,
+                                            other.waiting_lora_adapters)

@@ -32,6 +32,7 @@ from pagellm.engine.llm_engine import load_frontend_tokenizer, prepare_requests,
 from pagellm.engine.messages import output_from_msg
 from pagellm.engine.output_processor import OutputProcessor
 from pagellm.errors import EngineDeadError, ServiceUnavailableError
+from pagellm.lora.registry import LoRARegistry
 from pagellm.outputs import RequestOutput
 from pagellm.sampling_params import SamplingParams
 
@@ -73,7 +74,10 @@ class AsyncLLM:
         tokenizer, eos_token_ids = await asyncio.to_thread(load_frontend_tokenizer, config,
                                                            hf_config)
         client = await DPClient.start(config, startup_timeout_s)
-        return cls(config, client, tokenizer, eos_token_ids)
+        engine = cls(config, client, tokenizer, eos_token_ids)
+        if config.lora.enable_lora:
+            engine.input_processor.lora_registry = LoRARegistry(config.lora, hf_config)
+        return engine
 
     # ---- properties the server reads ----------------------------------------------------------
 
@@ -159,8 +163,8 @@ class AsyncLLM:
     # ---- requests -----------------------------------------------------------------------------
 
     async def generate(self, prompt: PromptType, sampling_params: SamplingParams | None = None,
-                       request_id: str | None = None, priority: int = 0
-                       ) -> AsyncIterator[RequestOutput]:
+                       request_id: str | None = None, priority: int = 0,
+                       lora_request=None) -> AsyncIterator[RequestOutput]:
         """Outputs of one prompt (see the module docstring for the contract)."""
         self.check_alive()
         if self.draining:
@@ -168,7 +172,8 @@ class AsyncLLM:
         params = sampling_params if sampling_params is not None else SamplingParams()
         request_id = uuid.uuid4().hex if request_id is None else request_id
         requests = prepare_requests(self.config, self.input_processor, self.output_processor,
-                                    prompt, params, request_id, priority, time.time())
+                                    prompt, params, request_id, priority, time.time(),
+                                    lora_request)
         queue: asyncio.Queue[RequestOutput | Exception | None] = asyncio.Queue()
         self._queues[request_id] = queue
         finished = False

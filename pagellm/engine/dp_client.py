@@ -81,7 +81,9 @@ def merge_stats(stats: list[EngineStats]) -> EngineStats:
         num_steps=sum(s.num_steps for s in stats),
         prompt_tokens=sum(s.prompt_tokens for s in stats),
         generation_tokens=sum(s.generation_tokens for s in stats),
-        iteration_tokens=[n for s in stats for n in s.iteration_tokens])
+        iteration_tokens=[n for s in stats for n in s.iteration_tokens],
+        running_lora_adapters=sorted({a for s in stats for a in s.running_lora_adapters}),
+        waiting_lora_adapters=sorted({a for s in stats for a in s.waiting_lora_adapters}))
 
 
 class DPClient:

@@ -75,7 +75,8 @@ class EngineCore:
                                    num_blocks, num_swap_blocks, self.batch_queue_size,
                                    self.structured_output_manager,
                                    bool(config.scheduler.async_scheduling),
-                                   config.speculative.num_spec_tokens)
+                                   config.speculative.num_spec_tokens,
+                                   config.lora.max_loras if config.lora.enable_lora else 0)
         self.num_blocks = num_blocks
         self.num_swap_blocks = num_swap_blocks
         self.num_steps = 0
@@ -192,12 +193,19 @@ class EngineCore:
             spec_decode_num_drafts=spec.num_drafts,
             spec_decode_num_draft_tokens=spec.num_draft_tokens,
             spec_decode_num_accepted_tokens=spec.num_accepted_tokens,
-            spec_decode_num_accepted_tokens_per_pos=list(spec.num_accepted_tokens_per_pos))
+            spec_decode_num_accepted_tokens_per_pos=list(spec.num_accepted_tokens_per_pos),
+            running_lora_adapters=_lora_names(scheduler.running),
+            waiting_lora_adapters=_lora_names(scheduler.waiting))
 
     def shutdown(self) -> None:
         self.executor.shutdown()
         if self.structured_output_manager is not None:
             self.structured_output_manager.shutdown()
+
+
+def _lora_names(requests) -> list[str]:
+    """Sorted names of the adapters the requests use (empty without LoRA)."""
+    return sorted({r.lora_request.lora_name for r in requests if r.lora_request is not None})
 
 
 def make_structured_output_manager(config: EngineConfig,

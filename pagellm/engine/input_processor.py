@@ -39,6 +39,8 @@ class InputProcessor:
         self.max_logprobs = max_logprobs
         self.structured_outputs_backend = structured_outputs_backend
         self.disable_any_whitespace = disable_any_whitespace
+        self.lora_registry = None
+        """``LoRARegistry`` set by the engine front end; None: LoRA requests are refused."""
 
     def process_prompt(self, prompt: PromptType | ProcessedPrompt) -> ProcessedPrompt:
         """Token ids (and text) of a prompt: text is tokenized here, once; a ProcessedPrompt is
@@ -76,8 +78,18 @@ class InputProcessor:
                 raise ClientError(f"{param}[{index}] must be a token id in "
                                   f"[0, {self.vocab_size}), got {token_id!r}", param=param)
 
+    def check_lora_request(self, lora_request) -> None:
+        """ClientError when ``lora_request`` cannot be served (see ``LoRARegistry.check``)."""
+        if lora_request is None:
+            return
+        if self.lora_registry is None:
+            raise ClientError("LoRA adapters need enable_lora=True (--enable-lora)",
+                              param="lora_request")
+        self.lora_registry.check(lora_request)
+
     def make_requests(self, request_id: str, prompt: ProcessedPrompt, params: SamplingParams,
-                      arrival_time: float | None = None, priority: int = 0) -> list[Request]:
+                      arrival_time: float | None = None, priority: int = 0,
+                      lora_request=None) -> list[Request]:
         """One core Request, or n children (ids ``"{i}_{request_id}"``) sharing the prompt's KV
         blocks and seeded ``seed + i``. ``params`` must come from ``validate``."""
         num_prompt = len(prompt.prompt_token_ids)
@@ -85,7 +97,8 @@ class InputProcessor:
         arrival_time = time.time() if arrival_time is None else arrival_time
         if params.n == 1:
             return [Request(request_id, prompt.prompt_token_ids, params, max_tokens,
-                            self.eos_token_id, arrival_time, priority)]
+                            self.eos_token_id, arrival_time, priority,
+                            lora_request=lora_request)]
         children = []
         for index in range(params.n):
             seed = None if params.seed is None else params.seed + index
@@ -93,7 +106,7 @@ class InputProcessor:
             child_params.all_stop_token_ids = params.all_stop_token_ids
             children.append(Request(child_request_id(request_id, index), prompt.prompt_token_ids,
                                     child_params, max_tokens, self.eos_token_id, arrival_time,
-                                    priority, group_id=request_id))
+                                    priority, group_id=request_id, lora_request=lora_request))
         return children
 
     def validate(self, prompt: ProcessedPrompt, params: SamplingParams) -> SamplingParams:

@@ -10,6 +10,7 @@ from pagellm.engine.input_processor import PromptType
 from pagellm.engine.llm_engine import LLMEngine
 from pagellm.engine.tokenizer import apply_chat_template
 from pagellm.errors import ClientError
+from pagellm.lora.request import LoRARequest
 from pagellm.outputs import RequestOutput
 from pagellm.sampling_params import SamplingParams
 
@@ -55,38 +56,50 @@ class LLM:
 
     def generate(self, prompts: PromptType | Sequence[PromptType],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
-                 use_tqdm: bool = True, priority: list[int] | None = None) -> list[RequestOutput]:
+                 use_tqdm: bool = True, priority: list[int] | None = None,
+                 lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None
+                 ) -> list[RequestOutput]:
         """Generate for every prompt (text, token ids, or a dict with either); outputs come
-        back in input order. A bad prompt raises before any request is queued."""
+        back in input order. ``lora_request``: one adapter for every prompt, or one per
+        prompt (None = the base model). A bad prompt or adapter raises before any request
+        is queued."""
         prompts = _as_list(prompts)
         params = _params_per_prompt(sampling_params, len(prompts))
         if priority is not None and len(priority) != len(prompts):
             raise ClientError("priority needs one value per prompt", param="priority")
-        return self._run(prompts, params, priority or [0] * len(prompts), use_tqdm)
+        loras = _loras_per_prompt(lora_request, len(prompts))
+        return self._run(prompts, params, priority or [0] * len(prompts), use_tqdm, loras)
 
     def chat(self, messages: ChatMessages | list[ChatMessages],
              sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
              use_tqdm: bool = True, chat_template: str | None = None,
              add_generation_prompt: bool = True, continue_final_message: bool = False,
-             chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
+             chat_template_kwargs: dict | None = None,
+             lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None
+             ) -> list[RequestOutput]:
         """Apply the chat template (``chat_template`` or the model's, rendered in the bounded
         sandbox) to one conversation or a list of them, then generate.
         ``continue_final_message``: the reply continues the last (assistant) message; needs
-        ``add_generation_prompt=False``. ``chat_template_kwargs``: extra template variables."""
+        ``add_generation_prompt=False``. ``chat_template_kwargs``: extra template variables.
+        ``lora_request``: as in ``generate``."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         tokenizer = self.llm_engine.tokenizer
         prompts = [apply_chat_template(tokenizer, conversation, add_generation_prompt,
                                        chat_template, continue_final_message,
                                        **(chat_template_kwargs or {}))
                    for conversation in conversations]
-        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm,
+                             lora_request=lora_request)
 
-    def _run(self, prompts, params, priorities, use_tqdm) -> list[RequestOutput]:
+    def _run(self, prompts, params, priorities, use_tqdm, loras) -> list[RequestOutput]:
         engine = self.llm_engine
         # Tokenize and validate everything (once) before queueing anything.
         processed = [engine.process_request(p, sp) for p, sp in zip(prompts, params)]
-        request_ids = [engine.add_request(prompt, sp, priority=priority, validated=True)
-                       for (prompt, sp), priority in zip(processed, priorities)]
+        for lora in loras:
+            engine.input_processor.check_lora_request(lora)
+        request_ids = [engine.add_request(prompt, sp, priority=priority, validated=True,
+                                          lora_request=lora)
+                       for (prompt, sp), priority, lora in zip(processed, priorities, loras)]
         order = {request_id: index for index, request_id in enumerate(request_ids)}
         results: list[RequestOutput | None] = [None] * len(request_ids)
         bar = tqdm(total=len(request_ids), desc="Processed prompts", disable=not use_tqdm)
@@ -112,6 +125,16 @@ def _as_list(prompts) -> list:
     if prompts and isinstance(prompts[0], int):
         return [prompts]        # one prompt given as token ids
     return prompts
+
+
+def _loras_per_prompt(lora_request, count: int) -> list[LoRARequest | None]:
+    if lora_request is None or isinstance(lora_request, LoRARequest):
+        return [lora_request] * count
+    loras = list(lora_request)
+    if len(loras) != count:
+        raise ClientError(f"lora_request needs one entry per prompt ({count}), got {len(loras)}",
+                          param="lora_request")
+    return loras
 
 
 def _params_per_prompt(sampling_params, count: int) -> list[SamplingParams]:

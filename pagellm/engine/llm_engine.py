@@ -22,6 +22,7 @@ from pagellm.engine.input_processor import InputProcessor, ProcessedPrompt, Prom
 from pagellm.engine.output_processor import OutputProcessor
 from pagellm.engine.tokenizer import config_eos_token_ids, get_eos_token_ids, load_tokenizer
 from pagellm.errors import ClientError
+from pagellm.lora.registry import LoRARegistry
 from pagellm.models.default_model import resolve_model_path
 from pagellm.models.hf_config import load_hf_config
 from pagellm.outputs import RequestOutput
@@ -66,15 +67,16 @@ def process_request(input_processor: InputProcessor, prompt: PromptType | Proces
 def register_requests(config: EngineConfig, input_processor: InputProcessor,
                       output_processor: OutputProcessor, prompt_data: ProcessedPrompt,
                       params: SamplingParams, request_id: str, priority: int,
-                      arrival_time: float) -> list[Request]:
+                      arrival_time: float, lora_request=None) -> list[Request]:
     """Register a prompt that ``process_request`` accepted with ``output_processor``; returns
     the core Requests to send. ClientError (nothing registered) for a bad id or priority."""
     if priority != 0 and config.scheduler.policy != "priority":
         raise ClientError("priority is only used with policy='priority'", param="priority")
     if request_id in output_processor.requests:
         raise ClientError(f"request id {request_id!r} is already in use", param="request_id")
+    input_processor.check_lora_request(lora_request)
     requests = input_processor.make_requests(request_id, prompt_data, params, arrival_time,
-                                             priority)
+                                             priority, lora_request)
     output_processor.add_request(request_id, prompt_data, params, arrival_time,
                                  max_tokens=requests[0].max_tokens)
     return requests
@@ -83,12 +85,12 @@ def register_requests(config: EngineConfig, input_processor: InputProcessor,
 def prepare_requests(config: EngineConfig, input_processor: InputProcessor,
                      output_processor: OutputProcessor, prompt: PromptType | ProcessedPrompt,
                      params: SamplingParams, request_id: str, priority: int,
-                     arrival_time: float) -> list[Request]:
+                     arrival_time: float, lora_request=None) -> list[Request]:
     """``process_request`` then ``register_requests``: raises ClientError and registers
     nothing when the request is invalid."""
     prompt_data, params = process_request(input_processor, prompt, params)
     return register_requests(config, input_processor, output_processor, prompt_data, params,
-                             request_id, priority, arrival_time)
+                             request_id, priority, arrival_time, lora_request)
 
 
 class LLMEngine:
@@ -107,6 +109,8 @@ class LLMEngine:
                                               vocab_size, eos_ids, config.model.max_logprobs,
                                               config.structured_outputs.structured_outputs_backend,
                                               config.structured_outputs.disable_any_whitespace)
+        if config.lora.enable_lora:
+            self.input_processor.lora_registry = LoRARegistry(config.lora, hf_config)
         self.output_processor = OutputProcessor(self.tokenizer)
         self._counter = itertools.count()
 
@@ -123,7 +127,8 @@ class LLMEngine:
 
     def add_request(self, prompt: PromptType | ProcessedPrompt, params: SamplingParams,
                     request_id: str | None = None, priority: int = 0,
-                    arrival_time: float | None = None, validated: bool = False) -> str:
+                    arrival_time: float | None = None, validated: bool = False,
+                    lora_request=None) -> str:
         """Validate and queue one prompt; raises ClientError and queues nothing when invalid.
         ``validated``: ``prompt`` and ``params`` come from ``process_request``."""
         request_id = str(next(self._counter)) if request_id is None else request_id
@@ -132,7 +137,8 @@ class LLMEngine:
             prompt, params = self.process_request(prompt, params)
         self.core.add_requests(register_requests(self.config, self.input_processor,
                                                  self.output_processor, prompt, params,
-                                                 request_id, priority, arrival_time))
+                                                 request_id, priority, arrival_time,
+                                                 lora_request))
         return request_id
 
     def abort_request(self, request_id: str) -> None:

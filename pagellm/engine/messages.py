@@ -20,6 +20,7 @@ import msgspec
 from pagellm.core.request import Request
 from pagellm.core.sched_output import EngineCoreOutput, TopLogprobs
 from pagellm.core.stats import EngineStats
+from pagellm.lora.request import LoRARequest
 from pagellm.sampling_params import SamplingParams, StructuredOutputsParams
 
 # ---- client -> core ------------------------------------------------------------------------
@@ -53,6 +54,14 @@ class SamplingParamsMsg(msgspec.Struct, array_like=True, forbid_unknown_fields=T
     all_stop_token_ids: list[int]
 
 
+class LoRARequestMsg(msgspec.Struct, array_like=True):
+    """``LoRARequest`` field for field."""
+    lora_name: str
+    lora_int_id: int
+    lora_path: str
+    base_model_name: str | None = None
+
+
 class EngineCoreRequest(msgspec.Struct, tag="add", array_like=True):
     """One core request (an n > 1 prompt sends one per child)."""
     request_id: str
@@ -64,6 +73,7 @@ class EngineCoreRequest(msgspec.Struct, tag="add", array_like=True):
     priority: int = 0
     group_id: str | None = None
     cache_salt: str | None = None
+    lora_request: LoRARequestMsg | None = None
 
 
 class AbortRequests(msgspec.Struct, tag="abort", array_like=True):
@@ -155,13 +165,23 @@ def request_to_msg(request: Request) -> EngineCoreRequest:
     return EngineCoreRequest(
         request.request_id, request.prompt_token_ids, params_to_msg(request.sampling_params),
         request.max_tokens, request.eos_token_id, request.arrival_time, request.priority,
-        request.group_id, request.cache_salt)
+        request.group_id, request.cache_salt, _lora_to_msg(request.lora_request))
+
+
+def _lora_to_msg(lora_request) -> LoRARequestMsg | None:
+    if lora_request is None:
+        return None
+    return LoRARequestMsg(lora_request.lora_name, lora_request.lora_int_id,
+                          lora_request.lora_path, lora_request.base_model_name)
 
 
 def request_from_msg(msg: EngineCoreRequest) -> Request:
     return Request(msg.request_id, msg.prompt_token_ids, params_from_msg(msg.sampling_params),
                    msg.max_tokens, msg.eos_token_id, msg.arrival_time, msg.priority,
-                   group_id=msg.group_id, cache_salt=msg.cache_salt)
+                   group_id=msg.group_id, cache_salt=msg.cache_salt,
+                   lora_request=None if msg.lora_request is None else LoRARequest(
+                       msg.lora_request.lora_name, msg.lora_request.lora_int_id,
+                       msg.lora_request.lora_path, msg.lora_request.base_model_name))
 
 
 def _logprobs_to_msg(logprobs: TopLogprobs | None) -> TopLogprobsMsg | None:

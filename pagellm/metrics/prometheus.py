@@ -96,9 +96,12 @@ class MetricTotals:
 
 class PrometheusMetrics:
     def __init__(self, model_name: str, max_model_len: int = 8192,
-                 registry: CollectorRegistry | None = None, num_engines: int = 1):
+                 registry: CollectorRegistry | None = None, num_engines: int = 1,
+                 max_lora: int = 0):
         """``num_engines``: data-parallel replicas; each gets its ``engine`` series from the
-        start (at zero)."""
+        start (at zero). ``max_lora``: max_loras under enable_lora, 0 without LoRA (then
+        ``vllm:lora_requests_info`` is not exported)."""
+        self.max_lora = max_lora
         self.model_name = model_name
         self.num_engines = num_engines
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -108,6 +111,7 @@ class PrometheusMetrics:
         self._build_gauges_and_counters()
         self._build_histograms(max_model_len)
         self._build_http_metrics()
+        self._build_lora_info()
         ProcessCollector(registry=self.registry)    # process_cpu_seconds_total, memory, fds
 
     def _labelled(self, cls, name: str, documentation: str, **kwargs) -> list:
@@ -155,6 +159,14 @@ class PrometheusMetrics:
         self.cache_config_info = Gauge(
             "vllm:cache_config_info", "Information of the KV cache config (labels; value 1).",
             labelnames=list(CACHE_CONFIG_LABELS), registry=self.registry)
+
+    def _build_lora_info(self) -> None:
+        self.lora_requests_info = None
+        if self.max_lora:
+            self.lora_requests_info = Gauge(
+                "vllm:lora_requests_info", "Running stats on lora requests.",
+                labelnames=["running_lora_adapters", "waiting_lora_adapters", "max_lora"],
+                registry=self.registry)
 
     def _build_http_metrics(self) -> None:
         labels = ["method", "handler", "status"]
@@ -292,6 +304,12 @@ class PrometheusMetrics:
         self.gpu_cache_usage[engine_index].set(stats.kv_cache_usage)
         self._engine_gauges[engine_index] = (stats.num_running, stats.num_waiting,
                                              stats.kv_cache_usage)
+        if self.lora_requests_info is not None:
+            # vLLM's form: the adapters as comma-joined labels, the value the current time
+            self.lora_requests_info.labels(
+                running_lora_adapters=",".join(stats.running_lora_adapters),
+                waiting_lora_adapters=",".join(stats.waiting_lora_adapters),
+                max_lora=str(self.max_lora)).set_to_current_time()
         totals = self.totals
         totals.num_requests_running = sum(g[0] for g in self._engine_gauges)
         totals.num_requests_waiting = sum(g[1] for g in self._engine_gauges)

@@ -61,6 +61,7 @@ class InputBatch:
         self.penalties = np.zeros((max_num_reqs, 3), dtype=np.float32)  # presence, frequency, repetition
         self.special = np.zeros(max_num_reqs, dtype=bool)  # needs per-row work: penalties, bias, min_tokens, logprobs
         self.seeded = np.zeros(max_num_reqs, dtype=bool)   # random sampling with its own generator
+        self.lora_int_id = np.zeros(max_num_reqs, dtype=np.int64)  # the row's adapter, 0 = base
 
     # ---- state updates --------------------------------------------------------------------
 
@@ -69,6 +70,7 @@ class InputBatch:
             row = self.row_of.pop(request_id, None)
             if row is not None:
                 self.sampling_params[row] = None
+                self.lora_int_id[row] = 0
                 self.generation[row] += 1
                 self.free_rows.append(row)
         for new in sched.scheduled_new_reqs:
@@ -83,6 +85,7 @@ class InputBatch:
             self.block_table[row, :len(new.block_ids)] = new.block_ids
             self.num_blocks[row] = len(new.block_ids)
             self._set_sampling(row, new.sampling_params)
+            self.lora_int_id[row] = new.lora_request.lora_int_id if new.lora_request else 0
         row_of = self.row_of
         cached_reqs = sched.scheduled_cached_reqs
         rows = [row_of[cached.request_id] for cached in cached_reqs]

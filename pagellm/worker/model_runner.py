@@ -83,6 +83,8 @@ class ModelRunner:
         self.kv_cache: KVCache | None = None
         self.cuda_graphs = None      # CudaGraphRunner once captured (CUDA, not enforce_eager)
         self.pp_group = get_pp_group()
+        self.lora_manager = None
+        """enable_lora: the ``LoRAModelManager`` (set by the worker); None otherwise."""
         self._pending_send: tuple | None = None   # (torch Work, buffer) of the last stage-to-stage send
         self._last_step: PendingStep | None = None
         """The last launched step while it is unresolved (async scheduling)."""
@@ -120,6 +122,11 @@ class ModelRunner:
             return self._done_step(self._speculative_step(sched))
         inputs = self.batch.build_step_inputs(sched, self.device)
         self._feed_previous_tokens(inputs)
+        if self.lora_manager is not None:
+            for new in sched.scheduled_new_reqs:
+                if new.lora_request is not None:
+                    self.lora_manager.add_request(new.lora_request)
+            self.lora_manager.prepare_step(self.batch.lora_int_id[inputs.token_rows])
         hidden = self._forward(inputs)                              # [num_tokens, hidden]
         if not self.pp_group.is_last_rank:
             self._send_to_next_stage(hidden)

@@ -57,6 +57,9 @@ class Worker:
                                   config.model.max_logprobs, config.scheduler.max_num_seqs,
                                   config.model.max_model_len, seed=config.model.seed,
                                   speculative_config=config.speculative)
+        if config.lora.enable_lora:
+            self.runner.lora_manager = make_lora_manager(self.model, hf_config, config,
+                                                         dtype, platform.device)
         self.spec = KVCacheSpec(self.model.num_layers, config.cache.block_size,
                                 self.model.num_kv_heads, self.model.head_dim,
                                 kv_cache_torch_dtype(config.cache.kv_cache_dtype, dtype))
@@ -158,6 +161,8 @@ class Worker:
         if self.platform.is_cuda and not self.config.model.enforce_eager:
             if get_pp_group().world_size > 1:   # graphs capture a whole-model forward only
                 logger.info("pipeline parallelism: CUDA graphs are not captured (eager mode)")
+            elif self.config.lora.enable_lora:  # the LoRA path depends on the step's adapters
+                logger.info("enable_lora: CUDA graphs are not captured (eager mode)")
             else:
                 self._capture_cuda_graphs(kv_cache)
 
@@ -223,3 +228,14 @@ class Worker:
 
     def resolve(self, step):
         return self.runner.resolve(step)
+
+
+def make_lora_manager(model, hf_config, config: EngineConfig, dtype: torch.dtype,
+                      device: torch.device):
+    """The worker's ``LoRAModelManager``: slots in ``lora_dtype`` (auto = the model's)."""
+    from pagellm.lora.manager import LoRAModelManager
+
+    lora = config.lora
+    lora_dtype = dtype if lora.lora_dtype == "auto" else getattr(torch, lora.lora_dtype)
+    return LoRAModelManager(model, hf_config, lora.max_loras, lora.max_lora_rank,
+                            lora.cpu_loras, lora_dtype, device)

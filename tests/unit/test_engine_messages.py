@@ -16,6 +16,7 @@ import msgspec
 import pytest
 
 import pagellm.engine
+from pagellm.lora.request import LoRARequest
 from pagellm.core.request import Request
 from pagellm.core.sched_output import EngineCoreOutput, TopLogprobs
 from pagellm.core.stats import EngineStats
@@ -104,7 +105,8 @@ REQUEST_ARGS = [p for p in inspect.signature(Request.__init__).parameters if p !
 
 def _request() -> Request:
     return Request("1_abc", [5, 6, 7], _params(), max_tokens=100, eos_token_id=0,
-                   arrival_time=123.5, priority=-1, group_id="abc", cache_salt="salt")
+                   arrival_time=123.5, priority=-1, group_id="abc", cache_salt="salt",
+                   lora_request=LoRARequest("a1", 3, "/adapters/a1", "base"))
 
 
 def _output() -> EngineCoreOutput:

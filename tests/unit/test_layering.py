@@ -21,22 +21,25 @@ ALLOWED = {
     "parallel_state": BASE | {"platforms"},
     "layers": BASE | {"ops", "platforms", "parallel_state"},
     "models": BASE | {"layers", "ops", "platforms", "parallel_state"},
-    "core": BASE,
+    # core reads only pagellm.lora.request (torch-free, test_torch_free checks it)
+    "core": BASE | {"lora"},
+    # multi-LoRA: adapter files, slots on the parallel linear layers, their kernels
+    "lora": BASE | {"layers", "ops", "platforms", "parallel_state"},
     # grammar backends and the engine-core manager (structured outputs)
     "structured_output": BASE,
     # reasoning parsers: text in, text out (the chat API's reasoning_content)
     "reasoning": BASE,
     # the runner receives the core's typed step messages (torch-free data)
-    "worker": BASE | {"models", "layers", "ops", "platforms", "core", "parallel_state"},
+    "worker": BASE | {"models", "layers", "ops", "platforms", "core", "parallel_state", "lora"},
     "distributed": BASE | {"worker", "core", "platforms", "parallel_state", "models"},
     # engine reaches the worker only through the executor; it reads model metadata
-    "engine": BASE | {"core", "distributed", "platforms", "models", "structured_output"},
+    "engine": BASE | {"core", "distributed", "platforms", "models", "structured_output", "lora"},
     "metrics": BASE | {"engine", "core"},
     "bench": BASE | {"__init__", "engine"},
     "tuning": BASE | {"__init__", "engine", "bench"},
     "entrypoints": BASE | {"__init__", "engine", "bench", "tuning", "metrics", "models",
-                           "structured_output", "reasoning"},
-    "__init__": BASE | {"engine"},
+                           "structured_output", "reasoning", "lora"},
+    "__init__": BASE | {"engine", "lora"},
     "__main__": BASE | {"entrypoints"},
 }
 ENGINE_FORBIDDEN = {"worker"}

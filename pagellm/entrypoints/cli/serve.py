@@ -3,7 +3,7 @@
 Every engine argument is a flag (generated from the config dataclasses), plus the server's
 own: --host, --port, --api-key (or PAGELLM_API_KEY), --chat-template,
 --trust-request-chat-template, --enable-auto-tool-choice, --tool-call-parser,
---reasoning-parser, --disable-log-requests, --disable-log-stats, --drain-timeout.
+--reasoning-parser, --lora-modules, --disable-log-requests, --disable-log-stats, --drain-timeout.
 Exit status: 0 after a clean shutdown, 1 when the engine core died, 2 for a bad option (a port
 out of range, a busy port or an unknown host is found before the model loads: the socket is
 bound first; the server listens once the model is ready).
@@ -30,6 +30,7 @@ import socket
 from pathlib import Path
 
 from pagellm.config.cli_args import add_engine_args, engine_kwargs_from_args
+from pagellm.entrypoints.openai.serving_models import parse_lora_modules
 from pagellm.errors import ClientError, EngineDeadError
 
 logger = logging.getLogger("pagellm.server")
@@ -59,6 +60,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
                              "without it such requests get a 400. Every template renders in a "
                              "Jinja sandbox with time, memory and size bounds either way")
     add_chat_parser_args(server)
+    server.add_argument("--lora-modules", nargs="+", default=None, metavar="NAME=PATH",
+                        help="LoRA adapters served by name (needs --enable-lora): name=path or "
+                             'JSON {"name": .., "path": .., "base_model_name": ..}; a request '
+                             "selects one with its 'model' field")
     server.add_argument("--disable-log-requests", action="store_true", help="no per-request log line")
     server.add_argument("--disable-log-stats", action="store_true", help="no periodic stats log line")
     server.add_argument("--drain-timeout", type=float, default=30.0,
@@ -133,6 +138,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def main(args: argparse.Namespace) -> int:
     check_chat_parser_args(args)
+    parse_lora_modules(args.lora_modules)       # a malformed entry fails before the model loads
     sock = bind_socket(args.host, args.port)     # before the model loads: fail fast
     try:
         return asyncio.run(run_server(args, sock))
@@ -166,7 +172,8 @@ async def run_server(args: argparse.Namespace, sock: socket.socket | None = None
                               trust_request_chat_template=args.trust_request_chat_template,
                               enable_auto_tool_choice=args.enable_auto_tool_choice,
                               tool_call_parser=args.tool_call_parser,
-                              reasoning_parser=args.reasoning_parser)
+                              reasoning_parser=args.reasoning_parser,
+                              lora_modules=parse_lora_modules(args.lora_modules))
     app = build_app(engine, settings, _chat_template(args.chat_template))
     # log_config=None: uvicorn's loggers go through pagellm's format (logger.init_logging);
     # access_log=False: the app's own access log line carries the request id and latency.

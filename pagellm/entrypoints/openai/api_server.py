@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -38,11 +38,14 @@ from pagellm.entrypoints.openai.dashboard import add_dashboard_route
 from pagellm.entrypoints.openai.errors import (error_from_exception, error_from_http_exception,
                                                error_from_validation, error_response)
 from pagellm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest,
+                                                 LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest,
                                                  DetokenizeRequest, ErrorResponse, ModelCard,
                                                  ModelList, REQUIRED_FIELDS, TokenizeRequest)
 from pagellm.entrypoints.openai.serving_chat import OpenAIServingChat
 from pagellm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from pagellm.entrypoints.openai.serving_engine import make_tokenizer_pool
+from pagellm.entrypoints.openai.serving_models import (OpenAIServingModels,
+                                                       runtime_lora_updating_allowed)
 from pagellm.entrypoints.openai.serving_tokenization import OpenAIServingTokenization
 from pagellm.entrypoints.openai.tool_parsers import ToolParserManager
 from pagellm.reasoning import ReasoningParserManager
@@ -75,6 +78,8 @@ class ServerSettings:
     """A ``ToolParserManager`` name (--tool-call-parser)."""
     reasoning_parser: str | None = None
     """A ``ReasoningParserManager`` name (--reasoning-parser)."""
+    lora_modules: tuple = ()
+    """``LoRAModulePath`` entries (--lora-modules): adapters served by name."""
 
 
 class _Guard:
@@ -211,8 +216,10 @@ async def _send_error(send, message: str, status: int):
 def build_app(engine, settings: ServerSettings, chat_template: str | None = None) -> FastAPI:
     """The FastAPI app for one engine. Handlers never see the engine's internals."""
     app = FastAPI(title="pagellm", version=__version__)
+    lora = engine.config.lora
     metrics = PrometheusMetrics(engine.served_model_name, engine.max_model_len,
-                                num_engines=engine.num_engines)
+                                num_engines=engine.num_engines,
+                                max_lora=lora.max_loras if lora.enable_lora else 0)
     metrics.set_cache_config_info(cache_config_labels(
         engine.config.cache, engine.num_gpu_blocks, engine.num_cpu_blocks))
     engine.stats_listeners.append(metrics.update_from_stats)
@@ -232,6 +239,8 @@ def build_app(engine, settings: ServerSettings, chat_template: str | None = None
     chat.trust_request_chat_template = settings.trust_request_chat_template
     _set_chat_parsers(chat, settings)
     tokenization.trust_request_chat_template = settings.trust_request_chat_template
+    serving_models = OpenAIServingModels(engine, settings.lora_modules)
+    completion.models = chat.models = tokenization.models = serving_models
     app.state.engine, app.state.metrics, app.state.draining = engine, metrics, False
     app.state.drain_task = None             # set by the server's shutdown signal handler
     app.state.num_admitting = 0             # admitted requests not yet in the engine (see drain)
@@ -267,9 +276,11 @@ def build_app(engine, settings: ServerSettings, chat_template: str | None = None
 
     @app.get("/v1/models")
     async def models():
-        card = ModelCard(id=engine.served_model_name, root=engine.config.model.model,
-                         max_model_len=engine.max_model_len)
-        return ModelList(data=[card])
+        return ModelList(data=serving_models.model_cards(ModelCard, engine.config.model.model,
+                                                         engine.max_model_len))
+
+    if runtime_lora_updating_allowed():
+        add_lora_routes(app, serving_models)
 
     add_dashboard_route(app)        # GET /dashboard: live charts of /metrics and /advisor
 
@@ -395,3 +406,25 @@ if __name__ == "__main__":
     from pagellm.entrypoints.cli.main import main
 
     sys.exit(main(["serve", *sys.argv[1:]]))
+
+
+def add_lora_routes(app: FastAPI, models: OpenAIServingModels) -> None:
+    """vLLM's runtime adapter routes (only with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True):
+    200 with a text line, 400 for an adapter that cannot load or a taken name, 404 for
+    unloading an unknown name."""
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(body: LoadLoRAAdapterRequest):
+        try:
+            await asyncio.to_thread(models.add_adapter, body.lora_name, body.lora_path)
+        except Exception as error:
+            return _json(error_from_exception(error))
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(body: UnloadLoRAAdapterRequest):
+        try:
+            models.remove_adapter(body.lora_name)
+        except Exception as error:
+            return _json(error_from_exception(error))
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")

@@ -531,6 +531,8 @@ class ModelCard(OpenAIBaseModel):
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "pagellm"
     root: str | None = None
+    parent: str | None = None
+    """A LoRA adapter's base model id (None for the base model)."""
     max_model_len: int | None = None
 
 
@@ -634,3 +636,15 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "/v1/completions": ("prompt",), "/v1/chat/completions": ("messages",),
     "/tokenize": ("prompt (or messages)",), "/detokenize": ("tokens",)}
 """Route -> the fields an empty body lacks (FastAPI reports only that the body is missing)."""
+
+
+class LoadLoRAAdapterRequest(OpenAIBaseModel):
+    """POST /v1/load_lora_adapter (vLLM's)."""
+    lora_name: str
+    lora_path: str
+
+
+class UnloadLoRAAdapterRequest(OpenAIBaseModel):
+    """POST /v1/unload_lora_adapter (vLLM's; lora_int_id is accepted and ignored)."""
+    lora_name: str
+    lora_int_id: int | None = None

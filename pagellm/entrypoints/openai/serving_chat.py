@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 from pagellm.engine.tokenizer import check_prompt_chars, render_chat_template
 from pagellm.entrypoints.openai.chat_output import ChatOutputOptions, ChatOutputParser
-from pagellm.entrypoints.openai.errors import check_model, sse_event
+from pagellm.entrypoints.openai.errors import sse_event
 from pagellm.entrypoints.openai.protocol import (ChatCompletionLogProbs, ChatCompletionRequest,
                                                  ChatCompletionResponse,
                                                  ChatCompletionResponseChoice,
@@ -89,7 +89,7 @@ class OpenAIServingChat(OpenAIServing):
         """Run ``request``; ``request_id`` as in ``create_completion``."""
         request_id = self.new_request_id(request_id)
         try:
-            check_model(request.model, self.served_model_name)
+            lora_request = self.resolve_model(request.model)
             request.check_supported()
             prompt_text, token_ids = await self.off_loop(self.render_chat, request)
             options = self.output_options(request, prompt_text)
@@ -99,7 +99,7 @@ class OpenAIServingChat(OpenAIServing):
         except Exception as error:
             return self.error_body(error, request_id)
         states = new_prompt_states([(None, token_ids)], request.n)
-        stream = self.generate(request_id, states, [params], request.priority)
+        stream = self.generate(request_id, states, [params], request.priority, lora_request)
         if not request.stream:
             return await self._full_response(request, request_id, states[0], stream, options)
         first, error = await self.start(stream, request_id)

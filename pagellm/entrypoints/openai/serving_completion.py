@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-from pagellm.entrypoints.openai.errors import check_model, error_from_exception, sse_event
+from pagellm.entrypoints.openai.errors import error_from_exception, sse_event
 from pagellm.entrypoints.openai.protocol import (CompletionLogProbs, CompletionRequest,
                                                  CompletionResponse, CompletionResponseChoice,
                                                  CompletionStreamResponse, ErrorResponse,
@@ -32,7 +32,7 @@ class OpenAIServingCompletion(OpenAIServing):
         Returns an iterator of SSE strings when ``request.stream``."""
         request_id = self.new_request_id(request_id)
         try:
-            check_model(request.model, self.served_model_name)
+            lora_request = self.resolve_model(request.model)
             prompts = await self.off_loop(self._tokenize_prompts, request)
             # Without a tokenizer (skip_tokenizer_init) the server streams token counts with
             # empty text, as vLLM does; stop strings still need one and get a 400.
@@ -49,7 +49,7 @@ class OpenAIServingCompletion(OpenAIServing):
         except Exception as error:
             return error_from_exception(error, request_id)
         states = new_prompt_states(prompts, request.n)
-        stream = self.generate(request_id, states, params, request.priority)
+        stream = self.generate(request_id, states, params, request.priority, lora_request)
         if not request.stream:
             return await self._full_response(request, request_id, states, stream)
         first, error = await self.start(stream, request_id)

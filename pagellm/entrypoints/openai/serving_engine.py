@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pagellm.engine.tokenizer import check_prompt_chars
-from pagellm.entrypoints.openai.errors import SSE_DONE, error_from_exception, sse_event
+from pagellm.entrypoints.openai.errors import (SSE_DONE, check_model, error_from_exception,
+                                              sse_event)
 from pagellm.entrypoints.openai.protocol import (ChatCompletionLogProb, ChatCompletionLogProbs,
                                                  ChatCompletionLogProbsContent,
                                                  CompletionLogProbs, ErrorResponse, UsageInfo)
@@ -167,6 +168,8 @@ class OpenAIServing:
             max_logprobs = getattr(model_config, "max_logprobs", DEFAULT_MAX_LOGPROBS)
         self.max_logprobs = max_logprobs
         self.metrics = metrics
+        self.models = None
+        """``OpenAIServingModels`` (the base and its LoRA adapters); None: the base only."""
 
     @property
     def tokenizer(self) -> Any:
@@ -223,8 +226,16 @@ class OpenAIServing:
     def decode(self, token_ids: Sequence[int]) -> str:
         return "" if self.tokenizer is None else self.tokenizer.decode(list(token_ids))
 
+    def resolve_model(self, requested: str | None):
+        """The LoRARequest a request's ``model`` names, None for the base model;
+        ModelNotFoundError (404) for any other name."""
+        if self.models is None:
+            check_model(requested, self.served_model_name)
+            return None
+        return self.models.resolve(requested)
+
     def generate(self, request_id: str, prompts: list[PromptState],
-                 params: list[SamplingParams], priority: int
+                 params: list[SamplingParams], priority: int, lora_request=None
                  ) -> AsyncIterator[tuple[int, RequestOutput]]:
         """(prompt index, delta RequestOutput) pairs of all prompts, in arrival order. Closing
         the iterator aborts every prompt's request. ``params`` are final (built once by the
@@ -232,8 +243,9 @@ class OpenAIServing:
         streams = []
         for index, (prompt, prompt_params) in enumerate(zip(prompts, params)):
             engine_id = request_id if len(prompts) == 1 else f"{request_id}-{index}"
+            extra = {"lora_request": lora_request} if lora_request is not None else {}
             stream = self.engine.generate(prompt.token_ids, prompt_params, engine_id,
-                                          priority=priority)
+                                          priority=priority, **extra)
             streams.append(self._observed(stream))
         return merge_streams(streams)
 

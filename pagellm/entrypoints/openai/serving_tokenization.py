@@ -9,7 +9,7 @@ and chat (``check_prompt_chars``): tokenizing megabytes would be unbounded work.
 from __future__ import annotations
 
 from pagellm.engine.tokenizer import check_prompt_chars, render_chat_template
-from pagellm.entrypoints.openai.errors import check_model, error_from_exception
+from pagellm.entrypoints.openai.errors import error_from_exception
 from pagellm.entrypoints.openai.protocol import (DetokenizeRequest, DetokenizeResponse,
                                                  ErrorResponse, TokenizeChatRequest,
                                                  TokenizeCompletionRequest, TokenizeResponse)
@@ -25,7 +25,7 @@ class OpenAIServingTokenization(OpenAIServing):
     """--trust-request-chat-template: a request may send its own chat_template."""
 
     def _checked_tokenizer(self, model: str | None):
-        check_model(model, self.served_model_name)
+        self.resolve_model(model)           # an adapter shares the base model's tokenizer
         if self.tokenizer is None:
             raise ClientError("this server has no tokenizer (skip_tokenizer_init)",
                               param="model")

@@ -1,0 +1,35 @@
+"""LoRA kernel cases shared by the GPU test and the CPU interpreter check: random slots, a
+token->slot map with base tokens (-1), the Triton shrink/expand against the torch twin."""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_lora_kernels(num_tokens: int, num_slots: int, rank: int, in_features: int,
+                       out_features: int, device: str, dtype: torch.dtype, seed: int = 0) -> float:
+    """Max |kernel - twin| of ``out += x @ A[slot]^T @ B[slot]^T``; base rows must stay
+    bit-identical (asserted)."""
+    from pagellm.lora.ops import lora_delta_torch
+    from pagellm.ops.triton.lora import lora_expand_, lora_shrink
+
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator).to(device=device, dtype=dtype)
+
+    x = rand(num_tokens, in_features)                                   # [T, K]
+    a_slots = rand(num_slots, rank, in_features) * 0.1                  # [S, R, K]
+    b_slots = rand(num_slots, out_features, rank) * 0.1                 # [S, N, R]
+    slots = torch.randint(-1, num_slots, (num_tokens,), generator=generator)
+    slots[0] = -1
+    out = rand(num_tokens, out_features)                                # [T, N]
+    expected = out.clone()
+    groups = [(s, torch.nonzero(slots == s).flatten().to(device)) for s in range(num_slots)
+              if bool((slots == s).any())]
+    lora_delta_torch(x, a_slots, b_slots, groups, expected)
+    token_slots = slots.to(device)
+    lora_expand_(lora_shrink(x, a_slots, token_slots), b_slots, token_slots, out)
+    base = (slots == -1).to(device)
+    assert torch.equal(out[base], expected[base])
+    return float((out.float() - expected.float()).abs().max())
