@@ -77,6 +77,10 @@ class StructuredOutputsParams:
                    f"{kind} must be a non-empty string")
         _check(self.whitespace_pattern is None or isinstance(self.whitespace_pattern, str),
                "structured_outputs", "whitespace_pattern must be a string")
+        # xgrammar (the one backend) has no whitespace regex: only "" (no whitespace) is exact
+        _check(not self.whitespace_pattern, "structured_outputs",
+               "whitespace_pattern other than \"\" is not supported by the xgrammar backend; "
+               "use \"\" or disable_any_whitespace for compact JSON")
 
     @property
     def kind(self) -> str:

@@ -51,8 +51,17 @@ def test_lora_modules_models_selection_and_runtime_updates(setup):
         cards = httpx.get(base + "/v1/models").json()["data"]
         assert [(c["id"], c["parent"]) for c in cards] == [("tiny", None), ("a1", "tiny"),
                                                             ("a2", "tiny")]
-        texts = {name: complete(base, name).json()["choices"][0]["text"]
-                 for name in ("tiny", "a1", "a2")}
+        replies = {name: complete(base, name).json() for name in ("tiny", "a1", "a2")}
+        assert {name: r["model"] for name, r in replies.items()} == \
+            {"tiny": "tiny", "a1": "a1", "a2": "a2"}        # the response names the adapter
+        texts = {name: r["choices"][0]["text"] for name, r in replies.items()}
+        chat = httpx.post(base + "/v1/chat/completions", json={
+            "model": "a1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+            "stream": True}, timeout=60)
+        assert chat.status_code == 200
+        chunks = [json.loads(line[6:]) for line in chat.text.splitlines()
+                  if line.startswith("data: {")]
+        assert chunks and {c["model"] for c in chunks} == {"a1"}
         assert texts["a1"] == offline_text(model, adapters["a1"])
         assert texts["tiny"] == offline_text(model, None)
         assert len(set(texts.values())) == 3

@@ -62,7 +62,7 @@ def sample_value(info: msgspec.inspect.Type, default=msgspec.NODEFAULT, seed: in
         # exactly one constraint may be set; the options away from their defaults
         return StructuredOutputsParams(regex=f"s{seed}", disable_any_whitespace=True,
                                        disable_additional_properties=True,
-                                       whitespace_pattern=" ")
+                                       whitespace_pattern="")
     raise TypeError(f"no sample for {info}: extend sample_value")
 
 

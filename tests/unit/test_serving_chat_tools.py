@@ -267,11 +267,12 @@ def test_tool_request_errors_are_400s_naming_the_field(fields, param, message):
     assert error.error.message.startswith(message), error.error.message
 
 
-def test_required_with_no_tools_is_none():
+def test_required_with_an_empty_tools_list_is_a_400():
     engine = ScriptedEngine(replies=("hi",))
-    response = ask(serve(engine), messages=MESSAGES, tools=[], tool_choice="required")
-    assert response.choices[0].message.content == "hi"
-    assert engine.calls[0][1].structured_outputs is None
+    error = ask(serve(engine), messages=MESSAGES, tools=[], tool_choice="required")
+    assert (error.error.code, error.error.param) == (400, "tool_choice")
+    assert "at least one tool" in error.error.message
+    assert not engine.calls
 
 
 @pytest.mark.parametrize("message", [

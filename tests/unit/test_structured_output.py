@@ -231,3 +231,14 @@ def test_scheduler_output_bitmask_crosses_the_worker_wire():
     np.testing.assert_array_equal(decoded.grammar_bitmask, bitmask)
     sched.grammar_bitmask = None
     assert call_decoder.decode(encoder.encode(ExecuteModel(sched))).scheduler_output.grammar_bitmask is None
+
+
+def test_a_whitespace_pattern_xgrammar_cannot_honour_is_a_400():
+    """Only "" (compact JSON) is exact under xgrammar; any other pattern was silently
+    ignored before (the fresh tester's report): now a 400 saying what to use."""
+    from pagellm.errors import ClientError
+    from pagellm.sampling_params import StructuredOutputsParams
+
+    with pytest.raises(ClientError, match="whitespace_pattern other than"):
+        StructuredOutputsParams(json={"type": "object"}, whitespace_pattern="[ ]?")
+    assert StructuredOutputsParams(json={"type": "object"}, whitespace_pattern="").compact_json

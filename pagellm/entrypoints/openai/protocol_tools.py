@@ -115,7 +115,8 @@ def resolve_tool_choice(tools: list[ChatCompletionToolsParam] | None, tool_choic
     if tools is None:
         raise ClientError("When using `tool_choice`, `tools` must be set.", param="tool_choice")
     if tool_choice == "required" and not tools:
-        return "none"
+        raise ClientError('`tool_choice` "required" needs at least one tool in `tools`',
+                          param="tool_choice")
     if isinstance(tool_choice, ChatCompletionNamedToolChoiceParam):
         name = tool_choice.function.name
         if not name:

@@ -143,7 +143,7 @@ class OpenAIServingChat(OpenAIServing):
                 index=choice.index, message=message,
                 logprobs=self._logprobs(request, choice.token_ids, choice.logprobs),
                 finish_reason=finish_reason, stop_reason=choice.stop_reason))
-        return ChatCompletionResponse(id=request_id, model=self.served_model_name,
+        return ChatCompletionResponse(id=request_id, model=self.response_model(request),
                                       choices=choices, usage=self.usage([prompt]))
 
     def _stream(self, request: ChatCompletionRequest, request_id: str, prompt: PromptState,
@@ -160,10 +160,11 @@ class OpenAIServingChat(OpenAIServing):
         parsers = {choice.index: ChatOutputParser(options) for choice in prompt.choices} \
             if options.parses else {}
         for choice in prompt.choices:
-            yield self._event(request_id, created, choice.index, DeltaMessage(role=role,
-                                                                              content=""))
+            yield self._event(request, request_id, created, choice.index,
+                              DeltaMessage(role=role, content=""))
             if echo:
-                yield self._event(request_id, created, choice.index, DeltaMessage(content=echo))
+                yield self._event(request, request_id, created, choice.index,
+                                  DeltaMessage(content=echo))
             choice.started = True
         async for _, output in chain_first(first, stream):
             for completion in output.outputs:
@@ -172,7 +173,7 @@ class OpenAIServingChat(OpenAIServing):
                     yield event
         if request.include_usage:
             usage_chunk = ChatCompletionStreamResponse(
-                id=request_id, object=_CHUNK, created=created, model=self.served_model_name,
+                id=request_id, object=_CHUNK, created=created, model=self.response_model(request),
                 choices=[], usage=self.usage([prompt]))
             yield sse_event(usage_chunk.model_dump_json(exclude_unset=True))
 
@@ -194,17 +195,17 @@ class OpenAIServingChat(OpenAIServing):
         if not messages and (logprobs is not None or finish_reason is not None):
             messages = [DeltaMessage()]
         last = len(messages) - 1
-        return [self._event(request_id, created, choice.index, message,
+        return [self._event(request, request_id, created, choice.index, message,
                             logprobs if index == 0 else None,
                             finish_reason if index == last else None,
                             delta.stop_reason if index == last else None)
                 for index, message in enumerate(messages)]
 
-    def _event(self, request_id: str, created: int, index: int, delta: DeltaMessage,
-               logprobs: ChatCompletionLogProbs | None = None, finish_reason: str | None = None,
-               stop_reason: int | str | None = None) -> str:
+    def _event(self, request: ChatCompletionRequest, request_id: str, created: int, index: int,
+               delta: DeltaMessage, logprobs: ChatCompletionLogProbs | None = None,
+               finish_reason: str | None = None, stop_reason: int | str | None = None) -> str:
         chunk = ChatCompletionStreamResponse(
-            id=request_id, object=_CHUNK, created=created, model=self.served_model_name,
+            id=request_id, object=_CHUNK, created=created, model=self.response_model(request),
             choices=[ChatCompletionStreamChoice(index=index, delta=delta, logprobs=logprobs,
                                                 finish_reason=finish_reason,
                                                 stop_reason=stop_reason)])

@@ -86,7 +86,7 @@ class OpenAIServingCompletion(OpenAIServing):
                     index=choice.index, text=text, logprobs=logprobs,
                     finish_reason=choice.finish_reason, stop_reason=choice.stop_reason,
                     prompt_logprobs=self._prompt_logprobs(request, prompt)))
-        return CompletionResponse(id=request_id, model=self.served_model_name, choices=choices,
+        return CompletionResponse(id=request_id, model=self.response_model(request), choices=choices,
                                   usage=self.usage(states))
 
     def _prompt_logprobs(self, request: CompletionRequest, prompt: PromptState
@@ -139,7 +139,7 @@ class OpenAIServingCompletion(OpenAIServing):
                     yield chunk
         if request.include_usage:
             usage_chunk = CompletionStreamResponse(
-                id=request_id, created=created, model=self.served_model_name, choices=[],
+                id=request_id, created=created, model=self.response_model(request), choices=[],
                 usage=self.usage(states))
             yield sse_event(usage_chunk.model_dump_json())
 
@@ -155,7 +155,7 @@ class OpenAIServingCompletion(OpenAIServing):
         choice.started = True
         choice.num_chars_sent += len(text)
         chunk = CompletionStreamResponse(
-            id=request_id, created=created, model=self.served_model_name,
+            id=request_id, created=created, model=self.response_model(request),
             choices=[CompletionResponseChoice(index=choice.index, text=text, logprobs=logprobs,
                                               finish_reason=delta.finish_reason,
                                               stop_reason=delta.stop_reason)],

@@ -226,6 +226,13 @@ class OpenAIServing:
     def decode(self, token_ids: Sequence[int]) -> str:
         return "" if self.tokenizer is None else self.tokenizer.decode(list(token_ids))
 
+    def response_model(self, request) -> str:
+        """The ``model`` a response names: the LoRA adapter the request selected (vLLM echoes
+        it), else the served model name."""
+        if self.models is not None and request.model and request.model != self.served_model_name:
+            return request.model
+        return self.served_model_name
+
     def resolve_model(self, requested: str | None):
         """The LoRARequest a request's ``model`` names, None for the base model;
         ModelNotFoundError (404) for any other name."""
