@@ -119,6 +119,8 @@ def test_async_scheduling_with_structured_outputs(llms):
                              structured_outputs=StructuredOutputsParams(json=schema)),
               SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)]
     prompts = ["Give a city as JSON:", "Once upon a time"]
+    for llm in llms:    # compile the grammar first: a compile racing the steps would change
+        llm.generate(prompts[:1], params[:1], use_tqdm=False)   # when the request joins
     expected = sync_llm.generate(prompts, params, use_tqdm=False)
     got = async_llm.generate(prompts, params, use_tqdm=False)
     assert _results(got) == _results(expected)
