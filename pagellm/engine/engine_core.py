@@ -119,8 +119,7 @@ class EngineCore:
         if queue and self.scheduler.async_scheduling and self.scheduler.has_constrained_running():
             # a grammar's next bitmask needs the token in flight: finish that step first, so
             # constrained requests still advance every step (without the overlap)
-            sched, future = queue.popleft()
-            return self._after_execute(sched, future.result())
+            return self._finish_oldest_batch()
         if len(queue) < self.batch_queue_size:
             sched = self.scheduler.schedule()
             if self._has_work(sched):
@@ -136,7 +135,11 @@ class EngineCore:
                     self._wait_for_grammars()
         if not queue:
             return []
-        sched, future = queue.popleft()
+        return self._finish_oldest_batch()
+
+    def _finish_oldest_batch(self) -> list[EngineCoreOutput]:
+        """Wait for the oldest batch in flight and hand its output to the scheduler."""
+        sched, future = self.batch_queue.popleft()
         return self._after_execute(sched, future.result())
 
     def _wait_for_grammars(self) -> None:

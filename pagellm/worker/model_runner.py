@@ -236,11 +236,11 @@ class ModelRunner:
             return step.output
         if step.event is not None:
             step.event.synchronize()
-        sampled = step.host[0].tolist()
+        sampled_ids = step.host[0].numpy()
+        sampled = sampled_ids.tolist()
         # a row freed (finished, aborted, preempted) since launch may hold another request
         live = self.batch.generation[step.rows] == step.generations
-        self.batch.token_ids[step.rows[live], step.positions[live]] = np.asarray(
-            sampled, dtype=np.int32)[live]
+        self.batch.token_ids[step.rows[live], step.positions[live]] = sampled_ids[live]
         logprobs = None
         if len(step.host) > 1:
             ids, values, ranks = step.host[1:]
