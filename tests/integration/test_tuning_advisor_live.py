@@ -6,6 +6,7 @@ lint, the resolved-configuration log and the advisor line of the stats log."""
 from __future__ import annotations
 
 import threading
+import time
 
 import httpx
 
@@ -29,6 +30,17 @@ def _burst(base: str, count: int, max_tokens: int) -> list[threading.Thread]:
     for thread in threads:
         thread.start()
     return threads
+
+
+def _wait_running(base: str, count: int, timeout_s: float = 60.0) -> None:
+    """Block until the server's vllm:num_requests_running gauge reaches ``count``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in httpx.get(base + "/metrics", timeout=30).text.splitlines():
+            if line.startswith("vllm:num_requests_running{") and float(line.split()[-1]) >= count:
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"fewer than {count} requests running after {timeout_s} s")
 
 
 def _finding(base: str, symptom: str) -> dict:
@@ -84,6 +96,7 @@ def test_long_delay_factor_raises_ttft_and_the_advisor_lowers_it(tiny_model_dirs
                         "--scheduler-delay-factor", "20", log_stats=True,
                         env_extra=env) as (proc, base):
         background = _burst(base, 1, 150)       # keeps a request running: the delay applies
+        _wait_running(base, 1)      # else a short request may come first and pass undelayed
         for _ in range(3):
             _complete(base, 2)
         background[0].join()
