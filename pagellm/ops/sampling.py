@@ -65,6 +65,10 @@ def apply_min_tokens_mask_(logits: torch.Tensor, min_tokens_mask: list[tuple[int
     that have not yet produced ``min_tokens`` tokens.
 
     logits: [B, V]. Ids >= V are skipped: such a token can never be sampled anyway.
+    A row whose every other token is already -inf (a structured-outputs grammar that can only
+    end here, or a logit_bias) keeps its stop tokens: min_tokens cannot be honoured there, and
+    an all -inf row would sample an arbitrary token that breaks the grammar (vLLM does that);
+    the request ends with "stop" with the grammar's valid output instead.
     """
     vocab_size = logits.shape[-1]
     rows: list[int] = []
@@ -77,8 +81,11 @@ def apply_min_tokens_mask_(logits: torch.Tensor, min_tokens_mask: list[tuple[int
         return logits
     device = logits.device
     index = (host_to_device(rows, torch.int64, device), host_to_device(token_ids, torch.int64, device))
+    saved = logits[index]
     # new_full fills on the device; torch.tensor(value, device=cuda) would block the host.
-    return logits.index_put_(index, logits.new_full((len(rows),), float("-inf")))
+    logits.index_put_(index, logits.new_full((len(rows),), float("-inf")))
+    dead = torch.isneginf(logits.amax(dim=-1))                   # [B]: no token left
+    return logits.index_put_(index, torch.where(dead[index[0]], saved, logits[index]))
 
 
 def token_counts(token_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:

@@ -117,6 +117,16 @@ def test_a_grammar_cut_by_max_tokens_finishes_with_length(server):
     assert choice["text"].startswith('{"')
 
 
+def test_min_tokens_beyond_a_finished_grammar_ends_with_stop_and_valid_output(server):
+    # The choice is complete after a few tokens; min_tokens=40 cannot be met. The grammar
+    # wins: a valid choice and "stop", not a grammar-breaking token and "error".
+    response = post(server, "completions", prompt="q", max_tokens=60, min_tokens=40,
+                    structured_outputs={"choice": CHOICES})
+    choice = response.json()["choices"][0]
+    assert response.status_code == 200 and choice["finish_reason"] == "stop", choice
+    assert choice["text"] in CHOICES
+
+
 @pytest.mark.parametrize("body, param, message", [
     (dict(response_format={"type": "json_schema", "json_schema": {
         "name": "x", "schema": {"type": "object", "properties": {"a": {"type": "nope"}}}}}),

@@ -294,6 +294,17 @@ def test_min_tokens_masks_eos_and_stop_ids():
     assert logits[0].tolist() == [0.0, NEG_INF, 1.0, NEG_INF]
 
 
+def test_min_tokens_keeps_stop_tokens_where_nothing_else_is_allowed():
+    # Row 0: a grammar already masked all but EOS (3): masking EOS too would leave no token,
+    # so min_tokens yields there. Row 1 has other tokens left: EOS is masked as usual.
+    eos = 3
+    logits = torch.tensor([[NEG_INF, NEG_INF, NEG_INF, 2.0], [NEG_INF, 0.5, NEG_INF, 9.0]])
+    metadata = make_metadata([0.0, 0.0], min_tokens_mask=[(0, [eos]), (1, [eos])])
+    out = Sampler()(logits, metadata)
+    assert out.sampled_token_ids.tolist() == [eos, 1]
+    assert logits.tolist() == [[NEG_INF, NEG_INF, NEG_INF, 2.0], [NEG_INF, 0.5, NEG_INF, NEG_INF]]
+
+
 def test_min_tokens_mask_holds_in_random_rows():
     num_rows = 2000
     logits = repeated_rows([0.0, 0.0, 0.0, 0.0], num_rows)
