@@ -111,11 +111,27 @@ def _structural_tag(xgr, text: str):
     """vLLM's two structural-tag forms: the older ``{"structures": [{"begin", "schema",
     "end"}], "triggers": [...]}`` and xgrammar's own ``{"type": "structural_tag", "format":
     ...}``."""
-    spec = json.loads(text)
+    try:
+        spec = json.loads(text)
+    except ValueError as exc:
+        raise ClientError(f"invalid structured outputs structural_tag: not JSON ({exc})",
+                          param="structured_outputs") from None
     if isinstance(spec, dict) and "structures" in spec:
+        structures, triggers = spec["structures"], spec.get("triggers")
+        if not (isinstance(structures, list) and structures
+                and all(isinstance(s, dict) and {"begin", "schema", "end"} <= s.keys()
+                        for s in structures)):
+            raise ClientError('invalid structured outputs structural_tag: "structures" must be '
+                              'a non-empty list of {"begin", "schema", "end"} objects',
+                              param="structured_outputs")
+        if not (isinstance(triggers, list) and triggers
+                and all(isinstance(t, str) and t for t in triggers)):
+            raise ClientError('invalid structured outputs structural_tag: "triggers" must be a '
+                              "non-empty list of strings (prefixes of the begin tags)",
+                              param="structured_outputs")
         tags = [xgr.StructuralTagItem(begin=s["begin"], schema=json.dumps(s["schema"]),
-                                      end=s["end"]) for s in spec["structures"]]
-        return xgr.Grammar.from_structural_tag(tags, spec["triggers"])
+                                      end=s["end"]) for s in structures]
+        return xgr.Grammar.from_structural_tag(tags, triggers)
     return xgr.Grammar.from_structural_tag(text)
 
 

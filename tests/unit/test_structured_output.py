@@ -121,6 +121,11 @@ def test_bad_request_fields_are_client_errors(fields, param, message):
     (dict(regex="(ab"), "invalid structured outputs regex: .*parenthesis is not closed"),
     (dict(grammar="root ::= foo"), 'Rule "foo" is not defined'),
     (dict(structural_tag='{"type": "structural_tag"}'), "invalid structured outputs structural_tag"),
+    (dict(structural_tag="{not json"), "structural_tag: not JSON"),
+    (dict(structural_tag='{"structures": [{"begin": "<f>"}], "triggers": ["<f"]}'),
+     '"structures" must be a non-empty list of {"begin", "schema", "end"} objects'),
+    (dict(structural_tag='{"structures": [{"begin": "<f>", "schema": {}, "end": "</f>"}]}'),
+     '"triggers" must be a non-empty list of strings'),
 ])
 def test_invalid_constraints_name_the_problem(constraint, message):
     with pytest.raises(ClientError, match=message) as caught:
