@@ -113,6 +113,22 @@ def _parse_key(key: str, lora_path: str, num_layers: int) -> tuple[int, str, str
     return layer, match.group(2), match.group(3)
 
 
+def precheck_adapter(lora_path: str, max_lora_rank: int) -> None:
+    """The checks that need no base model (files present, PEFT options, target modules, rank
+    within ``max_lora_rank``): ``serve`` runs them on ``--lora-modules`` before the model
+    loads. ClientError as ``read_adapter_header``."""
+    config = _read_config(lora_path)
+    _check_targets(config, lora_path)
+    _check_rank(int(config.get("r", 0)), max_lora_rank, lora_path)
+    _tensor_file(lora_path)
+
+
+def _check_rank(rank: int, max_lora_rank: int, lora_path: str) -> None:
+    if not 1 <= rank <= max_lora_rank:
+        raise ClientError(f"LoRA adapter {lora_path!r} has rank {rank}, above max_lora_rank="
+                          f"{max_lora_rank} (or below 1); raise max_lora_rank", param="lora_path")
+
+
 def read_adapter_header(lora_path: str, hf_config, max_lora_rank: int) -> AdapterHeader:
     """Validate an adapter directory against the base model without reading its weights.
     ClientError for every rule in the module docstring."""
@@ -121,9 +137,7 @@ def read_adapter_header(lora_path: str, hf_config, max_lora_rank: int) -> Adapte
     config = _read_config(lora_path)
     _check_targets(config, lora_path)
     rank = int(config.get("r", 0))
-    if not 1 <= rank <= max_lora_rank:
-        raise ClientError(f"LoRA adapter {lora_path!r} has rank {rank}, above max_lora_rank="
-                          f"{max_lora_rank} (or below 1); raise max_lora_rank", param="lora_path")
+    _check_rank(rank, max_lora_rank, lora_path)
     shapes = lora_module_shapes(hf_config)
     modules = set()
     with safe_open(_tensor_file(lora_path), framework="pt") as f:

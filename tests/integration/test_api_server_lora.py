@@ -78,6 +78,10 @@ def test_lora_modules_models_selection_and_runtime_updates(setup):
         again = httpx.post(base + "/v1/load_lora_adapter",
                            json={"lora_name": "a3", "lora_path": str(adapters["a3"])})
         assert again.status_code == 400
+        base_name = httpx.post(base + "/v1/load_lora_adapter",
+                               json={"lora_name": "tiny", "lora_path": str(adapters["a3"])})
+        assert base_name.status_code == 400
+        assert "is the base model's name" in base_name.json()["error"]["message"]
         big = httpx.post(base + "/v1/load_lora_adapter",
                          json={"lora_name": "big", "lora_path": str(adapters["big"])})
         assert big.status_code == 400 and "max_lora_rank" in big.json()["error"]["message"]
@@ -104,3 +108,21 @@ def test_runtime_routes_need_the_environment_variable(setup, monkeypatch):
     assert [m.name for m in parse_lora_modules(["x=/p", '{"name": "y", "path": "/q"}'])] == ["x", "y"]
     with pytest.raises(ValueError, match="name=path"):
         parse_lora_modules(["nopath"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lora-modules", "a1={a1}"], "--lora-modules needs --enable-lora"),
+    (["--enable-lora", "--lora-modules", "a1={missing}"], "no adapter_config.json"),
+    (["--enable-lora", "--max-lora-rank", "8", "--lora-modules", "big={big}"], "max_lora_rank=8"),
+])
+def test_bad_lora_modules_fail_before_the_model_loads(setup, capsys, monkeypatch, flags, message):
+    from pagellm.entrypoints.cli.main import main
+
+    model, adapters = setup
+    loads = []
+    monkeypatch.setattr("pagellm.engine.async_engine.AsyncLLM.from_engine_args",
+                        lambda *a, **k: loads.append(1))
+    paths = {"a1": adapters["a1"], "big": adapters["big"], "missing": adapters["a1"].parent}
+    argv = ["serve", str(model), "--port", "0"] + [f.format(**paths) for f in flags]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err and not loads

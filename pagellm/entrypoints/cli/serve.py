@@ -138,12 +138,28 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def main(args: argparse.Namespace) -> int:
     check_chat_parser_args(args)
-    parse_lora_modules(args.lora_modules)       # a malformed entry fails before the model loads
+    _precheck_lora_modules(args)                # a bad adapter fails before the model loads
     sock = bind_socket(args.host, args.port)     # before the model loads: fail fast
     try:
         return asyncio.run(run_server(args, sock))
     finally:
         sock.close()
+
+
+def _precheck_lora_modules(args: argparse.Namespace) -> None:
+    """``--lora-modules`` checked before the model loads: well formed, ``--enable-lora`` on,
+    each adapter's files, PEFT options and rank (``max_lora_rank``). ClientError otherwise;
+    the checks that need the base model's shapes run when the server registers them."""
+    from pagellm.lora.peft import precheck_adapter
+
+    modules = parse_lora_modules(args.lora_modules)
+    if not modules:
+        return
+    kwargs = engine_kwargs_from_args(args)
+    if not kwargs.get("enable_lora"):
+        raise ClientError("--lora-modules needs --enable-lora", param="lora_modules")
+    for module in modules:
+        precheck_adapter(module.path, kwargs.get("max_lora_rank", 16))
 
 
 async def run_server(args: argparse.Namespace, sock: socket.socket | None = None) -> int:

@@ -83,7 +83,10 @@ class OpenAIServingModels:
         taken)."""
         if not name or not path:
             raise ClientError("both lora_name and lora_path must be given", param="lora_name")
-        if name in self.lora_requests or name == self.base_model_name:
+        if name == self.base_model_name:
+            raise ClientError(f"'{name}' is the base model's name: give the adapter another "
+                              "lora_name", param="lora_name")
+        if name in self.lora_requests:
             raise ClientError(f"The lora adapter '{name}' has already been loaded.",
                               param="lora_name")
         request = LoRARequest(name, next(self._ids), path, base_model_name)
