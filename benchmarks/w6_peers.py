@@ -80,7 +80,8 @@ def vllm(model_dir: str, repeats: int) -> None:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    llm = LLM(model_dir, dtype="bfloat16", max_model_len=512, enable_prefix_caching=False)
+    llm = LLM(model_dir, dtype="bfloat16", max_model_len=512, enable_prefix_caching=False,
+              gpu_memory_utilization=0.2)        # on CPU: the share of host memory it reserves
 
     def generate(batch: int, new_tokens: int) -> float:
         prompts = [TokensPrompt(prompt_token_ids=p) for p in _prompts(batch)]

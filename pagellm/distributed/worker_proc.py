@@ -171,7 +171,11 @@ def run_worker_process(args_json: bytes) -> None:
         logger.warning("worker %d: the engine process is gone; exiting", args.rank)
     except Exception as error:
         exit_code = 1
-        logger.error("worker %d failed: %s", args.rank, error, exc_info=True)
+        if _peer_lost(error):       # the rank that died tells why; here one line is enough
+            logger.error("worker %d: a collective failed because a peer rank is gone (%s)",
+                         args.rank, str(error).strip().splitlines()[0][:200])
+        else:
+            logger.error("worker %d failed: %s", args.rank, error, exc_info=True)
         result_socket.send(encoder.encode(WorkerFailed(
             args.rank, f"{type(error).__name__}: {error}", traceback.format_exc(),
             isinstance(error, ClientError))))
@@ -182,6 +186,17 @@ def run_worker_process(args_json: bytes) -> None:
         result_socket.close(linger=2000)
         context.term()
     sys.exit(exit_code)
+
+
+PEER_LOST_MARKERS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                     "NCCL communicator was aborted", "remote process exited")
+
+
+def _peer_lost(error: Exception) -> bool:
+    """True for the errors gloo / NCCL raise in the surviving ranks when another rank dies
+    (a killed worker): those tracebacks say nothing about the cause."""
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(m in text for m in PEER_LOST_MARKERS)
 
 
 def start_worker(args: WorkerArgs):
