@@ -68,7 +68,7 @@ class Scheduler:
                  max_model_len: int, num_blocks: int, num_swap_blocks: int = 0,
                  max_concurrent_batches: int = 1, structured_output_manager=None,
                  async_scheduling: bool = False, num_speculative_tokens: int = 0,
-                 max_loras: int = 0):
+                 max_loras: int = 0, num_lookahead_tokens: int = 0, use_eagle: bool = False):
         self.config = scheduler_config
         self.max_loras = max_loras
         """enable_lora: distinct adapters allowed among running requests (0 = LoRA off)."""
@@ -76,7 +76,8 @@ class Scheduler:
         self.max_num_batched_tokens = scheduler_config.max_num_batched_tokens or 8192
         self.block_size = cache_config.block_size
         self.kv = KVCacheManager(num_blocks, cache_config.block_size,
-                                 cache_config.enable_prefix_caching, num_swap_blocks)
+                                 cache_config.enable_prefix_caching, num_swap_blocks,
+                                 num_lookahead_tokens, max_model_len, use_eagle)
         self.requests: dict[str, Request] = {}
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
