@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pagellm.core.block_hash import extend_block_hashes
+from pagellm.core.block_hash import extend_block_hashes, num_hashable_blocks
 from pagellm.core.block_pool import BlockPool, KVCacheBlock
 from pagellm.core.request import Request
 
@@ -33,11 +33,13 @@ class KVCacheManager:
         """``num_lookahead_tokens``: slots reserved past every allocation (a draft model or
         EAGLE head writes its drafts' K/V there before the next step), never past
         ``max_model_len``. ``use_eagle``: an EAGLE head's K/V at a block's last position
-        depends on the next block's first token, so the last block of a prefix hit is
-        computed again (vLLM's rule)."""
+        depends on the next block's first token, so a block's hash covers that token too
+        (vLLM instead recomputes the last block of a hit, which misses a block whose
+        successor in the hit was computed by another request with another next token)."""
         self.num_lookahead_tokens = num_lookahead_tokens
         self.max_model_len = max_model_len
-        self.use_eagle = use_eagle
+        self.hash_next_tokens = 1 if use_eagle else 0
+        """Tokens after a block that its hash covers (``block_hash``)."""
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.pool = BlockPool(num_blocks)
@@ -65,10 +67,11 @@ class KVCacheManager:
 
     def update_block_hashes(self, request: Request) -> None:
         """Hash the request's newly full blocks (call after tokens are appended)."""
-        if (len(request.all_token_ids) // self.block_size > len(request.block_hashes)
-                and self.caches(request)):
+        num_hashable = num_hashable_blocks(len(request.all_token_ids), self.block_size,
+                                           self.hash_next_tokens)
+        if num_hashable > len(request.block_hashes) and self.caches(request):
             extend_block_hashes(request.block_hashes, request.all_token_ids, self.block_size,
-                                self._extra_keys(request))
+                                self._extra_keys(request), self.hash_next_tokens)
 
     def get_computed_blocks(self, request: Request) -> tuple[list[KVCacheBlock], int]:
         """The longest run of cached blocks that prefixes the request, and its token count.
@@ -85,8 +88,6 @@ class KVCacheManager:
             if block is None:
                 break
             blocks.append(block)
-        if self.use_eagle and blocks:
-            blocks.pop()
         return blocks, len(blocks) * self.block_size
 
     def record_prefix_lookup(self, num_tokens: int, num_hit_tokens: int) -> None:

@@ -11,8 +11,8 @@ position L-1 whose a of k' drafts were accepted: positions L-1 .. L-1+a, fed the
 L .. L+a, the last being the step's new token; for a prefill chunk, the chunk). That pass
 IS the first draft: its output at the last position gives draft 1 (no extra forward, as in
 vLLM). Drafts 2..m feed the previous draft and the head's own hidden state at the next
-position. Since a block's last head position depends on the next block's first token, the
-block manager recomputes the last block of a prefix hit (``KVCacheManager(use_eagle=True)``).
+position. Since a block's last head position depends on the next block's first token, a block's
+prefix-cache hash also covers that token (``KVCacheManager(use_eagle=True)``).
 Drafts are the head's argmax (mapped through ``d2t`` for EAGLE-3): point masses, verified
 exactly by the runner.
 """
