@@ -169,7 +169,7 @@ def test_draft_model_sampling_seeded_and_distribution_unchanged(models):
     are distributed as without speculation (chi-square, p > 0.001)."""
     prompt = [5, 6, 7, 8] * 4 + [5, 6]
     args = dict(kv_cache_memory_bytes=16 * 2**20, dtype="float32", max_num_seqs=256)
-    samples = [SamplingParams(temperature=0.8, max_tokens=4, seed=i, ignore_eos=True)
+    samples = [SamplingParams(temperature=0.35, max_tokens=4, seed=i, ignore_eos=True)
                for i in range(600)]
     base = LLM(models["target"], **args)
     base_ids = [list(o.outputs[0].token_ids)
@@ -183,7 +183,7 @@ def test_draft_model_sampling_seeded_and_distribution_unchanged(models):
     assert again == spec_ids[:40]
     stats = llm.llm_engine.stats()
     rejected = stats.spec_decode_num_draft_tokens - stats.spec_decode_num_accepted_tokens
-    assert stats.spec_decode_num_accepted_tokens > 300 and rejected > 300
+    assert stats.spec_decode_num_accepted_tokens > 500 and rejected > 300
     for position in (1, 2, 3):
         counts = [Counter(ids[position] for ids in outputs) for outputs in (base_ids, spec_ids)]
         stat, df = _two_sample_chi_square(*counts)
@@ -206,3 +206,13 @@ def test_bad_proposer_configs_refused_before_load(models):
         with pytest.raises(ClientError, match=match):
             LLM(models["target"], dtype="float32", kv_cache_memory_bytes=2**20,
                 speculative_config={**spec, "num_speculative_tokens": 2})
+
+
+def test_eagle3_auxiliary_layers_default_and_override():
+    from types import SimpleNamespace
+
+    from pagellm.models.spec_models import eagle3_aux_layer_ids
+
+    assert eagle3_aux_layer_ids(SimpleNamespace(), 32) == (2, 16, 29)     # vLLM's default
+    override = SimpleNamespace(eagle_config={"eagle_aux_hidden_state_layer_ids": [1, 5, 9]})
+    assert eagle3_aux_layer_ids(override, 32) == (1, 5, 9)
