@@ -44,6 +44,8 @@ manager allocates slots for all of them (lookahead slots). ``update_from_output`
 accepted tokens per request, rolls ``num_computed_tokens`` back by the rejected drafts (their
 slots stay allocated and are overwritten by the next step), appends the tokens one by one
 and stops at the first that ends the request. Requests under a grammar never speculate.
+With a draft model or EAGLE head (``num_lookahead_tokens`` = k) every allocation also
+reserves k slots past the step, where the proposer writes its drafts' K/V.
 """
 
 from __future__ import annotations
