@@ -1,11 +1,13 @@
 """``speculative_config``: speculative decoding settings, vLLM's current keys plus the older
 engine arguments the tuning guides use (accepted as aliases, with a deprecation warning).
 
-Built: ``{"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_max": n,
-"prompt_lookup_min": m}`` (prompt lookup, ``pagellm.spec_decode.ngram_proposer``).
-Recognised but not built yet (NotSupportedError, HTTP 400): a draft model
-(``{"model": DRAFT, "num_speculative_tokens": k}``) and EAGLE heads
-(``{"method": "eagle" | "eagle3", "model": HEAD}``).
+Methods: ``{"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_max": n,
+"prompt_lookup_min": m}`` (prompt lookup, ``pagellm.worker.ngram_proposer``); a draft model
+``{"model": DRAFT, "num_speculative_tokens": k}`` (``"method": "draft_model"`` implied,
+``pagellm.worker.draft_proposer``); EAGLE heads ``{"method": "eagle" | "eagle3", "model":
+HEAD, "num_speculative_tokens": k}`` (``pagellm.worker.eagle_proposer``). Whether DRAFT /
+HEAD exist and fit the target model is checked before anything loads
+(``pagellm.models.spec_models.check_speculative_model``).
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from pagellm.errors import ClientError, NotSupportedError
+from pagellm.errors import ClientError
 
 logger = logging.getLogger(__name__)
 
 SPEC_KEYS = ("method", "model", "num_speculative_tokens", "prompt_lookup_max",
              "prompt_lookup_min")
 METHODS = ("ngram", "eagle", "eagle3", "draft_model")
+MODEL_METHODS = ("eagle", "eagle3", "draft_model")
+"""The methods whose proposer is a model (``speculative_config["model"]`` names it)."""
 NGRAM_DEFAULT_LOOKUP = 5
 """vLLM's n-gram window when neither prompt_lookup_min nor prompt_lookup_max is given."""
 
@@ -28,8 +32,10 @@ NGRAM_DEFAULT_LOOKUP = 5
 class SpeculativeConfig:
     speculative_config: dict | None = None
     """Speculative decoding, vLLM's keys: {"method": "ngram", "num_speculative_tokens": k,
-    "prompt_lookup_max": n, "prompt_lookup_min": m} (prompt lookup, built); a draft model
-    {"model": DRAFT, ...} and {"method": "eagle"|"eagle3", ...} are not supported yet."""
+    "prompt_lookup_max": n, "prompt_lookup_min": m} (prompt lookup); {"model": DRAFT,
+    "num_speculative_tokens": k} (a draft model with the target's vocabulary); {"method":
+    "eagle"|"eagle3", "model": HEAD, "num_speculative_tokens": k} (an EAGLE head in its
+    Hugging Face format)."""
     speculative_model: str | None = None
     """Deprecated alias: "[ngram]" = speculative_config {"method": "ngram"}."""
     num_speculative_tokens: int | None = None
@@ -44,7 +50,7 @@ class SpeculativeConfig:
 
     @property
     def enabled(self) -> bool:
-        """Speculative decoding is on (n-gram, the only method built)."""
+        """Speculative decoding is on."""
         return self._resolved is not None
 
     @property
@@ -57,6 +63,23 @@ class SpeculativeConfig:
         return 0 if self._resolved is None else self._resolved["num_speculative_tokens"]
 
     @property
+    def model(self) -> str | None:
+        """The draft model or EAGLE head path (None for n-gram or when off)."""
+        return None if self._resolved is None else self._resolved.get("model")
+
+    @property
+    def uses_model(self) -> bool:
+        """A draft model or an EAGLE head proposes (it has a KV cache of its own)."""
+        return self.method in MODEL_METHODS
+
+    @property
+    def num_lookahead_tokens(self) -> int:
+        """Slots allocated past each scheduled step for the proposer's own KV writes: k for
+        a draft model or EAGLE head (it writes its drafts' K/V before the next step is
+        scheduled), 0 for n-gram and when off (vLLM's rule)."""
+        return self.num_spec_tokens if self.uses_model else 0
+
+    @property
     def lookup_range(self) -> tuple[int, int]:
         """(prompt_lookup_min, prompt_lookup_max): the n-gram lengths tried."""
         return self._resolved["prompt_lookup_min"], self._resolved["prompt_lookup_max"]
@@ -64,8 +87,8 @@ class SpeculativeConfig:
 
 def _resolve(config: SpeculativeConfig) -> dict | None:
     """The effective settings {"method", "num_speculative_tokens", "prompt_lookup_max",
-    "prompt_lookup_min"}, or None when speculation is off. ClientError for a bad key or value,
-    NotSupportedError for a method not built yet."""
+    "prompt_lookup_min"} (n-gram) or {"method", "num_speculative_tokens", "model"}, or None
+    when speculation is off. ClientError for a bad key or value."""
     spec = dict(config.speculative_config or {})
     unknown = sorted(set(spec) - set(SPEC_KEYS))
     if unknown:
@@ -77,6 +100,7 @@ def _resolve(config: SpeculativeConfig) -> dict | None:
     method = spec.get("method")
     model = spec.get("model")
     if model == "[ngram]":
+        del spec["model"]
         method, model = method or "ngram", None
     if method is None and model is not None:
         method = "draft_model"
@@ -87,10 +111,7 @@ def _resolve(config: SpeculativeConfig) -> dict | None:
         raise ClientError(f"speculative_config: method must be one of {list(METHODS)}, got "
                           f"{method!r}", param="speculative_config")
     if method != "ngram":
-        what = "a draft model" if method == "draft_model" else f"method {method!r}"
-        raise NotSupportedError(
-            f"speculative_config: {what} is not supported yet in pagellm; use "
-            "{\"method\": \"ngram\", \"num_speculative_tokens\": k}", param="speculative_config")
+        return _model_settings(method, spec)
     return _ngram_settings(spec)
 
 
@@ -111,11 +132,34 @@ def _merge_aliases(config: SpeculativeConfig, spec: dict) -> None:
         spec[key] = value
 
 
-def _ngram_settings(spec: dict) -> dict:
+def _num_spec_tokens(method: str, spec: dict) -> int:
     k = spec.get("num_speculative_tokens")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ClientError("speculative_config: num_speculative_tokens must be an integer >= 1 "
-                          f"for method \"ngram\", got {k!r}", param="speculative_config")
+                          f"for method \"{method}\", got {k!r}", param="speculative_config")
+    return k
+
+
+def _model_settings(method: str, spec: dict) -> dict:
+    """A draft model's or EAGLE head's settings: "model" (a local path) is required; the
+    n-gram keys do not apply."""
+    model = spec.get("model")
+    if not isinstance(model, str) or not model:
+        raise ClientError(f"speculative_config: method \"{method}\" needs \"model\": the path "
+                          "of the draft model or EAGLE head", param="speculative_config")
+    extra = sorted(key for key in ("prompt_lookup_max", "prompt_lookup_min") if key in spec)
+    if extra:
+        raise ClientError(f"speculative_config: {extra} only apply to method \"ngram\", not "
+                          f"\"{method}\"", param="speculative_config")
+    return {"method": method, "num_speculative_tokens": _num_spec_tokens(method, spec),
+            "model": model}
+
+
+def _ngram_settings(spec: dict) -> dict:
+    if spec.get("model") is not None:
+        raise ClientError("speculative_config: method \"ngram\" takes no \"model\"",
+                          param="speculative_config")
+    k = _num_spec_tokens("ngram", spec)
     low, high = spec.get("prompt_lookup_min"), spec.get("prompt_lookup_max")
     if low is None and high is None:
         low = high = NGRAM_DEFAULT_LOOKUP

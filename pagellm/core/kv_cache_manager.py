@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pagellm.core.block_hash import extend_block_hashes
+from pagellm.core.block_hash import extend_block_hashes, num_hashable_blocks
 from pagellm.core.block_pool import BlockPool, KVCacheBlock
 from pagellm.core.request import Request
 
@@ -28,7 +28,18 @@ class PrefixCacheStats:
 
 class KVCacheManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool,
-                 num_swap_blocks: int = 0):
+                 num_swap_blocks: int = 0, num_lookahead_tokens: int = 0,
+                 max_model_len: int | None = None, use_eagle: bool = False):
+        """``num_lookahead_tokens``: slots reserved past every allocation (a draft model or
+        EAGLE head writes its drafts' K/V there before the next step), never past
+        ``max_model_len``. ``use_eagle``: an EAGLE head's K/V at a block's last position
+        depends on the next block's first token, so a block's hash covers that token too
+        (vLLM instead recomputes the last block of a hit, which misses a block whose
+        successor in the hit was computed by another request with another next token)."""
+        self.num_lookahead_tokens = num_lookahead_tokens
+        self.max_model_len = max_model_len
+        self.hash_next_tokens = 1 if use_eagle else 0
+        """Tokens after a block that its hash covers (``block_hash``)."""
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.pool = BlockPool(num_blocks)
@@ -56,10 +67,11 @@ class KVCacheManager:
 
     def update_block_hashes(self, request: Request) -> None:
         """Hash the request's newly full blocks (call after tokens are appended)."""
-        if (len(request.all_token_ids) // self.block_size > len(request.block_hashes)
-                and self.caches(request)):
+        num_hashable = num_hashable_blocks(len(request.all_token_ids), self.block_size,
+                                           self.hash_next_tokens)
+        if num_hashable > len(request.block_hashes) and self.caches(request):
             extend_block_hashes(request.block_hashes, request.all_token_ids, self.block_size,
-                                self._extra_keys(request))
+                                self._extra_keys(request), self.hash_next_tokens)
 
     def get_computed_blocks(self, request: Request) -> tuple[list[KVCacheBlock], int]:
         """The longest run of cached blocks that prefixes the request, and its token count.
@@ -99,15 +111,18 @@ class KVCacheManager:
         Returns the newly allocated blocks, or None if not enough blocks are free (nothing
         changed then). On success ``request.num_computed_tokens`` has moved past the hits."""
         blocks = self.req_to_blocks.get(request.request_id)
+        num_computed = request.num_computed_tokens + len(new_computed_blocks) * self.block_size
+        lookahead = self._lookahead(num_computed + num_new_tokens)
         if blocks is not None and not new_computed_blocks:
             # The common decode step: the new tokens fit in the blocks already held.
             num_tokens_after = request.num_computed_tokens + num_new_tokens
-            if num_tokens_after <= len(blocks) * self.block_size:
+            if num_tokens_after + lookahead <= len(blocks) * self.block_size:
                 if num_tokens_after // self.block_size > self.num_cached_blocks.get(
                         request.request_id, 0):
                     self._cache_full_blocks(request, num_tokens_after)
                 return []
-        num_new_blocks = self.num_blocks_needed(request, num_new_tokens, new_computed_blocks)
+        num_new_blocks = self.num_blocks_needed(request, num_new_tokens + lookahead,
+                                                new_computed_blocks)
         # Hit blocks sitting in the free queue stop being free once touched.
         num_evictable_hits = sum(1 for block in new_computed_blocks if block.ref_cnt == 0)
         if num_new_blocks > self.pool.num_free_blocks - num_evictable_hits:
@@ -122,6 +137,12 @@ class KVCacheManager:
         blocks.extend(new_blocks)
         self._cache_full_blocks(request, request.num_computed_tokens + num_new_tokens)
         return new_blocks
+
+    def _lookahead(self, num_tokens_after_step: int) -> int:
+        """Lookahead slots to reserve after a step ending at ``num_tokens_after_step``."""
+        if self.max_model_len is None:
+            return self.num_lookahead_tokens
+        return max(0, min(self.num_lookahead_tokens, self.max_model_len - num_tokens_after_step))
 
     def _cache_full_blocks(self, request: Request, num_tokens_after_step: int) -> None:
         if not self.caches(request):
@@ -171,7 +192,8 @@ class KVCacheManager:
 
     def can_swap_in(self, request: Request, num_new_tokens: int) -> bool:
         num_swapped = len(self.req_to_swap_blocks.get(request.request_id, ()))
-        total = -(-(request.num_computed_tokens + num_new_tokens) // self.block_size)
+        num_tokens_after = request.num_computed_tokens + num_new_tokens
+        total = -(-(num_tokens_after + self._lookahead(num_tokens_after)) // self.block_size)
         return max(total, num_swapped) <= self.pool.num_free_blocks
 
     def swap_in(self, request: Request) -> list[tuple[int, int]]:

@@ -44,6 +44,8 @@ manager allocates slots for all of them (lookahead slots). ``update_from_output`
 accepted tokens per request, rolls ``num_computed_tokens`` back by the rejected drafts (their
 slots stay allocated and are overwritten by the next step), appends the tokens one by one
 and stops at the first that ends the request. Requests under a grammar never speculate.
+With a draft model or EAGLE head (``num_lookahead_tokens`` = k) every allocation also
+reserves k slots past the step, where the proposer writes its drafts' K/V.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class Scheduler:
                  max_model_len: int, num_blocks: int, num_swap_blocks: int = 0,
                  max_concurrent_batches: int = 1, structured_output_manager=None,
                  async_scheduling: bool = False, num_speculative_tokens: int = 0,
-                 max_loras: int = 0):
+                 max_loras: int = 0, num_lookahead_tokens: int = 0, use_eagle: bool = False):
         self.config = scheduler_config
         self.max_loras = max_loras
         """enable_lora: distinct adapters allowed among running requests (0 = LoRA off)."""
@@ -76,7 +78,8 @@ class Scheduler:
         self.max_num_batched_tokens = scheduler_config.max_num_batched_tokens or 8192
         self.block_size = cache_config.block_size
         self.kv = KVCacheManager(num_blocks, cache_config.block_size,
-                                 cache_config.enable_prefix_caching, num_swap_blocks)
+                                 cache_config.enable_prefix_caching, num_swap_blocks,
+                                 num_lookahead_tokens, max_model_len, use_eagle)
         self.requests: dict[str, Request] = {}
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []

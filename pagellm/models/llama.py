@@ -137,6 +137,12 @@ class LlamaModel(nn.Module):
                                         quant_config, f"model.layers.{i}"))
         self.norm = (RMSNorm(config.hidden_size, config.rms_norm_eps, dtype) if pp.is_last_rank
                      else PPMissingLayer())
+        self.aux_hidden_state_layers: tuple[int, ...] = ()
+        """EAGLE-3 (vLLM's name): the layers whose input, the residual stream that the layer
+        before left ([T, hidden_size]), ``forward`` keeps in ``aux_hidden_states``, in this
+        order. Empty (the default): nothing is kept, nothing is added."""
+        self.aux_hidden_states: list[torch.Tensor] = []
+        """The last forward's kept hidden states (see ``aux_hidden_state_layers``)."""
 
     def forward(self, input_ids, positions, kv_caches, attn_metadata,
                 intermediate_tensors: IntermediateTensors | None = None):
@@ -148,9 +154,14 @@ class LlamaModel(nn.Module):
             hidden, residual = self.embed_tokens(input_ids), None      # [T, hidden_size]
         else:
             hidden, residual = intermediate_tensors.hidden_states, intermediate_tensors.residual
+        aux_layers, kept = self.aux_hidden_state_layers, {}
         for i in range(self.start_layer, self.end_layer):
+            if aux_layers and i in aux_layers:
+                kept[i] = hidden if residual is None else hidden + residual
             kv_cache = kv_caches[i - self.start_layer] if kv_caches else None
             hidden, residual = self.layers[i](positions, hidden, residual, kv_cache, attn_metadata)
+        if aux_layers:
+            self.aux_hidden_states = [kept[i] for i in aux_layers]
         if isinstance(self.norm, PPMissingLayer):
             return IntermediateTensors(hidden, residual)
         hidden, _ = self.norm(hidden, residual)

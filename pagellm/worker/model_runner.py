@@ -19,19 +19,21 @@ states and residual ([2, num_tokens, hidden_size], one message from the same TP 
 previous stage; num_tokens is known from the step), a stage other than the last sends its
 own on and returns an empty output, and only the last stage computes logits and samples.
 
-Speculative decoding (``speculative_config``, n-gram; async scheduling and pipeline
-parallelism are off then): each step runs synchronously through ``_speculative_step``. The
+Speculative decoding (``speculative_config``: n-gram, draft model, EAGLE; async scheduling
+and pipeline parallelism are off then): each step runs synchronously through ``_speculative_step``. The
 scheduled drafts are written past each row's last token, the target model scores all 1 + k
 positions of every request in one forward, and the sampler draws one token per position
 (seeded requests from their own generator, in position order). Drafts are accepted while the
 drawn token equals the draft; the first drawn token that differs (or the bonus token after
-the last draft) ends the request's new tokens. With point-mass drafts (n-gram) this is the
+the last draft) ends the request's new tokens. With point-mass drafts (n-gram, and the
+argmax drafts of a draft model or EAGLE head) this is the
 rejection sampling rule exactly: draft x is accepted with probability p(x), and on rejection
 the token is distributed as p restricted to tokens != x, i.e. normalised max(p - q, 0); for
 greedy rows it is "accept while the argmax equals the draft". The logprobs of each accepted
-token are those of its position. After the step the n-gram proposer drafts the next tokens
+token are those of its position. After the step the proposer drafts the next tokens
 of every request that may speculate (no penalties, min_tokens or grammar: their logits depend
-on the tokens before each position in ways the expanded rows do not model).
+on the tokens before each position in ways the expanded rows do not model); a draft model or
+EAGLE head first brings its own KV cache level with the target's (``worker/draft_proposer.py``).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from pagellm.models.utils import IntermediateTensors
 from pagellm.ops.grammar_bitmask import apply_token_bitmask_
 from pagellm.ops.sampling import compute_logprobs_topk
 from pagellm.platforms import Platform
+from pagellm.worker.draft_proposer import ModelProposer
 from pagellm.worker.input_batch import InputBatch, StepInputs
 from pagellm.worker.kv_cache import KVCache
 from pagellm.worker.ngram_proposer import NgramProposer
@@ -93,8 +96,9 @@ class ModelRunner:
         self.num_device_input_tokens = 0
         """Input tokens taken from the previous step's sampled ids on the device."""
         self.proposer = None
-        """NgramProposer when speculative decoding is on (``SpeculativeConfig``)."""
-        if speculative_config is not None and speculative_config.enabled:
+        """When speculative decoding is on (``SpeculativeConfig``): the NgramProposer, or the
+        draft-model / EAGLE proposer that the worker sets after loading its model."""
+        if speculative_config is not None and speculative_config.method == "ngram":
             self.proposer = NgramProposer(speculative_config.num_spec_tokens,
                                           *speculative_config.lookup_range)
         torch.manual_seed(seed)
@@ -114,8 +118,10 @@ class ModelRunner:
         for request_id in sched.finished_req_ids:
             self.generators.pop(request_id, None)
         self.batch.apply(sched)
-        self.kv_cache.swap_out(sched.blocks_to_swap_out)
-        self.kv_cache.swap_in(sched.blocks_to_swap_in)
+        for kv_cache in (self.kv_cache, getattr(self.proposer, "kv_cache", None)):
+            if kv_cache is not None:     # the proposer's cache shares the block ids
+                kv_cache.swap_out(sched.blocks_to_swap_out)
+                kv_cache.swap_in(sched.blocks_to_swap_in)
         if sched.total_num_scheduled_tokens == 0:
             return self._done_step(ModelRunnerOutput([], []))
         if self.proposer is not None:
@@ -167,6 +173,7 @@ class ModelRunner:
         hidden = self._forward(inputs)                              # [num_tokens, hidden]
         prompt_logprobs = self._prompt_logprobs(inputs, hidden)
         if not inputs.sample_rows:
+            self._propose(np.zeros(0, dtype=np.int64), inputs, hidden)   # proposer KV only
             return ModelRunnerOutput([], [], prompt_logprobs=prompt_logprobs, spec_token_ids=[])
         sample_rows = np.asarray(inputs.sample_rows)
         k = num_spec[sample_rows]                                   # [S] drafts per request
@@ -191,15 +198,21 @@ class ModelRunner:
                                                          out.sampled_token_ranks))
             logprobs = TopLogprobs(ids.tolist(), values.tolist(), ranks.tolist())
         return ModelRunnerOutput(request_ids, new_tokens, logprobs, prompt_logprobs,
-                                 spec_token_ids=self._propose(rows))
+                                 spec_token_ids=self._propose(sample_rows, inputs, hidden))
 
-    def _propose(self, rows: np.ndarray) -> list[list[int]]:
-        """The n-gram drafts after each row's tokens ([] for rows that may not speculate)."""
+    def _propose(self, sample_index: np.ndarray, inputs: StepInputs,
+                 hidden: torch.Tensor) -> list[list[int]]:
+        """The drafts after the tokens of each sampling request (``sample_index``: [S] its
+        index in the step; [] for requests that may not speculate). A draft model or EAGLE
+        head also runs on a step that sampled nothing (its KV follows the target's)."""
         batch = self.batch
+        rows = inputs.rows[sample_index]
         params = [batch.sampling_params[r] for r in rows.tolist()]
         allowed = np.array([p.structured_outputs is None and not p.min_tokens
                             and not p.presence_penalty and not p.frequency_penalty
                             and p.repetition_penalty == 1.0 for p in params], dtype=bool)
+        if isinstance(self.proposer, ModelProposer):
+            return self.proposer.propose(batch, inputs, hidden, sample_index, allowed)
         proposals: list[list[int]] = [[] for _ in params]
         if not allowed.any():
             return proposals

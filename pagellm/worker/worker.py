@@ -63,12 +63,20 @@ class Worker:
         self.spec = KVCacheSpec(self.model.num_layers, config.cache.block_size,
                                 self.model.num_kv_heads, self.model.head_dim,
                                 kv_cache_torch_dtype(config.cache.kv_cache_dtype, dtype))
+        self.proposer_spec = None
+        """The draft model's / EAGLE head's KV layout (same blocks, own tensors), or None."""
+        if config.speculative.uses_model:
+            self.runner.proposer = make_model_proposer(config, self.model, dtype, platform.device)
+            self.proposer_spec = self.runner.proposer.kv_cache_spec(config.cache.block_size,
+                                                                    self.spec.dtype)
 
     def determine_num_blocks(self) -> tuple[int, int]:
         """(device KV blocks, CPU swap blocks) from the memory budget (the arithmetic is
         ``pagellm.config.kv_sizing``, shared with ``pagellm plan``)."""
         cache = self.config.cache
         per_block = self.spec.bytes_per_block
+        if self.proposer_spec is not None:    # a block holds the proposer's K/V too
+            per_block += self.proposer_spec.bytes_per_block
         if fixed_kv_budget(cache) is None and self.platform.is_cuda:
             budget = self._cuda_kv_budget()
         else:
@@ -158,9 +166,15 @@ class Worker:
         kv_cache = KVCache(self.spec, num_blocks, num_swap_blocks, self.platform.device,
                            pin_memory=self.platform.pin_memory())
         self.runner.bind_kv_cache(kv_cache)
+        if self.proposer_spec is not None:
+            self.runner.proposer.bind_kv_cache(KVCache(
+                self.proposer_spec, num_blocks, num_swap_blocks, self.platform.device,
+                pin_memory=self.platform.pin_memory()))
         if self.platform.is_cuda and not self.config.model.enforce_eager:
             if get_pp_group().world_size > 1:   # graphs capture a whole-model forward only
                 logger.info("pipeline parallelism: CUDA graphs are not captured (eager mode)")
+            elif self.config.speculative.method == "eagle3":   # the graphs keep no aux states
+                logger.info("EAGLE-3: CUDA graphs are not captured (eager mode)")
             elif self.config.lora.enable_lora:  # the LoRA path depends on the step's adapters
                 logger.info("enable_lora: CUDA graphs are not captured (eager mode)")
             else:
@@ -228,6 +242,30 @@ class Worker:
 
     def resolve(self, step):
         return self.runner.resolve(step)
+
+
+def make_model_proposer(config: EngineConfig, target: torch.nn.Module, dtype: torch.dtype,
+                        device: torch.device):
+    """The draft-model or EAGLE proposer of ``config.speculative``, its model loaded with the
+    target's load format (checked earlier by ``check_speculative_model``)."""
+    from pagellm.models.default_model import resolve_model_path
+    from pagellm.models.spec_models import load_draft_model, load_eagle_head
+    from pagellm.worker.draft_proposer import DraftModelProposer
+    from pagellm.worker.eagle_proposer import EagleProposer
+
+    spec, start = config.speculative, time.perf_counter()
+    path = resolve_model_path(spec.model)
+    stats, load_format, seed = LoadStats(), config.load.load_format, config.model.seed
+    k, max_model_len = spec.num_spec_tokens, config.model.max_model_len
+    if spec.method == "draft_model":
+        model = load_draft_model(path, load_format, dtype, device, seed, stats)
+        proposer = DraftModelProposer(model, k, max_model_len, device)
+    else:
+        head = load_eagle_head(spec.method, path, target, load_format, dtype, device, seed, stats)
+        proposer = EagleProposer(head, target, k, max_model_len, device)
+    logger.info("Loaded %s proposer %s (weights %.3f GiB) in %.1f s; k=%d", spec.method, path,
+                stats.param_bytes / GiB, time.perf_counter() - start, k)
+    return proposer
 
 
 def make_lora_manager(model, hf_config, config: EngineConfig, dtype: torch.dtype,

@@ -10,7 +10,7 @@ import pytest
 from pagellm.config.engine_args import create_engine_config, finalize_lengths
 from pagellm.config.speculative import SpeculativeConfig
 from pagellm.core.stats import EngineStats
-from pagellm.errors import ClientError, NotSupportedError
+from pagellm.errors import ClientError
 from pagellm.metrics.prometheus import PrometheusMetrics
 from pagellm.metrics.stats_logger import format_stats_line
 from pagellm.worker.model_runner import _accept_drafts
@@ -37,10 +37,25 @@ def test_deprecated_aliases_warn_and_map(caplog):
                           num_speculative_tokens=3)
 
 
+def test_model_methods_resolve():
+    draft = SpeculativeConfig({"model": "/m/draft", "num_speculative_tokens": 3})
+    assert (draft.method, draft.model, draft.num_spec_tokens) == ("draft_model", "/m/draft", 3)
+    assert draft.uses_model and draft.num_lookahead_tokens == 3
+    for method in ("eagle", "eagle3", "draft_model"):
+        config = SpeculativeConfig({"method": method, "model": "/h", "num_speculative_tokens": 2})
+        assert (config.method, config.model, config.num_lookahead_tokens) == (method, "/h", 2)
+    ngram = SpeculativeConfig({"method": "ngram", "num_speculative_tokens": 2})
+    assert not ngram.uses_model and ngram.num_lookahead_tokens == 0 and ngram.model is None
+
+
 @pytest.mark.parametrize("spec, error, match", [
-    ({"model": "org/draft", "num_speculative_tokens": 3}, NotSupportedError, "draft model"),
-    ({"method": "eagle", "model": "h"}, NotSupportedError, "eagle"),
-    ({"method": "eagle3", "model": "h"}, NotSupportedError, "eagle3"),
+    ({"model": "org/draft", "num_speculative_tokens": 0}, ClientError, ">= 1 for method \"draft_model\""),
+    ({"method": "eagle", "model": "h"}, ClientError, "num_speculative_tokens must be"),
+    ({"method": "eagle3", "model": "h", "num_speculative_tokens": -1}, ClientError, ">= 1"),
+    ({"method": "eagle", "num_speculative_tokens": 2}, ClientError, "needs \"model\""),
+    ({"method": "eagle", "model": "h", "num_speculative_tokens": 2, "prompt_lookup_max": 2},
+     ClientError, "only apply to method"),
+    ({"method": "ngram", "model": "m", "num_speculative_tokens": 2}, ClientError, "takes no"),
     ({"method": "ngram"}, ClientError, "num_speculative_tokens"),
     ({"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 4,
       "prompt_lookup_max": 2}, ClientError, "exceeds"),
