@@ -40,8 +40,11 @@ from pagellm.layers.linear import LinearMethodBase
 GROUP_SIZE = 32
 QK_K = 256
 T = GGMLQuantizationType
-CODE_BITS = {T.Q4_0: 4, T.Q4_1: 4, T.Q8_0: 8, T.Q4_K: 4, T.Q5_K: 5}
+CODE_BITS = {T.Q4_0: 4, T.Q4_1: 4, T.Q8_0: 8, T.Q4_K: 4, T.Q5_K: 5, T.Q6_K: 6}
 """GGUF types kept quantized, and the bits of their codes."""
+CODE_GROUP = {T.Q6_K: 16}
+"""Weights per (scale, offset) group where it is not GROUP_SIZE (Q6_K: 16-weight sub-blocks)."""
+BLOCK_BYTES = {T.Q4_0: 18, T.Q4_1: 20, T.Q8_0: 34, T.Q4_K: 144, T.Q5_K: 176, T.Q6_K: 210}
 
 
 def _f16(column: np.ndarray) -> np.ndarray:
@@ -81,22 +84,43 @@ def _codes_k(blocks: np.ndarray, five_bits: bool):
     return codes.reshape(n * 8, 32), scale, offset
 
 
+def _codes_q6_k(blocks: np.ndarray):
+    """[n, 210] Q6_K super-blocks of 256 (ql [128], qh [64], int8 scales [16], fp16 d) ->
+    codes [n * 16, 16] in 0..63, scale/offset [n * 16, 1] (one row per 16-weight sub-block:
+    w = d * sc * (q - 32)); the element order of gguf's dequantizer."""
+    n = blocks.shape[0]
+    ql, qh = blocks[:, :128], blocks[:, 128:192]
+    sc = blocks[:, 192:208].copy().view(np.int8).astype(np.float32)          # [n, 16]
+    scale = (_f16(blocks[:, 208:210]) * sc).reshape(n * 16, 1)
+    low = (ql.reshape(n, 2, 1, 64) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)) & 15
+    high = (qh.reshape(n, 2, 1, 32)
+            >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)) & 3
+    codes = low.reshape(n, 8, 32) | (high.reshape(n, 8, 32) << 4)            # [n, 8, 32]
+    return codes.reshape(n * 16, 16), scale, -32 * scale
+
+
+def group_size(qtype: GGMLQuantizationType) -> int:
+    """Weights per (scale, offset) group of ``gguf_codes`` for a type in CODE_BITS."""
+    return CODE_GROUP.get(qtype, GROUP_SIZE)
+
+
 def gguf_codes(raw: np.ndarray, qtype: GGMLQuantizationType, num_cols: int):
     """A GGUF tensor's raw blocks as (codes uint8 [rows, num_cols], scale float32 [rows,
-    num_cols / 32], offset float32 [rows, num_cols / 32]) with ``w = scale * code + offset``
-    per 32 consecutive weights of a row. raw: [rows, row bytes] uint8 (the reader's layout).
-    Raises KeyError for a type not in CODE_BITS."""
-    bits = CODE_BITS[qtype]             # noqa: F841 (KeyError for unsupported types)
+    num_cols / G], offset float32 [rows, num_cols / G]) with ``w = scale * code + offset``
+    per G = ``group_size(qtype)`` consecutive weights of a row (32; 16 for Q6_K).
+    raw: [rows, row bytes] uint8 (the reader's layout). Raises KeyError for a type not in
+    CODE_BITS."""
     rows = raw.shape[0]
-    block_bytes = {T.Q4_0: 18, T.Q4_1: 20, T.Q8_0: 34, T.Q4_K: 144, T.Q5_K: 176}[qtype]
-    blocks = np.ascontiguousarray(raw).reshape(-1, block_bytes)
+    blocks = np.ascontiguousarray(raw).reshape(-1, BLOCK_BYTES[qtype])
     if qtype in (T.Q4_0, T.Q4_1):
         codes, scale, offset = _codes_q4_0_q4_1(blocks, qtype == T.Q4_1)
     elif qtype == T.Q8_0:
         codes, scale, offset = _codes_q8_0(blocks)
+    elif qtype == T.Q6_K:
+        codes, scale, offset = _codes_q6_k(blocks)
     else:
         codes, scale, offset = _codes_k(blocks, qtype == T.Q5_K)
-    groups = num_cols // GROUP_SIZE
+    groups = num_cols // group_size(qtype)
     return (codes.reshape(rows, num_cols), scale.reshape(rows, groups),
             offset.reshape(rows, groups))
 
