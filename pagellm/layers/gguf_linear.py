@@ -36,6 +36,8 @@ from gguf.quants import Q4_K
 from torch import nn
 
 from pagellm.layers.linear import LinearMethodBase
+from pagellm.ops.gguf import GGUFPacked, dequantize_gguf, gguf_linear_torch, pack_gguf
+from pagellm.platforms import use_triton_kernels
 
 GROUP_SIZE = 32
 QK_K = 256
@@ -44,6 +46,8 @@ CODE_BITS = {T.Q4_0: 4, T.Q4_1: 4, T.Q8_0: 8, T.Q4_K: 4, T.Q5_K: 5, T.Q6_K: 6}
 """GGUF types kept quantized, and the bits of their codes."""
 CODE_GROUP = {T.Q6_K: 16}
 """Weights per (scale, offset) group where it is not GROUP_SIZE (Q6_K: 16-weight sub-blocks)."""
+CPU_TYPES = (T.Q4_0, T.Q4_1, T.Q8_0, T.Q4_K, T.Q5_K)
+"""Types the CPU int4 kernel keeps (32-weight groups); Q6_K stays dequantized on CPU."""
 BLOCK_BYTES = {T.Q4_0: 18, T.Q4_1: 20, T.Q8_0: 34, T.Q4_K: 144, T.Q5_K: 176, T.Q6_K: 210}
 
 
@@ -254,3 +258,52 @@ class GGUFLinearMethod(LinearMethodBase):
             out = part.float() if out is None else out.add_(part)
         out = out.to(x.dtype)
         return out if bias is None else out + bias
+
+
+class GGUFTritonLinearMethod(LinearMethodBase):
+    """A linear layer's weight in the GPU layout of ``pagellm.ops.gguf`` (4-bit low plane,
+    1/2/4-bit high plane, per-group scale and offset), multiplied by the dequantizing Triton
+    GEMM on CUDA and by its torch twin elsewhere. Every type of CODE_BITS (Q6_K included).
+
+    The layer gets ``qweight`` (int32 [K / 8, N]), ``qhigh`` (int32 [K * H / 32, N], for
+    5-8-bit types), ``scales`` and ``offsets`` ([K / G, N], float16 or float32), filled by
+    ``set_quantized``; ``apply`` returns x's dtype, ``embedding`` the model's dtype.
+    """
+
+    def __init__(self, bits: int):
+        self.bits = bits
+        """Code bits of the GGUF type (4-8)."""
+
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes,
+                       input_size, output_size, params_dtype, **extra_weight_attrs):
+        self.params_dtype = params_dtype
+        """The model's dtype: what ``embedding`` returns."""
+        # shapes and dtypes are set by set_quantized (they depend on the type's groups)
+        for name in ("qweight", "qhigh", "scales", "offsets"):
+            if name != "qhigh" or self.bits > 4:
+                layer.register_parameter(name, nn.Parameter(torch.empty(0), requires_grad=False))
+
+    def set_quantized(self, layer: nn.Module, codes: torch.Tensor, scale: torch.Tensor,
+                      offset: torch.Tensor) -> None:
+        """Fill the layer from codes [N, K] and scale/offset [N, K / G] on their device."""
+        packed = pack_gguf(codes, scale, offset, self.bits)
+        self.group_size = packed.group_size
+        """Weights per scale/offset group (16 or 32)."""
+        for name in ("qweight", "qhigh", "scales", "offsets"):
+            if getattr(packed, name) is not None:
+                getattr(layer, name).data = getattr(packed, name)
+
+    def packed(self, layer: nn.Module) -> GGUFPacked:
+        return GGUFPacked(layer.qweight, getattr(layer, "qhigh", None), layer.scales,
+                          layer.offsets, self.bits, self.group_size)
+
+    def embedding(self, layer: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+        """Rows ``input_ids`` [T] of the weight, dequantized: [T, K] in the model's dtype."""
+        return dequantize_gguf(self.packed(layer), input_ids.long()).to(self.params_dtype)
+
+    def apply(self, layer, x, bias=None):
+        """x: [T, K] -> [T, N] in x's dtype (Triton on CUDA, the torch twin elsewhere)."""
+        if use_triton_kernels(x):
+            from pagellm.ops.triton.gguf_gemm import gguf_gemm_triton
+            return gguf_gemm_triton(x, self.packed(layer), bias)
+        return gguf_linear_torch(x, self.packed(layer), bias)

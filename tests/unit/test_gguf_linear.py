@@ -11,10 +11,10 @@ from gguf import GGMLQuantizationType as T
 from gguf.quants import dequantize, quantize
 from torch import nn
 
-from pagellm.layers.gguf_linear import (CODE_BITS, GROUP_SIZE, GGUFLinearMethod, can_embed,
-                                        gguf_codes)
+from pagellm.layers.gguf_linear import (CODE_BITS, CPU_TYPES, GROUP_SIZE, GGUFLinearMethod,
+                                        can_embed, gguf_codes, group_size)
 
-K_QUANT_BYTES = {T.Q4_K: 144, T.Q5_K: 176}
+K_QUANT_BYTES = {T.Q4_K: 144, T.Q5_K: 176, T.Q6_K: 210}
 
 
 def raw_blocks(qtype: T, rows: int, cols: int, seed: int = 0) -> np.ndarray:
@@ -24,7 +24,10 @@ def raw_blocks(qtype: T, rows: int, cols: int, seed: int = 0) -> np.ndarray:
     if qtype not in K_QUANT_BYTES:
         return quantize(rng.standard_normal((rows, cols)).astype(np.float32), qtype)
     blocks = rng.integers(0, 256, (rows * cols // 256, K_QUANT_BYTES[qtype]), dtype=np.uint8)
-    blocks[:, 0:4] = np.array([0.01, 0.02], dtype=np.float16).view(np.uint8)
+    if qtype == T.Q6_K:                                   # d is the last fp16 of the block
+        blocks[:, 208:210] = np.array([0.001], dtype=np.float16).view(np.uint8)
+    else:
+        blocks[:, 0:4] = np.array([0.01, 0.02], dtype=np.float16).view(np.uint8)
     return blocks.reshape(rows, -1)
 
 
@@ -52,11 +55,14 @@ def test_codes_equal_the_gguf_dequantizer(qtype):
     raw = raw_blocks(qtype, 16, 512)
     codes, scale, offset = gguf_codes(raw, qtype, 512)
     assert codes.dtype == np.uint8 and codes.max() < 2 ** CODE_BITS[qtype]
-    weight = np.repeat(scale, GROUP_SIZE, 1) * codes + np.repeat(offset, GROUP_SIZE, 1)
+    assert codes.max() >= 2 ** (CODE_BITS[qtype] - 1)          # the top bit is read
+    group = group_size(qtype)
+    assert scale.shape == (16, 512 // group) == offset.shape
+    weight = np.repeat(scale, group, 1) * codes + np.repeat(offset, group, 1)
     np.testing.assert_array_equal(weight, dequantize(raw, qtype).reshape(16, 512))
 
 
-@pytest.mark.parametrize("qtype", list(CODE_BITS))
+@pytest.mark.parametrize("qtype", CPU_TYPES)
 @pytest.mark.parametrize("rows,cols,num_tokens", [(48, 256, 1), (160, 768, 5), (16, 512, 33)])
 def test_int4_matmul_matches_its_twin(qtype, rows, cols, num_tokens):
     layer, exact, twin = packed_layer(qtype, rows, cols)
@@ -92,4 +98,4 @@ def test_bytes_per_weight():
 
 def test_unsupported_type_is_a_key_error():
     with pytest.raises(KeyError):
-        gguf_codes(np.zeros((1, 210), dtype=np.uint8), T.Q6_K, 256)
+        gguf_codes(np.zeros((1, 84), dtype=np.uint8), T.Q2_K, 256)
