@@ -46,8 +46,8 @@ CODE_BITS = {T.Q4_0: 4, T.Q4_1: 4, T.Q8_0: 8, T.Q4_K: 4, T.Q5_K: 5, T.Q6_K: 6}
 """GGUF types kept quantized, and the bits of their codes."""
 CODE_GROUP = {T.Q6_K: 16}
 """Weights per (scale, offset) group where it is not GROUP_SIZE (Q6_K: 16-weight sub-blocks)."""
-CPU_TYPES = (T.Q4_0, T.Q4_1, T.Q8_0, T.Q4_K, T.Q5_K)
-"""Types the CPU int4 kernel keeps (32-weight groups); Q6_K stays dequantized on CPU."""
+CPU_TYPES = (T.Q4_0, T.Q4_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K)
+"""Types the CPU int4 kernel keeps (Q6_K folded: ``fold_sub_blocks``)."""
 BLOCK_BYTES = {T.Q4_0: 18, T.Q4_1: 20, T.Q8_0: 34, T.Q4_K: 144, T.Q5_K: 176, T.Q6_K: 210}
 
 
@@ -129,6 +129,34 @@ def gguf_codes(raw: np.ndarray, qtype: GGMLQuantizationType, num_cols: int):
             offset.reshape(rows, groups))
 
 
+HIGH_WEIGHT = 16
+"""Q6_K on CPU: the high-bits half of each 32-column group meets 16 x (exact in bfloat16)."""
+HIGH_SHIFT = 6
+"""Added to the 2-bit high codes (0..3 -> 6..9) so that, with the kernel's -8, they are
+centred: the group's zero then stays small (no cancellation of large bfloat16 terms)."""
+
+
+def fold_sub_blocks(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor):
+    """Q6_K's 16-weight groups as one 4-bit plane of 2K columns with 32-column groups, one
+    group per sub-block: columns [l (16 low nibbles), h + 6 (16 high 2-bit codes)], met by
+    ``[x, 16 x]`` (``unfold_activations``). Per group the kernel sums
+    ``x (l - 8) s + 16 x (h - 2) s + 17 z x``, which is ``x (s (l + 16 h) + offset)`` for
+    ``z = (offset + 40 s) / 17`` (Q6_K: 8 s / 17). Returns the plane's (codes [N, 2K],
+    scale, z - 8 s) for ``pack_planes`` of 4 bits (which adds 8 s back). codes: [N, K] of
+    at most 6 bits; scale, offset: [N, K / 16]."""
+    rows, num_cols = codes.shape
+    sub_blocks = codes.view(rows, num_cols // 16, 1, 16)
+    folded = torch.cat([sub_blocks & 15, (sub_blocks >> 4) + HIGH_SHIFT], dim=2)
+    zero = (offset + (8 + HIGH_WEIGHT * (8 - HIGH_SHIFT)) * scale) / (1 + HIGH_WEIGHT)
+    return folded.reshape(rows, 2 * num_cols), scale, zero - 8 * scale   # [N, 2K] codes
+
+
+def unfold_activations(x: torch.Tensor) -> torch.Tensor:
+    """x [T, K] -> [T, 2K]: each 16 columns followed by 16 times themselves."""
+    sub_blocks = x.view(x.shape[0], -1, 1, 16)                        # [T, K / 16, 1, 16]
+    return torch.cat([sub_blocks, sub_blocks * HIGH_WEIGHT], dim=2).view(x.shape[0], -1)
+
+
 def pack_planes(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bits: int
                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(packed int4 weight, scales_and_zeros) per nibble plane for torch's CPU int4 matmul.
@@ -201,61 +229,73 @@ def can_embed(num_rows: int, num_cols: int) -> bool:
 class GGUFLinearMethod(LinearMethodBase):
     """A linear layer's weight as nibble planes of repacked GGUF blocks (module docstring).
 
-    The layer gets ``qweight_0`` ([N, K / 2] uint8) and ``scales_and_zeros_0`` ([K / 32, N, 2]
-    bfloat16) per plane (``_1`` for the low plane of 5-8-bit types), filled by
-    ``set_quantized`` from GGUF codes; ``apply`` returns float in the input's dtype.
+    The layer gets ``qweight_0`` ([N, K' / 2] uint8) and ``scales_and_zeros_0`` ([K' / 32, N,
+    2] bfloat16) per plane (``_1`` for the low plane of 5-8-bit types), filled by
+    ``set_quantized`` from GGUF codes; ``apply`` returns float in the input's dtype. K' = K,
+    or 2K for 16-weight groups (Q6_K, or a fused module holding a Q6_K piece): then one
+    plane of folded sub-blocks (``fold_sub_blocks``) met by ``unfold_activations(x)``.
     """
 
-    def __init__(self, bits: int):
+    def __init__(self, bits: int, group_size: int = GROUP_SIZE):
         self.bits = bits
-        """Code bits of the GGUF type (4: one plane; 5-8: two)."""
-        self.num_planes = 1 if bits <= 4 else 2
+        """Code bits of the GGUF type (4: one plane; 5-8: two; folded: one)."""
+        self.folded = group_size == 16
+        """16-weight groups folded into one plane of 2K columns."""
+        self.num_planes = 1 if bits <= 4 or self.folded else 2
 
     def create_weights(self, layer, input_size_per_partition, output_partition_sizes,
                        input_size, output_size, params_dtype, **extra_weight_attrs):
         num_rows = sum(output_partition_sizes)
+        num_cols = input_size_per_partition * (2 if self.folded else 1)       # K'
         self.params_dtype = params_dtype
         """The model's dtype: what ``embedding`` returns."""
         for plane in range(self.num_planes):
             layer.register_parameter(f"qweight_{plane}", nn.Parameter(torch.empty(
-                num_rows, input_size_per_partition // 2, dtype=torch.uint8), requires_grad=False))
+                num_rows, num_cols // 2, dtype=torch.uint8), requires_grad=False))
             layer.register_parameter(f"scales_and_zeros_{plane}", nn.Parameter(torch.empty(
-                input_size_per_partition // GROUP_SIZE, num_rows, 2, dtype=torch.bfloat16),
-                requires_grad=False))
+                num_cols // GROUP_SIZE, num_rows, 2, dtype=torch.bfloat16), requires_grad=False))
 
     def set_quantized(self, layer: nn.Module, codes: torch.Tensor, scale: torch.Tensor,
                       offset: torch.Tensor) -> None:
-        """Fill the layer's planes from codes [N, K] and scale/offset [N, K / 32]."""
+        """Fill the layer's planes from codes [N, K] and scale/offset [N, K / G]."""
+        bits = self.bits
+        if self.folded:
+            (codes, scale, offset), bits = fold_sub_blocks(codes, scale, offset), 4
         for plane, (weight, scales_and_zeros) in enumerate(
-                pack_planes(codes, scale, offset, self.bits)):
+                pack_planes(codes, scale, offset, bits)):
             getattr(layer, f"qweight_{plane}").data = weight
             getattr(layer, f"scales_and_zeros_{plane}").data = scales_and_zeros
 
     def embedding(self, layer: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
         """Rows ``input_ids`` [T] of the weight, dequantized: [T, K] in the model's dtype (the
         same bfloat16-rounded scales the matmul uses). Needs N % 64 == 0 (``can_embed``)."""
-        num_cols = layer.qweight_0.shape[1] * 2
+        num_cols = layer.qweight_0.shape[1] * 2                            # K'
         positions = _nibble_positions(num_cols)
         ids = input_ids.long()
         out = torch.zeros(ids.shape[0], num_cols, dtype=torch.float32)
         for plane in range(self.num_planes):
-            codes = _read_rows(getattr(layer, f"qweight_{plane}"), positions, ids)    # [T, K]
-            # [T, K / 32, 2]
+            codes = _read_rows(getattr(layer, f"qweight_{plane}"), positions, ids)    # [T, K']
+            # [T, K' / 32, 2]
             scales_and_zeros = getattr(layer, f"scales_and_zeros_{plane}")[:, ids].transpose(0, 1)
-            scale = scales_and_zeros[..., 0].float().repeat_interleave(GROUP_SIZE, 1)  # [T, K]
+            scale = scales_and_zeros[..., 0].float().repeat_interleave(GROUP_SIZE, 1)  # [T, K']
             zero = scales_and_zeros[..., 1].float().repeat_interleave(GROUP_SIZE, 1)
             out += (codes.float() - 8) * scale + zero
+        if self.folded:                 # what [x, 16 x] sums: low half + 16 * high half
+            halves = out.view(ids.shape[0], -1, 2, 16)                     # [T, K / 16, 2, 16]
+            out = (halves[:, :, 0] + HIGH_WEIGHT * halves[:, :, 1]).reshape(ids.shape[0], -1)
         return out.to(self.params_dtype)
 
     def apply(self, layer, x, bias=None):
         """x: [T, K] float -> [T, N] in x's dtype (bfloat16 inside the kernel)."""
         x_bf16 = x.to(torch.bfloat16)
+        if self.folded:
+            x_bf16 = unfold_activations(x_bf16)                            # [T, 2K]
         out = None
         for plane in range(self.num_planes):
             part = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x_bf16, getattr(layer, f"qweight_{plane}"), GROUP_SIZE,
                 getattr(layer, f"scales_and_zeros_{plane}"))            # [T, N] bfloat16
-            out = part.float() if out is None else out.add_(part)
+            out = part if out is None else out.float().add_(part)
         out = out.to(x.dtype)
         return out if bias is None else out + bias
 

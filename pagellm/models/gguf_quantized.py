@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from pagellm.layers.gguf_linear import (CODE_BITS, CPU_TYPES, GGUFLinearMethod,
-                                        GGUFTritonLinearMethod, can_embed, can_pack, gguf_codes)
+                                        GGUFTritonLinearMethod, can_embed, can_pack, gguf_codes,
+                                        group_size)
 from pagellm.layers.linear import LinearBase, UnquantizedLinearMethod
 from pagellm.layers.vocab_parallel_embedding import VocabParallelEmbedding
 from pagellm.models.gguf_loader import gguf_arch, hf_name, open_gguf, unpermute_rotary_rows
@@ -97,7 +98,10 @@ def _method_for(module: nn.Module, module_name: str, types: list, cuda: bool):
         logger.info("GGUF %s [%d, %d]: shape not supported by the int4 kernel; dequantized",
                     module_name, num_rows, num_cols)
         return None
-    return GGUFLinearMethod(bits)
+    group = min(group_size(t) for t in types)
+    if group == 16 and bits > 6:           # a Q8_0 piece next to a Q6_K one: cannot fold
+        return None
+    return GGUFLinearMethod(bits, group)
 
 
 def keep_gguf_quantized(model: nn.Module, path: str, hf_config) -> set[str]:

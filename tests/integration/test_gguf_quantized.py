@@ -69,21 +69,17 @@ def test_perplexity_within_half_a_percent_of_dequantized(quantized_llm, default_
 
 
 def test_every_kept_type_loads_quantized_on_cpu(tmp_path, monkeypatch):
-    """A tiny GGUF of Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K tensors: every CPU-kept type becomes
-    nibble planes; Q6_K (and the fused qkv that holds a Q6_K piece) stays dense on CPU."""
+    """A tiny GGUF of Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K tensors: every module becomes nibble
+    planes; Q6_K (and the fused qkv that holds a Q6_K piece) as folded sub-blocks."""
     from pagellm.layers.gguf_linear import GGUFLinearMethod
     from tests.helpers.quantized_gguf import load_both_ways
     quantized, _, logits_q, logits_d = load_both_ways(tmp_path, monkeypatch, "cpu")
-    methods = {name: type(m.quant_method).__name__ for name, m in quantized.named_modules()
+    methods = {name: m.quant_method for name, m in quantized.named_modules()
                if hasattr(m, "quant_method")}
-    assert methods["model.layers.0.self_attn.qkv_proj"] == "UnquantizedLinearMethod"
-    assert methods["model.layers.0.mlp.down_proj"] == "UnquantizedLinearMethod"
-    kept = [n for n, m in quantized.named_modules()
-            if isinstance(getattr(m, "quant_method", None), GGUFLinearMethod)]
-    assert sorted(kept) == sorted([
-        "model.embed_tokens", "model.layers.0.self_attn.o_proj", "model.layers.0.mlp.gate_up_proj",
-        "model.layers.1.self_attn.qkv_proj", "model.layers.1.self_attn.o_proj",
-        "model.layers.1.mlp.gate_up_proj", "model.layers.1.mlp.down_proj"])
+    assert len(methods) == 9 and all(isinstance(m, GGUFLinearMethod) for m in methods.values())
+    assert sorted(name for name, m in methods.items() if m.folded) == [
+        "model.layers.0.mlp.down_proj", "model.layers.0.self_attn.qkv_proj"]
+    assert not any(n.endswith("proj.weight") for n, _ in quantized.named_parameters())
     rel = ((logits_q - logits_d).norm() / logits_d.norm()).item()
     # bfloat16 activations / scales in the int4 kernel, amplified by random blocks (0.086)
     assert 0 < rel < 0.15, rel

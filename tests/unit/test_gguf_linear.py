@@ -36,16 +36,22 @@ def packed_layer(qtype: T, rows: int, cols: int, seed: int = 0):
     twin weight from the bfloat16-rounded scales and zeros the kernel uses)."""
     raw = raw_blocks(qtype, rows, cols, seed)
     codes, scale, offset = (torch.from_numpy(a) for a in gguf_codes(raw, qtype, cols))
-    method, layer = GGUFLinearMethod(CODE_BITS[qtype]), nn.Module()
+    method, layer = GGUFLinearMethod(CODE_BITS[qtype], group_size(qtype)), nn.Module()
     method.create_weights(layer, cols, [rows], cols, rows, torch.float32)
     method.set_quantized(layer, codes, scale, offset)
     layer.quant_method = method
     exact = torch.from_numpy(dequantize(raw, qtype).reshape(rows, cols))
     twin = torch.zeros(rows, cols)
+    group = group_size(qtype)
+    expand = lambda t: t.bfloat16().float().repeat_interleave(group, 1)  # noqa: E731
+    if group == 16:       # folded: [x, 16 x] against [low nibble, high bits + 6]
+        zero = expand((offset + 40 * scale) / 17)
+        low = (codes & 15).float() - 8
+        high = (codes >> 4).float() + 6 - 8
+        return layer, exact, (low + 16 * high) * expand(scale) + 17 * zero
     planes = ([(codes, scale, offset + 8 * scale)] if CODE_BITS[qtype] <= 4 else
               [(codes >> 4, 16 * scale, 128 * scale), (codes & 15, scale, offset + 8 * scale)])
     for nibbles, plane_scale, zero in planes:
-        expand = lambda t: t.bfloat16().float().repeat_interleave(GROUP_SIZE, 1)  # noqa: E731
         twin += (nibbles.float() - 8) * expand(plane_scale) + expand(zero)
     return layer, exact, twin
 
@@ -77,7 +83,7 @@ def test_int4_matmul_matches_its_twin(qtype, rows, cols, num_tokens):
     assert relative < 1e-2, relative          # against float32 dequantization
 
 
-@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_1, T.Q5_K])
+@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_1, T.Q5_K, T.Q6_K])
 def test_embedding_rows_read_back_from_the_packed_layout(qtype):
     assert can_embed(128, 256) and not can_embed(48, 256)
     layer, exact, twin = packed_layer(qtype, 128, 256)
@@ -88,7 +94,8 @@ def test_embedding_rows_read_back_from_the_packed_layout(qtype):
 
 
 def test_bytes_per_weight():
-    for qtype, expected in [(T.Q4_1, 0.625), (T.Q4_0, 0.625), (T.Q8_0, 1.25), (T.Q5_K, 1.25)]:
+    for qtype, expected in [(T.Q4_1, 0.625), (T.Q4_0, 0.625), (T.Q8_0, 1.25), (T.Q5_K, 1.25),
+                            (T.Q6_K, 1.25)]:
         layer, _, _ = packed_layer(qtype, 64, 512)
         stored = sum(p.numel() * p.element_size() for p in layer.parameters())
         assert stored == expected * 64 * 512, qtype
