@@ -8,28 +8,12 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType as T
-from gguf.quants import dequantize, quantize
+from gguf.quants import dequantize
 from torch import nn
 
-from pagellm.layers.gguf_linear import (CODE_BITS, CPU_TYPES, GROUP_SIZE, GGUFLinearMethod,
-                                        can_embed, gguf_codes, group_size)
-
-K_QUANT_BYTES = {T.Q4_K: 144, T.Q5_K: 176, T.Q6_K: 210}
-
-
-def raw_blocks(qtype: T, rows: int, cols: int, seed: int = 0) -> np.ndarray:
-    """[rows, row bytes] uint8 of ``qtype``: the gguf quantizer where it has one, else random
-    super-blocks with sane fp16 d / dmin (every bit pattern of the rest is a valid block)."""
-    rng = np.random.default_rng(seed)
-    if qtype not in K_QUANT_BYTES:
-        return quantize(rng.standard_normal((rows, cols)).astype(np.float32), qtype)
-    blocks = rng.integers(0, 256, (rows * cols // 256, K_QUANT_BYTES[qtype]), dtype=np.uint8)
-    if qtype == T.Q6_K:                                   # d is the last fp16 of the block
-        blocks[:, 208:210] = np.array([0.001], dtype=np.float16).view(np.uint8)
-    else:
-        blocks[:, 0:4] = np.array([0.01, 0.02], dtype=np.float16).view(np.uint8)
-    return blocks.reshape(rows, -1)
-
+from pagellm.layers.gguf_linear import (CODE_BITS, CPU_TYPES, GGUFLinearMethod, can_embed,
+                                        gguf_codes, group_size)
+from tests.helpers.gguf_blocks import raw_blocks
 
 def packed_layer(qtype: T, rows: int, cols: int, seed: int = 0):
     """(layer with a GGUFLinearMethod filled from random blocks, exact float32 weight,
