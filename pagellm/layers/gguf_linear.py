@@ -11,14 +11,18 @@ code ``u`` (4 to 8 bits) with a scale and an offset: ``w = scale * u + offset``
 | Q8_0 | 8    | 32    | d, -128d (u = q + 128)                       |
 | Q4_K | 4    | 256   | d * sc_j, -dmin * m_j (6-bit sc/m per 32)    |
 | Q5_K | 5    | 256   | d * sc_j, -dmin * m_j                        |
+| Q6_K | 6    | 256   | d * sc_j, -32 d * sc_j per 16 weights (int8 sc) |
 
 torch's CPU kernel ``_weight_int4pack_mm_for_cpu`` computes ``x @ W.T`` for 4-bit codes q
 with per-group ``(scale, zero)`` as ``W = (q - 8) * scale + zero`` (group 32, bfloat16
 activations and scales; fast with AVX-512 BF16, ``benchmarks/RESULTS.md``). A 4-bit type is one
 such "plane" (zero = offset + 8 scale); a 5-8-bit code is split into nibbles ``u = 16 hi + lo``,
 two planes summed: hi with (16 scale, 128 scale), lo with (scale, offset + 8 scale). Q6_K
-(16-weight groups: the kernel takes 32-256) and other types stay dequantized (the loader logs
-it). Storage per weight: 0.625 bytes for 4-bit types (Q4_1's own size), 1.25 for 5-8-bit.
+(6-bit codes, scale per 16 weights; the kernel's groups are 32-256) is folded: one plane of 2K
+columns, a 32-column group per sub-block, met by [x, 16 x] (``fold_sub_blocks``). Other types
+stay dequantized (the loader logs it). Storage per weight: 0.625 bytes for 4-bit types
+(Q4_1's own size), 1.25 for 5-8-bit and folded Q6_K. On CUDA, ``GGUFTritonLinearMethod``
+(a dequantizing Triton GEMM, ``pagellm.ops.gguf``) takes every type instead.
 
 Not exact against the float32 dequantized model: activations, scales and the kernel's output
 are bfloat16 (the default model's perplexity moves by well under 0.5%, tests/integration).
