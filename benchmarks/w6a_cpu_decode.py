@@ -22,9 +22,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--dtype", default="float32")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    llm = LLM("default", kv_cache_memory_bytes=64 * 2**20, max_model_len=512, dtype="float32",
+    llm = LLM("default", kv_cache_memory_bytes=64 * 2**20, max_model_len=512, dtype=args.dtype,
               enable_prefix_caching=False)
     prompt = list(range(1000, 1128))                                     # 128 tokens
     run = lambda n: llm.generate([prompt], SamplingParams(  # noqa: E731

@@ -11,14 +11,18 @@ code ``u`` (4 to 8 bits) with a scale and an offset: ``w = scale * u + offset``
 | Q8_0 | 8    | 32    | d, -128d (u = q + 128)                       |
 | Q4_K | 4    | 256   | d * sc_j, -dmin * m_j (6-bit sc/m per 32)    |
 | Q5_K | 5    | 256   | d * sc_j, -dmin * m_j                        |
+| Q6_K | 6    | 256   | d * sc_j, -32 d * sc_j per 16 weights (int8 sc) |
 
 torch's CPU kernel ``_weight_int4pack_mm_for_cpu`` computes ``x @ W.T`` for 4-bit codes q
 with per-group ``(scale, zero)`` as ``W = (q - 8) * scale + zero`` (group 32, bfloat16
 activations and scales; fast with AVX-512 BF16, ``benchmarks/RESULTS.md``). A 4-bit type is one
 such "plane" (zero = offset + 8 scale); a 5-8-bit code is split into nibbles ``u = 16 hi + lo``,
 two planes summed: hi with (16 scale, 128 scale), lo with (scale, offset + 8 scale). Q6_K
-(16-weight groups: the kernel takes 32-256) and other types stay dequantized (the loader logs
-it). Storage per weight: 0.625 bytes for 4-bit types (Q4_1's own size), 1.25 for 5-8-bit.
+(6-bit codes, scale per 16 weights; the kernel's groups are 32-256) is folded: one plane of 2K
+columns, a 32-column group per sub-block, met by [x, 16 x] (``fold_sub_blocks``). Other types
+stay dequantized (the loader logs it). Storage per weight: 0.625 bytes for 4-bit types
+(Q4_1's own size), 1.25 for 5-8-bit and folded Q6_K. On CUDA, ``GGUFTritonLinearMethod``
+(a dequantizing Triton GEMM, ``pagellm.ops.gguf``) takes every type instead.
 
 Not exact against the float32 dequantized model: activations, scales and the kernel's output
 are bfloat16 (the default model's perplexity moves by well under 0.5%, tests/integration).
@@ -36,12 +40,19 @@ from gguf.quants import Q4_K
 from torch import nn
 
 from pagellm.layers.linear import LinearMethodBase
+from pagellm.ops.gguf import GGUFPacked, dequantize_gguf, gguf_linear_torch, pack_gguf
+from pagellm.platforms import use_triton_kernels
 
 GROUP_SIZE = 32
 QK_K = 256
 T = GGMLQuantizationType
-CODE_BITS = {T.Q4_0: 4, T.Q4_1: 4, T.Q8_0: 8, T.Q4_K: 4, T.Q5_K: 5}
+CODE_BITS = {T.Q4_0: 4, T.Q4_1: 4, T.Q8_0: 8, T.Q4_K: 4, T.Q5_K: 5, T.Q6_K: 6}
 """GGUF types kept quantized, and the bits of their codes."""
+CODE_GROUP = {T.Q6_K: 16}
+"""Weights per (scale, offset) group where it is not GROUP_SIZE (Q6_K: 16-weight sub-blocks)."""
+CPU_TYPES = (T.Q4_0, T.Q4_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K)
+"""Types the CPU int4 kernel keeps (Q6_K folded: ``fold_sub_blocks``)."""
+BLOCK_BYTES = {T.Q4_0: 18, T.Q4_1: 20, T.Q8_0: 34, T.Q4_K: 144, T.Q5_K: 176, T.Q6_K: 210}
 
 
 def _f16(column: np.ndarray) -> np.ndarray:
@@ -81,24 +92,73 @@ def _codes_k(blocks: np.ndarray, five_bits: bool):
     return codes.reshape(n * 8, 32), scale, offset
 
 
+def _codes_q6_k(blocks: np.ndarray):
+    """[n, 210] Q6_K super-blocks of 256 (ql [128], qh [64], int8 scales [16], fp16 d) ->
+    codes [n * 16, 16] in 0..63, scale/offset [n * 16, 1] (one row per 16-weight sub-block:
+    w = d * sc * (q - 32)); the element order of gguf's dequantizer."""
+    n = blocks.shape[0]
+    ql, qh = blocks[:, :128], blocks[:, 128:192]
+    sc = blocks[:, 192:208].copy().view(np.int8).astype(np.float32)          # [n, 16]
+    scale = (_f16(blocks[:, 208:210]) * sc).reshape(n * 16, 1)
+    low = (ql.reshape(n, 2, 1, 64) >> np.array([0, 4], dtype=np.uint8).reshape(1, 1, 2, 1)) & 15
+    high = (qh.reshape(n, 2, 1, 32)
+            >> np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)) & 3
+    codes = low.reshape(n, 8, 32) | (high.reshape(n, 8, 32) << 4)            # [n, 8, 32]
+    return codes.reshape(n * 16, 16), scale, -32 * scale
+
+
+def group_size(qtype: GGMLQuantizationType) -> int:
+    """Weights per (scale, offset) group of ``gguf_codes`` for a type in CODE_BITS."""
+    return CODE_GROUP.get(qtype, GROUP_SIZE)
+
+
 def gguf_codes(raw: np.ndarray, qtype: GGMLQuantizationType, num_cols: int):
     """A GGUF tensor's raw blocks as (codes uint8 [rows, num_cols], scale float32 [rows,
-    num_cols / 32], offset float32 [rows, num_cols / 32]) with ``w = scale * code + offset``
-    per 32 consecutive weights of a row. raw: [rows, row bytes] uint8 (the reader's layout).
-    Raises KeyError for a type not in CODE_BITS."""
-    bits = CODE_BITS[qtype]             # noqa: F841 (KeyError for unsupported types)
+    num_cols / G], offset float32 [rows, num_cols / G]) with ``w = scale * code + offset``
+    per G = ``group_size(qtype)`` consecutive weights of a row (32; 16 for Q6_K).
+    raw: [rows, row bytes] uint8 (the reader's layout). Raises KeyError for a type not in
+    CODE_BITS."""
     rows = raw.shape[0]
-    block_bytes = {T.Q4_0: 18, T.Q4_1: 20, T.Q8_0: 34, T.Q4_K: 144, T.Q5_K: 176}[qtype]
-    blocks = np.ascontiguousarray(raw).reshape(-1, block_bytes)
+    blocks = np.ascontiguousarray(raw).reshape(-1, BLOCK_BYTES[qtype])
     if qtype in (T.Q4_0, T.Q4_1):
         codes, scale, offset = _codes_q4_0_q4_1(blocks, qtype == T.Q4_1)
     elif qtype == T.Q8_0:
         codes, scale, offset = _codes_q8_0(blocks)
+    elif qtype == T.Q6_K:
+        codes, scale, offset = _codes_q6_k(blocks)
     else:
         codes, scale, offset = _codes_k(blocks, qtype == T.Q5_K)
-    groups = num_cols // GROUP_SIZE
+    groups = num_cols // group_size(qtype)
     return (codes.reshape(rows, num_cols), scale.reshape(rows, groups),
             offset.reshape(rows, groups))
+
+
+HIGH_WEIGHT = 16
+"""Q6_K on CPU: the high-bits half of each 32-column group meets 16 x (exact in bfloat16)."""
+HIGH_SHIFT = 6
+"""Added to the 2-bit high codes (0..3 -> 6..9) so that, with the kernel's -8, they are
+centred: the group's zero then stays small (no cancellation of large bfloat16 terms)."""
+
+
+def fold_sub_blocks(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor):
+    """Q6_K's 16-weight groups as one 4-bit plane of 2K columns with 32-column groups, one
+    group per sub-block: columns [l (16 low nibbles), h + 6 (16 high 2-bit codes)], met by
+    ``[x, 16 x]`` (``unfold_activations``). Per group the kernel sums
+    ``x (l - 8) s + 16 x (h - 2) s + 17 z x``, which is ``x (s (l + 16 h) + offset)`` for
+    ``z = (offset + 40 s) / 17`` (Q6_K: 8 s / 17). Returns the plane's (codes [N, 2K],
+    scale, z - 8 s) for ``pack_planes`` of 4 bits (which adds 8 s back). codes: [N, K] of
+    at most 6 bits; scale, offset: [N, K / 16]."""
+    rows, num_cols = codes.shape
+    sub_blocks = codes.view(rows, num_cols // 16, 1, 16)
+    folded = torch.cat([sub_blocks & 15, (sub_blocks >> 4) + HIGH_SHIFT], dim=2)
+    zero = (offset + (8 + HIGH_WEIGHT * (8 - HIGH_SHIFT)) * scale) / (1 + HIGH_WEIGHT)
+    return folded.reshape(rows, 2 * num_cols), scale, zero - 8 * scale   # [N, 2K] codes
+
+
+def unfold_activations(x: torch.Tensor) -> torch.Tensor:
+    """x [T, K] -> [T, 2K]: each 16 columns followed by 16 times themselves."""
+    sub_blocks = x.view(x.shape[0], -1, 1, 16)                        # [T, K / 16, 1, 16]
+    return torch.cat([sub_blocks, sub_blocks * HIGH_WEIGHT], dim=2).view(x.shape[0], -1)
 
 
 def pack_planes(codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, bits: int
@@ -173,60 +233,121 @@ def can_embed(num_rows: int, num_cols: int) -> bool:
 class GGUFLinearMethod(LinearMethodBase):
     """A linear layer's weight as nibble planes of repacked GGUF blocks (module docstring).
 
-    The layer gets ``qweight_0`` ([N, K / 2] uint8) and ``scales_and_zeros_0`` ([K / 32, N, 2]
-    bfloat16) per plane (``_1`` for the low plane of 5-8-bit types), filled by
-    ``set_quantized`` from GGUF codes; ``apply`` returns float in the input's dtype.
+    The layer gets ``qweight_0`` ([N, K' / 2] uint8) and ``scales_and_zeros_0`` ([K' / 32, N,
+    2] bfloat16) per plane (``_1`` for the low plane of 5-8-bit types), filled by
+    ``set_quantized`` from GGUF codes; ``apply`` returns float in the input's dtype. K' = K,
+    or 2K for 16-weight groups (Q6_K, or a fused module holding a Q6_K piece): then one
+    plane of folded sub-blocks (``fold_sub_blocks``) met by ``unfold_activations(x)``.
     """
 
-    def __init__(self, bits: int):
+    def __init__(self, bits: int, group_size: int = GROUP_SIZE):
         self.bits = bits
-        """Code bits of the GGUF type (4: one plane; 5-8: two)."""
-        self.num_planes = 1 if bits <= 4 else 2
+        """Code bits of the GGUF type (4: one plane; 5-8: two; folded: one)."""
+        self.folded = group_size == 16
+        """16-weight groups folded into one plane of 2K columns."""
+        self.num_planes = 1 if bits <= 4 or self.folded else 2
 
     def create_weights(self, layer, input_size_per_partition, output_partition_sizes,
                        input_size, output_size, params_dtype, **extra_weight_attrs):
         num_rows = sum(output_partition_sizes)
+        num_cols = input_size_per_partition * (2 if self.folded else 1)       # K'
         self.params_dtype = params_dtype
         """The model's dtype: what ``embedding`` returns."""
         for plane in range(self.num_planes):
             layer.register_parameter(f"qweight_{plane}", nn.Parameter(torch.empty(
-                num_rows, input_size_per_partition // 2, dtype=torch.uint8), requires_grad=False))
+                num_rows, num_cols // 2, dtype=torch.uint8), requires_grad=False))
             layer.register_parameter(f"scales_and_zeros_{plane}", nn.Parameter(torch.empty(
-                input_size_per_partition // GROUP_SIZE, num_rows, 2, dtype=torch.bfloat16),
-                requires_grad=False))
+                num_cols // GROUP_SIZE, num_rows, 2, dtype=torch.bfloat16), requires_grad=False))
 
     def set_quantized(self, layer: nn.Module, codes: torch.Tensor, scale: torch.Tensor,
                       offset: torch.Tensor) -> None:
-        """Fill the layer's planes from codes [N, K] and scale/offset [N, K / 32]."""
+        """Fill the layer's planes from codes [N, K] and scale/offset [N, K / G]."""
+        bits = self.bits
+        if self.folded:
+            (codes, scale, offset), bits = fold_sub_blocks(codes, scale, offset), 4
         for plane, (weight, scales_and_zeros) in enumerate(
-                pack_planes(codes, scale, offset, self.bits)):
+                pack_planes(codes, scale, offset, bits)):
             getattr(layer, f"qweight_{plane}").data = weight
             getattr(layer, f"scales_and_zeros_{plane}").data = scales_and_zeros
 
     def embedding(self, layer: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
         """Rows ``input_ids`` [T] of the weight, dequantized: [T, K] in the model's dtype (the
         same bfloat16-rounded scales the matmul uses). Needs N % 64 == 0 (``can_embed``)."""
-        num_cols = layer.qweight_0.shape[1] * 2
+        num_cols = layer.qweight_0.shape[1] * 2                            # K'
         positions = _nibble_positions(num_cols)
         ids = input_ids.long()
         out = torch.zeros(ids.shape[0], num_cols, dtype=torch.float32)
         for plane in range(self.num_planes):
-            codes = _read_rows(getattr(layer, f"qweight_{plane}"), positions, ids)    # [T, K]
-            # [T, K / 32, 2]
+            codes = _read_rows(getattr(layer, f"qweight_{plane}"), positions, ids)    # [T, K']
+            # [T, K' / 32, 2]
             scales_and_zeros = getattr(layer, f"scales_and_zeros_{plane}")[:, ids].transpose(0, 1)
-            scale = scales_and_zeros[..., 0].float().repeat_interleave(GROUP_SIZE, 1)  # [T, K]
+            scale = scales_and_zeros[..., 0].float().repeat_interleave(GROUP_SIZE, 1)  # [T, K']
             zero = scales_and_zeros[..., 1].float().repeat_interleave(GROUP_SIZE, 1)
             out += (codes.float() - 8) * scale + zero
+        if self.folded:                 # what [x, 16 x] sums: low half + 16 * high half
+            halves = out.view(ids.shape[0], -1, 2, 16)                     # [T, K / 16, 2, 16]
+            out = (halves[:, :, 0] + HIGH_WEIGHT * halves[:, :, 1]).reshape(ids.shape[0], -1)
         return out.to(self.params_dtype)
 
     def apply(self, layer, x, bias=None):
         """x: [T, K] float -> [T, N] in x's dtype (bfloat16 inside the kernel)."""
         x_bf16 = x.to(torch.bfloat16)
+        if self.folded:
+            x_bf16 = unfold_activations(x_bf16)                            # [T, 2K]
         out = None
         for plane in range(self.num_planes):
             part = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x_bf16, getattr(layer, f"qweight_{plane}"), GROUP_SIZE,
                 getattr(layer, f"scales_and_zeros_{plane}"))            # [T, N] bfloat16
-            out = part.float() if out is None else out.add_(part)
+            out = part if out is None else out.float().add_(part)
         out = out.to(x.dtype)
         return out if bias is None else out + bias
+
+
+class GGUFTritonLinearMethod(LinearMethodBase):
+    """A linear layer's weight in the GPU layout of ``pagellm.ops.gguf`` (4-bit low plane,
+    1/2/4-bit high plane, per-group scale and offset), multiplied by the dequantizing Triton
+    GEMM on CUDA and by its torch twin elsewhere. Every type of CODE_BITS (Q6_K included).
+
+    The layer gets ``qweight`` (int32 [K / 8, N]), ``qhigh`` (int32 [K * H / 32, N], for
+    5-8-bit types), ``scales`` and ``offsets`` ([K / G, N], float16 or float32), filled by
+    ``set_quantized``; ``apply`` returns x's dtype, ``embedding`` the model's dtype.
+    """
+
+    def __init__(self, bits: int):
+        self.bits = bits
+        """Code bits of the GGUF type (4-8)."""
+
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes,
+                       input_size, output_size, params_dtype, **extra_weight_attrs):
+        self.params_dtype = params_dtype
+        """The model's dtype: what ``embedding`` returns."""
+        # shapes and dtypes are set by set_quantized (they depend on the type's groups)
+        for name in ("qweight", "qhigh", "scales", "offsets"):
+            if name != "qhigh" or self.bits > 4:
+                layer.register_parameter(name, nn.Parameter(torch.empty(0), requires_grad=False))
+
+    def set_quantized(self, layer: nn.Module, codes: torch.Tensor, scale: torch.Tensor,
+                      offset: torch.Tensor) -> None:
+        """Fill the layer from codes [N, K] and scale/offset [N, K / G] on their device."""
+        packed = pack_gguf(codes, scale, offset, self.bits)
+        self.group_size = packed.group_size
+        """Weights per scale/offset group (16 or 32)."""
+        for name in ("qweight", "qhigh", "scales", "offsets"):
+            if getattr(packed, name) is not None:
+                getattr(layer, name).data = getattr(packed, name)
+
+    def packed(self, layer: nn.Module) -> GGUFPacked:
+        return GGUFPacked(layer.qweight, getattr(layer, "qhigh", None), layer.scales,
+                          layer.offsets, self.bits, self.group_size)
+
+    def embedding(self, layer: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+        """Rows ``input_ids`` [T] of the weight, dequantized: [T, K] in the model's dtype."""
+        return dequantize_gguf(self.packed(layer), input_ids.long()).to(self.params_dtype)
+
+    def apply(self, layer, x, bias=None):
+        """x: [T, K] -> [T, N] in x's dtype (Triton on CUDA, the torch twin elsewhere)."""
+        if use_triton_kernels(x):
+            from pagellm.ops.triton.gguf_gemm import gguf_gemm_triton
+            return gguf_gemm_triton(x, self.packed(layer), bias)
+        return gguf_linear_torch(x, self.packed(layer), bias)

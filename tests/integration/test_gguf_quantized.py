@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 from gguf import GGMLQuantizationType as T
 
 from pagellm import LLM, SamplingParams
@@ -65,3 +66,36 @@ def test_perplexity_within_half_a_percent_of_dequantized(quantized_llm, default_
           f"({100 * (quantized / dense - 1):+.3f}%); greedy position agreement "
           f"{sum(a == b for a, b in pairs) / len(pairs):.3f}")
     assert abs(quantized / dense - 1) < 0.005
+
+
+def test_every_kept_type_loads_quantized_on_cpu(tmp_path, monkeypatch):
+    """A tiny GGUF of Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K tensors: every module becomes nibble
+    planes; Q6_K (and the fused qkv that holds a Q6_K piece) as folded sub-blocks."""
+    from pagellm.layers.gguf_linear import GGUFLinearMethod
+    from tests.helpers.quantized_gguf import load_both_ways
+    quantized, _, logits_q, logits_d = load_both_ways(tmp_path, monkeypatch, "cpu")
+    methods = {name: m.quant_method for name, m in quantized.named_modules()
+               if hasattr(m, "quant_method")}
+    assert len(methods) == 9 and all(isinstance(m, GGUFLinearMethod) for m in methods.values())
+    assert sorted(name for name, m in methods.items() if m.folded) == [
+        "model.layers.0.mlp.down_proj", "model.layers.0.self_attn.qkv_proj"]
+    assert not any(n.endswith("proj.weight") for n, _ in quantized.named_parameters())
+    rel = ((logits_q - logits_d).norm() / logits_d.norm()).item()
+    # bfloat16 activations / scales in the int4 kernel, amplified by random blocks (0.086)
+    assert 0 < rel < 0.15, rel
+
+
+def test_gpu_layout_model_equals_dequantized(tmp_path, monkeypatch):
+    """The CUDA method (GPU layout, here through its float32 torch twin) for every type,
+    the fused qkv of Q4_K + Q6_K pieces regrouped to 16: logits equal the dequantized load."""
+    import pagellm.models.gguf_quantized as gguf_quantized
+    from pagellm.layers.gguf_linear import GGUFTritonLinearMethod
+    from tests.helpers.quantized_gguf import load_both_ways
+    choose = gguf_quantized._method_for
+    monkeypatch.setattr(gguf_quantized, "_method_for",
+                        lambda module, name, types, cuda: choose(module, name, types, True))
+    quantized, _, logits_q, logits_d = load_both_ways(tmp_path, monkeypatch, "cpu")
+    methods = [m.quant_method for m in quantized.modules() if hasattr(m, "quant_method")]
+    assert len(methods) == 9 and all(isinstance(m, GGUFTritonLinearMethod) for m in methods)
+    assert quantized.model.layers[0].self_attn.qkv_proj.scales.shape == (256 // 16, 512)
+    torch.testing.assert_close(logits_q, logits_d, rtol=1e-5, atol=1e-4)

@@ -8,41 +8,34 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType as T
-from gguf.quants import dequantize, quantize
+from gguf.quants import dequantize
 from torch import nn
 
-from pagellm.layers.gguf_linear import (CODE_BITS, GROUP_SIZE, GGUFLinearMethod, can_embed,
-                                        gguf_codes)
-
-K_QUANT_BYTES = {T.Q4_K: 144, T.Q5_K: 176}
-
-
-def raw_blocks(qtype: T, rows: int, cols: int, seed: int = 0) -> np.ndarray:
-    """[rows, row bytes] uint8 of ``qtype``: the gguf quantizer where it has one, else random
-    super-blocks with sane fp16 d / dmin (every bit pattern of the rest is a valid block)."""
-    rng = np.random.default_rng(seed)
-    if qtype not in K_QUANT_BYTES:
-        return quantize(rng.standard_normal((rows, cols)).astype(np.float32), qtype)
-    blocks = rng.integers(0, 256, (rows * cols // 256, K_QUANT_BYTES[qtype]), dtype=np.uint8)
-    blocks[:, 0:4] = np.array([0.01, 0.02], dtype=np.float16).view(np.uint8)
-    return blocks.reshape(rows, -1)
-
+from pagellm.layers.gguf_linear import (CODE_BITS, CPU_TYPES, GGUFLinearMethod, can_embed,
+                                        gguf_codes, group_size)
+from tests.helpers.gguf_blocks import raw_blocks
 
 def packed_layer(qtype: T, rows: int, cols: int, seed: int = 0):
     """(layer with a GGUFLinearMethod filled from random blocks, exact float32 weight,
     twin weight from the bfloat16-rounded scales and zeros the kernel uses)."""
     raw = raw_blocks(qtype, rows, cols, seed)
     codes, scale, offset = (torch.from_numpy(a) for a in gguf_codes(raw, qtype, cols))
-    method, layer = GGUFLinearMethod(CODE_BITS[qtype]), nn.Module()
+    method, layer = GGUFLinearMethod(CODE_BITS[qtype], group_size(qtype)), nn.Module()
     method.create_weights(layer, cols, [rows], cols, rows, torch.float32)
     method.set_quantized(layer, codes, scale, offset)
     layer.quant_method = method
     exact = torch.from_numpy(dequantize(raw, qtype).reshape(rows, cols))
     twin = torch.zeros(rows, cols)
+    group = group_size(qtype)
+    expand = lambda t: t.bfloat16().float().repeat_interleave(group, 1)  # noqa: E731
+    if group == 16:       # folded: [x, 16 x] against [low nibble, high bits + 6]
+        zero = expand((offset + 40 * scale) / 17)
+        low = (codes & 15).float() - 8
+        high = (codes >> 4).float() + 6 - 8
+        return layer, exact, (low + 16 * high) * expand(scale) + 17 * zero
     planes = ([(codes, scale, offset + 8 * scale)] if CODE_BITS[qtype] <= 4 else
               [(codes >> 4, 16 * scale, 128 * scale), (codes & 15, scale, offset + 8 * scale)])
     for nibbles, plane_scale, zero in planes:
-        expand = lambda t: t.bfloat16().float().repeat_interleave(GROUP_SIZE, 1)  # noqa: E731
         twin += (nibbles.float() - 8) * expand(plane_scale) + expand(zero)
     return layer, exact, twin
 
@@ -52,11 +45,14 @@ def test_codes_equal_the_gguf_dequantizer(qtype):
     raw = raw_blocks(qtype, 16, 512)
     codes, scale, offset = gguf_codes(raw, qtype, 512)
     assert codes.dtype == np.uint8 and codes.max() < 2 ** CODE_BITS[qtype]
-    weight = np.repeat(scale, GROUP_SIZE, 1) * codes + np.repeat(offset, GROUP_SIZE, 1)
+    assert codes.max() >= 2 ** (CODE_BITS[qtype] - 1)          # the top bit is read
+    group = group_size(qtype)
+    assert scale.shape == (16, 512 // group) == offset.shape
+    weight = np.repeat(scale, group, 1) * codes + np.repeat(offset, group, 1)
     np.testing.assert_array_equal(weight, dequantize(raw, qtype).reshape(16, 512))
 
 
-@pytest.mark.parametrize("qtype", list(CODE_BITS))
+@pytest.mark.parametrize("qtype", CPU_TYPES)
 @pytest.mark.parametrize("rows,cols,num_tokens", [(48, 256, 1), (160, 768, 5), (16, 512, 33)])
 def test_int4_matmul_matches_its_twin(qtype, rows, cols, num_tokens):
     layer, exact, twin = packed_layer(qtype, rows, cols)
@@ -71,7 +67,7 @@ def test_int4_matmul_matches_its_twin(qtype, rows, cols, num_tokens):
     assert relative < 1e-2, relative          # against float32 dequantization
 
 
-@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_1, T.Q5_K])
+@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_1, T.Q5_K, T.Q6_K])
 def test_embedding_rows_read_back_from_the_packed_layout(qtype):
     assert can_embed(128, 256) and not can_embed(48, 256)
     layer, exact, twin = packed_layer(qtype, 128, 256)
@@ -82,7 +78,8 @@ def test_embedding_rows_read_back_from_the_packed_layout(qtype):
 
 
 def test_bytes_per_weight():
-    for qtype, expected in [(T.Q4_1, 0.625), (T.Q4_0, 0.625), (T.Q8_0, 1.25), (T.Q5_K, 1.25)]:
+    for qtype, expected in [(T.Q4_1, 0.625), (T.Q4_0, 0.625), (T.Q8_0, 1.25), (T.Q5_K, 1.25),
+                            (T.Q6_K, 1.25)]:
         layer, _, _ = packed_layer(qtype, 64, 512)
         stored = sum(p.numel() * p.element_size() for p in layer.parameters())
         assert stored == expected * 64 * 512, qtype
@@ -92,4 +89,4 @@ def test_bytes_per_weight():
 
 def test_unsupported_type_is_a_key_error():
     with pytest.raises(KeyError):
-        gguf_codes(np.zeros((1, 210), dtype=np.uint8), T.Q6_K, 256)
+        gguf_codes(np.zeros((1, 84), dtype=np.uint8), T.Q2_K, 256)
