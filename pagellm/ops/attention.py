@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pagellm.ops.batch_invariant import batch_invariant, invariant_paged_attention
+
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
@@ -152,6 +154,9 @@ def paged_attention_torch(query: torch.Tensor, kv_cache: torch.Tensor, block_tab
     ``seq_lens_cpu[i]`` context tokens. ``k_scale``/``v_scale`` dequantize an fp8 cache
     (ignored otherwise). Returns [num_tokens, num_heads, head_dim].
     """
+    if batch_invariant():       # PAGELLM_BATCH_INVARIANT: one SDPA call per query token
+        return invariant_paged_attention(query, kv_cache, block_tables, query_start_loc_cpu,
+                                         seq_lens_cpu, scale, k_scale, v_scale)
     num_reqs = len(seq_lens_cpu)
     if query.shape[0] == num_reqs:  # every request has exactly one new token
         return paged_decode_attention(query, kv_cache, block_tables, seq_lens,
