@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from pagellm.config.spec_adaptive import ADAPTIVE_KEYS, adaptive_settings
 from pagellm.errors import ClientError, NotSupportedError
 
 logger = logging.getLogger(__name__)
 
 SPEC_KEYS = ("method", "model", "num_speculative_tokens", "prompt_lookup_max",
-             "prompt_lookup_min")
+             "prompt_lookup_min") + ADAPTIVE_KEYS
 METHODS = ("ngram", "eagle", "eagle3", "draft_model")
 NGRAM_DEFAULT_LOOKUP = 5
 """vLLM's n-gram window when neither prompt_lookup_min nor prompt_lookup_max is given."""
@@ -57,6 +58,13 @@ class SpeculativeConfig:
         return 0 if self._resolved is None else self._resolved["num_speculative_tokens"]
 
     @property
+    def adaptive(self) -> dict | None:
+        """Adaptive k settings {"adaptive", "adaptive_ewma_decay", "draft_token_cost",
+        "max_num_draft_tokens_per_step"} (``pagellm.config.spec_adaptive``); None when
+        speculation is off."""
+        return None if self._resolved is None else self._resolved["adaptive"]
+
+    @property
     def lookup_range(self) -> tuple[int, int]:
         """(prompt_lookup_min, prompt_lookup_max): the n-gram lengths tried."""
         return self._resolved["prompt_lookup_min"], self._resolved["prompt_lookup_max"]
@@ -91,7 +99,7 @@ def _resolve(config: SpeculativeConfig) -> dict | None:
         raise NotSupportedError(
             f"speculative_config: {what} is not supported yet in pagellm; use "
             "{\"method\": \"ngram\", \"num_speculative_tokens\": k}", param="speculative_config")
-    return _ngram_settings(spec)
+    return {**_ngram_settings(spec), "adaptive": adaptive_settings(spec)}
 
 
 def _merge_aliases(config: SpeculativeConfig, spec: dict) -> None:

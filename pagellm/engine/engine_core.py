@@ -76,7 +76,8 @@ class EngineCore:
                                    self.structured_output_manager,
                                    bool(config.scheduler.async_scheduling),
                                    config.speculative.num_spec_tokens,
-                                   config.lora.max_loras if config.lora.enable_lora else 0)
+                                   config.lora.max_loras if config.lora.enable_lora else 0,
+                                   config.speculative.adaptive)
         self.num_blocks = num_blocks
         self.num_swap_blocks = num_swap_blocks
         self.num_steps = 0

@@ -32,7 +32,7 @@ def _step_with_drafts(llm, drafts: list[int] | None) -> None:
     """One engine step; the request's drafts set to ``drafts`` (None: none) first."""
     engine = llm.llm_engine
     (request,) = engine.engine_core.scheduler.running or engine.engine_core.scheduler.waiting
-    request.spec_token_ids = list(drafts or [])
+    request.spec_token_ids, request.spec_base = list(drafts or []), request.num_tokens
     engine.step()
 
 
