@@ -337,6 +337,21 @@ class Scheduler:
                 budget -= cap
         return caps
 
+    def waits_for_drafts(self) -> bool:
+        """Async scheduling with speculation: whether the next step should wait for the one
+        in flight, because a verify is in flight or a running request has drafts it would
+        verify (adaptive k > 0), usable only once nothing of it is in flight. Requests
+        without proposals (or with k = 0) keep the overlap (see EngineCore)."""
+        if not self.num_speculative_tokens:
+            return False
+        if self._drafts_in_flight:
+            return True
+        adaptive, k = self.spec_adaptive, self.num_speculative_tokens
+        return any(r.spec_token_ids and r.structured_output is None and (
+            adaptive is None or best_num_drafts(r.spec_acceptance.rate, k,
+                                                adaptive["draft_token_cost"]) > 0)
+            for r in self.running)
+
     def has_constrained_running(self) -> bool:
         """Whether a running request decodes under a grammar (async scheduling then runs
         synchronously: see EngineCore._step_with_batch_queue)."""

@@ -65,6 +65,7 @@ class PendingStep:
     event: torch.cuda.Event | None      # recorded after the copies (CUDA only)
     prompt_logprobs: dict
     output: ModelRunnerOutput | None = None   # set by ModelRunner.resolve
+    propose: bool = False               # resolve drafts the rows' next tokens (n-gram)
 
 
 class ModelRunner:
@@ -118,7 +119,8 @@ class ModelRunner:
         self.kv_cache.swap_in(sched.blocks_to_swap_in)
         if sched.total_num_scheduled_tokens == 0:
             return self._done_step(ModelRunnerOutput([], []))
-        if self.proposer is not None:
+        if self.proposer is not None and (sched.scheduled_spec_decode_tokens
+                                          or not self._proposes_on_resolve):
             return self._done_step(self._speculative_step(sched))
         inputs = self.batch.build_step_inputs(sched, self.device)
         self._feed_previous_tokens(inputs)
@@ -145,7 +147,8 @@ class ModelRunner:
         out = self.sampler(logits, self._sampling_metadata(rows, request_ids))
         step = PendingStep(request_ids, rows, self.batch.generation[rows].copy(),
                            self.batch.num_tokens[rows].copy(), out.sampled_token_ids,
-                           self._copy_to_host(out), None, prompt_logprobs)
+                           self._copy_to_host(out), None, prompt_logprobs,
+                           propose=self.proposer is not None)
         if self.device.type == "cuda":
             step.event = torch.cuda.Event()
             step.event.record()
@@ -164,7 +167,10 @@ class ModelRunner:
         num_spec = np.fromiter((len(drafts.get(r, ())) for r in sched.num_scheduled_tokens),
                                dtype=np.int64, count=len(sched.num_scheduled_tokens))
         inputs = batch.build_step_inputs(sched, self.device, num_spec)
+        self._feed_previous_tokens(inputs)
         hidden = self._forward(inputs)                              # [num_tokens, hidden]
+        if self._last_step is not None:     # async: its tokens are part of the contexts below
+            self.resolve(self._last_step)
         prompt_logprobs = self._prompt_logprobs(inputs, hidden)
         if not inputs.sample_rows:
             return ModelRunnerOutput([], [], prompt_logprobs=prompt_logprobs, spec_token_ids=[])
@@ -193,8 +199,15 @@ class ModelRunner:
         return ModelRunnerOutput(request_ids, new_tokens, logprobs, prompt_logprobs,
                                  spec_token_ids=self._propose(rows))
 
-    def _propose(self, rows: np.ndarray) -> list[list[int]]:
-        """The n-gram drafts after each row's tokens ([] for rows that may not speculate)."""
+    @property
+    def _proposes_on_resolve(self) -> bool:
+        """Whether a step without drafts may run the plain (async) path and draft in
+        ``resolve``: the proposer needs only the host token ids (n-gram)."""
+        return isinstance(self.proposer, NgramProposer)
+
+    def _propose(self, rows: np.ndarray, lengths: np.ndarray | None = None) -> list[list[int]]:
+        """The n-gram drafts after each row's first ``lengths`` tokens (default: all its
+        tokens); [] for rows that may not speculate."""
         batch = self.batch
         params = [batch.sampling_params[r] for r in rows.tolist()]
         allowed = np.array([p.structured_outputs is None and not p.min_tokens
@@ -203,7 +216,7 @@ class ModelRunner:
         proposals: list[list[int]] = [[] for _ in params]
         if not allowed.any():
             return proposals
-        lengths = batch.num_tokens[rows[allowed]]
+        lengths = (batch.num_tokens[rows] if lengths is None else lengths)[allowed]
         drafted = self.proposer.propose(batch.token_ids[rows[allowed], :int(lengths.max())],
                                         lengths)
         for index, draft in zip(np.flatnonzero(allowed).tolist(), drafted):
@@ -246,6 +259,8 @@ class ModelRunner:
             ids, values, ranks = step.host[1:]
             logprobs = TopLogprobs(ids.tolist(), values.tolist(), ranks.tolist())
         step.output = ModelRunnerOutput(step.request_ids, sampled, logprobs, step.prompt_logprobs)
+        if step.propose:        # contexts up to the step's own tokens (a later one may be in flight)
+            step.output.spec_token_ids = self._propose(step.rows, step.positions + 1)
         step.sampled = None
         if self._last_step is step:
             self._last_step = None
