@@ -2,7 +2,9 @@
 engine arguments the tuning guides use (accepted as aliases, with a deprecation warning).
 
 Built: ``{"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_max": n,
-"prompt_lookup_min": m}`` (prompt lookup, ``pagellm.spec_decode.ngram_proposer``).
+"prompt_lookup_min": m}`` (prompt lookup, ``pagellm.worker.ngram_proposer``), plus the
+adaptive-k keys of ``pagellm.config.spec_adaptive`` ("adaptive", "adaptive_ewma_decay",
+"draft_token_cost", "max_num_draft_tokens_per_step").
 Recognised but not built yet (NotSupportedError, HTTP 400): a draft model
 (``{"model": DRAFT, "num_speculative_tokens": k}``) and EAGLE heads
 (``{"method": "eagle" | "eagle3", "model": HEAD}``).

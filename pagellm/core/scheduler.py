@@ -36,14 +36,20 @@ counting its placeholders, so only a stop token or string can waste a step. A re
 a grammar (structured outputs) is not scheduled while it has a token in flight: its next
 bitmask needs that token accepted first, so it runs every other step.
 
-Speculative decoding (``num_speculative_tokens`` > 0; async scheduling is off then): the
-runner returns drafts per request with each output (``Request.spec_token_ids``). A decode
-step (one token left to compute) schedules that token plus the drafts, cut to the budget,
-max_tokens and max_model_len (``SchedulerOutput.scheduled_spec_decode_tokens``); the KV
+Speculative decoding (``num_speculative_tokens`` > 0): the runner returns drafts per request
+with each output (``Request.spec_token_ids``, proposed after ``Request.spec_base`` tokens). A
+decode step (one token left to compute) schedules that token plus the drafts, cut to the
+request's adaptive k and the step's draft budget (``_plan_drafts``,
+``pagellm.core.spec_adaptive``), the token budget, max_tokens and max_model_len
+(``SchedulerOutput.scheduled_spec_decode_tokens``); the KV
 manager allocates slots for all of them (lookahead slots). ``update_from_output`` gets 1 +
 accepted tokens per request, rolls ``num_computed_tokens`` back by the rejected drafts (their
 slots stay allocated and are overwritten by the next step), appends the tokens one by one
 and stops at the first that ends the request. Requests under a grammar never speculate.
+With async scheduling drafts are scheduled only when fresh (proposed after the request's last
+token, nothing of it in flight); a request whose verify step is in flight is not scheduled
+again until its output is back (its number of new tokens is unknown until then), and
+``waits_for_drafts`` tells the engine core when to wait for the step in flight instead.
 """
 
 from __future__ import annotations

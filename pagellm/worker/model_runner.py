@@ -19,9 +19,8 @@ states and residual ([2, num_tokens, hidden_size], one message from the same TP 
 previous stage; num_tokens is known from the step), a stage other than the last sends its
 own on and returns an empty output, and only the last stage computes logits and samples.
 
-Speculative decoding (``speculative_config``, n-gram; async scheduling and pipeline
-parallelism are off then): each step runs synchronously through ``_speculative_step``. The
-scheduled drafts are written past each row's last token, the target model scores all 1 + k
+Speculative decoding (``speculative_config``, n-gram; pipeline parallelism is off then): a
+step with drafts runs synchronously through ``_speculative_step``. The scheduled drafts are written past each row's last token, the target model scores all 1 + k
 positions of every request in one forward, and the sampler draws one token per position
 (seeded requests from their own generator, in position order). Drafts are accepted while the
 drawn token equals the draft; the first drawn token that differs (or the bonus token after
@@ -32,6 +31,17 @@ greedy rows it is "accept while the argmax equals the draft". The logprobs of ea
 token are those of its position. After the step the n-gram proposer drafts the next tokens
 of every request that may speculate (no penalties, min_tokens or grammar: their logits depend
 on the tokens before each position in ways the expanded rows do not model).
+
+With async scheduling, a step without drafts takes the async path above and the n-gram
+proposer runs in ``resolve`` over each row's tokens up to that step's own (a later step may
+already be in flight); proposers that need more than the host token ids (``_proposes_on_resolve``
+False) keep every step in ``_speculative_step``. A verify step takes the previous step's
+tokens on the device like any step, queues its forward, then resolves the previous step before
+its own host work (acceptance and the next drafts need those tokens). So what overlaps: a
+plain step's input preparation and launch with the step in flight before it, and a verify
+step's input preparation and launch with the plain step in flight before it; what does not: a
+verify step's acceptance and drafting, which wait for its own forward (the engine core also
+waits for a verify step before scheduling the next, see ``Scheduler.waits_for_drafts``).
 """
 
 from __future__ import annotations

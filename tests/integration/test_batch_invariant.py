@@ -1,7 +1,8 @@
-"""PAGELLM_BATCH_INVARIANT=1: a speculative verify forward over 1 + k positions gives
-bit-identical logits (torch.equal) to 1 + k single decode steps, on a tiny fp32 model (dense
-GEMMs) and on the default GGUF model (int4 GEMMs, fp32 attention); and the mode's own ops
-agree row for row whatever the batch."""
+"""Batch invariance: a speculative verify forward over 1 + k positions gives bit-identical
+logits (torch.equal) to 1 + k single decode steps: with PAGELLM_BATCH_INVARIANT=1 on a tiny
+fp32 model and the default model (dequantized by the tests' PAGELLM_GGUF_DEQUANTIZE=1: dense
+fp32 GEMMs), and without it on the default model kept quantized (int4 GEMMs, the default
+path); the strict mode's ops agree row for row."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from pagellm import LLM, SamplingParams
+from pagellm.models.gguf_quantized import GGUF_DEQUANTIZE_ENV
 from pagellm.ops.attention import paged_attention_torch
 from pagellm.ops.batch_invariant import BATCH_INVARIANT_ENV, invariant_linear
 
@@ -99,3 +101,20 @@ def test_invariant_ops_row_for_row(batch_invariant_mode):
         alone = paged_attention_torch(query[row:row + 1], cache, tables[request:request + 1],
                                       torch.tensor([length]), [0, 1], [length], 0.25)
         assert torch.equal(alone[0], full[row]), row
+
+
+def test_default_model_verify_equals_decode_without_the_strict_mode(default_model_path,
+                                                                     monkeypatch):
+    """Default path: int4 GEMMs are row-invariant and a verify attends token by token (the
+    model kept quantized, as outside the tests)."""
+    monkeypatch.delenv(BATCH_INVARIANT_ENV, raising=False)
+    monkeypatch.setenv(GGUF_DEQUANTIZE_ENV, "0")
+    # no prefix caching: the second run's prefill would compute only the prompt's last 5
+    # tokens (token by token) where the first ran all 21 in one causal call
+    llm = LLM(default_model_path, kv_cache_memory_bytes=32 * 2**20, max_model_len=256,
+              dtype="float32", enable_prefix_caching=False,
+              speculative_config={"method": "ngram", "num_speculative_tokens": K})
+    prompt = llm.get_tokenizer().encode("def add(a, b):\n    return a + b\n\ndef sub(a, b):")
+    decode, verify = _verify_vs_decode(llm, prompt)
+    for position in range(K + 1):
+        assert torch.equal(verify[position], decode[position + 1][0]), position
