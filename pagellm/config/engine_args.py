@@ -147,18 +147,13 @@ def finalize_lengths(config: EngineConfig, model_max_len: int,
 
 def _async_scheduling(config: EngineConfig, device_type: str) -> bool:
     """``async_scheduling`` resolved: the user's value, else on for CUDA without pipeline
-    parallelism; always off with speculative decoding (a logged note). ClientError for on
-    with pipeline parallelism, and for speculative decoding with pipeline parallelism."""
+    parallelism (speculative decoding included). ClientError for on with pipeline
+    parallelism, and for speculative decoding with pipeline parallelism."""
     wanted = config.scheduler.async_scheduling
     pipelined = config.parallel.pipeline_parallel_size > 1
-    if config.speculative.enabled:
-        if pipelined:
-            raise ClientError("speculative_config does not combine with pipeline_parallel_size "
-                              "> 1 yet; drop one", param="speculative_config")
-        if wanted or (wanted is None and device_type == "cuda"):
-            logger.info("speculative decoding: async_scheduling turned off (verification "
-                        "needs each step's accepted tokens on the host before the next step)")
-        return False
+    if config.speculative.enabled and pipelined:
+        raise ClientError("speculative_config does not combine with pipeline_parallel_size "
+                          "> 1 yet; drop one", param="speculative_config")
     if wanted and pipelined:
         raise ClientError("async_scheduling does not combine with pipeline_parallel_size > 1 "
                           "(the pipeline's batch queue already overlaps the steps); drop one",

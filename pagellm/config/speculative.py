@@ -7,7 +7,9 @@ Methods: ``{"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_max":
 ``pagellm.worker.draft_proposer``); EAGLE heads ``{"method": "eagle" | "eagle3", "model":
 HEAD, "num_speculative_tokens": k}`` (``pagellm.worker.eagle_proposer``). Whether DRAFT /
 HEAD exist and fit the target model is checked before anything loads
-(``pagellm.models.spec_models.check_speculative_model``).
+(``pagellm.models.spec_models.check_speculative_model``). Every method takes the adaptive-k
+keys of ``pagellm.config.spec_adaptive`` ("adaptive", "adaptive_ewma_decay",
+"draft_token_cost", "max_num_draft_tokens_per_step").
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from pagellm.config.spec_adaptive import ADAPTIVE_KEYS, adaptive_settings
 from pagellm.errors import ClientError
 
 logger = logging.getLogger(__name__)
 
 SPEC_KEYS = ("method", "model", "num_speculative_tokens", "prompt_lookup_max",
-             "prompt_lookup_min")
+             "prompt_lookup_min") + ADAPTIVE_KEYS
 METHODS = ("ngram", "eagle", "eagle3", "draft_model")
 MODEL_METHODS = ("eagle", "eagle3", "draft_model")
 """The methods whose proposer is a model (``speculative_config["model"]`` names it)."""
@@ -80,6 +83,13 @@ class SpeculativeConfig:
         return self.num_spec_tokens if self.uses_model else 0
 
     @property
+    def adaptive(self) -> dict | None:
+        """Adaptive k settings {"adaptive", "adaptive_ewma_decay", "draft_token_cost",
+        "max_num_draft_tokens_per_step"} (``pagellm.config.spec_adaptive``); None when
+        speculation is off."""
+        return None if self._resolved is None else self._resolved["adaptive"]
+
+    @property
     def lookup_range(self) -> tuple[int, int]:
         """(prompt_lookup_min, prompt_lookup_max): the n-gram lengths tried."""
         return self._resolved["prompt_lookup_min"], self._resolved["prompt_lookup_max"]
@@ -111,8 +121,8 @@ def _resolve(config: SpeculativeConfig) -> dict | None:
         raise ClientError(f"speculative_config: method must be one of {list(METHODS)}, got "
                           f"{method!r}", param="speculative_config")
     if method != "ngram":
-        return _model_settings(method, spec)
-    return _ngram_settings(spec)
+        return {**_model_settings(method, spec), "adaptive": adaptive_settings(spec)}
+    return {**_ngram_settings(spec), "adaptive": adaptive_settings(spec)}
 
 
 def _merge_aliases(config: SpeculativeConfig, spec: dict) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import time
 
+from pagellm.core.spec_adaptive import SpecAcceptance
 from pagellm.sampling_params import SamplingParams
 
 
@@ -40,7 +41,8 @@ class Request:
                  "sampling_params", "max_tokens", "eos_token_id", "arrival_time", "priority",
                  "status", "num_computed_tokens", "num_output_placeholders", "num_cached_tokens", "block_hashes",
                  "stop_reason", "num_preemptions", "group_id", "first_scheduled_time",
-                 "cache_salt", "structured_output", "spec_token_ids", "lora_request")
+                 "cache_salt", "structured_output", "spec_token_ids", "spec_base", "spec_acceptance",
+                 "lora_request")
 
     def __init__(self, request_id: str, prompt_token_ids: list[int],
                  sampling_params: SamplingParams, max_tokens: int,
@@ -71,6 +73,11 @@ class Request:
         self.spec_token_ids: list[int] = []
         """Speculative decoding: the draft tokens the runner proposed after this request's
         last sampled token, scheduled (perhaps cut) with its next decode step."""
+        self.spec_base = 0
+        """``num_tokens`` when ``spec_token_ids`` were proposed: they draft the tokens from
+        that position on (stale once tokens are appended or in flight since)."""
+        self.spec_acceptance = SpecAcceptance()
+        """Adaptive speculation: this request's recent draft acceptance."""
         self.lora_request = lora_request
         """The ``LoRARequest`` this request runs with; None = the base model."""
         self.structured_output = None

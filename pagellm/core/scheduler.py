@@ -36,16 +36,22 @@ counting its placeholders, so only a stop token or string can waste a step. A re
 a grammar (structured outputs) is not scheduled while it has a token in flight: its next
 bitmask needs that token accepted first, so it runs every other step.
 
-Speculative decoding (``num_speculative_tokens`` > 0; async scheduling is off then): the
-runner returns drafts per request with each output (``Request.spec_token_ids``). A decode
-step (one token left to compute) schedules that token plus the drafts, cut to the budget,
-max_tokens and max_model_len (``SchedulerOutput.scheduled_spec_decode_tokens``); the KV
+Speculative decoding (``num_speculative_tokens`` > 0): the runner returns drafts per request
+with each output (``Request.spec_token_ids``, proposed after ``Request.spec_base`` tokens). A
+decode step (one token left to compute) schedules that token plus the drafts, cut to the
+request's adaptive k and the step's draft budget (``_plan_drafts``,
+``pagellm.core.spec_adaptive``), the token budget, max_tokens and max_model_len
+(``SchedulerOutput.scheduled_spec_decode_tokens``); the KV
 manager allocates slots for all of them (lookahead slots). ``update_from_output`` gets 1 +
 accepted tokens per request, rolls ``num_computed_tokens`` back by the rejected drafts (their
 slots stay allocated and are overwritten by the next step), appends the tokens one by one
 and stops at the first that ends the request. Requests under a grammar never speculate.
 With a draft model or EAGLE head (``num_lookahead_tokens`` = k) every allocation also
 reserves k slots past the step, where the proposer writes its drafts' K/V.
+With async scheduling drafts are scheduled only when fresh (proposed after the request's last
+token, nothing of it in flight); a request whose verify step is in flight is not scheduled
+again until its output is back (its number of new tokens is unknown until then), and
+``waits_for_drafts`` tells the engine core when to wait for the step in flight instead.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ from pagellm.core.kv_cache_manager import KVCacheManager
 from pagellm.core.request import FINISH_REASONS, Request, RequestStatus
 from pagellm.core.sched_output import (CachedRequestData, EngineCoreOutput, ModelRunnerOutput,
                                        NewRequestData, SchedulerOutput, TopLogprobs)
+from pagellm.core.spec_adaptive import best_num_drafts
 from pagellm.core.stats import SpecDecodingStats
 
 logger = logging.getLogger(__name__)
@@ -70,7 +77,8 @@ class Scheduler:
                  max_model_len: int, num_blocks: int, num_swap_blocks: int = 0,
                  max_concurrent_batches: int = 1, structured_output_manager=None,
                  async_scheduling: bool = False, num_speculative_tokens: int = 0,
-                 max_loras: int = 0, num_lookahead_tokens: int = 0, use_eagle: bool = False):
+                 max_loras: int = 0, num_lookahead_tokens: int = 0, use_eagle: bool = False,
+                 spec_adaptive: dict | None = None):
         self.config = scheduler_config
         self.max_loras = max_loras
         """enable_lora: distinct adapters allowed among running requests (0 = LoRA off)."""
@@ -88,9 +96,19 @@ class Scheduler:
         self.num_preemptions = 0
         self.max_concurrent_batches = max_concurrent_batches
         self.async_scheduling = async_scheduling
-        if num_speculative_tokens and (async_scheduling or max_concurrent_batches > 1):
-            raise ValueError("speculative decoding needs async scheduling and pipelining off")
+        if num_speculative_tokens and max_concurrent_batches > 1 and not async_scheduling:
+            raise ValueError("speculative decoding does not combine with pipeline parallelism")
         self.num_speculative_tokens = num_speculative_tokens
+        spec_adaptive = spec_adaptive or {}
+        self.spec_adaptive = spec_adaptive if spec_adaptive.get("adaptive") else None
+        """Adaptive k settings (``pagellm.config.spec_adaptive``); None: every request
+        verifies all its drafts."""
+        self.max_num_draft_tokens_per_step = spec_adaptive.get("max_num_draft_tokens_per_step")
+        self._draft_caps: dict[str, int] = {}
+        """This step's drafts allowed per request (``_plan_drafts``)."""
+        self._drafts_in_flight: set[str] = set()
+        """Async scheduling: requests whose step in flight verifies drafts (their new token
+        count is unknown until it is back, so they are not scheduled again before)."""
         self.spec_stats = SpecDecodingStats.new(num_speculative_tokens)
         """Speculative decoding counters since start (drafts, draft and accepted tokens)."""
         self.pipelined = max_concurrent_batches > 1 and not async_scheduling
@@ -147,6 +165,7 @@ class Scheduler:
 
     def _free(self, request: Request) -> None:
         self.kv.free(request)
+        self._drafts_in_flight.discard(request.request_id)
         self.finished_req_ids.add(request.request_id)
         del self.requests[request.request_id]
 
@@ -161,6 +180,8 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         step = _StepState(self.max_num_batched_tokens, self._micro_batch_size())
+        if self.num_speculative_tokens:
+            self._draft_caps = self._plan_drafts()
         self._schedule_running(step)
         # Called every step, even one with a preemption, so the prompt latency it measures
         # spans exactly one step.
@@ -173,7 +194,9 @@ class Scheduler:
             request.num_computed_tokens += step.num_tokens[request.request_id]
         if self.async_scheduling:
             for request in step.scheduled:
-                if request.num_computed_tokens == request.num_tokens + request.num_output_placeholders:
+                if request.request_id in step.spec_tokens:
+                    self._drafts_in_flight.add(request.request_id)
+                elif request.num_computed_tokens == request.num_tokens + request.num_output_placeholders:
                     request.num_output_placeholders += 1     # this step samples its next token
         self._prev_step_had_prompt = step.had_prompt
         finished, self.finished_req_ids = self.finished_req_ids, set()
@@ -257,6 +280,9 @@ class Scheduler:
             if in_flight and request.request_id in in_flight:
                 index += 1      # its previous batch is still in the pipeline
                 continue
+            if request.request_id in self._drafts_in_flight:
+                index += 1      # async: how many of its drafts are accepted is not known yet
+                continue
             num_new = (len(request.all_token_ids) + request.num_output_placeholders
                        - request.num_computed_tokens)
             if request.num_output_placeholders and (
@@ -292,13 +318,49 @@ class Scheduler:
 
     def _drafts_to_schedule(self, request: Request, num_new: int, budget: int) -> list[int]:
         """The request's drafts that fit this step (only when its one remaining token is a
-        decode token): cut to the budget, max_tokens and max_model_len, none under a grammar."""
-        drafts = request.spec_token_ids
-        if not drafts or num_new != 1 or request.structured_output is not None:
+        decode token): cut to its ``_plan_drafts`` cap, the budget, max_tokens and
+        max_model_len; none under a grammar."""
+        cap = self._draft_caps.get(request.request_id, 0)
+        if not cap or num_new != 1 or request.structured_output is not None:
             return []
-        room = min(budget - 1, request.max_tokens - len(request.output_token_ids) - 1,
+        room = min(cap, budget - 1, request.max_tokens - len(request.output_token_ids) - 1,
                    self.max_model_len - len(request.all_token_ids) - 1)
-        return drafts[:max(room, 0)]
+        return request.spec_token_ids[:max(room, 0)]
+
+    def _plan_drafts(self) -> dict[str, int]:
+        """Request id -> how many of its drafts it may verify this step: all of them, or
+        under ``adaptive`` its k from recent acceptance (``pagellm.core.spec_adaptive``); then
+        ``max_num_draft_tokens_per_step`` shared out, highest acceptance first. Only fresh
+        drafts count (proposed after the request's last token, none in flight)."""
+        candidates = [r for r in self.running if r.spec_token_ids
+                      and r.spec_base == r.num_tokens and not r.num_output_placeholders]
+        adaptive, k = self.spec_adaptive, self.num_speculative_tokens
+        caps = {}
+        for request in candidates:
+            cap = k if adaptive is None else best_num_drafts(
+                request.spec_acceptance.rate, k, adaptive["draft_token_cost"])
+            caps[request.request_id] = min(cap, len(request.spec_token_ids))
+        budget = self.max_num_draft_tokens_per_step
+        if budget is not None:
+            for request in sorted(candidates, key=lambda r: -r.spec_acceptance.rate):
+                cap = caps[request.request_id] = min(caps[request.request_id], budget)
+                budget -= cap
+        return caps
+
+    def waits_for_drafts(self) -> bool:
+        """Async scheduling with speculation: whether the next step should wait for the one
+        in flight, because a verify is in flight or a running request has drafts it would
+        verify (adaptive k > 0), usable only once nothing of it is in flight. Requests
+        without proposals (or with k = 0) keep the overlap (see EngineCore)."""
+        if not self.num_speculative_tokens:
+            return False
+        if self._drafts_in_flight:
+            return True
+        adaptive, k = self.spec_adaptive, self.num_speculative_tokens
+        return any(r.spec_token_ids and r.structured_output is None and (
+            adaptive is None or best_num_drafts(r.spec_acceptance.rate, k,
+                                                adaptive["draft_token_cost"]) > 0)
+            for r in self.running)
 
     def has_constrained_running(self) -> bool:
         """Whether a running request decodes under a grammar (async scheduling then runs
@@ -315,8 +377,9 @@ class Scheduler:
         """The running request to preempt: the latest (or lowest-priority) one that is not in
         flight (the request asking for blocks never is, so there always is one)."""
         candidates = self.running
-        if self.in_flight:
-            candidates = [r for r in candidates if r.request_id not in self.in_flight]
+        if self.in_flight or self._drafts_in_flight:
+            busy = self.in_flight.keys() | self._drafts_in_flight
+            candidates = [r for r in candidates if r.request_id not in busy]
         if self.config.policy == "priority":
             return max(candidates, key=lambda r: (r.priority, r.arrival_time))
         return candidates[-1]
@@ -459,6 +522,8 @@ class Scheduler:
                 continue    # aborted while the step ran, or stopped by an earlier step's token
             if request_id in spec_drafts:
                 self._rollback_rejected(request, len(spec_drafts[request_id]), len(token_ids))
+            elif self.spec_adaptive is not None:
+                self._shadow_check(request, token_ids[0])
             token_ids = self._append_tokens(request, token_ids)
             out = EngineCoreOutput(
                 request_id, token_ids,
@@ -473,7 +538,7 @@ class Scheduler:
                 self.running.remove(request)
                 self._free(request)
             elif proposals is not None:
-                request.spec_token_ids = proposals[row]
+                request.spec_token_ids, request.spec_base = proposals[row], request.num_tokens
         for request_id, prompt_logprobs in runner_output.prompt_logprobs.items():
             if request_id in aborted:
                 continue
@@ -506,7 +571,18 @@ class Scheduler:
         if not 0 <= num_accepted <= num_drafts:
             raise AssertionError(f"{num_new_tokens} new tokens for {num_drafts} drafts")
         request.num_computed_tokens -= num_drafts - num_accepted
+        self._drafts_in_flight.discard(request.request_id)
         self.spec_stats.observe(num_drafts, num_accepted)
+        if self.spec_adaptive is not None:
+            request.spec_acceptance.observe_verified(num_drafts, num_accepted,
+                                                     self.spec_adaptive["adaptive_ewma_decay"])
+
+    def _shadow_check(self, request: Request, token_id: int) -> None:
+        """Adaptive k: a proposal that was not verified, checked for free against the token
+        that came at its first position (``SpecAcceptance.observe_shadow``)."""
+        if request.spec_token_ids and request.spec_base == request.num_tokens:
+            request.spec_acceptance.observe_shadow(request.spec_token_ids[0], token_id,
+                                                   self.spec_adaptive["adaptive_ewma_decay"])
 
     @staticmethod
     def _accept_token(request: Request, token_id: int) -> None:

@@ -78,7 +78,8 @@ class EngineCore:
                                    config.speculative.num_spec_tokens,
                                    config.lora.max_loras if config.lora.enable_lora else 0,
                                    config.speculative.num_lookahead_tokens,
-                                   config.speculative.method in ("eagle", "eagle3"))
+                                   config.speculative.method in ("eagle", "eagle3"),
+                                   config.speculative.adaptive)
         self.num_blocks = num_blocks
         self.num_swap_blocks = num_swap_blocks
         self.num_steps = 0
@@ -118,9 +119,11 @@ class EngineCore:
         at once while the queue is not full, else wait for the oldest batch and return its
         outputs. Every SchedulerOutput goes back to the scheduler, in order."""
         queue = self.batch_queue
-        if queue and self.scheduler.async_scheduling and self.scheduler.has_constrained_running():
-            # a grammar's next bitmask needs the token in flight: finish that step first, so
-            # constrained requests still advance every step (without the overlap)
+        if queue and self.scheduler.async_scheduling and (
+                self.scheduler.has_constrained_running() or self.scheduler.waits_for_drafts()):
+            # a grammar's next bitmask, or the next drafts (they follow the request's last
+            # token), need the token in flight: finish that step first, so those requests
+            # still advance every step (without the overlap)
             return self._finish_oldest_batch()
         if len(queue) < self.batch_queue_size:
             sched = self.scheduler.schedule()

@@ -34,6 +34,7 @@ from pagellm.distributed.parallel_state import (get_tensor_model_parallel_rank,
                                                 tensor_model_parallel_all_gather,
                                                 tensor_model_parallel_all_reduce)
 from pagellm.layers.weight_utils import check_shape, copy_into, divide, set_weight_attrs
+from pagellm.ops.batch_invariant import batch_invariant, invariant_linear
 
 CPU_SWAPPED_GEMM_MAX_ROWS = 128
 """On CPU, fp32 products of at most this many rows are computed as ``(W @ x.T).T``.
@@ -46,7 +47,10 @@ Qwen3-0.6B and SmolLM2 shapes the swapped order is 1.3-3.7x faster at 4-16 rows,
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
            ) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` for x [M, in], weight [out, in] -> [M, out] (contiguous);
-    few-row fp32 products on CPU take the faster operand order (see CPU_SWAPPED_GEMM_MAX_ROWS)."""
+    few-row fp32 products on CPU take the faster operand order (see CPU_SWAPPED_GEMM_MAX_ROWS);
+    ``PAGELLM_BATCH_INVARIANT=1``: fixed-size row blocks (``invariant_linear``)."""
+    if x.dim() == 2 and batch_invariant():
+        return invariant_linear(x, weight, bias)
     if (x.dim() == 2 and x.shape[0] <= CPU_SWAPPED_GEMM_MAX_ROWS and x.device.type == "cpu"
             and x.dtype == torch.float32):
         out = torch.mm(weight, x.t()) if bias is None \

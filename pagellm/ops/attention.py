@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pagellm.ops.batch_invariant import batch_invariant, attend_per_token
+
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 
@@ -140,6 +142,15 @@ def paged_decode_attention(query: torch.Tensor, kv_cache: torch.Tensor, block_ta
     return out.reshape(num_reqs, num_heads, head_dim)
 
 
+PER_TOKEN_MAX_QUERY_LEN = 16
+"""A request with at most 16 query tokens (a decode step outside a batched decode, a
+speculative verify of k <= 15 drafts, or a short prefill chunk) attends token by token
+(``attend_per_token``): SDPA's CPU kernel rounds a query row differently with other rows in
+the call, and this keeps a verify's logits bit-identical to batch-1 decoding, so greedy
+speculation returns the same tokens (benchmarks/RESULTS.md, "batch invariance"). Longer
+queries (prefills) take one causal call; a batch of decodes only takes one padded call."""
+
+
 def paged_attention_torch(query: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
                           seq_lens: torch.Tensor, query_start_loc_cpu: list[int],
                           seq_lens_cpu: list[int], scale: float, k_scale: float = 1.0,
@@ -153,13 +164,19 @@ def paged_attention_torch(query: torch.Tensor, kv_cache: torch.Tensor, block_tab
     (ignored otherwise). Returns [num_tokens, num_heads, head_dim].
     """
     num_reqs = len(seq_lens_cpu)
-    if query.shape[0] == num_reqs:  # every request has exactly one new token
+    strict = batch_invariant()  # PAGELLM_BATCH_INVARIANT: every token attends on its own
+    if query.shape[0] == num_reqs and num_reqs > 1 and not strict:  # one new token each
         return paged_decode_attention(query, kv_cache, block_tables, seq_lens,
                                       max(seq_lens_cpu), scale, k_scale, v_scale)
     fp8 = is_fp8(kv_cache.dtype)
     output = torch.empty_like(query)
     for i in range(num_reqs):
         start, end = query_start_loc_cpu[i], query_start_loc_cpu[i + 1]
+        if strict or end - start <= PER_TOKEN_MAX_QUERY_LEN:
+            # a decode step, a speculative verify or a short chunk: token by token
+            output[start:end] = attend_per_token(query[start:end], kv_cache, block_tables[i],
+                                                 seq_lens_cpu[i], scale, k_scale, v_scale)
+            continue
         # [seq_len, num_kv_heads, head_dim]
         key = gather_context(kv_cache[0], block_tables[i], seq_lens_cpu[i]).to(query.dtype)
         value = gather_context(kv_cache[1], block_tables[i], seq_lens_cpu[i]).to(query.dtype)

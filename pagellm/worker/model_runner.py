@@ -19,9 +19,10 @@ states and residual ([2, num_tokens, hidden_size], one message from the same TP 
 previous stage; num_tokens is known from the step), a stage other than the last sends its
 own on and returns an empty output, and only the last stage computes logits and samples.
 
-Speculative decoding (``speculative_config``: n-gram, draft model, EAGLE; async scheduling
-and pipeline parallelism are off then): each step runs synchronously through ``_speculative_step``. The
-scheduled drafts are written past each row's last token, the target model scores all 1 + k
+Speculative decoding (``speculative_config``: n-gram, draft model, EAGLE; pipeline
+parallelism is off then): a step with drafts runs synchronously through ``_speculative_step``
+(with a draft model or EAGLE head every step does). The scheduled drafts are written past
+each row's last token, the target model scores all 1 + k
 positions of every request in one forward, and the sampler draws one token per position
 (seeded requests from their own generator, in position order). Drafts are accepted while the
 drawn token equals the draft; the first drawn token that differs (or the bonus token after
@@ -34,6 +35,17 @@ token are those of its position. After the step the proposer drafts the next tok
 of every request that may speculate (no penalties, min_tokens or grammar: their logits depend
 on the tokens before each position in ways the expanded rows do not model); a draft model or
 EAGLE head first brings its own KV cache level with the target's (``worker/draft_proposer.py``).
+
+With async scheduling, a step without drafts takes the async path above and the n-gram
+proposer runs in ``resolve`` over each row's tokens up to that step's own (a later step may
+already be in flight); proposers that need more than the host token ids (``_proposes_on_resolve``
+False) keep every step in ``_speculative_step``. A verify step takes the previous step's
+tokens on the device like any step, queues its forward, then resolves the previous step before
+its own host work (acceptance and the next drafts need those tokens). So what overlaps: a
+plain step's input preparation and launch with the step in flight before it, and a verify
+step's input preparation and launch with the plain step in flight before it; what does not: a
+verify step's acceptance and drafting, which wait for its own forward (the engine core also
+waits for a verify step before scheduling the next, see ``Scheduler.waits_for_drafts``).
 """
 
 from __future__ import annotations
@@ -68,6 +80,7 @@ class PendingStep:
     event: torch.cuda.Event | None      # recorded after the copies (CUDA only)
     prompt_logprobs: dict
     output: ModelRunnerOutput | None = None   # set by ModelRunner.resolve
+    propose: bool = False               # resolve drafts the rows' next tokens (n-gram)
 
 
 class ModelRunner:
@@ -124,7 +137,8 @@ class ModelRunner:
                 kv_cache.swap_in(sched.blocks_to_swap_in)
         if sched.total_num_scheduled_tokens == 0:
             return self._done_step(ModelRunnerOutput([], []))
-        if self.proposer is not None:
+        if self.proposer is not None and (sched.scheduled_spec_decode_tokens
+                                          or not self._proposes_on_resolve):
             return self._done_step(self._speculative_step(sched))
         inputs = self.batch.build_step_inputs(sched, self.device)
         self._feed_previous_tokens(inputs)
@@ -151,7 +165,8 @@ class ModelRunner:
         out = self.sampler(logits, self._sampling_metadata(rows, request_ids))
         step = PendingStep(request_ids, rows, self.batch.generation[rows].copy(),
                            self.batch.num_tokens[rows].copy(), out.sampled_token_ids,
-                           self._copy_to_host(out), None, prompt_logprobs)
+                           self._copy_to_host(out), None, prompt_logprobs,
+                           propose=self.proposer is not None)
         if self.device.type == "cuda":
             step.event = torch.cuda.Event()
             step.event.record()
@@ -170,7 +185,10 @@ class ModelRunner:
         num_spec = np.fromiter((len(drafts.get(r, ())) for r in sched.num_scheduled_tokens),
                                dtype=np.int64, count=len(sched.num_scheduled_tokens))
         inputs = batch.build_step_inputs(sched, self.device, num_spec)
+        self._feed_previous_tokens(inputs)
         hidden = self._forward(inputs)                              # [num_tokens, hidden]
+        if self._last_step is not None:     # async: its tokens are part of the contexts below
+            self.resolve(self._last_step)
         prompt_logprobs = self._prompt_logprobs(inputs, hidden)
         if not inputs.sample_rows:
             self._propose(np.zeros(0, dtype=np.int64), inputs, hidden)   # proposer KV only
@@ -200,23 +218,41 @@ class ModelRunner:
         return ModelRunnerOutput(request_ids, new_tokens, logprobs, prompt_logprobs,
                                  spec_token_ids=self._propose(sample_rows, inputs, hidden))
 
+    @property
+    def _proposes_on_resolve(self) -> bool:
+        """Whether a step without drafts may run the plain (async) path and draft in
+        ``resolve``: the proposer needs only the host token ids (n-gram)."""
+        return isinstance(self.proposer, NgramProposer)
+
     def _propose(self, sample_index: np.ndarray, inputs: StepInputs,
                  hidden: torch.Tensor) -> list[list[int]]:
         """The drafts after the tokens of each sampling request (``sample_index``: [S] its
         index in the step; [] for requests that may not speculate). A draft model or EAGLE
         head also runs on a step that sampled nothing (its KV follows the target's)."""
-        batch = self.batch
         rows = inputs.rows[sample_index]
-        params = [batch.sampling_params[r] for r in rows.tolist()]
-        allowed = np.array([p.structured_outputs is None and not p.min_tokens
-                            and not p.presence_penalty and not p.frequency_penalty
-                            and p.repetition_penalty == 1.0 for p in params], dtype=bool)
         if isinstance(self.proposer, ModelProposer):
-            return self.proposer.propose(batch, inputs, hidden, sample_index, allowed)
-        proposals: list[list[int]] = [[] for _ in params]
+            return self.proposer.propose(self.batch, inputs, hidden, sample_index,
+                                         self._may_speculate(rows))
+        return self._propose_ngram(rows)
+
+    def _may_speculate(self, rows: np.ndarray) -> np.ndarray:
+        """[len(rows)] bool: no grammar, min_tokens or penalties (their logits depend on the
+        tokens before each position in ways the expanded rows do not model)."""
+        params = [self.batch.sampling_params[r] for r in rows.tolist()]
+        return np.array([p.structured_outputs is None and not p.min_tokens
+                         and not p.presence_penalty and not p.frequency_penalty
+                         and p.repetition_penalty == 1.0 for p in params], dtype=bool)
+
+    def _propose_ngram(self, rows: np.ndarray,
+                       lengths: np.ndarray | None = None) -> list[list[int]]:
+        """The n-gram drafts after each row's first ``lengths`` tokens (default: all its
+        tokens); [] for rows that may not speculate."""
+        batch = self.batch
+        allowed = self._may_speculate(rows)
+        proposals: list[list[int]] = [[] for _ in range(len(rows))]
         if not allowed.any():
             return proposals
-        lengths = batch.num_tokens[rows[allowed]]
+        lengths = (batch.num_tokens[rows] if lengths is None else lengths)[allowed]
         drafted = self.proposer.propose(batch.token_ids[rows[allowed], :int(lengths.max())],
                                         lengths)
         for index, draft in zip(np.flatnonzero(allowed).tolist(), drafted):
@@ -259,6 +295,8 @@ class ModelRunner:
             ids, values, ranks = step.host[1:]
             logprobs = TopLogprobs(ids.tolist(), values.tolist(), ranks.tolist())
         step.output = ModelRunnerOutput(step.request_ids, sampled, logprobs, step.prompt_logprobs)
+        if step.propose:        # contexts up to the step's own tokens (a later one may be in flight)
+            step.output.spec_token_ids = self._propose_ngram(step.rows, step.positions + 1)
         step.sampled = None
         if self._last_step is step:
             self._last_step = None

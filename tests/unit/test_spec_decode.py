@@ -1,5 +1,5 @@
 """Speculative decoding pieces without a model: speculative_config (vLLM keys, deprecated
-aliases, errors), the n-gram proposer, draft verification, async scheduling forced off, and
+aliases, errors), the n-gram proposer, draft verification, async scheduling kept on, and
 the spec-decode metrics and stats line."""
 
 from __future__ import annotations
@@ -67,12 +67,15 @@ def test_errors(spec, error, match):
         SpeculativeConfig(spec)
 
 
-def test_async_scheduling_forced_off_and_pp_refused():
+def test_async_scheduling_kept_and_pp_refused():
     spec = {"method": "ngram", "num_speculative_tokens": 2}
     config = finalize_lengths(create_engine_config(speculative_config=spec), 1024, "cuda")
-    assert config.scheduler.async_scheduling is False
-    plain = finalize_lengths(create_engine_config(), 1024, "cuda")
-    assert plain.scheduler.async_scheduling is True
+    assert config.scheduler.async_scheduling is True
+    cpu = finalize_lengths(create_engine_config(speculative_config=spec), 1024, "cpu")
+    assert cpu.scheduler.async_scheduling is False
+    forced = finalize_lengths(create_engine_config(speculative_config=spec,
+                                                   async_scheduling=True), 1024, "cpu")
+    assert forced.scheduler.async_scheduling is True
     with pytest.raises(ClientError, match="pipeline_parallel_size"):
         finalize_lengths(create_engine_config(speculative_config=spec,
                                               pipeline_parallel_size=2), 1024, "cuda")
