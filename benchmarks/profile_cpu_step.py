@@ -32,7 +32,8 @@ def main() -> None:
     args = parser.parse_args()
     engine = LLMEngine.from_engine_args(model=args.model, device="cpu", enable_prefix_caching=False)
     rng = random.Random(0)
-    params = SamplingParams(max_tokens=1000, ignore_eos=True, temperature=args.temperature, top_p=1.0)
+    params = SamplingParams(max_tokens=1000, ignore_eos=True, temperature=args.temperature, top_p=1.0,
+                            output_kind="delta")   # every step reports its new tokens
     for _ in range(args.num_prompts):
         engine.add_request([rng.randrange(100, 40000) for _ in range(args.input_len)], params)
     started: set[str] = set()
