@@ -21,6 +21,16 @@ class SchedulerConfig:
     an explicit value must be >= max_model_len (a whole prompt runs in one step)."""
     enable_chunked_prefill: bool = True
     """Split long prompts across steps so decodes keep running; off = whole prompts only."""
+    long_prefill_token_threshold: int = 0
+    """Decode-first prompt chunks (vLLM's name; 0 = off). While any running request decodes,
+    the prompt tokens of one step, all prompts together, are capped at this many (running
+    requests, decodes among them, are scheduled before waiting prompts, as always); so a step
+    with D decodes runs at most D + threshold tokens and a long prompt arriving during
+    decodes raises their inter-token latency by at most one threshold-sized chunk per step
+    instead of a max_num_batched_tokens-sized one. With nothing decoding, prompts take the whole
+    max_num_batched_tokens (TTFT of an idle server unchanged). The guides' advice for
+    max_num_batched_tokens (small, e.g. 256-2048, for latency; large for throughput) applies
+    to this cap instead, without shrinking idle-time prefill. Needs enable_chunked_prefill."""
     preemption_mode: str = "recompute"
     """What to do with a preempted request's KV blocks: recompute (drop) or swap (copy to CPU)."""
     scheduler_delay_factor: float = 0.0
@@ -51,6 +61,7 @@ class SchedulerConfig:
             check_range("max_num_batched_tokens", self.max_num_batched_tokens, 1)
         check_choice("preemption_mode", self.preemption_mode, ("recompute", "swap"))
         check_range("scheduler_delay_factor", self.scheduler_delay_factor, 0)
+        check_range("long_prefill_token_threshold", self.long_prefill_token_threshold, 0)
         check_choice("policy", self.policy, ("fcfs", "priority"))
         if self.max_num_queued_requests is not None:
             check_range("max_num_queued_requests", self.max_num_queued_requests, 1)

@@ -179,7 +179,8 @@ class Scheduler:
     # ---- one step ---------------------------------------------------------------------------
 
     def schedule(self) -> SchedulerOutput:
-        step = _StepState(self.max_num_batched_tokens, self._micro_batch_size())
+        step = _StepState(self.max_num_batched_tokens, self._micro_batch_size(),
+                          self._prefill_cap())
         if self.num_speculative_tokens:
             self._draft_caps = self._plan_drafts()
         self._schedule_running(step)
@@ -264,6 +265,16 @@ class Scheduler:
         for request in step.scheduled:
             self.in_flight[request.request_id] = request
 
+    def _prefill_cap(self) -> int | None:
+        """Prompt tokens this step may run (``long_prefill_token_threshold``), or None when
+        uncapped: the knob is off, prompts cannot be chunked, or no running request decodes."""
+        threshold = self.config.long_prefill_token_threshold
+        if threshold <= 0 or not self.config.enable_chunked_prefill:
+            return None
+        if not any(r.num_computed_tokens >= r.num_prompt_tokens for r in self.running):
+            return None
+        return threshold
+
     def _num_new_tokens(self, request: Request, budget: int) -> int:
         """Tokens to run for a request now: all it lacks, chunked to the budget if allowed;
         0 when it cannot run this step."""
@@ -291,6 +302,11 @@ class Scheduler:
                 # before the next bitmask exists: wait for it
                 index += 1
                 continue
+            if step.prefill_left is not None and request.num_computed_tokens < request.num_prompt_tokens:
+                num_new = min(num_new, step.prefill_left)     # the step's prompt allowance
+                if num_new <= 0:
+                    index += 1
+                    continue
             if num_new > step.budget:
                 num_new = self._num_new_tokens(request, step.budget)
                 if num_new == 0:
@@ -454,6 +470,10 @@ class Scheduler:
     def _admit_fresh(self, request: Request, step: "_StepState") -> bool:
         hit_blocks, num_hit_tokens = self.kv.get_computed_blocks(request)
         num_new = request.num_tokens - num_hit_tokens
+        if step.prefill_left is not None:
+            num_new = min(num_new, step.prefill_left)
+            if num_new <= 0:
+                return False
         if num_new > step.budget:
             if not self.config.enable_chunked_prefill:
                 return False
@@ -467,6 +487,8 @@ class Scheduler:
         step.num_tokens[request.request_id] = num_new
         step.budget -= num_new
         step.had_prompt = True
+        if step.prefill_left is not None:
+            step.prefill_left -= num_new
         return True
 
     def _admit_swapped(self, request: Request, step: "_StepState") -> bool:
@@ -634,9 +656,11 @@ def _rows(logprobs: TopLogprobs, first: int, count: int) -> TopLogprobs:
 class _StepState:
     """What one ``schedule`` call has decided so far."""
 
-    def __init__(self, budget: int, max_num_reqs: int):
+    def __init__(self, budget: int, max_num_reqs: int, prefill_cap: int | None = None):
         self.budget = budget
         self.max_num_reqs = max_num_reqs
+        self.prefill_left = prefill_cap
+        """Prompt tokens this step may still run (long_prefill_token_threshold); None = any."""
         self.num_tokens: dict[str, int] = {}
         self.new_reqs: list[NewRequestData] = []
         self.cached_reqs: list[CachedRequestData] = []
@@ -660,6 +684,8 @@ class _StepState:
                                                   request.num_computed_tokens))
         if request.num_computed_tokens < len(request.prompt_token_ids):
             self.had_prompt = True
+            if self.prefill_left is not None:
+                self.prefill_left -= num_new
 
     def add_new(self, request: Request, block_ids: list[int]) -> None:
         self.scheduled.append(request)

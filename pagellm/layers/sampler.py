@@ -2,8 +2,9 @@
 
 Order (vLLM V1): raw log-probs are taken first (of the model's own distribution); then logit
 bias, the min-tokens mask and the penalties shape the logits; greedy rows take the argmax;
-random rows are divided by their temperature, cut by top-k, top-p and min-p, and sampled by
-an exponential race.
+random rows are divided by their temperature, cut by top-k, top-p and min-p (no vocabulary
+sort: ``torch.topk`` and a radix select), and sampled by one uniform draw per row against
+the row's cumulative probabilities.
 
 Seeded requests: the model runner owns ``SamplingMetadata.generators``. It creates
 ``torch.Generator(device).manual_seed(seed)`` once when a seeded request joins the batch and
@@ -29,7 +30,7 @@ from pagellm.ops.sampling import (
     apply_temperature_,
     apply_top_k_top_p_,
     compute_logprobs_topk,
-    exponential_race,
+    inverse_cdf_sample,
 )
 
 
@@ -52,6 +53,8 @@ class SamplingMetadata:
     logit_bias: list[dict[int, float] | None]  # per row
     min_tokens_mask: list[tuple[int, list[int]]]  # (row, EOS + stop ids) while output < min_tokens
     max_num_logprobs: int | None             # largest `logprobs` among rows; None = not needed
+    max_top_k: int | None = None             # largest top_k among rows, from the host (None: read
+                                             # it from top_k, a host sync on CUDA)
 
 
 @dataclass(slots=True)
@@ -94,11 +97,11 @@ class Sampler(nn.Module):
         if metadata.all_greedy:
             return greedy
         apply_temperature_(logits, metadata.temperature)
-        apply_top_k_top_p_(logits, metadata.top_k, metadata.top_p)
+        apply_top_k_top_p_(logits, metadata.top_k, metadata.top_p, metadata.max_top_k)
         probs = logits.softmax(dim=-1)  # [B, V]
         if metadata.min_p is not None:
             apply_min_p_(probs, metadata.min_p)
-        sampled = exponential_race(probs, metadata.generators)  # [B]
+        sampled = inverse_cdf_sample(probs, metadata.generators)  # [B]
         if greedy is None:
             return sampled
         return torch.where(metadata.temperature < SAMPLING_EPS, greedy, sampled)

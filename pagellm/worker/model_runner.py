@@ -399,7 +399,8 @@ class ModelRunner:
             repetition_penalties=_device(penalties[:, 2], device) if use_penalties else None,
             prompt_token_ids=self._padded_prompts(rows) if use_penalties else None,
             output_token_ids=output_ids or [[] for _ in rows], logit_bias=logit_bias,
-            min_tokens_mask=min_tokens_mask, max_num_logprobs=max_logprobs)
+            min_tokens_mask=min_tokens_mask, max_num_logprobs=max_logprobs,
+            max_top_k=int(batch.top_k[rows].max(initial=0)))
 
     def _padded_prompts(self, rows: np.ndarray) -> torch.Tensor:
         lengths = self.batch.num_prompt_tokens[rows]
