@@ -82,7 +82,12 @@ class LLM:
         ``continue_final_message``: the reply continues the last (assistant) message; needs
         ``add_generation_prompt=False``. ``chat_template_kwargs``: extra template variables.
         ``lora_request``: as in ``generate``."""
-        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        if not messages or not isinstance(messages, Sequence) or isinstance(messages, str):
+            raise ClientError("messages must be a non-empty list of messages (or of "
+                              "conversations)", param="messages")
+        conversations = [messages] if isinstance(messages[0], dict) else list(messages)
+        if not all(conversations):
+            raise ClientError("messages must not be empty", param="messages")
         tokenizer = self.llm_engine.tokenizer
         prompts = [apply_chat_template(tokenizer, conversation, add_generation_prompt,
                                        chat_template, continue_final_message,
@@ -121,6 +126,9 @@ class LLM:
 def _as_list(prompts) -> list:
     if isinstance(prompts, (str, dict)):
         return [prompts]
+    if not isinstance(prompts, Sequence):
+        raise ClientError("prompts must be a string, a list of token ids, a prompt dict, or a "
+                          f"list of those; got {type(prompts).__name__}", param="prompts")
     prompts = list(prompts)
     if prompts and isinstance(prompts[0], int):
         return [prompts]        # one prompt given as token ids
@@ -142,6 +150,11 @@ def _params_per_prompt(sampling_params, count: int) -> list[SamplingParams]:
         return [SamplingParams()] * count
     if isinstance(sampling_params, SamplingParams):
         return [sampling_params] * count
+    if not isinstance(sampling_params, Sequence) or not all(
+            isinstance(one, SamplingParams) for one in sampling_params):
+        raise ClientError("sampling_params must be a SamplingParams or a list of them (one per "
+                          f"prompt); got {type(sampling_params).__name__} (for a dict, pass "
+                          "SamplingParams(**the_dict))", param="sampling_params")
     sampling_params = list(sampling_params)
     if len(sampling_params) != count:
         raise ClientError(f"got {len(sampling_params)} SamplingParams for {count} prompts",

@@ -25,6 +25,7 @@ from pagellm.errors import ClientError
 from pagellm.lora.registry import LoRARegistry
 from pagellm.models.default_model import resolve_model_path
 from pagellm.models.hf_config import load_hf_config
+from pagellm.models.spec_models import check_speculative_model
 from pagellm.outputs import RequestOutput
 from pagellm.platforms import current_platform
 from pagellm.sampling_params import SamplingParams
@@ -43,6 +44,9 @@ def resolve_config(**kwargs) -> tuple[EngineConfig, object]:
         config.model, model=model_path, tokenizer=tokenizer_path, served_model_name=served))
     device_type = current_platform(config.parallel.device).name
     config = finalize_lengths(config, hf_config.max_position_embeddings, device_type)
+    # a draft model / EAGLE head that is missing or does not fit: fail before the core starts
+    check_speculative_model(config.speculative, hf_config, tokenizer_path,
+                            config.load.load_format)
     scenario = config.scenario.scenario
     logger.info("Engine configuration%s: %s", f" (scenario {scenario})" if scenario else "",
                 describe_sources(config))

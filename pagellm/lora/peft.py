@@ -62,11 +62,19 @@ def lora_module_shapes(hf_config) -> dict[str, tuple[int, int]]:
 
 
 def _read_config(lora_path: str) -> dict:
+    if not isinstance(lora_path, str) or not lora_path:
+        raise ClientError(f"a LoRA path must be a non-empty string, got {lora_path!r}",
+                          param="lora_path")
     config_file = os.path.join(lora_path, "adapter_config.json")
     if not os.path.isfile(config_file):
         raise ClientError(f"no adapter_config.json in LoRA path {lora_path!r}", param="lora_path")
-    with open(config_file) as f:
-        config = json.load(f)
+    try:
+        with open(config_file) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as error:
+        raise ClientError(f"cannot read {config_file}: {error}", param="lora_path") from None
+    if not isinstance(config, dict):
+        raise ClientError(f"{config_file} is not a JSON object", param="lora_path")
     unsupported = [name for name in ("use_dora", "rank_pattern", "alpha_pattern",
                                      "modules_to_save") if config.get(name)]
     if config.get("bias", "none") != "none":

@@ -55,9 +55,13 @@ def check_speculative_model(spec, target_config, target_tokenizer: str,
     path (None for n-gram or no speculation). ClientError otherwise."""
     if not spec.uses_model:
         return None
-    path = resolve_model_path(spec.model)
+    try:
+        path = resolve_model_path(spec.model)
+        config = load_hf_config(path) if spec.method == "draft_model" else None
+    except ClientError as error:
+        raise ClientError(f"speculative_config: {spec.method} model: {error}",
+                          param=PARAM) from None
     if spec.method == "draft_model":
-        config = load_hf_config(path)
         if load_format != "dummy":
             resolve_load_format(path, "auto")
     else:

@@ -120,7 +120,10 @@ def load_model_shape(spec: str) -> ModelShape:
     """A model's shape from a directory holding config.json, a config.json file, or the name
     of a shipped shape (``pagellm/bench/configs``). ClientError naming what was tried."""
     from pagellm.bench.common import SHIPPED_CONFIGS_DIR
+    from pagellm.models.default_model import DEFAULT_MODEL_NAMES
 
+    if spec in DEFAULT_MODEL_NAMES or spec.endswith(".gguf"):
+        return _shape_from_gguf(spec)
     path = Path(spec).expanduser()
     candidates = [path / "config.json", path, SHIPPED_CONFIGS_DIR / spec / "config.json"]
     config_file = next((c for c in candidates if c.is_file()), None)
@@ -134,6 +137,17 @@ def load_model_shape(spec: str) -> ModelShape:
     except (ValueError, KeyError, TypeError) as error:
         raise ClientError(f"{config_file}: not a usable model config ({error})",
                           param="model") from None
+
+
+def _shape_from_gguf(spec: str) -> ModelShape:
+    """The shape of the default model or a GGUF file (its metadata read through
+    transformers, as the engine does); weights are then sized by dtype or ``--quantization``
+    (``gguf-q4_1`` for the default model kept quantized)."""
+    from pagellm.models.default_model import resolve_model_path
+    from pagellm.models.hf_config import load_hf_config
+
+    hf_config = load_hf_config(resolve_model_path(spec))
+    return _shape_from_config(spec, hf_config.to_dict())
 
 
 def _shape_from_config(name: str, data: dict) -> ModelShape:

@@ -114,6 +114,12 @@ def test_runtime_routes_need_the_environment_variable(setup, monkeypatch):
     (["--lora-modules", "a1={a1}"], "--lora-modules needs --enable-lora"),
     (["--enable-lora", "--lora-modules", "a1={missing}"], "no adapter_config.json"),
     (["--enable-lora", "--max-lora-rank", "8", "--lora-modules", "big={big}"], "max_lora_rank=8"),
+    (["--enable-lora", "--lora-modules", "a={a1}", "a={a1}"], "names ['a'] more than once"),
+    (["--enable-lora", "--served-model-name", "tiny", "--lora-modules", "tiny={a1}"],
+     "'tiny' is the base model's name"),
+    (["--enable-lora", "--lora-modules", "{{bad json"], "not valid JSON"),
+    (["--enable-lora", "--lora-modules", '{{"name": "x", "path": 5}}'], "'path' as strings"),
+    (["--enable-lora", "--lora-modules", "bj={badjson}"], "adapter_config.json: Expecting"),
 ])
 def test_bad_lora_modules_fail_before_the_model_loads(setup, capsys, monkeypatch, flags, message):
     from pagellm.entrypoints.cli.main import main
@@ -122,7 +128,11 @@ def test_bad_lora_modules_fail_before_the_model_loads(setup, capsys, monkeypatch
     loads = []
     monkeypatch.setattr("pagellm.engine.async_engine.AsyncLLM.from_engine_args",
                         lambda *a, **k: loads.append(1))
-    paths = {"a1": adapters["a1"], "big": adapters["big"], "missing": adapters["a1"].parent}
+    bad_json = adapters["a1"].parent / "badjson"
+    bad_json.mkdir(exist_ok=True)
+    (bad_json / "adapter_config.json").write_text("{oops")
+    paths = {"a1": adapters["a1"], "big": adapters["big"], "missing": adapters["a1"].parent,
+             "badjson": bad_json}
     argv = ["serve", str(model), "--port", "0"] + [f.format(**paths) for f in flags]
     assert main(argv) == 2
     assert message in capsys.readouterr().err and not loads

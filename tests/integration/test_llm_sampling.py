@@ -111,6 +111,14 @@ def test_bad_input_raises_and_engine_lives(default_llm):
         SamplingParams(temperature=-1)
     with pytest.raises(ClientError, match="empty"):
         default_llm.generate([""], use_tqdm=False)
+    for prompts in (None, 5):
+        with pytest.raises(ClientError, match="prompts must be a string"):
+            default_llm.generate(prompts, use_tqdm=False)
+    with pytest.raises(ClientError, match=r"SamplingParams\(\*\*the_dict\)"):
+        default_llm.generate(["a"], {"max_tokens": 3}, use_tqdm=False)
+    for messages in ([], [[]]):
+        with pytest.raises(ClientError, match="must not be empty|non-empty list"):
+            default_llm.chat(messages, use_tqdm=False)
     out = default_llm.generate("Hello", SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)
     assert len(out[0].outputs[0].token_ids) == 4
     assert not default_llm.llm_engine.has_unfinished_requests()

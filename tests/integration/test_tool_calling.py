@@ -64,6 +64,18 @@ def test_named_tool_choice_returns_a_valid_call(client):
     assert_valid_calls(choice.message.tool_calls)
 
 
+def test_a_bad_tool_schema_is_a_400_naming_tools(client):
+    import openai
+
+    bad = {"type": "function", "function": {"name": "f", "parameters": {"type": "wat"}}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="tiny", messages=MESSAGES, tools=[bad],
+                                       tool_choice="required", max_tokens=5)
+    error = caught.value.body
+    assert error["param"] == "tools" and "function parameters schema in tools" in error["message"]
+    assert 'Unsupported type "wat"' in error["message"]
+
+
 def test_required_tool_choice_streams_valid_calls(client):
     """Needs structured outputs (constrained decoding) in the engine."""
     stream = client.chat.completions.create(

@@ -67,6 +67,28 @@ def test_int4_matmul_matches_its_twin(qtype, rows, cols, num_tokens):
     assert relative < 1e-2, relative          # against float32 dequantization
 
 
+@pytest.mark.parametrize("qtype", [T.Q4_1, T.Q8_0, T.Q6_K])
+def test_many_rows_use_a_dense_bfloat16_copy_few_rows_the_int4_kernel(qtype, monkeypatch):
+    from pagellm.layers import gguf_linear
+
+    layer, exact, twin = packed_layer(qtype, 128, 512)
+    x = torch.randn(40, 512, generator=torch.Generator().manual_seed(2))
+    few = layer.quant_method.apply(layer, x[:gguf_linear.DENSE_MIN_ROWS - 1])
+    assert getattr(layer, "_gguf_dense", None) is None          # the int4 kernel ran
+    many = layer.quant_method.apply(layer, x)
+    dense = layer._gguf_dense                                   # made on this first use
+    assert dense.dtype == torch.bfloat16 and dense.shape == (128, 512)
+    torch.testing.assert_close(dense.float(), twin, rtol=2e-2, atol=1e-3)
+    reference = x.bfloat16().float() @ twin.t()
+    torch.testing.assert_close(many, reference, rtol=2e-2, atol=2e-2 * reference.abs().max().item())
+    torch.testing.assert_close(many[:len(few)], few, rtol=3e-2, atol=3e-2 * few.abs().max().item())
+    # copies off (or a spent budget): the int4 kernel at every row count
+    monkeypatch.setattr(gguf_linear, "DENSE_MIN_ROWS", 0)
+    other, _, _ = packed_layer(qtype, 128, 512)
+    other.quant_method.apply(other, x)
+    assert getattr(other, "_gguf_dense", None) is None and other._gguf_dense_refused
+
+
 @pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_1, T.Q5_K, T.Q6_K])
 def test_embedding_rows_read_back_from_the_packed_layout(qtype):
     assert can_embed(128, 256) and not can_embed(48, 256)

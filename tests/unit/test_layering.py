@@ -36,7 +36,7 @@ ALLOWED = {
     "engine": BASE | {"core", "distributed", "platforms", "models", "structured_output", "lora"},
     "metrics": BASE | {"engine", "core"},
     "bench": BASE | {"__init__", "engine"},
-    "tuning": BASE | {"__init__", "engine", "bench"},
+    "tuning": BASE | {"__init__", "engine", "bench", "models"},
     "entrypoints": BASE | {"__init__", "engine", "bench", "tuning", "metrics", "models",
                            "structured_output", "reasoning", "lora"},
     "__init__": BASE | {"engine", "lora"},

@@ -249,10 +249,12 @@ def test_every_optional_request_field_takes_null():
             assert getattr(parsed, name) == model.model_fields[name].default, (model, name)
     messages = [{"role": "user", "content": "x"}]
     request = ChatCompletionRequest(messages=messages, n=None, logprobs=None,
-                                    add_generation_prompt=None, echo=None,
+                                    add_generation_prompt=None, echo=None, stream=True,
                                     stream_options={"include_usage": None})
     assert (request.n, request.logprobs, request.add_generation_prompt) == (1, False, True)
     assert request.stream_options.include_usage is False
+    with pytest.raises(ValueError, match="stream_options can only be set when stream is true"):
+        ChatCompletionRequest(messages=messages, stream_options={"include_usage": True})
 
 
 SURROGATE_BODIES = [

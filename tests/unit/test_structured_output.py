@@ -106,6 +106,9 @@ def test_guided_and_structured_outputs_fields():
     (dict(structured_outputs={"json": {}, "regex": "a"}), "structured_outputs", "exactly one"),
     (dict(guided_regex="a", guided_decoding_backend="outlines"), "guided_decoding_backend",
      "xgrammar"),
+    (dict(response_format={"type": "json_object"}, guided_whitespace_pattern="[ ]+"),
+     "guided_whitespace_pattern", "applies only together with a guided_"),
+    (dict(guided_whitespace_pattern=""), "guided_whitespace_pattern", "applies only"),
 ])
 def test_bad_request_fields_are_client_errors(fields, param, message):
     with pytest.raises(ClientError, match=message) as caught:

@@ -158,6 +158,15 @@ def _precheck_lora_modules(args: argparse.Namespace) -> None:
     kwargs = engine_kwargs_from_args(args)
     if not kwargs.get("enable_lora"):
         raise ClientError("--lora-modules needs --enable-lora", param="lora_modules")
+    names = [module.name for module in modules]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ClientError(f"--lora-modules names {repeated} more than once", param="lora_modules")
+    base_name = (kwargs.get("served_model_name") or args.model_tag or kwargs.get("model")
+                 or "default")
+    if base_name in names:
+        raise ClientError(f"--lora-modules {base_name!r} is the base model's name: give the "
+                          "adapter another name", param="lora_modules")
     for module in modules:
         precheck_adapter(module.path, kwargs.get("max_lora_rank", 16))
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import ConfigDict, Discriminator, Field, StrictInt, Tag, field_validator
+from pydantic import (ConfigDict, Discriminator, Field, StrictInt, Tag, field_validator,
+                      model_validator)
 from pydantic_core import PydanticCustomError
 
 from pagellm.entrypoints.openai.protocol_tools import (ChatCompletionToolsParam, DeltaToolCall,
@@ -120,6 +121,12 @@ class _SamplingRequest(OpenAIRequest):
         if any(len(text) > MAX_STOP_STRING_CHARS for text in stops):
             raise ValueError(f"stop strings must be at most {MAX_STOP_STRING_CHARS} characters")
         return stop
+
+    @model_validator(mode="after")
+    def _check_stream_options(self):
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options can only be set when stream is true")
+        return self
 
     @property
     def include_usage(self) -> bool:

@@ -95,7 +95,7 @@ class OpenAIServingChat(OpenAIServing):
             options = self.output_options(request, prompt_text)
             params = request.to_sampling_params(self.max_model_len, len(token_ids),
                                                 self.max_logprobs)
-            await self.check_structured_outputs([params])
+            await self._check_constraint(request, params)
         except Exception as error:
             return self.error_body(error, request_id)
         states = new_prompt_states([(None, token_ids)], request.n)
@@ -124,6 +124,22 @@ class OpenAIServingChat(OpenAIServing):
         if not request.logprobs:
             return None
         return self.chat_logprobs(token_ids, positions, request.top_logprobs or 0)
+
+    async def _check_constraint(self, request, params) -> None:
+        """``check_structured_outputs``; when the constraint comes from the tools
+        (tool_choice "required" or named) a bad schema is blamed on ``tools``."""
+        from_tools = (request.tools and request.structured_outputs is None
+                      and request.response_format is None
+                      and not any(getattr(request, f"guided_{kind}") is not None
+                                  for kind in ("json", "regex", "choice", "grammar")))
+        try:
+            await self.check_structured_outputs([params])
+        except ClientError as error:
+            if not from_tools or error.param != "structured_outputs":
+                raise
+            message = str(error).replace("invalid structured outputs json",
+                                         "invalid function parameters schema in tools")
+            raise ClientError(message, param="tools") from None
 
     async def _full_response(self, request: ChatCompletionRequest, request_id: str,
                              prompt: PromptState, stream: AsyncIterator,

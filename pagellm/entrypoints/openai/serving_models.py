@@ -39,12 +39,15 @@ def parse_lora_modules(values: list[str] | None) -> tuple[LoRAModulePath, ...]:
         if value.startswith("{"):
             try:
                 data = json.loads(value)
-                modules.append(LoRAModulePath(data["name"], data["path"],
-                                              data.get("base_model_name")))
-            except (ValueError, KeyError, TypeError):
-                raise ClientError(f"--lora-modules {value!r}: a JSON entry needs 'name' and "
-                                  f"'path' (and may have 'base_model_name')",
+            except ValueError as error:
+                raise ClientError(f"--lora-modules {value!r}: not valid JSON ({error})",
                                   param="lora_modules") from None
+            fields = (data.get("name"), data.get("path")) if isinstance(data, dict) else ()
+            if not (len(fields) == 2 and all(isinstance(f, str) and f for f in fields)):
+                raise ClientError(f"--lora-modules {value!r}: a JSON entry needs 'name' and "
+                                  f"'path' as strings (and may have 'base_model_name')",
+                                  param="lora_modules")
+            modules.append(LoRAModulePath(data["name"], data["path"], data.get("base_model_name")))
             continue
         name, sep, path = value.partition("=")
         if not sep or not name or not path:

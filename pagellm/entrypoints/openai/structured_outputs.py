@@ -34,10 +34,16 @@ RESPONSE_FORMAT_TYPES = ("text", "json_object", "json_schema", "structural_tag")
 def structured_outputs_of(request: Any) -> StructuredOutputsParams | None:
     """The constraint a chat or completion request asks for (None: free text)."""
     _check_backend(getattr(request, "guided_decoding_backend", None))
-    if request.structured_outputs is not None:
-        return _from_structured_outputs(request.structured_outputs)
     guided = {key: getattr(request, name) for name, key in _GUIDED_FIELDS.items()
               if getattr(request, name) is not None}
+    if not guided and request.guided_whitespace_pattern is not None:
+        # never ignored silently: it only shapes a guided_* constraint
+        raise ClientError("guided_whitespace_pattern applies only together with a guided_* "
+                          "field (guided_json, ...); with structured_outputs use its "
+                          "whitespace_pattern / disable_any_whitespace keys",
+                          param="guided_whitespace_pattern")
+    if request.structured_outputs is not None:
+        return _from_structured_outputs(request.structured_outputs)
     if guided:
         pattern = request.guided_whitespace_pattern
         return _params("guided_" + next(iter(guided)), **guided, whitespace_pattern=pattern)

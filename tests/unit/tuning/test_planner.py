@@ -107,6 +107,12 @@ def test_cli_exit_codes_and_no_traceback(capsys, tmp_path):
     assert "not a usable model config" in capsys.readouterr().err
 
 
+def test_the_default_gguf_model_has_a_shape():
+    shape = load_model_shape("default")        # SmolLM2-135M's metadata, read from the GGUF
+    assert (shape.num_layers, shape.hidden_size, shape.num_heads, shape.num_kv_heads,
+            shape.vocab_size) == (30, 576, 9, 3, 49152)
+
+
 def test_pipeline_stages_size_the_busiest_rank():
     # 32 layers over 3 stages: 11, 11, 10 -> the KV of 11 layers per block on the busiest rank
     per_token = kv_geometry(PlanInputs(model=LLAMA_8B, pipeline_parallel_size=3))[0]
