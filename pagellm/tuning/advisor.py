@@ -271,9 +271,14 @@ class Advisor:
         by_time = window.queue_p99_s is not None and window.queue_p99_s > targets.queue_time_s
         if not (by_count or by_time):
             return None
-        evidence = (f"up to {window.waiting_max or 0:g} requests waiting (mean "
-                    f"{window.waiting_mean or 0:.1f}); queue time P99 "
-                    f"{_ms(window.queue_p99_s)}; running at most {window.running_max or 0:g}")
+        counts = (f"up to {window.waiting_max or 0:g} requests waiting (mean "
+                  f"{window.waiting_mean or 0:.1f}) in the sampled gauges")
+        timing = (f"queue time P99 {_ms(window.queue_p99_s)}"
+                  + (f" > {_ms(targets.queue_time_s)}" if by_time else ""))
+        # lead with what crossed the threshold: a wait shorter than the gauges' sampling
+        # interval shows in the queue-time histogram only
+        evidence = (f"{counts}; {timing}" if by_count else f"{timing}; {counts}") + \
+            f"; running at most {window.running_max or 0:g}"
         if any(f.symptom == "kv_exhaustion" for f in found):
             return None         # more sequences cannot fit: exhaustion names the fix
         at_cap = self._running_at_cap(window)

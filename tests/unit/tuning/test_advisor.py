@@ -66,6 +66,14 @@ def test_queue_at_the_seq_cap_raises_max_num_seqs():
     assert below.knob == "max_num_batched_tokens"
 
 
+def test_a_queue_seen_only_in_queue_time_leads_with_it():
+    # waits shorter than the gauges' sampling interval: zero waiting in every scrape
+    window = _window(queue_p50_s=0.3, queue_p99_s=1.0)
+    finding = _only(Advisor(KnobValues(max_num_seqs=64)).advise(window), "queue_buildup")
+    assert finding.evidence.startswith("queue time P99 1000 ms > ")
+    assert "up to 0 requests waiting (mean 0.0) in the sampled gauges" in finding.evidence
+
+
 def test_preemption_names_the_kv_budget_or_swap_space():
     window = _window(num_preemptions=9, kv_usage_max=0.9)
     cpu = _only(Advisor(KnobValues(kv_cache_memory_bytes=1 << 20, device="cpu")).advise(window),
