@@ -41,8 +41,8 @@ DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}
 QUANT_BYTES_PER_WEIGHT = {"fp8": 1.0, "int8": 1.0, "w8a8": 1.0, "awq": 0.5 + 4 / 128,
                           "gptq": 0.5 + 4 / 128, "int4": 0.5 + 4 / 128, "gguf-q4_1": 0.625}
 """Bytes per linear-layer weight; int4 kinds carry a 16-bit scale and zero per group of 128.
-Embeddings, norms and the LM head stay in the model dtype. pagellm itself rejects
-``--quantization`` until quantized GEMMs land: these numbers plan ahead."""
+Embeddings, norms and the LM head stay in the model dtype (``--quantization fp8`` quantizes
+online at load; int4 needs an AWQ / GPTQ / compressed-tensors checkpoint)."""
 KV_DTYPE_BYTES = {"fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1}
 CUDA_CONTEXT_BYTES = 512 * 1024**2
 """Memory outside torch per GPU process (CUDA context, cuBLAS workspaces): an estimate; the
@@ -321,10 +321,18 @@ def suggest_fixes(inputs: PlanInputs, result: PlanResult) -> list[str]:
         fitting = result.num_blocks * inputs.block_size
         candidates.append((f"--max-model-len {fitting} (or lower)",
                            dataclasses.replace(inputs, max_model_len=fitting)))
-    for quant in ("fp8", "int4"):
+    quantize = {"fp8": "quantize to fp8 (--quantization fp8, online at load)",
+                "int4": "an int4 checkpoint (AWQ / GPTQ / compressed-tensors W4A16)"}
+    for quant, text in quantize.items():
         if inputs.quantization is None:
-            candidates.append((f"quantize to {quant} (--quantization {quant}; not yet in pagellm)",
-                               dataclasses.replace(inputs, quantization=quant)))
+            candidates.append((text, dataclasses.replace(inputs, quantization=quant)))
+    if inputs.device == "cpu":
+        # one host's memory: more ranks do not add any; a larger KV budget does
+        blocks = -(-result.max_model_len // inputs.block_size) + 1      # one request, whole
+        budget = -(-blocks * result.kv_bytes_per_block // 2**20) * 2**20   # MiB-rounded
+        candidates.append((f"--kv-cache-memory-bytes {budget}",
+                           dataclasses.replace(inputs, kv_cache_memory_bytes=budget)))
+        return _fitting(candidates)
     tp = inputs.tensor_parallel_size
     for bigger in (2 * tp, 4 * tp, 8 * tp):
         candidates.append((f"--tensor-parallel-size {bigger}",
@@ -332,6 +340,11 @@ def suggest_fixes(inputs: PlanInputs, result: PlanResult) -> list[str]:
     if inputs.gpu_memory_utilization < 0.95:
         candidates.append(("--gpu-memory-utilization 0.95",
                            dataclasses.replace(inputs, gpu_memory_utilization=0.95)))
+    return _fitting(candidates)
+
+
+def _fitting(candidates: list[tuple[str, "PlanInputs"]]) -> list[str]:
+    """The texts of the candidate changes whose plan fits, in order."""
     fixes = []
     for text, changed in candidates:
         try:
@@ -365,11 +378,13 @@ def format_plan(result: PlanResult) -> str:
     lines = [f"Plan for {i.model.name} on {place} (tp={i.tensor_parallel_size}, "
              f"pp={i.pipeline_parallel_size}, dp={i.data_parallel_size}, dtype="
              f"{_resolved_dtype(i)}, quantization={i.quantization or 'none'})",
-             f"  weights per GPU:            {result.weight_bytes_per_gpu / GiB:8.2f} GiB",
-             f"  activation reserve:         {result.activation_bytes / GiB:8.2f} GiB",
-             f"  CUDA-graph reserve:         {result.cuda_graph_bytes / GiB:8.2f} GiB",
-             f"  other (CUDA context):       {result.non_torch_bytes / GiB:8.2f} GiB",
-             f"  KV cache budget:            {max(result.kv_budget_bytes, 0) / GiB:8.2f} GiB",
+             f"  {'weights per ' + ('rank:' if i.device == 'cpu' else 'GPU:'):<28}"
+             f"{result.weight_bytes_per_gpu / GiB:8.2f} GiB",
+             f"  activation reserve:         {result.activation_bytes / GiB:8.2f} GiB"]
+    if i.device != "cpu":
+        lines += [f"  CUDA-graph reserve:         {result.cuda_graph_bytes / GiB:8.2f} GiB",
+                  f"  other (CUDA context):       {result.non_torch_bytes / GiB:8.2f} GiB"]
+    lines += [f"  KV cache budget:            {max(result.kv_budget_bytes, 0) / GiB:8.2f} GiB",
              f"  KV bytes per token:         {result.kv_bytes_per_token:8d}",
              f"  KV blocks (of {i.block_size}):         {result.num_blocks:8d}",
              f"  max concurrency at max_model_len={result.max_model_len}: "

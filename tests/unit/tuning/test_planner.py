@@ -113,6 +113,16 @@ def test_the_default_gguf_model_has_a_shape():
             shape.vocab_size) == (30, 576, 9, 3, 49152)
 
 
+def test_a_cpu_plan_speaks_of_ranks_and_suggests_the_kv_budget(capsys):
+    assert main(["plan", "qwen3-0.6b", "--device", "cpu", "--kv-cache-memory-bytes",
+                 "10000000", "--max-model-len", "32768"]) == 1
+    out = capsys.readouterr().out
+    assert "weights per rank:" in out and "CUDA" not in out and "--tensor-parallel-size" not in out
+    suggested = int(out.split("--kv-cache-memory-bytes ")[1].split()[0])
+    assert main(["plan", "qwen3-0.6b", "--device", "cpu", "--kv-cache-memory-bytes",
+                 str(suggested), "--max-model-len", "32768"]) == 0      # the fix fits
+
+
 def test_pipeline_stages_size_the_busiest_rank():
     # 32 layers over 3 stages: 11, 11, 10 -> the KV of 11 layers per block on the busiest rank
     per_token = kv_geometry(PlanInputs(model=LLAMA_8B, pipeline_parallel_size=3))[0]
