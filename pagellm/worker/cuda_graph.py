@@ -8,6 +8,13 @@ attend to one token of it, so they cannot disturb real requests.
 Contract: ``capture`` must run after the KV cache is bound (graphs hold its addresses);
 ``run`` returns a view of a static output buffer that stays valid until the next ``run``.
 ``num_replays`` counts the replays per captured size (the proof that decode steps used them).
+
+LoRA (``enable_lora``): each size is captured twice, once without adapters (the base path
+pays nothing when no adapter is in the batch) and once with the LoRA Triton kernels reading a
+static per-token slot buffer (``token_slots``, -1 = base). A step whose tokens use adapters
+copies its slots into that buffer and replays the LoRA graph; the adapters' weights live in
+the layers' fixed slot tensors, so loading an adapter into a slot needs no re-capture (vLLM
+captures its punica wrapper's static metadata the same way). ``num_lora_replays`` counts them.
 """
 
 from __future__ import annotations
@@ -18,6 +25,9 @@ import time
 import torch
 
 from pagellm.layers.attention_metadata import AttentionMetadata
+from pagellm.lora.layers import LoRAContext
+from pagellm.lora.ops import LORA_BGMV_MAX_TOKENS, LoRABatchMapping
+from pagellm.platforms import use_triton_kernels
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +45,7 @@ def default_capture_sizes(max_num_seqs: int) -> list[int]:
 class CudaGraphRunner:
     def __init__(self, model: torch.nn.Module, kv_caches: list[torch.Tensor],
                  capture_sizes: list[int], max_model_len: int, block_size: int,
-                 scratch_block: int, device: torch.device):
+                 scratch_block: int, device: torch.device, lora_context: LoRAContext | None = None):
         self.model = model
         self.kv_caches = kv_caches
         self.capture_sizes = sorted(set(capture_sizes))
@@ -53,10 +63,19 @@ class CudaGraphRunner:
                                        device=device)                                # [n, max_blocks]
         self.seq_lens = torch.ones(n, dtype=torch.int32, device=device)             # [n]
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)  # [n + 1]
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
+        self.graphs: dict[tuple[int, bool], torch.cuda.CUDAGraph] = {}     # (size, with LoRA)
+        self.outputs: dict[tuple[int, bool], torch.Tensor] = {}
         self.num_replays: dict[int, int] = dict.fromkeys(self.capture_sizes, 0)
         """Replays since capture, per padded batch size (capture's own runs not counted)."""
+        self.lora_context = lora_context
+        self.num_lora_replays: dict[int, int] = dict.fromkeys(self.capture_sizes, 0)
+        """Replays of the LoRA graphs per padded size (also counted in ``num_replays``)."""
+        self.token_slots = torch.full((n,), -1, dtype=torch.int64, device=device)  # [n] LoRA slot
+        if lora_context is not None and not (
+                self.max_batch <= LORA_BGMV_MAX_TOKENS and use_triton_kernels(self.token_slots)):
+            raise ValueError("CUDA graphs with LoRA need the Triton LoRA kernels and capture "
+                             f"sizes <= {LORA_BGMV_MAX_TOKENS}: set enforce_eager=True, or "
+                             "PAGELLM_TRITON_KERNELS=1 and smaller cudagraph_capture_sizes")
 
     def padded_size(self, num_reqs: int) -> int | None:
         for size in self.capture_sizes:
@@ -82,22 +101,35 @@ class CudaGraphRunner:
         start = time.perf_counter()
         pool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream()
-        for size in reversed(self.capture_sizes):          # largest first: the pool fits all
-            metadata = self._metadata(size)
-            args = (self.input_ids[:size], self.positions[:size], self.kv_caches, metadata)
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):                          # warm-up: autotuning, lazy init
-                    self.model(*args)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool, stream=stream):
-                self.outputs[size] = self.model(*args)
-            self.graphs[size] = graph
+        variants = [False, True] if self.lora_context is not None else [False]
+        try:
+            for size in reversed(self.capture_sizes):      # largest first: the pool fits all
+                for with_lora in variants:
+                    self._capture_one(size, with_lora, pool, stream)
+        finally:
+            if self.lora_context is not None:
+                self.lora_context.mapping = None
         torch.cuda.synchronize()
-        logger.info("Captured CUDA graphs for %d decode batch sizes (%d..%d) in %.1f s",
+        logger.info("Captured CUDA graphs for %d decode batch sizes (%d..%d)%s in %.1f s",
                     len(self.capture_sizes), self.capture_sizes[0], self.max_batch,
+                    ", each with and without LoRA" if len(variants) == 2 else "",
                     time.perf_counter() - start)
+
+    def _capture_one(self, size: int, with_lora: bool, pool, stream: torch.cuda.Stream) -> None:
+        if self.lora_context is not None:      # the LoRA kernels read the static slot buffer
+            self.lora_context.mapping = (LoRABatchMapping(self.token_slots[:size], groups=[])
+                                         if with_lora else None)
+        metadata = self._metadata(size)
+        args = (self.input_ids[:size], self.positions[:size], self.kv_caches, metadata)
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):                              # warm-up: autotuning, lazy init
+                self.model(*args)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool, stream=stream):
+            self.outputs[size, with_lora] = self.model(*args)
+        self.graphs[size, with_lora] = graph
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor,
             metadata: AttentionMetadata) -> torch.Tensor:
@@ -115,6 +147,12 @@ class CudaGraphRunner:
             self.block_tables[n:size].fill_(self.scratch_block)
             self.seq_lens[n:size].fill_(1)
             self.positions[n:size].zero_()
-        self.graphs[size].replay()
+        mapping = self.lora_context.mapping if self.lora_context is not None else None
+        with_lora = mapping is not None
+        if with_lora:                                         # [n] slots of this step's tokens
+            self.token_slots[:n].copy_(mapping.token_slots)
+            self.token_slots[n:size].fill_(-1)
+            self.num_lora_replays[size] += 1
+        self.graphs[size, with_lora].replay()
         self.num_replays[size] += 1
-        return self.outputs[size][:n]
+        return self.outputs[size, with_lora][:n]

@@ -175,8 +175,6 @@ class Worker:
                 logger.info("pipeline parallelism: CUDA graphs are not captured (eager mode)")
             elif self.config.speculative.method == "eagle3":   # the graphs keep no aux states
                 logger.info("EAGLE-3: CUDA graphs are not captured (eager mode)")
-            elif self.config.lora.enable_lora:  # the LoRA path depends on the step's adapters
-                logger.info("enable_lora: CUDA graphs are not captured (eager mode)")
             else:
                 self._capture_cuda_graphs(kv_cache)
 
@@ -189,9 +187,11 @@ class Worker:
         if any(not isinstance(s, int) or s < 1 for s in sizes):
             raise ClientError(f"cudagraph_capture_sizes must be positive integers, got {sizes}",
                               param="compilation_config")
+        lora = self.runner.lora_manager
         graphs = CudaGraphRunner(self.model, kv_cache.layers, sizes, self.config.model.max_model_len,
                                  self.config.cache.block_size, kv_cache.scratch_block,
-                                 self.platform.device)
+                                 self.platform.device,
+                                 lora_context=lora.context if lora is not None else None)
         graphs.capture()
         self.runner.cuda_graphs = graphs
 

@@ -1,6 +1,7 @@
 """The Triton LoRA shrink/expand kernels equal the torch twin (per adapter group) on odd
-shapes, with base tokens (-1) left bit-identical; and a LoRA engine on CUDA (Triton path,
-eager) gives the same greedy tokens as on CPU (torch twin)."""
+shapes, with base tokens (-1) left bit-identical; a LoRA engine on CUDA (Triton path, CUDA
+graphs) gives the same greedy tokens as on CPU (torch twin); and decode steps with adapters
+replay the LoRA graphs, base-only steps the base graphs, with the eager engine's tokens."""
 
 from __future__ import annotations
 
@@ -45,3 +46,31 @@ def test_lora_engine_cuda_equals_cpu(tmp_path):
     gpu = LLM(str(model), device="cuda", **args).generate(prompts, params, use_tqdm=False,
                                                            lora_request=requests)
     assert [o.outputs[0].token_ids for o in gpu] == [o.outputs[0].token_ids for o in cpu]
+
+
+def test_lora_decode_replays_cuda_graphs_and_equals_eager(tmp_path):
+    from pagellm import LLM, LoRARequest, SamplingParams
+    from tests.helpers.tiny_lora import make_peft_adapter
+    from tests.helpers.tiny_models import make_tiny_model_dir
+
+    model = make_tiny_model_dir(tmp_path, "llama")
+    adapters = [make_peft_adapter(model, tmp_path / f"a{i}", seed=i) for i in (1, 2, 3)]
+    mixed = [None, LoRARequest("a1", 1, str(adapters[0])), LoRARequest("a2", 2, str(adapters[1])),
+             LoRARequest("a3", 3, str(adapters[2])), LoRARequest("a1", 1, str(adapters[0]))]
+    prompts = [[5, 6, 7, 8], [40, 41], [100, 3, 77], [9, 9], [12, 13, 14]]
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    args = dict(kv_cache_memory_bytes=16 * 2**20, enable_lora=True, max_lora_rank=8,
+                max_loras=2, dtype="float32", device="cuda")     # 3 adapters, 2 slots: evictions
+    eager = LLM(str(model), enforce_eager=True, **args)
+    graphed = LLM(str(model), **args)
+    runner = graphed.llm_engine.engine_core.executor.worker.runner
+    assert runner.cuda_graphs is not None and runner.cuda_graphs.lora_context is not None
+    for requests in (mixed, [None] * len(prompts)):
+        before = dict(runner.cuda_graphs.num_lora_replays)
+        want = eager.generate(prompts, params, use_tqdm=False, lora_request=requests)
+        got = graphed.generate(prompts, params, use_tqdm=False, lora_request=requests)
+        assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in want]
+        lora_replays = sum(runner.cuda_graphs.num_lora_replays.values()) - sum(before.values())
+        assert (lora_replays > 0) == (requests is mixed)
+    assert sum(runner.cuda_graphs.num_replays.values()) > sum(
+        runner.cuda_graphs.num_lora_replays.values())           # base-only steps replayed too

@@ -45,3 +45,20 @@ def test_padding_rows_start_on_the_scratch_block_and_counters_at_zero():
     assert runner.block_tables.tolist() == [[9, 9, 9]] * 4        # ceil(10 / 4) blocks a row
     assert runner.seq_lens.tolist() == [1] * 4
     assert runner.query_start_loc.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_lora_graphs_need_the_triton_kernels():
+    """Graph capture with LoRA bakes in the Triton kernels reading ``token_slots``; without
+    them (CPU here, or PAGELLM_TRITON_KERNELS=0) the runner refuses with the fix named."""
+    from pagellm.lora.layers import LoRAContext
+
+    try:
+        CudaGraphRunner(torch.nn.Identity(), [], [1, 2], max_model_len=10, block_size=4,
+                        scratch_block=9, device=torch.device("cpu"), lora_context=LoRAContext())
+    except ValueError as error:
+        assert "enforce_eager=True" in str(error)
+    else:
+        raise AssertionError("a LoRA graph runner without Triton kernels was built")
+    runner = make_runner()
+    assert runner.num_lora_replays == {1: 0, 2: 0, 4: 0}
+    assert runner.token_slots.tolist() == [-1] * 4                 # every row starts as base
