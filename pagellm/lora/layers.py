@@ -130,7 +130,7 @@ class LoRALayer:
         width = len(self.pieces) * rank
         a_full = torch.zeros((width, layer.input_size))                # [P * R, in]
         b_rows = layer.output_size if self.row_parallel else self.b_slots.shape[1]
-        b = torch.zeros((b_rows, width))        # row: whole [out, P * R]; column: [out_local, P * R]
+        b = torch.zeros((b_rows, width))  # row-parallel [out, P * R]; column [out_local, P * R]
         b.output_dim = 0
         for index, (module, shard_id) in enumerate(self.pieces):
             if module not in modules:

@@ -3,9 +3,12 @@ ClientError naming the field."""
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from pagellm import ClientError, LoRARequest
+from pagellm.config.cli_args import add_engine_args, engine_kwargs_from_args
 from pagellm.config.engine_args import create_engine_config
 
 
@@ -27,8 +30,10 @@ def test_bad_lora_engine_args(args, field):
 
 
 def test_fully_sharded_loras_is_accepted_when_the_rank_divides():
-    config = create_engine_config(enable_lora=True, fully_sharded_loras=True, max_lora_rank=8,
-                                  tensor_parallel_size=2)
+    parser = argparse.ArgumentParser()
+    add_engine_args(parser)
+    flags = ["--enable-lora", "--fully-sharded-loras", "--max-lora-rank", "8", "-tp", "2"]
+    config = create_engine_config(**engine_kwargs_from_args(parser.parse_args(flags)))
     assert config.lora.fully_sharded_loras and config.parallel.tensor_parallel_size == 2
     # without tensor parallelism (or with the default sharding) any rank is fine
     assert create_engine_config(enable_lora=True, fully_sharded_loras=True,
