@@ -51,7 +51,8 @@ class LoRAContext:
 
 
 class LoRALinearMethod(LinearMethodBase):
-    """The base method's product, plus each adapter token's delta (before any all-reduce)."""
+    """The base method's product, plus this rank's share of each adapter token's delta
+    (before the layer's all-reduce, if any)."""
 
     def __init__(self, base: LinearMethodBase, lora_layer: "LoRALayer"):
         self.base = base
