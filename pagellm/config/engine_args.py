@@ -83,6 +83,7 @@ def create_engine_config(**kwargs) -> EngineConfig:
     for name, value in kwargs.items():
         grouped[fields[name][0]][name] = value
     configs = {cls: cls(**grouped[cls]) for cls in CONFIG_CLASSES}
+    configs[LoRAConfig].check_tensor_parallel(configs[ParallelConfig].tensor_parallel_size)
     return EngineConfig(
         model=configs[ModelConfig], cache=configs[CacheConfig],
         scheduler=configs[SchedulerConfig], parallel=configs[ParallelConfig],

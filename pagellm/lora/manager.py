@@ -27,7 +27,7 @@ from pagellm.lora.request import LoRARequest
 
 class LoRAModelManager:
     def __init__(self, model, hf_config, max_loras: int, max_lora_rank: int, max_cpu_loras: int,
-                 dtype: torch.dtype, device: torch.device):
+                 dtype: torch.dtype, device: torch.device, fully_sharded: bool = False):
         self.hf_config = hf_config
         self.max_loras = max_loras
         self.max_lora_rank = max_lora_rank
@@ -35,7 +35,7 @@ class LoRAModelManager:
         self.device = device
         self.context = LoRAContext()
         self.layers = attach_lora_layers(model, max_loras, max_lora_rank, dtype, device,
-                                         self.context)
+                                         self.context, fully_sharded)
         self.requests: dict[int, LoRARequest] = {}
         """Every adapter id seen (its path, to read it again after host eviction)."""
         self.host_cache: OrderedDict[int, LoRAWeights] = OrderedDict()

@@ -270,10 +270,11 @@ def make_model_proposer(config: EngineConfig, target: torch.nn.Module, dtype: to
 
 def make_lora_manager(model, hf_config, config: EngineConfig, dtype: torch.dtype,
                       device: torch.device):
-    """The worker's ``LoRAModelManager``: slots in ``lora_dtype`` (auto = the model's)."""
+    """The worker's ``LoRAModelManager``: slots in ``lora_dtype`` (auto = the model's),
+    sharded as ``fully_sharded_loras`` asks."""
     from pagellm.lora.manager import LoRAModelManager
 
     lora = config.lora
     lora_dtype = dtype if lora.lora_dtype == "auto" else getattr(torch, lora.lora_dtype)
     return LoRAModelManager(model, hf_config, lora.max_loras, lora.max_lora_rank,
-                            lora.cpu_loras, lora_dtype, device)
+                            lora.cpu_loras, lora_dtype, device, lora.fully_sharded_loras)

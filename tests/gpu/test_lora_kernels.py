@@ -1,7 +1,9 @@
 """The Triton LoRA shrink/expand kernels equal the torch twin (per adapter group) on odd
-shapes, with base tokens (-1) left bit-identical; a LoRA engine on CUDA (Triton path, CUDA
-graphs) gives the same greedy tokens as on CPU (torch twin); and decode steps with adapters
-replay the LoRA graphs, base-only steps the base graphs, with the eager engine's tokens."""
+shapes, with base tokens (-1) left bit-identical (also expanding into a column slice, as fully
+sharded row-parallel layers do); and a LoRA engine on CUDA (Triton path, eager; default and
+fully sharded LoRA; fully sharded at TP=2 when two GPUs exist) gives the same greedy tokens as
+on CPU (torch twin); and decode steps with adapters replay the LoRA CUDA graphs, base-only steps
+the base graphs, with the eager engine's tokens."""
 
 from __future__ import annotations
 
@@ -29,23 +31,56 @@ def test_lora_kernels_match_twin(dtype, shape):
     assert error < TOLERANCE[dtype]
 
 
-def test_lora_engine_cuda_equals_cpu(tmp_path):
-    from pagellm import LLM, LoRARequest, SamplingParams
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lora_expand_into_column_slice_matches_twin(dtype):
+    # fully sharded Llama-8B at tp=2: q|k|v A holds 3 x 16 / 2 rank rows; o_proj's expand
+    # writes rank 1's 2048 columns of the 4096-wide partial output
+    error = check_lora_kernels(33, 4, 24, 4096, 2048, "cuda", dtype, column_offset=2048)
+    assert error < TOLERANCE[dtype]
+
+
+def _engine_tokens(model, requests, prompts, **kwargs) -> list[list[int]]:
+    from pagellm import LLM, SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    llm = LLM(str(model), kv_cache_memory_bytes=16 * 2**20, enable_lora=True, max_lora_rank=8,
+              max_loras=2, dtype="float32", **kwargs)
+    try:
+        outputs = llm.generate(prompts, params, use_tqdm=False, lora_request=requests)
+    finally:
+        llm.shutdown()
+    return [o.outputs[0].token_ids for o in outputs]
+
+
+def _model_and_requests(tmp_path):
+    from pagellm import LoRARequest
     from tests.helpers.tiny_lora import make_peft_adapter
     from tests.helpers.tiny_models import make_tiny_model_dir
 
     model = make_tiny_model_dir(tmp_path, "llama")
     adapters = [make_peft_adapter(model, tmp_path / f"a{i}", seed=i) for i in (1, 2)]
-    requests = [None, LoRARequest("a1", 1, str(adapters[0])), LoRARequest("a2", 2, str(adapters[1]))]
-    prompts = [[5, 6, 7, 8], [40, 41], [100, 3, 77]]
-    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
-    args = dict(kv_cache_memory_bytes=16 * 2**20, enable_lora=True, max_lora_rank=8,
-                max_loras=2, dtype="float32")
-    cpu = LLM(str(model), device="cpu", **args).generate(prompts, params, use_tqdm=False,
-                                                          lora_request=requests)
-    gpu = LLM(str(model), device="cuda", **args).generate(prompts, params, use_tqdm=False,
-                                                           lora_request=requests)
-    assert [o.outputs[0].token_ids for o in gpu] == [o.outputs[0].token_ids for o in cpu]
+    requests = [None, LoRARequest("a1", 1, str(adapters[0])),
+                LoRARequest("a2", 2, str(adapters[1]))]
+    return model, requests, [[5, 6, 7, 8], [40, 41], [100, 3, 77]]
+
+
+@pytest.mark.parametrize("fully_sharded_loras", [False, True])
+def test_lora_engine_cuda_equals_cpu(tmp_path, fully_sharded_loras):
+    model, requests, prompts = _model_and_requests(tmp_path)
+    cpu = _engine_tokens(model, requests, prompts, device="cpu")
+    gpu = _engine_tokens(model, requests, prompts, device="cuda",
+                         fully_sharded_loras=fully_sharded_loras)
+    assert gpu == cpu
+
+
+def test_fully_sharded_lora_tp2_cuda_equals_cpu(tmp_path):
+    """NCCL all-gather / all-reduce of the LoRA shrink between the Triton kernels."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    model, requests, prompts = _model_and_requests(tmp_path)
+    cpu = _engine_tokens(model, requests, prompts, device="cpu")
+    assert _engine_tokens(model, requests, prompts, device="cuda", tensor_parallel_size=2,
+                          fully_sharded_loras=True) == cpu
 
 
 def test_lora_decode_replays_cuda_graphs_and_equals_eager(tmp_path):

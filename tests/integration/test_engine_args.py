@@ -9,7 +9,7 @@ from pagellm.config.engine_args import create_engine_config
 
 
 @pytest.mark.parametrize("name, value", [
-    ("fully_sharded_loras", True), ("cpu_offload_gb", 4), ("enable_expert_parallel", True),
+    ("cpu_offload_gb", 4), ("enable_expert_parallel", True),
 ])
 def test_later_features_not_silently_ignored(name, value):
     with pytest.raises(NotSupportedError, match=name):

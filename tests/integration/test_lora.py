@@ -2,7 +2,7 @@
 tiny random models: pagellm's greedy tokens with an adapter equal HF transformers + PEFT and
 the merged model; a batch mixing the base model and four adapters equals each request alone
 (sync and async scheduling); slots load, evict and reload under max_loras < adapters in use
-(exact counters); TP=2 and PP=2 equal one rank; prefix caching never shares KV across adapters; bad
+(exact counters); TP=2 (also with fully sharded LoRA) and PP=2 equal one rank; prefix caching never shares KV across adapters; bad
 adapters are ClientErrors at load."""
 
 from __future__ import annotations
@@ -102,17 +102,24 @@ def test_slots_evict_and_reload_under_max_loras(models, llama_llm):
     assert not scheduler.running
 
 
-@pytest.mark.parametrize("parallel", ["tensor_parallel_size", "pipeline_parallel_size"])
+@pytest.mark.parametrize("parallel", [
+    {"tensor_parallel_size": 2}, {"pipeline_parallel_size": 2},
+    {"tensor_parallel_size": 2, "fully_sharded_loras": True},
+], ids=["tp2", "pp2", "tp2-fully-sharded"])
 def test_tp2_and_pp2_with_lora_equal_one_rank(models, llama_llm, parallel):
+    """The same mixed batch (base, two all-target adapters, the q/v rsLoRA one) at TP=2
+    (default and fully sharded LoRA) and PP=2 gives the one-rank tokens."""
     adapters = models[1]
-    per_prompt = [None, lora(adapters, 0), lora(adapters, 3)]
-    expected = tokens(llama_llm.generate(PROMPTS[:3], GREEDY, use_tqdm=False,
+    per_prompt = [None, lora(adapters, 0), lora(adapters, 1), lora(adapters, 3)]
+    expected = tokens(llama_llm.generate(PROMPTS[:4], GREEDY, use_tqdm=False,
                                          lora_request=per_prompt))
-    tp_llm = LLM(str(models[0]), max_loras=2, **{parallel: 2}, **ENGINE)
+    assert len({tuple(t) for t in expected}) == 4
+    parallel_llm = LLM(str(models[0]), max_loras=3, **parallel, **ENGINE)
     try:
-        got = tokens(tp_llm.generate(PROMPTS[:3], GREEDY, use_tqdm=False, lora_request=per_prompt))
+        got = tokens(parallel_llm.generate(PROMPTS[:4], GREEDY, use_tqdm=False,
+                                           lora_request=per_prompt))
     finally:
-        tp_llm.shutdown()
+        parallel_llm.shutdown()
     assert got == expected
 
 

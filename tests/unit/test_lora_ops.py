@@ -1,6 +1,7 @@
 """LoRA ops on CPU: the torch twin equals a per-token reference (and leaves base tokens
 alone), the Triton kernels equal the twin under TRITON_INTERPRET=1 (subprocess: the variable
-must be set before triton is imported), PEFT scaling (alpha / r, rsLoRA alpha / sqrt r) and
+must be set before triton is imported; also expanding into a column slice of a wider output,
+as fully sharded row-parallel layers do), PEFT scaling (alpha / r, rsLoRA alpha / sqrt r) and
 LoRALayer packing of q/k/v pieces into block-diagonal slots."""
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ def test_triton_kernels_in_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO_ROOT))
     code = ("import torch\nfrom tests.gpu.lora_cases import check_lora_kernels\n"
             "assert check_lora_kernels(7, 3, 8, 40, 24, 'cpu', torch.float32) < 1e-5\n"
-            "assert check_lora_kernels(5, 2, 24, 130, 70, 'cpu', torch.float32, seed=1) < 1e-5\n")
+            "assert check_lora_kernels(5, 2, 24, 130, 70, 'cpu', torch.float32, seed=1) < 1e-5\n"
+            # fully sharded: 3 pieces x R/tp = 12 A rows; expand into a column slice
+            "assert check_lora_kernels(4, 2, 12, 40, 20, 'cpu', torch.float32, seed=2, "
+            "column_offset=20) < 1e-5\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

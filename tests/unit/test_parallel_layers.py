@@ -9,22 +9,14 @@ failures to a file that the test reads back, so a wrong shard fails with the lay
 
 from __future__ import annotations
 
-import multiprocessing
-import traceback
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
+from tests.helpers.gloo_ranks import check_close as _check
+from tests.helpers.gloo_ranks import run_on_gloo_ranks
+
 WORLD_SIZE = 2
 HIDDEN = 16
-
-
-def _check(name: str, got: torch.Tensor, expected: torch.Tensor, failures: list[str]) -> None:
-    try:
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    except AssertionError as error:
-        failures.append(f"{name}: {error}")
 
 
 def _column_and_row_checks(rank: int, failures: list[str]) -> None:
@@ -192,44 +184,23 @@ def _quantized_checks(rank: int, failures: list[str]) -> None:
                failures)
 
 
-def _rank_main(rank: int, port: int, out_dir: str) -> None:
+def _all_checks(rank: int, failures: list[str]) -> None:
     from pagellm.distributed import parallel_state as ps
 
-    failures: list[str] = []
-    try:
-        torch.set_num_threads(1)
-        ps.init_distributed_environment(WORLD_SIZE, rank, "gloo", "127.0.0.1", port, timeout_s=60)
-        ps.initialize_model_parallel(WORLD_SIZE)
-        if (ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()) != \
-                (rank, WORLD_SIZE):
-            failures.append("wrong tp rank / world size")
-        gathered = ps.tensor_model_parallel_all_gather(torch.full((2, 3), float(rank)), dim=0)
-        _check("all_gather dim 0", gathered, torch.tensor([[0.0] * 3] * 2 + [[1.0] * 3] * 2),
-               failures)
-        _column_and_row_checks(rank, failures)
-        _qkv_checks(rank, failures)
-        _vocab_checks(rank, failures)
-        _quantized_checks(rank, failures)
-    except Exception:
-        failures.append(traceback.format_exc())
-    finally:
-        ps.destroy_distributed_environment()
-    Path(out_dir, f"rank{rank}.txt").write_text("\n".join(failures))
+    if (ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()) != \
+            (rank, WORLD_SIZE):
+        failures.append("wrong tp rank / world size")
+    gathered = ps.tensor_model_parallel_all_gather(torch.full((2, 3), float(rank)), dim=0)
+    _check("all_gather dim 0", gathered, torch.tensor([[0.0] * 3] * 2 + [[1.0] * 3] * 2),
+           failures)
+    _column_and_row_checks(rank, failures)
+    _qkv_checks(rank, failures)
+    _vocab_checks(rank, failures)
+    _quantized_checks(rank, failures)
 
 
 def test_parallel_layers_match_unsharded_math_on_two_gloo_ranks(tmp_path):
-    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
-    context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_rank_main, args=(rank, store.port, str(tmp_path)))
-                 for rank in range(WORLD_SIZE)]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(120)
-        assert process.exitcode == 0, f"rank exited with {process.exitcode}"
-    for rank in range(WORLD_SIZE):
-        report = (tmp_path / f"rank{rank}.txt").read_text()
-        assert report == "", f"rank {rank}:\n{report}"
+    run_on_gloo_ranks(_all_checks, tmp_path, WORLD_SIZE)
 
 
 def test_single_process_collectives_are_identity():

@@ -67,7 +67,8 @@ def lora_shrink(x: torch.Tensor, a_slots: torch.Tensor, token_slots: torch.Tenso
 
 def lora_expand_(h: torch.Tensor, b_slots: torch.Tensor, token_slots: torch.Tensor,
                  out: torch.Tensor) -> None:
-    """out [T, N] (last dim contiguous) += h [T, R] @ B[slot]^T per token, B [S, N, R]."""
+    """out [T, N] (last dim contiguous; may be a column slice of a wider tensor, its row
+    stride is used) += h [T, R] @ B[slot]^T per token, B [S, N, R]."""
     num_tokens, rank = h.shape
     n = b_slots.shape[1]
     block_r = min(max(triton.next_power_of_2(rank), 16), 64)
