@@ -5,6 +5,11 @@ decode steps, the fastest of ``--steps`` each (the CPU is shared: the minimum is
 disturbed). c = (t(k) - t(0)) / (k t(0)).
 
     PYTHONPATH=. python benchmarks/spec_verify_cost.py --k 4 --steps 20
+On one H200, Llama-3.1-8B shapes (random weights), batch 1 and 64 (issue 14's GPU measurement;
+async scheduling off so each step is timed whole; decode steps replay CUDA graphs, verify steps
+of 1 + k tokens per request run eager):
+    PYTHONPATH=. python benchmarks/spec_verify_cost.py --model llama-3.1-8b --load-format dummy \
+        --dtype bfloat16 --batch-size 1 64 --k 4 --steps 20
 """
 
 from __future__ import annotations
@@ -15,18 +20,24 @@ import time
 from pagellm import LLM, SamplingParams
 
 
-def step_times(llm: LLM, num_drafts: int, steps: int) -> list[float]:
-    """Seconds per engine step of one running request verifying ``num_drafts`` drafts."""
+def step_times(llm: LLM, num_drafts: int, steps: int, batch_size: int = 1) -> list[float]:
+    """Seconds per engine step of ``batch_size`` running requests each verifying
+    ``num_drafts`` drafts."""
     engine = llm.llm_engine
-    prompt = {"prompt_token_ids": list(range(1000, 1064))}
-    engine.add_request(prompt, SamplingParams(temperature=0.0, max_tokens=steps + 2,
-                                              ignore_eos=True))
-    engine.step()                                               # prefill
-    (request,) = engine.engine_core.scheduler.running
+    for index in range(batch_size):
+        prompt = {"prompt_token_ids": [1000 + index] + list(range(1001, 1064))}
+        engine.add_request(prompt, SamplingParams(temperature=0.0, max_tokens=steps + 2,
+                                                  ignore_eos=True, detokenize=False))
+    while len(engine.engine_core.scheduler.running) < batch_size or any(
+            r.num_computed_tokens < r.num_prompt_tokens
+            for r in engine.engine_core.scheduler.running):
+        engine.step()                                           # prefills
+    requests = list(engine.engine_core.scheduler.running)
     times = []
     for _ in range(steps):
         # drafts nobody would accept (token 0): the verify runs 1 + num_drafts positions
-        request.spec_token_ids, request.spec_base = [0] * num_drafts, request.num_tokens
+        for request in requests:
+            request.spec_token_ids, request.spec_base = [0] * num_drafts, request.num_tokens
         start = time.perf_counter()
         engine.step()
         times.append(time.perf_counter() - start)
@@ -39,16 +50,30 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--load-format", default="auto")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[1])
     args = parser.parse_args()
-    llm = LLM("default", kv_cache_memory_bytes=64 * 2**20, max_model_len=512, dtype="float32",
-              speculative_config={"method": "ngram", "num_speculative_tokens": args.k,
-                                  "adaptive": False})
-    step_times(llm, 0, 3)                                       # warm-up
-    base = min(step_times(llm, 0, args.steps))
-    for k in range(1, args.k + 1):
-        verify = min(step_times(llm, k, args.steps))
-        print(f"k={k}: decode step {base * 1e3:.1f} ms, verify of 1+{k} {verify * 1e3:.1f} ms, "
-              f"draft_token_cost {(verify - base) / (k * base):.3f}")
+    from pagellm.bench.common import resolve_bench_model
+
+    engine = dict(max_model_len=512, dtype=args.dtype, load_format=args.load_format,
+                  async_scheduling=False, max_num_seqs=max(args.batch_size),
+                  speculative_config={"method": "ngram", "num_speculative_tokens": args.k,
+                                      "adaptive": False})
+    if args.model == "default":
+        engine["kv_cache_memory_bytes"] = 64 * 2**20
+    else:
+        engine["skip_tokenizer_init"] = True
+    llm = LLM(resolve_bench_model(args.model), **engine)
+    for batch_size in args.batch_size:
+        step_times(llm, 0, 3, batch_size)                       # warm-up
+        base = min(step_times(llm, 0, args.steps, batch_size))
+        for k in range(1, args.k + 1):
+            verify = min(step_times(llm, k, args.steps, batch_size))
+            print(f"batch {batch_size} k={k}: decode step {base * 1e3:.2f} ms, verify of 1+{k} "
+                  f"{verify * 1e3:.2f} ms ({verify / base:.2f}x), "
+                  f"draft_token_cost {(verify - base) / (k * base):.3f}", flush=True)
 
 
 if __name__ == "__main__":
