@@ -81,7 +81,6 @@ def _check_wna16_gemm() -> None:
     import pagellm.ops.triton.wna16_gemm as wna16
     from pagellm.ops.quant import pack_int32, wna16_linear_torch
 
-    wna16._num_sms = lambda device: 4
     gen = torch.Generator().manual_seed(0)
     for registers in (True, False):
         wna16.UNPACK_IN_REGISTERS = registers
