@@ -97,6 +97,8 @@ def _check_wna16_gemm() -> None:
             ref = wna16_linear_torch(x, q, scales, qzeros, g_idx, bits)
             out = wna16.wna16_gemm_triton(x, q, scales, qzeros, g_idx, bits)
             assert (out - ref).abs().max() / ref.abs().max() < 1e-5, (M, K, N, registers)
+    empty = wna16.wna16_gemm_triton(torch.randn(0, K), q, scales, qzeros, g_idx, bits)
+    assert empty.shape == (0, N)                  # no rows: nothing launched
 
 
 if __name__ == "__main__":

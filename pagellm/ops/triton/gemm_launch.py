@@ -43,7 +43,7 @@ def split_k_config(M: int, N: int, K: int, num_sms: int,
     block_k = fit_block_k(128 if decode else 64)
     tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
     k_tiles = triton.cdiv(K, block_k)
-    split_k = max(1, min(k_tiles, triton.cdiv(4 * num_sms, tiles))) if decode else 1
+    split_k = max(1, min(k_tiles, triton.cdiv(4 * num_sms, max(tiles, 1)))) if decode else 1
     k_per_split = triton.cdiv(k_tiles, split_k) * block_k
     split_k = triton.cdiv(K, k_per_split)
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, split_k=split_k,
