@@ -29,6 +29,7 @@ drafts (what the scheduler could schedule), none when the runner says it may not
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,7 +83,7 @@ def ragged_step(batch: InputBatch, rows: np.ndarray, starts: np.ndarray, counts:
                       seq_lens - 1)
 
 
-class ModelProposer:
+class ModelProposer(ABC):
     """What the draft-model and EAGLE proposers share: their KV cache, how many drafts each
     request may get, and ``propose`` (catch up, first drafts, the batched draft loop).
     Subclasses implement the three model-specific steps: ``catch_up``, ``first_drafts`` and
@@ -153,18 +154,21 @@ class ModelProposer:
             proposals[index] = draft
         return proposals
 
+    @abstractmethod
     def catch_up(self, batch: InputBatch, inputs: StepInputs, hidden: torch.Tensor,
-                 sample_index: np.ndarray, num_drafts: np.ndarray):
+                 sample_index: np.ndarray, num_drafts: np.ndarray) -> tuple[RaggedStep, object]:
         """One forward over the positions the target just computed (each of the step's rows;
         the sampling rows ``sample_index`` with ``num_drafts`` [S]); returns its RaggedStep
         and the model's output."""
         raise NotImplementedError
 
+    @abstractmethod
     def first_drafts(self, out, last: torch.Tensor) -> tuple[torch.Tensor, object]:
         """(the first drafts [P] from ``out`` at the flat indices ``last`` [P], what the
         later ``next_drafts`` calls need)."""
         raise NotImplementedError
 
+    @abstractmethod
     def next_drafts(self, decode: RaggedStep, active: np.ndarray, carry) -> torch.Tensor:
         """The next drafts [A] of the rows ``active`` (indices into P), one token each
         (``decode``, fed their previous drafts); ``carry`` is what ``first_drafts`` gave."""
