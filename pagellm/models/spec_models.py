@@ -1,10 +1,11 @@
 """The proposer models of speculative decoding: a draft model or an EAGLE / EAGLE-3 head.
 
-``check_speculative_model`` runs before anything loads (the executor calls it) and turns a
-bad ``speculative_config`` into a ClientError naming the problem: a path that does not exist,
-no config.json or no weights, a vocabulary other than the target's (vocab_size, and the
-tokenizer.json vocabularies when both directories have one), an EAGLE head whose hidden size
-or layer ids do not fit the target.
+``check_speculative_model`` runs once, before the engine core starts (``resolve_config`` in
+``pagellm.engine.llm_engine`` calls it), and turns a bad ``speculative_config`` into a
+ClientError naming the problem: a path that does not exist, no config.json or no weights, a
+vocabulary other than the target's (vocab_size, and the tokenizer.json vocabularies when
+both directories have one), an EAGLE head whose hidden size or layer ids do not fit the
+target.
 
 ``load_draft_model`` loads a draft model with the target's loader (safetensors, GGUF, or
 dummy when the target is dummy); ``load_eagle_head`` builds an EAGLE head and fills it from

@@ -29,6 +29,7 @@ drafts (what the scheduler could schedule), none when the runner says it may not
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +48,7 @@ class RaggedStep:
     positions: torch.Tensor         # [T] int64
     metadata: AttentionMetadata
     last_index: np.ndarray          # [num_rows] flat index of each row's last token
+    last_position: np.ndarray       # [num_rows] position of each row's last token
 
 
 def ragged_step(batch: InputBatch, rows: np.ndarray, starts: np.ndarray, counts: np.ndarray,
@@ -77,12 +79,15 @@ def ragged_step(batch: InputBatch, rows: np.ndarray, starts: np.ndarray, counts:
         max_seq_len=int(seq_lens.max()))
     if isinstance(input_ids, np.ndarray):
         input_ids = _to(input_ids.astype(np.int64), device)
-    return RaggedStep(input_ids, _to(positions, device), metadata, query_start_loc[1:] - 1)
+    return RaggedStep(input_ids, _to(positions, device), metadata, query_start_loc[1:] - 1,
+                      seq_lens - 1)
 
 
-class ModelProposer:
+class ModelProposer(ABC):
     """What the draft-model and EAGLE proposers share: their KV cache, how many drafts each
-    request may get, and the batched draft loop. Subclasses implement ``propose``."""
+    request may get, and ``propose`` (catch up, first drafts, the batched draft loop).
+    Subclasses implement the three model-specific steps: ``catch_up``, ``first_drafts`` and
+    ``next_drafts``."""
 
     def __init__(self, model: nn.Module, num_speculative_tokens: int, max_model_len: int,
                  device: torch.device):
@@ -118,6 +123,57 @@ class ModelProposer:
                 room[index] = min(room[index], max_tokens - num_output - 1)
         return np.where(allowed, np.maximum(room, 0), 0)
 
+    def propose(self, batch: InputBatch, inputs: StepInputs, hidden: torch.Tensor,
+                sample_index: np.ndarray, allowed: np.ndarray) -> list[list[int]]:
+        """After a verified step (``batch`` holds its accepted tokens): keep the proposer's
+        K/V in step with the target's (``catch_up``), then draft. ``hidden``: the target's
+        step output [num_tokens, hidden]; ``sample_index``: [S] indices into the step's
+        requests that sampled; ``allowed``: [S] bool. Returns S lists of drafts."""
+        num_drafts = np.zeros(len(sample_index), dtype=np.int64)
+        if len(sample_index):
+            num_drafts = self.num_drafts(batch, inputs.rows[sample_index], allowed)
+        step, out = self.catch_up(batch, inputs, hidden, sample_index, num_drafts)
+        self.num_forwards += 1
+        proposals: list[list[int]] = [[] for _ in range(len(sample_index))]
+        proposing = np.flatnonzero(num_drafts > 0)
+        if not len(proposing):
+            return proposals
+        last = sample_index[proposing]                  # [P] rows of the catch-up step
+        first, carry = self.first_drafts(out, _to(step.last_index[last], self.device))
+        prop_rows = inputs.rows[last]
+        base = step.last_position[last]                 # the last position the catch-up ran
+
+        def step_fn(active: np.ndarray, j: int, previous: torch.Tensor) -> torch.Tensor:
+            ones = np.ones(len(active), dtype=np.int64)
+            decode = ragged_step(batch, prop_rows[active], base[active] + j, ones, previous,
+                                 self.device)
+            return self.next_drafts(decode, active, carry)
+
+        drafted = self.draft_loop(first, num_drafts[proposing], step_fn)
+        for index, draft in zip(proposing.tolist(), drafted):
+            proposals[index] = draft
+        return proposals
+
+    @abstractmethod
+    def catch_up(self, batch: InputBatch, inputs: StepInputs, hidden: torch.Tensor,
+                 sample_index: np.ndarray, num_drafts: np.ndarray) -> tuple[RaggedStep, object]:
+        """One forward over the positions the target just computed (each of the step's rows;
+        the sampling rows ``sample_index`` with ``num_drafts`` [S]); returns its RaggedStep
+        and the model's output."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def first_drafts(self, out, last: torch.Tensor) -> tuple[torch.Tensor, object]:
+        """(the first drafts [P] from ``out`` at the flat indices ``last`` [P], what the
+        later ``next_drafts`` calls need)."""
+        raise NotImplementedError
+
+    @abstractmethod
+    def next_drafts(self, decode: RaggedStep, active: np.ndarray, carry) -> torch.Tensor:
+        """The next drafts [A] of the rows ``active`` (indices into P), one token each
+        (``decode``, fed their previous drafts); ``carry`` is what ``first_drafts`` gave."""
+        raise NotImplementedError
+
     def draft_loop(self, first: torch.Tensor, num_drafts: np.ndarray, step_fn) -> list[list[int]]:
         """Drafts 2..m of each proposing row, one batched forward per draft position.
         ``first``: [P] the first drafts (device); ``num_drafts``: [P] m >= 1 each;
@@ -139,46 +195,28 @@ class ModelProposer:
 class DraftModelProposer(ModelProposer):
     """A smaller model of the same vocabulary drafts k tokens (see the module docstring)."""
 
-    def propose(self, batch: InputBatch, inputs: StepInputs, hidden: torch.Tensor,
-                sample_index: np.ndarray, allowed: np.ndarray) -> list[list[int]]:
-        """After a verified step (``batch`` holds its accepted tokens): keep the draft's K/V in
-        step with the target's, then draft. ``sample_index``: [S] indices into the step's
-        requests that sampled; ``allowed``: [S] bool. Returns S lists of drafts."""
+    def catch_up(self, batch: InputBatch, inputs: StepInputs, hidden: torch.Tensor,
+                 sample_index: np.ndarray, num_drafts: np.ndarray):
+        """The step's positions, through the step's new token when the row drafts, else
+        through its accepted tokens; fed the known token of each position."""
         rows, starts = inputs.rows, np.asarray(inputs.starts, dtype=np.int64)
         ends = starts + np.asarray(inputs.counts, dtype=np.int64)
-        num_drafts = np.zeros(len(sample_index), dtype=np.int64)
         if len(sample_index):
-            sample_rows = rows[sample_index]
-            num_drafts = self.num_drafts(batch, sample_rows, allowed)
-            # through the step's new token when drafting, else through the accepted ones
-            ends[sample_index] = batch.num_tokens[sample_rows] - (num_drafts == 0)
+            ends[sample_index] = batch.num_tokens[rows[sample_index]] - (num_drafts == 0)
         counts = ends - starts
         token_rows, positions = np.repeat(rows, counts), _positions(starts, counts)
         step = ragged_step(batch, rows, starts, counts, batch.token_ids[token_rows, positions],
                            self.device)
-        out = self.model(step.input_ids, step.positions, self.kv_cache.layers, step.metadata)
-        self.num_forwards += 1
-        proposals: list[list[int]] = [[] for _ in range(len(sample_index))]
-        proposing = np.flatnonzero(num_drafts > 0)
-        if not len(proposing):
-            return proposals
-        last = _to(step.last_index[sample_index[proposing]], self.device)
-        first = self.model.compute_logits(out[last]).argmax(dim=-1)          # [P]
-        prop_rows = rows[sample_index[proposing]]
-        base = batch.num_tokens[prop_rows] - 1        # position of each row's new token
+        return step, self.model(step.input_ids, step.positions, self.kv_cache.layers,
+                                step.metadata)                       # [T, hidden]
 
-        def step_fn(active: np.ndarray, j: int, previous: torch.Tensor) -> torch.Tensor:
-            ones = np.ones(len(active), dtype=np.int64)
-            decode = ragged_step(batch, prop_rows[active], base[active] + j, ones, previous,
-                                 self.device)
-            hidden = self.model(decode.input_ids, decode.positions, self.kv_cache.layers,
-                                decode.metadata)                         # [A, hidden]
-            return self.model.compute_logits(hidden).argmax(dim=-1)
+    def first_drafts(self, out: torch.Tensor, last: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.model.compute_logits(out[last]).argmax(dim=-1), None        # [P]
 
-        drafted = self.draft_loop(first, num_drafts[proposing], step_fn)
-        for index, draft in zip(proposing.tolist(), drafted):
-            proposals[index] = draft
-        return proposals
+    def next_drafts(self, decode: RaggedStep, active: np.ndarray, carry: None) -> torch.Tensor:
+        hidden = self.model(decode.input_ids, decode.positions, self.kv_cache.layers,
+                            decode.metadata)                         # [A, hidden]
+        return self.model.compute_logits(hidden).argmax(dim=-1)
 
 
 def _positions(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:

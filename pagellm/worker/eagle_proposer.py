@@ -22,7 +22,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pagellm.worker.draft_proposer import ModelProposer, _positions, _to, ragged_step
+from pagellm.worker.draft_proposer import (ModelProposer, RaggedStep, _positions, _to,
+                                           ragged_step)
 from pagellm.worker.input_batch import InputBatch, StepInputs
 
 
@@ -37,17 +38,18 @@ class EagleProposer(ModelProposer):
     def kv_layout(self) -> tuple[int, int, int]:
         return self.model.kv_layout
 
-    def propose(self, batch: InputBatch, inputs: StepInputs, hidden: torch.Tensor,
-                sample_index: np.ndarray, allowed: np.ndarray) -> list[list[int]]:
-        """As ``DraftModelProposer.propose``; ``hidden``: the target's step output
-        [num_tokens, hidden] (EAGLE-3 also reads the target's auxiliary hidden states)."""
+    def catch_up(self, batch: InputBatch, inputs: StepInputs, hidden: torch.Tensor,
+                 sample_index: np.ndarray, num_drafts: np.ndarray):
+        """The step's positions whose next token is known (module docstring), each fed that
+        token and the target's hidden state of the position (``hidden``: the target's step
+        output [num_tokens, hidden]; EAGLE-3 also reads the target's auxiliary hidden
+        states). Returns the step and the head's (logits hidden, next hidden), [T, hidden]
+        each."""
         rows, starts = inputs.rows, np.asarray(inputs.starts, dtype=np.int64)
         counts = np.asarray(inputs.counts, dtype=np.int64).copy()
-        num_drafts = np.zeros(len(sample_index), dtype=np.int64)
         if len(sample_index):
-            sample_rows = rows[sample_index]
-            num_drafts = self.num_drafts(batch, sample_rows, allowed)
-            counts[sample_index] = batch.num_tokens[sample_rows] - 1 - starts[sample_index]
+            counts[sample_index] = (batch.num_tokens[rows[sample_index]] - 1
+                                    - starts[sample_index])
         token_rows, positions = np.repeat(rows, counts), _positions(starts, counts)
         query_start = np.asarray(inputs.attn_metadata.query_start_loc_cpu[:-1], dtype=np.int64)
         # the target's rows for these positions: the first counts[i] of each request's range
@@ -58,30 +60,20 @@ class EagleProposer(ModelProposer):
             hidden[target_index], [state[target_index] for state in aux])     # [T, hidden]
         step = ragged_step(batch, rows, starts, counts,
                            batch.token_ids[token_rows, positions + 1], self.device)
-        logits_hidden, next_hidden = self.model(step.input_ids, step.positions, head_hidden,
-                                                self.kv_cache.layers, step.metadata)
-        self.num_forwards += 1
-        proposals: list[list[int]] = [[] for _ in range(len(sample_index))]
-        proposing = np.flatnonzero(num_drafts > 0)
-        if not len(proposing):
-            return proposals
-        last = _to(step.last_index[sample_index[proposing]], self.device)
-        first = self.model.greedy_token_ids(logits_hidden[last])            # [P]
-        state = next_hidden[last]                                           # [P, hidden]
-        prop_rows = rows[sample_index[proposing]]
-        base = batch.num_tokens[prop_rows] - 2     # the last position pass 1 ran
+        return step, self.model(step.input_ids, step.positions, head_hidden,
+                                self.kv_cache.layers, step.metadata)
 
-        def step_fn(active: np.ndarray, j: int, previous: torch.Tensor) -> torch.Tensor:
-            index = _to(active, self.device)
-            ones = np.ones(len(active), dtype=np.int64)
-            decode = ragged_step(batch, prop_rows[active], base[active] + j, ones, previous,
-                                 self.device)
-            logits_h, next_h = self.model(decode.input_ids, decode.positions, state[index],
-                                          self.kv_cache.layers, decode.metadata)
-            state[index] = next_h
-            return self.model.greedy_token_ids(logits_h)
+    def first_drafts(self, out: tuple[torch.Tensor, torch.Tensor],
+                     last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(draft 1 [P], the head's hidden state at those positions [P, hidden]: the state
+        the next position is fed, updated in place by ``next_drafts``)."""
+        logits_hidden, next_hidden = out
+        return self.model.greedy_token_ids(logits_hidden[last]), next_hidden[last]
 
-        drafted = self.draft_loop(first, num_drafts[proposing], step_fn)
-        for index, draft in zip(proposing.tolist(), drafted):
-            proposals[index] = draft
-        return proposals
+    def next_drafts(self, decode: RaggedStep, active: np.ndarray,
+                    state: torch.Tensor) -> torch.Tensor:
+        index = _to(active, self.device)
+        logits_h, next_h = self.model(decode.input_ids, decode.positions, state[index],
+                                      self.kv_cache.layers, decode.metadata)
+        state[index] = next_h
+        return self.model.greedy_token_ids(logits_h)

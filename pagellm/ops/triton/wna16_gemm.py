@@ -3,7 +3,7 @@ internal GPTQ-style layout (``pagellm.ops.quant``) -> [M, N] in x.dtype.
 
 Torch twin and oracle: ``pagellm.ops.quant.wna16_linear_torch``.
 
-One kernel, two launch shapes:
+One kernel, two launch shapes (``pagellm.ops.triton.gemm_launch``):
 - decode (M <= 32 rows): a 16- or 32-row tile and split-K, so enough programs run to keep
   every SM streaming weights (each weight word is read once per call; partial sums are
   added into a float32 buffer with atomics);
@@ -17,14 +17,14 @@ dequantized with its own group's scale and zero before the dot.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
 import triton
 import triton.language as tl
 
-DECODE_MAX_ROWS = 32
+from pagellm.ops.triton.gemm_launch import split_k_config, split_k_gemm
+
 UNPACK_IN_REGISTERS = os.environ.get("PAGELLM_WNA16_UNPACK", "registers") == "registers"
 """Load a tile's packed words once and unpack them with a reshape (default), or let every
 row load its own word (``PAGELLM_WNA16_UNPACK=rows``); both are tested, the faster one on
@@ -106,34 +106,21 @@ def _wna16_gemm_kernel(x_ptr, qweight_ptr, scales_ptr, zeros_ptr, g_idx_ptr, out
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
-@functools.cache
-def _num_sms(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def launch_config(M: int, N: int, K: int, rows_per_group: int, has_g_idx: bool, bits: int,
                   num_sms: int) -> dict:
-    """Tile sizes, split-K and warps for one call (see the module docstring)."""
+    """Tile sizes, split-K and warps for one call (``gemm_launch.split_k_config``), and
+    ``one_group``: whether every K tile lies inside one quantization group."""
     pack = 32 // bits
-    decode = M <= DECODE_MAX_ROWS
-    block_m = (16 if M <= 16 else 32) if decode else (64 if M <= 64 else 128)
-    block_n = 64 if decode else 128
-    block_k = 128 if decode else 64
-    # a K tile inside one group lets scales apply after the dot
-    while block_k > 32 and not has_g_idx and rows_per_group % block_k:
-        block_k //= 2
-    block_k = max(block_k, 2 * pack)
-    one_group = not has_g_idx and rows_per_group % block_k == 0
-    tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
-    split_k = 1
-    if decode:
-        k_tiles = triton.cdiv(K, block_k)
-        split_k = max(1, min(k_tiles, triton.cdiv(4 * num_sms, tiles)))
-    k_per_split = triton.cdiv(triton.cdiv(K, split_k), block_k) * block_k
-    split_k = triton.cdiv(K, k_per_split)
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, split_k=split_k,
-                k_per_split=k_per_split, one_group=one_group,
-                num_warps=4 if decode or block_m == 64 else 8, num_stages=3)
+
+    def fit_block_k(block_k: int) -> int:
+        # a K tile inside one group lets scales apply after the dot
+        while block_k > 32 and not has_g_idx and rows_per_group % block_k:
+            block_k //= 2
+        return max(block_k, 2 * pack)
+
+    config = split_k_config(M, N, K, num_sms, fit_block_k)
+    config["one_group"] = not has_g_idx and rows_per_group % config["BLOCK_K"] == 0
+    return config
 
 
 def wna16_gemm_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
@@ -142,25 +129,20 @@ def wna16_gemm_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
     """x [M, K] @ weight [K, N] (+ bias) -> [M, N] in x.dtype; the layout of
     ``pagellm.ops.quant`` (qweight [K / pack, N], scales [G, N], qzeros [G, N / pack] or
     None, g_idx [K] or None)."""
-    x2 = x.reshape(-1, x.shape[-1])
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    M, K = x2.shape
     N = qweight.shape[1]
     # the kernel walks N with unit stride (the layers store these contiguous: no copy)
     qweight, scales = qweight.contiguous(), scales.to(x.dtype).contiguous()
     qzeros = qzeros.contiguous() if qzeros is not None else None
-    cfg = launch_config(M, N, K, K // scales.shape[0], g_idx is not None, bits,
-                        _num_sms(x.device))
-    atomic = cfg["split_k"] > 1
-    out = (torch.zeros((M, N), device=x.device, dtype=torch.float32) if atomic
-           else torch.empty((M, N), device=x.device, dtype=x.dtype))
-    if M > 0:
-        grid = (triton.cdiv(M, cfg["BLOCK_M"]), triton.cdiv(N, cfg["BLOCK_N"]), cfg["split_k"])
+    rows_per_group = x.shape[-1] // scales.shape[0]
+
+    def make_config(M: int, K: int, num_sms: int) -> dict:
+        return launch_config(M, N, K, rows_per_group, g_idx is not None, bits, num_sms)
+
+    def launch(grid, x2, out, cfg, atomic):
         _wna16_gemm_kernel[grid](
             x2, qweight, scales, qzeros if qzeros is not None else qweight,
             g_idx if g_idx is not None else qweight, out,
-            M, N, K, K // scales.shape[0], cfg["k_per_split"],
+            x2.shape[0], N, x2.shape[1], rows_per_group, cfg["k_per_split"],
             x2.stride(0), qweight.stride(0), scales.stride(0),
             qzeros.stride(0) if qzeros is not None else 0, out.stride(0),
             BITS=bits, HAS_ZEROS=qzeros is not None, HAS_G_IDX=g_idx is not None,
@@ -168,8 +150,5 @@ def wna16_gemm_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
             UNPACK_IN_REGISTERS=UNPACK_IN_REGISTERS,
             BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    if atomic:
-        out = out.to(x.dtype)
-    if bias is not None:
-        out = out + bias
-    return out.reshape(*x.shape[:-1], N)
+
+    return split_k_gemm(x, N, bias, make_config, launch)
