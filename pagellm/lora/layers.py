@@ -44,10 +44,12 @@ from pagellm.lora.ops import LoRABatchMapping, apply_lora, lora_expand_, lora_sh
 
 class LoRAContext:
     """The current step's mapping, shared by every LoRA layer of a model. ``mapping`` is
-    None when no token of the step uses an adapter (the layers then do no LoRA work)."""
+    None when no token of the step uses an adapter (the layers then do no LoRA work).
+    ``num_slots``: the device slots per layer (``max_loras``)."""
 
-    def __init__(self):
+    def __init__(self, num_slots: int = 0):
         self.mapping: LoRABatchMapping | None = None
+        self.num_slots = num_slots
 
 
 class LoRALinearMethod(LinearMethodBase):
@@ -108,6 +110,8 @@ class LoRALayer:
             apply_lora(x, self.a_slots, self.b_slots, mapping, out)
             return
         h = lora_shrink(x, self.a_slots, mapping)                   # [T, A rows] float32
+        if h.dim() == 3:                                            # Triton split-K partials
+            h = h.sum(0)
         if self.row_parallel:
             h = tensor_model_parallel_all_reduce(h)                 # [T, P * R]
             columns = self.b_slots.shape[1]

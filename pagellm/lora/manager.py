@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from pagellm.lora.layers import LoRAContext, attach_lora_layers
-from pagellm.lora.ops import LoRABatchMapping
+from pagellm.lora.ops import make_mapping
 from pagellm.lora.peft import LoRAWeights, load_adapter_weights
 from pagellm.lora.request import LoRARequest
 
@@ -33,7 +33,7 @@ class LoRAModelManager:
         self.max_lora_rank = max_lora_rank
         self.max_cpu_loras = max_cpu_loras
         self.device = device
-        self.context = LoRAContext()
+        self.context = LoRAContext(max_loras)
         self.layers = attach_lora_layers(model, max_loras, max_lora_rank, dtype, device,
                                          self.context, fully_sharded)
         self.requests: dict[int, LoRARequest] = {}
@@ -66,14 +66,11 @@ class LoRAModelManager:
             return
         for lora_int_id in active:
             self._ensure_slot(lora_int_id, active)
-        lookup = {lora_int_id: self.slot_of[lora_int_id] for lora_int_id in active}
-        token_slots = np.full(len(token_lora_ids), -1, dtype=np.int64)      # [T]
-        groups = []
-        for lora_int_id, slot in lookup.items():
-            index = np.flatnonzero(token_lora_ids == lora_int_id)
-            token_slots[index] = slot
-            groups.append((slot, _to_device(index, self.device)))
-        self.context.mapping = LoRABatchMapping(_to_device(token_slots, self.device), groups)
+        slot_of_id = np.full(max(active) + 1, -1, dtype=np.int64)
+        for lora_int_id in active:
+            slot_of_id[lora_int_id] = self.slot_of[lora_int_id]
+        token_slots = np.where(token_lora_ids > 0, slot_of_id[np.maximum(token_lora_ids, 0)], -1)
+        self.context.mapping = make_mapping(token_slots, self.max_loras, self.device)
 
     def _ensure_slot(self, lora_int_id: int, active: list[int]) -> None:
         if lora_int_id in self.slot_of:
@@ -106,9 +103,3 @@ class LoRAModelManager:
             self.host_cache.popitem(last=False)
         return weights
 
-
-def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
-    if device.type == "cpu":
-        return tensor
-    return tensor.pin_memory().to(device, non_blocking=True)

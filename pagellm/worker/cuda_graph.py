@@ -10,9 +10,10 @@ Contract: ``capture`` must run after the KV cache is bound (graphs hold its addr
 ``num_replays`` counts the replays per captured size (the proof that decode steps used them).
 
 LoRA (``enable_lora``): each size is captured twice, once without adapters (the base path
-pays nothing when no adapter is in the batch) and once with the LoRA Triton kernels reading a
-static per-token slot buffer (``token_slots``, -1 = base). A step whose tokens use adapters
-copies its slots into that buffer and replays the LoRA graph; the adapters' weights live in
+pays nothing when no adapter is in the batch) and once with the LoRA Triton kernels reading
+static mapping buffers (``token_slots`` -1 = base, and the slot segments ``lora_sorted_tokens``,
+``lora_seg_start``, ``lora_seg_len``). A step whose tokens use adapters copies its mapping into
+those buffers and replays the LoRA graph (the kernels' grids depend only on the padded size); the adapters' weights live in
 the layers' fixed slot tensors, so loading an adapter into a slot needs no re-capture (vLLM
 captures its punica wrapper's static metadata the same way). ``num_lora_replays`` counts them.
 """
@@ -26,7 +27,7 @@ import torch
 
 from pagellm.layers.attention_metadata import AttentionMetadata
 from pagellm.lora.layers import LoRAContext
-from pagellm.lora.ops import LORA_BGMV_MAX_TOKENS, LoRABatchMapping
+from pagellm.lora.ops import LoRABatchMapping
 from pagellm.platforms import use_triton_kernels
 
 logger = logging.getLogger(__name__)
@@ -71,11 +72,11 @@ class CudaGraphRunner:
         self.num_lora_replays: dict[int, int] = dict.fromkeys(self.capture_sizes, 0)
         """Replays of the LoRA graphs per padded size (also counted in ``num_replays``)."""
         self.token_slots = torch.full((n,), -1, dtype=torch.int64, device=device)  # [n] LoRA slot
-        if lora_context is not None and not (
-                self.max_batch <= LORA_BGMV_MAX_TOKENS and use_triton_kernels(self.token_slots)):
-            raise ValueError("CUDA graphs with LoRA need the Triton LoRA kernels and capture "
-                             f"sizes <= {LORA_BGMV_MAX_TOKENS}: set enforce_eager=True, or "
-                             "PAGELLM_TRITON_KERNELS=1 and smaller cudagraph_capture_sizes")
+        self.lora_sorted_tokens = torch.zeros(n, dtype=torch.int64, device=device)    # [n]
+        if lora_context is not None and not use_triton_kernels(self.token_slots):
+            raise ValueError("CUDA graphs with LoRA need the Triton LoRA kernels: set "
+                             "enforce_eager=True, or PAGELLM_TRITON_KERNELS=1")
+        self.lora_seg_start = self.lora_seg_len = None      # [max_loras] each, set at capture
 
     def padded_size(self, num_reqs: int) -> int | None:
         for size in self.capture_sizes:
@@ -115,10 +116,18 @@ class CudaGraphRunner:
                     ", each with and without LoRA" if len(variants) == 2 else "",
                     time.perf_counter() - start)
 
+    def _static_lora_mapping(self, size: int) -> LoRABatchMapping:
+        if self.lora_seg_start is None:
+            num_slots = self.lora_context.num_slots
+            device = self.token_slots.device
+            self.lora_seg_start = torch.zeros(num_slots, dtype=torch.int64, device=device)
+            self.lora_seg_len = torch.zeros(num_slots, dtype=torch.int64, device=device)
+        return LoRABatchMapping(self.token_slots[:size], [], self.lora_sorted_tokens[:size],
+                                self.lora_seg_start, self.lora_seg_len)
+
     def _capture_one(self, size: int, with_lora: bool, pool, stream: torch.cuda.Stream) -> None:
-        if self.lora_context is not None:      # the LoRA kernels read the static slot buffer
-            self.lora_context.mapping = (LoRABatchMapping(self.token_slots[:size], groups=[])
-                                         if with_lora else None)
+        if self.lora_context is not None:      # the LoRA kernels read the static buffers
+            self.lora_context.mapping = (self._static_lora_mapping(size) if with_lora else None)
         metadata = self._metadata(size)
         args = (self.input_ids[:size], self.positions[:size], self.kv_caches, metadata)
         stream.wait_stream(torch.cuda.current_stream())
@@ -149,9 +158,13 @@ class CudaGraphRunner:
             self.positions[n:size].zero_()
         mapping = self.lora_context.mapping if self.lora_context is not None else None
         with_lora = mapping is not None
-        if with_lora:                                         # [n] slots of this step's tokens
+        if with_lora:                                         # this step's mapping
             self.token_slots[:n].copy_(mapping.token_slots)
             self.token_slots[n:size].fill_(-1)
+            sorted_tokens, seg_start, seg_len = mapping.segments
+            self.lora_sorted_tokens[:n].copy_(sorted_tokens)
+            self.lora_seg_start.copy_(seg_start)             # padding rows are in no segment
+            self.lora_seg_len.copy_(seg_len)
             self.num_lora_replays[size] += 1
         self.graphs[size, with_lora].replay()
         self.num_replays[size] += 1

@@ -15,7 +15,7 @@ def check_lora_kernels(num_tokens: int, num_slots: int, rank: int, in_features: 
     ``column_offset`` > 0: ``out`` is columns [offset, offset + out_features) of a wider
     tensor (a fully sharded row-parallel layer's expand); the other columns must stay
     bit-identical (asserted)."""
-    from pagellm.lora.ops import lora_delta_torch
+    from pagellm.lora.ops import lora_delta_torch, make_mapping
     from pagellm.ops.triton.lora import lora_expand_, lora_shrink
 
     generator = torch.Generator().manual_seed(seed)
@@ -35,8 +35,8 @@ def check_lora_kernels(num_tokens: int, num_slots: int, rank: int, in_features: 
     groups = [(s, torch.nonzero(slots == s).flatten().to(device)) for s in range(num_slots)
               if bool((slots == s).any())]
     lora_delta_torch(x, a_slots, b_slots, groups, expected)
-    token_slots = slots.to(device)
-    lora_expand_(lora_shrink(x, a_slots, token_slots), b_slots, token_slots, out)
+    segments = make_mapping(slots.numpy(), num_slots, torch.device(device)).segments
+    lora_expand_(lora_shrink(x, a_slots, *segments), b_slots, *segments, out)
     base = (slots == -1).to(device)
     assert torch.equal(out[base], expected[base])
     outside = torch.ones(wide.shape[1], dtype=torch.bool, device=device)

@@ -26,11 +26,10 @@ def _check_shape(name: str, tensor: torch.Tensor, shape: tuple, failures: list[s
 
 def _mapping():
     """6 tokens: base, slot 1, slot 0, slot 1, base, slot 0."""
-    from pagellm.lora.ops import LoRABatchMapping
+    from pagellm.lora.ops import make_mapping
 
     token_slots = torch.tensor([-1, 1, 0, 1, -1, 0])
-    groups = [(s, torch.nonzero(token_slots == s).flatten()) for s in (0, 1)]
-    return LoRABatchMapping(token_slots, groups), token_slots
+    return make_mapping(token_slots.numpy(), 2, torch.device("cpu")), token_slots
 
 
 def _adapters(g: torch.Generator, shapes: dict[str, tuple[int, int]], ranks: tuple[int, int],

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 
 from pagellm.lora.ops import lora_delta_torch
@@ -47,10 +48,30 @@ def test_triton_kernels_in_interpreter():
             "assert check_lora_kernels(5, 2, 24, 130, 70, 'cpu', torch.float32, seed=1) < 1e-5\n"
             # fully sharded: 3 pieces x R/tp = 12 A rows; expand into a column slice
             "assert check_lora_kernels(4, 2, 12, 40, 20, 'cpu', torch.float32, seed=2, "
-            "column_offset=20) < 1e-5\n")
+            "column_offset=20) < 1e-5\n"
+            # > 64 tokens (64-token blocks) and split-K partial sums (few tokens, K >= 1024)
+            "assert check_lora_kernels(70, 3, 16, 96, 40, 'cpu', torch.float32, seed=3) < 1e-5\n"
+            "assert check_lora_kernels(3, 2, 8, 1100, 24, 'cpu', torch.float32, seed=4) < 1e-5\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_make_mapping_segments_group_tokens_by_slot():
+    from pagellm.lora.ops import make_mapping
+    from pagellm.ops.triton.lora import shrink_split_k
+
+    mapping = make_mapping(np.array([-1, 2, 0, 2, -1, 0, 2]), 4, torch.device("cpu"))
+    assert mapping.token_slots.tolist() == [-1, 2, 0, 2, -1, 0, 2]
+    sorted_tokens, seg_start, seg_len = mapping.segments
+    assert sorted_tokens.tolist()[:5] == [2, 5, 1, 3, 6]          # slot 0's tokens, then slot 2's
+    assert seg_start.tolist() == [0, 2, 2, 5] and seg_len.tolist() == [2, 0, 3, 0]
+    assert [(slot, index.tolist()) for slot, index in mapping.groups] == [(0, [2, 5]),
+                                                                         (2, [1, 3, 6])]
+    empty = make_mapping(np.array([-1, -1]), 2, torch.device("cpu"))
+    assert empty.groups == [] and empty.seg_len.tolist() == [0, 0]
+    assert [shrink_split_k(t, k) for t, k in ((1, 4096), (64, 14336), (65, 4096), (8, 100))] \
+        == [8, 16, 1, 1]
 
 
 def test_peft_scaling():
