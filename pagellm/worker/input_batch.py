@@ -86,20 +86,30 @@ class InputBatch:
             self.num_blocks[row] = len(new.block_ids)
             self._set_sampling(row, new.sampling_params)
             self.lora_int_id[row] = new.lora_request.lora_int_id if new.lora_request else 0
+        self._apply_cached(sched.scheduled_cached_reqs)
+
+    def _apply_cached(self, cached) -> None:
+        """The running requests' columns (``CachedRequestData``): computed counts in one
+        gather, block ids for the few that got new blocks, and under pipeline parallelism
+        the tokens sampled on the last stage."""
+        if not cached.req_ids:
+            return
         row_of = self.row_of
-        cached_reqs = sched.scheduled_cached_reqs
-        rows = [row_of[cached.request_id] for cached in cached_reqs]
-        self.num_computed[rows] = [cached.num_computed_tokens for cached in cached_reqs]
-        for row, cached in zip(rows, cached_reqs):
-            if cached.new_token_ids:    # pipeline parallelism; the last stage has them already
-                start = max(cached.num_computed_tokens, int(self.num_prompt_tokens[row]))
-                end = start + len(cached.new_token_ids)
-                self.token_ids[row, start:end] = cached.new_token_ids
-                self.num_tokens[row] = max(self.num_tokens[row], end)
-            if cached.new_block_ids:
+        rows = [row_of[request_id] for request_id in cached.req_ids]
+        self.num_computed[rows] = cached.num_computed_tokens
+        for index, block_ids in enumerate(cached.new_block_ids):
+            if block_ids:
+                row = rows[index]
                 start = self.num_blocks[row]
-                self.block_table[row, start:start + len(cached.new_block_ids)] = cached.new_block_ids
-                self.num_blocks[row] = start + len(cached.new_block_ids)
+                self.block_table[row, start:start + len(block_ids)] = block_ids
+                self.num_blocks[row] = start + len(block_ids)
+        for row, num_computed, token_ids in zip(rows, cached.num_computed_tokens,
+                                                cached.new_token_ids):
+            if token_ids:       # pipeline parallelism; the last stage has them already
+                start = max(num_computed, int(self.num_prompt_tokens[row]))
+                end = start + len(token_ids)
+                self.token_ids[row, start:end] = token_ids
+                self.num_tokens[row] = max(self.num_tokens[row], end)
 
     def _set_sampling(self, row: int, params: SamplingParams) -> None:
         self.sampling_params[row] = params
