@@ -293,14 +293,15 @@ class Scheduler:
     def _schedule_running(self, step: "_StepState") -> None:
         index, running, allocate_slots = 0, self.running, self.kv.allocate_slots
         in_flight, draft_caps, scheduled = self.in_flight, self._draft_caps, step.scheduled
-        max_num_reqs = step.max_num_reqs
+        drafts_in_flight, max_num_reqs = self._drafts_in_flight, step.max_num_reqs
         while index < len(running) and step.budget > 0 and len(scheduled) < max_num_reqs:
             request = running[index]
-            if in_flight and request.request_id in in_flight:
-                index += 1      # its previous batch is still in the pipeline
-                continue
-            if request.request_id in self._drafts_in_flight:
-                index += 1      # async: how many of its drafts are accepted is not known yet
+            request_id = request.request_id
+            if (in_flight and request_id in in_flight) or (
+                    drafts_in_flight and request_id in drafts_in_flight):
+                # its previous batch is still in the pipeline, or (async) how many of its
+                # drafts are accepted is not known yet
+                index += 1
                 continue
             num_new = (len(request.all_token_ids) + request.num_output_placeholders
                        - request.num_computed_tokens)
@@ -322,24 +323,31 @@ class Scheduler:
                     continue
             drafts = self._drafts_to_schedule(request, num_new, step.budget) if draft_caps else ()
             num_new += len(drafts)
-            new_blocks = None
-            while True:
-                new_blocks = allocate_slots(request, num_new)
-                if new_blocks is not None:
-                    break
-                victim = self._pick_victim()
-                self._preempt(victim, step)
-                if victim is request:
-                    break
-                if self.running.index(request) < index:   # a scheduled victim shifted the list
-                    index -= 1
+            new_blocks = allocate_slots(request, num_new)
             if new_blocks is None:
-                continue      # the request itself was preempted; running shrank under index
+                new_blocks, index = self._preempt_for(request, num_new, index, step)
+                if new_blocks is None:
+                    continue      # the request itself was preempted; running shrank under index
             step.add_cached(request, num_new,
                             [b.block_id for b in new_blocks] if new_blocks else None)
             if drafts:
-                step.spec_tokens[request.request_id] = drafts
+                step.spec_tokens[request_id] = drafts
             index += 1
+
+    def _preempt_for(self, request: Request, num_new: int, index: int, step: "_StepState"):
+        """Blocks are short for ``request`` (at ``running[index]``): preempt victims until
+        its slots fit or it is the victim itself. Returns (its new blocks or None when it was
+        preempted, its index in ``running`` after the victims left)."""
+        while True:
+            victim = self._pick_victim()
+            self._preempt(victim, step)
+            if victim is request:
+                return None, index
+            if self.running.index(request) < index:   # a scheduled victim shifted the list
+                index -= 1
+            new_blocks = self.kv.allocate_slots(request, num_new)
+            if new_blocks is not None:
+                return new_blocks, index
 
     def _drafts_to_schedule(self, request: Request, num_new: int, budget: int) -> list[int]:
         """The request's drafts that fit this step (only when its one remaining token is a
