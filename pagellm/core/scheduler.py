@@ -587,13 +587,15 @@ class Scheduler:
             request = requests.get(request_id)
             if request is None or request.status >= _FINISHED:
                 continue    # aborted while the step ran, or stopped by an earlier step's token
-            if request_id in spec_drafts:
+            if spec_drafts and request_id in spec_drafts:
                 self._rollback_rejected(request, len(spec_drafts[request_id]), end - first)
             elif shadow:
                 self._shadow_check(request, tokens[first])
-            appended = self._append_tokens(request, tokens[first:end] if end - first > 1
-                                           else (tokens[first],))
-            new_token_ids.extend(tokens[first:first + appended])
+            appended = self._append_tokens(request, tokens, first, end)
+            if appended == 1:
+                new_token_ids.append(tokens[first])
+            else:
+                new_token_ids.extend(tokens[first:first + appended])
             if want_rows:
                 logprob_rows.extend(range(first, first + appended))
             reported.append(request)
@@ -620,12 +622,13 @@ class Scheduler:
                 reported.append(requests[request_id])
                 num_new.append(0)
 
-    def _append_tokens(self, request: Request, token_ids) -> int:
-        """Append the step's new tokens one by one, checking the stop conditions after each;
-        returns how many were appended (the list is cut after the first that finishes the
-        request). Newly full blocks are hashed once, after the last."""
+    def _append_tokens(self, request: Request, tokens: list[int], first: int, end: int) -> int:
+        """Append the request's new tokens ``tokens[first:end]`` one by one, checking the stop
+        conditions after each; returns how many were appended (cut after the first that
+        finishes the request). Newly full blocks are hashed once, after the last."""
         count = 0
-        for token_id in token_ids:
+        for position in range(first, end):
+            token_id = tokens[position]
             count += 1
             if request.num_output_placeholders:
                 request.num_output_placeholders -= 1
