@@ -4,6 +4,9 @@
 scheduler (schedule + update_from_output) and the runner's input preparation (request-state
 diffs, flattened inputs, attention metadata, sampling metadata) — everything but the forward
 and the sampler. Run: PYTHONPATH=. python benchmarks/w7_engine_overhead.py [--device cuda]
+Also timed, outside the total: the step's messages through msgpack (encode + decode) as the
+process split sends them, executor -> worker (``ExecuteModel``) and engine core -> API process
+(``EngineCoreOutputs``).
 ``--profile N``: run the timed steps under cProfile and print the N functions with the most
 cumulative time, per step in µs (the profiler inflates Python time about 3x).
 """
@@ -61,7 +64,7 @@ def main() -> None:
                 if scheduler.requests[r].num_computed_tokens == scheduler.requests[r].num_tokens]
         batch.append_sampled(np.array([batch.row_of[r] for r in done], dtype=np.int64), [1] * len(done))
         scheduler.update_from_output(sched, ModelRunnerOutput(done, [1] * len(done)))
-    sched_us, prep_us = [], []
+    sched_us, prep_us, message_us = [], [], []
     profiler = cProfile.Profile() if args.profile else None
     if profiler is not None:
         profiler.enable()
@@ -78,8 +81,9 @@ def main() -> None:
             torch.cuda.synchronize()
         t2 = time.perf_counter()
         batch.append_sampled(rows, [2 + step] * len(ids))
-        scheduler.update_from_output(sched, ModelRunnerOutput(ids, [2 + step] * len(ids)))
+        outputs = scheduler.update_from_output(sched, ModelRunnerOutput(ids, [2 + step] * len(ids)))
         t3 = time.perf_counter()
+        message_us.append(_time_messages(sched, outputs))
         assert len(sched.num_scheduled_tokens) == args.num_requests
         sched_us.append((t1 - t0 + t3 - t2) * 1e6)
         prep_us.append((t2 - t1) * 1e6)
@@ -91,11 +95,23 @@ def main() -> None:
               "scheduler_us_median": statistics.median(sched_us),
               "input_prep_us_median": statistics.median(prep_us),
               "total_us_median": statistics.median(total),
-              "total_us_p90": sorted(total)[int(0.9 * len(total))]}
+              "total_us_p90": sorted(total)[int(0.9 * len(total))],
+              "messages_us_median": statistics.median(message_us)}
     print(json.dumps(result))
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "w7.json"), "w") as f:
             json.dump(result, f)
+
+
+def _time_messages(sched, outputs) -> float:
+    """µs to encode and decode the step's two process-boundary messages."""
+    from pagellm.distributed import worker_proc
+    from pagellm.engine import messages
+
+    start = time.perf_counter()
+    worker_proc.call_decoder.decode(worker_proc.encoder.encode(worker_proc.ExecuteModel(sched)))
+    messages.core_message_decoder.decode(messages.encoder.encode(outputs))
+    return (time.perf_counter() - start) * 1e6
 
 
 def _print_profile(profiler: cProfile.Profile, top: int, steps: int) -> None:
