@@ -617,9 +617,12 @@ class Scheduler:
         for request_id, value in prompt_logprobs.items():
             if request_id in aborted:
                 continue
+            request = requests.get(request_id)
+            if request is None:
+                continue
             outputs.new_prompt_logprobs[request_id] = value
             if request_id not in seen:
-                reported.append(requests[request_id])
+                reported.append(request)
                 num_new.append(0)
 
     def _append_tokens(self, request: Request, tokens: list[int], first: int, end: int) -> int:

@@ -461,3 +461,24 @@ def test_a_victim_unscheduled_mid_step_leaves_no_hash_for_unwritten_kv():
     blocks, num_hit_tokens = scheduler.kv.get_computed_blocks(x_prefix)
     assert ([b.block_id for b in blocks], num_hit_tokens) == ([0], 4)
     assert scheduler.kv.pool.blocks[4].block_hash is None
+
+
+def test_a_prompt_chunk_with_prompt_logprobs_is_reported_without_tokens():
+    """Columnar outputs: a chunk that samples nothing still reports its prompt logprobs, as a
+    request with 0 new tokens; a request that samples shares the flattened token list."""
+    import numpy as np
+
+    from pagellm.core.sched_output import ModelRunnerOutput, TopLogprobs
+
+    scheduler = make_scheduler(max_num_batched_tokens=8)
+    scheduler.add_request(make_request("a", 3, prompt_logprobs=1))
+    scheduler.add_request(make_request("b", 10, prompt_logprobs=1))
+    output = scheduler.schedule()
+    assert output.num_scheduled_tokens == {"a": 3, "b": 5}               # b is chunked
+    rows = TopLogprobs(np.zeros((2, 2), np.int64), np.zeros((2, 2), np.float32),
+                       np.ones(2, np.int64))
+    outputs = scheduler.update_from_output(output, ModelRunnerOutput(
+        ["a"], [9], prompt_logprobs={"a": (1, rows), "b": (1, rows)}))
+    assert outputs.req_ids == ["a", "b"] and outputs.num_new_tokens == [1, 0]
+    assert outputs.new_token_ids == [9] and outputs.finish_reasons == [None, None]
+    assert set(outputs.new_prompt_logprobs) == {"a", "b"}
