@@ -184,9 +184,10 @@ class EngineCore:
         requests = self.scheduler.requests
         for request_id in sched.num_scheduled_tokens:
             request = requests[request_id]
-            prefill_done = request.num_computed_tokens >= request.num_prompt_tokens
+            if request.output_token_ids:
+                continue        # decoding (the common case): counted when its prompt ended
             # async scheduling: a later step may be scheduled before the first token is back
-            if (prefill_done and not request.output_token_ids
+            if (request.num_computed_tokens >= request.num_prompt_tokens
                     and request.num_output_placeholders <= 1):
                 self.num_prompt_tokens += request.num_prompt_tokens
 
