@@ -112,12 +112,14 @@ class KVCacheManager:
         changed then). On success ``request.num_computed_tokens`` has moved past the hits."""
         blocks = self.req_to_blocks.get(request.request_id)
         num_computed = request.num_computed_tokens + len(new_computed_blocks) * self.block_size
-        lookahead = self._lookahead(num_computed + num_new_tokens)
+        lookahead = (self._lookahead(num_computed + num_new_tokens)
+                     if self.num_lookahead_tokens else 0)
         if blocks is not None and not new_computed_blocks:
             # The common decode step: the new tokens fit in the blocks already held.
-            num_tokens_after = request.num_computed_tokens + num_new_tokens
-            if num_tokens_after + lookahead <= len(blocks) * self.block_size:
-                if num_tokens_after // self.block_size > self.num_cached_blocks.get(
+            num_tokens_after = num_computed + num_new_tokens
+            block_size = self.block_size
+            if num_tokens_after + lookahead <= len(blocks) * block_size:
+                if num_tokens_after // block_size > self.num_cached_blocks.get(
                         request.request_id, 0):
                     self._cache_full_blocks(request, num_tokens_after)
                 return []

@@ -60,16 +60,24 @@ import logging
 import time
 from collections import deque
 
+import numpy as np
+
 from pagellm.config.cache import CacheConfig
 from pagellm.config.scheduler import SchedulerConfig
 from pagellm.core.kv_cache_manager import KVCacheManager
 from pagellm.core.request import FINISH_REASONS, Request, RequestStatus
-from pagellm.core.sched_output import (CachedRequestData, EngineCoreOutput, ModelRunnerOutput,
-                                       NewRequestData, SchedulerOutput, TopLogprobs)
+from pagellm.core.sched_output import (CachedRequestData, EngineCoreOutputs, ModelRunnerOutput,
+                                       NewRequestData, SchedulerOutput)
 from pagellm.core.spec_adaptive import best_num_drafts
 from pagellm.core.stats import SpecDecodingStats
 
 logger = logging.getLogger(__name__)
+
+_FINISHED = RequestStatus.FINISHED_STOPPED      # statuses from here on are finished
+_FINISHED_STOPPED = RequestStatus.FINISHED_STOPPED
+_FINISHED_ERROR = RequestStatus.FINISHED_ERROR
+_FINISH_REASON_OF = [FINISH_REASONS.get(status) for status in RequestStatus]
+"""Indexed by a ``RequestStatus``: its finish reason, None for the unfinished ones."""
 
 
 class Scheduler:
@@ -125,9 +133,9 @@ class Scheduler:
         self.structured_output_manager = structured_output_manager
         self.waiting_for_fsm: list[Request] = []
         """Requests whose grammar is still compiling (also in ``waiting``, never scheduled)."""
-        self._failed: list[EngineCoreOutput] = []
-        """Outputs of requests that ended before running (their grammar failed to compile),
-        returned by the next ``update_from_output``."""
+        self._failed: list[Request] = []
+        """Requests that ended before running (their grammar failed to compile), reported by
+        the next ``update_from_output``."""
 
     # ---- requests in and out ------------------------------------------------------------------
 
@@ -189,6 +197,7 @@ class Scheduler:
         passed_delay = self._passed_delay(time.time())
         if not step.preempted and passed_delay:
             self._schedule_waiting(step)
+        cached = step.cached
         if self.pipelined:
             self._mark_in_flight(step)
         for request in step.scheduled:
@@ -204,7 +213,7 @@ class Scheduler:
         preempted, self.preempted_req_ids = self.preempted_req_ids - finished, set()
         bitmask_rows, bitmask = self._grammar_bitmask(step.scheduled)
         sched = SchedulerOutput(
-            scheduled_new_reqs=step.new_reqs, scheduled_cached_reqs=step.cached_reqs,
+            scheduled_new_reqs=step.new_reqs, scheduled_cached_reqs=cached,
             num_scheduled_tokens=step.num_tokens,
             total_num_scheduled_tokens=self.max_num_batched_tokens - step.budget,
             finished_req_ids=finished, preempted_req_ids=preempted,
@@ -241,9 +250,7 @@ class Scheduler:
                 request.status = RequestStatus.FINISHED_ERROR
                 request.stop_reason = request.structured_output.error
                 self._free(request)
-                self._failed.append(EngineCoreOutput(
-                    request.request_id, [], finish_reason=FINISH_REASONS[request.status],
-                    stop_reason=request.stop_reason))
+                self._failed.append(request)
         self.waiting_for_fsm = still
 
     def _micro_batch_size(self) -> int:
@@ -257,11 +264,11 @@ class Scheduler:
     def _mark_in_flight(self, step: "_StepState") -> None:
         """Record the step's requests as in flight and give each running one the tokens the
         earlier pipeline stages have not seen (their ranks never sample)."""
-        requests = self.requests
-        for cached in step.cached_reqs:
-            request = requests[cached.request_id]
-            cached.new_token_ids = request.all_token_ids[
-                max(cached.num_computed_tokens, request.num_prompt_tokens):]
+        requests, cached = self.requests, step.cached
+        cached.new_token_ids = [
+            requests[request_id].all_token_ids[max(num_computed,
+                                                   requests[request_id].num_prompt_tokens):]
+            for request_id, num_computed in zip(cached.req_ids, cached.num_computed_tokens)]
         for request in step.scheduled:
             self.in_flight[request.request_id] = request
 
@@ -285,14 +292,16 @@ class Scheduler:
 
     def _schedule_running(self, step: "_StepState") -> None:
         index, running, allocate_slots = 0, self.running, self.kv.allocate_slots
-        in_flight = self.in_flight
-        while index < len(running) and step.budget > 0 and step.has_room:
+        in_flight, draft_caps, scheduled = self.in_flight, self._draft_caps, step.scheduled
+        drafts_in_flight, max_num_reqs = self._drafts_in_flight, step.max_num_reqs
+        while index < len(running) and step.budget > 0 and len(scheduled) < max_num_reqs:
             request = running[index]
-            if in_flight and request.request_id in in_flight:
-                index += 1      # its previous batch is still in the pipeline
-                continue
-            if request.request_id in self._drafts_in_flight:
-                index += 1      # async: how many of its drafts are accepted is not known yet
+            request_id = request.request_id
+            if (in_flight and request_id in in_flight) or (
+                    drafts_in_flight and request_id in drafts_in_flight):
+                # its previous batch is still in the pipeline, or (async) how many of its
+                # drafts are accepted is not known yet
+                index += 1
                 continue
             num_new = (len(request.all_token_ids) + request.num_output_placeholders
                        - request.num_computed_tokens)
@@ -312,25 +321,33 @@ class Scheduler:
                 if num_new == 0:
                     index += 1
                     continue
-            drafts = self._drafts_to_schedule(request, num_new, step.budget)
+            drafts = self._drafts_to_schedule(request, num_new, step.budget) if draft_caps else ()
             num_new += len(drafts)
-            new_blocks = None
-            while True:
-                new_blocks = allocate_slots(request, num_new)
-                if new_blocks is not None:
-                    break
-                victim = self._pick_victim()
-                self._preempt(victim, step)
-                if victim is request:
-                    break
-                if self.running.index(request) < index:   # a scheduled victim shifted the list
-                    index -= 1
+            new_blocks = allocate_slots(request, num_new)
             if new_blocks is None:
-                continue      # the request itself was preempted; running shrank under index
-            step.add_cached(request, num_new, [b.block_id for b in new_blocks])
+                new_blocks, index = self._preempt_for(request, num_new, index, step)
+                if new_blocks is None:
+                    continue      # the request itself was preempted; running shrank under index
+            step.add_cached(request, num_new,
+                            [b.block_id for b in new_blocks] if new_blocks else None)
             if drafts:
-                step.spec_tokens[request.request_id] = drafts
+                step.spec_tokens[request_id] = drafts
             index += 1
+
+    def _preempt_for(self, request: Request, num_new: int, index: int, step: "_StepState"):
+        """Blocks are short for ``request`` (at ``running[index]``): preempt victims until
+        its slots fit or it is the victim itself. Returns (its new blocks or None when it was
+        preempted, its index in ``running`` after the victims left)."""
+        while True:
+            victim = self._pick_victim()
+            self._preempt(victim, step)
+            if victim is request:
+                return None, index
+            if self.running.index(request) < index:   # a scheduled victim shifted the list
+                index -= 1
+            new_blocks = self.kv.allocate_slots(request, num_new)
+            if new_blocks is not None:
+                return new_blocks, index
 
     def _drafts_to_schedule(self, request: Request, num_new: int, budget: int) -> list[int]:
         """The request's drafts that fit this step (only when its one remaining token is a
@@ -517,13 +534,13 @@ class Scheduler:
     # ---- after the forward ------------------------------------------------------------------
 
     def update_from_output(self, sched: SchedulerOutput,
-                           runner_output: ModelRunnerOutput) -> list[EngineCoreOutput]:
+                           runner_output: ModelRunnerOutput) -> EngineCoreOutputs:
         """Append the step's sampled tokens, finish the requests they end; returns the
-        outputs (new tokens, prompt logprobs, finishes). Tokens of requests aborted while the
-        step ran are dropped."""
-        outputs: dict[str, EngineCoreOutput] = {o.request_id: o for o in self._failed}
-        self._failed = []
-        requests, logprobs = self.requests, runner_output.logprobs
+        outputs (new tokens, prompt logprobs, finishes) as one columnar ``EngineCoreOutputs``.
+        Tokens of requests aborted while the step ran are dropped."""
+        reported, self._failed = self._failed, []        # ended before running: no tokens
+        num_new = [0] * len(reported)
+        requests = self.requests
         aborted: set[str] = set()
         if self.pipelined:      # this batch's request objects: an id may be reused after abort
             requests = {request_id: self.in_flight.pop(request_id)
@@ -532,57 +549,103 @@ class Scheduler:
         elif self.async_scheduling:
             requests = self._step_requests.pop(id(sched), {})
             aborted = {request_id for request_id, r in requests.items() if r.is_finished}
+        new_token_ids, logprob_rows = self._append_step_tokens(
+            sched, runner_output, requests, reported, num_new)
+        outputs = EngineCoreOutputs(num_new_tokens=num_new, new_token_ids=new_token_ids)
+        if runner_output.prompt_logprobs:
+            self._add_prompt_logprobs(outputs, runner_output.prompt_logprobs, requests,
+                                      aborted, reported, num_new)
+        outputs.req_ids = [r.request_id for r in reported]
+        outputs.finish_reasons = [_FINISH_REASON_OF[r.status] for r in reported]
+        outputs.stop_reasons = [r.stop_reason for r in reported]
+        outputs.num_cached_tokens = [max(r.num_cached_tokens, 0) for r in reported]
+        outputs.first_scheduled_times = [r.first_scheduled_time for r in reported]
+        outputs.num_preemptions = [r.num_preemptions for r in reported]
+        if runner_output.logprobs is not None:
+            outputs.new_logprobs = runner_output.logprobs.rows(
+                np.asarray(logprob_rows, dtype=np.int64))
+        return outputs
+
+    def _append_step_tokens(self, sched: SchedulerOutput, runner_output: ModelRunnerOutput,
+                            requests: dict[str, Request], reported: list[Request],
+                            num_new: list[int]) -> tuple[list[int], list[int]]:
+        """Append each live request's new tokens (checking stops), finish those they end;
+        the reported requests and their token counts go to ``reported`` / ``num_new``.
+        Returns the appended tokens flattened and their rows in the runner's logprobs."""
         spec_drafts = sched.scheduled_spec_decode_tokens
         proposals = runner_output.spec_token_ids
-        flat = 0        # logprobs row of the request's first new token
-        for row, (request_id, sampled) in enumerate(
-                zip(runner_output.req_ids, runner_output.sampled_token_ids)):
-            token_ids = sampled if isinstance(sampled, list) else [sampled]
-            first, flat = flat, flat + len(token_ids)
+        counts = runner_output.num_sampled_tokens
+        tokens = runner_output.sampled_token_ids
+        want_rows = runner_output.logprobs is not None
+        new_token_ids: list[int] = []
+        logprob_rows: list[int] = []
+        shadow = self.spec_adaptive is not None
+        end = 0
+        for index, request_id in enumerate(runner_output.req_ids):
+            first = end
+            end += 1 if counts is None else counts[index]
             request = requests.get(request_id)
-            if request is None or request.status >= RequestStatus.FINISHED_STOPPED:
+            if request is None or request.status >= _FINISHED:
                 continue    # aborted while the step ran, or stopped by an earlier step's token
-            if request_id in spec_drafts:
-                self._rollback_rejected(request, len(spec_drafts[request_id]), len(token_ids))
-            elif self.spec_adaptive is not None:
-                self._shadow_check(request, token_ids[0])
-            token_ids = self._append_tokens(request, token_ids)
-            out = EngineCoreOutput(
-                request_id, token_ids,
-                None if logprobs is None else _rows(logprobs, first, len(token_ids)),
-                num_cached_tokens=request.num_cached_tokens if request.num_cached_tokens > 0 else 0,
-                first_scheduled_time=request.first_scheduled_time,
-                num_preemptions=request.num_preemptions)
-            outputs[request_id] = out
-            if request.is_finished:
-                out.finish_reason = FINISH_REASONS[request.status]
-                out.stop_reason = request.stop_reason
+            if spec_drafts and request_id in spec_drafts:
+                self._rollback_rejected(request, len(spec_drafts[request_id]), end - first)
+            elif shadow:
+                self._shadow_check(request, tokens[first])
+            appended = self._append_tokens(request, tokens, first, end)
+            if appended == 1:
+                new_token_ids.append(tokens[first])
+            else:
+                new_token_ids.extend(tokens[first:first + appended])
+            if want_rows:
+                logprob_rows.extend(range(first, first + appended))
+            reported.append(request)
+            num_new.append(appended)
+            if request.status >= _FINISHED:
                 self.running.remove(request)
                 self._free(request)
             elif proposals is not None:
-                request.spec_token_ids, request.spec_base = proposals[row], request.num_tokens
-        for request_id, prompt_logprobs in runner_output.prompt_logprobs.items():
+                request.spec_token_ids, request.spec_base = proposals[index], request.num_tokens
+        return new_token_ids, logprob_rows
+
+    @staticmethod
+    def _add_prompt_logprobs(outputs: EngineCoreOutputs, prompt_logprobs: dict,
+                             requests: dict[str, Request], aborted: set[str],
+                             reported: list[Request], num_new: list[int]) -> None:
+        """Pass the step's prompt logprobs on; a request that sampled nothing this step (a
+        prompt chunk) is reported with no tokens."""
+        seen = {r.request_id for r in reported}
+        for request_id, value in prompt_logprobs.items():
             if request_id in aborted:
                 continue
-            out = outputs.get(request_id) or outputs.setdefault(
-                request_id, EngineCoreOutput(request_id, []))
-            out.new_prompt_logprobs = prompt_logprobs
-        return list(outputs.values())
+            request = requests.get(request_id)
+            if request is None:
+                continue
+            outputs.new_prompt_logprobs[request_id] = value
+            if request_id not in seen:
+                reported.append(request)
+                num_new.append(0)
 
-    def _append_tokens(self, request: Request, token_ids: list[int]) -> list[int]:
-        """Append the step's new tokens one by one, checking the stop conditions after each;
-        returns those appended (cut after the first that finishes the request)."""
-        for index, token_id in enumerate(token_ids):
+    def _append_tokens(self, request: Request, tokens: list[int], first: int, end: int) -> int:
+        """Append the request's new tokens ``tokens[first:end]`` one by one, checking the stop
+        conditions after each; returns how many were appended (cut after the first that
+        finishes the request). Newly full blocks are hashed once, after the last."""
+        count = 0
+        for position in range(first, end):
+            token_id = tokens[position]
+            count += 1
             if request.num_output_placeholders:
                 request.num_output_placeholders -= 1
             request.output_token_ids.append(token_id)
             request.all_token_ids.append(token_id)
-            self.kv.update_block_hashes(request)
             if request.structured_output is not None:
                 self._accept_token(request, token_id)
             if self._check_stop(request, token_id):
-                return token_ids[:index + 1]
-        return token_ids
+                break
+        kv = self.kv
+        if ((len(request.all_token_ids) - kv.hash_next_tokens) // kv.block_size
+                > len(request.block_hashes)):
+            kv.update_block_hashes(request)
+        return count
 
     def _rollback_rejected(self, request: Request, num_drafts: int, num_new_tokens: int) -> None:
         """Speculative decoding: the step computed 1 + num_drafts positions and produced
@@ -619,21 +682,22 @@ class Scheduler:
 
     def _check_stop(self, request: Request, token_id: int) -> bool:
         """Finish the request if ``token_id`` (just appended) ends it; True if it did."""
-        if request.status == RequestStatus.FINISHED_ERROR:
-            return True
-        if request.structured_output is not None and request.structured_output.grammar.is_terminated():
-            request.status = RequestStatus.FINISHED_STOPPED
-            if token_id in request.sampling_params.stop_token_ids:
-                request.stop_reason = token_id
-            return True
+        if request.structured_output is not None:
+            if request.status == _FINISHED_ERROR:
+                return True
+            if request.structured_output.grammar.is_terminated():
+                request.status = _FINISHED_STOPPED
+                if token_id in request.sampling_params.stop_token_ids:
+                    request.stop_reason = token_id
+                return True
         params = request.sampling_params
         num_output = len(request.output_token_ids)
         if num_output >= params.min_tokens:
             if token_id in params.stop_token_ids:
-                request.status, request.stop_reason = RequestStatus.FINISHED_STOPPED, token_id
+                request.status, request.stop_reason = _FINISHED_STOPPED, token_id
                 return True
             if not params.ignore_eos and token_id in params.all_stop_token_ids:
-                request.status = RequestStatus.FINISHED_STOPPED
+                request.status = _FINISHED_STOPPED
                 return True
         if num_output >= request.max_tokens or len(request.all_token_ids) >= self.max_model_len:
             request.status = RequestStatus.FINISHED_LENGTH
@@ -646,13 +710,6 @@ class Scheduler:
         return self.kv.usage()
 
 
-def _rows(logprobs: TopLogprobs, first: int, count: int) -> TopLogprobs:
-    """Rows ``first .. first + count - 1`` of a step's logprobs."""
-    end = first + count
-    return TopLogprobs(logprobs.token_ids[first:end], logprobs.logprobs[first:end],
-                       logprobs.ranks[first:end])
-
-
 class _StepState:
     """What one ``schedule`` call has decided so far."""
 
@@ -663,7 +720,8 @@ class _StepState:
         """Prompt tokens this step may still run (long_prefill_token_threshold); None = any."""
         self.num_tokens: dict[str, int] = {}
         self.new_reqs: list[NewRequestData] = []
-        self.cached_reqs: list[CachedRequestData] = []
+        self.cached = CachedRequestData()
+        """The running requests scheduled so far, as the step message's columns."""
         self.scheduled: list[Request] = []
         self.preempted: list[Request] = []
         self.swap_out: list[tuple[int, int]] = []
@@ -676,13 +734,18 @@ class _StepState:
         """Fewer requests scheduled than the batch may take."""
         return len(self.scheduled) < self.max_num_reqs
 
-    def add_cached(self, request: Request, num_new: int, new_block_ids: list[int]) -> None:
-        self.num_tokens[request.request_id] = num_new
+    def add_cached(self, request: Request, num_new: int, new_block_ids: list[int] | None) -> None:
+        """A running request scheduled for ``num_new`` tokens (``new_block_ids``: blocks it
+        got this step, None if none)."""
+        request_id, num_computed = request.request_id, request.num_computed_tokens
+        self.num_tokens[request_id] = num_new
         self.budget -= num_new
         self.scheduled.append(request)
-        self.cached_reqs.append(CachedRequestData(request.request_id, new_block_ids,
-                                                  request.num_computed_tokens))
-        if request.num_computed_tokens < len(request.prompt_token_ids):
+        cached = self.cached
+        cached.req_ids.append(request_id)
+        cached.num_computed_tokens.append(num_computed)
+        cached.new_block_ids.append(new_block_ids)
+        if num_computed < len(request.prompt_token_ids):
             self.had_prompt = True
             if self.prefill_left is not None:
                 self.prefill_left -= num_new
@@ -701,4 +764,8 @@ class _StepState:
         self.budget += self.num_tokens.pop(request.request_id)
         self.spec_tokens.pop(request.request_id, None)
         self.scheduled.remove(request)
-        self.cached_reqs = [c for c in self.cached_reqs if c.request_id != request.request_id]
+        cached = self.cached
+        if request.request_id in cached.req_ids:
+            index = cached.req_ids.index(request.request_id)
+            for column in (cached.req_ids, cached.num_computed_tokens, cached.new_block_ids):
+                del column[index]

@@ -4,7 +4,9 @@
 executor's actors (ray_executor.RayWorker) reuse ``start_worker``, ``handle_call`` and the
 messages, carried as bytes in Ray calls instead of over ZMQ. The only thing Python pickles is
 the start-up argument (``WorkerArgs`` as msgspec JSON bytes); every message afterwards is a
-msgspec Struct below, encoded with msgpack:
+msgspec Struct below, encoded with msgpack, holding the step messages themselves
+(``SchedulerOutput``, ``ModelRunnerOutput``: columnar Structs from ``pagellm.core.sched_output``,
+no mirror types):
 
     executor PUSH -> rank r PULL (one socket per rank)   ExecutorCall (same call to every rank)
     every rank PUSH -> executor PULL (one shared socket) WorkerReply
@@ -29,12 +31,12 @@ import time
 import traceback
 
 import msgspec
-import numpy as np
 import torch
 import zmq
 
 from pagellm.config.engine_args import EngineConfig
-from pagellm.core.sched_output import ModelRunnerOutput, SchedulerOutput
+from pagellm.core.sched_output import (ModelRunnerOutput, SchedulerOutput, decode_array,
+                                       encode_array)
 from pagellm.errors import ClientError
 from pagellm.logger import init_logging
 
@@ -122,24 +124,10 @@ class Profiled(msgspec.Struct, tag=True):
 
 WorkerReply = WorkerReady | NumBlocks | CacheReady | StepResult | Profiled | WorkerFailed
 
-def _encode_array(obj):
-    """numpy arrays (``SchedulerOutput.grammar_bitmask``) travel as (dtype, shape, bytes)."""
-    if isinstance(obj, np.ndarray):
-        return (obj.dtype.str, list(obj.shape), np.ascontiguousarray(obj).tobytes())
-    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
-
-
-def _decode_array(expected_type, obj):
-    """The inverse of ``_encode_array`` (read-only, backed by the message's bytes)."""
-    if expected_type is np.ndarray:
-        dtype, shape, data = obj
-        return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape)
-    raise NotImplementedError(f"cannot decode {expected_type}")
-
-
-encoder = msgspec.msgpack.Encoder(enc_hook=_encode_array)
-call_decoder = msgspec.msgpack.Decoder(ExecutorCall, dec_hook=_decode_array)
-reply_decoder = msgspec.msgpack.Decoder(WorkerReply)
+# numpy arrays (the grammar bitmask, logprobs) travel as (dtype, shape, bytes)
+encoder = msgspec.msgpack.Encoder(enc_hook=encode_array)
+call_decoder = msgspec.msgpack.Decoder(ExecutorCall, dec_hook=decode_array)
+reply_decoder = msgspec.msgpack.Decoder(WorkerReply, dec_hook=decode_array)
 
 
 class _ParentGone(Exception):

@@ -29,7 +29,6 @@ from pagellm.core.stats import EngineStats
 from pagellm.engine.dp_client import DPClient, merge_stats
 from pagellm.engine.input_processor import InputProcessor, PromptType
 from pagellm.engine.llm_engine import load_frontend_tokenizer, prepare_requests, resolve_config
-from pagellm.engine.messages import output_from_msg
 from pagellm.engine.output_processor import OutputProcessor
 from pagellm.errors import EngineDeadError, ServiceUnavailableError
 from pagellm.lora.registry import LoRARegistry
@@ -224,12 +223,11 @@ class AsyncLLM:
             while True:
                 engine_index, batch = await self.client.get_output()
                 self._publish_stats(batch.stats, engine_index)
-                core_outputs = [output_from_msg(message) for message in batch.outputs]
-                for start in range(0, len(core_outputs), OUTPUT_CHUNK_SIZE):
+                for start in range(0, len(batch), OUTPUT_CHUNK_SIZE):
                     if start:
                         await asyncio.sleep(0)
                     outputs, to_abort = self.output_processor.process(
-                        core_outputs[start:start + OUTPUT_CHUNK_SIZE])
+                        batch, start, min(start + OUTPUT_CHUNK_SIZE, len(batch)))
                     for output in outputs:
                         queue = self._queues.get(output.request_id)
                         if queue is not None:

@@ -19,13 +19,12 @@ import zmq.asyncio
 
 from pagellm.config.engine_args import EngineConfig
 from pagellm.core.request import Request
-from pagellm.core.sched_output import EngineCoreOutput
 from pagellm.engine.core_proc import start_engine_core_process
 from pagellm.core.stats import EngineStats
 from pagellm.engine.engine_core import EngineCore
-from pagellm.engine.messages import (AbortRequests, EngineCoreOutputs, EngineDead, EngineReady,
-                                     UtilityCall, UtilityResult, core_message_decoder, encoder,
-                                     request_to_msg)
+from pagellm.engine.messages import (AbortRequests, EngineCoreOutputs, EngineCoreRequest,
+                                     EngineDead, EngineReady, UtilityCall, UtilityResult,
+                                     core_message_decoder, encoder)
 from pagellm.errors import ClientError, EngineDeadError, ServerError
 
 EXIT_GRACE_S = 0.5      # after the core process exits, how long its EngineDead may take to arrive
@@ -50,7 +49,7 @@ class InprocClient:
         if request_ids:
             self.engine_core.abort_requests(request_ids)
 
-    def get_output(self) -> list[EngineCoreOutput]:
+    def get_output(self) -> EngineCoreOutputs:
         return self.engine_core.step()
 
     def has_unfinished_requests(self) -> bool:
@@ -137,7 +136,7 @@ class MPClient:
     # ---- the same calls as InprocClient, awaited ----------------------------------------------
 
     async def add_request(self, request: Request) -> None:
-        await self._send(request_to_msg(request))
+        await self._send(EngineCoreRequest.from_request(request))
 
     async def abort_requests(self, request_ids, finished: bool = False) -> None:
         """Free ``request_ids`` in the core; ``finished``: they ended here (a stop string),

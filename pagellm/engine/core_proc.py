@@ -31,8 +31,7 @@ from pagellm.config.engine_args import EngineConfig
 from pagellm.engine.engine_core import EngineCore, make_engine_core
 from pagellm.engine.messages import (AbortRequests, EngineCoreOutputs, EngineCoreRequest,
                                      EngineDead, EngineReady, UtilityCall, UtilityResult,
-                                     client_message_decoder, encoder, output_to_msg,
-                                     request_from_msg)
+                                     client_message_decoder, encoder)
 from pagellm.core.stats import EngineStats
 from pagellm.errors import ClientError
 from pagellm.logger import init_logging
@@ -98,13 +97,14 @@ class EngineCoreProc:
         stats = self.engine_core.stats()
         stats.iteration_tokens, self.iteration_tokens = self.iteration_tokens, []
         self.last_pushed = stats
-        self._send(EngineCoreOutputs([output_to_msg(o) for o in outputs], stats, time.time()))
+        outputs.stats, outputs.timestamp = stats, time.time()
+        self._send(outputs)
 
     def _push_stats_if_changed(self) -> None:
         """A stats-only push when running/waiting/KV usage moved since the last push (cheap:
         three numbers compared), so the API process shows a long step's batch during it."""
         if not self.engine_core.stats().same_gauges(self.last_pushed):
-            self._push([])
+            self._push(EngineCoreOutputs())
 
     def _drain_input(self) -> None:
         """Handle every queued message; block (up to IDLE_POLL_MS) only when there is no work."""
@@ -117,7 +117,7 @@ class EngineCoreProc:
     def _handle(self, message) -> None:
         core = self.engine_core
         if isinstance(message, EngineCoreRequest):
-            core.add_request(request_from_msg(message))
+            core.add_request(message.to_request())
         elif isinstance(message, AbortRequests):
             aborted = core.abort_requests(message.request_ids)
             if aborted and message.finished:

@@ -26,11 +26,10 @@ import threading
 
 from pagellm.config.engine_args import EngineConfig
 from pagellm.core.request import Request
-from pagellm.core.sched_output import EngineCoreOutput
 from pagellm.core.stats import EngineStats
 from pagellm.engine.core_client import MPClient
 from pagellm.engine.dp_balancer import DPLoadBalancer, prefix_block_hashes
-from pagellm.engine.messages import EngineCoreOutputs, EngineReady, output_from_msg
+from pagellm.engine.messages import EngineCoreOutputs, EngineReady
 from pagellm.errors import ClientError, EngineDeadError
 
 logger = logging.getLogger(__name__)
@@ -194,9 +193,8 @@ class DPClient:
                 self._set_dead(engine_index, error)
                 return
             self.balancer.update_stats(engine_index, batch.stats)
-            for output in batch.outputs:
-                if output.finish_reason is not None:
-                    self._engine_of.pop(output.request_id, None)
+            for request_id in batch.finished_req_ids():
+                self._engine_of.pop(request_id, None)
             self._outputs.put_nowait((engine_index, batch))
 
     def _set_dead(self, engine_index: int, error: EngineDeadError) -> None:
@@ -281,10 +279,10 @@ class SyncDPClient:
         if request_ids:
             self._call(self.client.abort_requests(list(request_ids), finished))
 
-    def get_output(self) -> list[EngineCoreOutput]:
+    def get_output(self) -> EngineCoreOutputs:
         """The outputs of the next batch any replica pushes (waits for one)."""
         _, batch = self._call(self.client.get_output())
-        return [output_from_msg(message) for message in batch.outputs]
+        return batch
 
     def has_unfinished_requests(self) -> bool:
         return self.client.has_unfinished_requests()

@@ -22,7 +22,7 @@ from pagellm.config.engine_args import EngineConfig
 from pagellm.core.request import Request
 from pagellm.core.stats import EngineStats
 from pagellm.core.scheduler import Scheduler
-from pagellm.core.sched_output import EngineCoreOutput, ModelRunnerOutput
+from pagellm.core.sched_output import EngineCoreOutputs, ModelRunnerOutput
 from pagellm.distributed.executor import make_executor
 from pagellm.platforms import Platform, current_platform
 from pagellm.structured_output.manager import StructuredOutputManager, make_backend
@@ -102,19 +102,20 @@ class EngineCore:
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
 
-    def step(self) -> list[EngineCoreOutput]:
-        """Run one scheduled batch; returns the new tokens and finishes of this step."""
+    def step(self) -> EngineCoreOutputs:
+        """Run one scheduled batch; returns the new tokens and finishes of this step (one
+        columnar ``EngineCoreOutputs``, empty when nothing came back)."""
         if self.batch_queue_size > 1:
             return self._step_with_batch_queue()
         sched = self.scheduler.schedule()
         if not self._has_work(sched):
             self._wait_for_grammars()
-            return []
+            return EngineCoreOutputs()
         self._before_execute(sched)
         runner_output = self.executor.execute_model(sched)
         return self._after_execute(sched, runner_output)
 
-    def _step_with_batch_queue(self) -> list[EngineCoreOutput]:
+    def _step_with_batch_queue(self) -> EngineCoreOutputs:
         """Send a new batch when the queue has room and something can be scheduled; return
         at once while the queue is not full, else wait for the oldest batch and return its
         outputs. Every SchedulerOutput goes back to the scheduler, in order."""
@@ -132,17 +133,17 @@ class EngineCore:
                 queue.append((sched, self.executor.execute_model(sched, non_block=True)))
                 self.max_batches_in_flight = max(self.max_batches_in_flight, len(queue))
                 if len(queue) < self.batch_queue_size and not sched.is_empty:
-                    return []
+                    return EngineCoreOutputs()
             else:
                 # nothing new to run (every request is in flight): the step still counts
                 self.scheduler.update_from_output(sched, ModelRunnerOutput([], []))
                 if not queue:
                     self._wait_for_grammars()
         if not queue:
-            return []
+            return EngineCoreOutputs()
         return self._finish_oldest_batch()
 
-    def _finish_oldest_batch(self) -> list[EngineCoreOutput]:
+    def _finish_oldest_batch(self) -> EngineCoreOutputs:
         """Wait for the oldest batch in flight and hand its output to the scheduler."""
         sched, future = self.batch_queue.popleft()
         return self._after_execute(sched, future.result())
@@ -172,10 +173,10 @@ class EngineCore:
         if self._step_delay_s:
             time.sleep(self._step_delay_s)
 
-    def _after_execute(self, sched, runner_output) -> list[EngineCoreOutput]:
+    def _after_execute(self, sched, runner_output) -> EngineCoreOutputs:
         self.num_steps += 1
         self.last_step_num_tokens = sched.total_num_scheduled_tokens
-        self.num_generation_tokens += runner_output.num_sampled_tokens
+        self.num_generation_tokens += runner_output.num_tokens
         return self.scheduler.update_from_output(sched, runner_output)
 
     def _count_prompt_tokens(self, sched) -> None:
@@ -183,9 +184,10 @@ class EngineCore:
         requests = self.scheduler.requests
         for request_id in sched.num_scheduled_tokens:
             request = requests[request_id]
-            prefill_done = request.num_computed_tokens >= request.num_prompt_tokens
+            if request.output_token_ids:
+                continue        # decoding (the common case): counted when its prompt ended
             # async scheduling: a later step may be scheduled before the first token is back
-            if (prefill_done and not request.output_token_ids
+            if (request.num_computed_tokens >= request.num_prompt_tokens
                     and request.num_output_placeholders <= 1):
                 self.num_prompt_tokens += request.num_prompt_tokens
 

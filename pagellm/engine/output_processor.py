@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from pagellm.core.sched_output import EngineCoreOutput, TopLogprobs
+from pagellm.core.sched_output import EngineCoreOutputs, TopLogprobs
 from pagellm.engine.detokenizer import IncrementalDetokenizer
 from pagellm.engine.input_processor import ProcessedPrompt, child_request_id
 from pagellm.outputs import (CompletionOutput, Logprob, PositionLogprobs, RequestMetrics,
@@ -94,23 +94,35 @@ class OutputProcessor:
             self.core_to_parent.pop(core_id, None)
         return list(state.completions)
 
-    def process(self, outputs: list[EngineCoreOutput]) -> tuple[list[RequestOutput], list[str]]:
+    def process(self, outputs: EngineCoreOutputs, start: int = 0,
+                stop: int | None = None) -> tuple[list[RequestOutput], list[str]]:
+        """Take the requests ``start:stop`` of one step's columnar outputs (all by default)."""
         now = time.time()
         touched: dict[str, _RequestState] = {}
         to_abort: list[str] = []
-        for out in outputs:
-            parent_id = self.core_to_parent.get(out.request_id)
+        stop = len(outputs) if stop is None else stop
+        offsets = outputs.token_offsets()
+        logprobs = _LogprobRows(outputs.new_logprobs, offsets[start], offsets[stop])
+        tokens = outputs.new_token_ids
+        for index in range(start, stop):
+            request_id = outputs.req_ids[index]
+            parent_id = self.core_to_parent.get(request_id)
             if parent_id is None:
                 continue
             state = self.requests[parent_id]
-            completion = state.completions[out.request_id]
+            completion = state.completions[request_id]
             if completion.finish_reason is not None:
                 continue
-            self._update_metrics(state, out, now)
-            if out.new_prompt_logprobs is not None and state.prompt_logprobs is not None:
-                self._add_prompt_logprobs(state, *out.new_prompt_logprobs)
-            if self._add_tokens(state, completion, out):
-                to_abort.append(out.request_id)
+            new_token_ids = tokens[offsets[index]:offsets[index + 1]]
+            self._update_metrics(state, outputs, index, bool(new_token_ids), now)
+            prompt_logprobs = outputs.new_prompt_logprobs.get(request_id)
+            if prompt_logprobs is not None and state.prompt_logprobs is not None:
+                self._add_prompt_logprobs(state, *prompt_logprobs)
+            if completion.logprobs is not None and logprobs.available:
+                self._add_logprobs(state, completion, logprobs, offsets[index], offsets[index + 1])
+            if self._add_tokens(completion, new_token_ids, outputs.finish_reasons[index],
+                                outputs.stop_reasons[index]):
+                to_abort.append(request_id)
             touched[parent_id] = state
         ready = []
         for parent_id, state in touched.items():
@@ -122,54 +134,52 @@ class OutputProcessor:
                 ready.append(self._request_output(state, finished))
         return ready, to_abort
 
-    def _update_metrics(self, state: _RequestState, out: EngineCoreOutput, now: float) -> None:
+    @staticmethod
+    def _update_metrics(state: _RequestState, outputs: EngineCoreOutputs, index: int,
+                        has_tokens: bool, now: float) -> None:
         metrics = state.metrics
-        if out.first_scheduled_time is not None and metrics.first_scheduled_time is None:
-            metrics.first_scheduled_time = out.first_scheduled_time
-        if out.new_token_ids:
+        first_scheduled_time = outputs.first_scheduled_times[index]
+        if first_scheduled_time is not None and metrics.first_scheduled_time is None:
+            metrics.first_scheduled_time = first_scheduled_time
+        if has_tokens:
             if metrics.first_token_time is None:
                 metrics.first_token_time = now
             metrics.last_token_time = now
-        metrics.num_preemptions = max(metrics.num_preemptions, out.num_preemptions)
-        state.num_cached_tokens = max(state.num_cached_tokens, out.num_cached_tokens)
+        metrics.num_preemptions = max(metrics.num_preemptions, outputs.num_preemptions[index])
+        state.num_cached_tokens = max(state.num_cached_tokens, outputs.num_cached_tokens[index])
 
-    def _add_tokens(self, state: _RequestState, completion: _Completion,
-                    out: EngineCoreOutput) -> bool:
+    def _add_logprobs(self, state: _RequestState, completion: _Completion,
+                      logprobs: "_LogprobRows", first: int, end: int) -> None:
+        for row in range(first, end):
+            completion.logprobs.append(logprobs.position(row, state.params.logprobs, self._decode))
+            completion.cumulative_logprob += logprobs.values[row - logprobs.first][0]
+
+    @staticmethod
+    def _add_tokens(completion: _Completion, new_token_ids: list[int], finish_reason: str | None,
+                    stop_reason: int | str | None) -> bool:
         """Append tokens; True when a stop string ended the completion here."""
-        completion.token_ids.extend(out.new_token_ids)
-        if out.new_logprobs is not None and completion.logprobs is not None:
-            for row in range(len(out.new_logprobs.ranks)):
-                position = self._position_logprobs(out.new_logprobs, row, state.params.logprobs)
-                completion.logprobs.append(position)
-                completion.cumulative_logprob += out.new_logprobs.logprobs[row][0]
+        completion.token_ids.extend(new_token_ids)
         stop_string = None
-        if completion.detokenizer is not None and out.new_token_ids:
+        if completion.detokenizer is not None and new_token_ids:
             # EOS / a stop token id ended it: like vLLM, that token's text is not shown.
-            stop_terminated = out.finish_reason == "stop" and not isinstance(out.stop_reason, str)
-            stop_string = completion.detokenizer.update(out.new_token_ids, stop_terminated)
+            stop_terminated = finish_reason == "stop" and not isinstance(stop_reason, str)
+            stop_string = completion.detokenizer.update(new_token_ids, stop_terminated)
         if stop_string is not None:
             completion.finish_reason, completion.stop_reason = "stop", stop_string
-            return not out.finished
-        if out.finished:
-            completion.finish_reason, completion.stop_reason = out.finish_reason, out.stop_reason
+            return finish_reason is None
+        if finish_reason is not None:
+            completion.finish_reason, completion.stop_reason = finish_reason, stop_reason
             if completion.detokenizer is not None:
                 completion.detokenizer.flush()
         return False
 
-    def _position_logprobs(self, logprobs: TopLogprobs, row: int, k: int) -> PositionLogprobs:
-        ids, values = logprobs.token_ids[row], logprobs.logprobs[row]
-        position = {ids[0]: Logprob(values[0], logprobs.ranks[row], self._decode(ids[0]))}
-        for rank, (token_id, value) in enumerate(zip(ids[1:k + 1], values[1:k + 1]), start=1):
-            if token_id not in position:
-                position[token_id] = Logprob(value, rank, self._decode(token_id))
-        return position
-
     def _add_prompt_logprobs(self, state: _RequestState, first_position: int,
                              logprobs: TopLogprobs) -> None:
-        for row in range(len(logprobs.ranks)):
+        rows = _LogprobRows(logprobs, 0, logprobs.num_rows)
+        for row in range(logprobs.num_rows):
             if first_position + row == len(state.prompt_logprobs):   # skip recomputed positions
                 state.prompt_logprobs.append(
-                    self._position_logprobs(logprobs, row, state.params.prompt_logprobs))
+                    rows.position(row, state.params.prompt_logprobs, self._decode))
 
     def _decode(self, token_id: int) -> str | None:
         return None if self.tokenizer is None else self.tokenizer.decode([token_id])
@@ -193,3 +203,27 @@ class OutputProcessor:
         return RequestOutput(state.request_id, state.prompt.prompt, state.prompt.prompt_token_ids,
                              state.prompt_logprobs, completions, finished, state.metrics,
                              state.num_cached_tokens)
+
+
+class _LogprobRows:
+    """Rows ``first:end`` of a step's logprob arrays as Python lists (one ``tolist`` per
+    array per step, not per position)."""
+
+    def __init__(self, logprobs: TopLogprobs | None, first: int, end: int):
+        self.available = logprobs is not None
+        self.first = first
+        if logprobs is not None:
+            self.token_ids = logprobs.token_ids[first:end].tolist()
+            self.values = logprobs.logprobs[first:end].tolist()
+            self.ranks = logprobs.ranks[first:end].tolist()
+
+    def position(self, row: int, k: int, decode) -> PositionLogprobs:
+        """Row ``row`` (numbered in the whole step) as {token id: Logprob}: the sampled or
+        actual token first, then the top ``k``."""
+        index = row - self.first
+        ids, values = self.token_ids[index], self.values[index]
+        position = {ids[0]: Logprob(values[0], self.ranks[index], decode(ids[0]))}
+        for rank, (token_id, value) in enumerate(zip(ids[1:k + 1], values[1:k + 1]), start=1):
+            if token_id not in position:
+                position[token_id] = Logprob(value, rank, decode(token_id))
+        return position

@@ -6,7 +6,9 @@ Contract: ``apply(sched)`` is the only mutation from the scheduler's side (forge
 and preempted requests, add new ones, extend block tables, set computed counts, and under
 pipeline parallelism write the tokens sampled on the last stage); the runner counts a sampled token in ``num_tokens`` at launch and writes its value when the
 step resolves (async scheduling: one step later). ``build_step_inputs`` and
-``sampling_arrays`` only read.
+``sampling_arrays`` only read. On CUDA the step's input tensors go through persistent pinned
+host and device buffers (``StagingBuffers``: no new pinned tensor per step); a step's device
+tensors are views valid for two steps.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from pagellm.core.sched_output import SchedulerOutput
 from pagellm.layers.attention_metadata import AttentionMetadata
 from pagellm.sampling_params import SamplingParams
+from pagellm.worker.staging import StagingBuffers
 
 
 @dataclass
@@ -62,6 +65,9 @@ class InputBatch:
         self.special = np.zeros(max_num_reqs, dtype=bool)  # needs per-row work: penalties, bias, min_tokens, logprobs
         self.seeded = np.zeros(max_num_reqs, dtype=bool)   # random sampling with its own generator
         self.lora_int_id = np.zeros(max_num_reqs, dtype=np.int64)  # the row's adapter, 0 = base
+        self.staging: StagingBuffers | None = None
+        """The persistent host/device buffers of the step inputs (made on the first step,
+        for its device)."""
 
     # ---- state updates --------------------------------------------------------------------
 
@@ -86,20 +92,30 @@ class InputBatch:
             self.num_blocks[row] = len(new.block_ids)
             self._set_sampling(row, new.sampling_params)
             self.lora_int_id[row] = new.lora_request.lora_int_id if new.lora_request else 0
+        self._apply_cached(sched.scheduled_cached_reqs)
+
+    def _apply_cached(self, cached) -> None:
+        """The running requests' columns (``CachedRequestData``): computed counts in one
+        gather, block ids for the few that got new blocks, and under pipeline parallelism
+        the tokens sampled on the last stage."""
+        if not cached.req_ids:
+            return
         row_of = self.row_of
-        cached_reqs = sched.scheduled_cached_reqs
-        rows = [row_of[cached.request_id] for cached in cached_reqs]
-        self.num_computed[rows] = [cached.num_computed_tokens for cached in cached_reqs]
-        for row, cached in zip(rows, cached_reqs):
-            if cached.new_token_ids:    # pipeline parallelism; the last stage has them already
-                start = max(cached.num_computed_tokens, int(self.num_prompt_tokens[row]))
-                end = start + len(cached.new_token_ids)
-                self.token_ids[row, start:end] = cached.new_token_ids
-                self.num_tokens[row] = max(self.num_tokens[row], end)
-            if cached.new_block_ids:
+        rows = [row_of[request_id] for request_id in cached.req_ids]
+        self.num_computed[rows] = cached.num_computed_tokens
+        for index, block_ids in enumerate(cached.new_block_ids):
+            if block_ids:
+                row = rows[index]
                 start = self.num_blocks[row]
-                self.block_table[row, start:start + len(cached.new_block_ids)] = cached.new_block_ids
-                self.num_blocks[row] = start + len(cached.new_block_ids)
+                self.block_table[row, start:start + len(block_ids)] = block_ids
+                self.num_blocks[row] = start + len(block_ids)
+        for row, num_computed, token_ids in zip(rows, cached.num_computed_tokens,
+                                                cached.new_token_ids):
+            if token_ids:       # pipeline parallelism; the last stage has them already
+                start = max(num_computed, int(self.num_prompt_tokens[row]))
+                end = start + len(token_ids)
+                self.token_ids[row, start:end] = token_ids
+                self.num_tokens[row] = max(self.num_tokens[row], end)
 
     def _set_sampling(self, row: int, params: SamplingParams) -> None:
         self.sampling_params[row] = params
@@ -133,6 +149,11 @@ class InputBatch:
         """The step's flattened inputs. ``num_spec``: [num_reqs] draft tokens scheduled after
         each request's last token (speculative decoding; their ids are already written past
         ``num_tokens``); a request samples when its step ends at its last draft."""
+        staging = self.staging
+        if staging is None or staging.device != device:
+            staging = self.staging = StagingBuffers(device)
+        staging.begin_step()
+        to = staging.to_device
         request_ids = list(sched.num_scheduled_tokens)
         rows = np.fromiter((self.row_of[r] for r in request_ids), dtype=np.int64,
                            count=len(request_ids))
@@ -155,18 +176,16 @@ class InputBatch:
         samples = np.nonzero(seq_lens == last)[0]
         metadata = AttentionMetadata(
             num_reqs=len(rows), num_tokens=num_tokens, block_size=self.block_size,
-            query_start_loc=_to(query_start_loc.astype(np.int32), device),
-            seq_lens=_to(seq_lens.astype(np.int32), device),
-            block_tables=_to(block_tables, device), slot_mapping=_to(slot_mapping, device),
+            query_start_loc=to("query_start_loc", query_start_loc.astype(np.int32)),
+            seq_lens=to("seq_lens", seq_lens.astype(np.int32)),
+            block_tables=to("block_tables", block_tables),
+            slot_mapping=to("slot_mapping", slot_mapping),
             query_start_loc_cpu=query_start_loc.tolist(), seq_lens_cpu=seq_lens.tolist(),
             max_query_len=int(counts.max()), max_seq_len=int(seq_lens.max()))
-        return StepInputs(request_ids, rows, _to(input_ids, device), _to(positions, device),
-                          metadata, samples.tolist(), _to(query_start_loc[1:][samples] - 1, device),
-                          starts.tolist(), counts.tolist(), token_rows, positions)
+        inputs = StepInputs(request_ids, rows, to("input_ids", input_ids),
+                            to("positions", positions), metadata, samples.tolist(),
+                            to("logits_indices", query_start_loc[1:][samples] - 1),
+                            starts.tolist(), counts.tolist(), token_rows, positions)
+        staging.end_step()
+        return inputs
 
-
-def _to(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
-    if device.type == "cpu":
-        return tensor
-    return tensor.pin_memory().to(device, non_blocking=True)

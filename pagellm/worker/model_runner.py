@@ -212,10 +212,11 @@ class ModelRunner:
             batch.num_tokens[row] = start + len(tokens)
         logprobs = None
         if out.logprobs is not None:
-            ids, values, ranks = (t.cpu()[kept] for t in (out.logprob_token_ids, out.logprobs,
-                                                         out.sampled_token_ranks))
-            logprobs = TopLogprobs(ids.tolist(), values.tolist(), ranks.tolist())
-        return ModelRunnerOutput(request_ids, new_tokens, logprobs, prompt_logprobs,
+            logprobs = TopLogprobs(*(t.cpu()[kept].numpy() for t in (
+                out.logprob_token_ids, out.logprobs, out.sampled_token_ranks)))
+        return ModelRunnerOutput(request_ids, [t for tokens in new_tokens for t in tokens],
+                                 [len(tokens) for tokens in new_tokens], logprobs,
+                                 prompt_logprobs,
                                  spec_token_ids=self._propose(sample_rows, inputs, hidden))
 
     @property
@@ -292,9 +293,9 @@ class ModelRunner:
         self.batch.token_ids[step.rows[live], step.positions[live]] = sampled_ids[live]
         logprobs = None
         if len(step.host) > 1:
-            ids, values, ranks = step.host[1:]
-            logprobs = TopLogprobs(ids.tolist(), values.tolist(), ranks.tolist())
-        step.output = ModelRunnerOutput(step.request_ids, sampled, logprobs, step.prompt_logprobs)
+            logprobs = TopLogprobs(*(t.numpy() for t in step.host[1:]))
+        step.output = ModelRunnerOutput(step.request_ids, sampled, logprobs=logprobs,
+                                        prompt_logprobs=step.prompt_logprobs)
         if step.propose:        # contexts up to the step's own tokens (a later one may be in flight)
             step.output.spec_token_ids = self._propose_ngram(step.rows, step.positions + 1)
         step.sampled = None
@@ -425,8 +426,8 @@ class ModelRunner:
             targets = torch.from_numpy(self.batch.token_ids[row, start + 1:end + 1].astype(np.int64))
             ids, values, ranks = compute_logprobs_topk(torch.log_softmax(logits.float(), dim=-1),
                                                        targets.to(self.device), k)
-            result[request_id] = (start + 1, TopLogprobs(ids.tolist(), values.tolist(),
-                                                         ranks.tolist()))
+            result[request_id] = (start + 1, TopLogprobs(ids.cpu().numpy(), values.cpu().numpy(),
+                                                         ranks.cpu().numpy()))
         return result
 
 

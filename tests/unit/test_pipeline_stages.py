@@ -55,10 +55,10 @@ def test_uni_executor_cannot_run_two_stages():
         ParallelConfig(pipeline_parallel_size=2, distributed_executor_backend="uni")
 
 
-def _sched(new=(), cached=()) -> SchedulerOutput:
-    requests = [*new, *cached]
-    counts = {r.request_id: 1 for r in requests}
-    return SchedulerOutput(list(new), list(cached), counts, len(counts), set())
+def _sched(new=(), cached=None) -> SchedulerOutput:
+    cached = cached or CachedRequestData()
+    counts = {request_id: 1 for request_id in [*(r.request_id for r in new), *cached.req_ids]}
+    return SchedulerOutput(list(new), cached, counts, len(counts), set())
 
 
 def test_input_batch_takes_sampled_tokens_from_the_scheduler_output():
@@ -67,10 +67,10 @@ def test_input_batch_takes_sampled_tokens_from_the_scheduler_output():
     batch.apply(_sched(new=[NewRequestData("a", [5, 6, 7], 3, params, [0], 0)]))
     row = batch.row_of["a"]
     # an earlier stage: it never sampled, the token comes with the next step
-    batch.apply(_sched(cached=[CachedRequestData("a", [], 3, [42])]))
+    batch.apply(_sched(cached=CachedRequestData(["a"], [3], [None], [[42]])))
     assert batch.token_ids[row, :4].tolist() == [5, 6, 7, 42] and batch.num_tokens[row] == 4
     # the last stage appended the token itself: writing it again changes nothing
     batch.append_sampled([row], [43])
-    batch.apply(_sched(cached=[CachedRequestData("a", [1], 4, [43])]))
+    batch.apply(_sched(cached=CachedRequestData(["a"], [4], [[1]], [[43]])))
     assert batch.token_ids[row, :5].tolist() == [5, 6, 7, 42, 43] and batch.num_tokens[row] == 5
     assert batch.block_table[row, :2].tolist() == [0, 1]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pagellm.config.cache import CacheConfig
 from pagellm.config.scheduler import SchedulerConfig
 from pagellm.core.request import Request
-from pagellm.core.sched_output import ModelRunnerOutput, SchedulerOutput
+from pagellm.core.sched_output import EngineCoreOutputs, ModelRunnerOutput, SchedulerOutput
 from pagellm.core.scheduler import Scheduler
 from pagellm.sampling_params import SamplingParams
 
@@ -51,7 +53,55 @@ def play_runner(scheduler: Scheduler, output: SchedulerOutput,
 
 
 def step(scheduler: Scheduler, token_id: int | dict[str, int] = 7):
-    """One engine step: schedule, run, update. Returns (scheduler output, engine outputs)."""
+    """One engine step: schedule, run, update. Returns (scheduler output, engine outputs
+    per request, see ``unpack``)."""
     output = scheduler.schedule()
     engine_outputs = scheduler.update_from_output(output, play_runner(scheduler, output, token_id))
-    return output, engine_outputs
+    return output, unpack(engine_outputs)
+
+
+def runner_output(req_ids: list[str], tokens: list[list[int]], **fields) -> ModelRunnerOutput:
+    """A runner output with several new tokens per request (speculative decoding)."""
+    return ModelRunnerOutput(req_ids, [t for request_tokens in tokens for t in request_tokens],
+                             [len(request_tokens) for request_tokens in tokens], **fields)
+
+
+@dataclass
+class OutputRow:
+    """One request's part of a step's columnar ``EngineCoreOutputs`` (for assertions)."""
+    request_id: str
+    new_token_ids: list[int]
+    finish_reason: str | None
+    stop_reason: int | str | None
+    num_cached_tokens: int
+    num_preemptions: int
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+def unpack(outputs: EngineCoreOutputs) -> list[OutputRow]:
+    offsets = outputs.token_offsets()
+    return [OutputRow(request_id, outputs.new_token_ids[offsets[i]:offsets[i + 1]],
+                      outputs.finish_reasons[i], outputs.stop_reasons[i],
+                      outputs.num_cached_tokens[i], outputs.num_preemptions[i])
+            for i, request_id in enumerate(outputs.req_ids)]
+
+
+@dataclass
+class CachedRow:
+    """One running request's entry in a step's columnar ``CachedRequestData``."""
+    request_id: str
+    num_computed_tokens: int
+    new_block_ids: list[int]
+    new_token_ids: list[int]
+
+
+def cached_rows(output: SchedulerOutput) -> list[CachedRow]:
+    cached = output.scheduled_cached_reqs
+    new_token_ids = cached.new_token_ids or [[] for _ in cached.req_ids]
+    return [CachedRow(request_id, num_computed, blocks or [], tokens)
+            for request_id, num_computed, blocks, tokens in zip(
+                cached.req_ids, cached.num_computed_tokens, cached.new_block_ids, new_token_ids,
+                strict=True)]

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pagellm.core.request import RequestStatus
 from pagellm.core.sched_output import ModelRunnerOutput, SchedulerOutput
 from pagellm.core.scheduler import Scheduler
-from tests.unit.core.builders import EOS, make_request, make_scheduler
+from tests.unit.core.builders import EOS, cached_rows, make_request, make_scheduler
 
 
 class FakeRunner:
@@ -39,7 +39,7 @@ class FakeRunner:
         for new in output.scheduled_new_reqs:
             assert new.request_id not in self.block_tables
             self.block_tables[new.request_id] = list(new.block_ids)
-        for cached in output.scheduled_cached_reqs:
+        for cached in cached_rows(output):
             self.block_tables[cached.request_id].extend(cached.new_block_ids)
 
         req_ids, sampled = [], []
@@ -112,7 +112,7 @@ def check_invariants(scheduler: Scheduler) -> None:
 
 def check_output(scheduler: Scheduler, output: SchedulerOutput, had_work: bool) -> None:
     ids = [r.request_id for r in output.scheduled_new_reqs] + [
-        c.request_id for c in output.scheduled_cached_reqs]
+        c.request_id for c in cached_rows(output)]
     assert len(ids) == len(set(ids))
     assert set(ids) == set(output.num_scheduled_tokens)
     assert all(n > 0 for n in output.num_scheduled_tokens.values())

@@ -10,7 +10,8 @@ import pytest
 
 import pagellm.core.scheduler as scheduler_module
 from pagellm.core.request import RequestStatus
-from tests.unit.core.builders import EOS, make_request, make_scheduler, play_runner, step
+from tests.unit.core.builders import (EOS, cached_rows, make_request, make_scheduler, play_runner,
+                                      step)
 
 
 def scheduled(output) -> dict[str, int]:
@@ -39,7 +40,7 @@ def test_running_first_then_waiting_and_long_prompts_chunk():
     output, engine_outputs = step(scheduler)
     assert list(output.num_scheduled_tokens.items()) == [("a", 1), ("b", 9)]
     assert output.total_num_scheduled_tokens == 10
-    assert [(c.request_id, c.num_computed_tokens) for c in output.scheduled_cached_reqs] == [("a", 6)]
+    assert [(c.request_id, c.num_computed_tokens) for c in cached_rows(output)] == [("a", 6)]
     (new_b,) = output.scheduled_new_reqs
     assert (new_b.request_id, new_b.num_computed_tokens, new_b.block_ids) == ("b", 0, [2, 3, 4])
     assert [o.request_id for o in engine_outputs] == ["a"]       # b's chunk samples nothing
@@ -47,7 +48,7 @@ def test_running_first_then_waiting_and_long_prompts_chunk():
     output, _ = step(scheduler)
     assert list(output.num_scheduled_tokens.items()) == [("a", 1), ("b", 9)]
     assert [(c.request_id, c.num_computed_tokens, c.new_block_ids)
-            for c in output.scheduled_cached_reqs] == [("a", 7, []), ("b", 9, [5, 6])]
+            for c in cached_rows(output)] == [("a", 7, []), ("b", 9, [5, 6])]
 
     output, engine_outputs = step(scheduler)
     assert scheduled(output) == {"a": 1, "b": 2}
@@ -178,7 +179,7 @@ def test_abort_while_the_step_runs_drops_the_sampled_token():
     runner_output = play_runner(scheduler, output)
     request = scheduler.requests["a"]
     scheduler.abort_requests(["a"])
-    assert scheduler.update_from_output(output, runner_output) == []
+    assert len(scheduler.update_from_output(output, runner_output)) == 0
     assert request.status == RequestStatus.FINISHED_ABORTED
     assert request.output_token_ids == []
     assert all_blocks_free(scheduler)
@@ -202,7 +203,7 @@ def test_preempt_by_recompute_evicts_the_last_running(caplog):
     with caplog.at_level(logging.WARNING, logger="pagellm.core.scheduler"):
         output, _ = step(scheduler)
     assert scheduled(output) == {"a": 1}
-    assert [(c.request_id, c.new_block_ids) for c in output.scheduled_cached_reqs] == [("a", [3])]
+    assert [(c.request_id, c.new_block_ids) for c in cached_rows(output)] == [("a", [3])]
     assert output.num_preempted == 1
     assert output.preempted_req_ids == {"b"}
     assert output.finished_req_ids == set()
@@ -328,7 +329,7 @@ def test_priority_victim_is_the_highest_value_even_if_first():
     # x (first in running) is scheduled, then y needs a block: x, not y, is the victim.
     output, _ = step(scheduler)
     assert scheduled(output) == {"y": 1}
-    assert [(c.request_id, c.new_block_ids) for c in output.scheduled_cached_reqs] == [("y", [1])]
+    assert [(c.request_id, c.new_block_ids) for c in cached_rows(output)] == [("y", [1])]
     assert output.total_num_scheduled_tokens == 1
     assert output.preempted_req_ids == {"x"}
     x = scheduler.requests["x"]
@@ -460,3 +461,24 @@ def test_a_victim_unscheduled_mid_step_leaves_no_hash_for_unwritten_kv():
     blocks, num_hit_tokens = scheduler.kv.get_computed_blocks(x_prefix)
     assert ([b.block_id for b in blocks], num_hit_tokens) == ([0], 4)
     assert scheduler.kv.pool.blocks[4].block_hash is None
+
+
+def test_a_prompt_chunk_with_prompt_logprobs_is_reported_without_tokens():
+    """Columnar outputs: a chunk that samples nothing still reports its prompt logprobs, as a
+    request with 0 new tokens; a request that samples shares the flattened token list."""
+    import numpy as np
+
+    from pagellm.core.sched_output import ModelRunnerOutput, TopLogprobs
+
+    scheduler = make_scheduler(max_num_batched_tokens=8)
+    scheduler.add_request(make_request("a", 3, prompt_logprobs=1))
+    scheduler.add_request(make_request("b", 10, prompt_logprobs=1))
+    output = scheduler.schedule()
+    assert output.num_scheduled_tokens == {"a": 3, "b": 5}               # b is chunked
+    rows = TopLogprobs(np.zeros((2, 2), np.int64), np.zeros((2, 2), np.float32),
+                       np.ones(2, np.int64))
+    outputs = scheduler.update_from_output(output, ModelRunnerOutput(
+        ["a"], [9], prompt_logprobs={"a": (1, rows), "b": (1, rows)}))
+    assert outputs.req_ids == ["a", "b"] and outputs.num_new_tokens == [1, 0]
+    assert outputs.new_token_ids == [9] and outputs.finish_reasons == [None, None]
+    assert set(outputs.new_prompt_logprobs) == {"a", "b"}

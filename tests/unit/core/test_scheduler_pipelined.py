@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pagellm.core.request import RequestStatus
 from pagellm.core.sched_output import ModelRunnerOutput
-from tests.unit.core.builders import make_request, make_scheduler
+from tests.unit.core.builders import cached_rows, make_request, make_scheduler, unpack
 
 
 def sampled_all(output, token_id: int = 7) -> ModelRunnerOutput:
@@ -29,13 +29,13 @@ def test_batches_split_the_requests_and_in_flight_ones_wait_for_their_output():
     assert set(scheduler.in_flight) == set("abcd")
     scheduler.update_from_output(third, ModelRunnerOutput([], []))
 
-    outputs = scheduler.update_from_output(first, sampled_all(first, 11))
+    outputs = unpack(scheduler.update_from_output(first, sampled_all(first, 11)))
     assert [(o.request_id, o.new_token_ids) for o in outputs] == [("a", [11]), ("b", [11])]
     assert set(scheduler.in_flight) == {"c", "d"}
     fourth = scheduler.schedule()            # a and b again; c and d still in the pipeline
     assert fourth.num_scheduled_tokens == {"a": 1, "b": 1}
     assert [(c.request_id, c.num_computed_tokens, c.new_token_ids)
-            for c in fourth.scheduled_cached_reqs] == [("a", 5, [11]), ("b", 5, [11])]
+            for c in cached_rows(fourth)] == [("a", 5, [11]), ("b", 5, [11])]
 
 
 def test_one_batch_per_step_without_pipelining_sends_no_token_ids():
@@ -46,7 +46,7 @@ def test_one_batch_per_step_without_pipelining_sends_no_token_ids():
     assert list(first.num_scheduled_tokens) == list("abcd")
     scheduler.update_from_output(first, sampled_all(first))
     second = scheduler.schedule()
-    assert all(c.new_token_ids == [] for c in second.scheduled_cached_reqs)
+    assert all(c.new_token_ids == [] for c in cached_rows(second))
     assert scheduler.in_flight == {}
 
 
@@ -68,7 +68,7 @@ def test_a_victim_is_never_a_request_in_flight():
     assert scheduler.requests["a"].status == RequestStatus.PREEMPTED
     assert scheduler.requests["b"].status == RequestStatus.RUNNING
     scheduler.update_from_output(third, ModelRunnerOutput([], []))
-    outputs = scheduler.update_from_output(second, sampled_all(second, 9))
+    outputs = unpack(scheduler.update_from_output(second, sampled_all(second, 9)))
     assert [(o.request_id, o.new_token_ids) for o in outputs] == [("b", [9])]
 
 
@@ -84,11 +84,11 @@ def test_an_aborted_in_flight_request_drops_its_output_even_when_its_id_is_reuse
     assert second.num_scheduled_tokens == {} and second.finished_req_ids == {"a"}
     scheduler.update_from_output(second, ModelRunnerOutput([], []))
 
-    outputs = scheduler.update_from_output(first, sampled_all(first, 11))
+    outputs = unpack(scheduler.update_from_output(first, sampled_all(first, 11)))
     assert outputs == []                      # the old a's token went nowhere
     assert reused.output_token_ids == [] and reused.status == RequestStatus.WAITING
     third = scheduler.schedule()
     assert third.num_scheduled_tokens == {"a": 3}
-    outputs = scheduler.update_from_output(third, sampled_all(third, 13))
+    outputs = unpack(scheduler.update_from_output(third, sampled_all(third, 13)))
     assert [(o.request_id, o.new_token_ids) for o in outputs] == [("a", [13])]
     assert reused.output_token_ids == [13]

@@ -9,7 +9,7 @@ from pagellm.config.cache import CacheConfig
 from pagellm.config.scheduler import SchedulerConfig
 from pagellm.core.sched_output import ModelRunnerOutput
 from pagellm.core.scheduler import Scheduler
-from tests.unit.core.builders import EOS, make_request
+from tests.unit.core.builders import EOS, make_request, runner_output, unpack
 
 
 def spec_scheduler(k: int = 3, num_blocks: int = 64, block_size: int = 4, budget: int = 64,
@@ -23,9 +23,9 @@ def run(scheduler, tokens: dict[str, list[int]], drafts: dict[str, list[int]]):
     """Schedule one step and answer it with the given new tokens and next drafts."""
     sched = scheduler.schedule()
     ids = list(tokens)
-    output = ModelRunnerOutput(ids, [tokens[i] for i in ids],
+    output = runner_output(ids, [tokens[i] for i in ids],
                                spec_token_ids=[drafts.get(i, []) for i in ids])
-    return sched, {o.request_id: o for o in scheduler.update_from_output(sched, output)}
+    return sched, {o.request_id: o for o in unpack(scheduler.update_from_output(sched, output))}
 
 
 def test_drafts_scheduled_accepted_and_rejected_rolled_back():

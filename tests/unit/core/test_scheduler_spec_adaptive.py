@@ -14,7 +14,7 @@ from pagellm.core.sched_output import ModelRunnerOutput
 from pagellm.core.scheduler import Scheduler
 from pagellm.core.spec_adaptive import SpecAcceptance, best_num_drafts
 from pagellm.errors import ClientError
-from tests.unit.core.builders import make_request
+from tests.unit.core.builders import make_request, runner_output, unpack
 
 ADAPTIVE = {"adaptive": True, "adaptive_ewma_decay": 0.5, "draft_token_cost": 0.15,
             "max_num_draft_tokens_per_step": None}
@@ -32,9 +32,9 @@ def adaptive_scheduler(k: int = 4, budget_per_step: int | None = None,
 
 def answer(scheduler, sched, tokens: dict[str, list[int]], drafts: dict[str, list[int]]):
     ids = list(tokens)
-    output = ModelRunnerOutput(ids, [tokens[i] for i in ids],
+    output = runner_output(ids, [tokens[i] for i in ids],
                                spec_token_ids=[drafts.get(i, []) for i in ids])
-    return scheduler.update_from_output(sched, output)
+    return unpack(scheduler.update_from_output(sched, output))
 
 
 def step(scheduler, tokens, drafts):

@@ -10,7 +10,7 @@ from pagellm.core.block_hash import extend_block_hashes, hash_block
 from pagellm.core.kv_cache_manager import KVCacheManager
 from pagellm.core.sched_output import ModelRunnerOutput
 from pagellm.core.scheduler import Scheduler
-from tests.unit.core.builders import make_request
+from tests.unit.core.builders import make_request, runner_output
 
 
 def lookahead_scheduler(max_model_len: int = 256, num_blocks: int = 64) -> Scheduler:
@@ -26,11 +26,11 @@ def test_lookahead_slots_reserved_after_every_step():
     sched = scheduler.schedule()                  # 6 prompt tokens + 3 lookahead = 9 slots
     assert sched.num_scheduled_tokens == {"a": 6}
     assert len(scheduler.kv.block_ids("a")) == 3
-    scheduler.update_from_output(sched, ModelRunnerOutput(["a"], [[7]], spec_token_ids=[[8, 9, 10]]))
+    scheduler.update_from_output(sched, runner_output(["a"], [[7]], spec_token_ids=[[8, 9, 10]]))
     sched = scheduler.schedule()                  # 6 + 1 + 3 drafts = 10, + 3 lookahead = 13
     assert sched.num_scheduled_tokens == {"a": 4}
     assert len(scheduler.kv.block_ids("a")) == 4
-    scheduler.update_from_output(sched, ModelRunnerOutput(["a"], [[8, 5]], spec_token_ids=[[1]]))
+    scheduler.update_from_output(sched, runner_output(["a"], [[8, 5]], spec_token_ids=[[1]]))
     assert request.num_computed_tokens == 8 and request.num_tokens == 9
     sched = scheduler.schedule()                  # 8 + 2 = 10, + 3 = 13: the blocks held do
     assert sched.num_scheduled_tokens == {"a": 2}

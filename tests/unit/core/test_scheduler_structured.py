@@ -9,7 +9,7 @@ from concurrent.futures import wait
 from pagellm.core.request import RequestStatus
 from pagellm.sampling_params import StructuredOutputsParams
 from pagellm.structured_output.manager import StructuredOutputManager
-from tests.unit.core.builders import EOS, make_request, make_scheduler, play_runner, step
+from tests.unit.core.builders import EOS, make_request, make_scheduler, play_runner, step, unpack
 from tests.unit.test_structured_output import VOCAB, GatedBackend, allowed, byte_id
 
 
@@ -123,7 +123,7 @@ def test_preempted_request_resumes_with_its_matcher_state():
             assert allowed(out.grammar_bitmask, row) == \
                 ({byte_id(text[count])} if count < len(text) else {EOS})
         tokens = {r: byte_id(text[n]) if n < len(text) else EOS for r, n in produced.items()}
-        outputs = scheduler.update_from_output(out, play_runner(scheduler, out, tokens))
+        outputs = unpack(scheduler.update_from_output(out, play_runner(scheduler, out, tokens)))
         finishes.update({o.request_id: o.finish_reason for o in outputs if o.finished})
     assert preempted >= 1
     assert finishes == {"a": "stop", "b": "stop"}

@@ -16,10 +16,11 @@ CPU = torch.device("cpu")
 GREEDY = SamplingParams(temperature=0.0)
 
 
-def sched_output(new=(), cached=(), num_scheduled=None, finished=(),
+def sched_output(new=(), cached=None, num_scheduled=None, finished=(),
                  preempted=()) -> SchedulerOutput:
     num_scheduled = num_scheduled or {}
-    return SchedulerOutput(list(new), list(cached), num_scheduled, sum(num_scheduled.values()),
+    return SchedulerOutput(list(new), cached or CachedRequestData(), num_scheduled,
+                           sum(num_scheduled.values()),
                            set(finished), preempted_req_ids=set(preempted))
 
 
@@ -72,7 +73,7 @@ def test_sampled_tokens_append_and_decode_reads_them():
     assert batch.num_tokens.tolist() == [6, 3, 0, 0]
     assert batch.output_token_ids(0) == [15] and batch.output_token_ids(1) == [22]
     assert batch.prompt_token_ids(0).tolist() == [10, 11, 12, 13, 14]
-    sched = sched_output(cached=[CachedRequestData("a", [], 5), CachedRequestData("b", [], 2)],
+    sched = sched_output(cached=CachedRequestData(["a", "b"], [5, 2], [None, None]),
                          num_scheduled={"a": 1, "b": 1})
     batch.apply(sched)
     assert batch.num_computed.tolist() == [5, 2, 0, 0]
@@ -86,7 +87,7 @@ def test_sampled_tokens_append_and_decode_reads_them():
 
 def test_cached_requests_extend_their_block_tables():
     batch = two_request_batch()
-    batch.apply(sched_output(cached=[CachedRequestData("b", [9, 11], 2)],
+    batch.apply(sched_output(cached=CachedRequestData(["b"], [2], [[9, 11]]),
                              num_scheduled={"b": 1}))
     assert batch.block_table[1].tolist() == [1, 9, 11, 0]
     assert batch.num_blocks.tolist() == [2, 3, 0, 0]
