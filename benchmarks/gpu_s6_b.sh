@@ -16,7 +16,7 @@ echo "W13 rc=$? [$(( $(date +%s) - T0 )) s]"
 grep -E "goodput" $OUT/w13.log | cut -c60-240 | tail -14
 sed -n '/Comparison/,/## Trials/p' $OUT/w13/report.md | grep "|" 
 cp $OUT/w13/report.md $OUT/w13_report.md 2>/dev/null
-timeout 150 python3 benchmarks/w11_lora.py --adapter-dir /tmp/w11-adapters --num-prompts 64 \
+timeout 170 python3 benchmarks/w11_lora.py --adapter-dir /tmp/w11-adapters --num-prompts 64 \
   > $OUT/w11.log 2>&1
 echo "W11 rc=$? [$(( $(date +%s) - T0 )) s]"; grep -E "^\{" $OUT/w11.log | cut -c1-400
 grep -E "Error" $OUT/w11.log | tail -3
