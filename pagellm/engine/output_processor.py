@@ -219,11 +219,20 @@ class _LogprobRows:
 
     def position(self, row: int, k: int, decode) -> PositionLogprobs:
         """Row ``row`` (numbered in the whole step) as {token id: Logprob}: the sampled or
-        actual token first, then the top ``k``."""
+        actual token first, then the top ``k``. A chosen token that is itself in the top k
+        takes its top-k rank: its computed rank counts every token at least as likely, so a
+        tie with a token listed before it would rank it k + 1 and drop it from its own top-k
+        list (top_logprobs would then hold k - 1 entries)."""
         index = row - self.first
         ids, values = self.token_ids[index], self.values[index]
-        position = {ids[0]: Logprob(values[0], self.ranks[index], decode(ids[0]))}
-        for rank, (token_id, value) in enumerate(zip(ids[1:k + 1], values[1:k + 1]), start=1):
+        top = list(zip(ids[1:k + 1], values[1:k + 1]))
+        rank = self.ranks[index]
+        for top_rank, (token_id, _) in enumerate(top, start=1):
+            if token_id == ids[0]:
+                rank = min(rank, top_rank)
+                break
+        position = {ids[0]: Logprob(values[0], rank, decode(ids[0]))}
+        for top_rank, (token_id, value) in enumerate(top, start=1):
             if token_id not in position:
-                position[token_id] = Logprob(value, rank, decode(token_id))
+                position[token_id] = Logprob(value, top_rank, decode(token_id))
         return position
