@@ -465,12 +465,16 @@ def base_url_of(args: argparse.Namespace) -> str:
 
 def load_bench_tokenizer(args: argparse.Namespace):
     """The tokenizer of --tokenizer (a path must load; a shipped shape has none), else of
-    --model when it is a local directory or file with one; None when there is none."""
+    --model when it is a local directory or file with one, or 'default' (the default model's
+    .gguf, as the server resolves it); None when there is none."""
     from pagellm.engine.tokenizer import load_tokenizer
+    from pagellm.models.default_model import DEFAULT_MODEL_NAMES, resolve_model_path
 
     name = args.tokenizer or args.model
     if name is None:
         return None
+    if name in DEFAULT_MODEL_NAMES:
+        return load_tokenizer(resolve_model_path(name))
     path = Path(resolve_bench_model(name)).expanduser()
     if path.exists() and has_tokenizer_files(str(path)):
         return load_tokenizer(path)

@@ -278,3 +278,15 @@ def test_random_prompts_need_a_vocabulary():
     with pytest.raises(ClientError) as info:
         args.run(args)
     assert info.value.param == "tokenizer"
+
+
+def test_model_default_gives_the_default_models_vocabulary():
+    """README's `bench serving --model default --dataset-name random`: the prompts come from
+    the default model's tokenizer (the .gguf the server resolves 'default' to)."""
+    from pagellm.bench.serving import load_bench_tokenizer, random_vocabulary
+
+    args = build_parser().parse_args(["bench", "serving", "--model", "default",
+                                      "--dataset-name", "random", "--num-prompts", "1"])
+    tokenizer = load_bench_tokenizer(args)
+    vocab_size, special = random_vocabulary(args, tokenizer)
+    assert vocab_size == 49152 and tokenizer.eos_token_id in special
