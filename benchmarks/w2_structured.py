@@ -12,9 +12,10 @@ Compile time only (CPU is fine; the default model's tokenizer):
     PYTHONPATH=. python benchmarks/w2_structured.py --compile-only
 
 W2: 256 requests, input and output lengths uniform in [100, 1024] (seed 0). Constrained
-requests ask for the JSON schema below with ignore_eos off; to keep the token counts equal
-the schema's array is long enough that max_tokens ends them ("length"), so both runs decode
-the same number of tokens and the difference is the masking cost.
+requests ask for the JSON schema below with ignore_eos off; its array's ``minItems`` is at
+least max_tokens, so the grammar cannot end early and max_tokens ends every request
+("length"): both runs decode the same tokens (checked: the run fails otherwise) and the
+difference is the cost of constraint.
 """
 
 from __future__ import annotations
@@ -24,14 +25,27 @@ import json
 import random
 import time
 
-SCHEMA = {"type": "object", "properties": {
-    "items": {"type": "array", "items": {"type": "object", "properties": {
-        "id": {"type": "integer", "minimum": 0, "maximum": 100000},
-        "label": {"type": "string", "pattern": "^[a-z ]{1,40}$"},
-        "score": {"type": "number"},
-        "kind": {"enum": ["alpha", "beta", "gamma"]}},
-        "required": ["id", "label", "score", "kind"]}}},
-    "required": ["items"]}
+MAX_OUTPUT_LEN = 1024
+"""W2's longest output (max_tokens is uniform in [100, MAX_OUTPUT_LEN])."""
+
+
+def schema_for(min_items: int) -> dict:
+    """W2's JSON schema: an array of objects with at least ``min_items`` entries. Each entry
+    takes more than one token, so with ``min_items`` >= max_tokens the grammar cannot end
+    before max_tokens (xgrammar enforces minItems: the closing bracket is masked until then)
+    and a constrained request decodes exactly max_tokens tokens, like an ignore_eos one."""
+    return {"type": "object", "properties": {
+        "items": {"type": "array", "minItems": min_items, "items": {
+            "type": "object", "properties": {
+                "id": {"type": "integer", "minimum": 0, "maximum": 100000},
+                "label": {"type": "string", "pattern": "^[a-z ]{1,40}$"},
+                "score": {"type": "number"},
+                "kind": {"enum": ["alpha", "beta", "gamma"]}},
+            "required": ["id", "label", "score", "kind"]}}},
+        "required": ["items"]}
+
+
+SCHEMA = schema_for(MAX_OUTPUT_LEN)
 
 
 def large_schema(num_properties: int = 300) -> dict:
@@ -75,7 +89,8 @@ def compile_time(model: str) -> None:
                       "compile_cold_s": cold_s, "compile_cached_s": cached_s}))
 
 
-def throughput(model: str, num_prompts: int, fraction: float, engine_args: dict) -> float:
+def throughput(model: str, num_prompts: int, fraction: float, engine_args: dict) -> dict:
+    """Generate W2 with ``fraction`` of the requests constrained; the run's numbers."""
     from pagellm import LLM, SamplingParams
     from pagellm.sampling_params import StructuredOutputsParams
 
@@ -88,16 +103,25 @@ def throughput(model: str, num_prompts: int, fraction: float, engine_args: dict)
                                              for _ in range(rng.randint(100, 1024))]})
         constrained = index < num_prompts * fraction
         params.append(SamplingParams(
-            temperature=1.0, seed=index, max_tokens=rng.randint(100, 1024),
+            temperature=1.0, seed=index, max_tokens=rng.randint(100, MAX_OUTPUT_LEN),
             ignore_eos=not constrained,
             structured_outputs=StructuredOutputsParams(json=SCHEMA) if constrained else None))
     start = time.perf_counter()
     outputs = llm.generate(prompts, params, use_tqdm=False)
     elapsed = time.perf_counter() - start
     tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-    print(json.dumps({"constrained_fraction": fraction, "output_tokens": tokens,
-                      "seconds": elapsed, "output_tokens_per_s": tokens / elapsed}))
-    return tokens / elapsed
+    expected = sum(p.max_tokens for p in params)
+    reasons = sorted({o.outputs[0].finish_reason for o in outputs})
+    core = llm.llm_engine.engine_core
+    result = {"constrained_fraction": fraction, "output_tokens": tokens,
+              "expected_tokens": expected, "finish_reasons": reasons, "seconds": elapsed,
+              "output_tokens_per_s": tokens / elapsed, "engine_steps": core.num_steps}
+    print(json.dumps(result))
+    if tokens != expected:
+        raise SystemExit(f"unequal work: {tokens} tokens decoded, {expected} asked for "
+                         f"(finish reasons {reasons})")
+    del llm
+    return result
 
 
 def main() -> None:
@@ -118,7 +142,8 @@ def main() -> None:
         engine_args["tokenizer"] = args.tokenizer
     free = throughput(model, args.num_prompts, 0.0, engine_args)
     half = throughput(model, args.num_prompts, 0.5, engine_args)
-    print(json.dumps({"slowdown": 1 - half / free}))
+    print(json.dumps({"slowdown": 1 - half["output_tokens_per_s"] / free["output_tokens_per_s"],
+                      "equal_tokens": free["output_tokens"] == half["output_tokens"]}))
 
 
 if __name__ == "__main__":
