@@ -8,6 +8,9 @@ Without a hub: Qwen3-0.6B shapes with random weights and another tokenizer (the 
 only what the grammar compiles against; the bitmask still covers all 151,936 logits):
     PYTHONPATH=. python benchmarks/w2_structured.py --model qwen3-0.6b --load-format dummy \
         --tokenizer DIR_WITH_tokenizer.json
+CPU, a tiny random model (the overhead of constraint at batch 64, async scheduling on):
+    PYTHONPATH=. python benchmarks/w2_structured.py --model TINY_DIR --num-prompts 64 \
+        --input-len 16,64 --output-len 100,300 --max-model-len 512 --async-scheduling
 Compile time only (CPU is fine; the default model's tokenizer):
     PYTHONPATH=. python benchmarks/w2_structured.py --compile-only
 
@@ -89,23 +92,27 @@ def compile_time(model: str) -> None:
                       "compile_cold_s": cold_s, "compile_cached_s": cached_s}))
 
 
-def throughput(model: str, num_prompts: int, fraction: float, engine_args: dict) -> dict:
-    """Generate W2 with ``fraction`` of the requests constrained; the run's numbers."""
+def throughput(model: str, num_prompts: int, fraction: float, engine_args: dict,
+               input_len: tuple[int, int] = (100, 1024),
+               output_len: tuple[int, int] = (100, MAX_OUTPUT_LEN)) -> dict:
+    """Generate W2 with ``fraction`` of the requests constrained (prompt and output lengths
+    uniform in ``input_len`` and ``output_len``); the run's numbers."""
     from pagellm import LLM, SamplingParams
     from pagellm.sampling_params import StructuredOutputsParams
 
     rng = random.Random(0)
-    llm = LLM(model, max_model_len=4096, **engine_args)
+    llm = LLM(model, **engine_args)
+    schema = schema_for(output_len[1])
     vocab = llm.get_tokenizer().vocab_size
     prompts, params = [], []
     for index in range(num_prompts):
         prompts.append({"prompt_token_ids": [rng.randrange(100, vocab - 1)
-                                             for _ in range(rng.randint(100, 1024))]})
+                                             for _ in range(rng.randint(*input_len))]})
         constrained = index < num_prompts * fraction
         params.append(SamplingParams(
-            temperature=1.0, seed=index, max_tokens=rng.randint(100, MAX_OUTPUT_LEN),
+            temperature=1.0, seed=index, max_tokens=rng.randint(*output_len),
             ignore_eos=not constrained,
-            structured_outputs=StructuredOutputsParams(json=SCHEMA) if constrained else None))
+            structured_outputs=StructuredOutputsParams(json=schema) if constrained else None))
     start = time.perf_counter()
     outputs = llm.generate(prompts, params, use_tqdm=False)
     elapsed = time.perf_counter() - start
@@ -131,19 +138,33 @@ def main() -> None:
     parser.add_argument("--compile-only", action="store_true")
     parser.add_argument("--load-format", default="auto")
     parser.add_argument("--tokenizer", default=None)
+    parser.add_argument("--input-len", default="100,1024", help="MIN,MAX prompt tokens")
+    parser.add_argument("--output-len", default=f"100,{MAX_OUTPUT_LEN}",
+                        help="MIN,MAX output tokens (max_tokens)")
+    parser.add_argument("--max-model-len", type=int, default=4096)
+    parser.add_argument("--async-scheduling", action="store_true",
+                        help="force async scheduling on (default: the engine's, on for CUDA)")
     args = parser.parse_args()
     compile_time(args.tokenizer or args.model)
     if args.compile_only:
         return
     from pagellm.bench.common import resolve_bench_model
     model = resolve_bench_model(args.model)
-    engine_args = {"load_format": args.load_format}
+    engine_args = {"load_format": args.load_format, "max_model_len": args.max_model_len}
     if args.tokenizer:
         engine_args["tokenizer"] = args.tokenizer
-    free = throughput(model, args.num_prompts, 0.0, engine_args)
-    half = throughput(model, args.num_prompts, 0.5, engine_args)
+    if args.async_scheduling:
+        engine_args["async_scheduling"] = True
+    lengths = {"input_len": _range(args.input_len), "output_len": _range(args.output_len)}
+    free = throughput(model, args.num_prompts, 0.0, engine_args, **lengths)
+    half = throughput(model, args.num_prompts, 0.5, engine_args, **lengths)
     print(json.dumps({"slowdown": 1 - half["output_tokens_per_s"] / free["output_tokens_per_s"],
                       "equal_tokens": free["output_tokens"] == half["output_tokens"]}))
+
+
+def _range(text: str) -> tuple[int, int]:
+    low, high = (int(part) for part in text.split(","))
+    return low, high
 
 
 if __name__ == "__main__":
