@@ -230,9 +230,11 @@ class Scheduler:
 
     @property
     def defers_grammar(self) -> bool:
-        """Async scheduling without speculation: a constrained request is scheduled while its
-        token is in flight and its step's bitmask is built late (``get_grammar_bitmask``)."""
-        return self.async_scheduling and not self.num_speculative_tokens
+        """Async scheduling with a batch queue (not the Ray executor's one-step loop), without
+        speculation: a constrained request is scheduled while its token is in flight and its
+        step's bitmask is built late (``get_grammar_bitmask``)."""
+        return (self.async_scheduling and self.max_concurrent_batches > 1
+                and not self.num_speculative_tokens)
 
     def _sampling_constrained(self, scheduled: list[Request]) -> list[Request]:
         """The constrained requests among ``scheduled`` that sample this step: all their
