@@ -8,13 +8,17 @@ Without a hub: Qwen3-0.6B shapes with random weights and another tokenizer (the 
 only what the grammar compiles against; the bitmask still covers all 151,936 logits):
     PYTHONPATH=. python benchmarks/w2_structured.py --model qwen3-0.6b --load-format dummy \
         --tokenizer DIR_WITH_tokenizer.json
+CPU, a tiny random model (the overhead of constraint at batch 64, async scheduling on):
+    PYTHONPATH=. python benchmarks/w2_structured.py --model TINY_DIR --num-prompts 64 \
+        --input-len 16,64 --output-len 100,300 --max-model-len 512 --async-scheduling
 Compile time only (CPU is fine; the default model's tokenizer):
     PYTHONPATH=. python benchmarks/w2_structured.py --compile-only
 
 W2: 256 requests, input and output lengths uniform in [100, 1024] (seed 0). Constrained
-requests ask for the JSON schema below with ignore_eos off; to keep the token counts equal
-the schema's array is long enough that max_tokens ends them ("length"), so both runs decode
-the same number of tokens and the difference is the masking cost.
+requests ask for the JSON schema below with ignore_eos off; its array's ``minItems`` is at
+least max_tokens, so the grammar cannot end early and max_tokens ends every request
+("length"): both runs decode the same tokens (checked: the run fails otherwise) and the
+difference is the cost of constraint.
 """
 
 from __future__ import annotations
@@ -24,14 +28,27 @@ import json
 import random
 import time
 
-SCHEMA = {"type": "object", "properties": {
-    "items": {"type": "array", "items": {"type": "object", "properties": {
-        "id": {"type": "integer", "minimum": 0, "maximum": 100000},
-        "label": {"type": "string", "pattern": "^[a-z ]{1,40}$"},
-        "score": {"type": "number"},
-        "kind": {"enum": ["alpha", "beta", "gamma"]}},
-        "required": ["id", "label", "score", "kind"]}}},
-    "required": ["items"]}
+MAX_OUTPUT_LEN = 1024
+"""W2's longest output (max_tokens is uniform in [100, MAX_OUTPUT_LEN])."""
+
+
+def schema_for(min_items: int) -> dict:
+    """W2's JSON schema: an array of objects with at least ``min_items`` entries. Each entry
+    takes more than one token, so with ``min_items`` >= max_tokens the grammar cannot end
+    before max_tokens (xgrammar enforces minItems: the closing bracket is masked until then)
+    and a constrained request decodes exactly max_tokens tokens, like an ignore_eos one."""
+    return {"type": "object", "properties": {
+        "items": {"type": "array", "minItems": min_items, "items": {
+            "type": "object", "properties": {
+                "id": {"type": "integer", "minimum": 0, "maximum": 100000},
+                "label": {"type": "string", "pattern": "^[a-z ]{1,40}$"},
+                "score": {"type": "number"},
+                "kind": {"enum": ["alpha", "beta", "gamma"]}},
+            "required": ["id", "label", "score", "kind"]}}},
+        "required": ["items"]}
+
+
+SCHEMA = schema_for(MAX_OUTPUT_LEN)
 
 
 def large_schema(num_properties: int = 300) -> dict:
@@ -75,29 +92,48 @@ def compile_time(model: str) -> None:
                       "compile_cold_s": cold_s, "compile_cached_s": cached_s}))
 
 
-def throughput(model: str, num_prompts: int, fraction: float, engine_args: dict) -> float:
+def throughput(model: str, num_prompts: int, fraction: float, engine_args: dict,
+               input_len: tuple[int, int] = (100, 1024),
+               output_len: tuple[int, int] = (100, MAX_OUTPUT_LEN)) -> dict:
+    """Generate W2 with ``fraction`` of the requests constrained (prompt and output lengths
+    uniform in ``input_len`` and ``output_len``); the run's numbers."""
     from pagellm import LLM, SamplingParams
     from pagellm.sampling_params import StructuredOutputsParams
 
     rng = random.Random(0)
-    llm = LLM(model, max_model_len=4096, **engine_args)
+    llm = LLM(model, **engine_args)
+    schema = schema_for(output_len[1])
     vocab = llm.get_tokenizer().vocab_size
     prompts, params = [], []
     for index in range(num_prompts):
         prompts.append({"prompt_token_ids": [rng.randrange(100, vocab - 1)
-                                             for _ in range(rng.randint(100, 1024))]})
+                                             for _ in range(rng.randint(*input_len))]})
         constrained = index < num_prompts * fraction
         params.append(SamplingParams(
-            temperature=1.0, seed=index, max_tokens=rng.randint(100, 1024),
+            temperature=1.0, seed=index, max_tokens=rng.randint(*output_len),
             ignore_eos=not constrained,
-            structured_outputs=StructuredOutputsParams(json=SCHEMA) if constrained else None))
+            structured_outputs=StructuredOutputsParams(json=schema) if constrained else None))
+    # warm-up (both runs alike): the grammar compiles here, not while the timed run's
+    # constrained requests wait for it (compile time is measured apart, compile_time)
+    llm.generate(prompts[:1], [SamplingParams(
+        max_tokens=2, structured_outputs=params[0].structured_outputs)], use_tqdm=False)
+    steps_before = llm.llm_engine.engine_core.num_steps
     start = time.perf_counter()
     outputs = llm.generate(prompts, params, use_tqdm=False)
     elapsed = time.perf_counter() - start
     tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-    print(json.dumps({"constrained_fraction": fraction, "output_tokens": tokens,
-                      "seconds": elapsed, "output_tokens_per_s": tokens / elapsed}))
-    return tokens / elapsed
+    expected = sum(p.max_tokens for p in params)
+    reasons = sorted({o.outputs[0].finish_reason for o in outputs})
+    core = llm.llm_engine.engine_core
+    result = {"constrained_fraction": fraction, "output_tokens": tokens,
+              "expected_tokens": expected, "finish_reasons": reasons, "seconds": elapsed,
+              "output_tokens_per_s": tokens / elapsed, "engine_steps": core.num_steps - steps_before}
+    print(json.dumps(result))
+    if tokens != expected:
+        raise SystemExit(f"unequal work: {tokens} tokens decoded, {expected} asked for "
+                         f"(finish reasons {reasons})")
+    del llm
+    return result
 
 
 def main() -> None:
@@ -107,18 +143,33 @@ def main() -> None:
     parser.add_argument("--compile-only", action="store_true")
     parser.add_argument("--load-format", default="auto")
     parser.add_argument("--tokenizer", default=None)
+    parser.add_argument("--input-len", default="100,1024", help="MIN,MAX prompt tokens")
+    parser.add_argument("--output-len", default=f"100,{MAX_OUTPUT_LEN}",
+                        help="MIN,MAX output tokens (max_tokens)")
+    parser.add_argument("--max-model-len", type=int, default=4096)
+    parser.add_argument("--async-scheduling", action="store_true",
+                        help="force async scheduling on (default: the engine's, on for CUDA)")
     args = parser.parse_args()
     compile_time(args.tokenizer or args.model)
     if args.compile_only:
         return
     from pagellm.bench.common import resolve_bench_model
     model = resolve_bench_model(args.model)
-    engine_args = {"load_format": args.load_format}
+    engine_args = {"load_format": args.load_format, "max_model_len": args.max_model_len}
     if args.tokenizer:
         engine_args["tokenizer"] = args.tokenizer
-    free = throughput(model, args.num_prompts, 0.0, engine_args)
-    half = throughput(model, args.num_prompts, 0.5, engine_args)
-    print(json.dumps({"slowdown": 1 - half / free}))
+    if args.async_scheduling:
+        engine_args["async_scheduling"] = True
+    lengths = {"input_len": _range(args.input_len), "output_len": _range(args.output_len)}
+    free = throughput(model, args.num_prompts, 0.0, engine_args, **lengths)
+    half = throughput(model, args.num_prompts, 0.5, engine_args, **lengths)
+    print(json.dumps({"slowdown": 1 - half["output_tokens_per_s"] / free["output_tokens_per_s"],
+                      "equal_tokens": free["output_tokens"] == half["output_tokens"]}))
+
+
+def _range(text: str) -> tuple[int, int]:
+    low, high = (int(part) for part in text.split(","))
+    return low, high
 
 
 if __name__ == "__main__":

@@ -98,10 +98,23 @@ class SchedulerOutput(msgspec.Struct, array_like=True):
     grammar_bitmask: np.ndarray | None = None
     """[rows, ceil(vocab_size / 32)] int32: bit ``t % 32`` of word ``t // 32`` set = token t
     allowed (structured_output.backend); None when no sampling request is constrained."""
+    has_structured_output_requests: bool = False
+    """Async scheduling: constrained requests sample this step but their bitmask comes later,
+    in a ``GrammarOutput`` (the runner runs the forward, then waits for
+    ``sample_tokens(grammar_output)``); the two fields above are then empty."""
 
     @property
     def is_empty(self) -> bool:
         return self.total_num_scheduled_tokens == 0
+
+
+class GrammarOutput(msgspec.Struct, array_like=True):
+    """The late bitmask of a step with ``has_structured_output_requests`` (vLLM's
+    ``GrammarOutput``): built once the step before it is back and its tokens accepted by the
+    matchers; the same layout as ``SchedulerOutput.grammar_bitmask`` (None: no row, e.g.
+    every constrained request of the step has finished meanwhile)."""
+    structured_output_request_ids: dict[str, int]
+    grammar_bitmask: np.ndarray | None
 
 
 class TopLogprobs(msgspec.Struct, array_like=True):

@@ -33,8 +33,12 @@ sampled ids on the device. ``update_from_output`` turns the placeholder into the
 and checks the stop conditions; a request that stopped there may have one more step in
 flight, whose token is dropped. A request is not scheduled past max_tokens or max_model_len
 counting its placeholders, so only a stop token or string can waste a step. A request under
-a grammar (structured outputs) is not scheduled while it has a token in flight: its next
-bitmask needs that token accepted first, so it runs every other step.
+a grammar (structured outputs) is scheduled every step too (``defers_grammar``, vLLM's split
+of execute_model and sample_tokens): its next bitmask needs the token in flight accepted
+first, so the step goes out without it (``has_structured_output_requests``) and the engine
+core asks ``get_grammar_bitmask`` for it once the step before is back, while the step's
+forward runs. With speculative decoding the bitmask is built at schedule time as in the sync
+loop, and a constrained request waits for its token in flight instead.
 
 Speculative decoding (``num_speculative_tokens`` > 0): the runner returns drafts per request
 with each output (``Request.spec_token_ids``, proposed after ``Request.spec_base`` tokens). A
@@ -66,8 +70,8 @@ from pagellm.config.cache import CacheConfig
 from pagellm.config.scheduler import SchedulerConfig
 from pagellm.core.kv_cache_manager import KVCacheManager
 from pagellm.core.request import FINISH_REASONS, Request, RequestStatus
-from pagellm.core.sched_output import (CachedRequestData, EngineCoreOutputs, ModelRunnerOutput,
-                                       NewRequestData, SchedulerOutput)
+from pagellm.core.sched_output import (CachedRequestData, EngineCoreOutputs, GrammarOutput,
+                                       ModelRunnerOutput, NewRequestData, SchedulerOutput)
 from pagellm.core.spec_adaptive import best_num_drafts
 from pagellm.core.stats import SpecDecodingStats
 
@@ -131,6 +135,9 @@ class Scheduler:
         self._prev_step_had_prompt = False
         self._last_prompt_latency = 0.0
         self.structured_output_manager = structured_output_manager
+        self._late_grammar: dict[int, list[Request]] = {}
+        """``defers_grammar``: id(SchedulerOutput) -> its constrained requests that sample,
+        whose bitmask ``get_grammar_bitmask`` builds."""
         self.waiting_for_fsm: list[Request] = []
         """Requests whose grammar is still compiling (also in ``waiting``, never scheduled)."""
         self._failed: list[Request] = []
@@ -211,7 +218,8 @@ class Scheduler:
         self._prev_step_had_prompt = step.had_prompt
         finished, self.finished_req_ids = self.finished_req_ids, set()
         preempted, self.preempted_req_ids = self.preempted_req_ids - finished, set()
-        bitmask_rows, bitmask = self._grammar_bitmask(step.scheduled)
+        late = self.defers_grammar and self._sampling_constrained(step.scheduled)
+        bitmask_rows, bitmask = ({}, None) if late else self._grammar_bitmask(step.scheduled)
         sched = SchedulerOutput(
             scheduled_new_reqs=step.new_reqs, scheduled_cached_reqs=cached,
             num_scheduled_tokens=step.num_tokens,
@@ -220,21 +228,51 @@ class Scheduler:
             blocks_to_swap_out=step.swap_out,
             blocks_to_swap_in=step.swap_in, num_preempted=len(step.preempted),
             scheduled_spec_decode_tokens=step.spec_tokens,
-            structured_output_request_ids=bitmask_rows, grammar_bitmask=bitmask)
+            structured_output_request_ids=bitmask_rows, grammar_bitmask=bitmask,
+            has_structured_output_requests=bool(late))
         if self.async_scheduling:
             self._step_requests[id(sched)] = {r.request_id: r for r in step.scheduled}
+        if late:
+            self._late_grammar[id(sched)] = late
         return sched
+
+    @property
+    def defers_grammar(self) -> bool:
+        """Async scheduling with a batch queue (not the Ray executor's one-step loop), without
+        speculation: a constrained request is scheduled while its token is in flight and its
+        step's bitmask is built late (``get_grammar_bitmask``)."""
+        return (self.async_scheduling and self.max_concurrent_batches > 1
+                and not self.num_speculative_tokens)
+
+    def _sampling_constrained(self, scheduled: list[Request]) -> list[Request]:
+        """The constrained requests among ``scheduled`` that sample this step: all their
+        tokens computed (async: up to the placeholder this step added)."""
+        if not self.async_scheduling:
+            return [r for r in scheduled if r.structured_output is not None
+                    and r.num_computed_tokens == len(r.all_token_ids)]
+        return [r for r in scheduled if r.structured_output is not None
+                and r.num_output_placeholders and r.num_computed_tokens
+                == len(r.all_token_ids) + r.num_output_placeholders - 1]
 
     def _grammar_bitmask(self, scheduled: list[Request]):
         """(request id -> bitmask row, bitmask) for the constrained requests among
-        ``scheduled`` that sample this step (all their tokens computed); ({}, None) if none."""
+        ``scheduled`` that sample this step; ({}, None) if none."""
         if self.structured_output_manager is None:
             return {}, None
-        sampling = [r for r in scheduled if r.structured_output is not None
-                    and r.num_computed_tokens == len(r.all_token_ids)]
+        sampling = self._sampling_constrained(scheduled)
         if not sampling:
             return {}, None
         return self.structured_output_manager.grammar_bitmask(sampling)
+
+    def get_grammar_bitmask(self, sched: SchedulerOutput) -> GrammarOutput:
+        """The bitmask of a step scheduled with ``has_structured_output_requests``; call it
+        once the steps before ``sched`` are through ``update_from_output`` (the matchers
+        have accepted every token before the one this step samples). Requests that finished
+        meanwhile get no row (the token they sample is dropped)."""
+        requests = [r for r in self._late_grammar.pop(id(sched), ()) if not r.is_finished]
+        if not requests:
+            return GrammarOutput({}, None)
+        return GrammarOutput(*self.structured_output_manager.grammar_bitmask(requests))
 
     def _promote_compiled(self) -> None:
         """Requests whose grammar compile finished become WAITING (schedulable); those whose
@@ -305,10 +343,10 @@ class Scheduler:
                 continue
             num_new = (len(request.all_token_ids) + request.num_output_placeholders
                        - request.num_computed_tokens)
-            if request.num_output_placeholders and (
-                    self._at_limit(request) or request.structured_output is not None):
-                # the token in flight is its last one, or its grammar must accept that token
-                # before the next bitmask exists: wait for it
+            if request.num_output_placeholders and (self._at_limit(request) or (
+                    request.structured_output is not None and not self.defers_grammar)):
+                # the token in flight is its last one, or (speculation on) its grammar must
+                # accept that token before the next bitmask exists: wait for it
                 index += 1
                 continue
             if step.prefill_left is not None and request.num_computed_tokens < request.num_prompt_tokens:
@@ -396,9 +434,11 @@ class Scheduler:
             for r in self.running)
 
     def has_constrained_running(self) -> bool:
-        """Whether a running request decodes under a grammar (async scheduling then runs
-        synchronously: see EngineCore._step_with_batch_queue)."""
-        return any(r.structured_output is not None for r in self.running)
+        """Whether a running request decodes under a grammar and its bitmask is not built
+        late (async scheduling with speculation then runs synchronously: see
+        EngineCore._step_with_batch_queue)."""
+        return not self.defers_grammar and any(r.structured_output is not None
+                                               for r in self.running)
 
     def _at_limit(self, request: Request) -> bool:
         """Async: the tokens in flight already reach max_tokens or max_model_len."""

@@ -2,7 +2,9 @@
 
 ``determine_num_blocks()`` -> (KV blocks, swap blocks), the minimum over ranks;
 ``initialize_cache(num_blocks, num_swap_blocks)``; ``execute_model(SchedulerOutput,
-non_block=False)`` -> ``ModelRunnerOutput`` (a ``StepFuture`` of it with ``non_block=True``);
+non_block=False)`` -> ``ModelRunnerOutput`` (a ``StepFuture`` of it with ``non_block=True``;
+None for a step with ``has_structured_output_requests``, whose output comes from
+``sample_tokens(GrammarOutput, non_block)``: async scheduling only, so not on Ray);
 ``max_concurrent_batches`` (how many steps may be in flight: the pipeline depth);
 ``shutdown()``; ``vocab_size``; ``load_stats`` (one per rank).
 
@@ -37,10 +39,10 @@ import torch
 import zmq
 
 from pagellm.config.engine_args import EngineConfig
-from pagellm.core.sched_output import ModelRunnerOutput, SchedulerOutput
+from pagellm.core.sched_output import GrammarOutput, ModelRunnerOutput, SchedulerOutput
 from pagellm.distributed.worker_proc import (CacheReady, DetermineNumBlocks, ExecuteModel,
                                              InitializeCache, NumBlocks, Profile, Profiled,
-                                             Shutdown, StepResult,
+                                             SampleTokens, Shutdown, StepResult,
                                              WorkerArgs, WorkerFailed, WorkerReady, encoder,
                                              reply_decoder, run_worker_process)
 from pagellm.errors import ClientError, EngineDeadError
@@ -95,7 +97,19 @@ class UniProcExecutor:
         self.worker.initialize_cache(num_blocks, num_swap_blocks)
 
     def execute_model(self, sched: SchedulerOutput, non_block: bool = False):
+        """The step's output (a StepFuture of it with ``non_block``); None for a step with
+        ``has_structured_output_requests`` (its output comes from ``sample_tokens``)."""
         step = self.worker.execute_model_async(sched)
+        if step is None:
+            return None
+        return self._output(step, non_block)
+
+    def sample_tokens(self, grammar_output: GrammarOutput, non_block: bool = False):
+        """Mask and sample the step launched last (with ``has_structured_output_requests``);
+        its output, or a StepFuture of it."""
+        return self._output(self.worker.sample_tokens(grammar_output), non_block)
+
+    def _output(self, step, non_block: bool):
         if not non_block:
             return self.worker.resolve(step)
         return StepFuture(lambda future: future.set_result(self.worker.resolve(step)))
@@ -199,8 +213,20 @@ class MultiprocExecutor:
 
     def execute_model(self, sched: SchedulerOutput, non_block: bool = False):
         """Send the step to every rank; its ModelRunnerOutput, or with ``non_block`` a
-        StepFuture of it (the call returns once the step is sent)."""
+        StepFuture of it (the call returns once the step is sent). None for a step with
+        ``has_structured_output_requests``: its output comes from ``sample_tokens``."""
         self._broadcast(ExecuteModel(sched))
+        if sched.has_structured_output_requests:
+            return None
+        return self._expect_step(non_block)
+
+    def sample_tokens(self, grammar_output: GrammarOutput, non_block: bool = False):
+        """Send the late bitmask of the step launched last to every rank; its output, or a
+        StepFuture of it."""
+        self._broadcast(SampleTokens(grammar_output))
+        return self._expect_step(non_block)
+
+    def _expect_step(self, non_block: bool):
         future = StepFuture(self._wait_step)
         self._pending_steps.append(future)
         return future if non_block else future.result()

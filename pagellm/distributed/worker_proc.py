@@ -35,8 +35,8 @@ import torch
 import zmq
 
 from pagellm.config.engine_args import EngineConfig
-from pagellm.core.sched_output import (ModelRunnerOutput, SchedulerOutput, decode_array,
-                                       encode_array)
+from pagellm.core.sched_output import (GrammarOutput, ModelRunnerOutput, SchedulerOutput,
+                                       decode_array, encode_array)
 from pagellm.errors import ClientError
 from pagellm.logger import init_logging
 
@@ -74,6 +74,12 @@ class ExecuteModel(msgspec.Struct, tag=True):
     scheduler_output: SchedulerOutput
 
 
+class SampleTokens(msgspec.Struct, tag=True):
+    """The late bitmask of the last ExecuteModel, sent when that step had
+    ``has_structured_output_requests`` (async scheduling: the rank masks and samples)."""
+    grammar_output: GrammarOutput
+
+
 class Shutdown(msgspec.Struct, tag=True):
     pass
 
@@ -82,7 +88,8 @@ class Profile(msgspec.Struct, tag=True):
     is_start: bool
 
 
-ExecutorCall = DetermineNumBlocks | InitializeCache | ExecuteModel | Profile | Shutdown
+ExecutorCall = (DetermineNumBlocks | InitializeCache | ExecuteModel | SampleTokens | Profile
+                | Shutdown)
 
 
 class WorkerReady(msgspec.Struct, tag=True):
@@ -223,7 +230,10 @@ def _serve(worker, rank: int, reports_steps: bool, input_socket: zmq.Socket,
     host. Under async scheduling the executor sends step N+1 before it waits for step N, so
     while step N runs on the device this loop watches for the next call: if it arrives first,
     step N+1 is launched (queued behind N on the device) before step N's result is sent,
-    and the device never waits for the host between steps."""
+    and the device never waits for the host between steps. A step with
+    ``has_structured_output_requests`` is launched up to its logits; step N's result goes out
+    then (the engine core needs its tokens for the bitmask), and the SampleTokens call that
+    follows finishes the step."""
     unresolved = None       # the launched step whose result is not sent yet
     while True:
         if unresolved is not None and not _call_before_done(input_socket, unresolved):
@@ -235,8 +245,10 @@ def _serve(worker, rank: int, reports_steps: bool, input_socket: zmq.Socket,
                 raise _ParentGone()
             continue
         call = call_decoder.decode(input_socket.recv())
-        if isinstance(call, ExecuteModel):
-            step = worker.execute_model_async(call.scheduler_output)
+        if isinstance(call, (ExecuteModel, SampleTokens)):
+            # None: a step launched for late sampling (its SampleTokens follows)
+            step = (worker.execute_model_async(call.scheduler_output)
+                    if isinstance(call, ExecuteModel) else worker.sample_tokens(call.grammar_output))
             if unresolved is not None:
                 _send_step(worker, rank, reports_steps, unresolved, result_socket)
             unresolved = step

@@ -5,7 +5,9 @@ Under pipeline parallelism or async scheduling (``executor.max_concurrent_batche
 keeps a batch queue (vLLM's ``step_with_batch_queue``): a step schedules and sends a new batch
 while earlier ones are still running, and only waits for the oldest when the queue is full or
 nothing else can be scheduled, so every stage (or, with async scheduling, the one GPU) has
-work while the host schedules, prepares inputs and processes outputs.
+work while the host schedules, prepares inputs and processes outputs. Under async scheduling
+a step whose constrained requests sample gets its grammar bitmask after its forward is
+launched (``_execute_with_late_bitmask``): the host's grammar work overlaps the forward.
 """
 
 from __future__ import annotations
@@ -122,14 +124,17 @@ class EngineCore:
         queue = self.batch_queue
         if queue and self.scheduler.async_scheduling and (
                 self.scheduler.has_constrained_running() or self.scheduler.waits_for_drafts()):
-            # a grammar's next bitmask, or the next drafts (they follow the request's last
-            # token), need the token in flight: finish that step first, so those requests
-            # still advance every step (without the overlap)
+            # with speculation, a grammar's next bitmask, or the next drafts (they follow
+            # the request's last token), need the token in flight: finish that step first,
+            # so those requests still advance every step (without the overlap); without
+            # speculation the bitmask comes late instead (_execute_with_late_bitmask)
             return self._finish_oldest_batch()
         if len(queue) < self.batch_queue_size:
             sched = self.scheduler.schedule()
             if self._has_work(sched):
                 self._before_execute(sched)
+                if sched.has_structured_output_requests:
+                    return self._execute_with_late_bitmask(sched)
                 queue.append((sched, self.executor.execute_model(sched, non_block=True)))
                 self.max_batches_in_flight = max(self.max_batches_in_flight, len(queue))
                 if len(queue) < self.batch_queue_size and not sched.is_empty:
@@ -142,6 +147,20 @@ class EngineCore:
         if not queue:
             return EngineCoreOutputs()
         return self._finish_oldest_batch()
+
+    def _execute_with_late_bitmask(self, sched) -> EngineCoreOutputs:
+        """Async scheduling, constrained requests sample in ``sched`` (vLLM's
+        execute_model / sample_tokens split): launch its forward, then, while it runs, wait
+        for the step in flight, let its tokens advance the matchers, build ``sched``'s
+        bitmask and hand it to the runner, which masks and samples right after the forward.
+        Returns the outputs of the step in flight (none if there was none)."""
+        self.executor.execute_model(sched, non_block=True)
+        self.max_batches_in_flight = max(self.max_batches_in_flight, len(self.batch_queue) + 1)
+        outputs = self._finish_oldest_batch() if self.batch_queue else EngineCoreOutputs()
+        grammar_output = self.scheduler.get_grammar_bitmask(sched)
+        self.batch_queue.append((sched, self.executor.sample_tokens(grammar_output,
+                                                                    non_block=True)))
+        return outputs
 
     def _finish_oldest_batch(self) -> EngineCoreOutputs:
         """Wait for the oldest batch in flight and hand its output to the scheduler."""

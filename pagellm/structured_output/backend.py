@@ -67,3 +67,11 @@ class StructuredOutputBackend(ABC):
     def new_grammar(self, compiled: object, stop_token_ids: list[int]) -> StructuredOutputGrammar:
         """A fresh matcher over ``compiled`` that ends on any of ``stop_token_ids`` and can
         roll back any number of accepted tokens."""
+
+    def fill_bitmasks(self, grammars: list[StructuredOutputGrammar], bitmask: np.ndarray,
+                      rows: list[int]) -> None:
+        """Write each grammar's allowed next tokens into its row of ``bitmask`` ([rows,
+        words] int32): one row per grammar, ``rows[i]`` for ``grammars[i]``. A backend may
+        fill them in parallel (one step's whole batch at once); this default loops."""
+        for grammar, row in zip(grammars, rows):
+            grammar.fill_bitmask(bitmask, row)

@@ -9,7 +9,9 @@ Lifecycle of a constrained request (the scheduler drives it):
   2. ``grammar_bitmask`` (in ``schedule``): one int32 row per position the runner samples
      for a constrained request, ``-1`` (all allowed) rows never sent; shipped to the runner
      in ``SchedulerOutput.grammar_bitmask`` with ``structured_output_request_ids`` (request
-     id -> its first row).
+     id -> its first row), or under async scheduling in the late ``GrammarOutput``. The rows
+     of requests without drafts are filled in one ``backend.fill_bitmasks`` call (xgrammar:
+     its BatchGrammarMatcher's threads).
   3. ``accept_tokens`` (in ``update_from_output``): the matcher advances over the sampled
      token; a stop token ends the grammar (``is_terminated``) and the request.
 
@@ -114,10 +116,18 @@ class StructuredOutputManager:
         num_rows = sum(1 + len(drafts.get(r.request_id, ())) for r in requests)
         bitmask = np.full((num_rows, self.num_words), -1, dtype=np.int32)  # [rows, words]
         first_rows, row = {}, 0
+        single_grammars, single_rows = [], []      # requests without drafts: one batch fill
         for request in requests:
             first_rows[request.request_id] = row
             grammar = request.structured_output.grammar
-            row = self._fill_rows(grammar, bitmask, row, drafts.get(request.request_id, ()))
+            if request.request_id in drafts:
+                row = self._fill_rows(grammar, bitmask, row, drafts[request.request_id])
+            else:
+                single_grammars.append(grammar)
+                single_rows.append(row)
+                row += 1
+        if single_grammars:
+            self.backend.fill_bitmasks(single_grammars, bitmask, single_rows)
         return first_rows, bitmask
 
     @staticmethod

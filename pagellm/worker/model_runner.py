@@ -12,6 +12,11 @@ At most one step is unresolved when the next one is built (the executors resolve
 A step whose sampling needs the host copy of earlier outputs (penalties, min_tokens) resolves
 the previous step first, after its own forward pass is queued. ``num_forced_resolves`` counts
 those waits and ``num_device_input_tokens`` the tokens fed on the device (tests assert them).
+Structured outputs under async scheduling (vLLM's execute_model / sample_tokens split): a
+step with ``has_structured_output_requests`` is launched up to its logits and
+``execute_model_async`` returns None; the engine core meanwhile waits for the previous step,
+advances the grammars and builds this step's bitmask, and ``sample_tokens(grammar_output)``
+masks, samples and returns the PendingStep. The forward overlaps the host's grammar work.
 
 Under pipeline parallelism every stage's runner applies the same SchedulerOutput and builds
 the same step inputs; a stage other than the first receives the previous stage's hidden
@@ -55,7 +60,8 @@ import torch
 
 from dataclasses import dataclass
 
-from pagellm.core.sched_output import ModelRunnerOutput, SchedulerOutput, TopLogprobs
+from pagellm.core.sched_output import (GrammarOutput, ModelRunnerOutput, SchedulerOutput,
+                                       TopLogprobs)
 from pagellm.distributed.parallel_state import get_pp_group
 from pagellm.layers.sampler import Sampler, SamplingMetadata
 from pagellm.models.utils import IntermediateTensors
@@ -83,6 +89,15 @@ class PendingStep:
     propose: bool = False               # resolve drafts the rows' next tokens (n-gram)
 
 
+@dataclass
+class _Logits:
+    """A launched step's logits, waiting to be masked and sampled (``ModelRunner._sample``)."""
+    logits: torch.Tensor                # [num_samples, vocab] on the device
+    rows: np.ndarray                    # [num_samples] InputBatch rows of the sampling requests
+    request_ids: list[str]              # their ids, in the same order
+    prompt_logprobs: dict
+
+
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, platform: Platform, block_size: int,
                  max_num_logprobs: int, max_num_reqs: int, max_model_len: int, seed: int = 0,
@@ -104,6 +119,8 @@ class ModelRunner:
         self._pending_send: tuple | None = None   # (torch Work, buffer) of the last stage-to-stage send
         self._last_step: PendingStep | None = None
         """The last launched step while it is unresolved (async scheduling)."""
+        self._late_sampling: PendingStep | _Logits | None = None
+        """A step launched with ``has_structured_output_requests`` until ``sample_tokens``."""
         self.num_forced_resolves = 0
         """Steps resolved early because the next step's sampling needed their tokens on the host."""
         self.num_device_input_tokens = 0
@@ -124,10 +141,32 @@ class ModelRunner:
         return self.resolve(self.execute_model_async(sched))
 
     @torch.inference_mode()
-    def execute_model_async(self, sched: SchedulerOutput) -> PendingStep:
+    def execute_model_async(self, sched: SchedulerOutput) -> PendingStep | None:
         """Launch one step: apply the scheduler's diff, build the inputs (tokens of the
         unresolved previous step filled on the device), forward, sample, and start the copy
-        of the sampled ids to the host. Returns without waiting for the device."""
+        of the sampled ids to the host. Returns without waiting for the device. A step with
+        ``has_structured_output_requests`` stops after its logits and returns None: its
+        ``sample_tokens(grammar_output)`` call masks and samples."""
+        launched = self._launch_forward(sched)
+        if sched.has_structured_output_requests:
+            self._late_sampling = launched
+            return None
+        return self._sample(launched, sched.structured_output_request_ids, sched.grammar_bitmask)
+
+    @torch.inference_mode()
+    def sample_tokens(self, grammar_output: GrammarOutput) -> PendingStep:
+        """The second half of a step launched with ``has_structured_output_requests``:
+        apply its late bitmask and sample (vLLM's ``sample_tokens``). Returns its
+        PendingStep, like ``execute_model_async``."""
+        launched, self._late_sampling = self._late_sampling, None
+        if launched is None:
+            raise RuntimeError("sample_tokens without a step launched for late sampling")
+        return self._sample(launched, grammar_output.structured_output_request_ids,
+                            grammar_output.grammar_bitmask)
+
+    def _launch_forward(self, sched: SchedulerOutput) -> "PendingStep | _Logits":
+        """Everything of a step up to its logits (queued on the device); a PendingStep
+        already resolved when the step samples nothing here (or runs speculatively)."""
         for request_id in sched.finished_req_ids:
             self.generators.pop(request_id, None)
         self.batch.apply(sched)
@@ -157,15 +196,25 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden[inputs.logits_indices])  # [num_samples, vocab]
         rows = inputs.rows[inputs.sample_rows]
         request_ids = [inputs.request_ids[r] for r in inputs.sample_rows]
+        return _Logits(logits, rows, request_ids, prompt_logprobs)
+
+    def _sample(self, launched: "PendingStep | _Logits", first_rows: dict[str, int],
+                bitmask: np.ndarray | None) -> PendingStep:
+        """Mask (``first_rows`` / ``bitmask``: SchedulerOutput's or GrammarOutput's fields)
+        and sample the launched step's logits, and start the copy of its tokens to the
+        host; a resolved PendingStep passes through."""
+        if isinstance(launched, PendingStep):
+            return launched
+        logits, rows, request_ids = launched.logits, launched.rows, launched.request_ids
         if self._last_step is not None and self.batch.special[rows].any():
             self.num_forced_resolves += 1      # penalties / min_tokens read earlier outputs
             self.resolve(self._last_step)
-        if sched.grammar_bitmask is not None:
-            self._apply_grammar_bitmask(logits, request_ids, sched)
+        if bitmask is not None:
+            self._apply_grammar_bitmask(logits, request_ids, first_rows, bitmask)
         out = self.sampler(logits, self._sampling_metadata(rows, request_ids))
         step = PendingStep(request_ids, rows, self.batch.generation[rows].copy(),
                            self.batch.num_tokens[rows].copy(), out.sampled_token_ids,
-                           self._copy_to_host(out), None, prompt_logprobs,
+                           self._copy_to_host(out), None, launched.prompt_logprobs,
                            propose=self.proposer is not None)
         if self.device.type == "cuda":
             step.event = torch.cuda.Event()
@@ -202,7 +251,8 @@ class ModelRunner:
         request_ids = [inputs.request_ids[r] for r in inputs.sample_rows]
         expanded_ids = [r for r, n in zip(request_ids, k.tolist()) for _ in range(n + 1)]
         if sched.grammar_bitmask is not None:
-            self._apply_grammar_bitmask(logits, expanded_ids, sched)
+            self._apply_grammar_bitmask(logits, expanded_ids, sched.structured_output_request_ids,
+                                        sched.grammar_bitmask)
         out = self.sampler(logits, self._sampling_metadata(np.repeat(rows, k + 1), expanded_ids))
         sampled = out.sampled_token_ids.cpu().tolist()
         new_tokens, kept = _accept_drafts(sampled, [drafts.get(r, []) for r in request_ids])
@@ -349,15 +399,14 @@ class ModelRunner:
         self._pending_send = (self.pp_group.isend_next(buffer), buffer)
 
     def _apply_grammar_bitmask(self, logits: torch.Tensor, request_ids: list[str],
-                               sched: SchedulerOutput) -> None:
+                               first_rows: dict[str, int], bitmask: np.ndarray) -> None:
         """Structured outputs: mask the constrained rows of ``logits`` [num_samples, vocab]
         in place, the whole batch in one kernel call and one host-to-device copy. The
-        scheduler's bitmask rows follow its own order (``structured_output_request_ids``);
+        scheduler's bitmask [rows, words] int32 follows its own order (``first_rows``:
+        ``structured_output_request_ids``);
         they are placed at the rows of ``request_ids`` (the sampling order), -1 elsewhere.
         With speculative decoding a request will own 1 + k consecutive logits rows and
         bitmask rows, matched the same way."""
-        first_rows = sched.structured_output_request_ids
-        bitmask = sched.grammar_bitmask                              # [rows, words] int32
         indices = [i for i, request_id in enumerate(request_ids) if request_id in first_rows]
         if not indices:
             return

@@ -240,6 +240,11 @@ class Worker:
         """Launch a step; a PendingStep to ``resolve`` (see ModelRunner.execute_model_async)."""
         return self.runner.execute_model_async(sched)
 
+    def sample_tokens(self, grammar_output):
+        """Mask and sample a step launched with ``has_structured_output_requests``; its
+        PendingStep (see ModelRunner.sample_tokens)."""
+        return self.runner.sample_tokens(grammar_output)
+
     def resolve(self, step):
         return self.runner.resolve(step)
 

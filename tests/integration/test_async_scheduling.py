@@ -125,3 +125,54 @@ def test_async_scheduling_with_structured_outputs(llms):
     got = async_llm.generate(prompts, params, use_tqdm=False)
     assert _results(got) == _results(expected)
     json.loads(got[0].outputs[0].text)
+
+
+def test_constrained_requests_overlap_with_a_late_bitmask(llms):
+    """Constrained requests alone (greedy and seeded) decode every step with the next step in
+    flight (its bitmask built after its forward was launched): two batches in flight, one
+    engine step per token (+ the dropped step after a stop), and the sync loop's outputs."""
+    from pagellm.sampling_params import StructuredOutputsParams
+
+    sync_llm, async_llm = llms
+    schema = {"type": "object", "properties": {"id": {"type": "integer"},
+                                               "tags": {"type": "array", "items": {"enum": ["x", "y"]}}},
+              "required": ["id", "tags"]}
+    params = [SamplingParams(temperature=0.0, max_tokens=24,
+                             structured_outputs=StructuredOutputsParams(json=schema)),
+              SamplingParams(temperature=1.0, seed=11, max_tokens=24,
+                             structured_outputs=StructuredOutputsParams(regex="[a-z]{5,40}"))]
+    prompts = ["Give an id and tags as JSON:", "A lowercase word:"]
+    for llm in llms:    # compile the grammars first (a compile racing the steps changes timing)
+        llm.generate(prompts, params, use_tqdm=False)
+    expected = sync_llm.generate(prompts, params, use_tqdm=False)
+    core = async_llm.llm_engine.engine_core
+    core.max_batches_in_flight, steps_before = 0, core.num_steps
+    got = async_llm.generate(prompts, params, use_tqdm=False)
+    assert _results(got) == _results(expected)
+    assert core.max_batches_in_flight == 2
+    longest = max(len(o.outputs[0].token_ids) for o in got)
+    assert longest <= core.num_steps - steps_before <= longest + 1
+
+
+def test_late_bitmask_through_worker_processes(tiny_model_dirs):
+    """The mp executor carries the split (ExecuteModel, then SampleTokens with the bitmask):
+    constrained greedy outputs equal the sync run's, with two batches in flight."""
+    from pagellm.sampling_params import StructuredOutputsParams
+
+    model = str(tiny_model_dirs["llama"])
+    prompts = [list(range(3, 3 + n)) for n in (2, 7, 11)]
+    params = [SamplingParams(temperature=0.0, max_tokens=12,
+                             structured_outputs=StructuredOutputsParams(regex=regex))
+              for regex in ("[a-f]{4,9}!", "(yes|no|maybe)", "[0-9]{12}")]
+    args = dict(kv_cache_memory_bytes=8 * 2**20, dtype="float32", block_size=4,
+                distributed_executor_backend="mp")
+    results = []
+    for async_scheduling in (False, True):
+        llm = LLM(model, async_scheduling=async_scheduling, **args)
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+        results.append([(o.outputs[0].token_ids, o.outputs[0].finish_reason) for o in outputs])
+        if async_scheduling:
+            assert llm.llm_engine.engine_core.max_batches_in_flight == 2
+        del llm
+    assert results[0] == results[1]
+    assert results[1][1][1] == "stop" and results[1][2][1] == "length"

@@ -214,6 +214,26 @@ def test_draft_tokens_get_one_row_each_and_the_matcher_rolls_back():
     assert request.grammar.accept_tokens([byte_id("a")])           # rolled back to the start
 
 
+
+def test_batch_fill_gives_each_request_its_own_row_among_drafted_ones():
+    """Requests without drafts are filled in one batch call (xgrammar's BatchGrammarMatcher),
+    interleaved with a drafted request's rows: every row is its own matcher's."""
+    manager = make_manager()
+    texts = {"p": "abc", "q": "xyz", "d": "abc", "s": "pqr"}
+    requests = {}
+    for request_id, text in texts.items():
+        requests[request_id] = manager.grammar_init(constrained(choice=[text]))
+        requests[request_id].future.result(30)
+        requests[request_id].is_ready()
+    assert requests["q"].grammar.accept_tokens([byte_id("x")])
+    assert requests["s"].grammar.accept_tokens([byte_id("p"), byte_id("q")])
+    order = [FakeRequest(r, requests[r]) for r in ("p", "d", "q", "s")]
+    rows, bitmask = manager.grammar_bitmask(order, {"d": [byte_id("a")]})
+    assert rows == {"p": 0, "d": 1, "q": 3, "s": 4} and bitmask.shape[0] == 5
+    assert [allowed(bitmask, row) for row in range(5)] == [
+        {byte_id("a")}, {byte_id("a")}, {byte_id("b")}, {byte_id("y")}, {byte_id("r")}]
+
+
 # ---- the op and the wire -------------------------------------------------------------------------
 
 def test_bitmask_op_matches_its_torch_twin_on_a_padded_vocab():

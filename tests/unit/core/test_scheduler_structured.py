@@ -9,6 +9,10 @@ from concurrent.futures import wait
 from pagellm.core.request import RequestStatus
 from pagellm.sampling_params import StructuredOutputsParams
 from pagellm.structured_output.manager import StructuredOutputManager
+from pagellm.config.cache import CacheConfig
+from pagellm.config.scheduler import SchedulerConfig
+from pagellm.core.sched_output import ModelRunnerOutput
+from pagellm.core.scheduler import Scheduler
 from tests.unit.core.builders import EOS, make_request, make_scheduler, play_runner, step, unpack
 from tests.unit.test_structured_output import VOCAB, GatedBackend, allowed, byte_id
 
@@ -127,3 +131,70 @@ def test_preempted_request_resumes_with_its_matcher_state():
         finishes.update({o.request_id: o.finish_reason for o in outputs if o.finished})
     assert preempted >= 1
     assert finishes == {"a": "stop", "b": "stop"}
+
+
+def async_constrained_scheduler(num_speculative_tokens: int = 0):
+    backend = GatedBackend()
+    backend.gate.set()
+    manager = StructuredOutputManager(backend, VOCAB)
+    return Scheduler(SchedulerConfig(max_num_batched_tokens=64, max_num_seqs=8),
+                     CacheConfig(block_size=4, enable_prefix_caching=False), 256, 64,
+                     max_concurrent_batches=2, structured_output_manager=manager,
+                     async_scheduling=True, num_speculative_tokens=num_speculative_tokens)
+
+
+def test_async_constrained_request_is_scheduled_every_step_with_a_late_bitmask():
+    """Async scheduling: the constrained request runs in consecutive steps while its token is
+    in flight; each step's bitmask is built late, after the step before it is accepted, and
+    allows exactly the next character."""
+    scheduler = async_constrained_scheduler()
+    text = "abcab"
+    scheduler.add_request(choice_request("c", [text], prompt=5, max_tokens=16))
+    scheduler.add_request(make_request("free", 3, max_tokens=16, ignore_eos=True))
+    wait([r.structured_output.future for r in scheduler.waiting_for_fsm], timeout=30)
+    in_flight, steps, finish = None, 0, None
+    while finish is None:
+        sched = scheduler.schedule()
+        steps += 1
+        assert "c" in sched.num_scheduled_tokens            # every step, token in flight or not
+        assert sched.has_structured_output_requests and sched.grammar_bitmask is None
+        if in_flight is not None:
+            assert scheduler.requests["c"].num_output_placeholders == 2
+            outputs = scheduler.update_from_output(in_flight, play_async(scheduler, in_flight, text))
+            finish = next((o.finish_reason for o in unpack(outputs)
+                           if o.request_id == "c" and o.finished), None)
+        grammar = scheduler.get_grammar_bitmask(sched)
+        produced = len(scheduler.requests["c"].output_token_ids) if finish is None else None
+        if finish is None:
+            expected = {byte_id(text[produced])} if produced < len(text) else {EOS}
+            assert allowed(grammar.grammar_bitmask, grammar.structured_output_request_ids["c"]) \
+                == expected
+        else:       # finished meanwhile: its token in this step is dropped, no row
+            assert grammar.structured_output_request_ids == {} and grammar.grammar_bitmask is None
+        in_flight = sched
+    assert finish == "stop" and steps == len(text) + 2   # 5 letters + EOS, then the dropped step
+    assert scheduler._late_grammar == {}
+
+
+def play_async(scheduler, sched, text: str) -> ModelRunnerOutput:
+    """The runner's answer to an async step: "c" samples the next character of ``text``
+    (EOS after it), every other request token 7."""
+    ids = list(sched.num_scheduled_tokens)
+    produced = len(scheduler.requests["c"].output_token_ids)
+    tokens = [(byte_id(text[produced]) if produced < len(text) else EOS) if request_id == "c"
+              else 7 for request_id in ids]
+    return ModelRunnerOutput(ids, tokens)
+
+
+def test_async_with_speculation_builds_the_bitmask_at_schedule_time():
+    """With speculative decoding the bitmask is not late: a constrained request waits for its
+    token in flight and its step carries the bitmask."""
+    scheduler = async_constrained_scheduler(num_speculative_tokens=2)
+    scheduler.add_request(choice_request("c", ["ab"], prompt=5, max_tokens=16))
+    wait([r.structured_output.future for r in scheduler.waiting_for_fsm], timeout=30)
+    first = scheduler.schedule()
+    assert not first.has_structured_output_requests
+    assert allowed(first.grammar_bitmask, first.structured_output_request_ids["c"]) == {byte_id("a")}
+    assert scheduler.has_constrained_running()
+    second = scheduler.schedule()            # its token is in flight: not scheduled
+    assert second.num_scheduled_tokens == {} and not second.has_structured_output_requests
