@@ -99,6 +99,11 @@ def _resolve(config: SpeculativeConfig) -> dict | None:
     """The effective settings {"method", "num_speculative_tokens", "prompt_lookup_max",
     "prompt_lookup_min"} (n-gram) or {"method", "num_speculative_tokens", "model"}, or None
     when speculation is off. ClientError for a bad key or value."""
+    if config.speculative_config is not None and not isinstance(config.speculative_config, dict):
+        raise ClientError(
+            f"speculative_config must be a dict such as {{\"method\": \"ngram\", "
+            f"\"num_speculative_tokens\": 4}} (a JSON object on the command line), got "
+            f"{config.speculative_config!r}", param="speculative_config")
     spec = dict(config.speculative_config or {})
     unknown = sorted(set(spec) - set(SPEC_KEYS))
     if unknown:

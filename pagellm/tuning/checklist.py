@@ -66,10 +66,15 @@ def _scenario(inputs: CheckInputs) -> CheckItem:
 def _parameters(inputs: CheckInputs) -> CheckItem:
     findings = lint_config(inputs.config)
     warnings = [f for f in findings if f.severity == "warning"]
-    notes = [f.line() for f in findings]
+    # the anti-patterns first, then the notes, each labelled, so the count matches its list
+    notes = ([f"{f.severity}: {f.line()}" for f in warnings]
+             + [f"{f.severity}: {f.line()}" for f in findings if f.severity != "warning"])
     if warnings:
-        return CheckItem("2/8 key parameters", "FAIL", f"{len(warnings)} anti-pattern(s)", notes)
-    return CheckItem("2/8 key parameters", "PASS", "no anti-pattern", notes)
+        others = len(findings) - len(warnings)
+        return CheckItem("2/8 key parameters", "FAIL", f"{len(warnings)} anti-pattern(s)"
+                         + (f", {others} note(s)" if others else ""), notes)
+    return CheckItem("2/8 key parameters", "PASS", "no anti-pattern"
+                     + (f", {len(findings)} note(s)" if findings else ""), notes)
 
 
 def _prefix_caching(inputs: CheckInputs) -> CheckItem:

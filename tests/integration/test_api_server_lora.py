@@ -108,6 +108,8 @@ def test_runtime_routes_need_the_environment_variable(setup, monkeypatch):
     assert [m.name for m in parse_lora_modules(["x=/p", '{"name": "y", "path": "/q"}'])] == ["x", "y"]
     with pytest.raises(ValueError, match="name=path"):
         parse_lora_modules(["nopath"])
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['bogus'\]"):
+        parse_lora_modules(['{"name": "y", "path": "/q", "bogus": 1}'])
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -61,6 +61,7 @@ def test_model_methods_resolve():
       "prompt_lookup_max": 2}, ClientError, "exceeds"),
     ({"method": "ngram", "num_speculative_tokens": 2, "lookahead": 1}, ClientError, "unknown"),
     ({"method": "medusa", "num_speculative_tokens": 2}, ClientError, "method"),
+    ("ngram", ClientError, "speculative_config must be a dict"),
 ])
 def test_errors(spec, error, match):
     with pytest.raises(error, match=match):

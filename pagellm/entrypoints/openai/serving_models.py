@@ -47,6 +47,10 @@ def parse_lora_modules(values: list[str] | None) -> tuple[LoRAModulePath, ...]:
                 raise ClientError(f"--lora-modules {value!r}: a JSON entry needs 'name' and "
                                   f"'path' as strings (and may have 'base_model_name')",
                                   param="lora_modules")
+            unknown = sorted(set(data) - {"name", "path", "base_model_name"})
+            if unknown:
+                raise ClientError(f"--lora-modules {value!r}: unknown key(s) {unknown}; allowed: "
+                                  "'name', 'path', 'base_model_name'", param="lora_modules")
             modules.append(LoRAModulePath(data["name"], data["path"], data.get("base_model_name")))
             continue
         name, sep, path = value.partition("=")

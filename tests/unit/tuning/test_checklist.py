@@ -52,3 +52,13 @@ def test_cli_exit_status_and_unreachable_url(capsys):
     assert "[FAIL  ] 4/8 monitoring: cannot reach" in out
     assert main(["check", "--scenario", "bogus"]) == 2
     assert "scenario must be one of" in capsys.readouterr().err
+
+
+def test_the_parameter_count_matches_its_list_and_notes_are_labelled():
+    """max_num_seqs=1024 is one anti-pattern; the default scheduler_delay_factor=0 is only a
+    note (info): the summary counts each kind and every line says which it is."""
+    items = run_checklist(CheckInputs(config=create_engine_config(max_num_seqs=1024)))
+    parameters = items[1]
+    assert parameters.status == "FAIL"
+    assert parameters.detail == "1 anti-pattern(s), 1 note(s)"
+    assert [line.split(":")[0] for line in parameters.notes] == ["warning", "info"]
