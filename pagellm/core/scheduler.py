@@ -589,11 +589,14 @@ class Scheduler:
         elif self.async_scheduling:
             requests = self._step_requests.pop(id(sched), {})
             aborted = {request_id for request_id, r in requests.items() if r.is_finished}
+        # looked up before the tokens are appended: a request they finish leaves self.requests
+        prompt_requests = {request_id: requests.get(request_id)
+                           for request_id in runner_output.prompt_logprobs}
         new_token_ids, logprob_rows = self._append_step_tokens(
             sched, runner_output, requests, reported, num_new)
         outputs = EngineCoreOutputs(num_new_tokens=num_new, new_token_ids=new_token_ids)
         if runner_output.prompt_logprobs:
-            self._add_prompt_logprobs(outputs, runner_output.prompt_logprobs, requests,
+            self._add_prompt_logprobs(outputs, runner_output.prompt_logprobs, prompt_requests,
                                       aborted, reported, num_new)
         outputs.req_ids = [r.request_id for r in reported]
         outputs.finish_reasons = [_FINISH_REASON_OF[r.status] for r in reported]

@@ -482,3 +482,23 @@ def test_a_prompt_chunk_with_prompt_logprobs_is_reported_without_tokens():
     assert outputs.req_ids == ["a", "b"] and outputs.num_new_tokens == [1, 0]
     assert outputs.new_token_ids == [9] and outputs.finish_reasons == [None, None]
     assert set(outputs.new_prompt_logprobs) == {"a", "b"}
+
+
+def test_prompt_logprobs_of_a_request_that_finishes_in_the_same_step_are_kept():
+    """max_tokens=1 with prompt_logprobs (scoring a sequence): the step's one token finishes
+    the request, which leaves the scheduler's requests before its prompt logprobs are passed
+    on; they must still reach the outputs (the offline API and the fp8-cache test use this)."""
+    import numpy as np
+
+    from pagellm.core.sched_output import ModelRunnerOutput, TopLogprobs
+
+    scheduler = make_scheduler()
+    scheduler.add_request(make_request("a", 4, max_tokens=1, prompt_logprobs=0))
+    output = scheduler.schedule()
+    rows = TopLogprobs(np.zeros((3, 1), np.int64), np.zeros((3, 1), np.float32),
+                       np.ones(3, np.int64))
+    outputs = scheduler.update_from_output(output, ModelRunnerOutput(
+        ["a"], [9], prompt_logprobs={"a": (1, rows)}))
+    assert outputs.req_ids == ["a"] and outputs.finish_reasons == ["length"]
+    assert outputs.new_prompt_logprobs["a"][0] == 1
+    assert outputs.new_prompt_logprobs["a"][1].num_rows == 3
