@@ -195,6 +195,7 @@ def run_engine_core(config_json: bytes, input_address: str, output_address: str)
     finally:
         if engine_core is not None:
             engine_core.shutdown()
+        gc.unfreeze()       # let the exit's collection reach the start-up objects again
         input_socket.close(linger=0)
         output_socket.close(linger=MESSAGE_LINGER_MS)
         context.term()
