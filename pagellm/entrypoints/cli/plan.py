@@ -2,8 +2,9 @@
 
 MODEL is a directory with config.json, a config.json file, or a shipped shape name
 (``pagellm bench`` configs: llama-3.1-8b, llama-3.1-70b, qwen3-0.6b). Give the GPU by name
-(--gpu H100-80G; the table is ``pagellm.tuning.planner.GPUS_GIB``) or size (--gpu-memory-gib), or plan the CPU
-engine (--device cpu, the 2 GiB or --kv-cache-memory-bytes budget). The report lists weights
+(--gpu H100-80G; the table is ``pagellm.tuning.planner.GPUS_GIB``) or size
+(--gpu-memory-gib), or plan the CPU engine (--device cpu, the 2 GiB or
+--kv-cache-memory-bytes budget). The report lists weights
 per GPU, the activation and CUDA-graph reserves, KV bytes per token, KV blocks, concurrency at
 max_model_len and at --typical-lengths, whether it fits, and what to change when it does not
 (the guides' OOM order: max_model_len, quantization, tensor_parallel_size,
