@@ -467,13 +467,13 @@ def load_bench_tokenizer(args: argparse.Namespace):
     """The tokenizer of --tokenizer (a path must load; a shipped shape has none), else of
     --model when it is a local directory or file with one, or 'default' (the default model's
     .gguf, as the server resolves it); None when there is none."""
+    from pagellm.engine.llm_engine import resolve_model_path
     from pagellm.engine.tokenizer import load_tokenizer
-    from pagellm.models.default_model import DEFAULT_MODEL_NAMES, resolve_model_path
 
     name = args.tokenizer or args.model
     if name is None:
         return None
-    if name in DEFAULT_MODEL_NAMES:
+    if name == "default":
         return load_tokenizer(resolve_model_path(name))
     path = Path(resolve_bench_model(name)).expanduser()
     if path.exists() and has_tokenizer_files(str(path)):
