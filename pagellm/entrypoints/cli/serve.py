@@ -324,11 +324,18 @@ async def _drain_then_stop(server, app, engine, timeout_s: float) -> None:
         server.should_exit = True
 
 
+DEAD_ENGINE_HEALTH_S = 1.0
+"""After the engine core dies, how long the server still answers (/health 503, requests 503)
+before it stops listening and exits 1: a health probe polling every few hundred ms sees the
+503 instead of only a refused connection."""
+
+
 async def _watch_engine(engine, server) -> None:
     """Stop the server when the engine core dies, so the process exits non-zero."""
     while not engine.errored and engine.is_healthy():
         await asyncio.sleep(0.2)
-    logger.error("engine core is gone; shutting the server down")
+    logger.error("engine core is gone; shutting the server down in %.1f s", DEAD_ENGINE_HEALTH_S)
+    await asyncio.sleep(DEAD_ENGINE_HEALTH_S)
     server.should_exit = True
 
 
