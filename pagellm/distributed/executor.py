@@ -163,6 +163,9 @@ class MultiprocExecutor:
         self.dead_error: Exception | None = None
         self._socket_dir = tempfile.mkdtemp(prefix="pagellm-workers-")
         self._context = zmq.Context()
+        # sockets closed by garbage collection (an executor dropped without shutdown) must not
+        # wait for unsent messages to a dead worker: Context.__del__ -> term() would block
+        self._context.setsockopt(zmq.LINGER, 0)
         self._result_socket = self._context.socket(zmq.PULL)
         result_address = f"ipc://{self._socket_dir}/results"
         self._result_socket.bind(result_address)

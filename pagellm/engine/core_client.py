@@ -100,6 +100,7 @@ class MPClient:
         input_address = f"ipc://{os.path.join(socket_dir, 'input')}"
         output_address = f"ipc://{os.path.join(socket_dir, 'output')}"
         context = zmq.asyncio.Context()
+        context.setsockopt(zmq.LINGER, 0)   # a garbage-collected context never waits on a dead core
         input_socket = context.socket(zmq.PUSH)
         input_socket.bind(input_address)
         output_socket = context.socket(zmq.PULL)
