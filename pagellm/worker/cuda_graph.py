@@ -11,10 +11,11 @@ Contract: ``capture`` must run after the KV cache is bound (graphs hold its addr
 
 LoRA (``enable_lora``): each size is captured twice, once without adapters (the base path
 pays nothing when no adapter is in the batch) and once with the LoRA Triton kernels reading
-static mapping buffers (``token_slots`` -1 = base, and the slot segments ``lora_sorted_tokens``,
-``lora_seg_start``, ``lora_seg_len``). A step whose tokens use adapters copies its mapping into
-those buffers and replays the LoRA graph (the kernels' grids depend only on the padded size); the adapters' weights live in
-the layers' fixed slot tensors, so loading an adapter into a slot needs no re-capture (vLLM
+static mapping buffers (the slot segments ``lora_sorted_tokens``, ``lora_seg_start``,
+``lora_seg_len``; ``token_slots`` stays -1: the SGMV kernels do not read it). A step whose
+tokens use adapters copies its segments into those buffers and replays the LoRA graph (the
+kernels' grids depend only on the padded size); the adapters' weights live in the layers'
+fixed slot tensors, so loading an adapter into a slot needs no re-capture (vLLM
 captures its punica wrapper's static metadata the same way). ``num_lora_replays`` counts them.
 """
 
@@ -159,8 +160,6 @@ class CudaGraphRunner:
         mapping = self.lora_context.mapping if self.lora_context is not None else None
         with_lora = mapping is not None
         if with_lora:                                         # this step's mapping
-            self.token_slots[:n].copy_(mapping.token_slots)
-            self.token_slots[n:size].fill_(-1)
             sorted_tokens, seg_start, seg_len = mapping.segments
             self.lora_sorted_tokens[:n].copy_(sorted_tokens)
             self.lora_seg_start.copy_(seg_start)             # padding rows are in no segment
