@@ -13,21 +13,19 @@ from pagellm.bench.common import (SHIPPED_CONFIGS_DIR, bench_engine_kwargs, reso
                                   shipped_model_names)
 from pagellm.config.cli_args import add_engine_args
 
+LLAMA_31_COMMON = dict(
+    architectures=["LlamaForCausalLM"], num_key_value_heads=8, vocab_size=128256,
+    rope_theta=500000.0, max_position_embeddings=131072, rms_norm_eps=1e-5,
+    tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001,
+    rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                      original_max_position_embeddings=8192))
+"""What Llama-3.1 8B and 70B share (Meta's config.json files)."""
+
 EXPECTED = {
-    "llama-3.1-8b": dict(
-        architectures=["LlamaForCausalLM"], hidden_size=4096, num_hidden_layers=32,
-        num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336,
-        vocab_size=128256, rope_theta=500000.0, max_position_embeddings=131072,
-        rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001,
-        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
-                          high_freq_factor=4.0, original_max_position_embeddings=8192)),
-    "llama-3.1-70b": dict(
-        architectures=["LlamaForCausalLM"], hidden_size=8192, num_hidden_layers=80,
-        num_attention_heads=64, num_key_value_heads=8, intermediate_size=28672,
-        vocab_size=128256, rope_theta=500000.0, max_position_embeddings=131072,
-        rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001,
-        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
-                          high_freq_factor=4.0, original_max_position_embeddings=8192)),
+    "llama-3.1-8b": dict(LLAMA_31_COMMON, hidden_size=4096, num_hidden_layers=32,
+                         num_attention_heads=32, intermediate_size=14336),
+    "llama-3.1-70b": dict(LLAMA_31_COMMON, hidden_size=8192, num_hidden_layers=80,
+                          num_attention_heads=64, intermediate_size=28672),
     "qwen3-0.6b": dict(
         architectures=["Qwen3ForCausalLM"], hidden_size=1024, num_hidden_layers=28,
         num_attention_heads=16, num_key_value_heads=8, head_dim=128, intermediate_size=3072,
