@@ -19,6 +19,13 @@ the one-shot kernel inside CUDA graphs (the decode path) at each size of
 ``MEASURE_SIZES`` when the worker starts; the ranks agree on the slowest timing of each (a
 collective must take the same path on every rank) and the one-shot path is used for messages
 up to the largest size where it won at every size below. ``max_bytes`` = 0 disables it.
+
+Beyond torch's kernel, pagellm's own Triton one-shot kernel (``pagellm.ops.triton.
+one_shot_all_reduce``: one barrier per program pair, double-buffered slots, no staging copy)
+is timed too, plain and fused with the residual add + RMSNorm that follows every row-parallel
+linear of a decoder layer (``fused_add_rms_norm``: the layer hands its un-reduced partial sums
+to the next norm). Each message size takes the fastest measured plain path; the fused path is
+used up to the largest size where it beat the best plain all-reduce plus the separate norm.
 """
 
 from __future__ import annotations
@@ -36,6 +43,12 @@ BUFFER_BYTES = MEASURE_SIZES[-1]
 """Size of each rank's symmetric buffer: the largest message the one-shot path can take."""
 CALLS_PER_GRAPH = 16
 REPLAYS = 5
+PLAIN_ROW = 1024
+"""Plain all-reduces through the Triton kernel run as rows of this many elements (a program
+sums whole rows); messages of other sizes take torch's kernel."""
+FUSED_HIDDEN = 4096
+"""Row width of the fused path's start-up timing (Llama-8B's hidden size; the time depends on
+the bytes, which every size of MEASURE_SIZES fixes)."""
 
 
 class SymmMemAllReduce:
@@ -61,7 +74,44 @@ class SymmMemAllReduce:
         self.num_calls = 0
         """One-shot all-reduces issued from Python (a CUDA graph replay repeats its own)."""
         self.timings: list[tuple[int, float, float]] = []
-        """(bytes, NCCL µs, one-shot µs) per measured size, slowest rank's."""
+        """(bytes, NCCL µs, one-shot µs) per measured size, slowest rank's: the one-shot time
+        is the faster of torch's and pagellm's kernels, see ``plain_paths``."""
+        self.plain_paths: list[tuple[int, str]] = []
+        """(bytes, "torch" | "triton") per measured size: which one-shot kernel takes plain
+        all-reduces up to that size (from ``measure``)."""
+        self.fused_max_bytes = 0
+        """Messages up to this many bytes take the fused all-reduce + add + RMSNorm kernel
+        (0: never, until measured)."""
+        self.fused_timings: list[tuple[int, float, float]] = []
+        """(bytes, fused µs, best plain all-reduce + separate norm µs) per measured size."""
+        self.num_fused_calls = 0
+        """Fused calls issued from Python (a CUDA graph replay repeats its own)."""
+        self._init_triton_buffers(symm_mem)
+
+    def _init_triton_buffers(self, symm_mem) -> None:
+        """The Triton kernel's own symmetric buffer: two halves of BUFFER_BYTES for the data
+        slots, then int32 [MAX_PROGRAMS, world] barrier flags; zeroed flags and epoch counters
+        on every rank before any call (collective)."""
+        from pagellm.ops.triton.one_shot_all_reduce import MAX_PROGRAMS
+
+        world = dist.get_world_size(self.device_group)
+        sms = torch.cuda.get_device_properties(self.device).multi_processor_count
+        if MAX_PROGRAMS > sms:
+            raise RuntimeError(f"the one-shot kernel needs {MAX_PROGRAMS} SMs, the GPU has {sms}")
+        flag_bytes = MAX_PROGRAMS * world * 4
+        self.triton_buffer = symm_mem.empty(2 * BUFFER_BYTES + flag_bytes, dtype=torch.uint8,
+                                            device=self.device)            # [bytes]
+        self.triton_buffer[2 * BUFFER_BYTES:].zero_()
+        handle = symm_mem.rendezvous(self.triton_buffer, self.group_name)
+        bases = list(handle.buffer_ptrs)
+        self.data_ptrs = torch.tensor(bases, dtype=torch.int64, device=self.device)  # [world]
+        self.flag_ptrs = torch.tensor([b + 2 * BUFFER_BYTES for b in bases], dtype=torch.int64,
+                                      device=self.device)                            # [world]
+        self.counters = torch.zeros(MAX_PROGRAMS, dtype=torch.int32, device=self.device)
+        self.rank = dist.get_rank(self.device_group)
+        self.half_numel = BUFFER_BYTES // self.dtype.itemsize
+        torch.cuda.synchronize(self.device)
+        dist.barrier(group=self.cpu_group)
 
     def should_use(self, tensor: torch.Tensor) -> bool:
         nbytes = tensor.numel() * tensor.element_size()
@@ -69,7 +119,16 @@ class SymmMemAllReduce:
                 and nbytes % 16 == 0)
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The sum over the group of ``tensor`` (any shape), as a new tensor."""
+        """The sum over the group of ``tensor`` (any shape), as a new tensor, by the one-shot
+        kernel measured fastest at its size."""
+        nbytes = tensor.numel() * tensor.element_size()
+        path = next((p for b, p in self.plain_paths if nbytes <= b), "torch")
+        if path == "triton" and tensor.numel() % PLAIN_ROW == 0:
+            return self.triton_all_reduce(tensor)
+        return self.torch_all_reduce(tensor)
+
+    def torch_all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum over the group of ``tensor`` by torch's one-shot kernel (staged copy)."""
         self.num_calls += 1
         numel = tensor.numel()
         staged = self.buffer[:numel]
@@ -77,32 +136,113 @@ class SymmMemAllReduce:
         out = torch.ops.symm_mem.one_shot_all_reduce(staged, "sum", self.group_name)
         return out.view(tensor.shape)
 
+    def triton_all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum over the group of ``tensor`` (any shape, a multiple of PLAIN_ROW elements,
+        at most BUFFER_BYTES) by pagellm's Triton one-shot kernel, as a new tensor."""
+        from pagellm.ops.triton.one_shot_all_reduce import one_shot_all_reduce
+
+        self.num_calls += 1
+        rows = tensor.reshape(-1, PLAIN_ROW)                  # [numel / PLAIN_ROW, PLAIN_ROW]
+        out = one_shot_all_reduce(rows, self.data_ptrs, self.flag_ptrs, self.counters,
+                                  self.half_numel, self.rank)
+        return out.view(tensor.shape)
+
+    def should_fuse(self, x: torch.Tensor) -> bool:
+        """Whether ``fused_add_rms_norm`` takes ``x`` ([T, hidden] partial sums)."""
+        nbytes = x.numel() * x.element_size()
+        return (nbytes <= self.fused_max_bytes and x.dtype == self.dtype and x.is_cuda
+                and x.dim() == 2)
+
+    def fused_add_rms_norm(self, x: torch.Tensor, residual: torch.Tensor,
+                           weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rms_norm(sum + residual) * weight, sum + residual)`` with ``sum`` the all-reduce
+        of ``x`` over the group, in one kernel. x, residual: [T, hidden] of ``dtype``;
+        weight: [hidden]. Same results as NCCL + ``fused_add_rms_norm_triton`` (module doc)."""
+        from pagellm.ops.triton.one_shot_all_reduce import one_shot_all_reduce
+
+        self.num_fused_calls += 1
+        if x.stride(-1) != 1:
+            x = x.contiguous()
+        return one_shot_all_reduce(x, self.data_ptrs, self.flag_ptrs, self.counters,
+                                   self.half_numel, self.rank, residual, weight, eps)
+
     def measure(self) -> int:
-        """Time NCCL and the one-shot kernel at each of MEASURE_SIZES inside CUDA graphs,
-        check the one-shot sums against NCCL's, and set ``max_bytes``. Collective."""
-        rows = []
+        """At each of MEASURE_SIZES inside CUDA graphs, time NCCL, torch's and pagellm's
+        one-shot kernels, and the fused all-reduce + add + RMSNorm against the best plain
+        all-reduce plus the separate norm kernel; check every result against NCCL's (the fused
+        one against NCCL + the norm). Sets ``max_bytes``, ``plain_paths`` and
+        ``fused_max_bytes`` from the slowest rank's timings (every rank decides the same).
+        A Triton kernel that fails its check is not used. Collective. Returns ``max_bytes``."""
+        rows, triton_ok = [], True
         for nbytes in MEASURE_SIZES:
-            numel = nbytes // self.dtype.itemsize
-            rank = dist.get_rank(self.device_group)
-            x = torch.randn(numel, dtype=self.dtype, device=self.device,
-                            generator=torch.Generator(self.device).manual_seed(rank + numel))
-            expected = x.clone()
-            dist.all_reduce(expected, group=self.device_group)
-            got = self.all_reduce(x)
-            if not torch.allclose(got.float(), expected.float(), rtol=1e-2, atol=1e-2):
-                raise RuntimeError(f"one-shot all-reduce differs from NCCL at {nbytes} bytes")
-            rows.append([nbytes, self._time(lambda t: dist.all_reduce(t, group=self.device_group), x),
-                         self._time(self.all_reduce, x)])
-        timings = torch.tensor([[r[1], r[2]] for r in rows], dtype=torch.float64)
+            row, ok = self._measure_size(nbytes, triton_ok)
+            rows.append(row)
+            triton_ok = triton_ok and ok
+        agreed = torch.tensor([float(triton_ok)])
+        dist.all_reduce(agreed, op=dist.ReduceOp.MIN, group=self.cpu_group)
+        timings = torch.tensor([r[1:] for r in rows], dtype=torch.float64)
         dist.all_reduce(timings, op=dist.ReduceOp.MAX, group=self.cpu_group)
-        self.timings = [(r[0], float(t[0]), float(t[1])) for r, t in zip(rows, timings)]
-        self.max_bytes = 0
-        for nbytes, nccl_us, one_shot_us in self.timings:
-            if one_shot_us >= nccl_us:
-                break
-            self.max_bytes = nbytes
-        self.num_calls = 0
+        self._choose([(r[0], *map(float, t)) for r, t in zip(rows, timings)], bool(agreed.item()))
+        self.num_calls = self.num_fused_calls = 0
         return self.max_bytes
+
+    def _measure_size(self, nbytes: int, triton_ok: bool) -> tuple[list, bool]:
+        """[bytes, NCCL, torch one-shot, Triton one-shot, separate norm, fused] (µs; the
+        Triton ones inf when not ``triton_ok`` or wrong here) and whether the Triton kernels
+        were right at this size."""
+        from pagellm.ops.triton.norm import fused_add_rms_norm_triton
+
+        numel = nbytes // self.dtype.itemsize
+        hidden = min(FUSED_HIDDEN, numel)
+        rank = dist.get_rank(self.device_group)
+        shared = torch.Generator(self.device).manual_seed(numel)     # same on every rank
+        x = torch.randn(numel, dtype=self.dtype, device=self.device,
+                        generator=torch.Generator(self.device).manual_seed(rank + numel))
+        residual = torch.randn(numel // hidden, hidden, dtype=self.dtype, device=self.device,
+                               generator=shared)
+        weight = torch.randn(hidden, dtype=self.dtype, device=self.device, generator=shared)
+        expected = x.clone()
+        dist.all_reduce(expected, group=self.device_group)
+        if not _close(self.torch_all_reduce(x), expected):
+            raise RuntimeError(f"one-shot all-reduce differs from NCCL at {nbytes} bytes")
+        rows_x = x.view(-1, hidden)
+        if triton_ok:
+            want = fused_add_rms_norm_triton(expected.view(-1, hidden), residual, weight, 1e-5)
+            got = self.fused_add_rms_norm(rows_x, residual, weight, 1e-5)
+            triton_ok = (_close(self.triton_all_reduce(x), expected) and _close(got[0], want[0])
+                         and _close(got[1], want[1]))
+            if not triton_ok:
+                logger.warning("the Triton one-shot all-reduce differs from NCCL at %d bytes; "
+                               "not using it", nbytes)
+        inf = float("inf")
+        return [nbytes, self._time(lambda t: dist.all_reduce(t, group=self.device_group), x),
+                self._time(self.torch_all_reduce, x),
+                self._time(self.triton_all_reduce, x) if triton_ok else inf,
+                self._time(lambda t: fused_add_rms_norm_triton(t, residual, weight, 1e-5), rows_x),
+                self._time(lambda t: self.fused_add_rms_norm(t, residual, weight, 1e-5), rows_x)
+                if triton_ok else inf], triton_ok
+
+    def _choose(self, timings: list[tuple[int, float, float, float, float, float]],
+                triton_ok: bool) -> None:
+        """Set the paths from (bytes, NCCL, torch, Triton, norm, fused) µs rows: each size's
+        faster one-shot kernel; one-shot up to the largest size where it beat NCCL at every size
+        below, fused likewise against the best plain all-reduce + norm."""
+        self.timings, self.plain_paths, self.fused_timings = [], [], []
+        self.max_bytes = self.fused_max_bytes = 0
+        plain_wins = fused_wins = True
+        for nbytes, nccl_us, torch_us, triton_us, norm_us, fused_us in timings:
+            use_triton = triton_ok and triton_us < torch_us
+            one_shot_us = triton_us if use_triton else torch_us
+            self.timings.append((nbytes, nccl_us, one_shot_us))
+            self.plain_paths.append((nbytes, "triton" if use_triton else "torch"))
+            plain_wins = plain_wins and one_shot_us < nccl_us
+            if plain_wins:
+                self.max_bytes = nbytes
+            unfused_us = min(nccl_us, one_shot_us) + norm_us
+            self.fused_timings.append((nbytes, fused_us, unfused_us))
+            fused_wins = fused_wins and triton_ok and fused_us < unfused_us
+            if fused_wins:
+                self.fused_max_bytes = nbytes
 
     def _time(self, fn, x: torch.Tensor) -> float:
         """µs per call of ``fn(x)``, CALLS_PER_GRAPH calls captured in one CUDA graph."""
@@ -126,6 +266,10 @@ class SymmMemAllReduce:
         end.record()
         end.synchronize()
         return start.elapsed_time(end) * 1000 / (REPLAYS * CALLS_PER_GRAPH)
+
+
+def _close(got: torch.Tensor, expected: torch.Tensor) -> bool:
+    return torch.allclose(got.float(), expected.float(), rtol=1e-2, atol=1e-2)
 
 
 def maybe_create(device_group, cpu_group, device: torch.device, dtype: torch.dtype,
@@ -152,7 +296,10 @@ def maybe_create(device_group, cpu_group, device: torch.device, dtype: torch.dty
                        type(error).__name__, error)
         custom.max_bytes = 0
     table = ", ".join(f"{b // 1024} KiB {n:.1f}/{o:.1f}" for b, n, o in custom.timings)
+    paths = ", ".join(f"{b // 1024} KiB {p}" for b, p in custom.plain_paths)
+    fused = ", ".join(f"{b // 1024} KiB {f:.1f}/{u:.1f}" for b, f, u in custom.fused_timings)
     logger.info("custom all-reduce (one-shot, symmetric memory) for messages <= %d KiB; "
-                "µs per all-reduce in a CUDA graph, NCCL/one-shot: %s",
-                custom.max_bytes // 1024, table)
-    return custom if custom.max_bytes else None
+                "µs per all-reduce in a CUDA graph, NCCL/one-shot: %s; kernel: %s. Fused "
+                "all-reduce + add + RMSNorm for messages <= %d KiB; µs fused/separate: %s",
+                custom.max_bytes // 1024, table, paths, custom.fused_max_bytes // 1024, fused)
+    return custom if custom.max_bytes or custom.fused_max_bytes else None

@@ -183,6 +183,8 @@ class MultiprocExecutor:
             self.load_stats = [LoadStats(r.checkpoint_bytes_read, r.param_bytes) for r in ranks]
             self.custom_all_reduce_max_bytes = [r.custom_all_reduce_max_bytes for r in ranks]
             """Per rank: the largest all-reduce taking the one-shot path (0: NCCL only)."""
+            self.fused_all_reduce_max_bytes = [r.fused_all_reduce_max_bytes for r in ranks]
+            """Per rank: the largest all-reduce fused with the RMSNorm after it (0: never)."""
         except BaseException:
             self.shutdown()
             raise

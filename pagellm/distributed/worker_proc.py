@@ -99,6 +99,8 @@ class WorkerReady(msgspec.Struct, tag=True):
     param_bytes: int
     custom_all_reduce_max_bytes: int = 0
     """All-reduces up to this size take the one-shot path on this rank (0: NCCL only)."""
+    fused_all_reduce_max_bytes: int = 0
+    """All-reduces up to this size before an RMSNorm run fused with it (0: never)."""
 
 
 class NumBlocks(msgspec.Struct, tag=True):
@@ -159,7 +161,8 @@ def run_worker_process(args_json: bytes) -> None:
         custom = get_tp_group().custom_all_reduce
         result_socket.send(encoder.encode(WorkerReady(
             args.rank, worker.load_stats.checkpoint_bytes_read, worker.load_stats.param_bytes,
-            custom.max_bytes if custom is not None else 0)))
+            custom.max_bytes if custom is not None else 0,
+            custom.fused_max_bytes if custom is not None else 0)))
         _serve(worker, args.rank, args.rank == args.config.parallel.output_rank, input_socket,
                result_socket, os.getppid())
     except _ParentGone:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pagellm.distributed.parallel_state import get_pp_group, get_pp_layer_range
+from pagellm.distributed.parallel_state import (get_pp_group, get_pp_layer_range, get_tp_group,
+                                              tensor_model_parallel_all_reduce)
 from pagellm.errors import ClientError
 from pagellm.layers.attention import Attention, AttentionBackend, TorchAttentionBackend
 from pagellm.layers.attention_metadata import AttentionMetadata
@@ -105,16 +106,40 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(config, dtype, quant_config, f"{prefix}.mlp")
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.reduce_in_norm = False
+        """Tensor parallel: o_proj and down_proj leave their all-reduce to the RMSNorm that
+        follows them, which fuses it with the residual add (``GroupCoordinator.
+        all_reduce_add_rms_norm``); the layer's output hidden is then this rank's partial sum.
+        Set by ``fuse_all_reduce_into_norms``."""
 
-    def forward(self, positions, hidden, residual, kv_cache, attn_metadata):
-        """hidden, residual: [T, hidden_size] (residual None in the first layer).
-        Returns (mlp output, residual stream before it) for the next layer's fused add+norm."""
+    def fuse_all_reduce_into_norms(self) -> None:
+        """Move the row-parallel all-reduces into the norms (TP > 1, no o_proj / down_proj
+        bias: a bias is added once, after the reduce). vLLM gets the same fusion from a
+        compilation pass (AllReduceFusionPass); here the layer calls it directly."""
+        o_proj, down_proj = self.self_attn.o_proj, self.mlp.down_proj
+        if o_proj.tp_size > 1 and o_proj.bias is None and down_proj.bias is None:
+            o_proj.reduce_results = down_proj.reduce_results = False
+            self.reduce_in_norm = True
+
+    def _add_norm(self, norm: RMSNorm, hidden, residual, partial: bool):
+        if partial:
+            return get_tp_group().all_reduce_add_rms_norm(hidden, residual, norm)
+        return norm(hidden, residual)
+
+    def forward(self, positions, hidden, residual, kv_cache, attn_metadata,
+                hidden_is_partial: bool = False):
+        """hidden, residual: [T, hidden_size] (residual None in the first layer);
+        ``hidden_is_partial``: ``hidden`` is the previous fused layer's un-reduced output.
+        Returns (mlp output, residual stream before it) for the next layer's fused add+norm;
+        the mlp output is this rank's partial sum when ``reduce_in_norm``."""
         if residual is None:
             residual, hidden = hidden, self.input_layernorm(hidden)
         else:
-            hidden, residual = self.input_layernorm(hidden, residual)
+            hidden, residual = self._add_norm(self.input_layernorm, hidden, residual,
+                                              hidden_is_partial)
         hidden = self.self_attn(positions, hidden, kv_cache, attn_metadata)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        hidden, residual = self._add_norm(self.post_attention_layernorm, hidden, residual,
+                                          self.reduce_in_norm)
         return self.mlp(hidden), residual
 
 
@@ -137,6 +162,8 @@ class LlamaModel(nn.Module):
                                         quant_config, f"model.layers.{i}"))
         self.norm = (RMSNorm(config.hidden_size, config.rms_norm_eps, dtype) if pp.is_last_rank
                      else PPMissingLayer())
+        for i in range(self.start_layer, self.end_layer):
+            self.layers[i].fuse_all_reduce_into_norms()
         self.aux_hidden_state_layers: tuple[int, ...] = ()
         """EAGLE-3 (vLLM's name): the layers whose input, the residual stream that the layer
         before left ([T, hidden_size]), ``forward`` keeps in ``aux_hidden_states``, in this
@@ -154,17 +181,26 @@ class LlamaModel(nn.Module):
             hidden, residual = self.embed_tokens(input_ids), None      # [T, hidden_size]
         else:
             hidden, residual = intermediate_tensors.hidden_states, intermediate_tensors.residual
-        aux_layers, kept = self.aux_hidden_state_layers, {}
+        aux_layers, kept, partial = self.aux_hidden_state_layers, {}, False
         for i in range(self.start_layer, self.end_layer):
             if aux_layers and i in aux_layers:
-                kept[i] = hidden if residual is None else hidden + residual
+                full = tensor_model_parallel_all_reduce(hidden.clone()) if partial else hidden
+                kept[i] = hidden if residual is None else full + residual
             kv_cache = kv_caches[i - self.start_layer] if kv_caches else None
-            hidden, residual = self.layers[i](positions, hidden, residual, kv_cache, attn_metadata)
+            layer = self.layers[i]
+            hidden, residual = layer(positions, hidden, residual, kv_cache, attn_metadata,
+                                     partial)
+            partial = layer.reduce_in_norm
         if aux_layers:
             self.aux_hidden_states = [kept[i] for i in aux_layers]
         if isinstance(self.norm, PPMissingLayer):
+            if partial:                             # the next stage gets whole sums
+                hidden = tensor_model_parallel_all_reduce(hidden)
             return IntermediateTensors(hidden, residual)
-        hidden, _ = self.norm(hidden, residual)
+        if partial:
+            hidden, _ = get_tp_group().all_reduce_add_rms_norm(hidden, residual, self.norm)
+        else:
+            hidden, _ = self.norm(hidden, residual)
         return hidden
 
 

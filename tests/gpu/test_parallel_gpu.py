@@ -66,8 +66,8 @@ def test_pp2_on_two_gpus_equals_one_gpu(model_dir, expected):
 
 
 def test_tp2_custom_all_reduce_equals_nccl_in_bf16(model_dir):
-    """The one-shot all-reduce is measured at start-up and taken for decode-sized messages on
-    two H200s; greedy tokens equal NCCL's (two ranks: both add the same two numbers), with
+    """The one-shot all-reduce, plain and fused with the add + RMSNorm after it, is measured at
+    start-up and taken for decode-sized messages on two H200s; greedy tokens equal NCCL's (two ranks: both add the same two numbers), with
     CUDA graphs and async scheduling on."""
     prompts = PROMPTS[:4]
     params = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
@@ -83,6 +83,8 @@ def test_tp2_custom_all_reduce_equals_nccl_in_bf16(model_dir):
         executor = custom.llm_engine.engine_core.executor
         sizes = executor.custom_all_reduce_max_bytes
         assert sizes[0] == sizes[1] >= 8192, sizes    # a batch-1 Llama-8B message is 8 KiB
+        fused = executor.fused_all_reduce_max_bytes   # the tiny model's rows: 128 bytes each
+        assert fused[0] == fused[1] >= 8192, fused
         got = [o.outputs[0].token_ids for o in custom.generate(prompts, params, use_tqdm=False)]
         assert custom.llm_engine.engine_core.max_batches_in_flight == 2   # async scheduling
     finally:

@@ -23,13 +23,17 @@ def check_close(name: str, got: torch.Tensor, expected: torch.Tensor, failures: 
         failures.append(f"{name}: {error}")
 
 
-def _rank_main(rank: int, world_size: int, port: int, out_dir: str, checks: Checks) -> None:
+def _rank_main(rank: int, world_size: int, port: int, out_dir: str, checks: Checks,
+               backend: str = "gloo") -> None:
     from pagellm.distributed import parallel_state as ps
 
     failures: list[str] = []
     try:
         torch.set_num_threads(1)
-        ps.init_distributed_environment(world_size, rank, "gloo", "127.0.0.1", port, timeout_s=60)
+        if backend == "nccl":
+            torch.cuda.set_device(rank)
+        ps.init_distributed_environment(world_size, rank, backend, "127.0.0.1", port,
+                                        timeout_s=60)
         ps.initialize_model_parallel(world_size)
         checks(rank, failures)
     except Exception:
@@ -39,18 +43,23 @@ def _rank_main(rank: int, world_size: int, port: int, out_dir: str, checks: Chec
     Path(out_dir, f"rank{rank}.txt").write_text("\n".join(failures))
 
 
-def run_on_gloo_ranks(checks: Checks, tmp_path: Path, world_size: int = 2) -> None:
-    """Run ``checks`` on ``world_size`` gloo ranks; AssertionError with every rank's
-    failures (or a rank's exit code) when any failed."""
+def run_on_gloo_ranks(checks: Checks, tmp_path: Path, world_size: int = 2,
+                      backend: str = "gloo", timeout_s: float = 120) -> None:
+    """Run ``checks`` on ``world_size`` ranks of ``backend`` ("gloo" on CPU; "nccl": rank r
+    on GPU r); AssertionError with every rank's failures (or a rank's exit code) when any
+    failed."""
     store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_rank_main,
-                                 args=(rank, world_size, store.port, str(tmp_path), checks))
+                                 args=(rank, world_size, store.port, str(tmp_path), checks,
+                                       backend))
                  for rank in range(world_size)]
     for process in processes:
         process.start()
     for process in processes:
-        process.join(120)
+        process.join(timeout_s)
+        if process.exitcode is None:
+            process.kill()
         assert process.exitcode == 0, f"rank exited with {process.exitcode}"
     for rank in range(world_size):
         report = (tmp_path / f"rank{rank}.txt").read_text()

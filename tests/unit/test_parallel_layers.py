@@ -184,6 +184,31 @@ def _quantized_checks(rank: int, failures: list[str]) -> None:
                failures)
 
 
+def _fused_norm_checks(rank: int, failures: list[str]) -> None:
+    """The all-reduce moved into the norm: same result as all-reduce then norm, and a TP=2
+    Llama model's layers leave o_proj / down_proj un-reduced for it."""
+    from pagellm.distributed import parallel_state as ps
+    from pagellm.layers.norm import RMSNorm
+    from pagellm.models.llama import LlamaForCausalLM
+    from tests.helpers.tiny_models import tiny_config
+
+    g = torch.Generator().manual_seed(7)
+    partial = [torch.randn(3, HIDDEN, generator=g) for _ in range(WORLD_SIZE)]
+    residual = torch.randn(3, HIDDEN, generator=g)
+    norm = RMSNorm(HIDDEN, 1e-6)
+    norm.weight.data = torch.randn(HIDDEN, generator=g)
+    normed, new_residual = ps.get_tp_group().all_reduce_add_rms_norm(partial[rank].clone(),
+                                                                     residual, norm)
+    want_normed, want_residual = norm(partial[0] + partial[1], residual)
+    _check("all_reduce_add_rms_norm normed", normed, want_normed, failures)
+    _check("all_reduce_add_rms_norm residual", new_residual, want_residual, failures)
+    model = LlamaForCausalLM(tiny_config("llama"))
+    for i, layer in enumerate(model.model.layers):
+        if not (layer.reduce_in_norm and not layer.self_attn.o_proj.reduce_results
+                and not layer.mlp.down_proj.reduce_results):
+            failures.append(f"layer {i} keeps its row-parallel all-reduces at TP=2")
+
+
 def _all_checks(rank: int, failures: list[str]) -> None:
     from pagellm.distributed import parallel_state as ps
 
@@ -197,6 +222,7 @@ def _all_checks(rank: int, failures: list[str]) -> None:
     _qkv_checks(rank, failures)
     _vocab_checks(rank, failures)
     _quantized_checks(rank, failures)
+    _fused_norm_checks(rank, failures)
 
 
 def test_parallel_layers_match_unsharded_math_on_two_gloo_ranks(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ["attention", "split_decode", "kv_cache", "norm_activation", "backend", "fp8_kv_cache",
-          "wna16_gemm"]
+          "wna16_gemm", "one_shot_all_reduce"]
 
 
 @pytest.mark.parametrize("check", CHECKS)
@@ -69,6 +69,8 @@ def _run(check: str) -> None:
         assert error < 0.1
     elif check == "wna16_gemm":
         _check_wna16_gemm()
+    elif check == "one_shot_all_reduce":
+        _check_one_shot_all_reduce()
     else:
         raise ValueError(check)
 
@@ -99,6 +101,49 @@ def _check_wna16_gemm() -> None:
             assert (out - ref).abs().max() / ref.abs().max() < 1e-5, (M, K, N, registers)
     empty = wna16.wna16_gemm_triton(torch.randn(0, K), q, scales, qzeros, g_idx, bits)
     assert empty.shape == (0, N)                  # no rows: nothing launched
+
+
+def _check_one_shot_all_reduce() -> None:
+    """The one-shot all-reduce kernel as rank 1 of 2 and of 3 in one process: the peers'
+    slots are written and their barrier flags raised by the test (what the peers' kernels do),
+    the other half of every slot holds garbage, so a wrong parity, rank index, row-to-program
+    mapping or flag slot gives a wrong sum. Plain and fused with add + RMSNorm; more rows than
+    programs; three calls per case (both parities, then the first again)."""
+    import torch
+
+    from pagellm.ops.norm import fused_add_rms_norm
+    from pagellm.ops.triton.one_shot_all_reduce import MAX_PROGRAMS, one_shot_all_reduce
+
+    gen = torch.Generator().manual_seed(0)
+    half, rank = 8192, 1
+    for world, rows, hidden in ((2, 3, 40), (3, MAX_PROGRAMS + 6, 24)):
+        buffers = [torch.randn(2 * half, generator=gen) for _ in range(world)]   # garbage
+        flags = [torch.zeros(MAX_PROGRAMS, world, dtype=torch.int32) for _ in range(world)]
+        counters = torch.zeros(MAX_PROGRAMS, dtype=torch.int32)
+        data_ptrs = torch.tensor([b.data_ptr() for b in buffers], dtype=torch.int64)
+        flag_ptrs = torch.tensor([f.data_ptr() for f in flags], dtype=torch.int64)
+        residual = torch.randn(rows, hidden, generator=gen)
+        weight = torch.randn(hidden, generator=gen)
+        programs = min(rows, MAX_PROGRAMS)
+        for epoch in range(1, 7):
+            xs = [torch.randn(rows, hidden, generator=gen) for _ in range(world)]
+            start = (epoch % 2) * half
+            for peer in range(world):
+                if peer != rank:
+                    buffers[peer][start:start + rows * hidden] = xs[peer].reshape(-1)
+                    flags[rank][:programs, peer] = epoch
+            total = xs[0] + xs[1] + (xs[2] if world == 3 else 0)
+            if epoch % 3:
+                got = one_shot_all_reduce(xs[rank], data_ptrs, flag_ptrs, counters, half, rank,
+                                          residual, weight, 1e-6)
+                want = fused_add_rms_norm(total, residual, weight, 1e-6)
+                assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, want)), epoch
+            else:
+                got = one_shot_all_reduce(xs[rank], data_ptrs, flag_ptrs, counters, half, rank)
+                assert torch.allclose(got, total, atol=1e-5), epoch
+            assert counters[:programs].tolist() == [epoch] * programs
+            for peer in range(world):     # this rank raised its flag on every peer
+                assert (flags[peer][:programs, rank] == epoch).all() == (peer != rank), peer
 
 
 if __name__ == "__main__":

@@ -1,0 +1,79 @@
+"""pagellm's Triton one-shot all-reduce on two GPUs (NCCL ranks, symmetric memory): plain and
+fused with the residual add + RMSNorm, eager and replayed from CUDA graphs over a sequence of
+message sizes, bit-equal to NCCL + the separate norm kernel (two ranks add the same two
+numbers), and chosen by the start-up measurement for decode-sized messages."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.helpers.gloo_ranks import run_on_gloo_ranks
+
+pytestmark = pytest.mark.gpu
+
+HIDDEN = 4096
+ROWS = [1, 3, 64, 70, 1, 256, 2, 1]
+"""A decode-like sequence: both parities of each program's slot, more rows than programs."""
+
+
+def _equal(name: str, got: torch.Tensor, want: torch.Tensor, failures: list[str]) -> None:
+    if not torch.equal(got, want):
+        failures.append(f"{name}: max diff {(got.float() - want.float()).abs().max().item()}")
+
+
+def _checks(rank: int, failures: list[str]) -> None:
+    import torch.distributed as dist
+
+    from pagellm.distributed import parallel_state as ps
+    from pagellm.ops.triton.norm import fused_add_rms_norm_triton
+
+    device = torch.device("cuda", rank)
+    ps.init_custom_all_reduce(device, torch.bfloat16)
+    tp = ps.get_tp_group()
+    custom = tp.custom_all_reduce
+    if custom is None or custom.fused_max_bytes < HIDDEN * 2:
+        failures.append(f"fused path not chosen for a batch-1 message: "
+                        f"{None if custom is None else custom.fused_timings}")
+        return
+    print(f"rank {rank}: plain {custom.plain_paths}; fused/separate µs {custom.fused_timings}")
+    shared = torch.Generator(device).manual_seed(1)
+    weight = torch.randn(HIDDEN, dtype=torch.bfloat16, device=device, generator=shared)
+    own = torch.Generator(device).manual_seed(100 + rank)
+    cases = []
+    for rows in ROWS:
+        x = torch.randn(rows, HIDDEN, dtype=torch.bfloat16, device=device, generator=own)
+        residual = torch.randn(rows, HIDDEN, dtype=torch.bfloat16, device=device,
+                               generator=shared)
+        total = x.clone()
+        dist.all_reduce(total, group=tp.device_group)
+        cases.append((x, residual, total, fused_add_rms_norm_triton(total, residual, weight, 1e-5)))
+    for i, (x, residual, total, (want_out, want_residual)) in enumerate(cases):
+        out, new_residual = custom.fused_add_rms_norm(x, residual, weight, 1e-5)
+        _equal(f"eager fused {i} out", out, want_out, failures)
+        _equal(f"eager fused {i} residual", new_residual, want_residual, failures)
+        _equal(f"eager plain {i}", custom.triton_all_reduce(x), total, failures)
+    # the whole sequence captured in one graph and replayed twice: device-side epochs only
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        outs = [custom.fused_add_rms_norm(x, r, weight, 1e-5) for x, r, _, _ in cases]
+        plains = [custom.triton_all_reduce(x) for x, _, _, _ in cases]
+    torch.cuda.current_stream(device).wait_stream(stream)
+    for replay in range(2):
+        graph.replay()
+        torch.cuda.synchronize(device)
+        for i, ((out, new_residual), plain, (_, _, total, want)) in enumerate(
+                zip(outs, plains, cases)):
+            _equal(f"graph {replay} fused {i} out", out, want[0], failures)
+            _equal(f"graph {replay} fused {i} residual", new_residual, want[1], failures)
+            _equal(f"graph {replay} plain {i}", plain, total, failures)
+    if custom.num_fused_calls != 2 * len(ROWS):     # eager + captured; replays not counted
+        failures.append(f"fused calls {custom.num_fused_calls}")
+
+
+def test_triton_one_shot_all_reduce_equals_nccl_and_norm_on_two_gpus(tmp_path):
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    run_on_gloo_ranks(_checks, tmp_path, 2, backend="nccl", timeout_s=300)
