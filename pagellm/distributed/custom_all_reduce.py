@@ -26,11 +26,14 @@ is timed too, plain and fused with the residual add + RMSNorm that follows every
 linear of a decoder layer (``fused_add_rms_norm``: the layer hands its un-reduced partial sums
 to the next norm). Each message size takes the fastest measured plain path; the fused path is
 used up to the largest size where it beat the best plain all-reduce plus the separate norm.
+``PAGELLM_TRITON_ALL_REDUCE=0`` leaves pagellm's kernel out (torch's one-shot or NCCL only), for
+ablations.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 import torch.distributed as dist
@@ -173,7 +176,7 @@ class SymmMemAllReduce:
         one against NCCL + the norm). Sets ``max_bytes``, ``plain_paths`` and
         ``fused_max_bytes`` from the slowest rank's timings (every rank decides the same).
         A Triton kernel that fails its check is not used. Collective. Returns ``max_bytes``."""
-        rows, triton_ok = [], True
+        rows, triton_ok = [], os.environ.get("PAGELLM_TRITON_ALL_REDUCE", "1") != "0"
         for nbytes in MEASURE_SIZES:
             row, ok = self._measure_size(nbytes, triton_ok)
             rows.append(row)
