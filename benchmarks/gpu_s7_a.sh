@@ -5,9 +5,13 @@
 # one-shot), and a rank-0 profile of the TP=2 decode step. Command: bash benchmarks/gpu_s7_a.sh
 source benchmarks/gpu_setup.sh
 export PYTHONPATH=/tmp/site:.
-timeout 230 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_custom_all_reduce_gpu.py \
-  tests/gpu/test_parallel_gpu.py tests/gpu/test_staging_gpu.py tests/gpu/test_engine_gpu.py \
-  --timeout=200 -s 2>&1 | grep -E "passed|failed|error|Error|rank 0: plain|assert" | cut -c1-600 | tail -12
+timeout 120 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_custom_all_reduce_gpu.py \
+  --timeout=100 -s > $OUT/test_ar.log 2>&1; AR_RC=$?
+grep -E "passed|failed|error|Error|rank 0: plain|assert" $OUT/test_ar.log | cut -c1-900 | tail -12
+if [ $AR_RC != 0 ]; then tail -60 $OUT/test_ar.log | cut -c1-300; exit 1; fi
+timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_parallel_gpu.py \
+  tests/gpu/test_staging_gpu.py tests/gpu/test_engine_gpu.py --timeout=180 2>&1 \
+  | grep -E "passed|failed|error|Error|assert" | cut -c1-600 | tail -12
 CLI="python3 -m pagellm.entrypoints.cli.main"
 run() {
   local name=$1; shift
