@@ -34,6 +34,7 @@ Torch twins and oracles: ``pagellm.ops.quant.wna16_linear_torch`` and
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass
 
@@ -42,6 +43,8 @@ import triton
 import triton.language as tl
 
 from pagellm.ops.triton.gemm_launch import num_sms
+
+logger = logging.getLogger(__name__)
 
 GEMV_MAX_ROWS = 8
 """The GEMVs run for M <= 8 rows, the tile GEMMs above. Each weight value is dequantized
@@ -53,7 +56,7 @@ decode batches are 1, 2, 4, 8, ...: 8 is the last one here."""
 
 GEMV_CALLS: Counter = Counter()
 """Host-side dispatch record: ``"wna16"`` / ``"fp8"`` -> GEMV launches issued (a CUDA graph
-replay runs the captured launch without counting again)."""
+replay runs the captured launch without counting again). The first of each kind is logged."""
 
 MAGIC = 0x4B000000
 """float32 bits of 2**23: OR-ed with an integer q < 2**23 it reads as 2**23 + q."""
@@ -279,10 +282,15 @@ def _run_gemv(x: torch.Tensor, N: int, bias: torch.Tensor | None, config: GemvCo
     return out.reshape(*x.shape[:-1], N)
 
 
-def _check_rows(x: torch.Tensor) -> None:
+def _count_call(x: torch.Tensor, kind: str) -> None:
+    """ValueError for more than GEMV_MAX_ROWS rows; else one more GEMV_CALLS[kind]."""
     rows = x.numel() // max(x.shape[-1], 1)
     if rows > GEMV_MAX_ROWS:
         raise ValueError(f"the decode GEMV takes at most {GEMV_MAX_ROWS} rows, got {rows}")
+    GEMV_CALLS[kind] += 1
+    if GEMV_CALLS[kind] == 1:
+        logger.info("Weight-only GEMV (Triton) in use for %s linears at <= %d rows",
+                    kind, GEMV_MAX_ROWS)
 
 
 def wna16_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
@@ -293,7 +301,7 @@ def wna16_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
     (qweight int32 [K / pack, N], scales [G, N], qzeros int32 [G, N / pack] or None, g_idx
     int32 [K] or None) (+ bias [N]) -> [..., N] in x.dtype. ``config``: a launch shape other
     than ``wna16_gemv_config``'s (the benchmark's sweep). ValueError for too many rows."""
-    _check_rows(x)
+    _count_call(x, "wna16")
     K, N = x.shape[-1], qweight.shape[1]
     qweight, scales = qweight.contiguous(), scales.contiguous()
     qzeros = qzeros.contiguous() if qzeros is not None else None
@@ -305,7 +313,6 @@ def wna16_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
     else:
         group_mode = 0 if rows_per_group % config.block_k == 0 else 1
     k_per_split = config.k_per_split(K)
-    GEMV_CALLS["wna16"] += 1
 
     def launch(grid, x2, out, partial):
         _wna16_gemv_kernel[grid](
@@ -328,14 +335,13 @@ def fp8_gemv_triton(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.T
     """x [..., K] (at most GEMV_MAX_ROWS rows) @ (weight fp8 [N, K] * weight_scale float32
     [N] per row).T (+ bias [N]) -> [..., N] in x.dtype, weight-only (module docstring).
     ValueError for too many rows."""
-    _check_rows(x)
+    _count_call(x, "fp8")
     K, N = x.shape[-1], weight.shape[0]
     weight = weight.contiguous()
     weight_scale = weight_scale.reshape(-1).float().expand(N).contiguous()    # [N]
     M = x.numel() // max(K, 1)
     config = config or fp8_gemv_config(M, N, K, num_sms(x.device))
     k_per_split = config.k_per_split(K)
-    GEMV_CALLS["fp8"] += 1
 
     def launch(grid, x2, out, partial):
         _fp8_gemv_kernel[grid](
