@@ -121,7 +121,7 @@ def sweep(sms: int) -> None:
             "W4A16 GEMV": (wna16_gemv_config(1, N, K, 4, sms), [
                 GemvConfig(1, bn, words * 8, split, warps, stages)
                 for bn, words, split, warps, stages in itertools.product(
-                    (32, 64), (32, 64, 128), (1, 2), (4, 8), (3,))]),
+                    (32, 64), (16, 32, 64, 128), (1, 2), (4, 8), (3,))]),
             "fp8 GEMV": (fp8_gemv_config(1, N, K, sms), [
                 GemvConfig(1, bn, bk, split, warps, stages)
                 for bn, bk, split, warps, stages in itertools.product(
