@@ -9,6 +9,9 @@
 # The W4A16 models are the shipped config.json plus a quantization_config (load_format=dummy
 # fills qweight/qzeros/scales with random packed values of the checkpoint's shapes). Logs and
 # JSON go to $OUT; the last lines print decode tokens/s or throughput with ratios to bf16.
+# At batch 1 the quantized linears take the weight-only decode GEMVs
+# (pagellm/ops/triton/quant_gemv.py; the W1 lines show its "Weight-only GEMV" log line);
+# benchmarks/quant_gemv_bench.py times them per shape.
 source benchmarks/gpu_setup.sh
 set -o pipefail
 CLI="python3 -m pagellm.entrypoints.cli.main"
@@ -33,7 +36,7 @@ w1() {
     --num-iters-warmup 1 --num-iters 3 --max-model-len 2048 --dtype bfloat16 \
     --output-json $OUT/w1_$name.json "$@" > $OUT/w1_$name.log 2>&1
   echo "W1 $name rc=$? $(grep -E 'decode' $OUT/w1_$name.log | tail -1)"
-  grep -E "Loaded|KV cache:" $OUT/w1_$name.log | tail -2
+  grep -E "Loaded|KV cache:|Weight-only GEMV" $OUT/w1_$name.log | tail -3
 }
 w3() {
   local name=$1; shift

@@ -10,7 +10,8 @@ Three families (vLLM's names for the schemes):
   ``scales`` [G, N]; ``g_idx`` int32 [K] the group of every input row (None: row k is in
   group ``k // (K // G)``). Weight = (q - zero[g]) * scale[g].
 - **W8A8-FP8**: float8_e4m3fn weight [N, K] with float32 scales per output channel [N];
-  activations quantized per token (dynamic) or with one static scale.
+  activations quantized per token (dynamic) or with one static scale; at decode (a few
+  rows, CUDA) weight-only: unquantized activations times the dequantized weight.
 - **W8A8-INT8**: int8 weight [N, K] with float32 per-channel scales [N]; activations
   quantized per token to int8 (symmetric), int32 accumulation (``torch._int_mm``).
 """
@@ -117,6 +118,17 @@ def fp8_linear_torch(x_q: torch.Tensor, x_scale: torch.Tensor, weight: torch.Ten
     x = x_q.float() * x_scale                                     # [M, K]
     w = weight.float() * weight_scale.unsqueeze(-1)               # [N, K]
     out = (x @ w.t()).to(out_dtype)
+    return out + bias if bias is not None else out
+
+
+def fp8_weight_only_linear_torch(x: torch.Tensor, weight: torch.Tensor,
+                                 weight_scale: torch.Tensor,
+                                 bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Weight-only fp8 (the decode GEMV's twin, ``pagellm.ops.triton.quant_gemv``): x [M, K]
+    unquantized @ (weight fp8 [N, K] * weight_scale float32 [N] or [1]).T in float32
+    (+ bias) -> [M, N] in x.dtype."""
+    w = weight.float() * weight_scale.reshape(-1, 1).float()      # [N, K]
+    out = (x.float() @ w.t()).to(x.dtype)
     return out + bias if bias is not None else out
 
 

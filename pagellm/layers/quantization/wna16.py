@@ -5,8 +5,9 @@ they are written, sharded by the layers' loaders, then ``process_weights_after_l
 repacks them into the layout of ``pagellm.ops.quant`` (GPTQ's: ``qweight`` int32 [K / pack,
 N], ``qzeros`` int32 [G, N / pack] with real zero points, ``scales`` [G, N], optional
 ``g_idx`` [K]). The same bytes stay resident (int32 words, the checkpoint's zero points, the
-scales in the model dtype): nothing dense is kept. ``apply`` runs the Triton GEMM on CUDA
-(``pagellm.ops.triton.wna16_gemm``) and the dequantize-and-matmul twin elsewhere.
+scales in the model dtype): nothing dense is kept. ``apply`` runs on CUDA the Triton decode
+GEMV for a few rows (``pagellm.ops.triton.quant_gemv``) or the Triton GEMM
+(``pagellm.ops.triton.wna16_gemm``), and the dequantize-and-matmul twin elsewhere.
 
 Tensor parallelism: column-parallel layers shard N (qweight columns, scale columns, packed
 zero words); row-parallel layers shard K: the packed rows, ``g_idx`` and the groups of the
@@ -152,8 +153,13 @@ class WNA16LinearMethod(LinearMethodBase):
         replace_param(layer, "g_idx", None if g_idx is None else g_idx.to(torch.int32).contiguous())
 
     def apply(self, layer, x, bias=None):
-        """x [T, K] -> [T, N] in x.dtype."""
+        """x [T, K] -> [T, N] in x.dtype: on CUDA the decode GEMV for T <= GEMV_MAX_ROWS
+        (``pagellm.ops.triton.quant_gemv``), the tile GEMM above."""
         if use_triton_kernels(x):
+            from pagellm.ops.triton.quant_gemv import GEMV_MAX_ROWS, wna16_gemv_triton
+            if x.shape[0] <= GEMV_MAX_ROWS:
+                return wna16_gemv_triton(x, layer.qweight, layer.scales, layer.qzeros,
+                                         layer.g_idx, self.spec.bits, bias)
             from pagellm.ops.triton.wna16_gemm import wna16_gemm_triton
             return wna16_gemm_triton(x, layer.qweight, layer.scales, layer.qzeros, layer.g_idx,
                                      self.spec.bits, bias)

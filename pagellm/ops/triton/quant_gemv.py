@@ -1,0 +1,354 @@
+"""Weight-only decode GEMVs in Triton for a few rows: x [M, K] (bf16/fp16/fp32, M <= 8) times
+a W4A16/W8A16 or fp8 weight -> [M, N] in x.dtype, the weight read once at streaming speed.
+
+Why not the tile GEMMs at decode (benchmarks/RESULTS.md, "W9 weight part at W1"): at M = 1
+the ``tl.dot`` W4A16 kernel pads its rows to 16 and reaches ~0.75 TB/s of int4 bytes, and
+``torch._scaled_mm`` plus the per-token activation quantizer is slower than the bf16 GEMV.
+Here there is no ``tl.dot``: each program owns BLOCK_N output columns and one K slice,
+dequantizes its weight tile in registers and multiplies it by the activations broadcast,
+accumulating in float32.
+
+- W4A16 / W8A16 (internal GPTQ layout, ``pagellm.ops.quant``: ``qweight`` int32 [K / pack,
+  N], N contiguous): a [BLOCK_K / pack, BLOCK_N] tile of packed words is loaded (each thread
+  a 16-byte vector along N); value j of every word is ``(word >> j * bits) & mask``, turned
+  into a float by OR-ing the float32 exponent of 2**23 (``MAGIC``; the float then is
+  2**23 + q exactly) and subtracting 2**23 + zero, then scaled. The products are kept per
+  packed row ([BLOCK_M, BLOCK_K / pack, BLOCK_N]) and reduced over K once, at the end.
+  Group scales/zeros: one [BLOCK_N] vector per tile when the tile lies in one group, one
+  [BLOCK_K / pack, BLOCK_N] gather per tile when only the words do (groups are multiples of
+  the pack), one gather per value with an act-order ``g_idx``.
+- fp8 (float8_e4m3fn weight [N, K], K contiguous, float32 scale per output channel [N]):
+  a [BLOCK_N, BLOCK_K] tile converted to float32, reduced per row of x each iteration; the
+  channel scale multiplies the sums at the end. Weight-only: the activations are not
+  quantized (a static ``input_scale`` is not used; the result is the more exact product).
+
+Split-K (when there are too few column blocks to fill the SMs): every K slice writes its
+float32 partial sums into ``[split_k, M, N]`` and a small kernel adds them in slice order
+(deterministic), adds the bias and casts; with one slice the GEMV writes the output itself.
+Launch shapes depend only on (M, N, K) and the weight's constants (no autotuning), so the
+calls can be captured in CUDA graphs.
+
+Torch twins and oracles: ``pagellm.ops.quant.wna16_linear_torch`` and
+``pagellm.ops.quant.fp8_weight_only_linear_torch``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from pagellm.ops.triton.gemm_launch import num_sms
+
+logger = logging.getLogger(__name__)
+
+GEMV_MAX_ROWS = 8
+"""The GEMVs run for M <= 8 rows, the tile GEMMs above. Each weight value is dequantized
+once and used in M float32 FMAs on the CUDA cores: the H200's ~33 T FMA/s keep up with the
+int4 stream (8.5 T values/s at 4.25 TB/s) only to M ~ 2 and with fp8 to M ~ 6; at M = 8 the
+W4A16 GEMV is estimated near 40% of the byte stream (~1.7 TB/s), still above the ``tl.dot``
+kernel's 0.75 TB/s, while at M = 16 the padded 16-row tile stops wasting rows. CUDA-graph
+decode batches are 1, 2, 4, 8, ...: 8 is the last one here."""
+
+GEMV_CALLS: Counter = Counter()
+"""Host-side dispatch record: ``"wna16"`` / ``"fp8"`` -> GEMV launches issued (a CUDA graph
+replay runs the captured launch without counting again). The first of each kind is logged."""
+
+MAGIC = 0x4B000000
+"""float32 bits of 2**23: OR-ed with an integer q < 2**23 it reads as 2**23 + q."""
+
+SPLIT_FILL = 0.9
+"""No split-K when the column blocks alone give one program to at least 90% of the SMs (a
+split costs a second launch, ~2 µs inside a graph, as much as an o_proj's whole stream)."""
+
+SPLIT_PROGRAMS_PER_SM = 2
+"""Programs per SM aimed at when splitting K."""
+
+
+@dataclass(frozen=True, slots=True)
+class GemvConfig:
+    """One launch shape."""
+
+    block_m: int
+    """next_power_of_2(M): every row in one program."""
+    block_n: int
+    """Output columns per program."""
+    block_k: int
+    """Input rows (K) per iteration; a multiple of the pack for W4A16."""
+    split_k: int
+    """K slices (programs along grid axis 1); > 1: partial sums plus the reduce kernel."""
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def k_per_split(self, K: int) -> int:
+        """Input rows per slice (a multiple of block_k)."""
+        return triton.cdiv(triton.cdiv(K, self.block_k), self.split_k) * self.block_k
+
+
+def split_for(N: int, K: int, block_n: int, block_k: int, sms: int) -> int:
+    """K slices for a [K, N] weight: 1 when the column blocks fill the SMs (SPLIT_FILL),
+    else enough for SPLIT_PROGRAMS_PER_SM programs per SM, at most one tile per slice,
+    and no empty slice."""
+    column_blocks = triton.cdiv(N, block_n)
+    if column_blocks >= SPLIT_FILL * sms:
+        return 1
+    k_tiles = triton.cdiv(K, block_k)
+    split = min(k_tiles, triton.cdiv(SPLIT_PROGRAMS_PER_SM * sms, column_blocks))
+    return triton.cdiv(k_tiles, triton.cdiv(k_tiles, split))
+
+
+def wna16_gemv_config(M: int, N: int, K: int, bits: int, sms: int) -> GemvConfig:
+    """Launch shape of the W4A16/W8A16 GEMV. 32 columns of int32 words = one 128-byte line
+    per packed row (N = 4096: 128 programs for 132 SMs without a split); the K tile
+    shrinks as rows grow so the [M, BLOCK_K / pack, 32] float32 products stay at 32
+    registers a thread over 4 warps (64 words a tile at M <= 2: 8 KB in flight per load)."""
+    pack = 32 // bits
+    block_m = triton.next_power_of_2(max(M, 1))
+    words = 64 if block_m <= 2 else 128 // block_m
+    block_k = min(words * pack, max(triton.next_power_of_2(K), pack))
+    block_n = 32
+    return GemvConfig(block_m, block_n, block_k, split_for(N, K, block_n, block_k, sms))
+
+
+def fp8_gemv_config(M: int, N: int, K: int, sms: int) -> GemvConfig:
+    """Launch shape of the fp8 GEMV: a [16, 512] fp8 tile (one warp reads 512 contiguous
+    bytes of a weight row, 16 per thread; 8 KB a load), 16 columns per program (N = 4096:
+    256 programs, about two per SM)."""
+    block_m = triton.next_power_of_2(max(M, 1))
+    block_k = min(512, max(triton.next_power_of_2(K), 16))
+    block_n = 16
+    return GemvConfig(block_m, block_n, block_k, split_for(N, K, block_n, block_k, sms))
+
+
+@triton.jit
+def _wna16_gemv_kernel(x_ptr, qweight_ptr, scales_ptr, zeros_ptr, g_idx_ptr, bias_ptr, out_ptr,
+                       M, N, K, rows_per_group, k_per_split,
+                       stride_xm, stride_qk, stride_sg, stride_zg, stride_os, stride_om,
+                       BITS: tl.constexpr, HAS_ZEROS: tl.constexpr, GROUP_MODE: tl.constexpr,
+                       HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, MAGIC_BITS: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """GROUP_MODE 0: the tile in one group; 1: groups per packed row; 2: g_idx per value."""
+    PACK: tl.constexpr = 32 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    BLOCK_KP: tl.constexpr = BLOCK_K // PACK
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_kp = tl.arange(0, BLOCK_KP)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    zero_shift = (offs_n % PACK) * BITS                                   # [BN]
+    k_begin = pid_k * k_per_split
+    k_end = tl.minimum(k_begin + k_per_split, K)
+    acc = tl.zeros((BLOCK_M, BLOCK_KP, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_begin, k_end, BLOCK_K):
+        rows_kp = k0 // PACK + offs_kp                                    # [BKP] packed rows
+        mask_kp = rows_kp < k_end // PACK
+        tile_mask = mask_kp[:, None] & mask_n[None, :]
+        packed = tl.load(qweight_ptr + rows_kp[:, None].to(tl.int64) * stride_qk
+                         + offs_n[None, :], mask=tile_mask, other=0)      # [BKP, BN] int32
+        if GROUP_MODE == 0:
+            groups = tl.zeros((1,), tl.int32) + k0 // rows_per_group      # [1]
+        else:       # rows past the slice read group 0 (their x is 0)
+            groups = tl.where(mask_kp, rows_kp * PACK // rows_per_group, 0)   # [BKP]
+        if GROUP_MODE != 2:
+            scale, offset = _scale_and_offset(scales_ptr, zeros_ptr, groups, offs_n, mask_n,
+                                              zero_shift, stride_sg, stride_zg, BITS, MASK,
+                                              HAS_ZEROS, MAGIC_BITS)      # [1 | BKP, BN]
+        for j in tl.static_range(PACK):
+            offs_k = rows_kp * PACK + j                                   # [BKP] rows of value j
+            mask_k = offs_k < k_end
+            if GROUP_MODE == 2:
+                row_groups = tl.load(g_idx_ptr + offs_k, mask=mask_k, other=0)
+                scale, offset = _scale_and_offset(scales_ptr, zeros_ptr, row_groups, offs_n,
+                                                  mask_n, zero_shift, stride_sg, stride_zg,
+                                                  BITS, MASK, HAS_ZEROS, MAGIC_BITS)
+            q = ((packed >> (j * BITS)) & MASK) | MAGIC_BITS              # [BKP, BN] 2**23 + q
+            w = (q.to(tl.float32, bitcast=True) - offset) * scale         # [BKP, BN] exact q - z
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                        mask=mask_m[:, None] & mask_k[None, :], other=0.0)   # [BM, BKP]
+            acc += x.to(tl.float32)[:, :, None] * w[None, :, :]
+    _store_rows(tl.sum(acc, axis=1), bias_ptr, out_ptr, pid_k, offs_m, offs_n, mask_m, mask_n,
+                stride_os, stride_om, HAS_BIAS, PARTIAL)
+
+
+@triton.jit
+def _scale_and_offset(scales_ptr, zeros_ptr, groups, offs_n, mask_n, zero_shift, stride_sg,
+                      stride_zg, BITS: tl.constexpr, MASK: tl.constexpr, HAS_ZEROS: tl.constexpr,
+                      MAGIC_BITS: tl.constexpr):
+    """float32 (scale, 2**23 + zero) of ``groups`` [R] (valid group indices) x columns
+    ``offs_n`` [BN] -> [R, BN]."""
+    mask = (groups[:, None] >= 0) & mask_n[None, :]                       # [R, BN]
+    rows = groups[:, None].to(tl.int64)
+    scale = tl.load(scales_ptr + rows * stride_sg + offs_n[None, :], mask=mask, other=0.0)
+    if HAS_ZEROS:
+        word = tl.load(zeros_ptr + rows * stride_zg + offs_n[None, :] // (32 // BITS), mask=mask,
+                       other=0)
+        zero = ((word >> zero_shift[None, :]) & MASK) | MAGIC_BITS
+    else:
+        zero = tl.full(scale.shape, (1 << (BITS - 1)) | MAGIC_BITS, tl.int32)
+    return scale.to(tl.float32), zero.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _store_rows(rows, bias_ptr, out_ptr, pid_k, offs_m, offs_n, mask_m, mask_n, stride_os,
+                stride_om, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr):
+    """rows [BM, BN] float32 -> the float32 partial buffer of slice ``pid_k`` (PARTIAL), or
+    + bias -> out in its dtype."""
+    mask = mask_m[:, None] & mask_n[None, :]
+    ptrs = offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
+    if PARTIAL:
+        tl.store(out_ptr + pid_k.to(tl.int64) * stride_os + ptrs, rows, mask=mask)
+    else:
+        if HAS_BIAS:
+            rows += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + ptrs, rows.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _fp8_gemv_kernel(x_ptr, weight_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K, k_per_split,
+                     stride_xm, stride_wn, stride_os, stride_om,
+                     HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    k_begin = pid_k * k_per_split
+    k_end = tl.minimum(k_begin + k_per_split, K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_begin, k_end, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < k_end
+        w = tl.load(weight_ptr + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :],
+                    mask=mask_n[:, None] & mask_k[None, :], other=0.0).to(tl.float32)  # [BN, BK]
+        for m in tl.static_range(BLOCK_M):
+            row_m = tl.minimum(m, M - 1)        # rows past M repeat the last; not stored
+            x = tl.load(x_ptr + row_m * stride_xm + offs_k, mask=mask_k, other=0.0)   # [BK]
+            row = tl.sum(w * x.to(tl.float32)[None, :], axis=1)             # [BN]
+            acc += tl.where(offs_m[:, None] == m, row[None, :], 0.0)      # into row m
+    scale = tl.load(scale_ptr + offs_n, mask=mask_n, other=0.0)
+    _store_rows(acc * scale[None, :], bias_ptr, out_ptr, pid_k, offs_m, offs_n, mask_m, mask_n,
+                stride_os, stride_om, HAS_BIAS, PARTIAL)
+
+
+@triton.jit
+def _split_k_reduce_kernel(partial_ptr, bias_ptr, out_ptr, N, SPLIT_K, stride_ps, stride_pm,
+                           stride_om, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """out[m, n] = sum over slices s (in order) of partial[s, m, n] (+ bias[n])."""
+    m = tl.program_id(0).to(tl.int64)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for s in range(SPLIT_K):
+        acc += tl.load(partial_ptr + s * stride_ps + m * stride_pm + offs_n, mask=mask_n, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    tl.store(out_ptr + m * stride_om + offs_n, acc.to(out_ptr.dtype.element_ty), mask=mask_n)
+
+
+REDUCE_BLOCK_N = 1024
+
+
+def _run_gemv(x: torch.Tensor, N: int, bias: torch.Tensor | None, config: GemvConfig,
+              launch) -> torch.Tensor:
+    """x [..., K] -> [..., N] in x.dtype: ``launch(grid, x2, out, partial)`` runs a GEMV on
+    x2 [M, K] into out [M, N] (x.dtype, one slice) or into partial [split_k, M, N] float32,
+    which the reduce kernel then sums into out with the bias."""
+    x2 = x.reshape(-1, x.shape[-1])                                       # [M, K]
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    M = x2.shape[0]
+    out = torch.empty((M, N), device=x.device, dtype=x.dtype)              # [M, N]
+    if M == 0:
+        return out.reshape(*x.shape[:-1], N)
+    grid = (triton.cdiv(N, config.block_n), config.split_k)
+    if config.split_k == 1:
+        launch(grid, x2, out, False)
+    else:
+        partial = torch.empty((config.split_k, M, N), device=x.device, dtype=torch.float32)
+        launch(grid, x2, partial, True)
+        _split_k_reduce_kernel[(M, triton.cdiv(N, REDUCE_BLOCK_N))](
+            partial, bias if bias is not None else partial, out, N, config.split_k,
+            partial.stride(0), partial.stride(1), out.stride(0), HAS_BIAS=bias is not None,
+            BLOCK_N=REDUCE_BLOCK_N)
+    return out.reshape(*x.shape[:-1], N)
+
+
+def _count_call(x: torch.Tensor, kind: str) -> None:
+    """ValueError for more than GEMV_MAX_ROWS rows; else one more GEMV_CALLS[kind]."""
+    rows = x.numel() // max(x.shape[-1], 1)
+    if rows > GEMV_MAX_ROWS:
+        raise ValueError(f"the decode GEMV takes at most {GEMV_MAX_ROWS} rows, got {rows}")
+    GEMV_CALLS[kind] += 1
+    if GEMV_CALLS[kind] == 1:
+        logger.info("Weight-only GEMV (Triton) in use for %s linears at <= %d rows",
+                    kind, GEMV_MAX_ROWS)
+
+
+def wna16_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                      qzeros: torch.Tensor | None, g_idx: torch.Tensor | None, bits: int,
+                      bias: torch.Tensor | None = None,
+                      config: GemvConfig | None = None) -> torch.Tensor:
+    """x [..., K] (at most GEMV_MAX_ROWS rows) @ the weight [K, N] of the internal layout
+    (qweight int32 [K / pack, N], scales [G, N], qzeros int32 [G, N / pack] or None, g_idx
+    int32 [K] or None) (+ bias [N]) -> [..., N] in x.dtype. ``config``: a launch shape other
+    than ``wna16_gemv_config``'s (the benchmark's sweep). ValueError for too many rows."""
+    _count_call(x, "wna16")
+    K, N = x.shape[-1], qweight.shape[1]
+    qweight, scales = qweight.contiguous(), scales.contiguous()
+    qzeros = qzeros.contiguous() if qzeros is not None else None
+    rows_per_group = K // scales.shape[0]
+    M = x.numel() // max(K, 1)
+    config = config or wna16_gemv_config(M, N, K, bits, num_sms(x.device))
+    if g_idx is not None:
+        group_mode = 2
+    else:
+        group_mode = 0 if rows_per_group % config.block_k == 0 else 1
+    k_per_split = config.k_per_split(K)
+
+    def launch(grid, x2, out, partial):
+        _wna16_gemv_kernel[grid](
+            x2, qweight, scales, qzeros if qzeros is not None else qweight,
+            g_idx if g_idx is not None else qweight, bias if bias is not None else scales, out,
+            x2.shape[0], N, K, rows_per_group, k_per_split,
+            x2.stride(0), qweight.stride(0), scales.stride(0),
+            qzeros.stride(0) if qzeros is not None else 0, out.stride(0) if partial else 0,
+            out.stride(-2), BITS=bits, HAS_ZEROS=qzeros is not None, GROUP_MODE=group_mode,
+            HAS_BIAS=bias is not None, PARTIAL=partial, MAGIC_BITS=MAGIC,
+            BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+            num_warps=config.num_warps, num_stages=config.num_stages)
+
+    return _run_gemv(x, N, bias, config, launch)
+
+
+def fp8_gemv_triton(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                    bias: torch.Tensor | None = None,
+                    config: GemvConfig | None = None) -> torch.Tensor:
+    """x [..., K] (at most GEMV_MAX_ROWS rows) @ (weight fp8 [N, K] * weight_scale float32
+    [N] per row).T (+ bias [N]) -> [..., N] in x.dtype, weight-only (module docstring).
+    ValueError for too many rows."""
+    _count_call(x, "fp8")
+    K, N = x.shape[-1], weight.shape[0]
+    weight = weight.contiguous()
+    weight_scale = weight_scale.reshape(-1).float().expand(N).contiguous()    # [N]
+    M = x.numel() // max(K, 1)
+    config = config or fp8_gemv_config(M, N, K, num_sms(x.device))
+    k_per_split = config.k_per_split(K)
+
+    def launch(grid, x2, out, partial):
+        _fp8_gemv_kernel[grid](
+            x2, weight, weight_scale, bias if bias is not None else weight_scale, out,
+            x2.shape[0], N, K, k_per_split, x2.stride(0), weight.stride(0),
+            out.stride(0) if partial else 0, out.stride(-2), HAS_BIAS=bias is not None,
+            PARTIAL=partial, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+            BLOCK_K=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages)
+
+    return _run_gemv(x, N, bias, config, launch)
