@@ -92,27 +92,27 @@ class SymmMemAllReduce:
         self._init_triton_buffers(symm_mem)
 
     def _init_triton_buffers(self, symm_mem) -> None:
-        """The Triton kernel's own symmetric buffer: two halves of BUFFER_BYTES for the data
-        slots, then int32 [MAX_PROGRAMS, world] barrier flags; zeroed flags and epoch counters
-        on every rank before any call (collective)."""
+        """The Triton kernel's own symmetric buffer: data slots [2 (parity), world (source
+        rank), BUFFER_BYTES], then int32 [MAX_PROGRAMS, world] barrier flags; zeroed flags and
+        epoch counters on every rank before any call (collective)."""
         from pagellm.ops.triton.one_shot_all_reduce import MAX_PROGRAMS
 
         world = dist.get_world_size(self.device_group)
         sms = torch.cuda.get_device_properties(self.device).multi_processor_count
         if MAX_PROGRAMS > sms:
             raise RuntimeError(f"the one-shot kernel needs {MAX_PROGRAMS} SMs, the GPU has {sms}")
-        flag_bytes = MAX_PROGRAMS * world * 4
-        self.triton_buffer = symm_mem.empty(2 * BUFFER_BYTES + flag_bytes, dtype=torch.uint8,
+        data_bytes, flag_bytes = 2 * world * BUFFER_BYTES, MAX_PROGRAMS * world * 4
+        self.triton_buffer = symm_mem.empty(data_bytes + flag_bytes, dtype=torch.uint8,
                                             device=self.device)            # [bytes]
-        self.triton_buffer[2 * BUFFER_BYTES:].zero_()
+        self.triton_buffer[data_bytes:].zero_()
         handle = symm_mem.rendezvous(self.triton_buffer, self.group_name)
         bases = list(handle.buffer_ptrs)
         self.data_ptrs = torch.tensor(bases, dtype=torch.int64, device=self.device)  # [world]
-        self.flag_ptrs = torch.tensor([b + 2 * BUFFER_BYTES for b in bases], dtype=torch.int64,
+        self.flag_ptrs = torch.tensor([b + data_bytes for b in bases], dtype=torch.int64,
                                       device=self.device)                            # [world]
         self.counters = torch.zeros(MAX_PROGRAMS, dtype=torch.int32, device=self.device)
         self.rank = dist.get_rank(self.device_group)
-        self.half_numel = BUFFER_BYTES // self.dtype.itemsize
+        self.slot_numel = BUFFER_BYTES // self.dtype.itemsize
         torch.cuda.synchronize(self.device)
         dist.barrier(group=self.cpu_group)
 
@@ -147,7 +147,7 @@ class SymmMemAllReduce:
         self.num_calls += 1
         rows = tensor.reshape(-1, PLAIN_ROW)                  # [numel / PLAIN_ROW, PLAIN_ROW]
         out = one_shot_all_reduce(rows, self.data_ptrs, self.flag_ptrs, self.counters,
-                                  self.half_numel, self.rank)
+                                  self.slot_numel, self.rank)
         return out.view(tensor.shape)
 
     def should_fuse(self, x: torch.Tensor) -> bool:
@@ -167,7 +167,7 @@ class SymmMemAllReduce:
         if x.stride(-1) != 1:
             x = x.contiguous()
         return one_shot_all_reduce(x, self.data_ptrs, self.flag_ptrs, self.counters,
-                                   self.half_numel, self.rank, residual, weight, eps)
+                                   self.slot_numel, self.rank, residual, weight, eps)
 
     def measure(self) -> int:
         """At each of MEASURE_SIZES inside CUDA graphs, time NCCL, torch's and pagellm's

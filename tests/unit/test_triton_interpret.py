@@ -105,44 +105,46 @@ def _check_wna16_gemm() -> None:
 
 def _check_one_shot_all_reduce() -> None:
     """The one-shot all-reduce kernel as rank 1 of 2 and of 3 in one process: the peers'
-    slots are written and their barrier flags raised by the test (what the peers' kernels do),
-    the other half of every slot holds garbage, so a wrong parity, rank index, row-to-program
-    mapping or flag slot gives a wrong sum. Plain and fused with add + RMSNorm; more rows than
-    programs; three calls per case (both parities, then the first again)."""
+    pushes into this rank's buffer are written and their barrier flags raised by the test (what
+    the peers' kernels do), every slot starts as garbage, so a wrong parity, source slot, rank
+    index, row-to-program mapping or flag slot gives a wrong sum; the kernel's own pushes into
+    the peers' buffers are checked. Plain and fused with add + RMSNorm; more rows than
+    programs; six calls per case (both parities, three times)."""
     import torch
 
     from pagellm.ops.norm import fused_add_rms_norm
     from pagellm.ops.triton.one_shot_all_reduce import MAX_PROGRAMS, one_shot_all_reduce
 
     gen = torch.Generator().manual_seed(0)
-    half, rank = 8192, 1
+    slot, rank = 4096, 1
     for world, rows, hidden in ((2, 3, 40), (3, MAX_PROGRAMS + 6, 24)):
-        buffers = [torch.randn(2 * half, generator=gen) for _ in range(world)]   # garbage
+        buffers = [torch.randn(2, world, slot, generator=gen) for _ in range(world)]  # garbage
         flags = [torch.zeros(MAX_PROGRAMS, world, dtype=torch.int32) for _ in range(world)]
         counters = torch.zeros(MAX_PROGRAMS, dtype=torch.int32)
         data_ptrs = torch.tensor([b.data_ptr() for b in buffers], dtype=torch.int64)
         flag_ptrs = torch.tensor([f.data_ptr() for f in flags], dtype=torch.int64)
         residual = torch.randn(rows, hidden, generator=gen)
         weight = torch.randn(hidden, generator=gen)
-        programs = min(rows, MAX_PROGRAMS)
+        programs, used = min(rows, MAX_PROGRAMS), rows * hidden
         for epoch in range(1, 7):
             xs = [torch.randn(rows, hidden, generator=gen) for _ in range(world)]
-            start = (epoch % 2) * half
             for peer in range(world):
                 if peer != rank:
-                    buffers[peer][start:start + rows * hidden] = xs[peer].reshape(-1)
+                    buffers[rank][epoch % 2, peer, :used] = xs[peer].reshape(-1)
                     flags[rank][:programs, peer] = epoch
             total = xs[0] + xs[1] + (xs[2] if world == 3 else 0)
             if epoch % 3:
-                got = one_shot_all_reduce(xs[rank], data_ptrs, flag_ptrs, counters, half, rank,
+                got = one_shot_all_reduce(xs[rank], data_ptrs, flag_ptrs, counters, slot, rank,
                                           residual, weight, 1e-6)
                 want = fused_add_rms_norm(total, residual, weight, 1e-6)
                 assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, want)), epoch
             else:
-                got = one_shot_all_reduce(xs[rank], data_ptrs, flag_ptrs, counters, half, rank)
+                got = one_shot_all_reduce(xs[rank], data_ptrs, flag_ptrs, counters, slot, rank)
                 assert torch.allclose(got, total, atol=1e-5), epoch
             assert counters[:programs].tolist() == [epoch] * programs
-            for peer in range(world):     # this rank raised its flag on every peer
+            for peer in range(world):     # pushed its rows and raised its flag on every peer
+                pushed = buffers[peer][epoch % 2, rank, :used]
+                assert torch.equal(pushed, xs[rank].reshape(-1)), (epoch, peer)
                 assert (flags[peer][:programs, rank] == epoch).all() == (peer != rank), peer
 
 

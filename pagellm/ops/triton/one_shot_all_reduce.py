@@ -1,25 +1,31 @@
 """A one-shot all-reduce over peer GPU memory, optionally fused with the residual add and
 RMSNorm that follow every row-parallel linear of a decoder layer, in one Triton kernel.
 
-Scheme (vLLM's custom all-reduce "1-stage", arXiv 2211.05102's one-shot): every rank copies
-its partial sums into its own slot of a buffer that every peer can address (symmetric memory,
-``torch.distributed._symmetric_memory``), passes one barrier with each peer, then reads all
-ranks' slots, adds them in rank order (so every rank computes bit-identical sums) and, fused,
-adds the residual and normalises the row. One launch and one NVLink read per peer replace an
-all-reduce launch (torch's one-shot kernel: a multi-block barrier, a copy and a reduce), the
-staging copy before it and the RMSNorm launch after it.
+Scheme (the "one-shot" all-reduce of arXiv 2211.05102 and vLLM's custom all-reduce, in its
+push form as TensorRT-LLM's one-shot kernels do it): every rank writes its partial sums into
+its own slot of *every* rank's buffer (symmetric memory, ``torch.distributed.
+_symmetric_memory``: peers' buffers are addressable over NVLink), passes one barrier with each
+peer, then reads the world's slots from its own buffer — local reads, so the NVLink round trip
+of a pull is saved — adds them in rank order (so every rank computes bit-identical sums) and,
+fused, adds the residual and normalises the row. One launch replaces an all-reduce launch
+(torch's one-shot kernel: a multi-block barrier, a staging copy and a pull), and the RMSNorm
+launch after it.
 
 Barrier: program ``p`` of each rank pairs with program ``p`` of every peer. Each program keeps
 an epoch counter in device memory (``counters[p]``, +1 per call, so CUDA-graph replays need no
 host state), writes its epoch into ``flags[p, rank]`` of every peer with a system-scope
-release store and spins with system-scope acquire loads until ``flags[p, peer]`` on its own
-rank reaches the epoch (a peer can be at most one epoch ahead). Row ``r`` is always handled by
-program ``r % num_programs`` with ``num_programs = min(rows, MAX_PROGRAMS)``, so a row's slot
-is written by the same program every call; the slot alternates between two halves of the
-buffer by the epoch's parity, which makes an end barrier unnecessary: by the time a program
-writes the half it used two calls ago it has passed the barrier of the call in between, so
-every peer finished reading it (the peer's next kernel had started). All programs of a grid
-must be resident at once (``MAX_PROGRAMS`` <= the SM count), as in vLLM.
+release store (after its data stores, which the release orders before the flag) and spins with
+system-scope acquire loads until ``flags[p, peer]`` on its own rank reaches the epoch (a peer
+can be at most one epoch ahead). Row ``r`` is always handled by program ``r % num_programs``
+with ``num_programs = min(rows, MAX_PROGRAMS)``, so a row's slots are written by the same
+program every call; the slots alternate between two halves of the buffer by the epoch's parity,
+which makes an end barrier unnecessary: a peer writes the half this rank read two calls ago only
+after passing the barrier of the call in between with this rank, whose kernel of two calls ago
+had therefore finished. All programs of a grid must be resident at once (``MAX_PROGRAMS`` <= the
+SM count), as in vLLM.
+
+Buffer layout per rank, in elements of the data's dtype: ``[2 (parity), world (source rank),
+slot_numel]``; a call needs rows * hidden <= slot_numel.
 
 Torch twin: ``all_reduce`` (NCCL) followed by ``pagellm.ops.triton.norm.fused_add_rms_norm_triton``
 — the fused kernel rounds exactly like them (the sum to the input dtype, the residual add in
@@ -41,23 +47,24 @@ MAX_PROGRAMS = 64
 def _one_shot_all_reduce_kernel(
         out_ptr, residual_out_ptr, x_ptr, residual_ptr, weight_ptr,
         data_ptrs, flag_ptrs, counters,
-        num_rows, hidden, eps, half_numel, rank,
+        num_rows, hidden, eps, slot_numel, rank,
         stride_x_row, stride_residual_row, stride_out_row, stride_residual_out_row,
         WORLD: tl.constexpr, NORM: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     num_programs = tl.num_programs(0)
     epoch = tl.load(counters + pid) + 1
     tl.store(counters + pid, epoch)
-    parity_offset = (epoch % 2).to(tl.int64) * half_numel
+    half = (epoch % 2).to(tl.int64) * WORLD * slot_numel
     elem_ty = x_ptr.dtype.element_ty
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden
 
-    own = tl.load(data_ptrs + rank).to(tl.pointer_type(elem_ty)) + parity_offset
-    for row in range(pid, num_rows, num_programs):
+    for row in range(pid, num_rows, num_programs):          # push into every rank's slot
         row64 = tl.cast(row, tl.int64)
         x = tl.load(x_ptr + row64 * stride_x_row + cols, mask=mask, other=0.0)
-        tl.store(own + row64 * hidden + cols, x, mask=mask)
+        for dest in tl.static_range(WORLD):
+            base = tl.load(data_ptrs + dest).to(tl.pointer_type(elem_ty))
+            tl.store(base + half + rank * slot_numel + row64 * hidden + cols, x, mask=mask)
     tl.debug_barrier()              # the whole program's stores precede the release below
 
     for peer in tl.static_range(WORLD):
@@ -73,13 +80,13 @@ def _one_shot_all_reduce_kernel(
                                      scope="sys")
     tl.debug_barrier()              # every thread reads after the acquires
 
+    own = tl.load(data_ptrs + rank).to(tl.pointer_type(elem_ty)) + half
     for row in range(pid, num_rows, num_programs):
         row64 = tl.cast(row, tl.int64)
         acc = tl.zeros([BLOCK], dtype=tl.float32)
         for source in tl.static_range(WORLD):       # rank order: the same sum on every rank
-            data = tl.load(data_ptrs + source).to(tl.pointer_type(elem_ty)) + parity_offset
-            acc += tl.load(data + row64 * hidden + cols, mask=mask, other=0.0,
-                           volatile=True).to(tl.float32)
+            acc += tl.load(own + source * slot_numel + row64 * hidden + cols, mask=mask,
+                           other=0.0, volatile=True).to(tl.float32)
         total = acc.to(elem_ty)
         if NORM:
             residual = tl.load(residual_ptr + row64 * stride_residual_row + cols, mask=mask,
@@ -97,25 +104,25 @@ def _one_shot_all_reduce_kernel(
 
 
 def one_shot_all_reduce(x: torch.Tensor, data_ptrs: torch.Tensor, flag_ptrs: torch.Tensor,
-                        counters: torch.Tensor, half_numel: int, rank: int,
+                        counters: torch.Tensor, slot_numel: int, rank: int,
                         residual: torch.Tensor | None = None, weight: torch.Tensor | None = None,
                         eps: float = 0.0):
     """Sum ``x`` over the ranks whose buffers ``data_ptrs`` lists; with ``residual`` and
     ``weight`` also add the residual and RMS-normalise.
 
     x: [rows, hidden] (unit stride on the last dim), this rank's partial sums. data_ptrs,
-    flag_ptrs: int64 [world] device tensors, every rank's symmetric data buffer (two halves of
-    ``half_numel`` elements of x's dtype) and flag area (int32 [MAX_PROGRAMS, world], zeroed
-    before the first call), in rank order. counters: int32 [MAX_PROGRAMS], this rank's epochs
-    (zeroed with the flags). Needs rows * hidden <= half_numel. Collective: every rank must
-    make the same sequence of calls with the same shapes.
+    flag_ptrs: int64 [world] device tensors, every rank's symmetric data buffer ([2, world,
+    slot_numel] elements of x's dtype, module doc) and flag area (int32 [MAX_PROGRAMS, world],
+    zeroed before the first call), in rank order. counters: int32 [MAX_PROGRAMS], this rank's
+    epochs (zeroed with the flags). Needs rows * hidden <= slot_numel (ValueError). Collective:
+    every rank must make the same sequence of calls with the same shapes.
 
     Returns the sum [rows, hidden] (new tensor), or with ``residual`` (same shape and dtype as
     x) the pair ``(rms_norm(sum + residual) * weight, sum + residual)``.
     """
     rows, hidden = x.shape
-    if rows * hidden > half_numel:
-        raise ValueError(f"{rows} x {hidden} elements exceed the one-shot buffer's {half_numel}")
+    if rows * hidden > slot_numel:
+        raise ValueError(f"{rows} x {hidden} elements exceed the one-shot slot's {slot_numel}")
     norm = residual is not None
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     residual_out = torch.empty_like(x, memory_format=torch.contiguous_format) if norm else out
@@ -124,7 +131,7 @@ def one_shot_all_reduce(x: torch.Tensor, data_ptrs: torch.Tensor, flag_ptrs: tor
     if rows:
         _one_shot_all_reduce_kernel[(min(rows, MAX_PROGRAMS),)](
             out, residual_out, x, residual, weight if norm else x, data_ptrs, flag_ptrs,
-            counters, rows, hidden, eps, half_numel, rank, x.stride(0), residual.stride(0),
+            counters, rows, hidden, eps, slot_numel, rank, x.stride(0), residual.stride(0),
             out.stride(0), residual_out.stride(0), WORLD=data_ptrs.shape[0], NORM=norm,
             BLOCK=block, num_warps=4 if block <= 1024 else 8 if block <= 4096 else 16)
     return (out, residual_out) if norm else out

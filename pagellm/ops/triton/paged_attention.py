@@ -138,7 +138,7 @@ def _paged_attention_kernel(
 @triton.jit
 def _split_decode_kernel(
         partial_acc_ptr, partial_max_ptr, partial_sum_ptr, q_ptr, cache_ptr,
-        block_tables_ptr, query_start_loc_ptr, seq_lens_ptr, qk_scale, segment_len,
+        block_tables_ptr, query_start_loc_ptr, seq_lens_ptr, qk_scale,
         stride_q_token, stride_q_head, stride_q_dim,
         stride_cache_kv, stride_cache_block, stride_cache_slot, stride_cache_head, stride_cache_dim,
         stride_block_table, num_heads, num_segments,
@@ -151,6 +151,7 @@ def _split_decode_kernel(
     kv_head = tl.program_id(1)
     segment = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + req)
+    segment_len = _segment_len(seq_len, num_segments, TILE_N)
     key_start = segment * segment_len
     if key_start >= seq_len:
         return      # the reduce kernel reads only segments that hold context
@@ -182,17 +183,26 @@ def _split_decode_kernel(
 
 
 @triton.jit
+def _segment_len(seq_len, num_segments, TILE_N: tl.constexpr):
+    """Keys per segment of one request: its own context spread over the launch's segments in
+    whole tiles — sized by the request's length on the device, not by the host's bound (a
+    CUDA graph captured at max_model_len's split count still splits a short context)."""
+    return tl.cdiv(tl.cdiv(seq_len, num_segments), TILE_N) * TILE_N
+
+
+@triton.jit
 def _split_decode_reduce_kernel(
         out_ptr, partial_acc_ptr, partial_max_ptr, partial_sum_ptr, query_start_loc_ptr,
-        seq_lens_ptr, v_scale, segment_len, num_segments,
+        seq_lens_ptr, v_scale, num_segments,
         stride_out_token, stride_out_head, stride_out_dim,
-        HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, SEGMENTS_PAD: tl.constexpr):
+        HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, SEGMENTS_PAD: tl.constexpr,
+        TILE_N: tl.constexpr):
     """One (request, query head): merge the partials of the segments that hold context."""
     req = tl.program_id(0)
     head = tl.program_id(1)
     num_heads = tl.num_programs(1)
     seq_len = tl.load(seq_lens_ptr + req)
-    num_used = tl.cdiv(seq_len, segment_len)
+    num_used = tl.cdiv(seq_len, _segment_len(seq_len, num_segments, TILE_N))
     segments = tl.arange(0, SEGMENTS_PAD)
     used = segments < num_used
     stat_offset = (req.to(tl.int64) * num_heads + head) * num_segments + segments  # [S]
@@ -303,11 +313,12 @@ def _split_decode(out: torch.Tensor, query: torch.Tensor, kv_cache: torch.Tensor
                   block_tables: torch.Tensor, query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
                   qk_scale: float, v_scale: float, max_seq_len: int, num_kv_splits: int,
                   config: dict) -> None:
-    """Flash-decoding: segments of ``segment_len`` keys per program, then a merge. Writes ``out``."""
+    """Flash-decoding: each request's context split into up to ``num_kv_splits`` segments of
+    whole key tiles (``_segment_len``), one program each, then a merge. Writes ``out``."""
     num_reqs, num_heads = seq_lens.shape[0], query.shape[1]
     tile_n, head_dim_pad = config["TILE_N"], config["HEAD_DIM_PAD"]
     segment_len = triton.cdiv(triton.cdiv(max_seq_len, num_kv_splits), tile_n) * tile_n
-    num_segments = triton.cdiv(max_seq_len, segment_len)
+    num_segments = triton.cdiv(max_seq_len, segment_len)   # the longest context's segments
     partial_acc = torch.empty(num_reqs, num_heads, num_segments, head_dim_pad,
                               dtype=torch.float32, device=query.device)
     # [2, num_reqs, num_heads, num_segments]: running max, running sum
@@ -316,10 +327,10 @@ def _split_decode(out: torch.Tensor, query: torch.Tensor, kv_cache: torch.Tensor
     decode_config = {key: value for key, value in config.items() if key not in ("BLOCK_Q", "BLOCK_M")}
     _split_decode_kernel[(num_reqs, kv_cache.shape[3], num_segments)](
         partial_acc, partial_max, partial_sum, query, kv_cache, block_tables,
-        query_start_loc, seq_lens, qk_scale, segment_len, *query.stride(),
+        query_start_loc, seq_lens, qk_scale, *query.stride(),
         *kv_cache.stride(), block_tables.stride(0), num_heads, num_segments,
         **decode_config, BLOCK_M=max(16, config["GROUP_PAD"]))
     _split_decode_reduce_kernel[(num_reqs, num_heads)](
-        out, partial_acc, partial_max, partial_sum, query_start_loc, seq_lens, v_scale, segment_len,
+        out, partial_acc, partial_max, partial_sum, query_start_loc, seq_lens, v_scale,
         num_segments, *out.stride(), HEAD_DIM=config["HEAD_DIM"], HEAD_DIM_PAD=head_dim_pad,
-        SEGMENTS_PAD=triton.next_power_of_2(num_segments), num_warps=4)
+        SEGMENTS_PAD=triton.next_power_of_2(num_segments), TILE_N=tile_n, num_warps=4)
