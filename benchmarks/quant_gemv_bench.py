@@ -4,15 +4,18 @@ W4A16 ``tl.dot`` GEMM (``wna16_gemm``), the W4A16 decode GEMV (``quant_gemv``), 
 weight bytes read per µs (TB/s). Prints a markdown table.
 
     PYTHONPATH=. python benchmarks/quant_gemv_bench.py               # the table (~1 min)
-    PYTHONPATH=. python benchmarks/quant_gemv_bench.py --sweep       # + GEMV launch sweep (~4 min)
+    PYTHONPATH=. python benchmarks/quant_gemv_bench.py --sweep       # + launch sweep (~2.5 min)
+    PYTHONPATH=. python benchmarks/quant_gemv_bench.py --sweep --kernels wna16 --no-table
 
 Timing: ``triton.testing.do_bench_cudagraph`` (launch overhead does not count, as in the
 engine's decode graphs) of a graph that calls the op once on each of several copies of the
 weight, at least 256 MB in all, so no weight is served from the 50 MB L2 (in a decode step
 every layer has its own weights); the reported µs are per call. W4A16: 4-bit, group 128,
-asymmetric (GPTQ layout with zero points). ``--sweep`` times a grid of ``GemvConfig``s per
-shape at M = 1 and prints the best next to the default, to set ``wna16_gemv_config`` /
-``fp8_gemv_config``.
+asymmetric (GPTQ layout with zero points). ``--sweep`` times a small grid of ``GemvConfig``s
+(column block, K tile, warps, pipeline stages, split-K target in programs per SM) per shape
+at M = 1 and 2, prints the best next to the default (the rules of ``wna16_gemv_config`` /
+``fp8_gemv_config``), then the best ones as a ``TUNED_CONFIGS`` literal to paste into
+``pagellm/ops/triton/quant_gemv.py``. ``--kernels fp8,wna16`` limits the sweep's kernels.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pagellm.ops.quant import fp8_linear, pack_int32
 from pagellm.ops.triton.fp8_quant import quantize_fp8_per_token_triton
 from pagellm.ops.triton.gemm_launch import num_sms
 from pagellm.ops.triton.quant_gemv import (GemvConfig, fp8_gemv_config, fp8_gemv_triton,
-                                           wna16_gemv_config, wna16_gemv_triton)
+                                           split_for, wna16_gemv_config, wna16_gemv_triton)
 from pagellm.ops.triton.wna16_gemm import wna16_gemm_triton
 
 SHAPES = {"qkv": (4096, 6144), "o": (4096, 4096), "gate_up": (4096, 28672),
@@ -40,14 +43,14 @@ BYTES_PER_GRAPH = 256 * 2**20
 """Weight bytes one timed graph reads (copies of the weight), > 4x the H200's L2."""
 
 
-def timed_us(calls: list) -> float:
+def timed_us(calls: list, rep_ms: int = 20) -> float:
     """µs per call of a CUDA graph running every callable in ``calls`` once."""
     def run():
         for call in calls:
             call()
     run()                                            # compile outside the capture
     torch.cuda.synchronize()
-    return do_bench_cudagraph(run, rep=20) * 1e3 / len(calls)
+    return do_bench_cudagraph(run, rep=rep_ms) * 1e3 / len(calls)
 
 
 def copies_for(nbytes: int) -> int:
@@ -110,46 +113,90 @@ def print_table() -> None:
         print(f"| {name} {K} x {N} | {M} | " + " | ".join(cells) + " |", flush=True)
 
 
-def sweep(sms: int) -> None:
-    """Best GemvConfig per shape at M = 1 (each config compiles once, across shapes)."""
-    print("\n| shape | kernel | default µs | best µs | best config |\n|---|---|---|---|---|")
+SWEEP_ROWS = [1, 2]
+SWEEP_REP_MS = 10
+WNA16_VARIANTS = [(64, 128, 4, 3), (128, 128, 4, 3), (128, 128, 8, 4), (32, 128, 4, 3),
+                  (128, 256, 8, 3)]
+"""W4A16 (block_n, block_k, num_warps, num_stages): each compiles once per row count and
+split/no split, reused across shapes (compiles dominate the sweep's time)."""
+FP8_VARIANTS = [(16, 512, 4, 3), (8, 512, 4, 3), (32, 256, 4, 3), (16, 1024, 8, 3),
+                (32, 512, 8, 4)]
+"""fp8 (block_n, block_k, num_warps, num_stages)."""
+SPLIT_TARGETS = [None, 4, 8]
+"""Programs per SM the split-K aims at (None: no split), crossed with every variant; the
+default variant also gets 16."""
+
+
+def sweep_configs(kernel: str, M: int, K: int, N: int, sms: int) -> list[GemvConfig]:
+    """The grid of one (kernel, shape, M): len(variants) x len(SPLIT_TARGETS) + 1 configs."""
+    variants = WNA16_VARIANTS if kernel == "wna16" else FP8_VARIANTS
+    configs = []
+    for index, (bn, bk, warps, stages) in enumerate(variants):
+        for target in SPLIT_TARGETS + ([16] if index == 0 else []):
+            split = 1 if target is None else split_for(N, K, bn, bk, sms, target)
+            configs.append(GemvConfig(M, bn, bk, split, warps, stages))
+    return list(dict.fromkeys(configs))                 # targets giving the same split once
+
+
+def sweep(sms: int, kernels: list[str]) -> None:
+    """Best GemvConfig per (kernel, shape, M) next to the default; then the literal."""
+    print("\n| shape | M | kernel | default µs (TB/s) | best µs (TB/s) | best config |\n"
+          "|---|---|---|---|---|---|")
+    best_configs = {}
     for name, (K, N) in SHAPES.items():
-        x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
-        int4 = wna16_weights(K, N, copies_for(wna16_bytes(K, N)))
-        fp8 = fp8_weights(K, N, copies_for(K * N))
-        grids = {
-            "W4A16 GEMV": (wna16_gemv_config(1, N, K, 4, sms), [
-                GemvConfig(1, bn, words * 8, split, warps, stages)
-                for bn, words, split, warps, stages in itertools.product(
-                    (32, 64), (16, 32, 64, 128), (1, 2), (4, 8), (3,))]),
-            "fp8 GEMV": (fp8_gemv_config(1, N, K, sms), [
-                GemvConfig(1, bn, bk, split, warps, stages)
-                for bn, bk, split, warps, stages in itertools.product(
-                    (8, 16, 32), (256, 512, 1024), (1, 2), (4, 8), (3,))])}
-        for kernel, (default, configs) in grids.items():
+        weights = {}
+        if "wna16" in kernels:
+            weights["wna16"] = (wna16_weights(K, N, copies_for(wna16_bytes(K, N))),
+                                wna16_bytes(K, N))
+        if "fp8" in kernels:
+            weights["fp8"] = (fp8_weights(K, N, copies_for(K * N)), K * N + 4 * N)
+        for M, kernel in itertools.product(SWEEP_ROWS, kernels):
+            x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+            copies, nbytes = weights[kernel]
+
             def time_config(cfg):
-                if kernel == "fp8 GEMV":
-                    return timed_us([lambda w=w: fp8_gemv_triton(x, w[0], w[1], config=cfg)
-                                     for w in fp8])
-                return timed_us([lambda w=w: wna16_gemv_triton(x, w[0], w[1], w[2], None, 4,
-                                                               config=cfg) for w in int4])
-            times = {cfg: time_config(cfg) for cfg in configs}
+                if kernel == "fp8":
+                    calls = [lambda w=w: fp8_gemv_triton(x, w[0], w[1], config=cfg)
+                             for w in copies]
+                else:
+                    calls = [lambda w=w: wna16_gemv_triton(x, w[0], w[1], w[2], None, 4,
+                                                           config=cfg) for w in copies]
+                return timed_us(calls, SWEEP_REP_MS)
+
+            default = (fp8_gemv_config(M, N, K, sms) if kernel == "fp8"
+                       else wna16_gemv_config(M, N, K, 4, sms, GROUP))
+            times = {cfg: time_config(cfg) for cfg in sweep_configs(kernel, M, K, N, sms)}
+            if default not in times:
+                times[default] = time_config(default)
             best = min(times, key=times.get)
-            print(f"| {name} | {kernel} | {time_config(default):.1f} | {times[best]:.1f} | "
+            best_configs[(kernel, M, K, N, sms)] = best
+            cell = lambda us: f"{us:.1f} ({nbytes / us / 1e6:.2f})"  # noqa: E731
+            print(f"| {name} | {M} | {kernel} | {cell(times[default])} | {cell(times[best])} | "
                   f"{best} |", flush=True)
-        del int4, fp8
+        del weights
+    print("\nTUNED_CONFIGS = {")
+    for key, config in best_configs.items():
+        print(f"    {key!r}: {config!r},")
+    print("}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", action="store_true", help="also sweep GEMV launch configs")
+    parser.add_argument("--kernels", default="fp8,wna16",
+                        help="comma-separated GEMVs to sweep: fp8, wna16")
+    parser.add_argument("--no-table", action="store_true", help="skip the default table")
     args = parser.parse_args()
+    kernels = [k for k in args.kernels.split(",") if k]
+    if not kernels or set(kernels) - {"fp8", "wna16"}:
+        parser.error(f"--kernels takes fp8 and/or wna16, got {args.kernels!r}")
     torch.manual_seed(0)
     sms = num_sms(torch.device("cuda"))
     print(f"{torch.cuda.get_device_name()}, {sms} SMs\n")
-    print_table()
+    if not args.no_table:
+        print_table()
     if args.sweep:
-        sweep(sms)
+        sweep(sms, kernels)
 
 
 if __name__ == "__main__":

@@ -50,14 +50,20 @@ def test_fp8_gemv_per_tensor_fp16_odd_shape(M):
 
 @pytest.mark.parametrize("M", [1, 7])
 def test_forced_split_k_and_odd_shapes(M):
-    """The partial-sum buffer and the reduce kernel at real sizes (the H200 never splits
-    these shapes by itself), and N not a multiple of the column block."""
-    split = GemvConfig(block_m=8, block_n=32, block_k=64, split_k=7)
+    """The partial-sum buffer and the reduce kernel at launch shapes the rules do not pick
+    (7 slices of 64-row W4A16 tiles, 2 rows a program; fp8 with every row in one program),
+    and N not a multiple of the column block."""
+    split = GemvConfig(block_m=2, block_n=32, block_k=64, split_k=7)
     assert check_wna16_gemv(M, 4096, 1000, 4, 32, True, False, True, **BF16,
                             config=split) < TOLERANCE
     assert check_wna16_gemv(M, 1152, 72, 4, 36, False, False, False, **BF16) < TOLERANCE
     assert check_fp8_gemv(M, 4096, 1000, True, True, **BF16,
                           config=GemvConfig(8, 16, 512, 5)) < TOLERANCE
+    # the sweep's other corners: 256-row tiles over 128-row groups (a scale gather per
+    # packed row), 128 columns and 8 warps, no split
+    wide = GemvConfig(block_m=min(M, 2), block_n=128, block_k=256, split_k=1, num_warps=8)
+    assert check_wna16_gemv(M, 4096, 4096, 4, 32, True, False, False, **BF16,
+                            config=wide) < TOLERANCE
 
 
 def test_gemv_replays_in_a_cuda_graph():
@@ -87,9 +93,11 @@ def test_gemv_replays_in_a_cuda_graph():
 
 @pytest.mark.parametrize("quantization, kind", [("gptq", "wna16"), ("fp8", "fp8")])
 def test_engine_decode_replays_captured_gemvs(tmp_path, quantization, kind):
-    """A tiny dummy-quantized Llama with CUDA graphs: capturing sizes 1..8 dispatches the
-    GEMV for every linear (2 warm-ups + the capture per size); the decode steps replay the
-    size-1 graph without dispatching again; tokens equal the eager engine's."""
+    """A tiny dummy-quantized Llama with CUDA graphs: capturing the sizes up to the kind's
+    GEMV row limit (FP8_GEMV_MAX_ROWS / WNA16_GEMV_MAX_ROWS) dispatches the GEMV for every
+    linear (2 warm-ups + the capture per size); the decode steps replay the size-1 graph
+    without dispatching again; tokens equal the eager engine's."""
+    from pagellm.ops.triton.quant_gemv import FP8_GEMV_MAX_ROWS, WNA16_GEMV_MAX_ROWS
     from pagellm import LLM, SamplingParams
     from tests.helpers.tiny_models import make_tiny_model_dir
 
@@ -108,7 +116,8 @@ def test_engine_decode_replays_captured_gemvs(tmp_path, quantization, kind):
     prompt = [list(range(3, 3 + 40))]                  # 40-token prefill: the tile GEMM
     before = GEMV_CALLS[kind]
     llm = LLM(str(model_dir), compilation_config={"cudagraph_capture_sizes": sizes}, **common)
-    assert GEMV_CALLS[kind] - before >= 3 * len(sizes) * linears
+    limit = FP8_GEMV_MAX_ROWS if kind == "fp8" else WNA16_GEMV_MAX_ROWS
+    assert GEMV_CALLS[kind] - before >= 3 * len([s for s in sizes if s <= limit]) * linears
     graphs = llm.llm_engine.engine_core.executor.worker.runner.cuda_graphs
     before = GEMV_CALLS[kind]
     tokens = llm.generate(prompt, params, use_tqdm=False)[0].outputs[0].token_ids

@@ -11,10 +11,10 @@ Three sources, one layout after loading (weight fp8 [N, K], ``weight_scale`` flo
   per-tensor or per-channel weight scales.
 The GEMM is ``torch._scaled_mm`` on fp8 tensor cores (CUDA, compute capability 8.9+), else
 the float32 emulation of the same function (``pagellm.ops.quant.fp8_linear_torch``). Decode
-(at most ``quant_gemv.GEMV_MAX_ROWS`` rows on such a GPU) is weight-only instead: a Triton
+(at most ``quant_gemv.FP8_GEMV_MAX_ROWS`` rows on such a GPU) is weight-only instead: a Triton
 GEMV reads the fp8 weight once and multiplies the unquantized activations (twin:
 ``pagellm.ops.quant.fp8_weight_only_linear_torch``), which saves the activation-quantizer
-launch and beats cuBLAS's fp8 GEMM at one row (benchmarks/RESULTS.md).
+launch and beats cuBLAS's fp8 GEMM at one and two rows (the constant's docstring).
 """
 
 from __future__ import annotations
@@ -125,12 +125,12 @@ class Fp8LinearMethod(LinearMethodBase):
         layer.scaled_mm_shape_ok = scaled_mm_shape_ok(layer.weight)
 
     def apply(self, layer, x, bias=None):
-        """x [T, K] -> [T, N] in x.dtype. On an fp8-capable GPU with T <= GEMV_MAX_ROWS:
+        """x [T, K] -> [T, N] in x.dtype. On an fp8-capable GPU with T <= FP8_GEMV_MAX_ROWS:
         the weight-only decode GEMV (``pagellm.ops.triton.quant_gemv``; x is not quantized,
         a static input_scale is unused); else W8A8 through ``fp8_linear``."""
         if use_triton_kernels(x) and fp8_tensor_cores(x.device):
-            from pagellm.ops.triton.quant_gemv import GEMV_MAX_ROWS, fp8_gemv_triton
-            if x.shape[0] <= GEMV_MAX_ROWS:
+            from pagellm.ops.triton.quant_gemv import FP8_GEMV_MAX_ROWS, fp8_gemv_triton
+            if x.shape[0] <= FP8_GEMV_MAX_ROWS:
                 return fp8_gemv_triton(x, layer.weight, layer.weight_scale, bias)
         if self.static_input:
             x_q, x_scale = quantize_fp8_static(x, layer.input_scale)

@@ -153,11 +153,11 @@ class WNA16LinearMethod(LinearMethodBase):
         replace_param(layer, "g_idx", None if g_idx is None else g_idx.to(torch.int32).contiguous())
 
     def apply(self, layer, x, bias=None):
-        """x [T, K] -> [T, N] in x.dtype: on CUDA the decode GEMV for T <= GEMV_MAX_ROWS
-        (``pagellm.ops.triton.quant_gemv``), the tile GEMM above."""
+        """x [T, K] -> [T, N] in x.dtype: on CUDA the decode GEMV for T <=
+        WNA16_GEMV_MAX_ROWS (``pagellm.ops.triton.quant_gemv``), the tile GEMM above."""
         if use_triton_kernels(x):
-            from pagellm.ops.triton.quant_gemv import GEMV_MAX_ROWS, wna16_gemv_triton
-            if x.shape[0] <= GEMV_MAX_ROWS:
+            from pagellm.ops.triton.quant_gemv import WNA16_GEMV_MAX_ROWS, wna16_gemv_triton
+            if x.shape[0] <= WNA16_GEMV_MAX_ROWS:
                 return wna16_gemv_triton(x, layer.qweight, layer.scales, layer.qzeros,
                                          layer.g_idx, self.spec.bits, bias)
             from pagellm.ops.triton.wna16_gemm import wna16_gemm_triton

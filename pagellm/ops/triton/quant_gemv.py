@@ -9,24 +9,31 @@ dequantizes its weight tile in registers and multiplies it by the activations br
 accumulating in float32.
 
 - W4A16 / W8A16 (internal GPTQ layout, ``pagellm.ops.quant``: ``qweight`` int32 [K / pack,
-  N], N contiguous): a [BLOCK_K / pack, BLOCK_N] tile of packed words is loaded (each thread
-  a 16-byte vector along N); value j of every word is ``(word >> j * bits) & mask``, turned
-  into a float by OR-ing the float32 exponent of 2**23 (``MAGIC``; the float then is
-  2**23 + q exactly) and subtracting 2**23 + zero, then scaled. The products are kept per
-  packed row ([BLOCK_M, BLOCK_K / pack, BLOCK_N]) and reduced over K once, at the end.
-  Group scales/zeros: one [BLOCK_N] vector per tile when the tile lies in one group, one
-  [BLOCK_K / pack, BLOCK_N] gather per tile when only the words do (groups are multiples of
-  the pack), one gather per value with an act-order ``g_idx``.
+  N], N contiguous): one program owns 1 or 2 rows of x (grid axis 2 over row blocks),
+  BLOCK_N columns and one K slice, and loads [BLOCK_K / pack, BLOCK_N] tiles of packed
+  words (16-byte vectors along N). Only 2D float32 accumulators [BLOCK_K / pack, BLOCK_N]
+  (one per row of x; a 3D [rows, K, N] product forces layout conversions through shared
+  memory): per tile, value j of every word is masked in place (``word & (mask << s)`` with
+  s = bits * (j % (pack / 2)), from the word's low half or from ``word >> 16``), OR-ed with
+  ``MAGIC`` (the float then is 2**23 + q * 2**s exactly) and less 2**23, and multiplied by
+  x[k0 + kp * pack + j] * 2**-s (exact); t = sum_j of those, and the tile adds
+  ``scale * (t - zero * sum_j x_j)`` (the zero point and scale once per word, not once per
+  value): ~3.4 instructions a value at one row. The packed rows are summed once, at the end.
+  Group scales/zeros: one [BLOCK_N] vector per tile when the tile lies in one group (the
+  default K tile, 128 rows, is one group of the usual size), one [BLOCK_K / pack, BLOCK_N]
+  gather per tile when only the words do (groups are multiples of the pack), and with an
+  act-order ``g_idx`` one gather per value with the value dequantized before its FMA.
 - fp8 (float8_e4m3fn weight [N, K], K contiguous, float32 scale per output channel [N]):
   a [BLOCK_N, BLOCK_K] tile converted to float32, reduced per row of x each iteration; the
   channel scale multiplies the sums at the end. Weight-only: the activations are not
   quantized (a static ``input_scale`` is not used; the result is the more exact product).
 
-Split-K (when there are too few column blocks to fill the SMs): every K slice writes its
+Split-K (when the column blocks give fewer than ``*_PROGRAMS_PER_SM`` programs per SM, the
+loads in flight per SM that streaming HBM needs): every K slice writes its
 float32 partial sums into ``[split_k, M, N]`` and a small kernel adds them in slice order
 (deterministic), adds the bias and casts; with one slice the GEMV writes the output itself.
-Launch shapes depend only on (M, N, K) and the weight's constants (no autotuning), so the
-calls can be captured in CUDA graphs.
+Launch shapes depend only on (M, N, K), the weight's constants and ``TUNED_CONFIGS`` (no
+autotuning), so the calls can be captured in CUDA graphs.
 
 Torch twins and oracles: ``pagellm.ops.quant.wna16_linear_torch`` and
 ``pagellm.ops.quant.fp8_weight_only_linear_torch``.
@@ -47,12 +54,24 @@ from pagellm.ops.triton.gemm_launch import num_sms
 logger = logging.getLogger(__name__)
 
 GEMV_MAX_ROWS = 8
-"""The GEMVs run for M <= 8 rows, the tile GEMMs above. Each weight value is dequantized
-once and used in M float32 FMAs on the CUDA cores: the H200's ~33 T FMA/s keep up with the
-int4 stream (8.5 T values/s at 4.25 TB/s) only to M ~ 2 and with fp8 to M ~ 6; at M = 8 the
-W4A16 GEMV is estimated near 40% of the byte stream (~1.7 TB/s), still above the ``tl.dot``
-kernel's 0.75 TB/s, while at M = 16 the padded 16-row tile stops wasting rows. CUDA-graph
-decode batches are 1, 2, 4, 8, ...: 8 is the last one here."""
+"""The GEMV functions take at most 8 rows (the kernels' limit). Which row counts the linear
+methods send here is decided per kind: ``FP8_GEMV_MAX_ROWS`` and ``WNA16_GEMV_MAX_ROWS``."""
+
+FP8_GEMV_MAX_ROWS = 2
+"""fp8 linears take the weight-only GEMV for at most 2 rows, ``torch._scaled_mm`` (W8A8)
+above. The H200 table (benchmarks/quant_gemv_bench.py, µs per call): at M = 1 the GEMV wins
+on every Llama-8B shape (gate_up 32.0 vs 50.3, down 29.9 vs 50.6, qkv 11.6 vs 21.1, o 10.3 vs
+17.7), at M = 4 it loses (gate_up 82.2 vs 50.1, down 71.9 vs 51.2; qkv 22.9 vs 21.3): each
+row of x re-reduces the dequantized tile on the CUDA cores. M = 2 (about twice the M = 1
+cost of the FMAs, still under the byte stream) is the last row count kept."""
+
+WNA16_GEMV_MAX_ROWS = 2
+"""W4A16/W8A16 linears take the GEMV for at most 2 rows, the ``tl.dot`` tile GEMM above
+(which pads to 16 rows and reaches ~0.6-0.8 TB/s of int4 bytes at any M <= 16). The kernel
+spends ~3.4 instructions a value at M = 1 (AND/OR, subtraction, FMA, plus the per-tile
+scale) and ~4.6 at M = 2 (one FMA more): the H200's ~33 T lane instructions/s against 8.5 T
+int4 values/s at 4.25 TB/s leave both under the issue limit, M = 4 (~7) over it. The lead's
+H200 sweep (``quant_gemv_bench.py --sweep``) decides; change this with its numbers."""
 
 GEMV_CALLS: Counter = Counter()
 """Host-side dispatch record: ``"wna16"`` / ``"fp8"`` -> GEMV launches issued (a CUDA graph
@@ -61,12 +80,20 @@ replay runs the captured launch without counting again). The first of each kind 
 MAGIC = 0x4B000000
 """float32 bits of 2**23: OR-ed with an integer q < 2**23 it reads as 2**23 + q."""
 
-SPLIT_FILL = 0.9
-"""No split-K when the column blocks alone give one program to at least 90% of the SMs (a
-split costs a second launch, ~2 µs inside a graph, as much as an o_proj's whole stream)."""
+WNA16_PROGRAMS_PER_SM = 8
+"""W4A16 split-K target: programs per SM (N = 4096 with 64-column blocks: 16 slices, 1024
+programs). One program streams a [BLOCK_K / pack, BLOCK_N] tile of 4 KB at a time, so eight
+resident per SM keep ~32 KB of loads in flight, what HBM needs to approach its bandwidth."""
 
-SPLIT_PROGRAMS_PER_SM = 2
-"""Programs per SM aimed at when splitting K."""
+FP8_PROGRAMS_PER_SM = 4
+"""fp8 split-K target (its tiles are 8 KB): the gate_up shape's 1792 column blocks (no
+split, 3.67 TB/s on the H200) exceed it; qkv/o/down (256-384 blocks, 1.6-2.2 TB/s unsplit)
+split 2-3 ways."""
+
+TUNED_CONFIGS: dict[tuple, "GemvConfig"] = {}
+"""(kind, M, K, N, sms) -> GemvConfig measured best by ``benchmarks/quant_gemv_bench.py
+--sweep`` (it prints this dict's literal); kind ``"fp8"`` or ``"wna16"`` (4-bit weights,
+consulted only when a tile lies in one group). Shapes not listed use the rules below."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +101,8 @@ class GemvConfig:
     """One launch shape."""
 
     block_m: int
-    """next_power_of_2(M): every row in one program."""
+    """Rows of x per program: W4A16 1 or 2 (grid axis 2 runs over row blocks); fp8
+    next_power_of_2(M) (every row in one program)."""
     block_n: int
     """Output columns per program."""
     block_k: int
@@ -89,39 +117,52 @@ class GemvConfig:
         return triton.cdiv(triton.cdiv(K, self.block_k), self.split_k) * self.block_k
 
 
-def split_for(N: int, K: int, block_n: int, block_k: int, sms: int) -> int:
-    """K slices for a [K, N] weight: 1 when the column blocks fill the SMs (SPLIT_FILL),
-    else enough for SPLIT_PROGRAMS_PER_SM programs per SM, at most one tile per slice,
-    and no empty slice."""
+def split_for(N: int, K: int, block_n: int, block_k: int, sms: int,
+              programs_per_sm: int) -> int:
+    """K slices for a [K, N] weight: 1 when the column blocks alone give ``programs_per_sm``
+    programs per SM, else enough slices for that, at most one tile per slice, and no empty
+    slice."""
     column_blocks = triton.cdiv(N, block_n)
-    if column_blocks >= SPLIT_FILL * sms:
+    target = programs_per_sm * sms
+    if column_blocks >= target:
         return 1
     k_tiles = triton.cdiv(K, block_k)
-    split = min(k_tiles, triton.cdiv(SPLIT_PROGRAMS_PER_SM * sms, column_blocks))
+    split = min(k_tiles, triton.cdiv(target, column_blocks))
     return triton.cdiv(k_tiles, triton.cdiv(k_tiles, split))
 
 
-def wna16_gemv_config(M: int, N: int, K: int, bits: int, sms: int) -> GemvConfig:
-    """Launch shape of the W4A16/W8A16 GEMV. 32 columns of int32 words = one 128-byte line
-    per packed row (N = 4096: 128 programs for 132 SMs without a split); the K tile
-    shrinks as rows grow so the [M, BLOCK_K / pack, 32] float32 products stay at 32
-    registers a thread over 4 warps (64 words a tile at M <= 2: 8 KB in flight per load)."""
+def wna16_gemv_config(M: int, N: int, K: int, bits: int, sms: int,
+                      rows_per_group: int = 128) -> GemvConfig:
+    """Launch shape of the W4A16/W8A16 GEMV: 64 columns (256 bytes of each packed row), K
+    tiles of 128 input rows (16 int4 words: a 4 KB tile, one group of the usual group size
+    128, so one scale vector a tile), 1 or 2 rows a program, split-K to
+    WNA16_PROGRAMS_PER_SM; a TUNED_CONFIGS entry first."""
+    block_m = 1 if M <= 1 else 2
+    tuned = TUNED_CONFIGS.get(("wna16", block_m, K, N, sms))
+    if tuned is not None and bits == 4 and rows_per_group % tuned.block_k == 0:
+        return tuned
     pack = 32 // bits
-    block_m = triton.next_power_of_2(max(M, 1))
-    words = 64 if block_m <= 2 else 128 // block_m
-    block_k = min(words * pack, max(triton.next_power_of_2(K), pack))
-    block_n = 32
-    return GemvConfig(block_m, block_n, block_k, split_for(N, K, block_n, block_k, sms))
+    block_k = 128
+    while block_k > 32 and rows_per_group % block_k:
+        block_k //= 2                      # a tile within one group when the group allows
+    block_k = min(block_k, max(triton.next_power_of_2(K), pack))
+    block_n = 64
+    return GemvConfig(block_m, block_n, block_k,
+                      split_for(N, K, block_n, block_k, sms, WNA16_PROGRAMS_PER_SM))
 
 
 def fp8_gemv_config(M: int, N: int, K: int, sms: int) -> GemvConfig:
     """Launch shape of the fp8 GEMV: a [16, 512] fp8 tile (one warp reads 512 contiguous
-    bytes of a weight row, 16 per thread; 8 KB a load), 16 columns per program (N = 4096:
-    256 programs, about two per SM)."""
+    bytes of a weight row, 16 per thread; 8 KB a load), 16 columns per program, split-K to
+    FP8_PROGRAMS_PER_SM; a TUNED_CONFIGS entry first."""
     block_m = triton.next_power_of_2(max(M, 1))
+    tuned = TUNED_CONFIGS.get(("fp8", M, K, N, sms))
+    if tuned is not None:
+        return tuned
     block_k = min(512, max(triton.next_power_of_2(K), 16))
     block_n = 16
-    return GemvConfig(block_m, block_n, block_k, split_for(N, K, block_n, block_k, sms))
+    return GemvConfig(block_m, block_n, block_k,
+                      split_for(N, K, block_n, block_k, sms, FP8_PROGRAMS_PER_SM))
 
 
 @triton.jit
@@ -131,58 +172,118 @@ def _wna16_gemv_kernel(x_ptr, qweight_ptr, scales_ptr, zeros_ptr, g_idx_ptr, bia
                        BITS: tl.constexpr, HAS_ZEROS: tl.constexpr, GROUP_MODE: tl.constexpr,
                        HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, MAGIC_BITS: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """GROUP_MODE 0: the tile in one group; 1: groups per packed row; 2: g_idx per value."""
+    """Rows pid_m * BLOCK_M .. + BLOCK_M (BLOCK_M 1 or 2) of x times columns pid_n * BLOCK_N
+    .. of the K slice pid_k. GROUP_MODE 0: the tile in one group; 1: groups per packed row;
+    2: g_idx per value. Accumulators [BLOCK_K / pack, BLOCK_N] float32 per row, summed over
+    the packed rows once at the end (module docstring)."""
     PACK: tl.constexpr = 32 // BITS
-    MASK: tl.constexpr = (1 << BITS) - 1
     BLOCK_KP: tl.constexpr = BLOCK_K // PACK
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    offs_m = tl.arange(0, BLOCK_M)
+    row0 = tl.program_id(2) * BLOCK_M
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_kp = tl.arange(0, BLOCK_KP)
-    mask_m = offs_m < M
     mask_n = offs_n < N
     zero_shift = (offs_n % PACK) * BITS                                   # [BN]
     k_begin = pid_k * k_per_split
     k_end = tl.minimum(k_begin + k_per_split, K)
-    acc = tl.zeros((BLOCK_M, BLOCK_KP, BLOCK_N), dtype=tl.float32)
+    acc0 = tl.zeros((BLOCK_KP, BLOCK_N), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_KP, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_begin, k_end, BLOCK_K):
         rows_kp = k0 // PACK + offs_kp                                    # [BKP] packed rows
         mask_kp = rows_kp < k_end // PACK
-        tile_mask = mask_kp[:, None] & mask_n[None, :]
         packed = tl.load(qweight_ptr + rows_kp[:, None].to(tl.int64) * stride_qk
-                         + offs_n[None, :], mask=tile_mask, other=0)      # [BKP, BN] int32
-        if GROUP_MODE == 0:
-            groups = tl.zeros((1,), tl.int32) + k0 // rows_per_group      # [1]
-        else:       # rows past the slice read group 0 (their x is 0)
-            groups = tl.where(mask_kp, rows_kp * PACK // rows_per_group, 0)   # [BKP]
-        if GROUP_MODE != 2:
-            scale, offset = _scale_and_offset(scales_ptr, zeros_ptr, groups, offs_n, mask_n,
-                                              zero_shift, stride_sg, stride_zg, BITS, MASK,
-                                              HAS_ZEROS, MAGIC_BITS)      # [1 | BKP, BN]
-        for j in tl.static_range(PACK):
-            offs_k = rows_kp * PACK + j                                   # [BKP] rows of value j
-            mask_k = offs_k < k_end
-            if GROUP_MODE == 2:
-                row_groups = tl.load(g_idx_ptr + offs_k, mask=mask_k, other=0)
-                scale, offset = _scale_and_offset(scales_ptr, zeros_ptr, row_groups, offs_n,
-                                                  mask_n, zero_shift, stride_sg, stride_zg,
-                                                  BITS, MASK, HAS_ZEROS, MAGIC_BITS)
-            q = ((packed >> (j * BITS)) & MASK) | MAGIC_BITS              # [BKP, BN] 2**23 + q
-            w = (q.to(tl.float32, bitcast=True) - offset) * scale         # [BKP, BN] exact q - z
-            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                        mask=mask_m[:, None] & mask_k[None, :], other=0.0)   # [BM, BKP]
-            acc += x.to(tl.float32)[:, :, None] * w[None, :, :]
-    _store_rows(tl.sum(acc, axis=1), bias_ptr, out_ptr, pid_k, offs_m, offs_n, mask_m, mask_n,
-                stride_os, stride_om, HAS_BIAS, PARTIAL)
+                         + offs_n[None, :], mask=mask_kp[:, None] & mask_n[None, :],
+                         other=0)                                          # [BKP, BN] int32
+        if GROUP_MODE == 2:
+            acc0, acc1 = _wna16_tile_g_idx(
+                acc0, acc1, packed, rows_kp, k_end, x_ptr, row0, M, stride_xm, scales_ptr,
+                zeros_ptr, g_idx_ptr, offs_n, mask_n, zero_shift, stride_sg, stride_zg, BITS,
+                HAS_ZEROS, MAGIC_BITS, BLOCK_M)
+        else:
+            if GROUP_MODE == 0:
+                groups = tl.zeros((1,), tl.int32) + k0 // rows_per_group  # [1]
+            else:       # rows past the slice read group 0 (their x is 0)
+                groups = tl.where(mask_kp, rows_kp * PACK // rows_per_group, 0)   # [BKP]
+            scale, zero = _scale_and_zero(scales_ptr, zeros_ptr, groups, offs_n, mask_n,
+                                          zero_shift, stride_sg, stride_zg, BITS, HAS_ZEROS,
+                                          MAGIC_BITS)                     # [1 | BKP, BN]
+            acc0 = _wna16_tile_row(acc0, packed, scale, zero, rows_kp, k_end, x_ptr, row0, M,
+                                   stride_xm, BITS, MAGIC_BITS)
+            if BLOCK_M == 2:
+                acc1 = _wna16_tile_row(acc1, packed, scale, zero, rows_kp, k_end, x_ptr,
+                                       row0 + 1, M, stride_xm, BITS, MAGIC_BITS)
+    _store_row(tl.sum(acc0, axis=0), row0, M, bias_ptr, out_ptr, pid_k, offs_n, mask_n,
+               stride_os, stride_om, HAS_BIAS, PARTIAL)
+    if BLOCK_M == 2:
+        _store_row(tl.sum(acc1, axis=0), row0 + 1, M, bias_ptr, out_ptr, pid_k, offs_n, mask_n,
+                   stride_os, stride_om, HAS_BIAS, PARTIAL)
 
 
 @triton.jit
-def _scale_and_offset(scales_ptr, zeros_ptr, groups, offs_n, mask_n, zero_shift, stride_sg,
-                      stride_zg, BITS: tl.constexpr, MASK: tl.constexpr, HAS_ZEROS: tl.constexpr,
-                      MAGIC_BITS: tl.constexpr):
-    """float32 (scale, 2**23 + zero) of ``groups`` [R] (valid group indices) x columns
+def _wna16_tile_row(acc, packed, scale, zero, rows_kp, k_end, x_ptr, m, M, stride_xm,
+                    BITS: tl.constexpr, MAGIC_BITS: tl.constexpr):
+    """acc [BKP, BN] + scale * (sum_j x_j q_j - zero * sum_j x_j) of one row m of x over one
+    tile (one scale/zero per packed row or per tile). Value j of a word is masked in place
+    (the low half of the word for j < pack / 2, the word >> 16 above), OR-ed with MAGIC and
+    less 2**23: q_j * 2**(BITS * (j % (pack / 2))) exactly; x_j is scaled by the inverse
+    power of two instead (exact), so a value costs an AND/OR, a subtraction and an FMA."""
+    PACK: tl.constexpr = 32 // BITS
+    HALF: tl.constexpr = PACK // 2
+    MASK: tl.constexpr = (1 << BITS) - 1
+    high = packed >> 16                                                   # values HALF..PACK-1
+    k_lim = tl.where(m < M, k_end, 0)                                     # row m past M: x = 0
+    t = tl.zeros(packed.shape, dtype=tl.float32)                          # [BKP, BN]
+    x_sum = tl.zeros(rows_kp.shape, dtype=tl.float32)                     # [BKP]
+    for j in tl.static_range(PACK):
+        offs_k = rows_kp * PACK + j                                       # [BKP] rows of value j
+        x = tl.load(x_ptr + m * stride_xm + offs_k, mask=offs_k < k_lim,
+                    other=0.0).to(tl.float32)                             # [BKP]
+        x_sum += x
+        shift: tl.constexpr = (j % HALF) * BITS
+        if j < HALF:
+            bits = (packed & (MASK << shift)) | MAGIC_BITS
+        else:
+            bits = (high & (MASK << shift)) | MAGIC_BITS
+        q = bits.to(tl.float32, bitcast=True) - 8388608.0                 # q_j * 2**shift
+        t += (x * (1.0 / (1 << shift)))[:, None] * q
+    return acc + scale * (t - zero * x_sum[:, None])
+
+
+@triton.jit
+def _wna16_tile_g_idx(acc0, acc1, packed, rows_kp, k_end, x_ptr, row0, M, stride_xm,
+                      scales_ptr, zeros_ptr, g_idx_ptr, offs_n, mask_n, zero_shift, stride_sg,
+                      stride_zg, BITS: tl.constexpr, HAS_ZEROS: tl.constexpr,
+                      MAGIC_BITS: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Act-order tile: a group (scale, zero) per value, the value dequantized before the
+    FMAs (slower; act-order checkpoints are rare)."""
+    PACK: tl.constexpr = 32 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    for j in tl.static_range(PACK):
+        offs_k = rows_kp * PACK + j                                       # [BKP]
+        mask_k = offs_k < k_end
+        groups = tl.load(g_idx_ptr + offs_k, mask=mask_k, other=0)
+        scale, zero = _scale_and_zero(scales_ptr, zeros_ptr, groups, offs_n, mask_n, zero_shift,
+                                      stride_sg, stride_zg, BITS, HAS_ZEROS, MAGIC_BITS)
+        q = ((packed >> (j * BITS)) & MASK) | MAGIC_BITS
+        w = (q.to(tl.float32, bitcast=True) - 8388608.0 - zero) * scale    # [BKP, BN]
+        x0 = tl.load(x_ptr + row0 * stride_xm + offs_k, mask=offs_k < tl.where(row0 < M, k_end, 0),
+                     other=0.0)
+        acc0 += x0.to(tl.float32)[:, None] * w
+        if BLOCK_M == 2:
+            x1 = tl.load(x_ptr + (row0 + 1) * stride_xm + offs_k,
+                         mask=offs_k < tl.where(row0 + 1 < M, k_end, 0), other=0.0)
+            acc1 += x1.to(tl.float32)[:, None] * w
+    return acc0, acc1
+
+
+@triton.jit
+def _scale_and_zero(scales_ptr, zeros_ptr, groups, offs_n, mask_n, zero_shift, stride_sg,
+                    stride_zg, BITS: tl.constexpr, HAS_ZEROS: tl.constexpr,
+                    MAGIC_BITS: tl.constexpr):
+    """float32 (scale, zero point) of ``groups`` [R] (valid group indices) x columns
     ``offs_n`` [BN] -> [R, BN]."""
+    MASK: tl.constexpr = (1 << BITS) - 1
     mask = (groups[:, None] >= 0) & mask_n[None, :]                       # [R, BN]
     rows = groups[:, None].to(tl.int64)
     scale = tl.load(scales_ptr + rows * stride_sg + offs_n[None, :], mask=mask, other=0.0)
@@ -190,9 +291,25 @@ def _scale_and_offset(scales_ptr, zeros_ptr, groups, offs_n, mask_n, zero_shift,
         word = tl.load(zeros_ptr + rows * stride_zg + offs_n[None, :] // (32 // BITS), mask=mask,
                        other=0)
         zero = ((word >> zero_shift[None, :]) & MASK) | MAGIC_BITS
+        zero = zero.to(tl.float32, bitcast=True) - 8388608.0
     else:
-        zero = tl.full(scale.shape, (1 << (BITS - 1)) | MAGIC_BITS, tl.int32)
-    return scale.to(tl.float32), zero.to(tl.float32, bitcast=True)
+        zero = tl.full(scale.shape, 1 << (BITS - 1), tl.float32)
+    return scale.to(tl.float32), zero
+
+
+@triton.jit
+def _store_row(row, m, M, bias_ptr, out_ptr, pid_k, offs_n, mask_n, stride_os, stride_om,
+               HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr):
+    """One row m [BN] float32 -> the partial buffer of slice ``pid_k`` (PARTIAL), or + bias
+    -> out in its dtype; nothing for m >= M."""
+    mask = mask_n & (offs_n * 0 + m < M)                                  # [BN]
+    ptrs = out_ptr + m.to(tl.int64) * stride_om + offs_n
+    if PARTIAL:
+        tl.store(ptrs + pid_k.to(tl.int64) * stride_os, row, mask=mask)
+    else:
+        if HAS_BIAS:
+            row += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        tl.store(ptrs, row.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -269,7 +386,8 @@ def _run_gemv(x: torch.Tensor, N: int, bias: torch.Tensor | None, config: GemvCo
     out = torch.empty((M, N), device=x.device, dtype=x.dtype)              # [M, N]
     if M == 0:
         return out.reshape(*x.shape[:-1], N)
-    grid = (triton.cdiv(N, config.block_n), config.split_k)
+    grid = (  # columns, K slices, row blocks
+        triton.cdiv(N, config.block_n), config.split_k, triton.cdiv(M, config.block_m))
     if config.split_k == 1:
         launch(grid, x2, out, False)
     else:
@@ -307,7 +425,9 @@ def wna16_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
     qzeros = qzeros.contiguous() if qzeros is not None else None
     rows_per_group = K // scales.shape[0]
     M = x.numel() // max(K, 1)
-    config = config or wna16_gemv_config(M, N, K, bits, num_sms(x.device))
+    config = config or wna16_gemv_config(M, N, K, bits, num_sms(x.device), rows_per_group)
+    if config.block_m not in (1, 2):
+        raise ValueError(f"the W4A16 GEMV takes 1 or 2 rows a program, got {config.block_m}")
     if g_idx is not None:
         group_mode = 2
     else:
