@@ -80,7 +80,7 @@ class MPClient:
         self.process = process
         self.client_index = client_index
         """This client's index at the core: its requests' outputs come back here."""
-        self.owns_process = isinstance(process, multiprocessing.Process)
+        self.owns_process = not isinstance(process, CoreProcessHandle)
         """False for a core the serve parent started: shutdown then leaves it running."""
         self.context = context
         self.input_socket = input_socket
