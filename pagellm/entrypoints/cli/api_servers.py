@@ -165,7 +165,12 @@ def _api_server_main(args: argparse.Namespace, sock: socket.socket, role: APISer
     except (EngineDeadError, threading.BrokenBarrierError) as error:
         logger.error("API server %d could not start: %s", role.index, error or "peer failed")
         code = 1
-    sys.exit(code)
+    # Everything is closed by now; the interpreter's own teardown took seconds here after an
+    # engine core died (blocked in C, no Python frame), which only delays the exit status.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class _Supervisor:
