@@ -6,9 +6,12 @@
 #   source benchmarks/gpu_setup.sh; bash benchmarks/w4_serving.sh inf 16 4     # on the device
 #   W4_MODEL=qwen3-0.6b W4_NUM_PROMPTS=8 W4_INPUT_LEN=64 W4_OUTPUT_LEN=8 \
 #     W4_SERVER_FLAGS="--device cpu" bash benchmarks/w4_serving.sh inf          # a CPU dry run
+#   W4_SERVER_FLAGS="-dp 2 --api-server-count 2" bash benchmarks/w4_serving.sh inf  # 2 GPUs
 #
-# Writes under $OUT (default /tmp/w4): the server log, one bench log and JSON per rate, and
-# prints a summary table last.
+# Writes under $OUT (default /tmp/w4): the server log, one bench log and JSON per rate, the
+# CPU seconds each server process (the API server or the --api-server-count supervisor, and
+# its children: API servers, engine cores; the log's first lines name their pids) used during
+# each rate (cpu_rate_R.txt), and prints a summary table last.
 set -u
 OUT=${OUT:-/tmp/w4}
 mkdir -p "$OUT"
@@ -23,8 +26,18 @@ source "$(dirname "$0")/serving_lib.sh"
 # shellcheck disable=SC2086  # W4_SERVER_FLAGS is a list of flags
 start_server "$MODEL" "$OUT/server_$MODEL.log" ${W4_SERVER_FLAGS:-} || exit 1
 
+cpu_seconds() {   # "pid seconds" of the server and its children (utime + stime)
+    local tick pid
+    tick=$(getconf CLK_TCK)
+    for pid in $server $(pgrep -P "$server"); do
+        [ -r "/proc/$pid/stat" ] && awk -v t="$tick" -v p="$pid" \
+            '{printf "%s %.2f\n", p, ($14 + $15) / t}' "/proc/$pid/stat"
+    done
+}
+
 failures=0
 for rate in $RATES; do
+    cpu_seconds > "$OUT/cpu_before_rate_$rate.txt"
     rm -f "$OUT/w4_${MODEL}_rate_$rate.json"        # no stale numbers in the table
     $PY -m pagellm.entrypoints.cli.main bench serving --port "$PORT" --model "$MODEL" \
         --dataset-name random --num-prompts "$NUM_PROMPTS" --random-input-len "$INPUT_LEN" \
@@ -32,11 +45,15 @@ for rate in $RATES; do
         --percentile-metrics ttft,tpot,itl,e2el --metric-percentiles 50,99 --disable-tqdm \
         --output-json "$OUT/w4_${MODEL}_rate_$rate.json" > "$OUT/w4_${MODEL}_rate_$rate.log" 2>&1
     status=$?
+    cpu_seconds > "$OUT/cpu_after_rate_$rate.txt"
+    awk 'NR == FNR {before[$1] = $2; next} {printf "pid %s: %.1f CPU s\n", $1, $2 - before[$1]}' \
+        "$OUT/cpu_before_rate_$rate.txt" "$OUT/cpu_after_rate_$rate.txt" > "$OUT/cpu_rate_$rate.txt"
     [ $status -ne 0 ] && failures=$((failures + 1))
     echo "rate $rate: exit $status"; tail -32 "$OUT/w4_${MODEL}_rate_$rate.log"
+    cat "$OUT/cpu_rate_$rate.txt"
 done
 
-curl -s "http://127.0.0.1:$PORT/metrics" | grep -E "^vllm:(num_preemptions|prefix_cache_hits|generation_tokens)_total" \
+curl -s "http://127.0.0.1:$PORT/metrics" | grep -E "^(vllm:(num_preemptions|prefix_cache_hits|generation_tokens)|pagellm:api_server_http_requests)_total" \
     > "$OUT/metrics_after.txt"
 stop_server "$OUT/server_$MODEL.log"
 

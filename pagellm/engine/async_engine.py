@@ -70,10 +70,26 @@ class AsyncLLM:
         """Start an engine-core process for the same engine arguments as ``LLM``. Raises
         ClientError for bad arguments, EngineDeadError when the core fails to start."""
         config, hf_config = await asyncio.to_thread(resolve_config, **engine_args)
+        return await cls._create(config, hf_config,
+                                 lambda: DPClient.start(config, startup_timeout_s))
+
+    @classmethod
+    async def connect(cls, config: EngineConfig, socket_dir: str, core_pids: list[int],
+                      client_index: int, startup_timeout_s: float = 600.0) -> "AsyncLLM":
+        """API server ``client_index`` of several (``--api-server-count``): the engine for
+        the cores the serve parent started (``dp_client.start_engine_cores``); its
+        ``shutdown`` leaves them to the parent. Errors as ``from_engine_args``."""
+        from pagellm.models.hf_config import load_hf_config
+
+        hf_config = await asyncio.to_thread(load_hf_config, config.model.model)
+        return await cls._create(config, hf_config, lambda: DPClient.connect(
+            config, socket_dir, core_pids, client_index, startup_timeout_s))
+
+    @classmethod
+    async def _create(cls, config: EngineConfig, hf_config, start_client) -> "AsyncLLM":
         tokenizer, eos_token_ids = await asyncio.to_thread(load_frontend_tokenizer, config,
                                                            hf_config)
-        client = await DPClient.start(config, startup_timeout_s)
-        engine = cls(config, client, tokenizer, eos_token_ids)
+        engine = cls(config, await start_client(), tokenizer, eos_token_ids)
         if config.lora.enable_lora:
             engine.input_processor.lora_registry = LoRARegistry(config.lora, hf_config)
         return engine

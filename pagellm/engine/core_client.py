@@ -1,5 +1,8 @@
 """Clients of the engine core with one set of calls: ``InprocClient`` steps a core in this
-process (offline LLM); ``MPClient`` talks to a core in its own process over ZMQ (server)."""
+process (offline LLM); ``MPClient`` talks to a core in its own process over ZMQ (server):
+a core it started (``MPClient.start``), or, with ``--api-server-count N``, one that the serve
+parent started for N clients, this API server being client ``client_index``
+(``MPClient.connect``)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import asyncio
 import itertools
 import multiprocessing
 import os
+import select
 import shutil
 import stat
 import tempfile
@@ -19,7 +23,7 @@ import zmq.asyncio
 
 from pagellm.config.engine_args import EngineConfig
 from pagellm.core.request import Request
-from pagellm.engine.core_proc import start_engine_core_process
+from pagellm.engine.core_proc import ENGINE_STOP_SIGNAL, start_engine_core_process
 from pagellm.core.stats import EngineStats
 from pagellm.engine.engine_core import EngineCore
 from pagellm.engine.messages import (AbortRequests, EngineCoreOutputs, EngineCoreRequest,
@@ -70,10 +74,14 @@ class MPClient:
     pending and later call raises ``EngineDeadError`` with the core's error text.
     """
 
-    def __init__(self, process: multiprocessing.Process, context: zmq.asyncio.Context,
-                 input_socket: zmq.asyncio.Socket, output_socket: zmq.asyncio.Socket,
-                 socket_dir: str):
+    def __init__(self, process: "multiprocessing.Process | CoreProcessHandle",
+                 context: zmq.asyncio.Context, input_socket: zmq.asyncio.Socket,
+                 output_socket: zmq.asyncio.Socket, socket_dir: str, client_index: int = 0):
         self.process = process
+        self.client_index = client_index
+        """This client's index at the core: its requests' outputs come back here."""
+        self.owns_process = not isinstance(process, CoreProcessHandle)
+        """False for a core the serve parent started: shutdown then leaves it running."""
         self.context = context
         self.input_socket = input_socket
         self.output_socket = output_socket
@@ -86,7 +94,8 @@ class MPClient:
         self._reader: asyncio.Task | None = None
         self._shutting_down = False
         # Last resort when shutdown() is never awaited: stop the child at interpreter exit.
-        self._finalizer = weakref.finalize(self, _kill_process, process, socket_dir)
+        self._finalizer = (weakref.finalize(self, _kill_process, process, socket_dir)
+                           if self.owns_process else weakref.finalize(self, process.close))
 
     @classmethod
     async def start(cls, config: EngineConfig, startup_timeout_s: float = 600.0,
@@ -97,25 +106,43 @@ class MPClient:
         the core rejected the config at start-up, EngineDeadError when it failed otherwise,
         exited, or was not ready within ``startup_timeout_s`` (the process is then stopped)."""
         socket_dir = make_socket_dir()
-        input_address = f"ipc://{os.path.join(socket_dir, 'input')}"
-        output_address = f"ipc://{os.path.join(socket_dir, 'output')}"
-        context = zmq.asyncio.Context()
-        context.setsockopt(zmq.LINGER, 0)   # a garbage-collected context never waits on a dead core
-        input_socket = context.socket(zmq.PUSH)
-        input_socket.bind(input_address)
-        output_socket = context.socket(zmq.PULL)
-        output_socket.bind(output_address)
-        process = start_engine_core_process(config, input_address, output_address, env, name)
+        input_address, output_address = client_addresses(socket_dir, 0, 0)
+        context, input_socket, output_socket = _bind_sockets(input_address, output_address)
+        process = start_engine_core_process(config, [input_address], [output_address], env,
+                                            name)
         client = cls(process, context, input_socket, output_socket, socket_dir)
+        await client._wait_ready_or_close(startup_timeout_s)
+        return client
+
+    @classmethod
+    async def connect(cls, socket_dir: str, engine_index: int, pid: int, client_index: int,
+                      startup_timeout_s: float = 600.0) -> "MPClient":
+        """Be client ``client_index`` of the core ``pid`` (replica ``engine_index``) that the
+        serve parent started with ``start_engine_core_process`` on the ``client_addresses``
+        of ``socket_dir``; wait for its ready message. The same errors as ``start``; the
+        core process is not this client's to stop."""
+        input_address, output_address = client_addresses(socket_dir, engine_index, client_index)
+        context, input_socket, output_socket = _bind_sockets(input_address, output_address)
         try:
-            client.ready = await client._wait_ready(startup_timeout_s)
+            process = CoreProcessHandle(pid)
+        except ProcessLookupError:
+            for sock in (input_socket, output_socket):
+                sock.close(linger=0)
+            context.term()
+            raise EngineDeadError(f"the engine core process {pid} is gone") from None
+        client = cls(process, context, input_socket, output_socket, socket_dir, client_index)
+        await client._wait_ready_or_close(startup_timeout_s)
+        return client
+
+    async def _wait_ready_or_close(self, startup_timeout_s: float) -> None:
+        try:
+            self.ready = await self._wait_ready(startup_timeout_s)
         except BaseException:
-            client._close(kill=True)
+            self._close(kill=True)
             raise
         loop = asyncio.get_running_loop()
-        loop.add_reader(process.sentinel, client._on_process_exit)
-        client._reader = asyncio.create_task(client._read_outputs(), name="pagellm-core-reader")
-        return client
+        loop.add_reader(self.process.sentinel, self._on_process_exit)
+        self._reader = asyncio.create_task(self._read_outputs(), name="pagellm-core-reader")
 
     async def _wait_ready(self, timeout_s: float) -> EngineReady:
         deadline = time.monotonic() + timeout_s
@@ -137,7 +164,7 @@ class MPClient:
     # ---- the same calls as InprocClient, awaited ----------------------------------------------
 
     async def add_request(self, request: Request) -> None:
-        await self._send(EngineCoreRequest.from_request(request))
+        await self._send(EngineCoreRequest.from_request(request, self.client_index))
 
     async def abort_requests(self, request_ids, finished: bool = False) -> None:
         """Free ``request_ids`` in the core; ``finished``: they ended here (a stop string),
@@ -161,11 +188,15 @@ class MPClient:
         await self._call("ping")
 
     async def shutdown(self, timeout_s: float = 10.0) -> None:
-        """Ask the core to exit, wait up to ``timeout_s`` for it, then kill it. Pending and
+        """Ask the core to exit, wait up to ``timeout_s`` for it, then kill it (a core this
+        client does not own is left to its parent: only this client closes). Pending and
         later calls raise EngineDeadError. Idempotent."""
         if self._shutting_down:
             return
         self._shutting_down = True
+        if not self.owns_process:
+            self._set_dead("the engine was shut down")
+            return self._close(kill=True)
         if self.dead_error is None and self.process.is_alive():
             try:
                 await asyncio.wait_for(self._call("shutdown"), timeout_s)
@@ -184,7 +215,7 @@ class MPClient:
             raise self.dead_error
         if not self.process.is_alive():
             raise EngineDeadError(f"the engine core process exited (exit code "
-                                  f"{self.process.exitcode})")
+                                  f"{_exit_code_text(self.process)})")
 
     # ---- internals ----------------------------------------------------------------------------
 
@@ -197,7 +228,7 @@ class MPClient:
         future = asyncio.get_running_loop().create_future()
         self._pending_calls[call_id] = future
         try:
-            await self._send(UtilityCall(call_id, method))
+            await self._send(UtilityCall(call_id, method, self.client_index))
             return await future
         finally:
             self._pending_calls.pop(call_id, None)
@@ -229,7 +260,7 @@ class MPClient:
         await asyncio.sleep(EXIT_GRACE_S)   # an EngineDead sent just before exiting wins
         self.process.join(0)
         self._set_dead(f"the engine core process exited unexpectedly "
-                       f"(exit code {self.process.exitcode})")
+                       f"(exit code {_exit_code_text(self.process)})")
 
     def _set_dead(self, text: str) -> None:
         """Fail every waiter once; later calls see the first error."""
@@ -253,6 +284,55 @@ class MPClient:
         self.context.term()
         if kill:
             self._finalizer()
+
+
+def _bind_sockets(input_address: str, output_address: str):
+    """(context, input PUSH socket, output PULL socket) of a client, bound to the addresses."""
+    context = zmq.asyncio.Context()
+    context.setsockopt(zmq.LINGER, 0)   # a garbage-collected context never waits on a dead core
+    input_socket = context.socket(zmq.PUSH)
+    input_socket.bind(input_address)
+    output_socket = context.socket(zmq.PULL)
+    output_socket.bind(output_address)
+    return context, input_socket, output_socket
+
+
+def client_addresses(socket_dir: str, engine_index: int, client_index: int) -> tuple[str, str]:
+    """The ipc:// (input, output) addresses client ``client_index`` binds in ``socket_dir``
+    for core ``engine_index`` (the core connects to them)."""
+    stem = os.path.join(socket_dir, f"engine{engine_index}-client{client_index}")
+    return f"ipc://{stem}-input", f"ipc://{stem}-output"
+
+
+class CoreProcessHandle:
+    """An engine-core process another process started (the serve parent with
+    ``--api-server-count`` > 1), with the calls ``MPClient`` makes on a
+    ``multiprocessing.Process``: ``sentinel`` is a pidfd (Linux >= 5.3) that turns readable
+    when the process exits. Its exit code is only its parent's to read (``exitcode``: None).
+    ProcessLookupError when ``pid`` is not running."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.sentinel = os.pidfd_open(pid)
+        self.exitcode: int | None = None
+
+    def is_alive(self) -> bool:
+        return self.sentinel >= 0 and not select.select([self.sentinel], [], [], 0)[0]
+
+    def join(self, timeout: float | None = None) -> None:
+        if self.sentinel >= 0:
+            select.select([self.sentinel], [], [], timeout)
+
+    def close(self) -> None:
+        if self.sentinel >= 0:
+            os.close(self.sentinel)
+            self.sentinel = -1
+
+
+def _exit_code_text(process) -> str:
+    if isinstance(process, CoreProcessHandle):
+        return "unknown: the serve parent's child"
+    return str(process.exitcode)
 
 
 SOCKET_DIR_PREFIX = "ipc-"
@@ -308,9 +388,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def stop_core_process(process: multiprocessing.Process) -> None:
+    """Ask an engine-core process to shut down (``ENGINE_STOP_SIGNAL``: it ignores SIGTERM)."""
+    try:
+        os.kill(process.pid, ENGINE_STOP_SIGNAL)
+    except ProcessLookupError:
+        pass
+
+
 def _kill_process(process: multiprocessing.Process, socket_dir: str) -> None:
     if process.is_alive():
-        process.terminate()
+        stop_core_process(process)
         process.join(5)
         if process.is_alive():
             process.kill()

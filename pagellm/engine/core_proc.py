@@ -9,8 +9,20 @@ Sockets (the client binds both, on ipc:// paths in its private temp dir; the cor
     input   client PUSH -> core PULL   EngineCoreRequest | AbortRequests | UtilityCall
     output  core PUSH -> client PULL   EngineReady | EngineCoreOutputs | UtilityResult | EngineDead
 
-Exit codes: 0 after a ``shutdown`` call (or when the parent process is gone); 1 after an
-error, which is first reported to the client as ``EngineDead``.
+Several clients (``--api-server-count N``: N API server processes, each a client of every
+core): the core's one PULL socket connects to the N clients' input addresses (fair-queued), and
+it holds one PUSH socket per client. A request carries the index of the client that sent it;
+its outputs go back to that client only (``split_outputs``), while every client gets each
+pushed ``EngineStats`` (every API server's load balancer sees every replica's load),
+``EngineReady`` and ``EngineDead``; a utility result goes to its caller.
+
+Signals: SIGINT and SIGTERM are ignored (they reach the whole process group, e.g. from
+Ctrl-C or a service manager; the API process, or the serve supervisor, decides how to shut
+down: in-flight requests drain first); ``ENGINE_STOP_SIGNAL`` (SIGUSR1) stops the core as a
+``shutdown`` call does, its executor and workers included.
+
+Exit codes: 0 after a ``shutdown`` call or ``ENGINE_STOP_SIGNAL``, or when the parent process
+is gone; 1 after an error, which is first reported to the clients as ``EngineDead``.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ import time
 import traceback
 
 import msgspec
+import numpy as np
 import zmq
 
 from pagellm.config.engine_args import EngineConfig
@@ -39,6 +52,7 @@ from pagellm.logger import init_logging
 
 logger = logging.getLogger(__name__)
 
+ENGINE_STOP_SIGNAL = signal.SIGUSR1
 IDLE_POLL_MS = 1000          # how often an idle core checks that its parent is still alive
 MESSAGE_LINGER_MS = 2000    # time the last message (EngineDead, shutdown answer) may take
 
@@ -51,14 +65,54 @@ class _ParentGone(Exception):
     """The API process exited; nobody is left to read outputs."""
 
 
+def split_outputs(outputs: EngineCoreOutputs, client_of: dict[str, int],
+                  num_clients: int) -> list[EngineCoreOutputs]:
+    """``outputs`` split by the client each request came from (``client_of``: request id ->
+    client index; a request not in it, e.g. aborted meanwhile, is dropped): one batch per
+    client, in client order, each with the columns of its requests only (tokens and logprob
+    rows sliced along) and ``stats``/``timestamp`` copied to every batch."""
+    offsets = outputs.token_offsets()
+    rows_of: list[list[int]] = [[] for _ in range(num_clients)]
+    for row, request_id in enumerate(outputs.req_ids):
+        client_index = client_of.get(request_id)
+        if client_index is not None:
+            rows_of[client_index].append(row)
+    return [_select_rows(outputs, rows, offsets) for rows in rows_of]
+
+
+def _select_rows(outputs: EngineCoreOutputs, rows: list[int],
+                 offsets: list[int]) -> EngineCoreOutputs:
+    """The requests at ``rows`` of ``outputs`` (``offsets``: its ``token_offsets()``)."""
+    token_rows = [t for row in rows for t in range(offsets[row], offsets[row + 1])]
+    req_ids = [outputs.req_ids[row] for row in rows]
+    prompt_logprobs = {request_id: outputs.new_prompt_logprobs[request_id] for request_id in
+                       req_ids if request_id in outputs.new_prompt_logprobs}
+    logprobs = outputs.new_logprobs
+    return EngineCoreOutputs(
+        req_ids=req_ids,
+        num_new_tokens=[outputs.num_new_tokens[row] for row in rows],
+        new_token_ids=[outputs.new_token_ids[t] for t in token_rows],
+        finish_reasons=[outputs.finish_reasons[row] for row in rows],
+        stop_reasons=[outputs.stop_reasons[row] for row in rows],
+        num_cached_tokens=[outputs.num_cached_tokens[row] for row in rows],
+        first_scheduled_times=[outputs.first_scheduled_times[row] for row in rows],
+        num_preemptions=[outputs.num_preemptions[row] for row in rows],
+        new_logprobs=None if logprobs is None else logprobs.rows(
+            np.asarray(token_rows, dtype=np.int64)),
+        new_prompt_logprobs=prompt_logprobs, stats=outputs.stats, timestamp=outputs.timestamp)
+
+
 class EngineCoreProc:
-    """Runs in the engine-core process: drain input, step, send outputs, repeat."""
+    """Runs in the engine-core process: drain input, step, send outputs, repeat.
+    ``output_sockets``: one per client, by client index (see the module docstring)."""
 
     def __init__(self, engine_core: EngineCore, input_socket: zmq.Socket,
-                 output_socket: zmq.Socket):
+                 output_sockets: list[zmq.Socket]):
         self.engine_core = engine_core
         self.input_socket = input_socket
-        self.output_socket = output_socket
+        self.output_sockets = output_sockets
+        self.client_of: dict[str, int] = {}
+        """Unfinished request id -> its client (only with several clients)."""
         self.parent_pid = os.getppid()
         self.last_pushed: EngineStats | None = None
         self.iteration_tokens: list[int] = []     # per forward pass, since the last push
@@ -99,7 +153,13 @@ class EngineCoreProc:
         stats.iteration_tokens, self.iteration_tokens = self.iteration_tokens, []
         self.last_pushed = stats
         outputs.stats, outputs.timestamp = stats, time.time()
-        self._send(outputs)
+        if len(self.output_sockets) == 1:
+            return self._send(outputs)
+        for client_index, batch in enumerate(
+                split_outputs(outputs, self.client_of, len(self.output_sockets))):
+            self._send(batch, client_index)
+        for request_id in outputs.finished_req_ids():
+            self.client_of.pop(request_id, None)
 
     def _push_stats_if_changed(self) -> None:
         """A stats-only push when running/waiting/KV usage moved since the last push (cheap:
@@ -118,9 +178,13 @@ class EngineCoreProc:
     def _handle(self, message) -> None:
         core = self.engine_core
         if isinstance(message, EngineCoreRequest):
+            if len(self.output_sockets) > 1:
+                self.client_of[message.request_id] = message.client_index
             core.add_request(message.to_request())
         elif isinstance(message, AbortRequests):
             aborted = core.abort_requests(message.request_ids)
+            for request_id in message.request_ids:
+                self.client_of.pop(request_id, None)
             if aborted and message.finished:
                 logger.debug("freed requests finished by a stop string: %s", ", ".join(aborted))
             elif aborted:
@@ -132,13 +196,13 @@ class EngineCoreProc:
         core = self.engine_core
         if call.method == "shutdown":
             core.abort_requests(list(core.scheduler.requests))
-            self._send(UtilityResult(call.call_id))
+            self._send(UtilityResult(call.call_id), call.client_index)
             raise _Shutdown
         stats = core.stats() if call.method == "stats" else None
-        self._send(UtilityResult(call.call_id, stats=stats))
+        self._send(UtilityResult(call.call_id, stats=stats), call.client_index)
 
-    def _send(self, message) -> None:
-        _send(self.output_socket, message, self.parent_pid)
+    def _send(self, message, client_index: int = 0) -> None:
+        _send(self.output_sockets[client_index], message, self.parent_pid)
 
 
 def _send(socket: zmq.Socket, message, parent_pid: int) -> None:
@@ -152,18 +216,41 @@ def _send(socket: zmq.Socket, message, parent_pid: int) -> None:
                 raise _ParentGone from None
 
 
-def run_engine_core(config_json: bytes, input_address: str, output_address: str) -> None:
-    """Entry point of the spawned process; exits with the code documented above."""
+def _exit_on_stop_signal(signum, frame) -> None:
+    """``ENGINE_STOP_SIGNAL`` (vLLM's engine core does so on SIGTERM): leave the busy loop
+    through SystemExit, so the executor and workers are shut down on the way out (exit 0)."""
+    signal.signal(ENGINE_STOP_SIGNAL, signal.SIG_IGN)
+    raise SystemExit(0)
+
+
+def _connect_sockets(context: zmq.Context, input_addresses: list[str],
+                     output_addresses: list[str]) -> tuple[zmq.Socket, list[zmq.Socket]]:
+    """The core's PULL socket connected to every client's input address, and one PUSH socket
+    per client output address (same order: the client index)."""
+    input_socket = context.socket(zmq.PULL)
+    for address in input_addresses:
+        input_socket.connect(address)
+    output_sockets = []
+    for address in output_addresses:
+        output_socket = context.socket(zmq.PUSH)
+        output_socket.setsockopt(zmq.SNDTIMEO, IDLE_POLL_MS)
+        output_socket.connect(address)
+        output_sockets.append(output_socket)
+    return input_socket, output_sockets
+
+
+def run_engine_core(config_json: bytes, input_addresses: list[str],
+                    output_addresses: list[str]) -> None:
+    """Entry point of the spawned process; exits with the code documented above. One input
+    and one output address per client (the client index is the position)."""
     # Ctrl-C reaches the whole process group: the API process decides how to shut down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(ENGINE_STOP_SIGNAL, _exit_on_stop_signal)
     # "engine-core", or "engine-core-<i>" for data-parallel replica i
     init_logging(multiprocessing.current_process().name.removeprefix("pagellm-"))
     context = zmq.Context()
-    output_socket = context.socket(zmq.PUSH)
-    output_socket.setsockopt(zmq.SNDTIMEO, IDLE_POLL_MS)
-    output_socket.connect(output_address)
-    input_socket = context.socket(zmq.PULL)
-    input_socket.connect(input_address)
+    input_socket, output_sockets = _connect_sockets(context, input_addresses, output_addresses)
     parent_pid = os.getppid()
     exit_code = 0
     engine_core = None
@@ -175,9 +262,11 @@ def run_engine_core(config_json: bytes, input_address: str, output_address: str)
         gc.collect()
         gc.freeze()
         vocab_size = engine_core.executor.vocab_size
-        _send(output_socket, EngineReady(vocab_size, engine_core.num_blocks, os.getpid(),
-                                         engine_core.num_swap_blocks), parent_pid)
-        EngineCoreProc(engine_core, input_socket, output_socket).run_busy_loop()
+        ready = EngineReady(vocab_size, engine_core.num_blocks, os.getpid(),
+                            engine_core.num_swap_blocks)
+        for output_socket in output_sockets:
+            _send(output_socket, ready, parent_pid)
+        EngineCoreProc(engine_core, input_socket, output_sockets).run_busy_loop()
     except _ParentGone:
         logger.warning("engine core: the API process is gone; exiting")
     except Exception as error:      # reported to the client, then exit 1
@@ -189,15 +278,18 @@ def run_engine_core(config_json: bytes, input_address: str, output_address: str)
         dead = EngineDead(f"{type(error).__name__}: {error}" if not client_error else str(error),
                           "" if client_error else traceback.format_exc(), client_error=client_error)
         try:
-            _send(output_socket, dead, parent_pid)
+            for output_socket in output_sockets:
+                _send(output_socket, dead, parent_pid)
         except _ParentGone:
             pass
     finally:
+        signal.signal(ENGINE_STOP_SIGNAL, signal.SIG_IGN)   # the shutdown below runs to its end
         if engine_core is not None:
             engine_core.shutdown()
         gc.unfreeze()       # let the exit's collection reach the start-up objects again
         input_socket.close(linger=0)
-        output_socket.close(linger=MESSAGE_LINGER_MS)
+        for output_socket in output_sockets:
+            output_socket.close(linger=MESSAGE_LINGER_MS)
         context.term()
     sys.exit(exit_code)
 
@@ -209,15 +301,17 @@ def _build_engine_core(config_json: bytes) -> EngineCore:
     return make_engine_core(config, load_hf_config(config.model.model))
 
 
-def start_engine_core_process(config: EngineConfig, input_address: str,
-                              output_address: str, env: dict[str, str] | None = None,
+def start_engine_core_process(config: EngineConfig, input_addresses: list[str],
+                              output_addresses: list[str], env: dict[str, str] | None = None,
                               name: str = "pagellm-engine-core") -> multiprocessing.Process:
-    """Spawn the engine-core process (not a daemon: it may start worker processes itself).
-    ``env``: variables set in the child (and its workers) only, from its first instruction:
-    a data-parallel replica's ``CUDA_VISIBLE_DEVICES`` must be there before torch sees CUDA."""
+    """Spawn the engine-core process (not a daemon: it may start worker processes itself),
+    a client of each (input, output) address pair. ``env``: variables set in the child (and
+    its workers) only, from its first instruction: a data-parallel replica's
+    ``CUDA_VISIBLE_DEVICES`` must be there before torch sees CUDA."""
     context = multiprocessing.get_context("spawn")
     process = context.Process(target=run_engine_core, name=name,
-                              args=(msgspec.json.encode(config), input_address, output_address))
+                              args=(msgspec.json.encode(config), list(input_addresses),
+                                    list(output_addresses)))
     with _environment(env or {}):      # a spawned child copies os.environ at start()
         process.start()
     return process

@@ -15,6 +15,11 @@ One replica dying is the engine's death: every in-flight request (on any replica
 
 ``SyncDPClient`` runs a ``DPClient`` on an event loop in a background thread, with the
 blocking calls of ``InprocClient``: the offline ``LLM`` with ``data_parallel_size > 1``.
+
+Several API servers (``--api-server-count N``, vLLM's): the serve parent starts the cores
+with ``start_engine_cores(config, N)``, each a client of all N API servers; API server ``i``
+attaches with ``DPClient.connect`` (client index ``i``). Every core pushes its stats to every
+client, so each API server's balancer routes from the same per-replica loads.
 """
 
 from __future__ import annotations
@@ -27,7 +32,11 @@ import threading
 from pagellm.config.engine_args import EngineConfig
 from pagellm.core.request import Request
 from pagellm.core.stats import EngineStats
-from pagellm.engine.core_client import MPClient
+import multiprocessing
+from dataclasses import dataclass
+
+from pagellm.engine.core_client import MPClient, client_addresses, make_socket_dir
+from pagellm.engine.core_proc import start_engine_core_process
 from pagellm.engine.dp_balancer import DPLoadBalancer, prefix_block_hashes
 from pagellm.engine.messages import EngineCoreOutputs, EngineReady
 from pagellm.errors import ClientError, EngineDeadError
@@ -65,6 +74,47 @@ def _visible_cuda_devices() -> list[str]:
         return [device.strip() for device in listed.split(",") if device.strip()]
     import torch
     return [str(index) for index in range(torch.cuda.device_count())]
+
+
+def replica_names(num_engines: int) -> list[str]:
+    """The engine-core processes' names: "pagellm-engine-core", or one per replica."""
+    if num_engines == 1:
+        return ["pagellm-engine-core"]
+    return [f"pagellm-engine-core-{index}" for index in range(num_engines)]
+
+
+@dataclass
+class EngineCoreGroup:
+    """The engine cores the serve parent started for ``num_clients`` API servers."""
+
+    processes: list[multiprocessing.Process]
+    """By replica index."""
+    socket_dir: str
+    """Holds every (replica, client) address pair (``client_addresses``)."""
+    num_clients: int
+
+    @property
+    def pids(self) -> list[int]:
+        return [process.pid for process in self.processes]
+
+
+def start_engine_cores(config: EngineConfig, num_clients: int) -> EngineCoreGroup:
+    """Spawn ``data_parallel_size`` engine cores, each connecting to ``num_clients`` clients
+    (client ``i`` of replica ``e`` binds ``client_addresses(socket_dir, e, i)``; see
+    ``DPClient.connect``). Returns at once: readiness reaches the clients. ClientError as
+    ``replica_environments``."""
+    from pagellm.platforms import current_platform
+
+    num_engines = config.parallel.data_parallel_size
+    envs = replica_environments(config, current_platform(config.parallel.device).is_cuda)
+    socket_dir = make_socket_dir()
+    processes = []
+    for engine_index, (env, name) in enumerate(zip(envs, replica_names(num_engines))):
+        addresses = [client_addresses(socket_dir, engine_index, client_index)
+                     for client_index in range(num_clients)]
+        processes.append(start_engine_core_process(
+            config, [a[0] for a in addresses], [a[1] for a in addresses], env, name))
+    return EngineCoreGroup(processes, socket_dir, num_clients)
 
 
 def merge_stats(stats: list[EngineStats]) -> EngineStats:
@@ -114,18 +164,33 @@ class DPClient:
         num_engines = config.parallel.data_parallel_size
         is_cuda = current_platform(config.parallel.device).is_cuda
         envs = replica_environments(config, is_cuda)
-        names = (["pagellm-engine-core"] if num_engines == 1 else
-                 [f"pagellm-engine-core-{index}" for index in range(num_engines)])
-        results = await asyncio.gather(
-            *(MPClient.start(config, startup_timeout_s, env, name)
-              for env, name in zip(envs, names)), return_exceptions=True)
+        return await cls._gather(config, [
+            MPClient.start(config, startup_timeout_s, env, name)
+            for env, name in zip(envs, replica_names(num_engines))])
+
+    @classmethod
+    async def connect(cls, config: EngineConfig, socket_dir: str, core_pids: list[int],
+                      client_index: int, startup_timeout_s: float = 600.0) -> "DPClient":
+        """Be client ``client_index`` of every core (``core_pids``, by replica; their
+        addresses in ``socket_dir``) that the serve parent started with
+        ``start_engine_cores``, and wait until all are ready; the errors of ``start``.
+        ``shutdown`` then only closes this client: the parent stops the cores."""
+        return await cls._gather(config, [
+            MPClient.connect(socket_dir, engine_index, pid, client_index, startup_timeout_s)
+            for engine_index, pid in enumerate(core_pids)])
+
+    @classmethod
+    async def _gather(cls, config: EngineConfig, starts: list) -> "DPClient":
+        """Await the replicas' clients; when one fails, close the others and raise its error."""
+        results = await asyncio.gather(*starts, return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             await asyncio.gather(*(r.shutdown() for r in results if isinstance(r, MPClient)))
             raise failures[0]
+        num_engines = len(results)
         num_blocks = sum(client.ready.num_blocks for client in results)
         balancer = DPLoadBalancer(num_engines, max_affinity_entries=max(1, num_blocks))
-        if num_engines > 1:
+        if num_engines > 1 and results[0].client_index == 0:
             logger.info("data parallel: %d engine cores (pids %s)", num_engines,
                         [client.process.pid for client in results])
         return cls(results, balancer, config.cache.block_size,

@@ -43,12 +43,15 @@ class EngineCoreRequest(msgspec.Struct, tag="add", array_like=True):
     group_id: str | None = None
     cache_salt: str | None = None
     lora_request: LoRARequest | None = None
+    client_index: int = 0
+    """The API server that sent it (``--api-server-count``): its outputs go back there."""
 
     @classmethod
-    def from_request(cls, request: Request) -> "EngineCoreRequest":
+    def from_request(cls, request: Request, client_index: int = 0) -> "EngineCoreRequest":
         return cls(request.request_id, request.prompt_token_ids, request.sampling_params,
                    request.max_tokens, request.eos_token_id, request.arrival_time,
-                   request.priority, request.group_id, request.cache_salt, request.lora_request)
+                   request.priority, request.group_id, request.cache_salt, request.lora_request,
+                   client_index)
 
     def to_request(self) -> Request:
         """The scheduler's ``Request`` for this message."""
@@ -73,6 +76,8 @@ class UtilityCall(msgspec.Struct, tag="utility", array_like=True):
     aborts every request, answers, and ends the core process with exit code 0."""
     call_id: int
     method: UtilityMethod
+    client_index: int = 0
+    """The API server that called: the result goes back there."""
 
 
 ClientMessage = EngineCoreRequest | AbortRequests | UtilityCall

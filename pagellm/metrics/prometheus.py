@@ -14,6 +14,16 @@ per finished request (each with the index of the replica serving the request), a
 (``AsyncLLM.stats_listeners``: no scrape ever waits on an engine step); ``render`` gives the
 text exposition for GET /metrics, which also carries the process collector's ``process_*``
 series and the HTTP series ``observe_http`` feeds. No ``*_created`` series (as vLLM).
+
+Several API server processes (``--api-server-count N``): prometheus_client's multiprocess
+mode (``PROMETHEUS_MULTIPROC_DIR``, set by the serve parent before it starts them, so
+prometheus_client imports in that mode there). Each process writes its series to files in
+that directory and any process's ``render`` aggregates them all: counters and histograms are
+summed (each API server counts its own requests' tokens and latencies), gauges take the most
+recent value. The engine-core stats (replica gauges and engine totals) reach every API server;
+only API server 0 records them, so nothing is counted N times. No ``process_*`` series then
+(prometheus_client has no multiprocess form of them); ``pagellm:api_server_http_requests``
+counts each API server's HTTP requests (label ``api_server``: its index).
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from dataclasses import dataclass
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
                                ProcessCollector, disable_created_metrics, generate_latest)
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from pagellm.core.stats import EngineStats
 from pagellm.outputs import RequestOutput
@@ -94,28 +105,49 @@ class MetricTotals:
     spec_decode_num_accepted_tokens: int = 0
 
 
+ENGINE_TOTALS = ("num_preemptions", "prefix_cache_queries", "prefix_cache_hits",
+                 "spec_decode_num_drafts", "spec_decode_num_draft_tokens",
+                 "spec_decode_num_accepted_tokens")
+"""EngineStats totals since start whose growth advances the counters of the same names."""
+
+GAUGE_MODE = {"multiprocess_mode": "mostrecent"}
+"""Several API servers: a gauge shows the value last set by any process (API server 0 sets
+the engine gauges; the others only hold them at zero, never set)."""
+
+
 class PrometheusMetrics:
     def __init__(self, model_name: str, max_model_len: int = 8192,
                  registry: CollectorRegistry | None = None, num_engines: int = 1,
-                 max_lora: int = 0):
+                 max_lora: int = 0, multiprocess_dir: str | None = None,
+                 api_server_index: int = 0):
         """``num_engines``: data-parallel replicas; each gets its ``engine`` series from the
         start (at zero). ``max_lora``: max_loras under enable_lora, 0 without LoRA (then
-        ``vllm:lora_requests_info`` is not exported)."""
+        ``vllm:lora_requests_info`` is not exported). ``multiprocess_dir``: this is API
+        server ``api_server_index`` of several sharing that prometheus_client multiprocess
+        directory (see the module docstring); None: the only one."""
         self.max_lora = max_lora
         self.model_name = model_name
         self.num_engines = num_engines
+        self.multiprocess_dir = multiprocess_dir
+        self.api_server_index = api_server_index
+        self.records_engine_stats = api_server_index == 0
+        """Whether engine-core stats feed the series here (API server 0 only)."""
         self.registry = registry if registry is not None else CollectorRegistry()
         self.totals = MetricTotals()
         self._seen_engine_totals: dict[tuple[int, str], int] = {}
+        self._grown_now: dict[str, int] = {}    # by total: growth in the stats being handled
         self._engine_gauges = [(0, 0, 0.0)] * num_engines   # (running, waiting, KV usage)
         self._build_gauges_and_counters()
         self._build_histograms(max_model_len)
         self._build_http_metrics()
         self._build_lora_info()
-        ProcessCollector(registry=self.registry)    # process_cpu_seconds_total, memory, fds
+        if multiprocess_dir is None:
+            ProcessCollector(registry=self.registry)    # process_cpu_seconds_total, memory, fds
 
     def _labelled(self, cls, name: str, documentation: str, **kwargs) -> list:
         """The metric's child of each replica, by engine index."""
+        if cls is Gauge:
+            kwargs = {**kwargs, **GAUGE_MODE}
         metric = cls(name, documentation, labelnames=["model_name", "engine"],
                      registry=self.registry, **kwargs)
         return [metric.labels(model_name=self.model_name, engine=str(index))
@@ -158,7 +190,7 @@ class PrometheusMetrics:
             labelnames=["model_name", "engine", "finished_reason"], registry=self.registry)
         self.cache_config_info = Gauge(
             "vllm:cache_config_info", "Information of the KV cache config (labels; value 1).",
-            labelnames=list(CACHE_CONFIG_LABELS), registry=self.registry)
+            labelnames=list(CACHE_CONFIG_LABELS), registry=self.registry, **GAUGE_MODE)
 
     def _build_lora_info(self) -> None:
         self.lora_requests_info = None
@@ -166,7 +198,7 @@ class PrometheusMetrics:
             self.lora_requests_info = Gauge(
                 "vllm:lora_requests_info", "Running stats on lora requests.",
                 labelnames=["running_lora_adapters", "waiting_lora_adapters", "max_lora"],
-                registry=self.registry)
+                registry=self.registry, **GAUGE_MODE)
 
     def _build_http_metrics(self) -> None:
         labels = ["method", "handler", "status"]
@@ -177,6 +209,10 @@ class PrometheusMetrics:
             "http_request_duration_seconds", "HTTP request latency in seconds, until the "
             "response (a whole stream included) is sent.", labels,
             buckets=HTTP_LATENCY_BUCKETS, registry=self.registry)
+        self.api_server_http_requests = Counter(
+            "pagellm:api_server_http_requests", "HTTP requests answered by each API server "
+            "process (--api-server-count).", ["api_server"],
+            registry=self.registry).labels(api_server=str(self.api_server_index))
 
     def _build_histograms(self, max_model_len: int) -> None:
         self.time_to_first_token = self._labelled(
@@ -224,7 +260,8 @@ class PrometheusMetrics:
     def set_cache_config_info(self, labels: dict[str, str]) -> None:
         """``vllm:cache_config_info``: one series set to 1 whose labels are ``labels``
         (``cache_config_labels``)."""
-        self.cache_config_info.clear()
+        if self.multiprocess_dir is None:       # (multiprocess mode cannot clear; set once)
+            self.cache_config_info.clear()
         self.cache_config_info.labels(**labels).set(1)
 
     def observe_http(self, method: str, handler: str, status: int, duration_s: float) -> None:
@@ -232,17 +269,19 @@ class PrometheusMetrics:
         labels = {"method": method, "handler": handler, "status": str(status)}
         self.http_requests.labels(**labels).inc()
         self.http_request_duration.labels(**labels).observe(duration_s)
+        self.api_server_http_requests.inc()
 
     def observe_tokens(self, num_prompt_tokens: int = 0, num_generation_tokens: int = 0,
                        inter_token_latency: float | None = None, engine_index: int = 0) -> None:
         """Tokens of one output as it arrives from replica ``engine_index``;
         ``inter_token_latency``: seconds since the request's previous token-bearing output."""
+        local_totals = self.multiprocess_dir is None    # else from the engine stats
         if num_prompt_tokens:
             self.prompt_tokens[engine_index].inc(num_prompt_tokens)
-            self.totals.prompt_tokens += num_prompt_tokens
+            self.totals.prompt_tokens += num_prompt_tokens * local_totals
         if num_generation_tokens:
             self.generation_tokens[engine_index].inc(num_generation_tokens)
-            self.totals.generation_tokens += num_generation_tokens
+            self.totals.generation_tokens += num_generation_tokens * local_totals
         if inter_token_latency is not None:
             self.inter_token_latency[engine_index].observe(inter_token_latency)
 
@@ -295,32 +334,44 @@ class PrometheusMetrics:
         (0..1) set its gauges; num_preemptions, prefix_cache_queries and prefix_cache_hits are
         its totals since it started, and its counters advance by what they grew; each entry of
         iteration_tokens is one step's token count. ``totals`` sums the replicas (KV usage:
-        their mean)."""
+        their mean); with several API servers its token counts are the engines' (all API
+        servers' requests) and only API server 0 feeds the series."""
+        self._update_totals(stats, engine_index)
+        if self.records_engine_stats:
+            self._record_engine_stats(stats, engine_index)
+
+    def _update_totals(self, stats: EngineStats, engine_index: int) -> None:
+        self._engine_gauges[engine_index] = (stats.num_running, stats.num_waiting,
+                                             stats.kv_cache_usage)
+        totals = self.totals
+        totals.num_requests_running = sum(g[0] for g in self._engine_gauges)
+        totals.num_requests_waiting = sum(g[1] for g in self._engine_gauges)
+        totals.kv_cache_usage = sum(g[2] for g in self._engine_gauges) / self.num_engines
+        names = ENGINE_TOTALS
+        if self.multiprocess_dir is not None:
+            names += ("prompt_tokens", "generation_tokens")
+        for name in names:
+            grown = self._grown(engine_index, name, getattr(stats, name))
+            self._grown_now[name] = grown
+            setattr(totals, name, getattr(totals, name) + grown)
+
+    def _record_engine_stats(self, stats: EngineStats, engine_index: int) -> None:
+        """The series fed by one replica's pushed stats (after ``_update_totals``)."""
         for num_tokens in stats.iteration_tokens:
             self.iteration_tokens[engine_index].observe(num_tokens)
         self.num_requests_running[engine_index].set(stats.num_running)
         self.num_requests_waiting[engine_index].set(stats.num_waiting)
         self.kv_cache_usage[engine_index].set(stats.kv_cache_usage)
         self.gpu_cache_usage[engine_index].set(stats.kv_cache_usage)
-        self._engine_gauges[engine_index] = (stats.num_running, stats.num_waiting,
-                                             stats.kv_cache_usage)
         if self.lora_requests_info is not None:
             # vLLM's form: the adapters as comma-joined labels, the value the current time
             self.lora_requests_info.labels(
                 running_lora_adapters=",".join(stats.running_lora_adapters),
                 waiting_lora_adapters=",".join(stats.waiting_lora_adapters),
                 max_lora=str(self.max_lora)).set_to_current_time()
-        totals = self.totals
-        totals.num_requests_running = sum(g[0] for g in self._engine_gauges)
-        totals.num_requests_waiting = sum(g[1] for g in self._engine_gauges)
-        totals.kv_cache_usage = sum(g[2] for g in self._engine_gauges) / self.num_engines
-        for name in ("num_preemptions", "prefix_cache_queries", "prefix_cache_hits",
-                     "spec_decode_num_drafts", "spec_decode_num_draft_tokens",
-                     "spec_decode_num_accepted_tokens"):
-            grown = self._grown(engine_index, name, getattr(stats, name))
-            if grown:
-                getattr(self, name)[engine_index].inc(grown)
-                setattr(totals, name, getattr(totals, name) + grown)
+        for name in ENGINE_TOTALS:
+            if self._grown_now[name]:
+                getattr(self, name)[engine_index].inc(self._grown_now[name])
         for position, total in enumerate(stats.spec_decode_num_accepted_tokens_per_pos):
             grown = self._grown(engine_index, f"spec_pos{position}", total)
             self.spec_decode_accepted_per_pos.labels(
@@ -338,5 +389,10 @@ class PrometheusMetrics:
         return copy.copy(self.totals)
 
     def render(self) -> bytes:
-        """The text exposition of every metric (serve with ``CONTENT_TYPE``)."""
-        return generate_latest(self.registry)
+        """The text exposition of every metric (serve with ``CONTENT_TYPE``); with several
+        API servers, every process's series aggregated (see the module docstring)."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiprocess_dir)
+        return generate_latest(registry)

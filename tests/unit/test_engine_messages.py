@@ -62,7 +62,8 @@ def test_the_wire_carries_the_core_types_themselves():
     assert hints["sampling_params"] is SamplingParams
     assert hints["lora_request"] == LoRARequest | None
     assert EngineCoreOutputs in typing.get_args(CoreMessage)
-    assert list(EngineCoreRequest.__struct_fields__) == REQUEST_ARGS
+    # the Request's own fields, plus the routing field of several API servers
+    assert list(EngineCoreRequest.__struct_fields__) == [*REQUEST_ARGS, "client_index"]
     defined = {name for name, value in vars(messages).items()
                if isinstance(value, type) and issubclass(value, msgspec.Struct)
                and value.__module__ == messages.__name__}

@@ -3,7 +3,8 @@
 Every engine argument is a flag (generated from the config dataclasses), plus the server's
 own: --host, --port, --api-key (or PAGELLM_API_KEY), --chat-template,
 --trust-request-chat-template, --enable-auto-tool-choice, --tool-call-parser,
---reasoning-parser, --lora-modules, --disable-log-requests, --disable-log-stats, --drain-timeout.
+--reasoning-parser, --lora-modules, --disable-log-requests, --disable-log-stats, --drain-timeout,
+--api-server-count (N > 1: N API server processes share the port, see ``api_servers``).
 Exit status: 0 after a clean shutdown, 1 when the engine core died, 2 for a bad option (a port
 out of range, a busy port or an unknown host is found before the model loads: the socket is
 bound first; the server listens once the model is ready).
@@ -70,6 +71,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
                         help="seconds to let in-flight requests finish after SIGTERM")
     server.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024,
                         help="largest request body accepted")
+    server.add_argument("--api-server-count", "-asc", type=api_server_count, default=1,
+                        help="API server processes sharing the port, each a client of every "
+                             "engine core (tokenization, detokenization and SSE spread over "
+                             "processes: for data parallel at high request rates); >= 1")
     add_engine_args(parser)
 
 
@@ -107,6 +112,17 @@ def port_number(text: str) -> int:
     return port
 
 
+def api_server_count(text: str) -> int:
+    """argparse type of --api-server-count: an integer >= 1."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: not an integer") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"invalid count {count}: must be >= 1")
+    return count
+
+
 def bind_socket(host: str, port: int) -> socket.socket:
     """A socket bound to (host, port) but not yet listening (connections are refused until
     uvicorn listens, once the model is loaded). ClientError naming the host or port when the
@@ -141,6 +157,9 @@ def main(args: argparse.Namespace) -> int:
     _precheck_lora_modules(args)                # a bad adapter fails before the model loads
     sock = bind_socket(args.host, args.port)     # before the model loads: fail fast
     try:
+        if args.api_server_count > 1:
+            from pagellm.entrypoints.cli.api_servers import run_api_servers
+            return run_api_servers(args, sock)
         return asyncio.run(run_server(args, sock))
     finally:
         sock.close()
@@ -171,9 +190,12 @@ def _precheck_lora_modules(args: argparse.Namespace) -> None:
         precheck_adapter(module.path, kwargs.get("max_lora_rank", 16))
 
 
-async def run_server(args: argparse.Namespace, sock: socket.socket | None = None) -> int:
+async def run_server(args: argparse.Namespace, sock: socket.socket | None = None,
+                     role=None) -> int:
     """Load the engine, then serve on ``sock`` (bound by ``bind_socket``; bound here from
-    --host/--port when None) until a drain or the engine's death; returns the exit status."""
+    --host/--port when None) until a drain or the engine's death; returns the exit status.
+    ``role``: an ``api_servers.APIServerRole`` when this is one API server of several (it
+    connects to the cores the supervisor started, and drains on SIGTERM only)."""
     import uvicorn
 
     from pagellm.engine.async_engine import AsyncLLM
@@ -188,9 +210,14 @@ async def run_server(args: argparse.Namespace, sock: socket.socket | None = None
     engine_kwargs = engine_kwargs_from_args(args)
     if args.model_tag is not None:
         engine_kwargs["model"] = args.model_tag
-    engine = await AsyncLLM.from_engine_args(**engine_kwargs)
-    _apply_scenario_server_flags(args, engine.config.scenario.scenario)
-    _log_config_lint(engine.config)
+    if role is None:
+        engine = await AsyncLLM.from_engine_args(**engine_kwargs)
+    else:
+        engine = await role.connect_engine()
+    first = role is None or role.index == 0     # logs once what every API server would
+    _apply_scenario_server_flags(args, engine.config.scenario.scenario, first)
+    if first:
+        _log_config_lint(engine.config)
     settings = ServerSettings(api_key=args.api_key, max_body_bytes=args.max_body_bytes,
                               max_num_queued_requests=engine.config.scheduler.max_num_queued_requests,
                               disable_log_requests=args.disable_log_requests,
@@ -198,7 +225,10 @@ async def run_server(args: argparse.Namespace, sock: socket.socket | None = None
                               enable_auto_tool_choice=args.enable_auto_tool_choice,
                               tool_call_parser=args.tool_call_parser,
                               reasoning_parser=args.reasoning_parser,
-                              lora_modules=parse_lora_modules(args.lora_modules))
+                              lora_modules=parse_lora_modules(args.lora_modules),
+                              api_server_index=0 if role is None else role.index,
+                              prometheus_multiproc_dir=None if role is None else
+                              role.prometheus_dir)
     app = build_app(engine, settings, _chat_template(args.chat_template))
     # log_config=None: uvicorn's loggers go through pagellm's format (logger.init_logging);
     # access_log=False: the app's own access log line carries the request id and latency.
@@ -207,14 +237,17 @@ async def run_server(args: argparse.Namespace, sock: socket.socket | None = None
     server = _Server(config, f"Serving {engine.served_model_name} on "
                              f"{_url(sock.getsockname())}")
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # several API servers: the supervisor forwards SIGTERM/SIGINT as its drain signal
+    for sig in (signal.SIGTERM, signal.SIGINT) if role is None else (role.drain_signal,):
         loop.add_signal_handler(sig, _begin_drain, server, app, engine, args.drain_timeout)
     tasks = [asyncio.create_task(_watch_engine(engine, server))]
-    if not args.disable_log_stats:
+    if not args.disable_log_stats and first:
         stats_logger = StatsLogger(app.state.metrics, stats_interval_s,
                                    extra_line=_advisor_line(app.state.advisor))
         tasks.append(asyncio.create_task(stats_logger.run()))
     try:
+        if role is not None:
+            await role.wait_for_peers()     # all listen together (each holds the engine now)
         # returns once the drain (or engine death) set should_exit
         await server.serve(sockets=[sock])
     finally:
@@ -237,7 +270,8 @@ async def run_server(args: argparse.Namespace, sock: socket.socket | None = None
     return 0
 
 
-def _apply_scenario_server_flags(args: argparse.Namespace, scenario: str | None) -> None:
+def _apply_scenario_server_flags(args: argparse.Namespace, scenario: str | None,
+                                 log: bool = True) -> None:
     """Turn on the server flags a scenario preset asks for (batch_processing:
     --disable-log-requests)."""
     from pagellm.config.presets import SCENARIOS
@@ -245,7 +279,8 @@ def _apply_scenario_server_flags(args: argparse.Namespace, scenario: str | None)
     for flag in SCENARIOS[scenario].server_flags if scenario else ():
         if not getattr(args, flag):
             setattr(args, flag, True)
-            logger.info("scenario %s: --%s on", scenario, flag.replace("_", "-"))
+            if log:
+                logger.info("scenario %s: --%s on", scenario, flag.replace("_", "-"))
 
 
 def _log_config_lint(config) -> None:

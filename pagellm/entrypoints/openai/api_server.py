@@ -80,6 +80,10 @@ class ServerSettings:
     """A ``ReasoningParserManager`` name (--reasoning-parser)."""
     lora_modules: tuple = ()
     """``LoRAModulePath`` entries (--lora-modules): adapters served by name."""
+    api_server_index: int = 0
+    """This process's index among the --api-server-count API servers."""
+    prometheus_multiproc_dir: str | None = None
+    """With several API servers: their shared prometheus_client multiprocess directory."""
 
 
 class _Guard:
@@ -219,7 +223,9 @@ def build_app(engine, settings: ServerSettings, chat_template: str | None = None
     lora = engine.config.lora
     metrics = PrometheusMetrics(engine.served_model_name, engine.max_model_len,
                                 num_engines=engine.num_engines,
-                                max_lora=lora.max_loras if lora.enable_lora else 0)
+                                max_lora=lora.max_loras if lora.enable_lora else 0,
+                                multiprocess_dir=settings.prometheus_multiproc_dir,
+                                api_server_index=settings.api_server_index)
     metrics.set_cache_config_info(cache_config_labels(
         engine.config.cache, engine.num_gpu_blocks, engine.num_cpu_blocks))
     engine.stats_listeners.append(metrics.update_from_stats)

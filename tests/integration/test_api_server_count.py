@@ -1,0 +1,157 @@
+"""``pagellm serve --api-server-count 2`` end to end on CPU: two API server processes share the
+port and both answer requests; greedy outputs equal the in-process engine's (the single API
+server's, as test_http_matches_llm shows); /metrics aggregates the processes (totals exact,
+per replica ``engine`` series with -dp 2); SIGTERM stops every process with exit 0; killing an
+engine core makes every API server fail its requests (503) and the server exit 1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import psutil
+import pytest
+
+from pagellm import LLM, SamplingParams
+from tests.helpers.server import running_server, start_server, stop_server
+from tests.helpers.tiny_models import make_tiny_model_dir
+from tests.integration.test_data_parallel import (_health_after_kill, complete, metric,
+                                                  per_engine)
+
+PROMPTS = [f"prompt {index}: {'abc ' * (index % 5)}" for index in range(16)]
+MAX_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_tiny_model_dir(tmp_path_factory.mktemp("asc"), "llama")
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir):
+    llm = LLM(str(model_dir), device="cpu", kv_cache_memory_bytes=4 * 2**20, max_model_len=256)
+    try:
+        outputs = llm.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS,
+                                                       ignore_eos=True), use_tqdm=False)
+    finally:
+        llm.shutdown()
+    return [output.outputs[0].text for output in outputs]
+
+
+def _stream(base: str, prompt: str) -> str:
+    body = {"model": "tiny", "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0.0,
+            "ignore_eos": True, "stream": True}
+    text = []
+    with httpx.stream("POST", base + "/v1/completions", json=body, timeout=120) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                text.append(httpx.Response(200, content=line[6:]).json()
+                            ["choices"][0]["text"])
+    return "".join(text)
+
+
+def _serve_all(base: str) -> list[str]:
+    """PROMPTS concurrently, half streamed, in order of PROMPTS."""
+    def one(index: int) -> str:
+        if index % 2:
+            return _stream(base, PROMPTS[index])
+        return complete(base, PROMPTS[index])["choices"][0]["text"]
+
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:
+        return list(pool.map(one, range(len(PROMPTS))))
+
+
+def _api_server_requests(text: str) -> list[float]:
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("pagellm:api_server_http_requests_total{"):
+            values[line.split('api_server="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
+    return [values.get(str(index), 0.0) for index in range(2)]
+
+
+def _children(pid: int) -> tuple[list[int], list[int]]:
+    """(API server pids, engine core pids): the API servers hold the listening socket
+    (multiprocessing's resource tracker, the other child, is neither)."""
+    servers, cores = [], []
+    for child in psutil.Process(pid).children():
+        if "spawn_main" not in " ".join(child.cmdline()):
+            continue
+        listening = any(c.status == psutil.CONN_LISTEN
+                        for c in child.net_connections(kind="tcp"))
+        (servers if listening else cores).append(child.pid)
+    return servers, cores
+
+
+def test_two_api_servers_share_the_port_outputs_metrics_and_clean_exit(model_dir, reference):
+    proc, base = start_server(model_dir, "--api-server-count", "2")
+    try:
+        servers, cores = _children(proc.pid)
+        assert len(servers) == 2 and len(cores) == 1
+        assert _serve_all(base) == reference
+        text = httpx.get(base + "/metrics", timeout=10).text
+        served = _api_server_requests(text)
+        assert min(served) >= 1 and sum(served) >= len(PROMPTS), served
+        assert metric(text, "vllm:request_success_total", "0",
+                      finished_reason="length") == len(PROMPTS)
+        assert metric(text, "vllm:generation_tokens_total", "0") == len(PROMPTS) * MAX_TOKENS
+        assert 'http_requests_total{handler="/v1/completions",method="POST",status="200"} ' \
+            f"{float(len(PROMPTS))}" in text
+        assert "process_cpu_seconds_total" not in text       # no multiprocess form of them
+        assert stop_server(proc) == 0
+        assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() !=
+                       psutil.STATUS_ZOMBIE for pid in servers + cores)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
+
+
+def test_dp2_with_two_api_servers_routes_over_replicas_then_a_killed_core_exits_1(
+        model_dir, reference):
+    # a slow step (fault injection) keeps the requests generating when a replica dies
+    with running_server(model_dir, "-dp", "2", "--api-server-count", "2",
+                        env_extra={"PAGELLM_FAULT_INJECT_STEP_DELAY_S": "0.02"}) as (proc, base):
+        servers, cores = _children(proc.pid)
+        assert len(servers) == 2 and len(cores) == 2
+        assert _serve_all(base) == reference
+        counts = per_engine(base, "vllm:request_success_total", finished_reason="length")
+        assert sum(counts) == len(PROMPTS) and min(counts) >= 3, counts
+        generated = per_engine(base, "vllm:generation_tokens_total")
+        assert generated == [n * MAX_TOKENS for n in counts]
+        assert min(_api_server_requests(httpx.get(base + "/metrics").text)) >= 1
+        statuses: list[int] = []
+
+        def long_request(index: int) -> None:
+            body = {"model": "tiny", "prompt": f"long {index}", "max_tokens": 200,
+                    "ignore_eos": True}
+            try:
+                statuses.append(httpx.post(base + "/v1/completions", json=body,
+                                           timeout=120).status_code)
+            except httpx.TransportError:
+                statuses.append(-1)
+
+        threads = [threading.Thread(target=long_request, args=(i,)) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and min(per_engine(
+                base, "vllm:num_requests_running")) < 1:
+            time.sleep(0.05)
+        killed_at = time.monotonic()
+        os.kill(cores[1], signal.SIGKILL)
+        health = _health_after_kill(base)
+        for thread in threads:
+            thread.join(timeout=60)
+        assert statuses == [503] * 6, statuses
+        assert health == 503
+        assert proc.wait(timeout=60) == 1
+        assert time.monotonic() - killed_at < 15
+        for pid in servers + cores[:1]:
+            assert not psutil.pid_exists(pid) or \
+                psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
