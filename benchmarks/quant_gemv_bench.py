@@ -21,7 +21,9 @@ at M = 1 and 2, prints the best next to the default (the rules of ``wna16_gemv_c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
+import json
 
 import torch
 import torch.nn.functional as F
@@ -138,8 +140,9 @@ def sweep_configs(kernel: str, M: int, K: int, N: int, sms: int) -> list[GemvCon
     return list(dict.fromkeys(configs))                 # targets giving the same split once
 
 
-def sweep(sms: int, kernels: list[str]) -> None:
-    """Best GemvConfig per (kernel, shape, M) next to the default; then the literal."""
+def sweep(sms: int, kernels: list[str], write_configs: str | None = None) -> None:
+    """Best GemvConfig per (kernel, shape, M) next to the default; then the literal (and the
+    JSON file ``write_configs`` that PAGELLM_QUANT_GEMV_CONFIGS loads)."""
     print("\n| shape | M | kernel | default µs (TB/s) | best µs (TB/s) | best config |\n"
           "|---|---|---|---|---|---|")
     best_configs = {}
@@ -178,6 +181,10 @@ def sweep(sms: int, kernels: list[str]) -> None:
     for key, config in best_configs.items():
         print(f"    {key!r}: {config!r},")
     print("}")
+    if write_configs:
+        with open(write_configs, "w") as file:
+            json.dump([[list(key), dataclasses.asdict(config)]
+                       for key, config in best_configs.items()], file, indent=1)
 
 
 def main() -> None:
@@ -186,6 +193,8 @@ def main() -> None:
     parser.add_argument("--kernels", default="fp8,wna16",
                         help="comma-separated GEMVs to sweep: fp8, wna16")
     parser.add_argument("--no-table", action="store_true", help="skip the default table")
+    parser.add_argument("--write-configs", metavar="JSON",
+                        help="with --sweep: write the best configs for PAGELLM_QUANT_GEMV_CONFIGS")
     args = parser.parse_args()
     kernels = [k for k in args.kernels.split(",") if k]
     if not kernels or set(kernels) - {"fp8", "wna16"}:
@@ -196,7 +205,7 @@ def main() -> None:
     if not args.no_table:
         print_table()
     if args.sweep:
-        sweep(sms, kernels)
+        sweep(sms, kernels, args.write_configs)
 
 
 if __name__ == "__main__":

@@ -186,3 +186,27 @@ if __name__ == "__main__":
     _check_kernels()
     _check_edges()
     _check_dispatch()
+
+
+def test_tuned_configs_file_round_trips_and_rejects_a_malformed_file(tmp_path):
+    """The sweep's JSON (``quant_gemv_bench.py --write-configs``) becomes TUNED_CONFIGS entries
+    that the config functions return; a file of another shape is a ValueError naming it."""
+    import dataclasses
+    import json
+
+    from pagellm.ops.triton import quant_gemv as q
+
+    tuned = q.GemvConfig(1, 16, 512, 3, num_warps=8, num_stages=4)
+    path = tmp_path / "configs.json"
+    path.write_text(json.dumps([[["fp8", 1, 4096, 4096, 132], dataclasses.asdict(tuned)]]))
+    saved = dict(q.TUNED_CONFIGS)
+    try:
+        assert q.load_tuned_configs(str(path)) == 1
+        assert q.fp8_gemv_config(1, 4096, 4096, 132) == tuned
+        assert q.fp8_gemv_config(1, 4096, 4096, 114) != tuned      # another GPU: the rules
+        path.write_text(json.dumps([[["fp8", 1, 4096, 4096, 132], {"block_q": 3}]]))
+        with pytest.raises(ValueError, match="configs.json"):
+            q.load_tuned_configs(str(path))
+    finally:
+        q.TUNED_CONFIGS.clear()
+        q.TUNED_CONFIGS.update(saved)

@@ -92,8 +92,10 @@ split 2-3 ways."""
 
 TUNED_CONFIGS: dict[tuple, "GemvConfig"] = {}
 """(kind, M, K, N, sms) -> GemvConfig measured best by ``benchmarks/quant_gemv_bench.py
---sweep`` (it prints this dict's literal); kind ``"fp8"`` or ``"wna16"`` (4-bit weights,
-consulted only when a tile lies in one group). Shapes not listed use the rules below."""
+--sweep`` (it prints this dict's literal, and writes it as JSON with ``--write-configs``);
+kind ``"fp8"`` or ``"wna16"`` (4-bit weights, consulted only when a tile lies in one group).
+Shapes not listed use the rules below. ``PAGELLM_QUANT_GEMV_CONFIGS=<json file>`` adds the
+entries of such a file at import (a sweep's results used in the same session)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,3 +474,30 @@ def fp8_gemv_triton(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.T
             BLOCK_K=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages)
 
     return _run_gemv(x, N, bias, config, launch)
+
+
+def load_tuned_configs(path: str) -> int:
+    """Add the entries of a ``quant_gemv_bench.py --write-configs`` JSON file (a list of
+    ``[[kind, M, K, N, sms], {GemvConfig fields}]``) to TUNED_CONFIGS; returns how many.
+    ValueError for a malformed file."""
+    import json
+
+    entries = json.loads(open(path).read())
+    try:
+        for key, fields in entries:
+            TUNED_CONFIGS[tuple(key)] = GemvConfig(**fields)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: not a list of [[kind, M, K, N, sms], GemvConfig fields] "
+                         f"({error})") from error
+    return len(entries)
+
+
+def _load_env_configs() -> None:
+    import os
+
+    path = os.environ.get("PAGELLM_QUANT_GEMV_CONFIGS")
+    if path:
+        logger.info("quant GEMV: %d tuned launch configs from %s", load_tuned_configs(path), path)
+
+
+_load_env_configs()
