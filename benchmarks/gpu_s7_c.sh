@@ -33,5 +33,5 @@ PY
 w1 bf16 --model llama-3.1-8b
 w1 fp8 --model llama-3.1-8b --quantization fp8
 left 470 && w1 gptq --model /tmp/w9-models/gptq --quantization gptq_marlin
-left 500 && w1 tp2 --model llama-3.1-8b -tp 2
+[ "$(nvidia-smi -L | wc -l)" -ge 2 ] && left 500 && w1 tp2 --model llama-3.1-8b -tp 2
 echo "elapsed $((SECONDS - START)) s"
