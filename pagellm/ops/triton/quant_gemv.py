@@ -242,7 +242,7 @@ def _wna16_tile_row(acc, packed, scale, zero, rows_kp, k_end, x_ptr, m, M, strid
         x = tl.load(x_ptr + m * stride_xm + offs_k, mask=offs_k < k_lim,
                     other=0.0).to(tl.float32)                             # [BKP]
         x_sum += x
-        shift: tl.constexpr = (j % HALF) * BITS
+        shift = (j % HALF) * BITS        # constexpr: j is a static_range index
         if j < HALF:
             bits = (packed & (MASK << shift)) | MAGIC_BITS
         else:

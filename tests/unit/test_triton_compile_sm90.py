@@ -1,0 +1,71 @@
+"""The Triton kernels that only the GPU runs compile for sm_90 (H100/H200) here, without a GPU
+(``tests/helpers/triton_compile.py``): the frontend, the passes and ptxas reject what the
+interpreter accepts (a ``tl.constexpr`` reassigned in a ``static_range`` loop reached the
+H200 once). Covers the decode GEMVs in every launch the benchmark sweep can make, the one-shot
+all-reduce (plain and fused) and the split-KV decode attention."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from tests.helpers.triton_compile import compiling_for_sm90  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_decode_gemvs_compile_in_every_swept_launch():
+    from pagellm.ops.quant import pack_int32
+    from pagellm.ops.triton import quant_gemv as q
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        from quant_gemv_bench import sweep_configs
+    finally:
+        sys.path.remove(str(REPO_ROOT / "benchmarks"))
+    K, N, group = 4096, 4096, 128
+    qweight = pack_int32(torch.randint(0, 16, (K, N)), 4, 0)
+    scales = torch.rand(K // group, N, dtype=torch.bfloat16)
+    qzeros = pack_int32(torch.randint(0, 16, (K // group, N)), 4, 1)
+    g_idx = (torch.arange(K) // group).to(torch.int32)
+    fp8 = torch.zeros(N, K, dtype=torch.float8_e4m3fn)
+    with compiling_for_sm90() as compiled:
+        for M in (1, 2):
+            x = torch.randn(M, K, dtype=torch.bfloat16)
+            for config in sweep_configs("wna16", M, K, N, 132):
+                q.wna16_gemv_triton(x, qweight, scales, qzeros, None, 4, config=config)
+            for config in sweep_configs("fp8", M, K, N, 132):
+                q.fp8_gemv_triton(x, fp8, torch.rand(N), config=config)
+            q.wna16_gemv_triton(x, qweight, scales, None, g_idx, 4)       # act order, sym
+            q.wna16_gemv_triton(x, qweight, scales.float(), qzeros, None, 4,
+                                config=q.GemvConfig(M, 64, 64, 2))       # groups per word row
+    names = {name for name, _ in compiled}
+    assert names == {"_wna16_gemv_kernel", "_fp8_gemv_kernel", "_split_k_reduce_kernel"}
+    assert {c["GROUP_MODE"] for name, c in compiled if name == "_wna16_gemv_kernel"} == {0, 1, 2}
+
+
+def test_one_shot_all_reduce_and_split_decode_attention_compile():
+    from pagellm.ops.triton.one_shot_all_reduce import one_shot_all_reduce
+    from pagellm.ops.triton.paged_attention import paged_attention_triton
+
+    pointers, counters = torch.zeros(2, dtype=torch.int64), torch.zeros(64, dtype=torch.int32)
+    hidden = torch.randn(3, 4096, dtype=torch.bfloat16)
+    with compiling_for_sm90() as compiled:
+        one_shot_all_reduce(hidden, pointers, pointers, counters, 1 << 20, 0, hidden.clone(),
+                            torch.randn(4096, dtype=torch.bfloat16), 1e-5)
+        one_shot_all_reduce(hidden.view(-1, 1024), pointers, pointers, counters, 1 << 20, 1)
+        cache = torch.zeros(2, 8, 16, 2, 128, dtype=torch.bfloat16)   # [2, blocks, 16, kv, d]
+        query = torch.randn(2, 8, 128, dtype=torch.bfloat16)
+        paged_attention_triton(query, cache, torch.zeros(2, 8, dtype=torch.int32),
+                                torch.tensor([0, 1, 2], dtype=torch.int32),
+                                torch.tensor([100, 30], dtype=torch.int32), 0.1,
+                                max_query_len=1, max_seq_len=128, num_kv_splits=4)
+    assert [name for name, _ in compiled] == [
+        "_one_shot_all_reduce_kernel", "_one_shot_all_reduce_kernel", "_split_decode_kernel",
+        "_split_decode_reduce_kernel"]
+    assert [c["NORM"] for _, c in compiled[:2]] == [True, False]
