@@ -44,21 +44,25 @@ def test_default_model_greedy_identical(variant, default_llm, default_model_path
         assert llm.llm_engine.stats().num_preemptions > 0
 
 
-def test_default_model_k4_verify_multi_row_kernel_greedy_identical(default_llm,
-                                                                   default_model_path):
-    """Batch 1, k = 4: the verify's 5 rows go through the multi-row GGUF kernel
+def test_default_model_kept_quantized_k4_verify_greedy_identical(default_model_path,
+                                                                 monkeypatch):
+    """The default model kept in Q4_1 (as served; the suite dequantizes GGUF by default),
+    batch 1, k = 4: each verify's 5 rows go through the multi-row GGUF kernel
     (pagellm.ops.gguf_cpu, bit-identical per row to the decode step's torch kernel)."""
     from pagellm.ops import gguf_cpu
 
+    monkeypatch.delenv("PAGELLM_GGUF_DEQUANTIZE", raising=False)
+    args = dict(kv_cache_memory_bytes=64 * 2**20, max_model_len=512, dtype="float32")
     params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
-    expected = _token_ids(default_llm.generate([COPY_PROMPT], params, use_tqdm=False))
-    llm = LLM(default_model_path, kv_cache_memory_bytes=64 * 2**20, max_model_len=512,
-              dtype="float32", speculative_config=dict(NGRAM, num_speculative_tokens=4))
+    plain = LLM(default_model_path, **args)
     before = gguf_cpu.calls
-    assert _token_ids(llm.generate([COPY_PROMPT], params, use_tqdm=False)) == expected
-    assert gguf_cpu.calls > before                    # some verify had >= 5 rows
-    stats = _spec_stats(llm)
-    assert stats.num_accepted_tokens > 0
+    expected = _token_ids(plain.generate([COPY_PROMPT], params, use_tqdm=False))
+    assert gguf_cpu.calls == before                   # batch-1 decode: torch's kernel
+    spec = LLM(default_model_path, speculative_config=dict(NGRAM, num_speculative_tokens=4),
+               **args)
+    assert _token_ids(spec.generate([COPY_PROMPT], params, use_tqdm=False)) == expected
+    assert gguf_cpu.calls > before                    # the verifies took the new kernel
+    assert _spec_stats(spec).num_accepted_tokens > 0
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
