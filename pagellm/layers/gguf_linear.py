@@ -239,10 +239,11 @@ weight (``GGUFLinearMethod.apply``); 0 turns the copies off."""
 MULTI_ROW_MIN_ROWS = int(os.environ.get("PAGELLM_GGUF_CPU_MULTI_ROWS", "5"))
 """Rows from which (up to ``DENSE_MIN_ROWS``) a kept-quantized GGUF linear takes the
 multi-row kernel (``pagellm.ops.gguf_cpu``, bit-identical per row) instead of torch's int4
-kernel, which reads the weight once per 4 rows and splits 5-7 rows unevenly over its threads
-(this CPU, 2 threads, us, torch / multi-row: 960x576 at 4 rows 32 / 36, 5 rows 56 / 41,
-8 rows 56 / 57, 9 rows 84 / 74; 3072x576 at 5 rows 172 / 118; RESULTS.md, session 7);
-0 turns it off."""
+kernel, which reads the weight once per 4 rows and splits 5-7 rows unevenly over its threads.
+Measured on this CPU (2 threads): all 121 linears of the default model, one pass, ms, torch /
+multi-row: 4 rows 10.7 / 10.7, 5 rows 18.8 / 15.6, 6 rows 18.4 / 17.0, 8 rows 19.0 / 19.5,
+9 rows 26.7 / 24.2 (RESULTS.md, session 7); below 5 rows torch's kernel is as fast or
+faster. 0 turns it off."""
 DENSE_BUDGET_BYTES = min(4 * 2**30, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 8)
 """Host memory all dense copies together may take (4 GiB or 1/8 of RAM, the smaller): a
 model too large for it keeps the int4 path at every batch size."""
