@@ -8,6 +8,10 @@ in the environment runs every engine in batch-invariant mode (same outputs expec
 
     PYTHONPATH=. python benchmarks/w10_ngram.py --max-tokens 256 --repeats 2
     PYTHONPATH=. python benchmarks/w10_ngram.py --max-tokens 96 --repeats 1 --adaptive both
+    PYTHONPATH=. python benchmarks/w10_ngram.py --max-tokens 128 --k 8 --prompt-lookup-min 1 \
+        --stop-at-eos --prompts quote_summary,rewrite_code
+``PAGELLM_GGUF_CPU_MULTI_ROWS=0`` turns the multi-row GGUF kernel off (verify rows then go
+through torch's int4 kernel, 4 rows per pass): the before/after of RESULTS.md, session 7.
 """
 
 from __future__ import annotations
@@ -46,11 +50,11 @@ PROMPTS = {
 }
 
 
-def run(llm: LLM, prompt: str, max_tokens: int, repeats: int):
+def run(llm: LLM, prompt: str, max_tokens: int, repeats: int, ignore_eos: bool = True):
     """(best wall-clock tokens/s, best tokens per CPU-second of this process, token ids).
     The CPU-time rate is the steadier one on a shared machine (other processes' load slows
     the wall clock, not this process's CPU time)."""
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=ignore_eos)
     best, best_cpu, tokens = 0.0, 0.0, None
     for _ in range(repeats):
         start, start_cpu = time.perf_counter(), time.process_time()
@@ -69,11 +73,15 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--adaptive", choices=["on", "off", "both"], default="off")
     parser.add_argument("--prompts", default=",".join(PROMPTS))
+    parser.add_argument("--prompt-lookup-min", type=int, default=2)
+    parser.add_argument("--prompt-lookup-max", type=int, default=4)
+    parser.add_argument("--stop-at-eos", action="store_true",
+                        help="end at EOS (the copy task's own end) instead of ignoring it")
     args = parser.parse_args()
     common = dict(kv_cache_memory_bytes=256 * 2**20, max_model_len=2048, dtype=args.dtype)
     plain = LLM("default", **common)
-    ngram = {"method": "ngram", "num_speculative_tokens": args.k, "prompt_lookup_max": 4,
-             "prompt_lookup_min": 2}
+    ngram = {"method": "ngram", "num_speculative_tokens": args.k,
+             "prompt_lookup_max": args.prompt_lookup_max, "prompt_lookup_min": args.prompt_lookup_min}
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.adaptive]
     specs = {adaptive: LLM("default", speculative_config=dict(ngram, adaptive=adaptive),
                            **common) for adaptive in modes}
@@ -83,15 +91,18 @@ def main() -> None:
         llm.generate([PROMPTS["creative_free"]], SamplingParams(temperature=0.0, max_tokens=8),
                      use_tqdm=False)
     for name in args.prompts.split(","):
-        base_tps, base_cpu, base_tokens = run(plain, PROMPTS[name], args.max_tokens, args.repeats)
+        ignore_eos = not args.stop_at_eos
+        base_tps, base_cpu, base_tokens = run(plain, PROMPTS[name], args.max_tokens, args.repeats,
+                                              ignore_eos)
         for adaptive, spec in specs.items():
             stats = spec.llm_engine.engine_core.scheduler.spec_stats
             before = (stats.num_drafts, stats.num_draft_tokens, stats.num_accepted_tokens)
-            spec_tps, spec_cpu, spec_tokens = run(spec, PROMPTS[name], args.max_tokens, args.repeats)
+            spec_tps, spec_cpu, spec_tokens = run(spec, PROMPTS[name], args.max_tokens,
+                                                  args.repeats, ignore_eos)
             drafts, draft_tokens, accepted = (now - then for now, then in zip(
                 (stats.num_drafts, stats.num_draft_tokens, stats.num_accepted_tokens), before))
             print(f"{name}: no spec {base_tps:.1f} tok/s, ngram k={args.k} adaptive="
-                  f"{adaptive} {spec_tps:.1f} tok/s, ratio {spec_tps / base_tps:.2f}x (per CPU-second "
+                  f"{adaptive} {spec_tps:.1f} tok/s ({len(spec_tokens)} tokens), ratio {spec_tps / base_tps:.2f}x (per CPU-second "
                   f"{base_cpu:.1f} vs {spec_cpu:.1f}: {spec_cpu / base_cpu:.2f}x), same "
                   f"output {base_tokens == spec_tokens}, drafts {drafts}, acceptance rate "
                   f"{accepted / max(draft_tokens, 1):.1%}, mean acceptance length "

@@ -42,6 +42,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pagellm.layers.linear import LinearMethodBase
+from pagellm.ops import gguf_cpu
 from pagellm.ops.gguf import GGUFPacked, dequantize_gguf, gguf_linear_torch, pack_gguf
 from pagellm.platforms import use_triton_kernels
 
@@ -235,6 +236,14 @@ def can_embed(num_rows: int, num_cols: int) -> bool:
 DENSE_MIN_ROWS = int(os.environ.get("PAGELLM_GGUF_CPU_DENSE_ROWS", "16"))
 """Rows from which a kept-quantized GGUF linear multiplies with a dense bfloat16 copy of its
 weight (``GGUFLinearMethod.apply``); 0 turns the copies off."""
+MULTI_ROW_MIN_ROWS = int(os.environ.get("PAGELLM_GGUF_CPU_MULTI_ROWS", "5"))
+"""Rows from which (up to ``DENSE_MIN_ROWS``) a kept-quantized GGUF linear takes the
+multi-row kernel (``pagellm.ops.gguf_cpu``, bit-identical per row) instead of torch's int4
+kernel, which reads the weight once per 4 rows and splits 5-7 rows unevenly over its threads.
+Measured on this CPU (2 threads): all 121 linears of the default model, one pass, ms, torch /
+multi-row: 4 rows 10.7 / 10.7, 5 rows 18.8 / 15.6, 6 rows 18.4 / 17.0, 8 rows 19.0 / 19.5,
+9 rows 26.7 / 24.2 (RESULTS.md, session 7); below 5 rows torch's kernel is as fast or
+faster. 0 turns it off."""
 DENSE_BUDGET_BYTES = min(4 * 2**30, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 8)
 """Host memory all dense copies together may take (4 GiB or 1/8 of RAM, the smaller): a
 model too large for it keeps the int4 path at every batch size."""
@@ -326,7 +335,10 @@ class GGUFLinearMethod(LinearMethodBase):
         ``DENSE_MIN_ROWS`` rows on, a dense bfloat16 copy of the weight (made on first use,
         within ``DENSE_BUDGET_BYTES``) does the product instead: the int4 kernel's time grows
         linearly with the rows (one GEMV per row), a bfloat16 GEMM's does not (measured on
-        this CPU, 3072x576: 16 rows 0.34 vs 0.28 ms, 64 rows 1.35 vs 0.68 ms; RESULTS.md)."""
+        this CPU, 3072x576: 16 rows 0.34 vs 0.28 ms, 64 rows 1.35 vs 0.68 ms; RESULTS.md).
+        From ``MULTI_ROW_MIN_ROWS`` (a speculative verify of k >= 4 drafts) to there, the
+        multi-row kernel of ``pagellm.ops.gguf_cpu`` where it is available: the same bits
+        per row as torch's kernel, so a verify row's logits equal a decode step's."""
         x_bf16 = x.to(torch.bfloat16)
         if x.shape[0] >= DENSE_MIN_ROWS:
             dense = self._dense(layer)
@@ -335,11 +347,21 @@ class GGUFLinearMethod(LinearMethodBase):
                 return out if bias is None else out + bias
         if self.folded:
             x_bf16 = unfold_activations(x_bf16)                            # [T, 2K]
+        multi_row = 0 < MULTI_ROW_MIN_ROWS <= x.shape[0] and gguf_cpu.supports(layer.qweight_0)
+        # the multi-row kernel writes float32 holding the bfloat16 results (the sum of two
+        # planes and a float32 model skip a conversion; the values are the same)
+        part_dtype = (torch.float32 if self.num_planes > 1 or x.dtype == torch.float32
+                      else torch.bfloat16)
         out = None
         for plane in range(self.num_planes):
-            part = torch.ops.aten._weight_int4pack_mm_for_cpu(
-                x_bf16, getattr(layer, f"qweight_{plane}"), GROUP_SIZE,
-                getattr(layer, f"scales_and_zeros_{plane}"))            # [T, N] bfloat16
+            qweight = getattr(layer, f"qweight_{plane}")
+            scales_and_zeros = getattr(layer, f"scales_and_zeros_{plane}")
+            if multi_row:
+                part = gguf_cpu.gguf_int4_mm(x_bf16, qweight, scales_and_zeros, GROUP_SIZE,
+                                             part_dtype)                    # [T, N]
+            else:
+                part = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                    x_bf16, qweight, GROUP_SIZE, scales_and_zeros)         # [T, N] bfloat16
             out = part if out is None else out.float().add_(part)
         out = out.to(x.dtype)
         return out if bias is None else out + bias

@@ -44,6 +44,27 @@ def test_default_model_greedy_identical(variant, default_llm, default_model_path
         assert llm.llm_engine.stats().num_preemptions > 0
 
 
+def test_default_model_kept_quantized_k4_verify_greedy_identical(default_model_path,
+                                                                 monkeypatch):
+    """The default model kept in Q4_1 (as served; the suite dequantizes GGUF by default),
+    batch 1, k = 4: each verify's 5 rows go through the multi-row GGUF kernel
+    (pagellm.ops.gguf_cpu, bit-identical per row to the decode step's torch kernel)."""
+    from pagellm.ops import gguf_cpu
+
+    monkeypatch.delenv("PAGELLM_GGUF_DEQUANTIZE", raising=False)
+    args = dict(kv_cache_memory_bytes=64 * 2**20, max_model_len=512, dtype="float32")
+    params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
+    plain = LLM(default_model_path, **args)
+    before = gguf_cpu.calls
+    expected = _token_ids(plain.generate([COPY_PROMPT], params, use_tqdm=False))
+    assert gguf_cpu.calls == before                   # batch-1 decode: torch's kernel
+    spec = LLM(default_model_path, speculative_config=dict(NGRAM, num_speculative_tokens=4),
+               **args)
+    assert _token_ids(spec.generate([COPY_PROMPT], params, use_tqdm=False)) == expected
+    assert gguf_cpu.calls > before                    # the verifies took the new kernel
+    assert _spec_stats(spec).num_accepted_tokens > 0
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_tiny_models_greedy_identical_with_prefix_caching_and_preemption(arch, tiny_model_dirs):
     model_dir = str(tiny_model_dirs[arch])

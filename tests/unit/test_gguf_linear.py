@@ -89,6 +89,28 @@ def test_many_rows_use_a_dense_bfloat16_copy_few_rows_the_int4_kernel(qtype, mon
     assert getattr(other, "_gguf_dense", None) is None and other._gguf_dense_refused
 
 
+@pytest.mark.parametrize("qtype", [T.Q4_1, T.Q8_0, T.Q6_K])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_verify_sized_row_counts_take_the_multi_row_kernel_bit_identical_per_row(
+        qtype, dtype, monkeypatch):
+    from pagellm.layers import gguf_linear
+    from pagellm.ops import gguf_cpu
+
+    layer, _, _ = packed_layer(qtype, 128, 512)
+    x = torch.randn(15, 512, generator=torch.Generator().manual_seed(3)).to(dtype)
+    one_by_one = torch.cat([layer.quant_method.apply(layer, x[i:i + 1]) for i in range(15)])
+    planes = layer.quant_method.num_planes
+    for num_rows in range(gguf_linear.MULTI_ROW_MIN_ROWS, gguf_linear.DENSE_MIN_ROWS):
+        before = gguf_cpu.calls
+        out = layer.quant_method.apply(layer, x[:num_rows])
+        assert gguf_cpu.calls == before + planes                 # the multi-row kernel ran
+        assert out.dtype == dtype and torch.equal(out, one_by_one[:num_rows])
+    monkeypatch.setattr(gguf_linear, "MULTI_ROW_MIN_ROWS", 0)    # off: torch's kernel
+    before = gguf_cpu.calls
+    assert torch.equal(layer.quant_method.apply(layer, x[:5]), one_by_one[:5])
+    assert gguf_cpu.calls == before
+
+
 @pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_1, T.Q5_K, T.Q6_K])
 def test_embedding_rows_read_back_from_the_packed_layout(qtype):
     assert can_embed(128, 256) and not can_embed(48, 256)
