@@ -29,6 +29,7 @@ counts each API server's HTTP requests (label ``api_server``: its index).
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
@@ -388,11 +389,16 @@ class PrometheusMetrics:
     def snapshot(self) -> MetricTotals:
         return copy.copy(self.totals)
 
-    def render(self) -> bytes:
+    def render(self, sample_names: Iterable[str] | None = None) -> bytes:
         """The text exposition of every metric (serve with ``CONTENT_TYPE``); with several
-        API servers, every process's series aggregated (see the module docstring)."""
-        if self.multiprocess_dir is None:
-            return generate_latest(self.registry)
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=self.multiprocess_dir)
+        API servers, every process's series aggregated (see the module docstring).
+        ``sample_names``: only the samples of these exact names (``vllm:x_bucket``,
+        ``vllm:y_total``, ...), skipping the other collectors: what the advisor, which samples
+        the metrics twice a second, renders (a tenth of the full text's cost)."""
+        registry = self.registry
+        if self.multiprocess_dir is not None:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=self.multiprocess_dir)
+        if sample_names is not None:
+            registry = registry.restricted_registry(list(sample_names))
         return generate_latest(registry)

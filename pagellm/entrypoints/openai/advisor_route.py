@@ -5,11 +5,12 @@
 source, suggested}), the window's measured ``metrics``, the ``knobs`` the advisor knew and the
 ``targets`` it used. A bad ``window`` is a 400. The monitor is ``app.state.advisor`` (the
 dashboard and the stats log line read it too); it samples /metrics on every engine stats push,
-at most every 0.5 s.
+at most every 0.5 s, rendering only the series it reads (``METRICS_READ``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import msgspec
@@ -20,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from pagellm.entrypoints.openai.errors import error_from_exception
 from pagellm.errors import ClientError
 from pagellm.tuning.advisor import KnobValues, targets_for_scenario
+from pagellm.tuning.metrics_window import METRICS_READ
 from pagellm.tuning.monitor import DEFAULT_WINDOW_S, AdvisorMonitor
 
 
@@ -34,7 +36,7 @@ def engine_device(config) -> str:
 def add_advisor_route(app: FastAPI, engine, metrics) -> AdvisorMonitor:
     """Create ``app.state.advisor`` fed by ``engine``'s stats pushes, and the route."""
     config = engine.config
-    monitor = AdvisorMonitor(metrics.render,
+    monitor = AdvisorMonitor(functools.partial(metrics.render, METRICS_READ),
                              KnobValues.from_engine_config(config, engine_device(config)),
                              targets_for_scenario(config.scenario.scenario))
     engine.stats_listeners.append(monitor.sample)
