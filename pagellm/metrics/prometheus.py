@@ -389,16 +389,21 @@ class PrometheusMetrics:
     def snapshot(self) -> MetricTotals:
         return copy.copy(self.totals)
 
-    def render(self, sample_names: Iterable[str] | None = None) -> bytes:
+    def render(self) -> bytes:
         """The text exposition of every metric (serve with ``CONTENT_TYPE``); with several
-        API servers, every process's series aggregated (see the module docstring).
-        ``sample_names``: only the samples of these exact names (``vllm:x_bucket``,
-        ``vllm:y_total``, ...), skipping the other collectors: what the advisor, which samples
-        the metrics twice a second, renders (a tenth of the full text's cost)."""
-        registry = self.registry
-        if self.multiprocess_dir is not None:
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry, path=self.multiprocess_dir)
-        if sample_names is not None:
-            registry = registry.restricted_registry(list(sample_names))
-        return generate_latest(registry)
+        API servers, every process's series aggregated (see the module docstring)."""
+        return generate_latest(self._readable_registry())
+
+    def collect(self, sample_names: Iterable[str]) -> list:
+        """The metric families ``render`` would print (prometheus_client ``Metric``s), with
+        only the samples of these exact names (``vllm:x_bucket``, ``vllm:y_total``, ...) and
+        without the other collectors: what the advisor reads twice a second, without the
+        cost of rendering and parsing the whole text."""
+        return list(self._readable_registry().restricted_registry(list(sample_names)).collect())
+
+    def _readable_registry(self) -> CollectorRegistry:
+        if self.multiprocess_dir is None:
+            return self.registry
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiprocess_dir)
+        return registry

@@ -5,7 +5,7 @@
 source, suggested}), the window's measured ``metrics``, the ``knobs`` the advisor knew and the
 ``targets`` it used. A bad ``window`` is a 400. The monitor is ``app.state.advisor`` (the
 dashboard and the stats log line read it too); it samples /metrics on every engine stats push,
-at most every 0.5 s, rendering only the series it reads (``METRICS_READ``).
+at most every 0.5 s, reading only the series it needs (``METRICS_READ``), without the text.
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ def engine_device(config) -> str:
 def add_advisor_route(app: FastAPI, engine, metrics) -> AdvisorMonitor:
     """Create ``app.state.advisor`` fed by ``engine``'s stats pushes, and the route."""
     config = engine.config
-    monitor = AdvisorMonitor(functools.partial(metrics.render, METRICS_READ),
+    monitor = AdvisorMonitor(metrics.render,
                              KnobValues.from_engine_config(config, engine_device(config)),
-                             targets_for_scenario(config.scenario.scenario))
+                             targets_for_scenario(config.scenario.scenario),
+                             collect=functools.partial(metrics.collect, METRICS_READ))
     engine.stats_listeners.append(monitor.sample)
     app.state.advisor = monitor
 
