@@ -135,15 +135,33 @@ class OpenAIServingCompletion(OpenAIServing):
         async for prompt_index, output in chain_first(first, stream):
             prompt = states[prompt_index]
             prompt.take_prompt_logprobs(output)
-            for completion in output.outputs:
-                chunk = self._chunk(request, head, states, prompt, completion)
-                if chunk is not None:
-                    yield chunk
+            chunks = [self._chunk(request, head, states, prompt, piece)
+                      for completion in output.outputs for piece in self._pieces(completion)]
+            # one write for all of an output's events (several when the reader fell behind)
+            events = "".join(chunk for chunk in chunks if chunk is not None)
+            if events:
+                yield events
         if request.include_usage:
             usage_chunk = CompletionStreamResponse(
                 id=request_id, created=created, model=self.response_model(request), choices=[],
                 usage=self.usage(states))
             yield sse_event(usage_chunk.model_dump_json())
+
+    def _pieces(self, delta: CompletionOutput) -> list[CompletionOutput]:
+        """``delta`` as the deltas of its events. Without a tokenizer the text is empty and
+        clients count tokens by events, so a delta of several tokens (the engine merged
+        steps its reader had not taken yet) is sent as one event per token, as if read step
+        by step; with text, one event carries them all (vLLM's behaviour)."""
+        if self.tokenizer is not None or len(delta.token_ids) <= 1:
+            return [delta]
+        last = len(delta.token_ids) - 1
+        return [CompletionOutput(
+            delta.index, delta.text if position == last else "", [token_id],
+            delta.cumulative_logprob,
+            delta.logprobs[position:position + 1] if delta.logprobs is not None else None,
+            delta.finish_reason if position == last else None,
+            delta.stop_reason if position == last else None)
+            for position, token_id in enumerate(delta.token_ids)]
 
     def _chunk(self, request: CompletionRequest, head: "StreamChunkJSON",
                states: list[PromptState], prompt: PromptState, delta: CompletionOutput
