@@ -52,8 +52,9 @@ class AsyncLLM:
                                               config.structured_outputs.structured_outputs_backend,
                                               config.structured_outputs.disable_any_whitespace)
         self.output_processor = OutputProcessor(tokenizer)
-        # request id -> its outputs; an exception ends the generator with it, None quietly
-        self._queues: dict[str, asyncio.Queue[RequestOutput | Exception | None]] = {}
+        # request id -> its unread outputs (merged); an exception ends the generator with it,
+        # None quietly
+        self._queues: dict[str, OutputCollector] = {}
         self.engine_stats: list[EngineStats | None] = [None] * client.num_engines
         """Per replica, the latest stats it pushed (after each step, and when its gauges
         change); None until it pushed any."""
@@ -189,19 +190,16 @@ class AsyncLLM:
         requests = prepare_requests(self.config, self.input_processor, self.output_processor,
                                     prompt, params, request_id, priority, time.time(),
                                     lora_request)
-        queue: asyncio.Queue[RequestOutput | Exception | None] = asyncio.Queue()
+        queue = OutputCollector()
         self._queues[request_id] = queue
         finished = False
+        # abort() or drain() ended it: they unregister the queue, then set their verdict (None
+        # or an error); any output not read yet is dropped so that nothing arrives after it
+        dropped = lambda: self._queues.get(request_id) is not queue  # noqa: E731
         try:
             self._engine_of_request[request_id] = await self.client.add_requests(requests)
             while not finished:
-                item = await queue.get()
-                if self._queues.get(request_id) is not queue:
-                    # abort() or drain() ended it: they unregister the queue, then queue their
-                    # verdict (None or an error) behind any output already queued, which is
-                    # dropped so that nothing arrives after the abort
-                    while item is not None and not isinstance(item, Exception):
-                        item = await queue.get()
+                item = await queue.get(dropped)
                 if item is None:        # abort() ended it
                     return
                 if isinstance(item, Exception):
@@ -221,7 +219,7 @@ class AsyncLLM:
         queue = self._queues.pop(request_id, None)
         await self._abort(request_id)
         if queue is not None:
-            queue.put_nowait(None)
+            queue.end(None)
 
     async def _abort(self, request_id: str) -> bool:
         """Abort ``request_id`` in the core; False when it had nothing left to abort there."""
@@ -247,7 +245,7 @@ class AsyncLLM:
                     for output in outputs:
                         queue = self._queues.get(output.request_id)
                         if queue is not None:
-                            queue.put_nowait(output)
+                            queue.put(output)
                     await self.client.abort_requests(to_abort, finished=True)   # stop strings
         except EngineDeadError as error:
             self._fail_all(error)
@@ -266,7 +264,7 @@ class AsyncLLM:
 
     def _fail_all(self, error: EngineDeadError) -> None:
         for queue in self._queues.values():
-            queue.put_nowait(error)
+            queue.end(error)
 
     async def drain(self, timeout_s: float, drain_timeout_s: float | None = None) -> list[str]:
         """Take no new requests (``generate`` raises ServiceUnavailableError), wait up to
@@ -287,7 +285,7 @@ class AsyncLLM:
             if await self._abort(request_id):
                 aborted.append(request_id)
             if queue is not None:   # behind a final output already queued, it is never read
-                queue.put_nowait(ServiceUnavailableError(
+                queue.end(ServiceUnavailableError(
                     f"the server shut down before this request finished (drain timeout "
                     f"{drain_timeout_s:g} s)"))
         return aborted
@@ -299,3 +297,72 @@ class AsyncLLM:
             await asyncio.wait_for(self._handler, timeout_s)
         except (asyncio.TimeoutError, asyncio.CancelledError):
             pass
+
+
+_OPEN = object()    # OutputCollector.verdict before the request's end is known
+
+
+class OutputCollector:
+    """One request's outputs that its consumer has not read yet, as vLLM's
+    ``RequestOutputCollector``: a delta output put while the previous one is unread merges into
+    it (``merge_delta_outputs``), so a consumer that falls behind the engine reads all of its
+    new tokens at once, and each read costs one wake-up however many steps it covers. The
+    request's end (``end``: None for an abort, or the exception to raise) comes after the
+    outputs, unless they were dropped."""
+
+    __slots__ = ("output", "verdict", "ready", "num_puts", "num_reads")
+
+    def __init__(self):
+        self.output: RequestOutput | None = None
+        self.verdict: Exception | None | object = _OPEN
+        self.ready = asyncio.Event()
+        self.num_puts = 0       # outputs put (one per step that had news for the request)
+        self.num_reads = 0      # outputs read (merged ones count once)
+
+    def put(self, output: RequestOutput) -> None:
+        self.num_puts += 1
+        self.output = output if self.output is None else merge_delta_outputs(self.output, output)
+        self.ready.set()
+
+    def end(self, verdict: Exception | None) -> None:
+        """The request's end: None (aborted) or the exception its generator raises. Only the
+        first verdict counts."""
+        if self.verdict is _OPEN:
+            self.verdict = verdict
+        self.ready.set()
+
+    async def get(self, dropped: Callable[[], bool]) -> RequestOutput | Exception | None:
+        """The unread outputs merged into one, else the verdict, waiting for either. Once
+        ``dropped()`` is true the outputs are discarded and only the verdict comes."""
+        while True:
+            if self.output is not None and not dropped():
+                output, self.output = self.output, None
+                self.num_reads += 1
+                return output
+            self.output = None
+            if self.verdict is not _OPEN:
+                return self.verdict
+            self.ready.clear()
+            await self.ready.wait()
+
+
+def merge_delta_outputs(first: RequestOutput, later: RequestOutput) -> RequestOutput:
+    """``first`` (mutated and returned) followed by ``later``, two delta outputs of the same
+    request: each completion's text, token ids and logprobs concatenated, the rest (finish
+    and stop reasons, cumulative logprob, metrics, prompt logprobs) from ``later``. A final
+    ("final" output kind) output replaces ``first``: it already holds everything."""
+    if not later.outputs or len(first.outputs) != len(later.outputs) or any(
+            a.index != b.index for a, b in zip(first.outputs, later.outputs)):
+        return later
+    for completion, new in zip(first.outputs, later.outputs):
+        completion.text += new.text
+        completion.token_ids.extend(new.token_ids)
+        if completion.logprobs is not None and new.logprobs is not None:
+            completion.logprobs.extend(new.logprobs)
+        else:
+            completion.logprobs = new.logprobs
+        completion.cumulative_logprob = new.cumulative_logprob
+        completion.finish_reason, completion.stop_reason = new.finish_reason, new.stop_reason
+    first.prompt_logprobs, first.finished = later.prompt_logprobs, later.finished
+    first.metrics, first.num_cached_tokens = later.metrics, later.num_cached_tokens
+    return first

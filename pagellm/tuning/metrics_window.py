@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -52,13 +52,19 @@ class Snapshot:
 def parse_snapshot(text: str, at: float | None = None) -> Snapshot:
     """Reduce a Prometheus text exposition to a ``Snapshot`` taken at ``at`` (default now).
     ClientError when the text is not an exposition."""
-    snapshot = Snapshot(time=time.monotonic() if at is None else at)
-    kv_values: list[float] = []
-    buckets: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
     try:
         families = list(text_string_to_metric_families(text))
     except (ValueError, TypeError) as error:
         raise ClientError(f"not a Prometheus text exposition: {error}") from None
+    return snapshot_from_families(families, at)
+
+
+def snapshot_from_families(families: Iterable, at: float | None = None) -> Snapshot:
+    """``parse_snapshot`` of metric families as a registry's ``collect()`` yields them (or the
+    text parser does): no text exposition rendered and parsed in between."""
+    snapshot = Snapshot(time=time.monotonic() if at is None else at)
+    kv_values: list[float] = []
+    buckets: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
     for family in families:
         for sample in family.samples:
             _add_sample(snapshot, sample, buckets, kv_values)

@@ -91,6 +91,38 @@ def test_streaming_deltas_concatenate_to_final(runner):
     assert sum((c.outputs[0].token_ids for c in chunks), []) == whole.outputs[0].token_ids
 
 
+def test_one_output_per_request_per_step_and_slow_consumers_merge(runner, offline_llm):
+    """Each step hands every running request at most one output (one put and one wake-up for
+    the step, not one per token); a consumer that falls behind reads several steps' deltas
+    merged into one read, with the same tokens and text as one that keeps up."""
+    max_tokens = 12
+    whole = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    expected = offline_llm.generate(PROMPTS[:4], whole, use_tqdm=False)
+    delta = whole.clone(output_kind="delta")
+
+    async def consume(index: int, delay_s: float):
+        request_id = f"merge-{index}"
+        chunks, collector = [], None
+        async for output in runner.engine.generate(PROMPTS[index], delta, request_id):
+            collector = collector or runner.engine._queues[request_id]
+            chunks.append(output)
+            await asyncio.sleep(delay_s)
+        return chunks, collector
+
+    async def all_requests():
+        return await asyncio.gather(*(consume(i, 0.2 if i % 2 else 0.0) for i in range(4)))
+
+    for index, ((chunks, collector), want) in enumerate(zip(runner.run(all_requests()),
+                                                            expected)):
+        assert collector.num_puts == max_tokens        # one output per step, one token each
+        assert collector.num_reads == len(chunks)
+        if index % 2:
+            assert len(chunks) < max_tokens            # slow: merged reads
+        assert sum((c.outputs[0].token_ids for c in chunks), []) == want.outputs[0].token_ids
+        assert "".join(c.outputs[0].text for c in chunks) == want.outputs[0].text
+        assert chunks[-1].finished and not any(c.finished for c in chunks[:-1])
+
+
 def test_cancelled_consumer_aborts_and_frees_kv(runner):
     params = SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True, output_kind="delta")
 

@@ -230,3 +230,32 @@ def test_bad_stats_interval_names_the_variable(monkeypatch, raw):
     monkeypatch.setenv(INTERVAL_ENV, raw)
     with pytest.raises(ClientError, match=INTERVAL_ENV):
         interval_from_env()
+
+
+def test_collected_families_give_the_same_advisor_snapshot_as_the_text():
+    """The advisor reads ``collect(METRICS_READ)`` twice a second instead of rendering and
+    parsing /metrics: the snapshot must be the same, summed over replicas."""
+    from pagellm.core.stats import EngineStats
+    from pagellm.tuning.metrics_window import (METRICS_READ, parse_snapshot,
+                                               snapshot_from_families)
+
+    metrics = PrometheusMetrics("m", num_engines=2)
+    for engine_index in (0, 1):
+        metrics.update_from_stats(EngineStats(
+            num_running=3 + engine_index, num_waiting=7, kv_cache_usage=0.5 * engine_index,
+            num_preemptions=4, prefix_cache_queries=0, prefix_cache_hits=0, num_steps=5),
+            engine_index)
+        metrics.observe_tokens(num_prompt_tokens=100, num_generation_tokens=50,
+                               inter_token_latency=0.01, engine_index=engine_index)
+        metrics.time_to_first_token[engine_index].observe(0.03 * (engine_index + 1))
+    metrics.observe_http("POST", "/v1/completions", 503, 0.2)
+    metrics.observe_http("POST", "/v1/completions", 200, 0.2)
+    families = metrics.collect(METRICS_READ)
+    assert {sample.name for family in families for sample in family.samples} <= set(METRICS_READ)
+    from_text = parse_snapshot(metrics.render().decode(), at=1.0)
+    collected = snapshot_from_families(families, at=1.0)
+    assert collected == from_text
+    assert collected.counters["vllm:num_preemptions"] == 8.0
+    assert collected.gauges["vllm:num_requests_running"] == 7.0
+    assert collected.server_errors == 1.0
+    assert collected.histograms["vllm:time_to_first_token_seconds"][0.1] == 2.0

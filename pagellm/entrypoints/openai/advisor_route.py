@@ -5,11 +5,12 @@
 source, suggested}), the window's measured ``metrics``, the ``knobs`` the advisor knew and the
 ``targets`` it used. A bad ``window`` is a 400. The monitor is ``app.state.advisor`` (the
 dashboard and the stats log line read it too); it samples /metrics on every engine stats push,
-at most every 0.5 s.
+at most every 0.5 s, reading only the series it needs (``METRICS_READ``), without the text.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import msgspec
@@ -20,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from pagellm.entrypoints.openai.errors import error_from_exception
 from pagellm.errors import ClientError
 from pagellm.tuning.advisor import KnobValues, targets_for_scenario
+from pagellm.tuning.metrics_window import METRICS_READ
 from pagellm.tuning.monitor import DEFAULT_WINDOW_S, AdvisorMonitor
 
 
@@ -36,7 +38,8 @@ def add_advisor_route(app: FastAPI, engine, metrics) -> AdvisorMonitor:
     config = engine.config
     monitor = AdvisorMonitor(metrics.render,
                              KnobValues.from_engine_config(config, engine_device(config)),
-                             targets_for_scenario(config.scenario.scenario))
+                             targets_for_scenario(config.scenario.scenario),
+                             collect=functools.partial(metrics.collect, METRICS_READ))
     engine.stats_listeners.append(monitor.sample)
     app.state.advisor = monitor
 

@@ -384,14 +384,29 @@ async def drain(app: FastAPI, engine, timeout_s: float) -> list[str]:
 
 async def _unless_disconnected(raw: Request, task: asyncio.Future):
     """The handler's result, or None after cancelling it when the client went away (the
-    cancelled engine stream aborts the request and frees its KV blocks)."""
-    while not task.done():
-        done, _ = await asyncio.wait({task}, timeout=0.05)
-        if not done and await raw.is_disconnected():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            return None
+    cancelled engine stream aborts the request and frees its KV blocks). One task waits for
+    the client's ``http.disconnect`` (the body is already read, so ``receive`` blocks until
+    then), as vLLM's ``with_cancellation`` does: no polling while a request waits in the
+    queue, which cost tens of microseconds per waiting request every 50 ms."""
+    listener = asyncio.ensure_future(_wait_for_disconnect(raw.receive))
+    try:
+        await asyncio.wait({task, listener}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        listener.cancel()
+    if not task.done() and listener.exception() is not None:   # no disconnect seen
+        return await task
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return None
     return task.result()
+
+
+async def _wait_for_disconnect(receive) -> None:
+    """Return once ``receive`` (an ASGI receive whose request body was read) reports
+    ``http.disconnect``."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _result(result):
