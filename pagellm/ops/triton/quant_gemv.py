@@ -98,6 +98,23 @@ Shapes not listed use the rules below. ``PAGELLM_QUANT_GEMV_CONFIGS=<json file>`
 entries of such a file at import (a sweep's results used in the same session)."""
 
 
+def _h200_tuned_configs() -> dict[tuple, "GemvConfig"]:
+    """The W4A16 GEMV's best launches at Llama-3.1-8B's shapes on an H200 (132 SMs), from
+    ``quant_gemv_bench.py --sweep --kernels wna16`` (benchmarks/RESULTS.md, session 7, last
+    call): 0-13% faster than the rules' defaults."""
+    return {
+        ('wna16', 1, 4096, 6144, 132): GemvConfig(1, 64, 128, 11, num_warps=4, num_stages=3),
+        ('wna16', 2, 4096, 6144, 132): GemvConfig(2, 64, 128, 6, num_warps=4, num_stages=3),
+        ('wna16', 1, 4096, 4096, 132): GemvConfig(1, 32, 128, 5, num_warps=4, num_stages=3),
+        ('wna16', 2, 4096, 4096, 132): GemvConfig(2, 64, 128, 8, num_warps=4, num_stages=3),
+        ('wna16', 1, 4096, 28672, 132): GemvConfig(1, 64, 128, 5, num_warps=4, num_stages=3),
+        ('wna16', 2, 4096, 28672, 132): GemvConfig(2, 64, 128, 5, num_warps=4, num_stages=3),
+        ('wna16', 1, 14336, 4096, 132): GemvConfig(1, 64, 128, 9, num_warps=4, num_stages=3),
+        ('wna16', 2, 14336, 4096, 132): GemvConfig(2, 64, 128, 9, num_warps=4, num_stages=3),
+    }
+
+
+
 @dataclass(frozen=True, slots=True)
 class GemvConfig:
     """One launch shape."""
@@ -500,4 +517,5 @@ def _load_env_configs() -> None:
         logger.info("quant GEMV: %d tuned launch configs from %s", load_tuned_configs(path), path)
 
 
+TUNED_CONFIGS.update(_h200_tuned_configs())
 _load_env_configs()
