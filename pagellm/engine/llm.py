@@ -88,6 +88,8 @@ class LLM:
         conversations = [messages] if isinstance(messages[0], dict) else list(messages)
         if not all(conversations):
             raise ClientError("messages must not be empty", param="messages")
+        for conversation in conversations:
+            _check_messages(conversation)
         tokenizer = self.llm_engine.tokenizer
         prompts = [apply_chat_template(tokenizer, conversation, add_generation_prompt,
                                        chat_template, continue_final_message,
@@ -135,9 +137,27 @@ def _as_list(prompts) -> list:
     return prompts
 
 
+def _check_messages(conversation) -> None:
+    """ClientError (a ValueError) for a message that is not a dict with a string ``role`` and
+    a ``content`` (an assistant message may carry ``tool_calls`` instead), as the OpenAI chat
+    API requires."""
+    for index, message in enumerate(conversation):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise ClientError(f"messages[{index}] must be a dict with a string 'role', got "
+                              f"{message!r:.80}", param="messages")
+        if message.get("content") is None and not (message["role"] == "assistant"
+                                                   and message.get("tool_calls")):
+            raise ClientError(f"messages[{index}] ({message['role']}) has no 'content'",
+                              param="messages")
+
+
 def _loras_per_prompt(lora_request, count: int) -> list[LoRARequest | None]:
     if lora_request is None or isinstance(lora_request, LoRARequest):
         return [lora_request] * count
+    if isinstance(lora_request, (str, bytes, dict)) or not isinstance(lora_request, Sequence):
+        raise ClientError("lora_request must be a LoRARequest, a list of them (one per prompt, "
+                          f"None for the base model) or None; got {type(lora_request).__name__}",
+                          param="lora_request")
     loras = list(lora_request)
     if len(loras) != count:
         raise ClientError(f"lora_request needs one entry per prompt ({count}), got {len(loras)}",

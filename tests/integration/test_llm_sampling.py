@@ -120,6 +120,12 @@ def test_bad_input_raises_and_engine_lives(default_llm):
     for messages in ([], [[]]):
         with pytest.raises(ClientError, match="must not be empty|non-empty list"):
             default_llm.chat(messages, use_tqdm=False)
+    with pytest.raises(ClientError, match=r"messages\[1\] \(user\) has no 'content'"):
+        default_llm.chat([{"role": "system", "content": "x"}, {"role": "user"}], use_tqdm=False)
+    with pytest.raises(ClientError, match=r"messages\[0\] must be a dict with a string 'role'"):
+        default_llm.chat([{"content": "x"}], use_tqdm=False)
+    with pytest.raises(ClientError, match="lora_request must be a LoRARequest, a list of them"):
+        default_llm.generate(["x"], lora_request="nope", use_tqdm=False)
     out = default_llm.generate("Hello", SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)
     assert len(out[0].outputs[0].token_ids) == 4
     assert not default_llm.llm_engine.has_unfinished_requests()

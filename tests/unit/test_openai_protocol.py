@@ -234,6 +234,15 @@ def test_completion_null_means_the_default(field):
     assert default is None or field not in request.model_fields_set
 
 
+def test_only_an_assistant_message_may_lack_content():
+    """OpenAI's rule: a user/system/tool message without content is a 400 naming the role;
+    an assistant message may be empty (the reply's start) or carry only tool calls."""
+    for role in ("user", "system", "tool"):
+        with pytest.raises(ValidationError, match=f"a {role} message needs 'content'"):
+            ChatMessageParam(role=role)
+    assert ChatMessageParam(role="assistant").content is None
+
+
 def test_every_optional_request_field_takes_null():
     """Audit: null for any optional field of any request model parses to its default."""
     chat_message = {"role": "user", "content": "x"}
@@ -241,7 +250,7 @@ def test_every_optional_request_field_takes_null():
                             (ChatCompletionRequest, {"messages": [chat_message]}),
                             (TokenizeCompletionRequest, {"prompt": "p"}),
                             (TokenizeChatRequest, {"messages": [chat_message]}),
-                            (StreamOptions, {}), (ChatMessageParam, {"role": "user"})]:
+                            (StreamOptions, {}), (ChatMessageParam, {"role": "assistant"})]:
         optional = [name for name, field in model.model_fields.items()
                     if not field.is_required()]
         parsed = model(**required, **{name: None for name in optional})

@@ -305,6 +305,15 @@ class ChatMessageParam(OpenAIRequest):
                                       "tool_call_id")
         return value
 
+    @model_validator(mode="after")
+    def _content_unless_assistant(self):
+        """OpenAI requires ``content`` on every message but an assistant's (which may carry
+        only ``tool_calls``, or be the reply's start)."""
+        if self.content is None and self.role != "assistant":
+            raise PydanticCustomError("missing_content", "a {role} message needs 'content'",
+                                      {"role": self.role})
+        return self
+
     def template_dict(self, index: int) -> dict:
         """The message as the chat template takes it (tool call arguments as dicts)."""
         message = self.model_dump(exclude_none=True)
