@@ -48,6 +48,7 @@ from pagellm.distributed.worker_proc import (CacheReady, DetermineNumBlocks, Exe
 from pagellm.errors import ClientError, EngineDeadError
 from pagellm.models.loader import LoadStats, get_quant_config
 from pagellm.platforms import Platform
+from pagellm.zmq_context import make_context
 
 logger = logging.getLogger(__name__)
 
@@ -162,10 +163,9 @@ class MultiprocExecutor:
         self.vocab_size = hf_config.vocab_size
         self.dead_error: Exception | None = None
         self._socket_dir = tempfile.mkdtemp(prefix="pagellm-workers-")
-        self._context = zmq.Context()
-        # sockets closed by garbage collection (an executor dropped without shutdown) must not
-        # wait for unsent messages to a dead worker: Context.__del__ -> term() would block
-        self._context.setsockopt(zmq.LINGER, 0)
+        # LINGER 0, never terminated by garbage collection (an executor dropped without
+        # shutdown must not block a later collection in term(): pagellm/zmq_context.py)
+        self._context = make_context()
         self._result_socket = self._context.socket(zmq.PULL)
         result_address = f"ipc://{self._socket_dir}/results"
         self._result_socket.bind(result_address)

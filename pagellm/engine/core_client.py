@@ -30,6 +30,7 @@ from pagellm.engine.messages import (AbortRequests, EngineCoreOutputs, EngineCor
                                      EngineDead, EngineReady, UtilityCall, UtilityResult,
                                      core_message_decoder, encoder)
 from pagellm.errors import ClientError, EngineDeadError, ServerError
+from pagellm.zmq_context import make_context
 
 EXIT_GRACE_S = 0.5      # after the core process exits, how long its EngineDead may take to arrive
 
@@ -288,8 +289,7 @@ class MPClient:
 
 def _bind_sockets(input_address: str, output_address: str):
     """(context, input PUSH socket, output PULL socket) of a client, bound to the addresses."""
-    context = zmq.asyncio.Context()
-    context.setsockopt(zmq.LINGER, 0)   # a garbage-collected context never waits on a dead core
+    context = make_context(use_asyncio=True)
     input_socket = context.socket(zmq.PUSH)
     input_socket.bind(input_address)
     output_socket = context.socket(zmq.PULL)
