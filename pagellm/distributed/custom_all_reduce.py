@@ -201,10 +201,9 @@ class SymmMemAllReduce:
 
         numel = nbytes // self.dtype.itemsize
         hidden = min(FUSED_HIDDEN, numel)
-        rank = dist.get_rank(self.device_group)
         shared = torch.Generator(self.device).manual_seed(numel)     # same on every rank
         x = torch.randn(numel, dtype=self.dtype, device=self.device,
-                        generator=torch.Generator(self.device).manual_seed(rank + numel))
+                        generator=torch.Generator(self.device).manual_seed(self.rank + numel))
         residual = torch.randn(numel // hidden, hidden, dtype=self.dtype, device=self.device,
                                generator=shared)
         weight = torch.randn(hidden, dtype=self.dtype, device=self.device, generator=shared)
