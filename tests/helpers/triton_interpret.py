@@ -11,10 +11,11 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_interpreted(module: str, *args: str, timeout: float = 300) -> str:
-    """``python -m module args`` from the repository root with TRITON_INTERPRET=1; its stdout.
-    AssertionError with the output when it exits non-zero."""
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO_ROOT))
+def run_interpreted(module: str, *args: str, timeout: float = 300,
+                    extra_env: dict[str, str] | None = None) -> str:
+    """``python -m module args`` from the repository root with TRITON_INTERPRET=1 (and
+    ``extra_env``); its stdout. AssertionError with the output when it exits non-zero."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO_ROOT), **(extra_env or {}))
     result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env,
                             capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -7,9 +7,6 @@ engine core makes every API server fail its requests (503) and the server exit 1
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,8 +17,8 @@ import pytest
 from pagellm import LLM, SamplingParams
 from tests.helpers.server import running_server, start_server, stop_server
 from tests.helpers.tiny_models import make_tiny_model_dir
-from tests.integration.test_data_parallel import (_health_after_kill, complete, metric,
-                                                  per_engine)
+from tests.integration.test_data_parallel import (complete, kill_replica_mid_generation,
+                                                  metric, per_engine)
 
 PROMPTS = [f"prompt {index}: {'abc ' * (index % 5)}" for index in range(16)]
 MAX_TOKENS = 8
@@ -125,29 +122,7 @@ def test_dp2_with_two_api_servers_routes_over_replicas_then_a_killed_core_exits_
         generated = per_engine(base, "vllm:generation_tokens_total")
         assert generated == [n * MAX_TOKENS for n in counts]
         assert min(_api_server_requests(httpx.get(base + "/metrics").text)) >= 1
-        statuses: list[int] = []
-
-        def long_request(index: int) -> None:
-            body = {"model": "tiny", "prompt": f"long {index}", "max_tokens": 200,
-                    "ignore_eos": True}
-            try:
-                statuses.append(httpx.post(base + "/v1/completions", json=body,
-                                           timeout=120).status_code)
-            except httpx.TransportError:
-                statuses.append(-1)
-
-        threads = [threading.Thread(target=long_request, args=(i,)) for i in range(6)]
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and min(per_engine(
-                base, "vllm:num_requests_running")) < 1:
-            time.sleep(0.05)
-        killed_at = time.monotonic()
-        os.kill(cores[1], signal.SIGKILL)
-        health = _health_after_kill(base)
-        for thread in threads:
-            thread.join(timeout=60)
+        statuses, health, killed_at = kill_replica_mid_generation(base, cores[1], 6)
         assert statuses == [503] * 6, statuses
         assert health == 503
         assert proc.wait(timeout=60) == 1

@@ -139,6 +139,38 @@ def _engine_core_pids(server_pid: int) -> list[int]:
             if "spawn_main" in " ".join(child.cmdline())]
 
 
+def kill_replica_mid_generation(base: str, pid: int, num_requests: int
+                                ) -> tuple[list[int], int | None, float]:
+    """Send ``num_requests`` long completions from threads, wait until every replica runs one,
+    SIGKILL the engine core ``pid``; returns (the requests' HTTP statuses, -1 for a dropped
+    connection; ``/health`` after the kill, see ``_health_after_kill``; the kill's
+    ``time.monotonic()``)."""
+    statuses: list[int] = []
+
+    def long_request(index: int) -> None:
+        body = {"model": "tiny", "prompt": f"long {index}", "max_tokens": 200,
+                "ignore_eos": True}
+        try:
+            statuses.append(httpx.post(base + "/v1/completions", json=body,
+                                       timeout=120).status_code)
+        except httpx.TransportError:
+            statuses.append(-1)
+
+    threads = [threading.Thread(target=long_request, args=(i,)) for i in range(num_requests)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and min(per_engine(
+            base, "vllm:num_requests_running")) < 1:
+        time.sleep(0.05)                        # every replica is generating
+    killed_at = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    health = _health_after_kill(base)
+    for thread in threads:
+        thread.join(timeout=60)
+    return statuses, health, killed_at
+
+
 def _health_after_kill(base: str) -> int | None:
     """The first non-200 /health status within 5 s (None: the server stopped listening)."""
     deadline = time.monotonic() + 5
@@ -160,28 +192,7 @@ def test_killing_one_replica_fails_requests_and_the_server_exits_1(model_dir):
     try:
         pids = _engine_core_pids(proc.pid)
         assert len(pids) == 2
-        statuses: list[int] = []
-
-        def long_request(index: int) -> None:
-            body = {"model": "tiny", "prompt": f"long {index}", "max_tokens": 200,
-                    "ignore_eos": True}
-            try:
-                statuses.append(httpx.post(base + "/v1/completions", json=body,
-                                           timeout=120).status_code)
-            except httpx.TransportError:
-                statuses.append(-1)
-
-        threads = [threading.Thread(target=long_request, args=(i,)) for i in range(4)]
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and min(per_engine(
-                base, "vllm:num_requests_running")) < 1:
-            time.sleep(0.05)                    # both replicas are generating
-        os.kill(pids[1], signal.SIGKILL)
-        health = _health_after_kill(base)
-        for thread in threads:
-            thread.join(timeout=60)
+        statuses, health, _ = kill_replica_mid_generation(base, pids[1], 4)
         assert statuses == [503] * 4, statuses
         assert health == 503
         assert proc.wait(timeout=60) == 1

@@ -6,11 +6,6 @@ in a subprocess running this file's ``__main__``; ~3 s)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from gguf import GGMLQuantizationType as T
@@ -18,8 +13,8 @@ from gguf import GGMLQuantizationType as T
 from pagellm.layers.gguf_linear import CODE_BITS, GGUFTritonLinearMethod
 from pagellm.ops.gguf import dequantize_gguf, gguf_linear_torch, pack_gguf
 from tests.helpers.gguf_blocks import random_gguf_weight
+from tests.helpers.triton_interpret import run_interpreted
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 BITS_PER_WEIGHT = {T.Q4_0: 5, T.Q4_1: 5, T.Q8_0: 9, T.Q4_K: 6, T.Q5_K: 7, T.Q6_K: 10}
 
 
@@ -54,11 +49,8 @@ def test_linear_method_twin_and_embedding():
 
 def test_triton_kernel_in_interpreter():
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO_ROOT))
-    result = subprocess.run([sys.executable, "-m", "tests.unit.test_gguf_triton"], cwd=REPO_ROOT,
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("ok") == len(CODE_BITS) * 3 + 1, result.stdout
+    stdout = run_interpreted("tests.unit.test_gguf_triton")
+    assert stdout.count("ok") == len(CODE_BITS) * 3 + 1, stdout
 
 
 def _run() -> None:

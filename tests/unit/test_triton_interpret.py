@@ -4,14 +4,12 @@ so the checks run in a subprocess (this file's ``__main__``). Skipped without tr
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.triton_interpret import run_interpreted
+
 CHECKS = ["attention", "split_decode", "kv_cache", "norm_activation", "backend", "fp8_kv_cache",
           "wna16_gemm", "one_shot_all_reduce"]
 
@@ -19,11 +17,8 @@ CHECKS = ["attention", "split_decode", "kv_cache", "norm_activation", "backend",
 @pytest.mark.parametrize("check", CHECKS)
 def test_kernels_in_interpreter(check):
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO_ROOT),
-               PAGELLM_ATTENTION_BACKEND="triton")
-    result = subprocess.run([sys.executable, "-m", "tests.unit.test_triton_interpret", check],
-                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
+    run_interpreted("tests.unit.test_triton_interpret", check,
+                    extra_env={"PAGELLM_ATTENTION_BACKEND": "triton"})
 
 
 def _run(check: str) -> None:
