@@ -12,15 +12,8 @@ if [ $AR_RC != 0 ]; then tail -60 $OUT/test_ar.log | cut -c1-300; exit 1; fi
 timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_parallel_gpu.py \
   tests/gpu/test_staging_gpu.py tests/gpu/test_engine_gpu.py --timeout=180 2>&1 \
   | grep -E "passed|failed|error|Error|assert" | cut -c1-600 | tail -12
-CLI="python3 -m pagellm.entrypoints.cli.main"
-run() {
-  local name=$1; shift
-  timeout 150 $CLI bench latency --model llama-3.1-8b --input-len 128 --output-len 256 \
-    --batch-size 1 --num-iters-warmup 1 --num-iters 3 --max-model-len 2048 \
-    --output-json $OUT/w1_$name.json "$@" > $OUT/w1_$name.log 2>&1
-  echo "W1 $name rc=$? $(grep -E 'decode' $OUT/w1_$name.log | tail -1)"
-  grep -h "custom all-reduce" $OUT/w1_$name.log | head -1 | cut -c1-900
-}
+source benchmarks/w1_lib.sh
+run() { local name=$1; shift; w1_run "$name" 150 --model llama-3.1-8b "$@"; }
 run tp1_async
 run tp2_triton -tp 2
 PAGELLM_TRITON_ALL_REDUCE=0 run tp2_torch_one_shot -tp 2

@@ -10,15 +10,8 @@ timeout 120 python3 -m pytest -q -x -p no:cacheprovider tests/gpu/test_custom_al
   --timeout=100 -s > $OUT/test_ar.log 2>&1; AR_RC=$?
 grep -E "passed|failed|error|Error|rank 0: plain|assert" $OUT/test_ar.log | cut -c1-900 | tail -12
 [ $AR_RC != 0 ] && tail -40 $OUT/test_ar.log | cut -c1-300
-CLI="python3 -m pagellm.entrypoints.cli.main"
-run() {
-  local name=$1; shift
-  timeout 150 $CLI bench latency --model llama-3.1-8b --input-len 128 --output-len 256 \
-    --batch-size 1 --num-iters-warmup 1 --num-iters 3 --max-model-len 2048 \
-    --output-json $OUT/w1_$name.json "$@" > $OUT/w1_$name.log 2>&1
-  echo "W1 $name rc=$? $(grep -E 'decode' $OUT/w1_$name.log | tail -1)"
-  grep -h "custom all-reduce" $OUT/w1_$name.log | head -1 | cut -c1-900
-}
+source benchmarks/w1_lib.sh
+run() { local name=$1; shift; w1_run "$name" 150 --model llama-3.1-8b "$@"; }
 run tp1
 [ $AR_RC = 0 ] && run tp2 -tp 2
 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_triton_kernels.py \

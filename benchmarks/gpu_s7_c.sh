@@ -13,23 +13,9 @@ timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_quant_gemv_g
 timeout 200 python3 benchmarks/quant_gemv_bench.py --sweep --write-configs $OUT/gemv_configs.json \
   > $OUT/quant_gemv.log 2>&1; echo "sweep rc=$?"; grep -v "^TUNED\|^    (" $OUT/quant_gemv.log | tail -40
 [ -s $OUT/gemv_configs.json ] && export PAGELLM_QUANT_GEMV_CONFIGS=$OUT/gemv_configs.json
-CLI="python3 -m pagellm.entrypoints.cli.main"
-w1() {
-  local name=$1; shift
-  timeout 110 $CLI bench latency --input-len 128 --output-len 256 --batch-size 1 \
-    --num-iters-warmup 1 --num-iters 3 --max-model-len 2048 --dtype bfloat16 \
-    --output-json $OUT/w1_$name.json "$@" > $OUT/w1_$name.log 2>&1
-  echo "W1 $name rc=$? $(grep -E 'decode' $OUT/w1_$name.log | tail -1)"
-  grep -h "Weight-only GEMV\|custom all-reduce" $OUT/w1_$name.log | head -2 | cut -c1-700
-}
-mkdir -p /tmp/w9-models/gptq
-python3 - <<'PY'
-import json
-config = json.load(open("pagellm/bench/configs/llama-3.1-8b/config.json"))
-config["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True}
-config["torch_dtype"] = "bfloat16"
-json.dump(config, open("/tmp/w9-models/gptq/config.json", "w"))
-PY
+source benchmarks/w1_lib.sh
+w1() { local name=$1; shift; w1_run "$name" 110 --dtype bfloat16 "$@"; }
+make_quantized_config gptq '{"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": false, "sym": true}'
 w1 bf16 --model llama-3.1-8b
 w1 fp8 --model llama-3.1-8b --quantization fp8
 left 470 && w1 gptq --model /tmp/w9-models/gptq --quantization gptq_marlin

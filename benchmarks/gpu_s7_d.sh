@@ -13,28 +13,14 @@ W4_SERVER_FLAGS="-dp 2 --api-server-count 2" OUT=$OUT/w4_dp2 timeout 150 \
   bash benchmarks/w4_serving.sh inf 2>&1 | tail -4
 for d in w4_1gpu w4_dp2; do echo "$d CPU s per process:"; paste $OUT/$d/cpu_before_rate_inf.txt \
   $OUT/$d/cpu_after_rate_inf.txt 2>/dev/null | awk '{printf "  pid %s %.1f s\n", $1, $4 - $2}'; done
-CLI="python3 -m pagellm.entrypoints.cli.main"
-w1() {
-  local name=$1; shift
-  timeout 110 $CLI bench latency --input-len 128 --output-len 256 --batch-size 1 \
-    --num-iters-warmup 1 --num-iters 3 --max-model-len 2048 --dtype bfloat16 \
-    --output-json $OUT/w1_$name.json "$@" > $OUT/w1_$name.log 2>&1
-  echo "W1 $name rc=$? $(grep -E 'decode' $OUT/w1_$name.log | tail -1)"
-  grep -h "Weight-only GEMV\|custom all-reduce" $OUT/w1_$name.log | head -1 | cut -c1-900
-}
+source benchmarks/w1_lib.sh
+w1() { local name=$1; shift; w1_run "$name" 110 --dtype bfloat16 "$@"; }
 left 330 && w1 tp2 --model llama-3.1-8b -tp 2
 left 360 && { timeout 110 python3 benchmarks/quant_gemv_bench.py --sweep --kernels wna16 --no-table \
   --write-configs $OUT/gemv_configs.json > $OUT/quant_gemv.log 2>&1; echo "sweep rc=$?";
   grep -v "^TUNED\|^    (\|^}" $OUT/quant_gemv.log | tail -12; }
 [ -s $OUT/gemv_configs.json ] && export PAGELLM_QUANT_GEMV_CONFIGS=$OUT/gemv_configs.json
-mkdir -p /tmp/w9-models/gptq
-python3 - <<'PY'
-import json
-config = json.load(open("pagellm/bench/configs/llama-3.1-8b/config.json"))
-config["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False, "sym": True}
-config["torch_dtype"] = "bfloat16"
-json.dump(config, open("/tmp/w9-models/gptq/config.json", "w"))
-PY
+make_quantized_config gptq '{"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": false, "sym": true}'
 left 480 && w1 gptq --model /tmp/w9-models/gptq --quantization gptq_marlin
 left 530 && w1 bf16 --model llama-3.1-8b
 echo "elapsed $((SECONDS - START)) s"

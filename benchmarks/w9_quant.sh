@@ -16,18 +16,8 @@ source benchmarks/gpu_setup.sh
 set -o pipefail
 CLI="python3 -m pagellm.entrypoints.cli.main"
 W3_PROMPTS=${W3_PROMPTS:-500}
-SHIPPED=pagellm/bench/configs/llama-3.1-8b
 MODELS=/tmp/w9-models
-make_quantized_config() {  # $1 name, $2 quantization_config JSON
-  mkdir -p $MODELS/$1
-  python3 - "$SHIPPED/config.json" "$MODELS/$1/config.json" "$2" <<'PY'
-import json, sys
-config = json.load(open(sys.argv[1]))
-config["quantization_config"] = json.loads(sys.argv[3])
-config["torch_dtype"] = "bfloat16"
-json.dump(config, open(sys.argv[2], "w"), indent=1)
-PY
-}
+source benchmarks/w1_lib.sh          # make_quantized_config (into $MODELS)
 make_quantized_config gptq '{"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": false, "sym": true}'
 make_quantized_config awq '{"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true, "version": "gemm"}'
 w1() {
