@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
 import threading
+from dataclasses import dataclass
 
 from pagellm.config.engine_args import EngineConfig
 from pagellm.core.request import Request
 from pagellm.core.stats import EngineStats
-import multiprocessing
-from dataclasses import dataclass
-
 from pagellm.engine.core_client import MPClient, client_addresses, make_socket_dir
 from pagellm.engine.core_proc import start_engine_core_process
 from pagellm.engine.dp_balancer import DPLoadBalancer, prefix_block_hashes

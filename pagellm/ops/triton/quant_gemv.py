@@ -70,8 +70,10 @@ WNA16_GEMV_MAX_ROWS = 2
 (which pads to 16 rows and reaches ~0.6-0.8 TB/s of int4 bytes at any M <= 16). The kernel
 spends ~3.4 instructions a value at M = 1 (AND/OR, subtraction, FMA, plus the per-tile
 scale) and ~4.6 at M = 2 (one FMA more): the H200's ~33 T lane instructions/s against 8.5 T
-int4 values/s at 4.25 TB/s leave both under the issue limit, M = 4 (~7) over it. The lead's
-H200 sweep (``quant_gemv_bench.py --sweep``) decides; change this with its numbers."""
+int4 values/s at 4.25 TB/s leave both under the issue limit, M = 4 (~7) over it. Measured on
+an H200 (``quant_gemv_bench.py --sweep``, tuned configs, µs; RESULTS.md session 7): at M = 2
+the GEMV still beats the tile GEMM (flat over M <= 8) on every Llama-8B shape: qkv 18.5 vs
+20.8-21.3, o 14.3 vs 16.0-16.2, gate_up 57.9 vs 75.0-75.9, down 34.8 vs 45.3-45.7."""
 
 GEMV_CALLS: Counter = Counter()
 """Host-side dispatch record: ``"wna16"`` / ``"fp8"`` -> GEMV launches issued (a CUDA graph
