@@ -9,7 +9,7 @@
 #   W4_SERVER_FLAGS="-dp 2 --api-server-count 2" bash benchmarks/w4_serving.sh inf  # 2 GPUs
 #
 # Writes under $OUT (default /tmp/w4): the server log, one bench log and JSON per rate, the
-# CPU seconds each server process (the API server or the --api-server-count supervisor, and
+# bench client's CPU seconds (client_cpu_rate_R.txt), the CPU seconds each server process (the API server or the --api-server-count supervisor, and
 # its children: API servers, engine cores; the log's first lines name their pids) used during
 # each rate (cpu_rate_R.txt), and prints a summary table last.
 set -u
@@ -39,18 +39,23 @@ failures=0
 for rate in $RATES; do
     cpu_seconds > "$OUT/cpu_before_rate_$rate.txt"
     rm -f "$OUT/w4_${MODEL}_rate_$rate.json"        # no stale numbers in the table
-    $PY -m pagellm.entrypoints.cli.main bench serving --port "$PORT" --model "$MODEL" \
+    TIMEFORMAT="bench client: %U user + %S sys CPU s, %R s wall"
+    { time $PY -m pagellm.entrypoints.cli.main bench serving --port "$PORT" --model "$MODEL" \
         --dataset-name random --num-prompts "$NUM_PROMPTS" --random-input-len "$INPUT_LEN" \
         --random-output-len "$OUTPUT_LEN" --ignore-eos --request-rate "$rate" \
         --percentile-metrics ttft,tpot,itl,e2el --metric-percentiles 50,99 --disable-tqdm \
         --output-json "$OUT/w4_${MODEL}_rate_$rate.json" > "$OUT/w4_${MODEL}_rate_$rate.log" 2>&1
+    } 2> "$OUT/client_cpu_rate_$rate.txt"
     status=$?
     cpu_seconds > "$OUT/cpu_after_rate_$rate.txt"
     awk 'NR == FNR {before[$1] = $2; next} {printf "pid %s: %.1f CPU s\n", $1, $2 - before[$1]}' \
         "$OUT/cpu_before_rate_$rate.txt" "$OUT/cpu_after_rate_$rate.txt" > "$OUT/cpu_rate_$rate.txt"
     [ $status -ne 0 ] && failures=$((failures + 1))
     echo "rate $rate: exit $status"; tail -32 "$OUT/w4_${MODEL}_rate_$rate.log"
-    cat "$OUT/cpu_rate_$rate.txt"
+    cat "$OUT/cpu_rate_$rate.txt" "$OUT/client_cpu_rate_$rate.txt"
+    # per replica (DP): requests finished and tokens, from the engine-labelled series
+    curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^vllm:(request_success|generation_tokens|prompt_tokens)_total\{.*engine="[0-9]+"' \
+        | sed 's/^/  /'
 done
 
 curl -s "http://127.0.0.1:$PORT/metrics" | grep -E "^(vllm:(num_preemptions|prefix_cache_hits|generation_tokens)|pagellm:api_server_http_requests)_total" \
