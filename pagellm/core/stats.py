@@ -74,6 +74,10 @@ class EngineStats(msgspec.Struct, array_like=True):
     """enable_lora: names of the adapters of running requests, sorted."""
     waiting_lora_adapters: list[str] = msgspec.field(default_factory=list)
     """enable_lora: names of the adapters of waiting requests, sorted."""
+    num_requests_received: list[int] = msgspec.field(default_factory=list)
+    """Core requests received since start from each client, by client index (the engine-core
+    process fills it; empty in process). A DP balancer subtracts it from what it sent to
+    learn which of its requests are still in flight (``pagellm.engine.dp_balancer``)."""
 
     def same_gauges(self, other: "EngineStats | None") -> bool:
         """True when ``other`` shows the same running/waiting counts, KV usage and adapters."""

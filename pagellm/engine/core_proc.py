@@ -112,6 +112,8 @@ class EngineCoreProc:
         self.input_socket = input_socket
         self.output_sockets = output_sockets
         self.client_of: dict[str, int] = {}
+        self.num_received = [0] * len(output_sockets)
+        """Core requests received from each client since start (``EngineStats``)."""
         """Unfinished request id -> its client (only with several clients)."""
         self.parent_pid = os.getppid()
         self.last_pushed: EngineStats | None = None
@@ -151,6 +153,7 @@ class EngineCoreProc:
     def _push(self, outputs) -> None:
         stats = self.engine_core.stats()
         stats.iteration_tokens, self.iteration_tokens = self.iteration_tokens, []
+        stats.num_requests_received = list(self.num_received)
         self.last_pushed = stats
         outputs.stats, outputs.timestamp = stats, time.time()
         if len(self.output_sockets) == 1:
@@ -180,6 +183,7 @@ class EngineCoreProc:
         if isinstance(message, EngineCoreRequest):
             if len(self.output_sockets) > 1:
                 self.client_of[message.request_id] = message.client_index
+            self.num_received[message.client_index] += 1
             core.add_request(message.to_request())
         elif isinstance(message, AbortRequests):
             aborted = core.abort_requests(message.request_ids)

@@ -6,9 +6,12 @@ unit-tested in isolation. The policy:
 1. **Load** of a replica = ``WAITING_WEIGHT * waiting + running + KV_USAGE_WEIGHT *
    kv_cache_usage`` (vLLM's DP balancer scores ``4 * waiting + running``; a replica whose KV
    cache is full is about to queue or preempt, so its usage counts too). ``waiting`` and
-   ``running`` come from the replica's latest pushed stats; every request routed to it since
-   those stats counts as one more waiting request, so a burst that arrives between two
-   pushes is spread instead of piling onto one replica.
+   ``running`` come from the replica's latest pushed stats, plus this API server's requests
+   still **in flight** to it: sent but not yet received by the core when it made those stats
+   (what this client sent minus the core's ``num_requests_received`` count for this client).
+   Replacing the count by each push instead forgot those, so in a burst the replica that
+   pushed most often looked idlest and took more (W4 at rate inf, DP=2, two API servers:
+   562 / 439 requests, benchmarks/RESULTS.md, session 8).
 2. **Prefix affinity** (beyond vLLM): the API process hashes the prompt's leading full blocks
    exactly as the engine core's prefix cache does (``core.block_hash``, cache salt included)
    and keeps a bounded LRU map block hash -> the replica that last served it. The replica
@@ -54,7 +57,7 @@ class ReplicaLoad:
     """What the balancer knows of one replica."""
 
     num_waiting: int = 0
-    """Waiting requests in its latest stats plus those routed to it since."""
+    """Waiting requests in its latest stats plus this client's requests in flight to it."""
     num_running: int = 0
     kv_cache_usage: float = 0.0
     """0..1, from its latest stats."""
@@ -62,6 +65,8 @@ class ReplicaLoad:
     """Requests routed to it since start (n > 1 children counted once: one parent)."""
     num_affinity_routed: int = 0
     """Of those, routed by prefix affinity."""
+    num_core_requests_sent: int = 0
+    """Core requests (n > 1 children each) this client sent it since start."""
 
     @property
     def load(self) -> float:
@@ -75,6 +80,8 @@ class DPLoadBalancer:
     process calls it from its event loop only."""
 
     num_engines: int
+    client_index: int = 0
+    """This API server's index among the cores' clients (``num_requests_received``)."""
     max_affinity_entries: int = 65536
     """Bound of the hash -> replica map (LRU); the DP client sets it to the replicas' total
     KV blocks, since no replica can hold more cached blocks than that."""
@@ -95,9 +102,13 @@ class DPLoadBalancer:
 
     def update_stats(self, engine_index: int, stats: EngineStats) -> None:
         """Replica ``engine_index`` pushed ``stats``: its waiting/running counts and KV usage
-        replace what was known (the routed-since count included: the stats now show it)."""
+        replace what was known; this client's requests it had not received yet count as
+        waiting on top (stats without ``num_requests_received``, an in-process engine's: none)."""
         replica = self.replicas[engine_index]
-        replica.num_waiting = stats.num_waiting
+        received = stats.num_requests_received
+        in_flight = (replica.num_core_requests_sent - received[self.client_index]
+                     if self.client_index < len(received) else 0)
+        replica.num_waiting = stats.num_waiting + max(0, in_flight)
         replica.num_running = stats.num_running
         replica.kv_cache_usage = stats.kv_cache_usage
 
@@ -113,6 +124,7 @@ class DPLoadBalancer:
             chosen, by_affinity = affine, True
         replica = self.replicas[chosen]
         replica.num_waiting += num_requests
+        replica.num_core_requests_sent += num_requests
         replica.num_routed += 1
         replica.num_affinity_routed += by_affinity
         self._remember(block_hashes, chosen)

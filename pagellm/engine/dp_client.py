@@ -188,7 +188,8 @@ class DPClient:
             raise failures[0]
         num_engines = len(results)
         num_blocks = sum(client.ready.num_blocks for client in results)
-        balancer = DPLoadBalancer(num_engines, max_affinity_entries=max(1, num_blocks))
+        balancer = DPLoadBalancer(num_engines, client_index=results[0].client_index,
+                                  max_affinity_entries=max(1, num_blocks))
         if num_engines > 1 and results[0].client_index == 0:
             logger.info("data parallel: %d engine cores (pids %s)", num_engines,
                         [client.process.pid for client in results])

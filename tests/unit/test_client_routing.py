@@ -86,7 +86,8 @@ def test_api_server_count_rejects_others_naming_the_problem(text, message):
 def test_an_engine_core_with_two_clients_routes_outputs_to_the_sender(tmp_path):
     """A real engine-core process started for two clients (as the serve supervisor does):
     each client's request comes back to it only, all its tokens; both clients see the core's
-    stats."""
+    stats, which count the requests received from each client (the DP balancer's in-flight
+    count: nothing left in flight once the outputs arrived)."""
     from pagellm.engine.dp_client import DPClient, start_engine_cores
     from pagellm.engine.llm_engine import resolve_config
     from tests.helpers.tiny_models import make_tiny_model_dir
@@ -106,21 +107,25 @@ def test_an_engine_core_with_two_clients_routes_outputs_to_the_sender(tmp_path):
                                                0.0)])
         received = {0: {}, 1: {}}
         stats_seen = [0, 0]
+        last_stats = [None, None]
         for index, client in enumerate(clients):
             while f"r{index}" not in received[index] or \
                     len(received[index][f"r{index}"]) < 4:
                 _, batch = await asyncio.wait_for(client.get_output(), 60)
                 stats_seen[index] += batch.stats is not None
+                last_stats[index] = batch.stats or last_stats[index]
                 offsets = batch.token_offsets()
                 for row, request_id in enumerate(batch.req_ids):
                     received[index].setdefault(request_id, []).extend(
                         batch.new_token_ids[offsets[row]:offsets[row + 1]])
+        in_flight = [client.balancer.replicas[0].num_waiting
+                     - last_stats[index].num_waiting for index, client in enumerate(clients)]
         for client in clients:
             await client.shutdown()
-        return received, stats_seen
+        return received, stats_seen, last_stats, in_flight
 
     try:
-        received, stats_seen = asyncio.run(run())
+        received, stats_seen, last_stats, in_flight = asyncio.run(run())
     finally:
         for process in cores.processes:
             process.kill()
@@ -128,3 +133,5 @@ def test_an_engine_core_with_two_clients_routes_outputs_to_the_sender(tmp_path):
     assert list(received[0]) == ["r0"] and list(received[1]) == ["r1"]
     assert all(len(tokens) == 4 for r in received.values() for tokens in r.values())
     assert min(stats_seen) >= 1
+    assert [stats.num_requests_received for stats in last_stats] == [[1, 1], [1, 1]]
+    assert in_flight == [0, 0]

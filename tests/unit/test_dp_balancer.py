@@ -56,6 +56,27 @@ def test_queue_length_weighs_waiting_four_times_running():
     assert balancer.choose() == 0
 
 
+def test_requests_in_flight_to_a_replica_survive_its_stats_push():
+    """A push made before the core received this client's last requests must not forget
+    them (the W4 DP=2 burst went 562 / 439 when pushes replaced the count)."""
+    balancer = DPLoadBalancer(2, client_index=1)
+    assert [balancer.choose() for _ in range(10)] == [0, 1] * 5
+    # replica 0 has received 2 of the 5 sent by client 1 (and 4 from client 0): 6 waiting
+    pushed = stats(waiting=6)
+    pushed.num_requests_received = [4, 2]
+    balancer.update_stats(0, pushed)
+    assert balancer.replicas[0].num_waiting == 6 + 3
+    # replica 1 has everything: its count is the core's; it takes the next ones
+    caught_up = stats(waiting=5)
+    caught_up.num_requests_received = [0, 5]
+    balancer.update_stats(1, caught_up)
+    assert balancer.replicas[1].num_waiting == 5
+    assert [balancer.choose() for _ in range(4)] == [1, 1, 1, 1]
+    # a push without per-client counts (an in-process core) counts nothing in flight
+    balancer.update_stats(0, stats(waiting=1))
+    assert balancer.replicas[0].num_waiting == 1
+
+
 def test_kv_usage_breaks_equal_queues():
     balancer = DPLoadBalancer(2)
     balancer.update_stats(0, stats(running=2, kv=0.9))
