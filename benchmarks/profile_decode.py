@@ -2,6 +2,8 @@
 one GPU or on every rank of a tensor- or pipeline-parallel engine.
 
 PYTHONPATH=. python benchmarks/profile_decode.py --model llama-3.1-8b --batch-size 1 [-tp 2]
+PYTHONPATH=. python benchmarks/profile_decode.py --batch-size 64 --input-len 1024 --output-len 32 \
+    --quantization fp8        # a W3-like prefill-heavy run (steps = output tokens)
 Prints rank 0's top CUDA kernels (each rank's with --all-ranks) and the step breakdown: GPU
 busy, and the rest (launch gaps and host work: scheduling, input preparation, sampling,
 output processing). The profiler runs inside the worker processes (LLM.start_profile).
@@ -29,11 +31,13 @@ def main() -> None:
     parser.add_argument("-tp", "--tensor-parallel-size", type=int, default=1)
     parser.add_argument("-pp", "--pipeline-parallel-size", type=int, default=1)
     parser.add_argument("--all-ranks", action="store_true")
+    parser.add_argument("--quantization", default=None)
     args = parser.parse_args()
     llm = LLM(resolve_bench_model(args.model), load_format="dummy", skip_tokenizer_init=True,
               max_model_len=2048, enforce_eager=args.enforce_eager,
               tensor_parallel_size=args.tensor_parallel_size,
-              pipeline_parallel_size=args.pipeline_parallel_size)
+              pipeline_parallel_size=args.pipeline_parallel_size,
+              quantization=args.quantization)
     prompts = [[100 + i] * args.input_len for i in range(args.batch_size)]
     params = SamplingParams(temperature=1.0, max_tokens=args.output_len, ignore_eos=True,
                             detokenize=False)
