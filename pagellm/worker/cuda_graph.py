@@ -36,8 +36,9 @@ Contract: ``capture`` must run after the KV cache is bound (graphs hold its addr
 ``run`` returns a view of a static output buffer that stays valid until the next ``run``.
 Counters (replays since capture; capture's own runs are not counted): ``num_replays`` per
 decode size, ``num_mixed_replays`` per mixed token count, ``num_uniform_replays`` the mixed
-replays whose batch had the same query length > 1 in every request (the verify steps of
-speculative decoding; also counted in ``num_mixed_replays``).
+replays whose batch had ``uniform_query_len`` (1 + num_speculative_tokens) rows in every
+request: vLLM's uniform decode batches, the full verify steps of speculative decoding (also
+counted in ``num_mixed_replays``).
 
 ``eager_replay`` (tests on CPU): nothing is captured; ``run`` fills the same static buffers and
 runs the model eagerly on them with the metadata a graph would have baked in (with the Triton
@@ -193,9 +194,10 @@ class CudaGraphRunner:
                  capture_sizes: list[int], max_model_len: int, block_size: int,
                  scratch_block: int, device: torch.device, lora_context: LoRAContext | None = None,
                  mixed_sizes: list[int] = (), max_num_seqs: int | None = None,
-                 eager_replay: bool = False):
+                 uniform_query_len: int | None = None, eager_replay: bool = False):
         """``capture_sizes``: decode graph sizes; ``mixed_sizes``: mixed graph token counts
-        (``max_num_seqs`` then bounds their request slots; default the largest size)."""
+        (``max_num_seqs`` then bounds their request slots; default the largest size);
+        ``uniform_query_len``: 1 + num_speculative_tokens (None without speculation)."""
         self.model = model
         self.kv_caches = kv_caches
         self.capture_sizes = sorted(set(capture_sizes))
@@ -205,6 +207,7 @@ class CudaGraphRunner:
         self.block_size = block_size
         self.scratch_block = scratch_block
         self.eager_replay = eager_replay
+        self.uniform_query_len = uniform_query_len
         max_blocks = -(-max_model_len // block_size)
         n = max(self.max_batch, 1)
         self.input_ids = torch.zeros(n, dtype=torch.int64, device=device)           # [n]
@@ -353,7 +356,7 @@ class CudaGraphRunner:
             self.mixed_graphs[size].replay()
             output = self.mixed_outputs[size]
         self.num_mixed_replays[size] += 1
-        if 1 < metadata.max_query_len and (
+        if metadata.max_query_len == self.uniform_query_len and (
                 metadata.num_tokens == metadata.num_reqs * metadata.max_query_len):
             self.num_uniform_replays[size] += 1            # every request 1 + k rows
         return output[:metadata.num_tokens]
@@ -394,6 +397,7 @@ def make_cuda_graph_runner(model: torch.nn.Module, kv_cache, options: CudaGraphO
                            max_num_seqs: int, max_num_batched_tokens: int, max_model_len: int,
                            block_size: int, device: torch.device,
                            lora_context: LoRAContext | None = None,
+                           uniform_query_len: int | None = None,
                            eager_replay: bool = False) -> CudaGraphRunner | None:
     """The runner for ``compilation_config``'s options over a bound ``KVCache``, not yet
     captured; None for cudagraph_mode NONE. Mixed graphs need the Triton attention backend
@@ -414,7 +418,7 @@ def make_cuda_graph_runner(model: torch.nn.Module, kv_cache, options: CudaGraphO
     return CudaGraphRunner(model, kv_cache.layers, sizes.decode, max_model_len, block_size,
                            kv_cache.scratch_block, device, lora_context=lora_context,
                            mixed_sizes=mixed, max_num_seqs=max_num_seqs,
-                           eager_replay=eager_replay)
+                           uniform_query_len=uniform_query_len, eager_replay=eager_replay)
 
 
 def _smallest_fitting(sizes: list[int], n: int) -> int | None:

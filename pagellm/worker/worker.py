@@ -183,12 +183,13 @@ class Worker:
         from pagellm.worker.cuda_graph import make_cuda_graph_runner
 
         lora = self.runner.lora_manager
-        scheduler = self.config.scheduler
+        scheduler, speculative = self.config.scheduler, self.config.speculative
         graphs = make_cuda_graph_runner(
             self.model, kv_cache, self.config.compilation.cuda_graph_options,
             scheduler.max_num_seqs, scheduler.max_num_batched_tokens,
             self.config.model.max_model_len, self.config.cache.block_size, self.platform.device,
-            lora_context=lora.context if lora is not None else None)
+            lora_context=lora.context if lora is not None else None,
+            uniform_query_len=1 + speculative.num_spec_tokens if speculative.enabled else None)
         if graphs is not None:
             graphs.capture()
         self.runner.cuda_graphs = graphs

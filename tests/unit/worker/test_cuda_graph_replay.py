@@ -3,8 +3,8 @@
 buffers, the capture-time metadata) with the Triton attention backend under Triton's
 interpreter. Its real rows must equal the unpadded eager forward (mixed batches, verify
 batches, padding rows and requests, every request slot), and greedy generation with mixed
-prefill/decode traffic and n-gram speculation must give the eager tokens while decode, mixed
-and verify steps all go through it. Runs in a subprocess (TRITON_INTERPRET must be set before
+prefill/decode traffic and with 3-token drafts verified every step must give the eager tokens
+while decode, mixed and verify steps all go through it. Runs in a subprocess (TRITON_INTERPRET must be set before
 triton is imported)."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def _llm(tmp: str, **engine):
                **engine)
 
 
-def _runner(llm, compilation_config: dict):
+def _runner(llm, compilation_config: dict, uniform_query_len: int | None = None):
     from pagellm.config.compilation import parse_compilation_config
     from pagellm.worker.cuda_graph import make_cuda_graph_runner
 
@@ -46,7 +46,7 @@ def _runner(llm, compilation_config: dict):
         worker.model, worker.runner.kv_cache, parse_compilation_config(compilation_config),
         config.scheduler.max_num_seqs, config.scheduler.max_num_batched_tokens,
         config.model.max_model_len, config.cache.block_size, worker.platform.device,
-        eager_replay=True)
+        uniform_query_len=uniform_query_len, eager_replay=True)
     graphs.capture()
     return worker, graphs
 
@@ -55,7 +55,8 @@ def _check_forward(tmp: str) -> None:
     from tests.gpu.cuda_graph_cases import DECODE_CASE, MIXED_CASES, check_padded_forward
 
     llm = _llm(tmp, max_num_seqs=6, max_num_batched_tokens=32)
-    worker, graphs = _runner(llm, {"cudagraph_capture_sizes": [1, 2, 4, 8, 16, 32]})
+    worker, graphs = _runner(llm, {"cudagraph_capture_sizes": [1, 2, 4, 8, 16, 32]},
+                             uniform_query_len=4)
     assert graphs.capture_sizes == [1, 2, 4, 8, 16, 32]
     assert graphs.mixed_sizes == [2, 4, 8, 16, 32] and graphs.mixed.num_slots(16) == 7
     kv_cache = worker.runner.kv_cache
@@ -78,27 +79,40 @@ def _check_forward(tmp: str) -> None:
 def _check_generate(tmp: str) -> None:
     from pagellm import SamplingParams
 
-    # A 32-token budget: prompts arrive in chunks next to decodes (mixed steps); n-gram drafts
-    # on repetitive prompts make verify steps; one request alone makes uniform verifies.
-    llm = _llm(tmp, max_num_seqs=4, max_num_batched_tokens=32,
+    # A 32-token budget: prompts arrive in chunks next to decodes (mixed steps); forced
+    # 3-token drafts make every later step a uniform verify of 4 rows per request.
+    llm = _llm(tmp, max_num_seqs=4, max_num_batched_tokens=32, async_scheduling=False,
                speculative_config={"method": "ngram", "num_speculative_tokens": 3,
-                                   "prompt_lookup_max": 3, "prompt_lookup_min": 1,
                                    "adaptive": False})
-    pattern = [5, 9, 13, 17, 21, 25]
-    prompts = [pattern * 4, list(range(3, 40)), [40, 41, 42] * 5]
+    prompts = [[5, 9, 13, 17, 21, 25] * 4, list(range(3, 40)), [40, 41, 42] * 5]
     greedy = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 
-    def tokens(batch):
-        return [o.outputs[0].token_ids for o in llm.generate(batch, greedy, use_tqdm=False)]
+    def tokens():
+        return [o.outputs[0].token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
 
-    expected = tokens(prompts), tokens(prompts[:1])
-    worker, graphs = _runner(llm, {})                      # the default: FULL_AND_PIECEWISE
+    expected = tokens(), _tokens_with_forced_drafts(llm, prompts[:2], greedy)
+    worker, graphs = _runner(llm, {}, uniform_query_len=4)   # the default: FULL_AND_PIECEWISE
     worker.runner.cuda_graphs = graphs
-    assert (tokens(prompts), tokens(prompts[:1])) == expected
+    assert (tokens(), _tokens_with_forced_drafts(llm, prompts[:2], greedy)) == expected
     replays = (sum(graphs.num_replays.values()), sum(graphs.num_mixed_replays.values()),
                sum(graphs.num_uniform_replays.values()))
     assert all(count > 0 for count in replays), replays
     print("generate ok")
+
+
+def _tokens_with_forced_drafts(llm, prompts: list[list[int]], params) -> list[list[int]]:
+    """Greedy outputs when every decoding request verifies 3 drafts (token 0) each step."""
+    engine = llm.llm_engine
+    ids = [engine.add_request({"prompt_token_ids": p}, params) for p in prompts]
+    outputs = {}
+    while engine.has_unfinished_requests():
+        for request in engine.engine_core.scheduler.running:
+            if request.num_computed_tokens >= request.num_prompt_tokens:
+                request.spec_token_ids, request.spec_base = [0] * 3, request.num_tokens
+        for output in engine.step():
+            if output.finished:
+                outputs[output.request_id] = output.outputs[0].token_ids
+    return [outputs[request_id] for request_id in ids]
 
 
 if __name__ == "__main__":
