@@ -57,3 +57,21 @@ def check_padded_forward(model, kv_cache, graphs, query_lens: list[int], seq_len
                       for layer, eager, old in zip(kv_cache.layers, after_eager, before))
     assert got.shape == expected.shape, (got.shape, expected.shape)
     return relative_error(got, expected), cache_error
+
+
+def tokens_with_forced_drafts(llm, prompts: list[list[int]], params,
+                              num_drafts: int) -> list[list[int]]:
+    """Outputs when every decoding request verifies ``num_drafts`` drafts (token 0) each step:
+    once all prompts are in, every step is a uniform verify of 1 + num_drafts rows per
+    request. Needs async_scheduling off (drafts are set on the scheduler's requests)."""
+    engine = llm.llm_engine
+    ids = [engine.add_request({"prompt_token_ids": p}, params) for p in prompts]
+    outputs = {}
+    while engine.has_unfinished_requests():
+        for request in engine.engine_core.scheduler.running:
+            if request.num_computed_tokens >= request.num_prompt_tokens:
+                request.spec_token_ids, request.spec_base = [0] * num_drafts, request.num_tokens
+        for output in engine.step():
+            if output.finished:
+                outputs[output.request_id] = output.outputs[0].token_ids
+    return [outputs[request_id] for request_id in ids]

@@ -11,7 +11,8 @@ import gc
 import pytest
 
 from pagellm import LLM, SamplingParams
-from tests.gpu.cuda_graph_cases import DECODE_CASE, MIXED_CASES, check_padded_forward
+from tests.gpu.cuda_graph_cases import (DECODE_CASE, MIXED_CASES, check_padded_forward,
+                                        tokens_with_forced_drafts)
 from tests.helpers.tiny_models import make_tiny_model_dir
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("free_engines")]
@@ -85,13 +86,21 @@ def test_mixed_steps_replay_graphs_with_the_eager_tokens(model_dir):
 
 
 def test_ngram_verify_steps_replay_graphs_with_the_eager_tokens(model_dir):
+    """Forced 3-token drafts (sync scheduling) make uniform verify steps of 4 rows per request;
+    n-gram's own drafts run under async scheduling. Same tokens as eager in both."""
     spec = dict(COMMON, speculative_config=NGRAM)
-    eager = LLM(str(model_dir), enforce_eager=True, **spec)
-    expected = _tokens(eager), _tokens(eager, PROMPTS[:1])
+    eager = LLM(str(model_dir), enforce_eager=True, async_scheduling=False, **spec)
+    expected = _tokens(eager), tokens_with_forced_drafts(eager, PROMPTS[:3], GREEDY, 3)
     del eager
     gc.collect()
-    llm = LLM(str(model_dir), **spec)
+    llm = LLM(str(model_dir), async_scheduling=False, **spec)
     graphs = _graphs(llm)
-    assert (_tokens(llm), _tokens(llm, PROMPTS[:1])) == expected
+    assert graphs.uniform_query_len == 4
+    assert (_tokens(llm), tokens_with_forced_drafts(llm, PROMPTS[:3], GREEDY, 3)) == expected
     assert sum(graphs.num_uniform_replays.values()) > 0       # 1 + k rows per request
     assert sum(graphs.num_mixed_replays.values()) > sum(graphs.num_uniform_replays.values())
+    del llm
+    gc.collect()
+    async_llm = LLM(str(model_dir), async_scheduling=True, **spec)
+    assert _tokens(async_llm) == expected[0]
+    assert sum(_graphs(async_llm).num_mixed_replays.values()) > 0

@@ -4,36 +4,36 @@ buffers, the capture-time metadata) with the Triton attention backend under Trit
 interpreter. Its real rows must equal the unpadded eager forward (mixed batches, verify
 batches, padding rows and requests, every request slot), and greedy generation with mixed
 prefill/decode traffic and with 3-token drafts verified every step must give the eager tokens
-while decode, mixed and verify steps all go through it. Runs in a subprocess (TRITON_INTERPRET must be set before
-triton is imported)."""
+while decode, mixed and verify steps all go through it. One engine, in a subprocess
+(TRITON_INTERPRET must be set before triton is imported)."""
 
 from __future__ import annotations
-
-import sys
 
 import pytest
 
 from tests.helpers.triton_interpret import run_interpreted
 
-CHECKS = ["forward", "generate"]
 
 
-@pytest.mark.parametrize("check", CHECKS)
-def test_graph_runner_replays_eagerly_in_the_interpreter(check):
+def test_graph_runner_replays_eagerly_in_the_interpreter():
     pytest.importorskip("triton")
-    out = run_interpreted("tests.unit.worker.test_cuda_graph_replay", check,
+    out = run_interpreted("tests.unit.worker.test_cuda_graph_replay",
                           extra_env={"PAGELLM_ATTENTION_BACKEND": "triton"})
-    assert f"{check} ok" in out
+    assert "forward ok" in out and "generate ok" in out
 
 
-def _llm(tmp: str, **engine):
+def _llm(tmp: str):
+    """Six request slots, a 32-token budget (prompts arrive in chunks next to decodes), n-gram
+    speculation with k = 3 (drafts are forced in ``_check_generate``), sync scheduling."""
     from pagellm import LLM
     from tests.helpers.tiny_models import make_tiny_model_dir
 
     model_dir = make_tiny_model_dir(tmp, "llama")
     return LLM(str(model_dir), device="cpu", dtype="float32", max_model_len=128,
                kv_cache_memory_bytes=2**21, block_size=4, enable_prefix_caching=False,
-               **engine)
+               max_num_seqs=6, max_num_batched_tokens=32, async_scheduling=False,
+               speculative_config={"method": "ngram", "num_speculative_tokens": 3,
+                                   "adaptive": False})
 
 
 def _runner(llm, compilation_config: dict, uniform_query_len: int | None = None):
@@ -51,10 +51,9 @@ def _runner(llm, compilation_config: dict, uniform_query_len: int | None = None)
     return worker, graphs
 
 
-def _check_forward(tmp: str) -> None:
+def _check_forward(llm) -> None:
     from tests.gpu.cuda_graph_cases import DECODE_CASE, MIXED_CASES, check_padded_forward
 
-    llm = _llm(tmp, max_num_seqs=6, max_num_batched_tokens=32)
     worker, graphs = _runner(llm, {"cudagraph_capture_sizes": [1, 2, 4, 8, 16, 32]},
                              uniform_query_len=4)
     assert graphs.capture_sizes == [1, 2, 4, 8, 16, 32]
@@ -76,47 +75,33 @@ def _check_forward(tmp: str) -> None:
     print("forward ok")
 
 
-def _check_generate(tmp: str) -> None:
+def _check_generate(llm) -> None:
     from pagellm import SamplingParams
+    from tests.gpu.cuda_graph_cases import tokens_with_forced_drafts
 
-    # A 32-token budget: prompts arrive in chunks next to decodes (mixed steps); forced
-    # 3-token drafts make every later step a uniform verify of 4 rows per request.
-    llm = _llm(tmp, max_num_seqs=4, max_num_batched_tokens=32, async_scheduling=False,
-               speculative_config={"method": "ngram", "num_speculative_tokens": 3,
-                                   "adaptive": False})
-    prompts = [[5, 9, 13, 17, 21, 25] * 4, list(range(3, 40)), [40, 41, 42] * 5]
-    greedy = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    # prompts in chunks next to decodes (mixed steps); forced 3-token drafts make every step
+    # after the prefills a uniform verify of 4 rows per request
+    prompts = [[5, 9, 13, 17, 21, 25] * 4, list(range(3, 40))]
+    greedy = SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True)
+    verified = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
 
     def tokens():
         return [o.outputs[0].token_ids for o in llm.generate(prompts, greedy, use_tqdm=False)]
 
-    expected = tokens(), _tokens_with_forced_drafts(llm, prompts[:2], greedy)
+    expected = tokens(), tokens_with_forced_drafts(llm, prompts, verified, 3)
     worker, graphs = _runner(llm, {}, uniform_query_len=4)   # the default: FULL_AND_PIECEWISE
     worker.runner.cuda_graphs = graphs
-    assert (tokens(), _tokens_with_forced_drafts(llm, prompts[:2], greedy)) == expected
+    assert (tokens(), tokens_with_forced_drafts(llm, prompts, verified, 3)) == expected
     replays = (sum(graphs.num_replays.values()), sum(graphs.num_mixed_replays.values()),
                sum(graphs.num_uniform_replays.values()))
     assert all(count > 0 for count in replays), replays
     print("generate ok")
 
 
-def _tokens_with_forced_drafts(llm, prompts: list[list[int]], params) -> list[list[int]]:
-    """Greedy outputs when every decoding request verifies 3 drafts (token 0) each step."""
-    engine = llm.llm_engine
-    ids = [engine.add_request({"prompt_token_ids": p}, params) for p in prompts]
-    outputs = {}
-    while engine.has_unfinished_requests():
-        for request in engine.engine_core.scheduler.running:
-            if request.num_computed_tokens >= request.num_prompt_tokens:
-                request.spec_token_ids, request.spec_base = [0] * 3, request.num_tokens
-        for output in engine.step():
-            if output.finished:
-                outputs[output.request_id] = output.outputs[0].token_ids
-    return [outputs[request_id] for request_id in ids]
-
-
 if __name__ == "__main__":
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        {"forward": _check_forward, "generate": _check_generate}[sys.argv[1]](tmp)
+        engine = _llm(tmp)
+        _check_forward(engine)          # randomizes the KV cache: no request runs meanwhile
+        _check_generate(engine)
