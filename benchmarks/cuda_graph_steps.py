@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,22 +63,19 @@ def main() -> None:
                     max_num_batched_tokens=max(512, max_seqs * (1 + args.k)))
     graphs = llm.llm_engine.engine_core.executor.worker.runner.cuda_graphs
     print(f"engine up in {time.perf_counter() - start:.1f} s (graph capture logged above)")
-    rows = []
+    cases = []
     for batch in args.batch_size:
-        for name, drafts in ((f"decode, batch {batch}", 0), (f"verify 1+{args.k}, batch {batch}",
-                                                             args.k)):
-            def measure(batch=batch, drafts=drafts):
-                return step_times(llm, drafts, args.steps, batch)
-            rows.append((name, timed(llm, graphs, False, measure), timed(llm, graphs, True, measure),
-                         replays(graphs)))
-    mixed = lambda: step_times(llm, 0, args.steps, args.decodes, args.chunk)  # noqa: E731
-    rows.append((f"{args.decodes} decodes + {args.chunk}-token prompt",
-                 timed(llm, graphs, False, mixed), timed(llm, graphs, True, mixed), replays(graphs)))
+        cases += [(f"decode, batch {batch}", partial(step_times, llm, 0, args.steps, batch)),
+                  (f"verify 1+{args.k}, batch {batch}",
+                   partial(step_times, llm, args.k, args.steps, batch))]
+    cases.append((f"{args.decodes} decodes + {args.chunk}-token prompt",
+                  partial(step_times, llm, 0, args.steps, args.decodes, args.chunk)))
     print("| step | eager ms | graph ms | eager / graph | replays so far (decode, mixed, verify) |")
     print("|---|---|---|---|---|")
-    for name, eager, graph, counts in rows:
-        print(f"| {name} | {eager:.2f} | {graph:.2f} | {eager / graph:.2f}x | {counts} |")
-
+    for name, measure in cases:
+        eager, graph = timed(llm, graphs, False, measure), timed(llm, graphs, True, measure)
+        print(f"| {name} | {eager:.2f} | {graph:.2f} | {eager / graph:.2f}x | {replays(graphs)} |",
+              flush=True)
 
 if __name__ == "__main__":
     main()

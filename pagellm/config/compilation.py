@@ -79,7 +79,7 @@ def parse_compilation_config(options: dict | None) -> CudaGraphOptions:
               f"{options['cudagraph_mode']!r}")
     sizes = options.get("cudagraph_capture_sizes")
     if sizes is not None:
-        if not isinstance(sizes, (list, tuple)) or not sizes or not all(_positive(s) for s in sizes):
+        if not isinstance(sizes, (list, tuple)) or not sizes or not all(map(_positive, sizes)):
             _fail(f"cudagraph_capture_sizes must be a non-empty list of positive integers, "
                   f"got {sizes!r}")
         sizes = tuple(sorted(set(sizes)))

@@ -141,7 +141,7 @@ class MixedInputs:
         self.query_start_loc = torch.zeros(slots + 1, dtype=torch.int32, device=device)
 
     def num_slots(self, size: int) -> int:
-        """Request slots of the graph of ``size`` tokens: every real request plus the padding one."""
+        """Request slots of the graph of ``size`` tokens: the real requests, then padding."""
         return min(size, self.max_num_seqs) + 1
 
     def metadata(self, size: int, block_size: int, max_model_len: int) -> AttentionMetadata:

@@ -11,7 +11,8 @@ from pagellm.errors import ClientError
 
 @pytest.mark.parametrize("mode,decode,mixed", [
     ("NONE", False, False), ("FULL_DECODE_ONLY", True, False), ("FULL", True, True),
-    ("FULL_AND_PIECEWISE", True, True), ("PIECEWISE", True, True), ("full_decode_only", True, False)])
+    ("FULL_AND_PIECEWISE", True, True), ("PIECEWISE", True, True),
+    ("full_decode_only", True, False)])
 def test_each_cudagraph_mode_maps_to_the_graphs_built(mode, decode, mixed):
     options = parse_compilation_config({"cudagraph_mode": mode})
     assert options.cudagraph_mode == mode.upper()
