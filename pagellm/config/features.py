@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pagellm.config.compilation import CompilationConfig  # noqa: F401  (re-exported)
 from pagellm.config.speculative import SpeculativeConfig  # noqa: F401  (re-exported)
 from pagellm.errors import ClientError
 
@@ -51,9 +52,3 @@ class LoRAConfig:
     def cpu_loras(self) -> int:
         """Adapters kept in host memory."""
         return self.max_cpu_loras if self.max_cpu_loras is not None else self.max_loras
-
-
-@dataclass(frozen=True)
-class CompilationConfig:
-    compilation_config: dict | None = None
-    """CUDA graph settings, e.g. {"cudagraph_capture_sizes": [1, 2, 4, 8]} (CUDA only)."""

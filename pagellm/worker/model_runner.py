@@ -112,7 +112,9 @@ class ModelRunner:
         self.batch = InputBatch(max_num_reqs, max_model_len, block_size)
         self.generators: dict[str, torch.Generator] = {}   # seeded requests, alive until finished
         self.kv_cache: KVCache | None = None
-        self.cuda_graphs = None      # CudaGraphRunner once captured (CUDA, not enforce_eager)
+        self.cuda_graphs = None
+        """The CudaGraphRunner once captured (CUDA, not enforce_eager, cudagraph_mode not NONE):
+        ``_forward`` replays it for every batch it can take (decode, mixed, verify steps)."""
         self.pp_group = get_pp_group()
         self.lora_manager = None
         """enable_lora: the ``LoRAModelManager`` (set by the worker); None otherwise."""

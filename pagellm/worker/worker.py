@@ -179,20 +179,19 @@ class Worker:
                 self._capture_cuda_graphs(kv_cache)
 
     def _capture_cuda_graphs(self, kv_cache: KVCache) -> None:
-        from pagellm.worker.cuda_graph import CudaGraphRunner, default_capture_sizes
+        """Capture the graphs ``compilation_config`` asks for (``worker/cuda_graph.py``)."""
+        from pagellm.worker.cuda_graph import make_cuda_graph_runner
 
-        options = self.config.compilation.compilation_config or {}
-        sizes = options.get("cudagraph_capture_sizes") or default_capture_sizes(
-            self.config.scheduler.max_num_seqs)
-        if any(not isinstance(s, int) or s < 1 for s in sizes):
-            raise ClientError(f"cudagraph_capture_sizes must be positive integers, got {sizes}",
-                              param="compilation_config")
         lora = self.runner.lora_manager
-        graphs = CudaGraphRunner(self.model, kv_cache.layers, sizes, self.config.model.max_model_len,
-                                 self.config.cache.block_size, kv_cache.scratch_block,
-                                 self.platform.device,
-                                 lora_context=lora.context if lora is not None else None)
-        graphs.capture()
+        scheduler, speculative = self.config.scheduler, self.config.speculative
+        graphs = make_cuda_graph_runner(
+            self.model, kv_cache, self.config.compilation.cuda_graph_options,
+            scheduler.max_num_seqs, scheduler.max_num_batched_tokens,
+            self.config.model.max_model_len, self.config.cache.block_size, self.platform.device,
+            lora_context=lora.context if lora is not None else None,
+            uniform_query_len=1 + speculative.num_spec_tokens if speculative.enabled else None)
+        if graphs is not None:
+            graphs.capture()
         self.runner.cuda_graphs = graphs
 
     def profile(self, is_start: bool) -> str:

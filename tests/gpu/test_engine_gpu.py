@@ -11,7 +11,7 @@ import torch
 from pagellm import LLM, SamplingParams
 from tests.helpers.tiny_models import make_tiny_model_dir
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("free_engines")]
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
 PROMPTS = [list(range(3, 3 + n)) for n in (1, 5, 17, 33, 64, 120)]
@@ -26,16 +26,6 @@ def model_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("gpu_models")
     return {"qwen3": make_tiny_model_dir(root / "a", "qwen3"),
             "smollm2-shapes": make_tiny_model_dir(root / "b", "llama", **SMOLLM2_SHAPES)}
-
-
-@pytest.fixture(autouse=True)
-def _free_engines():
-    """Each engine sizes its KV cache from free memory: release the previous ones first."""
-    gc.collect()
-    torch.cuda.empty_cache()
-    yield
-    gc.collect()
-    torch.cuda.empty_cache()
 
 
 def _tokens(llm: LLM) -> list[list[int]]:
