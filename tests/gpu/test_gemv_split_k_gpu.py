@@ -1,0 +1,107 @@
+"""The decode GEMVs' in-kernel split-K reduction (``pagellm.ops.triton.gemv_split_k``) and the
+bf16 decode GEMV (``pagellm.ops.triton.dense_gemv``) on CUDA: the bf16 GEMV against its torch
+twin at Llama-3.1-8B's TP=1 and TP=2 shapes (LM head included), the in-kernel reduction bit-equal
+to the two-launch path for the W4A16, fp8 and bf16 GEMVs with the ticket counters back at 0,
+three split GEMVs captured in one CUDA graph and replayed twice on new inputs (bit-equal to eager
+calls, counters at 0), and the unquantized linear method's table-driven dispatch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pagellm.ops.triton.gemv_split_k import split_k_counters
+from pagellm.ops.triton.quant_gemv import GEMV_CALLS, TUNED_CONFIGS, GemvConfig
+from tests.gpu.quant_gemv_cases import check_dense_gemv, gemv_calls, relative_error
+
+pytestmark = pytest.mark.gpu
+
+TOLERANCE = 1e-2     # max |kernel - twin| / max |twin|: bf16 output rounding and fp32 order
+LLAMA_8B = [(4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096), (4096, 128256),
+            (4096, 3072), (2048, 4096), (4096, 14336), (7168, 4096), (4096, 64128)]  # (K, N)
+BF16 = dict(device="cuda", dtype=torch.bfloat16)
+
+
+def counters_at_zero() -> bool:
+    torch.cuda.synchronize()
+    return split_k_counters(torch.device("cuda")).count_nonzero().item() == 0
+
+
+@pytest.mark.parametrize("M", [1, 2])
+@pytest.mark.parametrize("K, N", LLAMA_8B)
+def test_dense_gemv_llama_shapes(K, N, M):
+    assert check_dense_gemv(M, K, N, False, **BF16) < TOLERANCE
+    assert counters_at_zero()
+
+
+@pytest.mark.parametrize("M", [1, 2, 5])
+def test_dense_gemv_forced_split_fp16_odd_shape(M):
+    """Split-K with a partial last slice, N not a multiple of the column block, bias, fp16,
+    and the sweep's wide corner (32 columns, 8 warps)."""
+    for config in (GemvConfig(2, 16, 256, 7), GemvConfig(2, 32, 256, 3, num_warps=8)):
+        assert check_dense_gemv(M, 4000, 1000, True, device="cuda", dtype=torch.float16,
+                                config=config) < TOLERANCE
+    assert counters_at_zero()
+
+
+@pytest.mark.parametrize("kind", ["wna16", "fp8", "dense"])
+@pytest.mark.parametrize("M, bias", [(1, True), (2, False)])
+def test_in_kernel_reduce_equals_two_launches(kind, M, bias):
+    """Bit-equal outputs at the rules' launch (split-K at these shapes) and at a forced
+    7-way split; called twice (the second call needs the counters the first reset)."""
+    for (K, N), config in (((4096, 4096), None), ((14336, 4096), GemvConfig(2, 16, 256, 7))):
+        x, call = gemv_calls(kind, M, K, N, bias, **BF16)
+        two_launches = call(config, False)
+        for _ in range(2):
+            assert torch.equal(call(config, True), two_launches), (kind, K, N)
+            assert counters_at_zero()
+
+
+def test_split_gemvs_replay_in_a_cuda_graph_twice():
+    """One graph with a split W4A16, fp8 and bf16 GEMV (reduced in the kernel): two replays
+    on new inputs each give the eager calls' bits, and leave the counters at 0."""
+    split = GemvConfig(2, 16, 256, 4)
+    cases = [gemv_calls(kind, 2, 4096, 2048, True, **BF16) for kind in ("wna16", "fp8", "dense")]
+    for _, call in cases:
+        call(split, True)                                       # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = [call(split, True) for _, call in cases]
+    for seed in range(2):
+        gen = torch.Generator(device="cuda").manual_seed(seed)
+        for x, _ in cases:
+            x.copy_(torch.randn(x.shape, device="cuda", generator=gen))
+        graph.replay()
+        assert counters_at_zero()
+        for out, (_, call) in zip(outs, cases):
+            assert torch.equal(out, call(split, True))
+
+
+def test_unquantized_linear_takes_the_gemv_only_where_the_table_says():
+    from pagellm.layers.linear import UnquantizedLinearMethod
+    from pagellm.ops.triton.gemm_launch import num_sms
+
+    sms = num_sms(torch.device("cuda"))
+    layer = torch.nn.Module()
+    layer.weight = torch.nn.Parameter(torch.randn(3072, 4096, **BF16) * 0.02,
+                                      requires_grad=False)
+    key = ("bf16", 1, 4096, 3072, sms)
+    saved = TUNED_CONFIGS.pop(key, None)
+    TUNED_CONFIGS[key] = GemvConfig(1, 16, 256, 4)
+    try:
+        for rows in (1, 2, 3):
+            x = torch.randn(rows, 4096, **BF16)
+            before = GEMV_CALLS["bf16"]
+            out = UnquantizedLinearMethod().apply(layer, x)
+            listed = ("bf16", rows, 4096, 3072, sms) in TUNED_CONFIGS and rows <= 2
+            assert GEMV_CALLS["bf16"] - before == listed
+            ref = F.linear(x, layer.weight)
+            assert relative_error(out, ref) < TOLERANCE
+            if not listed:
+                assert torch.equal(out, ref)
+    finally:
+        del TUNED_CONFIGS[key]
+        if saved is not None:
+            TUNED_CONFIGS[key] = saved
