@@ -3,18 +3,20 @@
 (``wna16_gemm``), the W4A16 decode GEMV (``quant_gemv``), fp8 W8A8 (per-token Triton
 quantizer + ``torch._scaled_mm``) and the fp8 decode GEMV, with the weight bytes read per µs
 (TB/s); each GEMV also with its split-K slices added by a second launch (``2-launch``, the
-previous scheme) instead of in the kernel. The LM head shapes are timed in bf16 only. Prints
-a markdown table.
+previous scheme) instead of in the kernel; at the gate_up shapes also the bf16 GEMV with
+SiLU-and-mul in its epilogue (kind ``bf16_silu_mul``) against cuBLAS plus the SiLU-and-mul
+kernel. The LM head shapes are timed in bf16 only. Prints a markdown table.
 
     PYTHONPATH=. python benchmarks/quant_gemv_bench.py               # the table (~2 min)
     PYTHONPATH=. python benchmarks/quant_gemv_bench.py --no-table --sweep \
-        --kernels bf16,fp8,wna16 --write-configs gemv_configs.json    # the sweep (~5 min)
+        --write-configs gemv_configs.json                              # the sweep (~6 min)
     PYTHONPATH=. python benchmarks/quant_gemv_bench.py --sweep --kernels wna16 --no-table
 
 The sweep's JSON is what ``PAGELLM_QUANT_GEMV_CONFIGS=gemv_configs.json`` loads (its literal,
 printed last, goes into ``quant_gemv._h200_tuned_configs``): for fp8/wna16 the best launch of
-every shape; for bf16 only the shapes where our GEMV beat cuBLAS by DENSE_WIN_MARGIN (the
-unquantized linear method uses the GEMV exactly there, cuBLAS elsewhere).
+every shape; for bf16 and bf16_silu_mul only the shapes where our GEMV beat cuBLAS (plus the
+SiLU-and-mul kernel) by DENSE_WIN_MARGIN (the unquantized linear method and the Llama MLP use
+the GEMV exactly there, cuBLAS elsewhere).
 
 Timing: ``triton.testing.do_bench_cudagraph`` (launch overhead does not count, as in the
 engine's decode graphs) of a graph that calls the op once on each of several copies of the
@@ -26,7 +28,7 @@ at M = 1 and 2, prints the best next to the default (the rules of ``wna16_gemv_c
 ``fp8_gemv_config`` / ``dense_gemv_config``) and the baseline each GEMV replaces (bf16: cuBLAS
 ``F.linear``; fp8: W8A8 ``_scaled_mm``; wna16: the ``tl.dot`` GEMM) with a ``yes``/``no``
 mark where the best beats it, then the kept ones as a ``TUNED_CONFIGS`` literal.
-``--kernels bf16,fp8,wna16`` limits the sweep's kernels, ``--shapes qkv,o_tp2`` its shapes.
+``--kernels bf16,fp8`` limits the kernels, ``--shapes qkv,o_tp2`` the shapes.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ import triton
 from triton.testing import do_bench_cudagraph
 
 from pagellm.ops.quant import fp8_linear, pack_int32
-from pagellm.ops.triton.dense_gemv import dense_gemv_config, dense_gemv_triton
+from pagellm.ops.triton.activation import silu_and_mul_triton
+from pagellm.ops.triton.dense_gemv import (dense_gemv_config, dense_gemv_silu_mul_triton,
+                                           dense_gemv_triton)
 from pagellm.ops.triton.fp8_quant import quantize_fp8_per_token_triton
 from pagellm.ops.triton.gemm_launch import num_sms
 from pagellm.ops.triton.quant_gemv import (TUNED_CONFIGS, GemvConfig, fp8_gemv_config,
@@ -57,6 +61,9 @@ SHAPES = {"qkv": (4096, 6144), "o": (4096, 4096), "gate_up": (4096, 28672),
 """name -> (K, N) of Llama-3.1-8B's per-rank linears at TP=1 and TP=2."""
 BF16_ONLY = {"lm_head", "lm_head_tp2"}
 """Shapes kept unquantized in quantized checkpoints (vLLM's LM head): bf16 kernels only."""
+SILU_MUL = "bf16_silu_mul"
+"""The merged gate|up GEMV with SiLU-and-mul: timed at the gate_up shapes only."""
+DEVICE = "cuda"
 ROWS = [1, 2, 8]
 GROUP = 128
 BYTES_PER_GRAPH = 256 * 2**20
@@ -82,20 +89,20 @@ def copies_for(nbytes: int) -> int:
 
 def wna16_weights(K: int, N: int, copies: int) -> list[tuple]:
     """(qweight, scales, qzeros) copies of a random 4-bit group-128 asymmetric weight."""
-    q = pack_int32(torch.randint(0, 16, (K, N), device="cuda"), 4, 0)         # [K / 8, N]
-    scales = torch.rand(K // GROUP, N, device="cuda", dtype=torch.bfloat16) * 0.01
-    zeros = pack_int32(torch.randint(0, 16, (K // GROUP, N), device="cuda"), 4, 1)
+    q = pack_int32(torch.randint(0, 16, (K, N), device=DEVICE), 4, 0)         # [K / 8, N]
+    scales = torch.rand(K // GROUP, N, device=DEVICE, dtype=torch.bfloat16) * 0.01
+    zeros = pack_int32(torch.randint(0, 16, (K // GROUP, N), device=DEVICE), 4, 1)
     return [(q.clone(), scales.clone(), zeros.clone()) for _ in range(copies)]
 
 
 def fp8_weights(K: int, N: int, copies: int) -> list[tuple]:
-    weight = (torch.randn(N, K, device="cuda") * 64).clamp(-448, 448).to(torch.float8_e4m3fn)
-    scale = torch.full((N,), 0.02 / 64, device="cuda")
+    weight = (torch.randn(N, K, device=DEVICE) * 64).clamp(-448, 448).to(torch.float8_e4m3fn)
+    scale = torch.full((N,), 0.02 / 64, device=DEVICE)
     return [(weight.clone(), scale.clone()) for _ in range(copies)]
 
 
 def dense_weights(K: int, N: int, copies: int) -> list[torch.Tensor]:
-    return [torch.randn(N, K, device="cuda", dtype=torch.bfloat16) * 0.02
+    return [torch.randn(N, K, device=DEVICE, dtype=torch.bfloat16) * 0.02
             for _ in range(copies)]
 
 
@@ -107,7 +114,7 @@ def weight_bytes(kind: str, K: int, N: int) -> int:
 
 def make_weights(kind: str, K: int, N: int) -> list:
     """Enough copies of a random ``kind`` weight that one graph reads BYTES_PER_GRAPH."""
-    make = {"wna16": wna16_weights, "fp8": fp8_weights, "bf16": dense_weights}[kind]
+    make = {"wna16": wna16_weights, "fp8": fp8_weights}.get(kind, dense_weights)
     return make(K, N, copies_for(weight_bytes(kind, K, N)))
 
 
@@ -119,6 +126,8 @@ def gemv(kind: str, x: torch.Tensor, w, config: GemvConfig | None = None,
                                  in_kernel_reduce=in_kernel)
     if kind == "fp8":
         return fp8_gemv_triton(x, w[0], w[1], config=config, in_kernel_reduce=in_kernel)
+    if kind == SILU_MUL:
+        return dense_gemv_silu_mul_triton(x, w, config=config)
     return dense_gemv_triton(x, w, config=config, in_kernel_reduce=in_kernel)
 
 
@@ -129,11 +138,15 @@ def baseline(kind: str, x: torch.Tensor, w) -> torch.Tensor:
     if kind == "fp8":
         x_q, x_scale = quantize_fp8_per_token_triton(x)
         return fp8_linear(x_q, x_scale, w[0], w[1], x.dtype, use_scaled_mm=True)
+    if kind == SILU_MUL:
+        return silu_and_mul_triton(F.linear(x, w))
     return F.linear(x, w)
 
 
-BASELINE_NAMES = {"bf16": "bf16 F.linear", "wna16": "W4A16 tl.dot", "fp8": "fp8 W8A8 _scaled_mm"}
-GEMV_NAMES = {"bf16": "bf16 GEMV", "wna16": "W4A16 GEMV", "fp8": "fp8 GEMV"}
+BASELINE_NAMES = {"bf16": "bf16 F.linear", SILU_MUL: "bf16 F.linear+SiLU",
+                  "wna16": "W4A16 tl.dot", "fp8": "fp8 W8A8 _scaled_mm"}
+GEMV_NAMES = {"bf16": "bf16 GEMV", SILU_MUL: "bf16 GEMV+SiLU", "wna16": "W4A16 GEMV",
+              "fp8": "fp8 GEMV"}
 
 
 def default_config(kind: str, M: int, K: int, N: int, sms: int) -> GemvConfig:
@@ -142,16 +155,25 @@ def default_config(kind: str, M: int, K: int, N: int, sms: int) -> GemvConfig:
         return wna16_gemv_config(M, N, K, 4, sms, GROUP)
     if kind == "fp8":
         return fp8_gemv_config(M, N, K, sms)
-    return TUNED_CONFIGS.get(("bf16", M, K, N, sms)) or dense_gemv_config(M, N, K, sms)
+    return TUNED_CONFIGS.get((kind, M, K, N, sms)) or dense_gemv_config(M, output_cols(kind, N),
+                                                                        K, sms)
+
+
+def output_cols(kind: str, N: int) -> int:
+    """Output columns of a weight with N rows (half for the SiLU-and-mul GEMV)."""
+    return N // 2 if kind == SILU_MUL else N
 
 
 def kinds_of(name: str, kinds: list[str]) -> list[str]:
-    return [k for k in kinds if k == "bf16" or name not in BF16_ONLY]
+    """The kernels timed at shape ``name``."""
+    if name in BF16_ONLY:
+        return [k for k in kinds if k == "bf16"]
+    return [k for k in kinds if k != SILU_MUL or name.startswith("gate_up")]
 
 
 def row_times(K: int, N: int, M: int, kinds: list[str], sms: int) -> dict[str, tuple]:
     """method -> (µs per call, weight bytes) at one shape and row count."""
-    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(M, K, device=DEVICE, dtype=torch.bfloat16)
     results = {}
     for kind in kinds:
         copies, nbytes = make_weights(kind, K, N), weight_bytes(kind, K, N)
@@ -160,15 +182,17 @@ def row_times(K: int, N: int, M: int, kinds: list[str], sms: int) -> dict[str, t
             timed_us([lambda w=w: baseline(kind, x, w) for w in copies]), nbytes)
         results[GEMV_NAMES[kind]] = (
             timed_us([lambda w=w: gemv(kind, x, w, config) for w in copies]), nbytes)
-        results[GEMV_NAMES[kind] + " 2-launch"] = (
-            timed_us([lambda w=w: gemv(kind, x, w, config, False) for w in copies]), nbytes)
+        if kind != SILU_MUL:                      # (no reduce kernel applies the SiLU)
+            results[GEMV_NAMES[kind] + " 2-launch"] = (
+                timed_us([lambda w=w: gemv(kind, x, w, config, False) for w in copies]), nbytes)
         del copies
     return results
 
 
 def print_table(shapes: list[str], kinds: list[str], sms: int) -> None:
     methods = [m for kind in kinds for m in (BASELINE_NAMES[kind], GEMV_NAMES[kind],
-                                             GEMV_NAMES[kind] + " 2-launch")]
+                                             GEMV_NAMES[kind] + " 2-launch") if m != (
+        GEMV_NAMES[SILU_MUL] + " 2-launch")]
     print("| shape (K x N) | M | " + " | ".join(f"{m} µs (TB/s)" for m in methods) + " |")
     print("|---|---|" + "---|" * len(methods))
     for name, M in itertools.product(shapes, ROWS):
@@ -188,6 +212,8 @@ VARIANTS = {
             (32, 512, 8, 4)],
     "bf16": [(16, 256, 4, 3), (8, 512, 4, 3), (32, 256, 8, 3), (16, 512, 8, 3),
              (32, 128, 4, 4)],
+    SILU_MUL: [(8, 256, 4, 3), (16, 256, 8, 3), (8, 512, 8, 3), (16, 128, 4, 3),
+               (4, 512, 4, 3)],     # block_n output columns: twice as many weight rows
 }
 """Per kernel (block_n, block_k, num_warps, num_stages): each compiles once per row count and
 split/no split, reused across shapes (compiles dominate the sweep's time)."""
@@ -202,27 +228,29 @@ def sweep_configs(kernel: str, M: int, K: int, N: int, sms: int) -> list[GemvCon
     block_m = M if kernel == "fp8" else min(M, 2)
     for index, (bn, bk, warps, stages) in enumerate(VARIANTS[kernel]):
         for target in SPLIT_TARGETS + ([16] if index == 0 else []):
-            split = 1 if target is None else split_for(N, K, bn, bk, sms, target)
+            split = 1 if target is None else split_for(output_cols(kernel, N), K, bn, bk, sms,
+                                                       target)
             configs.append(GemvConfig(block_m, bn, bk, split, warps, stages))
     return list(dict.fromkeys(configs))                 # targets giving the same split once
 
 
 def sweep_shape(kind: str, name: str, M: int, copies: list, sms: int, kept: dict) -> None:
     """Time every swept launch of one (kind, shape, M) and its baseline; print the row; keep
-    the best in ``kept`` (bf16: only where it beats cuBLAS by DENSE_WIN_MARGIN)."""
+    the best in ``kept`` (bf16 kinds: only where it beats cuBLAS by DENSE_WIN_MARGIN)."""
     K, N = SHAPES[name]
-    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(M, K, device=DEVICE, dtype=torch.bfloat16)
     time_config = lambda cfg: timed_us(  # noqa: E731
         [lambda w=w: gemv(kind, x, w, cfg) for w in copies], SWEEP_REP_MS)
     base = timed_us([lambda w=w: baseline(kind, x, w) for w in copies], SWEEP_REP_MS)
-    default = (dense_gemv_config(M, N, K, sms) if kind == "bf16"
+    dense = kind.startswith("bf16")
+    default = (dense_gemv_config(M, output_cols(kind, N), K, sms) if dense
                else default_config(kind, M, K, N, sms))
     times = {cfg: time_config(cfg) for cfg in sweep_configs(kind, M, K, N, sms)}
     if default not in times:
         times[default] = time_config(default)
     best = min(times, key=times.get)
-    wins = times[best] <= DENSE_WIN_MARGIN * base if kind == "bf16" else times[best] < base
-    if wins or kind != "bf16":
+    wins = times[best] <= DENSE_WIN_MARGIN * base if dense else times[best] < base
+    if wins or not dense:
         kept[(kind, M, K, N, sms)] = best
     nbytes = weight_bytes(kind, K, N)
     cell = lambda us: f"{us:.1f} ({nbytes / us / 1e6:.2f})"  # noqa: E731
@@ -256,8 +284,8 @@ def sweep(shapes: list[str], kinds: list[str], sms: int, write_configs: str | No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", action="store_true", help="also sweep GEMV launch configs")
-    parser.add_argument("--kernels", default="bf16,fp8,wna16",
-                        help="comma-separated kernels: bf16, fp8, wna16")
+    parser.add_argument("--kernels", default=",".join(VARIANTS),
+                        help=f"comma-separated kernels among {', '.join(VARIANTS)}")
     parser.add_argument("--shapes", default=",".join(SHAPES),
                         help=f"comma-separated shapes among {', '.join(SHAPES)}")
     parser.add_argument("--no-table", action="store_true", help="skip the default table")
@@ -267,7 +295,7 @@ def main() -> None:
     kinds = [k for k in args.kernels.split(",") if k]
     shapes = [s for s in args.shapes.split(",") if s]
     if not kinds or set(kinds) - set(VARIANTS):
-        parser.error(f"--kernels takes bf16, fp8 and/or wna16, got {args.kernels!r}")
+        parser.error(f"--kernels takes {', '.join(VARIANTS)}, got {args.kernels!r}")
     if not shapes or set(shapes) - set(SHAPES):
         parser.error(f"--shapes takes {', '.join(SHAPES)}, got {args.shapes!r}")
     torch.manual_seed(0)

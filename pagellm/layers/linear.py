@@ -239,6 +239,25 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         copy_into(param.data.narrow(output_dim, offset, shard_size),
                   loaded_weight.narrow(output_dim, self.tp_rank * shard_size, shard_size))
 
+    def forward_silu_and_mul(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``silu_and_mul(self(x))``: [T, input_size] -> [T, output_size_per_partition / 2]
+        in one launch (``dense_gemv_silu_mul_triton``) where the measured table lists this
+        shape on this GPU model (gate|up of equal widths, unquantized weight without LoRA, not
+        gathered, on CUDA, T <= DENSE_GEMV_MAX_ROWS); None otherwise: the caller runs the
+        layer and the activation."""
+        if (type(self.quant_method) is not UnquantizedLinearMethod or self.gather_output
+                or len(set(self.output_sizes)) != 1 or len(self.output_sizes) != 2
+                or not use_triton_kernels(x) or batch_invariant()):
+            return None
+        from pagellm.ops.triton.dense_gemv import (DENSE_GEMV_MAX_ROWS,
+                                                   dense_gemv_silu_mul_triton,
+                                                   tuned_dense_gemv_config)
+        config = (tuned_dense_gemv_config(x, self.weight, silu_mul=True)
+                  if x.shape[0] <= DENSE_GEMV_MAX_ROWS else None)
+        if config is None:
+            return None
+        return dense_gemv_silu_mul_triton(x, self.weight, self.bias, config)
+
 
 class QKVParallelLinear(ColumnParallelLinear):
     """q|k|v projections. Rank r holds query heads [r * h, (r + 1) * h) and the KV heads they

@@ -2,8 +2,9 @@
 bf16 decode GEMV (``pagellm.ops.triton.dense_gemv``) on CUDA: the bf16 GEMV against its torch
 twin at Llama-3.1-8B's TP=1 and TP=2 shapes (LM head included), the in-kernel reduction bit-equal
 to the two-launch path for the W4A16, fp8 and bf16 GEMVs with the ticket counters back at 0,
-three split GEMVs captured in one CUDA graph and replayed twice on new inputs (bit-equal to eager
-calls, counters at 0), and the unquantized linear method's table-driven dispatch."""
+the gate|up GEMV with SiLU-and-mul in its epilogue bit-equal to the GEMV then the SiLU-and-mul
+kernel, four split GEMVs captured in one CUDA graph and replayed twice on new inputs (bit-equal
+to eager calls, counters at 0), and the unquantized linear method's table-driven dispatch."""
 
 from __future__ import annotations
 
@@ -58,11 +59,38 @@ def test_in_kernel_reduce_equals_two_launches(kind, M, bias):
             assert counters_at_zero()
 
 
+@pytest.mark.parametrize("M", [1, 2])
+@pytest.mark.parametrize("K, N", [(4096, 28672), (4096, 14336)])
+@pytest.mark.parametrize("split", [False, True])
+def test_silu_mul_gemv_equals_gemv_then_silu_and_mul(K, N, M, split):
+    from pagellm.ops.activation import silu_and_mul
+    from pagellm.ops.quant import dense_gemv_torch
+    from pagellm.ops.triton.activation import silu_and_mul_triton
+    from pagellm.ops.triton.dense_gemv import dense_gemv_silu_mul_triton, dense_gemv_triton
+
+    config = GemvConfig(M, 8, 256, 5 if split else 1)
+    weight = torch.randn(N, K, **BF16) * 0.02
+    bias = torch.randn(N, **BF16)
+    x = torch.randn(M, K, **BF16)
+    fused = dense_gemv_silu_mul_triton(x, weight, bias, config)
+    assert torch.equal(fused, silu_and_mul_triton(dense_gemv_triton(x, weight, bias, config)))
+    ref = silu_and_mul(dense_gemv_torch(x.float(), weight.float(), bias.float()))
+    assert relative_error(fused, ref) < 2 * TOLERANCE       # gate, up, silu, product rounded
+    assert counters_at_zero()
+
+
 def test_split_gemvs_replay_in_a_cuda_graph_twice():
-    """One graph with a split W4A16, fp8 and bf16 GEMV (reduced in the kernel): two replays
-    on new inputs each give the eager calls' bits, and leave the counters at 0."""
+    """One graph with a split W4A16, fp8, bf16 and bf16 SiLU-and-mul GEMV (reduced in the
+    kernel): two replays on new inputs each give the eager calls' bits, and leave the
+    counters at 0."""
+    from pagellm.ops.triton.dense_gemv import dense_gemv_silu_mul_triton
+
     split = GemvConfig(2, 16, 256, 4)
     cases = [gemv_calls(kind, 2, 4096, 2048, True, **BF16) for kind in ("wna16", "fp8", "dense")]
+    silu_x = torch.randn(2, 4096, **BF16)
+    silu_weight, silu_bias = torch.randn(4096, 4096, **BF16) * 0.02, torch.randn(4096, **BF16)
+    cases.append((silu_x, lambda config, in_kernel: dense_gemv_silu_mul_triton(
+        silu_x, silu_weight, silu_bias, config)))
     for _, call in cases:
         call(split, True)                                       # compile outside the capture
     torch.cuda.synchronize()

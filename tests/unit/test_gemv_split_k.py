@@ -3,8 +3,9 @@ unquantized 16-bit GEMV (``pagellm.ops.triton.dense_gemv``) with its table-drive
 ``UnquantizedLinearMethod``. The kernels run under Triton's interpreter in a subprocess (this
 file's ``__main__``, ``TRITON_INTERPRET=1``): dense GEMV vs its torch twin on small odd shapes
 (forced split-K, bias on/off, M = 1, 2, 3), the in-kernel reduction bit-equal to the two-launch
-path for all three GEMVs with the ticket counters back at 0 after each call, and the linear
-method's dispatch."""
+path for all three GEMVs with the ticket counters back at 0 after each call, the merged
+gate|up GEMV with SiLU-and-mul in its epilogue bit-equal to the GEMV then the SiLU-and-mul
+kernel, and the linear layers' dispatch."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def test_dense_gemv_runs_only_at_measured_shapes():
 def test_kernels_in_interpreter():
     pytest.importorskip("triton")
     stdout = run_interpreted("tests.unit.test_gemv_split_k")
-    assert stdout.split() == ["ok"] * 3, stdout
+    assert stdout.split() == ["ok"] * 4, stdout
 
 
 # (M, K, N, bias, config): split-K with a partial last slice and an empty one (K = 333 in
@@ -124,6 +125,38 @@ def _check_in_kernel_reduce() -> None:
     print("ok")
 
 
+def _check_silu_mul() -> None:
+    """The fused gate|up GEMV == dense GEMV + silu_and_mul_triton bit for bit (split in the
+    kernel or not, bias on/off, M = 1, 2), close to the torch twins; counters at 0; too many
+    output tiles for the counters is a ValueError (no second launch applies the SiLU)."""
+    from pagellm.ops.activation import silu_and_mul
+    from pagellm.ops.triton import gemv_split_k as sk
+    from pagellm.ops.triton.activation import silu_and_mul_triton
+    from pagellm.ops.triton.dense_gemv import dense_gemv_silu_mul_triton, dense_gemv_triton
+
+    gen = torch.Generator().manual_seed(3)
+    for M, bias, config in ((1, True, GemvConfig(1, 8, 64, 3)), (2, False, GemvConfig(2, 8, 64, 4)),
+                            (2, True, GemvConfig(2, 16, 128, 1))):
+        weight = (torch.randn(2 * 20, 300, generator=gen) * 0.05).to(torch.bfloat16)  # [2d, K]
+        x = torch.randn(M, 300, generator=gen).to(torch.bfloat16)
+        b = torch.randn(2 * 20, generator=gen).to(torch.bfloat16) if bias else None
+        fused = dense_gemv_silu_mul_triton(x, weight, b, config)
+        assert fused.shape == (M, 20)
+        two_step = dense_gemv_triton(x, weight, b, config)
+        assert torch.equal(fused, silu_and_mul_triton(two_step)), (M, bias, config)
+        ref = silu_and_mul(dense_gemv_torch(x.float(), weight.float(), None if b is None
+                                            else b.float()))
+        assert ((fused.float() - ref).abs().max() / ref.abs().max()) < 2e-2
+        assert sk.split_k_counters(torch.device("cpu")).count_nonzero() == 0
+    saved, sk.MAX_SPLIT_K_TILES = sk.MAX_SPLIT_K_TILES, 2          # 3 column blocks > 2
+    try:
+        with pytest.raises(ValueError, match="only be added in the kernel"):
+            dense_gemv_silu_mul_triton(x, weight, b, GemvConfig(2, 8, 64, 4))
+    finally:
+        sk.MAX_SPLIT_K_TILES = saved
+    print("ok")
+
+
 def _check_linear_dispatch() -> None:
     """UnquantizedLinearMethod on "CUDA" (forced: the interpreter runs on CPU): the GEMV at
     the shape the table lists (M = 1, bf16), F.linear at M = 2 and for float32 weights."""
@@ -134,6 +167,7 @@ def _check_linear_dispatch() -> None:
     from pagellm.ops.triton.quant_gemv import GEMV_CALLS, TUNED_CONFIGS
 
     linear_module.use_triton_kernels = lambda x: True
+    _check_merged_silu_mul_dispatch()
     TUNED_CONFIGS[("bf16", 1, 200, 24, 4)] = GemvConfig(1, 8, 64, 2)
     TUNED_CONFIGS[("fp16", 1, 200, 24, 4)] = GemvConfig(1, 8, 64, 2)   # not bf16: unused
     gen = torch.Generator().manual_seed(0)
@@ -161,7 +195,37 @@ def _check_linear_dispatch() -> None:
     print("ok")
 
 
+def _check_merged_silu_mul_dispatch() -> None:
+    """MergedColumnParallelLinear.forward_silu_and_mul: the fused GEMV where the table lists
+    kind bf16_silu_mul for the shape, None at other row counts, under LoRA-like wrapped
+    methods, and for gate/up pieces of different widths."""
+    from pagellm.layers.linear import MergedColumnParallelLinear
+    from pagellm.ops.activation import silu_and_mul
+    from pagellm.ops.triton.quant_gemv import GEMV_CALLS, TUNED_CONFIGS
+
+    TUNED_CONFIGS[("bf16_silu_mul", 1, 64, 48, 4)] = GemvConfig(1, 8, 32, 2)
+    layer = MergedColumnParallelLinear(64, [24, 24], bias=True, params_dtype=torch.bfloat16)
+    gen = torch.Generator().manual_seed(5)
+    layer.weight.data.copy_(torch.randn(48, 64, generator=gen) * 0.1)
+    layer.bias.data.copy_(torch.randn(48, generator=gen))
+    x = torch.randn(1, 64, generator=gen).to(torch.bfloat16)
+    before = GEMV_CALLS["bf16_silu_mul"]
+    fused = layer.forward_silu_and_mul(x)
+    assert GEMV_CALLS["bf16_silu_mul"] == before + 1
+    ref = silu_and_mul(layer(x))                       # bf16 product: no table entry, F.linear
+    assert fused.shape == (1, 24)             # bf16 rounding of gate, up, silu, product
+    assert (fused.float() - ref.float()).abs().max() / ref.float().abs().max() < 3e-2
+    assert layer.forward_silu_and_mul(torch.randn(2, 64).to(torch.bfloat16)) is None
+    uneven = MergedColumnParallelLinear(64, [16, 32], bias=False, params_dtype=torch.bfloat16)
+    TUNED_CONFIGS[("bf16_silu_mul", 1, 64, 48, 4)] = GemvConfig(1, 8, 32, 2)
+    assert uneven.forward_silu_and_mul(x) is None
+    layer.quant_method = type("Wrapped", (type(layer.quant_method),), {})()   # e.g. LoRA's
+    assert layer.forward_silu_and_mul(x) is None
+    assert GEMV_CALLS["bf16_silu_mul"] == before + 1
+
+
 if __name__ == "__main__":
     _check_dense()
     _check_in_kernel_reduce()
+    _check_silu_mul()
     _check_linear_dispatch()

@@ -23,7 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def test_decode_gemvs_compile_in_every_swept_launch():
     from pagellm.ops.quant import pack_int32
     from pagellm.ops.triton import quant_gemv as q
-    from pagellm.ops.triton.dense_gemv import dense_gemv_triton
+    from pagellm.ops.triton.dense_gemv import dense_gemv_silu_mul_triton, dense_gemv_triton
 
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
     try:
@@ -46,6 +46,9 @@ def test_decode_gemvs_compile_in_every_swept_launch():
                 q.fp8_gemv_triton(x, fp8, torch.rand(N), config=config)
             for config in sweep_configs("bf16", M, K, N, 132)[:None if M == 2 else 2]:
                 dense_gemv_triton(x, dense, config=config)     # (M = 1: compile time)
+            for config in sweep_configs("bf16_silu_mul", M, K, N, 132)[:None if M == 2 else 2]:
+                dense_gemv_silu_mul_triton(x, dense, torch.randn(N, dtype=torch.bfloat16),
+                                           config=config)
             q.wna16_gemv_triton(x, qweight, scales, None, g_idx, 4)       # act order, sym
             q.wna16_gemv_triton(x, qweight, scales.float(), qzeros, None, 4,
                                 config=q.GemvConfig(M, 64, 64, 2))       # groups per word row
@@ -67,6 +70,8 @@ def test_decode_gemvs_compile_in_every_swept_launch():
     modes = {(name, c["SPLIT_MODE"]) for name, c in compiled if name != "_split_k_reduce_kernel"}
     assert modes == {(kernel, mode) for kernel in ("_wna16_gemv_kernel", "_fp8_gemv_kernel",
                                                    "_dense_gemv_kernel") for mode in (0, 1, 2)}
+    silu = {(c["SPLIT_MODE"], c["BLOCK_M"]) for name, c in compiled if c.get("SILU_MUL")}
+    assert silu == {(mode, block_m) for mode in (0, 2) for block_m in (1, 2)}
     assert {c["GROUP_MODE"] for name, c in compiled if name == "_wna16_gemv_kernel"} == {0, 1, 2}
 
 

@@ -65,18 +65,46 @@ def split_k_counters(device: torch.device) -> torch.Tensor:
 
 
 @triton.jit
-def _store_output(acc, bias_ptr, out_ptr, offs_m, offs_n, N, mask, stride_om,
-                  HAS_BIAS: tl.constexpr):
-    """acc [BM, BN] float32 (+ bias [N] in float32) -> out rows offs_m in out's dtype."""
+def _add_bias(acc, bias_ptr, offs_n, N, HAS_BIAS: tl.constexpr):
+    """acc [BM, BN] float32 + bias[offs_n] in float32 (columns >= N read 0)."""
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit
+def _store_output(acc, up, bias_ptr, out_ptr, offs_m, offs_n, N, mask, stride_om,
+                  HAS_BIAS: tl.constexpr, SILU_MUL: tl.constexpr):
+    """acc [BM, BN] float32 (+ bias) -> out rows offs_m in out's dtype. SILU_MUL: acc is the
+    gate's sums and ``up`` the up's (bias columns N + offs_n); out = silu(gate) * up rounded
+    as the unfused path rounds (gate and up to out's dtype, then
+    ``pagellm.ops.triton.activation``'s float32 SiLU-and-mul)."""
+    acc = _add_bias(acc, bias_ptr, offs_n, N, HAS_BIAS)
     ptrs = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
-    tl.store(ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    if SILU_MUL:
+        gate = acc.to(out_ptr.dtype.element_ty).to(tl.float32)
+        up = _add_bias(up, bias_ptr + N, offs_n, N, HAS_BIAS)
+        up = up.to(out_ptr.dtype.element_ty).to(tl.float32)
+        activated = (gate * tl.sigmoid(gate)).to(out_ptr.dtype.element_ty).to(tl.float32)
+        tl.store(ptrs, (activated * up).to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _sum_slices(partial_ptr, ptrs, mask, stride_ps, split_k):
+    """sum over slices s (in order, from 0.0) of partial[s] at ``ptrs`` [BM, BN], float32."""
+    acc = tl.zeros(ptrs.shape, dtype=tl.float32)
+    for s in range(split_k):
+        acc += tl.load(partial_ptr + s * stride_ps + ptrs, mask=mask, other=0.0,
+                       cache_modifier=".cg")
+    return acc
 
 
 @triton.jit
 def _reduce_if_last(bias_ptr, out_ptr, partial_ptr, counter_ptr, ptrs, offs_m, offs_n, N,
-                    mask, stride_ps, stride_om, HAS_BIAS: tl.constexpr):
+                    mask, stride_ps, stride_om, HAS_BIAS: tl.constexpr,
+                    SILU_MUL: tl.constexpr):
     """Take this output tile's ticket; the last slice to arrive sums every slice's partial
     (in slice order), writes the output and resets the counter."""
     tile = tl.program_id(2) * tl.num_programs(0) + tl.program_id(0)
@@ -84,12 +112,32 @@ def _reduce_if_last(bias_ptr, out_ptr, partial_ptr, counter_ptr, ptrs, offs_m, o
     tl.debug_barrier()          # every thread's partial stores precede the release below
     ticket = tl.atomic_add(counter_ptr + tile, 1, sem="acq_rel", scope="gpu")
     if ticket == split_k - 1:
-        acc = tl.zeros(ptrs.shape, dtype=tl.float32)                      # [BM, BN]
-        for s in range(split_k):
-            acc += tl.load(partial_ptr + s * stride_ps + ptrs, mask=mask, other=0.0,
-                           cache_modifier=".cg")
-        _store_output(acc, bias_ptr, out_ptr, offs_m, offs_n, N, mask, stride_om, HAS_BIAS)
+        acc = _sum_slices(partial_ptr, ptrs, mask, stride_ps, split_k)      # [BM, BN]
+        up = acc
+        if SILU_MUL:
+            up = _sum_slices(partial_ptr + N, ptrs, mask, stride_ps, split_k)
+        _store_output(acc, up, bias_ptr, out_ptr, offs_m, offs_n, N, mask, stride_om,
+                      HAS_BIAS, SILU_MUL)
         tl.atomic_xchg(counter_ptr + tile, 0, sem="relaxed", scope="gpu")
+
+
+@triton.jit
+def _finish(rows, up, offs_m, offs_n, M, N, bias_ptr, out_ptr, partial_ptr, counter_ptr,
+            stride_ps, stride_pm, stride_om, HAS_BIAS: tl.constexpr, SPLIT_MODE: tl.constexpr,
+            SILU_MUL: tl.constexpr):
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    if SPLIT_MODE == 0:
+        _store_output(rows, up, bias_ptr, out_ptr, offs_m, offs_n, N, mask, stride_om, HAS_BIAS,
+                      SILU_MUL)
+    else:
+        ptrs = offs_m[:, None].to(tl.int64) * stride_pm + offs_n[None, :]   # [BM, BN]
+        slice_ptr = partial_ptr + tl.program_id(1).to(tl.int64) * stride_ps
+        tl.store(slice_ptr + ptrs, rows, mask=mask)
+        if SILU_MUL:
+            tl.store(slice_ptr + N + ptrs, up, mask=mask)
+        if SPLIT_MODE == 2:
+            _reduce_if_last(bias_ptr, out_ptr, partial_ptr, counter_ptr, ptrs, offs_m, offs_n, N,
+                            mask, stride_ps, stride_om, HAS_BIAS, SILU_MUL)
 
 
 @triton.jit
@@ -100,16 +148,20 @@ def finish_gemv_tile(rows, offs_m, offs_n, M, N, bias_ptr, out_ptr, partial_ptr,
     columns ``offs_n`` [BN] over K slice ``program_id(1)``. SPLIT_K_OFF: + bias -> out;
     otherwise -> partial[slice], and with SPLIT_K_TICKET the last slice reduces (module
     docstring). Rows >= M and columns >= N are not written."""
-    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-    if SPLIT_MODE == 0:
-        _store_output(rows, bias_ptr, out_ptr, offs_m, offs_n, N, mask, stride_om, HAS_BIAS)
-    else:
-        ptrs = offs_m[:, None].to(tl.int64) * stride_pm + offs_n[None, :]   # [BM, BN]
-        tl.store(partial_ptr + tl.program_id(1).to(tl.int64) * stride_ps + ptrs, rows,
-                 mask=mask)
-        if SPLIT_MODE == 2:
-            _reduce_if_last(bias_ptr, out_ptr, partial_ptr, counter_ptr, ptrs, offs_m, offs_n, N,
-                            mask, stride_ps, stride_om, HAS_BIAS)
+    _finish(rows, rows, offs_m, offs_n, M, N, bias_ptr, out_ptr, partial_ptr, counter_ptr,
+            stride_ps, stride_pm, stride_om, HAS_BIAS, SPLIT_MODE, False)
+
+
+@triton.jit
+def finish_silu_mul_tile(gate, up, offs_m, offs_n, M, N, bias_ptr, out_ptr, partial_ptr,
+                         counter_ptr, stride_ps, stride_pm, stride_om, HAS_BIAS: tl.constexpr,
+                         SPLIT_MODE: tl.constexpr):
+    """``finish_gemv_tile`` of a merged gate|up GEMV with SiLU-and-mul in the epilogue: gate
+    and up [BM, BN] are the sums of weight rows offs_n and N + offs_n; out [M, N] gets
+    silu(gate) * up; the partial buffer holds [split_k, M, 2N] (gate | up), the bias [2N].
+    SPLIT_K_PARTIAL is not supported (no reduce kernel applies the SiLU)."""
+    _finish(gate, up, offs_m, offs_n, M, N, bias_ptr, out_ptr, partial_ptr, counter_ptr,
+            stride_ps, stride_pm, stride_om, HAS_BIAS, SPLIT_MODE, True)
 
 
 @triton.jit
@@ -128,13 +180,16 @@ def _split_k_reduce_kernel(partial_ptr, bias_ptr, out_ptr, N, SPLIT_K, stride_ps
 
 
 def run_gemv(x: torch.Tensor, N: int, bias: torch.Tensor | None, block_m: int, block_n: int,
-             split_k: int, launch: Callable, in_kernel_reduce: bool = True) -> torch.Tensor:
+             split_k: int, launch: Callable, in_kernel_reduce: bool = True,
+             partial_cols: int | None = None) -> torch.Tensor:
     """x [..., K] -> [..., N] in x.dtype. ``launch(grid, x2, split_args)`` runs a GEMV kernel
     on x2 [M, K] (unit stride along K) over ``grid`` = (column blocks, split_k, row blocks),
     passing the dict ``split_args`` as keyword arguments (out_ptr, partial_ptr, counter_ptr,
     stride_ps, stride_pm, stride_om, SPLIT_MODE). With split_k > 1 the slices are added in the
     GEMV (``in_kernel_reduce`` and at most MAX_SPLIT_K_TILES output tiles) or by
-    ``_split_k_reduce_kernel`` after it, bit-identically."""
+    ``_split_k_reduce_kernel`` after it, bit-identically. ``partial_cols``: the partial
+    buffer's width when not N (the SiLU-and-mul GEMV's gate | up: 2N), which only the in-kernel
+    reduction handles: ValueError where it would take the second launch."""
     x2 = x.reshape(-1, x.shape[-1])                                       # [M, K]
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
@@ -148,9 +203,14 @@ def run_gemv(x: torch.Tensor, N: int, bias: torch.Tensor | None, block_m: int, b
     if split_k == 1:
         launch(grid, x2, args)
         return out.reshape(*x.shape[:-1], N)
-    partial = torch.empty((split_k, M, N), device=x.device, dtype=torch.float32)
+    partial = torch.empty((split_k, M, partial_cols or N), device=x.device,
+                          dtype=torch.float32)
     args.update(partial_ptr=partial, stride_ps=partial.stride(0), stride_pm=partial.stride(1))
-    if in_kernel_reduce and grid[0] * grid[2] <= MAX_SPLIT_K_TILES:
+    in_kernel = in_kernel_reduce and grid[0] * grid[2] <= MAX_SPLIT_K_TILES
+    if not in_kernel and partial_cols is not None:
+        raise ValueError(f"this GEMV's {split_k} K slices can only be added in the kernel "
+                         f"(in_kernel_reduce and at most {MAX_SPLIT_K_TILES} output tiles)")
+    if in_kernel:
         launch(grid, x2, args | dict(counter_ptr=split_k_counters(x.device),
                                      SPLIT_MODE=SPLIT_K_TICKET))
     else:
