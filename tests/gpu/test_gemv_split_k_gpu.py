@@ -107,6 +107,30 @@ def test_split_gemvs_replay_in_a_cuda_graph_twice():
             assert torch.equal(out, call(split, True))
 
 
+def test_first_split_call_inside_a_capture_takes_the_two_launch_path():
+    """Without counters yet, a capture does not create them (they would be zeroed only by the
+    first replay): the captured GEMV reduces in a second launch, with the same bits."""
+    from pagellm.ops.triton import gemv_split_k as sk
+
+    split = GemvConfig(2, 16, 256, 4)
+    x, call = gemv_calls("dense", 2, 4096, 2048, True, **BF16)
+    eager = call(split, True)                                   # compiles the kernels
+    call(split, False)
+    device = torch.device("cuda", torch.cuda.current_device())
+    saved = sk._COUNTERS.pop(device)
+    try:
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = call(split, True)
+        assert device not in sk._COUNTERS
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, eager)
+    finally:
+        sk._COUNTERS[device] = saved
+
+
 def test_unquantized_linear_takes_the_gemv_only_where_the_table_says():
     from pagellm.layers.linear import UnquantizedLinearMethod
     from pagellm.ops.triton.gemm_launch import num_sms

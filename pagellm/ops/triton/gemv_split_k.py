@@ -18,12 +18,13 @@ then the bias in float32, then cast):
   replay needs no host work. GEMVs share them, so they must not run concurrently on two
   streams of one device (the engine runs its model on one stream).
 - a second launch (``SPLIT_K_PARTIAL`` then ``_split_k_reduce_kernel``): the previous scheme,
-  kept for the benchmark (``in_kernel_reduce=False``) and for grids with more output tiles
-  than counters.
+  kept for the benchmark (``in_kernel_reduce=False``), for grids with more output tiles than
+  counters, and for a first split call made inside a CUDA-graph capture (the counters are
+  created outside captures only: ``split_k_counters``).
 
 The GEMV kernels take ``(..., out_ptr, partial_ptr, counter_ptr, stride_ps, stride_pm,
 stride_om)`` as their last runtime arguments and the constexpr ``SPLIT_MODE``, and end with
-``finish_gemv_tile``.
+``finish_gemv_tile`` (``finish_silu_mul_tile``: the gate|up GEMV with SiLU-and-mul).
 """
 
 from __future__ import annotations
@@ -51,14 +52,18 @@ REDUCE_BLOCK_N = 1024
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
 
 
-def split_k_counters(device: torch.device) -> torch.Tensor:
+def split_k_counters(device: torch.device) -> torch.Tensor | None:
     """The int32 [MAX_SPLIT_K_TILES] ticket counters of ``device``, zeroed at the first call and
-    kept at 0 between GEMV calls (module docstring)."""
+    kept at 0 between GEMV calls (module docstring). None while a CUDA graph is being captured
+    and they do not exist yet: zeroed inside the capture, they would hold garbage until the
+    graph's first replay (the engine's eager warm-up calls create them before any capture)."""
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     counters = _COUNTERS.get(device)
     if counters is None:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None
         counters = _COUNTERS[device] = torch.zeros(MAX_SPLIT_K_TILES, dtype=torch.int32,
                                                    device=device)
     return counters
@@ -186,10 +191,11 @@ def run_gemv(x: torch.Tensor, N: int, bias: torch.Tensor | None, block_m: int, b
     on x2 [M, K] (unit stride along K) over ``grid`` = (column blocks, split_k, row blocks),
     passing the dict ``split_args`` as keyword arguments (out_ptr, partial_ptr, counter_ptr,
     stride_ps, stride_pm, stride_om, SPLIT_MODE). With split_k > 1 the slices are added in the
-    GEMV (``in_kernel_reduce`` and at most MAX_SPLIT_K_TILES output tiles) or by
-    ``_split_k_reduce_kernel`` after it, bit-identically. ``partial_cols``: the partial
-    buffer's width when not N (the SiLU-and-mul GEMV's gate | up: 2N), which only the in-kernel
-    reduction handles: ValueError where it would take the second launch."""
+    GEMV (``in_kernel_reduce``, at most MAX_SPLIT_K_TILES output tiles and the counters
+    exist: ``split_k_counters``) or by ``_split_k_reduce_kernel`` after it, bit-identically.
+    ``partial_cols``: the partial buffer's width when not N (the SiLU-and-mul GEMV's gate |
+    up: 2N), which only the in-kernel reduction handles: ValueError where it would take the
+    second launch."""
     x2 = x.reshape(-1, x.shape[-1])                                       # [M, K]
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
@@ -206,13 +212,14 @@ def run_gemv(x: torch.Tensor, N: int, bias: torch.Tensor | None, block_m: int, b
     partial = torch.empty((split_k, M, partial_cols or N), device=x.device,
                           dtype=torch.float32)
     args.update(partial_ptr=partial, stride_ps=partial.stride(0), stride_pm=partial.stride(1))
-    in_kernel = in_kernel_reduce and grid[0] * grid[2] <= MAX_SPLIT_K_TILES
-    if not in_kernel and partial_cols is not None:
+    counters = (split_k_counters(x.device)
+                if in_kernel_reduce and grid[0] * grid[2] <= MAX_SPLIT_K_TILES else None)
+    if counters is None and partial_cols is not None:
         raise ValueError(f"this GEMV's {split_k} K slices can only be added in the kernel "
-                         f"(in_kernel_reduce and at most {MAX_SPLIT_K_TILES} output tiles)")
-    if in_kernel:
-        launch(grid, x2, args | dict(counter_ptr=split_k_counters(x.device),
-                                     SPLIT_MODE=SPLIT_K_TICKET))
+                         f"(in_kernel_reduce, at most {MAX_SPLIT_K_TILES} output tiles, and "
+                         "not first called inside a CUDA graph capture)")
+    if counters is not None:
+        launch(grid, x2, args | dict(counter_ptr=counters, SPLIT_MODE=SPLIT_K_TICKET))
     else:
         launch(grid, x2, args | dict(SPLIT_MODE=SPLIT_K_PARTIAL))
         _split_k_reduce_kernel[(M, triton.cdiv(N, REDUCE_BLOCK_N))](
