@@ -157,3 +157,55 @@ def test_unquantized_linear_takes_the_gemv_only_where_the_table_says():
         del TUNED_CONFIGS[key]
         if saved is not None:
             TUNED_CONFIGS[key] = saved
+
+
+def test_engine_decodes_through_the_tabled_bf16_gemvs(tmp_path):
+    """A tiny bf16 Llama whose every linear shape (and the gate|up SiLU-and-mul) is listed in
+    the table at M = 1: eager decode steps dispatch the GEMVs (each linear once a step, the
+    MLP's gate_up as the fused GEMV), the CUDA-graph engine captures them and replays without
+    dispatching, and both give the same greedy tokens."""
+    import gc
+
+    from pagellm import LLM, SamplingParams
+    from pagellm.layers.linear import LinearBase, UnquantizedLinearMethod
+    from pagellm.ops.triton.gemm_launch import num_sms
+    from tests.helpers.tiny_models import make_tiny_model_dir
+
+    model_dir = make_tiny_model_dir(tmp_path, "llama", hidden_size=256, intermediate_size=512)
+    common = dict(device="cuda", dtype="bfloat16", max_model_len=256,
+                  kv_cache_memory_bytes=2**26, max_num_batched_tokens=256)
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    prompt = [list(range(3, 3 + 20))]
+    eager = LLM(str(model_dir), enforce_eager=True, **common)
+    model = eager.llm_engine.engine_core.executor.worker.runner.model
+    sms = num_sms(torch.device("cuda"))
+    layers = [m for m in model.modules() if isinstance(m, LinearBase)
+              and type(m.quant_method) is UnquantizedLinearMethod]
+    added = {("bf16", 1, *m.weight.shape[::-1], sms) for m in layers}
+    added |= {("bf16_silu_mul", 1, *m.weight.shape[::-1], sms) for m in layers
+              if m.prefix.endswith("gate_up_proj")}
+    assert all(key not in TUNED_CONFIGS for key in added)
+    TUNED_CONFIGS.update({key: GemvConfig(1, 16, 64, 2) for key in added})
+    try:
+        before = dict(GEMV_CALLS)
+        tokens = eager.generate(prompt, params, use_tqdm=False)[0].outputs[0].token_ids
+        decode_steps = params.max_tokens - 1
+        gate_ups = sum(m.prefix.endswith("gate_up_proj") for m in layers)
+        assert GEMV_CALLS["bf16_silu_mul"] - before.get("bf16_silu_mul", 0) == (
+            decode_steps * gate_ups)
+        assert GEMV_CALLS["bf16"] - before.get("bf16", 0) == decode_steps * (
+            len(layers) - gate_ups)                    # qkv, o, down (the prefill: cuBLAS)
+        del eager, model
+        gc.collect()
+        torch.cuda.empty_cache()
+        llm = LLM(str(model_dir), compilation_config={"cudagraph_capture_sizes": [1, 2]},
+                  **common)
+        graphs = llm.llm_engine.engine_core.executor.worker.runner.cuda_graphs
+        before = dict(GEMV_CALLS)
+        assert llm.generate(prompt, params, use_tqdm=False)[0].outputs[0].token_ids == tokens
+        assert graphs.num_replays[1] == decode_steps
+        assert GEMV_CALLS == before                    # decode ran only inside the graph
+        assert counters_at_zero()
+    finally:
+        for key in added:
+            del TUNED_CONFIGS[key]

@@ -80,7 +80,8 @@ the GEMV still beats the tile GEMM (flat over M <= 8) on every Llama-8B shape: q
 
 GEMV_CALLS: Counter = Counter()
 """Host-side dispatch record: ``"wna16"`` / ``"fp8"`` / ``"bf16"`` / ``"fp16"`` (the dense
-GEMV, ``pagellm.ops.triton.dense_gemv``) -> GEMV launches issued (a CUDA graph
+GEMV, ``pagellm.ops.triton.dense_gemv``; ``"bf16_silu_mul"``: its gate|up variant) -> GEMV
+launches issued (a CUDA graph
 replay runs the captured launch without counting again). The first of each kind is logged."""
 
 MAGIC = 0x4B000000
@@ -100,8 +101,9 @@ TUNED_CONFIGS: dict[tuple, "GemvConfig"] = {}
 """(kind, M, K, N, sms) -> GemvConfig measured best by ``benchmarks/quant_gemv_bench.py
 --sweep`` (it prints this dict's literal, and writes it as JSON with ``--write-configs``);
 kind ``"fp8"`` or ``"wna16"`` (4-bit weights, consulted only when a tile lies in one group):
-shapes not listed use the rules below; kind ``"bf16"`` / ``"fp16"``: the dense GEMV's launch,
-listed only where it measured faster than cuBLAS (``F.linear``), which unlisted shapes use
+shapes not listed use the rules below; kind ``"bf16"`` / ``"fp16"`` (and ``"bf16_silu_mul"``,
+N the merged gate|up rows): the dense GEMV's launch, listed only where it measured faster than
+cuBLAS (``F.linear``, plus the SiLU-and-mul kernel), which unlisted shapes use
 (``pagellm.ops.triton.dense_gemv``). ``PAGELLM_QUANT_GEMV_CONFIGS=<json file>`` adds the
 entries of such a file at import (a sweep's results used in the same session)."""
 
