@@ -81,8 +81,8 @@ the GEMV still beats the tile GEMM (flat over M <= 8) on every Llama-8B shape: q
 GEMV_CALLS: Counter = Counter()
 """Host-side dispatch record: ``"wna16"`` / ``"fp8"`` / ``"bf16"`` / ``"fp16"`` (the dense
 GEMV, ``pagellm.ops.triton.dense_gemv``; ``"bf16_silu_mul"``: its gate|up variant) -> GEMV
-launches issued (a CUDA graph
-replay runs the captured launch without counting again). The first of each kind is logged."""
+launches issued (a CUDA graph replay runs the captured launch without counting again). The
+first of each kind is logged."""
 
 MAGIC = 0x4B000000
 """float32 bits of 2**23: OR-ed with an integer q < 2**23 it reads as 2**23 + q."""
@@ -111,7 +111,9 @@ entries of such a file at import (a sweep's results used in the same session).""
 def _h200_tuned_configs() -> dict[tuple, "GemvConfig"]:
     """The W4A16 GEMV's best launches at Llama-3.1-8B's shapes on an H200 (132 SMs), from
     ``quant_gemv_bench.py --sweep --kernels wna16`` (benchmarks/RESULTS.md, session 7, last
-    call): 0-13% faster than the rules' defaults."""
+    call): 0-13% faster than the rules' defaults. No bf16 / bf16_silu_mul entries yet: until
+    an H200 sweep (``--kernels bf16,bf16_silu_mul``) lists where the dense GEMV beats cuBLAS,
+    unquantized linears stay on cuBLAS."""
     return {
         ('wna16', 1, 4096, 6144, 132): GemvConfig(1, 64, 128, 11, num_warps=4, num_stages=3),
         ('wna16', 2, 4096, 6144, 132): GemvConfig(2, 64, 128, 6, num_warps=4, num_stages=3),
