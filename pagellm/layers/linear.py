@@ -35,6 +35,7 @@ from pagellm.distributed.parallel_state import (get_tensor_model_parallel_rank,
                                                 tensor_model_parallel_all_reduce)
 from pagellm.layers.weight_utils import check_shape, copy_into, divide, set_weight_attrs
 from pagellm.ops.batch_invariant import batch_invariant, invariant_linear
+from pagellm.platforms import use_triton_kernels
 
 CPU_SWAPPED_GEMM_MAX_ROWS = 128
 """On CPU, fp32 products of at most this many rows are computed as ``(W @ x.T).T``.
@@ -80,7 +81,8 @@ class LinearMethodBase(ABC):
 
 
 class UnquantizedLinearMethod(LinearMethodBase):
-    """A dense ``weight`` [output, input] in the layer's dtype; pagellm's CPU GEMM order."""
+    """A dense ``weight`` [output, input] in the layer's dtype; pagellm's CPU GEMM order; on
+    CUDA the Triton decode GEMV at the shapes where it was measured faster than cuBLAS."""
 
     def create_weights(self, layer, input_size_per_partition, output_partition_sizes,
                        input_size, output_size, params_dtype, **extra_weight_attrs):
@@ -90,6 +92,16 @@ class UnquantizedLinearMethod(LinearMethodBase):
         layer.register_parameter("weight", weight)
 
     def apply(self, layer, x, bias=None):
+        """x [T, input] -> [T, output]: ``dense_gemv_triton`` when T <= DENSE_GEMV_MAX_ROWS
+        and the measured table lists this shape on this GPU model (``pagellm.ops.triton.
+        dense_gemv``; never under PAGELLM_BATCH_INVARIANT), else ``linear``."""
+        if use_triton_kernels(x) and not batch_invariant():
+            from pagellm.ops.triton.dense_gemv import (DENSE_GEMV_MAX_ROWS, dense_gemv_triton,
+                                                       tuned_dense_gemv_config)
+            config = (tuned_dense_gemv_config(x, layer.weight)
+                      if x.shape[0] <= DENSE_GEMV_MAX_ROWS else None)
+            if config is not None:
+                return dense_gemv_triton(x, layer.weight, bias, config)
         return linear(x, layer.weight, bias)
 
 
@@ -226,6 +238,25 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         check_shape(loaded_weight, _full_shape(param, output_dim, self.output_sizes[shard_id]))
         copy_into(param.data.narrow(output_dim, offset, shard_size),
                   loaded_weight.narrow(output_dim, self.tp_rank * shard_size, shard_size))
+
+    def forward_silu_and_mul(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``silu_and_mul(self(x))``: [T, input_size] -> [T, output_size_per_partition / 2]
+        in one launch (``dense_gemv_silu_mul_triton``) where the measured table lists this
+        shape on this GPU model (gate|up of equal widths, unquantized weight without LoRA, not
+        gathered, on CUDA, T <= DENSE_GEMV_MAX_ROWS); None otherwise: the caller runs the
+        layer and the activation."""
+        if (type(self.quant_method) is not UnquantizedLinearMethod or self.gather_output
+                or len(set(self.output_sizes)) != 1 or len(self.output_sizes) != 2
+                or not use_triton_kernels(x) or batch_invariant()):
+            return None
+        from pagellm.ops.triton.dense_gemv import (DENSE_GEMV_MAX_ROWS,
+                                                   dense_gemv_silu_mul_triton,
+                                                   tuned_dense_gemv_config)
+        config = (tuned_dense_gemv_config(x, self.weight, silu_mul=True)
+                  if x.shape[0] <= DENSE_GEMV_MAX_ROWS else None)
+        if config is None:
+            return None
+        return dense_gemv_silu_mul_triton(x, self.weight, self.bias, config)
 
 
 class QKVParallelLinear(ColumnParallelLinear):

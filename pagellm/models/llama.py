@@ -90,6 +90,9 @@ class LlamaMLP(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """[T, hidden_size] -> [T, hidden_size]."""
+        activated = self.gate_up_proj.forward_silu_and_mul(hidden)   # one launch, if measured
+        if activated is not None:                      # [num_tokens, intermediate / tp]
+            return self.down_proj(activated)
         gate_up = self.gate_up_proj(hidden)            # [num_tokens, 2 * intermediate / tp]
         if use_triton_kernels(gate_up):
             from pagellm.ops.triton.activation import silu_and_mul_triton

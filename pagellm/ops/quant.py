@@ -132,6 +132,16 @@ def fp8_weight_only_linear_torch(x: torch.Tensor, weight: torch.Tensor,
     return out + bias if bias is not None else out
 
 
+def dense_gemv_torch(x: torch.Tensor, weight: torch.Tensor,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The unquantized decode GEMV's twin (``pagellm.ops.triton.dense_gemv``): x [M, K] @
+    weight [N, K].T (+ bias [N]) in float32, then cast -> [M, N] in x.dtype."""
+    out = x.float() @ weight.float().t()                          # [M, N]
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype)
+
+
 def quantize_int8_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Dynamic symmetric per-token int8: x [M, K] -> (int8 [M, K], float32 scales [M, 1]).
     scale = max|row| / 127.5, compressed-tensors' symmetric range (255 / 2; the checkpoints'

@@ -1,4 +1,4 @@
-"""Cases of the weight-only decode GEMVs (``pagellm.ops.triton.quant_gemv``) against their
+"""Cases of the decode GEMVs (``pagellm.ops.triton.quant_gemv``, ``dense_gemv``) against their
 torch twins, shared by the GPU tests and the interpreter test (``TRITON_INTERPRET=1``, CPU).
 Each ``check_*`` builds a random weight on ``device``, runs kernel and twin (the twin in
 float32 on the same bf16/fp16/fp32 inputs) and returns max |kernel - twin| / max |twin|."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from pagellm.ops.quant import (fp8_weight_only_linear_torch, pack_int32,
+from pagellm.ops.quant import (dense_gemv_torch, fp8_weight_only_linear_torch, pack_int32,
                                quantize_fp8_per_channel, wna16_linear_torch)
 
 
@@ -72,3 +72,42 @@ def check_fp8_gemv(M: int, K: int, N: int, per_channel: bool, bias: bool, device
     ref = fp8_weight_only_linear_torch(x.float(), weight, scale, None if b is None else b.float())
     assert out.dtype == dtype and out.shape == (M, N)
     return relative_error(out, ref)
+
+
+def check_dense_gemv(M: int, K: int, N: int, bias: bool, device: str, dtype: torch.dtype,
+                     config=None, seed: int = 0) -> float:
+    """The unquantized GEMV (weight [N, K] in ``dtype``) against ``dense_gemv_torch``."""
+    from pagellm.ops.triton.dense_gemv import dense_gemv_triton
+
+    gen = torch.Generator().manual_seed(seed)
+    weight = (torch.randn(N, K, generator=gen) * 0.02).to(device, dtype)
+    x = torch.randn(M, K, generator=gen).to(device, dtype)
+    b = torch.randn(N, generator=gen).to(device, dtype) if bias else None
+    out = dense_gemv_triton(x, weight, b, config=config)
+    ref = dense_gemv_torch(x.float(), weight.float(), None if b is None else b.float())
+    assert out.dtype == dtype and out.shape == (M, N)
+    return relative_error(out, ref)
+
+
+def gemv_calls(kind: str, M: int, K: int, N: int, bias: bool, device: str, dtype: torch.dtype,
+               seed: int = 0):
+    """(x [M, K], call): ``call(config, in_kernel_reduce)`` runs the ``kind`` GEMV ("wna16":
+    4-bit, 128-row groups with zero points; "fp8" per channel; "dense") on one fixed random
+    weight (+ bias)."""
+    from pagellm.ops.triton.dense_gemv import dense_gemv_triton
+    from pagellm.ops.triton.quant_gemv import fp8_gemv_triton, wna16_gemv_triton
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(M, K, generator=gen).to(device, dtype)
+    b = torch.randn(N, generator=gen).to(device, dtype) if bias else None
+    if kind == "wna16":
+        qweight, scales, qzeros, _ = random_wna16(K, N, 4, max(K // 128, 1), True, False, dtype,
+                                                  device, seed)
+        return x, lambda config, in_kernel: wna16_gemv_triton(
+            x, qweight, scales, qzeros, None, 4, b, config, in_kernel)
+    if kind == "fp8":
+        weight, scale = random_fp8(N, K, True, device, seed)
+        return x, lambda config, in_kernel: fp8_gemv_triton(x, weight, scale, b, config,
+                                                            in_kernel)
+    weight = (torch.randn(N, K, generator=gen) * 0.02).to(device, dtype)
+    return x, lambda config, in_kernel: dense_gemv_triton(x, weight, b, config, in_kernel)

@@ -1,7 +1,8 @@
 """The Triton kernels that only the GPU runs compile for sm_90 (H100/H200) here, without a GPU
 (``tests/helpers/triton_compile.py``): the frontend, the passes and ptxas reject what the
 interpreter accepts (a ``tl.constexpr`` reassigned in a ``static_range`` loop reached the
-H200 once). Covers the decode GEMVs in every launch the benchmark sweep can make, the one-shot
+H200 once). Covers the decode GEMVs (quantized and dense, split-K reduced in the kernel and by
+a second launch) in every launch the benchmark sweep can make, the one-shot
 all-reduce (plain and fused) and the split-KV decode attention."""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def test_decode_gemvs_compile_in_every_swept_launch():
     from pagellm.ops.quant import pack_int32
     from pagellm.ops.triton import quant_gemv as q
+    from pagellm.ops.triton.dense_gemv import dense_gemv_silu_mul_triton, dense_gemv_triton
 
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
     try:
@@ -34,6 +36,7 @@ def test_decode_gemvs_compile_in_every_swept_launch():
     qzeros = pack_int32(torch.randint(0, 16, (K // group, N)), 4, 1)
     g_idx = (torch.arange(K) // group).to(torch.int32)
     fp8 = torch.zeros(N, K, dtype=torch.float8_e4m3fn)
+    dense = torch.zeros(N, K, dtype=torch.bfloat16)
     with compiling_for_sm90() as compiled:
         for M in (1, 2):
             x = torch.randn(M, K, dtype=torch.bfloat16)
@@ -41,12 +44,44 @@ def test_decode_gemvs_compile_in_every_swept_launch():
                 q.wna16_gemv_triton(x, qweight, scales, qzeros, None, 4, config=config)
             for config in sweep_configs("fp8", M, K, N, 132):
                 q.fp8_gemv_triton(x, fp8, torch.rand(N), config=config)
+            for config in few_of(sweep_configs("bf16", M, K, N, 132), M):
+                dense_gemv_triton(x, dense, config=config)
+            for config in few_of(sweep_configs("bf16_silu_mul", M, K, N, 132), M):
+                dense_gemv_silu_mul_triton(x, dense, torch.randn(N, dtype=torch.bfloat16),
+                                           config=config)
             q.wna16_gemv_triton(x, qweight, scales, None, g_idx, 4)       # act order, sym
             q.wna16_gemv_triton(x, qweight, scales.float(), qzeros, None, 4,
                                 config=q.GemvConfig(M, 64, 64, 2))       # groups per word row
-    names = {name for name, _ in compiled}
-    assert names == {"_wna16_gemv_kernel", "_fp8_gemv_kernel", "_split_k_reduce_kernel"}
+        split = q.GemvConfig(2, 16, 256, 4)                # bias, both split-K reductions
+        for in_kernel in (True, False):
+            x = torch.randn(2, K, dtype=torch.bfloat16)
+            bias = torch.randn(N, dtype=torch.bfloat16)
+            q.wna16_gemv_triton(x, qweight, scales, qzeros, None, 4, bias, split, in_kernel)
+            q.fp8_gemv_triton(x, fp8, torch.rand(N), bias, split, in_kernel)
+            dense_gemv_triton(x, dense.half(), bias.half(), split, in_kernel)
+    names = [name for name, _ in compiled]
+    assert set(names) == {"_wna16_gemv_kernel", "_fp8_gemv_kernel", "_dense_gemv_kernel",
+                          "_split_k_reduce_kernel"}
+    assert names[-9:] == ["_wna16_gemv_kernel", "_fp8_gemv_kernel", "_dense_gemv_kernel",
+                          "_wna16_gemv_kernel", "_split_k_reduce_kernel", "_fp8_gemv_kernel",
+                          "_split_k_reduce_kernel", "_dense_gemv_kernel",
+                          "_split_k_reduce_kernel"]
+    assert names.count("_split_k_reduce_kernel") == 3      # the swept splits reduce in-kernel
+    modes = {(name, c["SPLIT_MODE"]) for name, c in compiled if name != "_split_k_reduce_kernel"}
+    assert modes == {(kernel, mode) for kernel in ("_wna16_gemv_kernel", "_fp8_gemv_kernel",
+                                                   "_dense_gemv_kernel") for mode in (0, 1, 2)}
+    silu = {(c["SPLIT_MODE"], c["BLOCK_M"]) for name, c in compiled if c.get("SILU_MUL")}
+    assert silu == {(mode, block_m) for mode in (0, 2) for block_m in (1, 2)}
     assert {c["GROUP_MODE"] for name, c in compiled if name == "_wna16_gemv_kernel"} == {0, 1, 2}
+
+
+def few_of(configs: list, M: int) -> list:
+    """The dense GEMVs' swept launches that differ in what compiles, trimmed for time: at M = 2
+    every variant without split-K and the first with it (the epilogue does not depend on the
+    tile sizes); at M = 1 the first variant with and without."""
+    unsplit = [c for c in configs if c.split_k == 1]
+    split = [c for c in configs if c.split_k > 1][:1]
+    return (unsplit if M == 2 else unsplit[:1]) + split
 
 
 def test_one_shot_all_reduce_and_split_decode_attention_compile():

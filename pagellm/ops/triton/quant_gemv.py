@@ -29,9 +29,11 @@ accumulating in float32.
   quantized (a static ``input_scale`` is not used; the result is the more exact product).
 
 Split-K (when the column blocks give fewer than ``*_PROGRAMS_PER_SM`` programs per SM, the
-loads in flight per SM that streaming HBM needs): every K slice writes its
-float32 partial sums into ``[split_k, M, N]`` and a small kernel adds them in slice order
-(deterministic), adds the bias and casts; with one slice the GEMV writes the output itself.
+loads in flight per SM that streaming HBM needs): every K slice writes its float32 partial
+sums into ``[split_k, M, N]`` and the slice program that arrives last at its output tile adds
+them in slice order (deterministic), adds the bias and casts, in the same launch
+(``pagellm.ops.triton.gemv_split_k``; ``in_kernel_reduce=False``: a second launch does it, as
+before, bit-identically); with one slice the GEMV writes the output itself.
 Launch shapes depend only on (M, N, K), the weight's constants and ``TUNED_CONFIGS`` (no
 autotuning), so the calls can be captured in CUDA graphs.
 
@@ -50,6 +52,7 @@ import triton
 import triton.language as tl
 
 from pagellm.ops.triton.gemm_launch import num_sms
+from pagellm.ops.triton.gemv_split_k import finish_gemv_tile, run_gemv
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +79,10 @@ the GEMV still beats the tile GEMM (flat over M <= 8) on every Llama-8B shape: q
 20.8-21.3, o 14.3 vs 16.0-16.2, gate_up 57.9 vs 75.0-75.9, down 34.8 vs 45.3-45.7."""
 
 GEMV_CALLS: Counter = Counter()
-"""Host-side dispatch record: ``"wna16"`` / ``"fp8"`` -> GEMV launches issued (a CUDA graph
-replay runs the captured launch without counting again). The first of each kind is logged."""
+"""Host-side dispatch record: ``"wna16"`` / ``"fp8"`` / ``"bf16"`` / ``"fp16"`` (the dense
+GEMV, ``pagellm.ops.triton.dense_gemv``; ``"bf16_silu_mul"``: its gate|up variant) -> GEMV
+launches issued (a CUDA graph replay runs the captured launch without counting again). The
+first of each kind is logged."""
 
 MAGIC = 0x4B000000
 """float32 bits of 2**23: OR-ed with an integer q < 2**23 it reads as 2**23 + q."""
@@ -95,15 +100,20 @@ split 2-3 ways."""
 TUNED_CONFIGS: dict[tuple, "GemvConfig"] = {}
 """(kind, M, K, N, sms) -> GemvConfig measured best by ``benchmarks/quant_gemv_bench.py
 --sweep`` (it prints this dict's literal, and writes it as JSON with ``--write-configs``);
-kind ``"fp8"`` or ``"wna16"`` (4-bit weights, consulted only when a tile lies in one group).
-Shapes not listed use the rules below. ``PAGELLM_QUANT_GEMV_CONFIGS=<json file>`` adds the
+kind ``"fp8"`` or ``"wna16"`` (4-bit weights, consulted only when a tile lies in one group):
+shapes not listed use the rules below; kind ``"bf16"`` / ``"fp16"`` (and ``"bf16_silu_mul"``,
+N the merged gate|up rows): the dense GEMV's launch, listed only where it measured faster than
+cuBLAS (``F.linear``, plus the SiLU-and-mul kernel), which unlisted shapes use
+(``pagellm.ops.triton.dense_gemv``). ``PAGELLM_QUANT_GEMV_CONFIGS=<json file>`` adds the
 entries of such a file at import (a sweep's results used in the same session)."""
 
 
 def _h200_tuned_configs() -> dict[tuple, "GemvConfig"]:
     """The W4A16 GEMV's best launches at Llama-3.1-8B's shapes on an H200 (132 SMs), from
     ``quant_gemv_bench.py --sweep --kernels wna16`` (benchmarks/RESULTS.md, session 7, last
-    call): 0-13% faster than the rules' defaults."""
+    call): 0-13% faster than the rules' defaults. No bf16 / bf16_silu_mul entries yet: until
+    an H200 sweep (``--kernels bf16,bf16_silu_mul``) lists where the dense GEMV beats cuBLAS,
+    unquantized linears stay on cuBLAS."""
     return {
         ('wna16', 1, 4096, 6144, 132): GemvConfig(1, 64, 128, 11, num_warps=4, num_stages=3),
         ('wna16', 2, 4096, 6144, 132): GemvConfig(2, 64, 128, 6, num_warps=4, num_stages=3),
@@ -129,7 +139,8 @@ class GemvConfig:
     block_k: int
     """Input rows (K) per iteration; a multiple of the pack for W4A16."""
     split_k: int
-    """K slices (programs along grid axis 1); > 1: partial sums plus the reduce kernel."""
+    """K slices (programs along grid axis 1); > 1: partial sums, added by the last slice to
+    finish (``gemv_split_k``)."""
     num_warps: int = 4
     num_stages: int = 3
 
@@ -187,11 +198,12 @@ def fp8_gemv_config(M: int, N: int, K: int, sms: int) -> GemvConfig:
 
 
 @triton.jit
-def _wna16_gemv_kernel(x_ptr, qweight_ptr, scales_ptr, zeros_ptr, g_idx_ptr, bias_ptr, out_ptr,
+def _wna16_gemv_kernel(x_ptr, qweight_ptr, scales_ptr, zeros_ptr, g_idx_ptr, bias_ptr,
                        M, N, K, rows_per_group, k_per_split,
-                       stride_xm, stride_qk, stride_sg, stride_zg, stride_os, stride_om,
+                       stride_xm, stride_qk, stride_sg, stride_zg,
+                       out_ptr, partial_ptr, counter_ptr, stride_ps, stride_pm, stride_om,
                        BITS: tl.constexpr, HAS_ZEROS: tl.constexpr, GROUP_MODE: tl.constexpr,
-                       HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, MAGIC_BITS: tl.constexpr,
+                       HAS_BIAS: tl.constexpr, SPLIT_MODE: tl.constexpr, MAGIC_BITS: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Rows pid_m * BLOCK_M .. + BLOCK_M (BLOCK_M 1 or 2) of x times columns pid_n * BLOCK_N
     .. of the K slice pid_k. GROUP_MODE 0: the tile in one group; 1: groups per packed row;
@@ -234,11 +246,11 @@ def _wna16_gemv_kernel(x_ptr, qweight_ptr, scales_ptr, zeros_ptr, g_idx_ptr, bia
             if BLOCK_M == 2:
                 acc1 = _wna16_tile_row(acc1, packed, scale, zero, rows_kp, k_end, x_ptr,
                                        row0 + 1, M, stride_xm, BITS, MAGIC_BITS)
-    _store_row(tl.sum(acc0, axis=0), row0, M, bias_ptr, out_ptr, pid_k, offs_n, mask_n,
-               stride_os, stride_om, HAS_BIAS, PARTIAL)
-    if BLOCK_M == 2:
-        _store_row(tl.sum(acc1, axis=0), row0 + 1, M, bias_ptr, out_ptr, pid_k, offs_n, mask_n,
-                   stride_os, stride_om, HAS_BIAS, PARTIAL)
+    offs_m = row0 + tl.arange(0, BLOCK_M)
+    rows = tl.where(offs_m[:, None] == row0, tl.sum(acc0, axis=0)[None, :],
+                    tl.sum(acc1, axis=0)[None, :])                        # [BLOCK_M, BN]
+    finish_gemv_tile(rows, offs_m, offs_n, M, N, bias_ptr, out_ptr, partial_ptr, counter_ptr,
+                     stride_ps, stride_pm, stride_om, HAS_BIAS, SPLIT_MODE)
 
 
 @triton.jit
@@ -319,45 +331,15 @@ def _scale_and_zero(scales_ptr, zeros_ptr, groups, offs_n, mask_n, zero_shift, s
 
 
 @triton.jit
-def _store_row(row, m, M, bias_ptr, out_ptr, pid_k, offs_n, mask_n, stride_os, stride_om,
-               HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr):
-    """One row m [BN] float32 -> the partial buffer of slice ``pid_k`` (PARTIAL), or + bias
-    -> out in its dtype; nothing for m >= M."""
-    mask = mask_n & (offs_n * 0 + m < M)                                  # [BN]
-    ptrs = out_ptr + m.to(tl.int64) * stride_om + offs_n
-    if PARTIAL:
-        tl.store(ptrs + pid_k.to(tl.int64) * stride_os, row, mask=mask)
-    else:
-        if HAS_BIAS:
-            row += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        tl.store(ptrs, row.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _store_rows(rows, bias_ptr, out_ptr, pid_k, offs_m, offs_n, mask_m, mask_n, stride_os,
-                stride_om, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr):
-    """rows [BM, BN] float32 -> the float32 partial buffer of slice ``pid_k`` (PARTIAL), or
-    + bias -> out in its dtype."""
-    mask = mask_m[:, None] & mask_n[None, :]
-    ptrs = offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
-    if PARTIAL:
-        tl.store(out_ptr + pid_k.to(tl.int64) * stride_os + ptrs, rows, mask=mask)
-    else:
-        if HAS_BIAS:
-            rows += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptr + ptrs, rows.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _fp8_gemv_kernel(x_ptr, weight_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K, k_per_split,
-                     stride_xm, stride_wn, stride_os, stride_om,
-                     HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr,
+def _fp8_gemv_kernel(x_ptr, weight_ptr, scale_ptr, bias_ptr, M, N, K, k_per_split,
+                     stride_xm, stride_wn,
+                     out_ptr, partial_ptr, counter_ptr, stride_ps, stride_pm, stride_om,
+                     HAS_BIAS: tl.constexpr, SPLIT_MODE: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
     mask_n = offs_n < N
     k_begin = pid_k * k_per_split
     k_end = tl.minimum(k_begin + k_per_split, K)
@@ -373,74 +355,31 @@ def _fp8_gemv_kernel(x_ptr, weight_ptr, scale_ptr, bias_ptr, out_ptr, M, N, K, k
             row = tl.sum(w * x.to(tl.float32)[None, :], axis=1)             # [BN]
             acc += tl.where(offs_m[:, None] == m, row[None, :], 0.0)      # into row m
     scale = tl.load(scale_ptr + offs_n, mask=mask_n, other=0.0)
-    _store_rows(acc * scale[None, :], bias_ptr, out_ptr, pid_k, offs_m, offs_n, mask_m, mask_n,
-                stride_os, stride_om, HAS_BIAS, PARTIAL)
+    finish_gemv_tile(acc * scale[None, :], offs_m, offs_n, M, N, bias_ptr, out_ptr, partial_ptr,
+                     counter_ptr, stride_ps, stride_pm, stride_om, HAS_BIAS, SPLIT_MODE)
 
 
-@triton.jit
-def _split_k_reduce_kernel(partial_ptr, bias_ptr, out_ptr, N, SPLIT_K, stride_ps, stride_pm,
-                           stride_om, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr):
-    """out[m, n] = sum over slices s (in order) of partial[s, m, n] (+ bias[n])."""
-    m = tl.program_id(0).to(tl.int64)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for s in range(SPLIT_K):
-        acc += tl.load(partial_ptr + s * stride_ps + m * stride_pm + offs_n, mask=mask_n, other=0.0)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    tl.store(out_ptr + m * stride_om + offs_n, acc.to(out_ptr.dtype.element_ty), mask=mask_n)
-
-
-REDUCE_BLOCK_N = 1024
-
-
-def _run_gemv(x: torch.Tensor, N: int, bias: torch.Tensor | None, config: GemvConfig,
-              launch) -> torch.Tensor:
-    """x [..., K] -> [..., N] in x.dtype: ``launch(grid, x2, out, partial)`` runs a GEMV on
-    x2 [M, K] into out [M, N] (x.dtype, one slice) or into partial [split_k, M, N] float32,
-    which the reduce kernel then sums into out with the bias."""
-    x2 = x.reshape(-1, x.shape[-1])                                       # [M, K]
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    M = x2.shape[0]
-    out = torch.empty((M, N), device=x.device, dtype=x.dtype)              # [M, N]
-    if M == 0:
-        return out.reshape(*x.shape[:-1], N)
-    grid = (  # columns, K slices, row blocks
-        triton.cdiv(N, config.block_n), config.split_k, triton.cdiv(M, config.block_m))
-    if config.split_k == 1:
-        launch(grid, x2, out, False)
-    else:
-        partial = torch.empty((config.split_k, M, N), device=x.device, dtype=torch.float32)
-        launch(grid, x2, partial, True)
-        _split_k_reduce_kernel[(M, triton.cdiv(N, REDUCE_BLOCK_N))](
-            partial, bias if bias is not None else partial, out, N, config.split_k,
-            partial.stride(0), partial.stride(1), out.stride(0), HAS_BIAS=bias is not None,
-            BLOCK_N=REDUCE_BLOCK_N)
-    return out.reshape(*x.shape[:-1], N)
-
-
-def _count_call(x: torch.Tensor, kind: str) -> None:
+def count_call(x: torch.Tensor, kind: str) -> None:
     """ValueError for more than GEMV_MAX_ROWS rows; else one more GEMV_CALLS[kind]."""
     rows = x.numel() // max(x.shape[-1], 1)
     if rows > GEMV_MAX_ROWS:
         raise ValueError(f"the decode GEMV takes at most {GEMV_MAX_ROWS} rows, got {rows}")
     GEMV_CALLS[kind] += 1
     if GEMV_CALLS[kind] == 1:
-        logger.info("Weight-only GEMV (Triton) in use for %s linears at <= %d rows",
+        logger.info("Decode GEMV (Triton) in use for %s linears at <= %d rows",
                     kind, GEMV_MAX_ROWS)
 
 
 def wna16_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                       qzeros: torch.Tensor | None, g_idx: torch.Tensor | None, bits: int,
-                      bias: torch.Tensor | None = None,
-                      config: GemvConfig | None = None) -> torch.Tensor:
+                      bias: torch.Tensor | None = None, config: GemvConfig | None = None,
+                      in_kernel_reduce: bool = True) -> torch.Tensor:
     """x [..., K] (at most GEMV_MAX_ROWS rows) @ the weight [K, N] of the internal layout
     (qweight int32 [K / pack, N], scales [G, N], qzeros int32 [G, N / pack] or None, g_idx
     int32 [K] or None) (+ bias [N]) -> [..., N] in x.dtype. ``config``: a launch shape other
-    than ``wna16_gemv_config``'s (the benchmark's sweep). ValueError for too many rows."""
-    _count_call(x, "wna16")
+    than ``wna16_gemv_config``'s (the benchmark's sweep); ``in_kernel_reduce=False``: split-K
+    slices added by a second launch (``gemv_split_k``). ValueError for too many rows."""
+    count_call(x, "wna16")
     K, N = x.shape[-1], qweight.shape[1]
     qweight, scales = qweight.contiguous(), scales.contiguous()
     qzeros = qzeros.contiguous() if qzeros is not None else None
@@ -455,28 +394,30 @@ def wna16_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
         group_mode = 0 if rows_per_group % config.block_k == 0 else 1
     k_per_split = config.k_per_split(K)
 
-    def launch(grid, x2, out, partial):
+    def launch(grid, x2, split_args):
         _wna16_gemv_kernel[grid](
             x2, qweight, scales, qzeros if qzeros is not None else qweight,
-            g_idx if g_idx is not None else qweight, bias if bias is not None else scales, out,
+            g_idx if g_idx is not None else qweight, bias if bias is not None else scales,
             x2.shape[0], N, K, rows_per_group, k_per_split,
             x2.stride(0), qweight.stride(0), scales.stride(0),
-            qzeros.stride(0) if qzeros is not None else 0, out.stride(0) if partial else 0,
-            out.stride(-2), BITS=bits, HAS_ZEROS=qzeros is not None, GROUP_MODE=group_mode,
-            HAS_BIAS=bias is not None, PARTIAL=partial, MAGIC_BITS=MAGIC,
+            qzeros.stride(0) if qzeros is not None else 0, **split_args,
+            BITS=bits, HAS_ZEROS=qzeros is not None, GROUP_MODE=group_mode,
+            HAS_BIAS=bias is not None, MAGIC_BITS=MAGIC,
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             num_warps=config.num_warps, num_stages=config.num_stages)
 
-    return _run_gemv(x, N, bias, config, launch)
+    return run_gemv(x, N, bias, config.block_m, config.block_n, config.split_k, launch,
+                    in_kernel_reduce)
 
 
 def fp8_gemv_triton(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
-                    bias: torch.Tensor | None = None,
-                    config: GemvConfig | None = None) -> torch.Tensor:
+                    bias: torch.Tensor | None = None, config: GemvConfig | None = None,
+                    in_kernel_reduce: bool = True) -> torch.Tensor:
     """x [..., K] (at most GEMV_MAX_ROWS rows) @ (weight fp8 [N, K] * weight_scale float32
     [N] per row).T (+ bias [N]) -> [..., N] in x.dtype, weight-only (module docstring).
-    ValueError for too many rows."""
-    _count_call(x, "fp8")
+    ``config`` and ``in_kernel_reduce`` as in ``wna16_gemv_triton``. ValueError for too many
+    rows."""
+    count_call(x, "fp8")
     K, N = x.shape[-1], weight.shape[0]
     weight = weight.contiguous()
     weight_scale = weight_scale.reshape(-1).float().expand(N).contiguous()    # [N]
@@ -484,15 +425,15 @@ def fp8_gemv_triton(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.T
     config = config or fp8_gemv_config(M, N, K, num_sms(x.device))
     k_per_split = config.k_per_split(K)
 
-    def launch(grid, x2, out, partial):
+    def launch(grid, x2, split_args):
         _fp8_gemv_kernel[grid](
-            x2, weight, weight_scale, bias if bias is not None else weight_scale, out,
-            x2.shape[0], N, K, k_per_split, x2.stride(0), weight.stride(0),
-            out.stride(0) if partial else 0, out.stride(-2), HAS_BIAS=bias is not None,
-            PARTIAL=partial, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+            x2, weight, weight_scale, bias if bias is not None else weight_scale,
+            x2.shape[0], N, K, k_per_split, x2.stride(0), weight.stride(0), **split_args,
+            HAS_BIAS=bias is not None, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
             BLOCK_K=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages)
 
-    return _run_gemv(x, N, bias, config, launch)
+    return run_gemv(x, N, bias, config.block_m, config.block_n, config.split_k, launch,
+                    in_kernel_reduce)
 
 
 def load_tuned_configs(path: str) -> int:
