@@ -28,7 +28,8 @@ at M = 1 and 2, prints the best next to the default (the rules of ``wna16_gemv_c
 ``fp8_gemv_config`` / ``dense_gemv_config``) and the baseline each GEMV replaces (bf16: cuBLAS
 ``F.linear``; fp8: W8A8 ``_scaled_mm``; wna16: the ``tl.dot`` GEMM) with a ``yes``/``no``
 mark where the best beats it, then the kept ones as a ``TUNED_CONFIGS`` literal.
-``--kernels bf16,fp8`` limits the kernels, ``--shapes qkv,o_tp2`` the shapes.
+``--kernels bf16,fp8`` limits the kernels, ``--shapes qkv,o_tp2`` the shapes, ``--rows 1`` the
+swept row counts.
 """
 
 from __future__ import annotations
@@ -289,6 +290,7 @@ def main() -> None:
     parser.add_argument("--shapes", default=",".join(SHAPES),
                         help=f"comma-separated shapes among {', '.join(SHAPES)}")
     parser.add_argument("--no-table", action="store_true", help="skip the default table")
+    parser.add_argument("--rows", default="1,2", help="with --sweep: rows (M) to sweep, e.g. 1")
     parser.add_argument("--write-configs", metavar="JSON",
                         help="with --sweep: write the kept configs for PAGELLM_QUANT_GEMV_CONFIGS")
     args = parser.parse_args()
@@ -304,6 +306,7 @@ def main() -> None:
     if not args.no_table:
         print_table(shapes, kinds, sms)
     if args.sweep:
+        SWEEP_ROWS[:] = [int(m) for m in args.rows.split(",")]
         sweep(shapes, kinds, sms, args.write_configs)
 
 
