@@ -41,6 +41,9 @@ _LOG2_E = 1.4426950408889634
 _DEFAULT_SM_COUNT = 1   # interpreter mode or CPU tensors: no device to fill
 MAX_KV_SPLITS = 256
 """Most segments per split-KV context (the merge's pairwise tree goes up to 256)."""
+MERGE_MAX_VALUES = 16384
+"""Partial-accumulator values a merging program holds at once (128 registers a thread at 4
+warps); past it the merge walks the head dim in chunks."""
 
 
 @triton.jit
@@ -153,7 +156,7 @@ def _split_decode_kernel(
         GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
         HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
         TILE_N: tl.constexpr, DOT_PRECISION: tl.constexpr, SEGMENTS_PAD: tl.constexpr,
-        MERGE: tl.constexpr):
+        DIM_CHUNK: tl.constexpr, MERGE: tl.constexpr):
     """One (request, kv head, context segment); every request has exactly one query token.
     Partials are [num_reqs, num_heads, num_segments(, HEAD_DIM_PAD)] float32; a segment past
     the context writes the empty partial (m = -inf, l = 0, acc = 0), which no merge reads.
@@ -201,7 +204,7 @@ def _split_decode_kernel(
             _merge_segments(out_ptr, partial_acc_ptr, partial_max_ptr, partial_sum_ptr, req,
                             kv_head, token, seq_len, v_scale, num_heads, num_segments,
                             stride_out_token, stride_out_head, stride_out_dim, GROUP, GROUP_PAD,
-                            HEAD_DIM, HEAD_DIM_PAD, SEGMENTS_PAD, TILE_N)
+                            HEAD_DIM, HEAD_DIM_PAD, SEGMENTS_PAD, DIM_CHUNK, TILE_N)
             tl.store(counter, 0)        # ready for the next launch (a CUDA-graph replay)
 
 
@@ -251,10 +254,12 @@ def _merge_segments(out_ptr, partial_acc_ptr, partial_max_ptr, partial_sum_ptr, 
                     stride_out_token, stride_out_head, stride_out_dim,
                     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
                     HEAD_DIM_PAD: tl.constexpr, SEGMENTS_PAD: tl.constexpr,
-                    TILE_N: tl.constexpr):
+                    DIM_CHUNK: tl.constexpr, TILE_N: tl.constexpr):
     """Merge the partials of one request's segments that hold context, for the query heads of
-    one kv head, and store the normalised output row of each. The partials were written by
-    other programs of the same launch: they are read from L2 (``.cg``), past this SM's L1."""
+    one kv head, and store the normalised output row of each, ``DIM_CHUNK`` dims at a time
+    (so that the [GROUP_PAD, SEGMENTS_PAD, DIM_CHUNK] partials fit in registers). The
+    partials were written by other programs of the same launch: they are read from L2
+    (``.cg``), past this SM's L1."""
     rows = tl.arange(0, GROUP_PAD)
     head = kv_head * GROUP + rows                                         # [G]
     num_used = tl.cdiv(seq_len, _segment_len(seq_len, num_segments, TILE_N))
@@ -268,17 +273,18 @@ def _merge_segments(out_ptr, partial_acc_ptr, partial_max_ptr, partial_sum_ptr, 
     global_max = tl.max(seg_max, 1)                                       # [G]
     global_max = tl.where(global_max == float("-inf"), 0.0, global_max)   # padding rows
     weight = tl.where(used, tl.exp2(seg_max - global_max[:, None]), 0.0)  # [G, S]
-    dims = tl.arange(0, HEAD_DIM_PAD)
-    seg_acc = tl.load(partial_acc_ptr + stat_offset[:, :, None] * HEAD_DIM_PAD
-                      + dims[None, None, :], mask=used[:, :, None], other=0.0,
-                      cache_modifier=".cg")                               # [G, S, D]
-    weighted = tl.reshape(seg_acc * weight[:, :, None], [GROUP_PAD, SEGMENTS_PAD * HEAD_DIM_PAD])
-    acc = _tree_sum(weighted, GROUP_PAD, SEGMENTS_PAD, HEAD_DIM_PAD)      # [G, D]
     total = _tree_sum(seg_sum * weight, GROUP_PAD, SEGMENTS_PAD, 1)       # [G, 1]
-    out = acc * (v_scale / tl.where(total == 0.0, 1.0, total))            # [G, D]
-    tl.store(out_ptr + token * stride_out_token + head[:, None] * stride_out_head
-             + dims[None, :] * stride_out_dim, out.to(out_ptr.dtype.element_ty),
-             mask=(rows < GROUP)[:, None] & (dims < HEAD_DIM)[None, :])
+    out_scale = v_scale / tl.where(total == 0.0, 1.0, total)              # [G, 1]
+    for chunk in tl.static_range(HEAD_DIM_PAD // DIM_CHUNK):
+        dims = chunk * DIM_CHUNK + tl.arange(0, DIM_CHUNK)
+        seg_acc = tl.load(partial_acc_ptr + stat_offset[:, :, None] * HEAD_DIM_PAD
+                          + dims[None, None, :], mask=used[:, :, None], other=0.0,
+                          cache_modifier=".cg")                           # [G, S, C]
+        weighted = tl.reshape(seg_acc * weight[:, :, None], [GROUP_PAD, SEGMENTS_PAD * DIM_CHUNK])
+        out = _tree_sum(weighted, GROUP_PAD, SEGMENTS_PAD, DIM_CHUNK) * out_scale   # [G, C]
+        tl.store(out_ptr + token * stride_out_token + head[:, None] * stride_out_head
+                 + dims[None, :] * stride_out_dim, out.to(out_ptr.dtype.element_ty),
+                 mask=(rows < GROUP)[:, None] & (dims < HEAD_DIM)[None, :])
 
 
 @triton.jit
@@ -287,7 +293,8 @@ def _split_decode_reduce_kernel(
         seq_lens_ptr, v_scale, num_heads, num_segments,
         stride_out_token, stride_out_head, stride_out_dim,
         GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
-        HEAD_DIM_PAD: tl.constexpr, SEGMENTS_PAD: tl.constexpr, TILE_N: tl.constexpr):
+        HEAD_DIM_PAD: tl.constexpr, SEGMENTS_PAD: tl.constexpr, DIM_CHUNK: tl.constexpr,
+        TILE_N: tl.constexpr):
     """The separate merge launch (``merge_in_split_kernel=False``): one program per
     (request, kv head), the same merge as the split kernel's last program."""
     req = tl.program_id(0)
@@ -295,7 +302,7 @@ def _split_decode_reduce_kernel(
     _merge_segments(out_ptr, partial_acc_ptr, partial_max_ptr, partial_sum_ptr, req,
                     tl.program_id(1), token, tl.load(seq_lens_ptr + req), v_scale, num_heads,
                     num_segments, stride_out_token, stride_out_head, stride_out_dim, GROUP,
-                    GROUP_PAD, HEAD_DIM, HEAD_DIM_PAD, SEGMENTS_PAD, TILE_N)
+                    GROUP_PAD, HEAD_DIM, HEAD_DIM_PAD, SEGMENTS_PAD, DIM_CHUNK, TILE_N)
 
 
 @functools.lru_cache(maxsize=8)
@@ -410,10 +417,12 @@ def _split_decode(out: torch.Tensor, query: torch.Tensor, kv_cache: torch.Tensor
     # [2, num_reqs, num_heads, num_segments]: running max, running sum
     partial_max, partial_sum = torch.empty(2, num_reqs, num_heads, num_segments,
                                            dtype=torch.float32, device=query.device)
+    segments_pad = triton.next_power_of_2(num_segments)
     merge_config = dict(GROUP=config["GROUP"], GROUP_PAD=config["GROUP_PAD"],
                         HEAD_DIM=config["HEAD_DIM"], HEAD_DIM_PAD=head_dim_pad,
-                        SEGMENTS_PAD=triton.next_power_of_2(num_segments), TILE_N=tile_n,
-                        num_warps=4, enable_fp_fusion=False)
+                        SEGMENTS_PAD=segments_pad, DIM_CHUNK=max(1, min(
+                            head_dim_pad, MERGE_MAX_VALUES // (config["GROUP_PAD"] * segments_pad))),
+                        TILE_N=tile_n, num_warps=4, enable_fp_fusion=False)
     decode_config = {key: value for key, value in config.items()
                      if key not in ("BLOCK_Q", "BLOCK_M")} | merge_config
     counters = (_ticket_counters(query.device, num_reqs * num_kv_heads) if merge_in_split_kernel
