@@ -229,22 +229,9 @@ def _tree_sum(x, ROWS: tl.constexpr, SEGMENTS: tl.constexpr, COLS: tl.constexpr)
     to segment s, then again on the halves. Every add has two operands, so the result does
     not depend on how the compiler lays the tensor over threads (``tl.sum`` over the segment
     axis would): both merge paths give the same bits."""
-    if SEGMENTS >= 256:
-        x = _halve(x, ROWS, 128 * COLS)
-    if SEGMENTS >= 128:
-        x = _halve(x, ROWS, 64 * COLS)
-    if SEGMENTS >= 64:
-        x = _halve(x, ROWS, 32 * COLS)
-    if SEGMENTS >= 32:
-        x = _halve(x, ROWS, 16 * COLS)
-    if SEGMENTS >= 16:
-        x = _halve(x, ROWS, 8 * COLS)
-    if SEGMENTS >= 8:
-        x = _halve(x, ROWS, 4 * COLS)
-    if SEGMENTS >= 4:
-        x = _halve(x, ROWS, 2 * COLS)
-    if SEGMENTS >= 2:
-        x = _halve(x, ROWS, COLS)
+    for level in tl.static_range(8):                        # 2 ** 8 = MAX_KV_SPLITS
+        if SEGMENTS >= 256 >> level:
+            x = _halve(x, ROWS, (128 >> level) * COLS)
     return x
 
 
