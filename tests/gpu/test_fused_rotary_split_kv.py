@@ -24,7 +24,8 @@ LAYOUTS = [(32, 8, 128), (12, 2, 80), (4, 4, 64), (16, 8, 128)]
 
 
 # (dtype, layout, qk_norm): every layout in bf16 with and without the norms, fp16 and fp32
-ROTARY_CASES = ([(torch.bfloat16, layout, qk_norm) for layout in LAYOUTS for qk_norm in (True, False)]
+ROTARY_CASES = ([(torch.bfloat16, layout, qk_norm)
+                 for layout in LAYOUTS for qk_norm in (True, False)]
                 + [(torch.float16, LAYOUTS[1], True), (torch.float32, LAYOUTS[0], True),
                    (torch.float32, LAYOUTS[1], False)])
 

@@ -21,7 +21,8 @@ def _layer_inputs(qk_norm: bool, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     meta = build_attn_metadata(QUERY_LENS, SEQ_LENS, random_block_tables(SEQ_LENS, 4, 12, gen), 4)
     qkv = torch.randn(meta.num_tokens, (NUM_HEADS + 2 * NUM_KV_HEADS) * HEAD_DIM, generator=gen)
-    q, k, v = qkv.split([NUM_HEADS * HEAD_DIM, NUM_KV_HEADS * HEAD_DIM, NUM_KV_HEADS * HEAD_DIM], -1)
+    kv_size = NUM_KV_HEADS * HEAD_DIM
+    q, k, v = qkv.split([NUM_HEADS * HEAD_DIM, kv_size, kv_size], -1)
     norms = [RMSNorm(HEAD_DIM, 1e-6) for _ in range(2)] if qk_norm else [None, None]
     for norm in norms if qk_norm else ():
         norm.weight.data.copy_(1 + 0.3 * torch.randn(HEAD_DIM, generator=gen))

@@ -252,7 +252,8 @@ def _merge_segments(out_ptr, partial_acc_ptr, partial_max_ptr, partial_sum_ptr, 
     num_used = tl.cdiv(seq_len, _segment_len(seq_len, num_segments, TILE_N))
     segments = tl.arange(0, SEGMENTS_PAD)
     used = (rows < GROUP)[:, None] & (segments < num_used)[None, :]       # [G, S]
-    stat_offset = ((req.to(tl.int64) * num_heads + head) * num_segments)[:, None] + segments[None, :]
+    stat_offset = (((req.to(tl.int64) * num_heads + head) * num_segments)[:, None]
+                   + segments[None, :])                                   # [G, S]
     seg_max = tl.load(partial_max_ptr + stat_offset, mask=used, other=float("-inf"),
                       cache_modifier=".cg")
     seg_sum = tl.load(partial_sum_ptr + stat_offset, mask=used, other=0.0,
@@ -334,7 +335,8 @@ def paged_attention_triton(query: torch.Tensor, kv_cache: torch.Tensor, block_ta
                            query_start_loc: torch.Tensor, seq_lens: torch.Tensor, scale: float, *,
                            max_query_len: int, max_seq_len: int, num_kv_splits: int | None = None,
                            out: torch.Tensor | None = None, k_scale: float = 1.0,
-                           v_scale: float = 1.0, merge_in_split_kernel: bool = True) -> torch.Tensor:
+                           v_scale: float = 1.0,
+                           merge_in_split_kernel: bool = True) -> torch.Tensor:
     """Causal attention of a flattened batch against a paged cache that already holds the
     batch's own K/V. Reads ``kv_cache``; returns a new tensor; mutates nothing.
 
@@ -405,10 +407,10 @@ def _split_decode(out: torch.Tensor, query: torch.Tensor, kv_cache: torch.Tensor
     partial_max, partial_sum = torch.empty(2, num_reqs, num_heads, num_segments,
                                            dtype=torch.float32, device=query.device)
     segments_pad = triton.next_power_of_2(num_segments)
+    dim_chunk = MERGE_MAX_VALUES // (config["GROUP_PAD"] * segments_pad)
     merge_config = dict(GROUP=config["GROUP"], GROUP_PAD=config["GROUP_PAD"],
                         HEAD_DIM=config["HEAD_DIM"], HEAD_DIM_PAD=head_dim_pad,
-                        SEGMENTS_PAD=segments_pad, DIM_CHUNK=max(1, min(
-                            head_dim_pad, MERGE_MAX_VALUES // (config["GROUP_PAD"] * segments_pad))),
+                        SEGMENTS_PAD=segments_pad, DIM_CHUNK=max(1, min(head_dim_pad, dim_chunk)),
                         TILE_N=tile_n, num_warps=4, enable_fp_fusion=False)
     decode_config = {key: value for key, value in config.items()
                      if key not in ("BLOCK_Q", "BLOCK_M")} | merge_config
