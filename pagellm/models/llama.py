@@ -61,16 +61,17 @@ class LlamaAttention(nn.Module):
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, kv_cache: torch.Tensor | None,
                 attn_metadata: AttentionMetadata) -> torch.Tensor:
-        """hidden: [T, hidden_size] -> [T, hidden_size]; writes this step's K/V into kv_cache."""
+        """hidden: [T, hidden_size] -> [T, hidden_size]; writes this step's K/V into kv_cache.
+        The q/k norms (Qwen3) and the rotary run inside ``self.attn``, fused with the KV
+        write where the backend can."""
         num_tokens = hidden.shape[0]
         q, k, v = self.qkv_proj(hidden).split(self.qkv_sizes, dim=-1)
         q = q.view(num_tokens, self.num_heads, self.head_dim)        # [T, num_heads, head_dim]
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)     # [T, num_kv_heads, head_dim]
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary_emb(positions, q, k)
-        return self.o_proj(self.attn(q, k, v, kv_cache, attn_metadata))
+        attn_out = self.attn(q, k, v, kv_cache, attn_metadata, positions, self.rotary_emb,
+                             self.q_norm, self.k_norm)               # [T, num_heads * head_dim]
+        return self.o_proj(attn_out)
 
 
 class LlamaMLP(nn.Module):

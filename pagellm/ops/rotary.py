@@ -10,6 +10,9 @@ import math
 
 import torch
 
+from pagellm.ops.attention import write_kv_cache
+from pagellm.ops.norm import rms_norm
+
 
 def rope_inv_freq(rotary_dim: int, base: float) -> torch.Tensor:
     """Unscaled inverse frequencies ``base^(-2i/rotary_dim)``: [rotary_dim // 2] float32."""
@@ -63,3 +66,32 @@ def apply_rotary(query: torch.Tensor, key: torch.Tensor, positions: torch.Tensor
         return torch.cat([rotated, x[..., rotary_dim:]], dim=-1)
 
     return rotate(query), rotate(key)
+
+
+def qk_norm_rotary_and_cache(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                             positions: torch.Tensor, cos_sin_cache: torch.Tensor,
+                             kv_cache: torch.Tensor, slot_mapping: torch.Tensor,
+                             k_scale: float = 1.0, v_scale: float = 1.0,
+                             q_norm_weight: torch.Tensor | None = None,
+                             k_norm_weight: torch.Tensor | None = None,
+                             eps: float = 0.0) -> torch.Tensor:
+    """Everything a decoder layer does per head between the QKV projection and attention:
+    (Qwen3, with ``q_norm_weight``/``k_norm_weight``) RMSNorm of each q and k head, rotary
+    of q and k, then the rotated k and v written into the paged cache (vLLM's
+    ``reshape_and_cache``). Torch twin of ``pagellm.ops.triton.rotary.
+    qk_norm_rotary_and_cache_triton_``, and the oracle for it: the same ops the layer runs
+    one by one (``rms_norm``, ``apply_rotary``, ``write_kv_cache``), so the results are
+    theirs exactly.
+
+    query: [T, num_heads, head_dim]; key, value: [T, num_kv_heads, head_dim]; positions: [T]
+    int64; cos_sin_cache: [max_position, rotary_dim] float32; kv_cache: [2, num_blocks,
+    block_size, num_kv_heads, head_dim] (the query's dtype, or fp8 holding K / k_scale and
+    V / v_scale); slot_mapping: [T] int64 valid slots (no -1 padding here); norm weights:
+    [head_dim] in the query's dtype, both or neither. Mutates ``kv_cache`` only; returns the
+    rotated query as a new tensor.
+    """
+    if q_norm_weight is not None:
+        query, key = rms_norm(query, q_norm_weight, eps), rms_norm(key, k_norm_weight, eps)
+    query, key = apply_rotary(query, key, positions, cos_sin_cache)
+    write_kv_cache(key, value, kv_cache, slot_mapping, k_scale, v_scale)
+    return query

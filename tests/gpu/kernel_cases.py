@@ -15,6 +15,7 @@ from pagellm.ops.activation import silu_and_mul
 from pagellm.ops.attention import (dequantize_kv_cache, paged_attention_torch, quantize_fp8,
                                    write_kv_cache)
 from pagellm.ops.norm import fused_add_rms_norm, rms_norm
+from pagellm.ops.rotary import rope_cos_sin_cache, rope_inv_freq
 from tests.helpers.paged import build_attn_metadata, random_block_tables
 
 
@@ -151,3 +152,136 @@ def check_backends_agree(query_lens: list[int], seq_lens: list[int], *, block_si
     if kv_cache.element_size() == 1:
         kv_cache, torch_cache = kv_cache.view(torch.uint8), torch_cache.view(torch.uint8)
     return relative_error(out, ref), torch.equal(kv_cache, torch_cache)
+
+
+def _qkv_views(num_tokens: int, num_heads: int, num_kv_heads: int, head_dim: int,
+               dtype: torch.dtype, device: str, gen: torch.Generator):
+    """q [T, H, D], k, v [T, KVH, D]: views of one fused QKV output, as the layer passes them."""
+    sizes = [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim]
+    qkv = (torch.randn(num_tokens, sum(sizes), generator=gen) * 2).to(device, dtype)
+    q, k, v = qkv.split(sizes, dim=-1)
+    return (q.view(num_tokens, num_heads, head_dim), k.view(num_tokens, num_kv_heads, head_dim),
+            v.view(num_tokens, num_kv_heads, head_dim))
+
+
+def check_rotary_and_cache(num_tokens: int, *, num_heads: int, num_kv_heads: int, head_dim: int,
+                           rotary_dim: int | None = None, qk_norm: bool = True,
+                           num_padding: int = 0, block_size: int = 4,
+                           dtype: torch.dtype = torch.bfloat16,
+                           kv_cache_dtype: torch.dtype | None = None, k_scale: float = 1.0,
+                           v_scale: float = 1.0, cache_oracle: str = "torch",
+                           device: str = "cuda", seed: int = 0) -> tuple[float, float, bool]:
+    """``qk_norm_rotary_and_cache_triton_`` vs its twin: (query error, cache error, rest
+    intact). The last ``num_padding`` tokens have slot -1 (the kernel rotates their query and
+    writes nothing; the twin gets only the other tokens). Caches start NaN-poisoned; "rest
+    intact": key and value unchanged, and the cache's NaN pattern equals the twin's (every
+    slot written, nothing else). The cache error compares the dequantized written caches.
+    ``cache_oracle="triton"``: the twin's rotated key is stored by ``write_kv_cache_triton``
+    instead of ``write_kv_cache`` (the interpreter rounds fp32 -> fp8 its own way)."""
+    from pagellm.ops.rotary import apply_rotary, qk_norm_rotary_and_cache
+    from pagellm.ops.triton.kv_cache import write_kv_cache_triton
+    from pagellm.ops.triton.rotary import qk_norm_rotary_and_cache_triton_
+
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = _qkv_views(num_tokens, num_heads, num_kv_heads, head_dim, dtype, device, gen)
+    cos_sin = rope_cos_sin_cache(rope_inv_freq(rotary_dim or head_dim, 10000.0), 4096).to(device)
+    positions = torch.randint(0, 4096, (num_tokens,), generator=gen).to(device)
+    num_blocks = -(-num_tokens // block_size) + 2
+    slots = torch.randperm(num_blocks * block_size, generator=gen)[:num_tokens]
+    slots[num_tokens - num_padding:] = -1
+    slots = slots.to(device)
+    weights = [(1 + 0.3 * torch.randn(head_dim, generator=gen)).to(device, dtype)
+               for _ in range(2)] if qk_norm else [None, None]
+    cache_dtype = kv_cache_dtype or dtype
+    cache = torch.full((2, num_blocks, block_size, num_kv_heads, head_dim), float("nan"),
+                       device=device).to(cache_dtype)
+    expected = cache.clone()
+    real = num_tokens - num_padding
+    qk_norm_rotary_and_cache(q[:real], k[:real], v[:real], positions[:real], cos_sin, expected,
+                             slots[:real], k_scale, v_scale, *weights, 1e-6)
+    normed_q, normed_k = ((rms_norm(q, weights[0], 1e-6), rms_norm(k, weights[1], 1e-6))
+                          if qk_norm else (q, k))
+    ref_q, ref_k = apply_rotary(normed_q, normed_k, positions, cos_sin)
+    if cache_oracle == "triton":              # the same rotated key, stored by the KV-write kernel
+        write_kv_cache_triton(ref_k[:real], v[:real], expected, slots[:real], k_scale, v_scale)
+    k_before, v_before = k.clone(), v.clone()
+    out_q = qk_norm_rotary_and_cache_triton_(q, k, v, positions, cos_sin, cache, slots, k_scale,
+                                             v_scale, *weights, 1e-6)
+    assert out_q.data_ptr() == q.data_ptr()                          # in place
+    intact = (torch.equal(k, k_before) and torch.equal(v, v_before)
+              and torch.equal(cache.float().isnan(), expected.float().isnan()))
+    scales = (k_scale, v_scale) if kv_cache_dtype is not None else (1.0, 1.0)
+    cache_error = relative_error(dequantize_kv_cache(cache, torch.float32, *scales).nan_to_num(),
+                                 dequantize_kv_cache(expected, torch.float32, *scales).nan_to_num())
+    return relative_error(out_q, ref_q), cache_error, intact
+
+
+def check_split_merge(seq_lens: list[int], num_kv_splits: int, *, num_heads: int = 8,
+                      num_kv_heads: int = 2, head_dim: int = 64, block_size: int = 16,
+                      dtype: torch.dtype = torch.bfloat16, device: str = "cuda",
+                      kv_cache_dtype: torch.dtype | None = None, seed: int = 0,
+                      ) -> tuple[bool, float]:
+    """Split-KV decode merged in the split launch (ticket counters) vs the separate merge
+    launch, into NaN-poisoned outputs, the merged path twice (the counters must be back at 0
+    for the second run): (all three bit-identical and the counters all 0, error vs twin)."""
+    from pagellm.ops.triton import paged_attention as pa
+
+    query, kv_cache, meta = random_paged_batch(
+        [1] * len(seq_lens), seq_lens, block_size=block_size, num_heads=num_heads,
+        num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=dtype, device=device, seed=seed)
+    if kv_cache_dtype is not None:
+        kv_cache = kv_cache.to(kv_cache_dtype)
+    scale = head_dim ** -0.5
+    outs = []
+    for merge in (True, True, False):
+        out = torch.full_like(query, float("nan"))
+        pa.paged_attention_triton(query, kv_cache, meta.block_tables, meta.query_start_loc,
+                                  meta.seq_lens, scale, max_query_len=1,
+                                  max_seq_len=meta.max_seq_len, num_kv_splits=num_kv_splits,
+                                  out=out, k_scale=0.5, v_scale=2.0, merge_in_split_kernel=merge)
+        outs.append(out)
+    fp8 = kv_cache_dtype is not None
+    ref = paged_attention_torch(query.float(), dequantize_kv_cache(
+        kv_cache, torch.float32, 0.5 if fp8 else 1.0, 2.0 if fp8 else 1.0),
+        meta.block_tables, meta.seq_lens, meta.query_start_loc_cpu, meta.seq_lens_cpu, scale)
+    counters_zero = all(int(c.abs().sum()) == 0 for c in pa._TICKET_COUNTERS.values())
+    same = torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    return same and counters_zero, relative_error(outs[0], ref)
+
+
+def check_layer_rotary_paths(query_lens: list[int], seq_lens: list[int], *, qk_norm: bool,
+                             num_heads: int = 8, num_kv_heads: int = 2, head_dim: int = 64,
+                             block_size: int = 16, dtype: torch.dtype = torch.bfloat16,
+                             device: str = "cuda", seed: int = 0) -> tuple[float, float]:
+    """The attention layer given the rotary (and q/k norms) on the Triton backend, fused
+    (one launch before attention) and unfused (norm, rotary, KV-write launches), vs the torch
+    backend on the same inputs: (fused error, unfused error) of the outputs; the fused and
+    unfused caches must equal the torch one up to the same tolerance."""
+    from pagellm.layers.attention import Attention
+    from pagellm.layers.norm import RMSNorm
+    from pagellm.layers.rotary import RotaryEmbedding
+
+    query, kv_cache, meta = random_paged_batch(
+        query_lens, seq_lens, block_size=block_size, num_heads=num_heads,
+        num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=dtype, device=device, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    _, key, value = _qkv_views(meta.num_tokens, num_heads, num_kv_heads, head_dim, dtype, device,
+                               gen)
+    positions = torch.cat([torch.arange(s - q, s) for q, s in zip(query_lens, seq_lens)]).to(device)
+    rotary = RotaryEmbedding(head_dim, 4096, 10000.0).to(device)
+    norms = [RMSNorm(head_dim, 1e-6, dtype).to(device) for _ in range(2)] if qk_norm else [None] * 2
+    for norm in norms if qk_norm else ():
+        norm.weight.data.copy_(1 + 0.3 * torch.randn(head_dim, generator=gen))
+    results = []
+    for backend in (TorchAttentionBackend(), TritonAttentionBackend(True),
+                    TritonAttentionBackend(False)):
+        layer = Attention(num_heads, num_kv_heads, head_dim, head_dim ** -0.5, backend)
+        cache = kv_cache.clone()
+        with torch.inference_mode():                 # as the model runner runs layers
+            out = layer(query.clone(), key.clone(), value.clone(), cache, meta, positions,
+                        rotary, *norms)
+        results.append((out, cache))
+    (ref, ref_cache), fused, unfused = results
+    for _, cache in (fused, unfused):
+        assert relative_error(cache, ref_cache) < (1e-5 if dtype == torch.float32 else 1e-2)
+    return relative_error(fused[0], ref), relative_error(unfused[0], ref)

@@ -2,8 +2,9 @@
 (``tests/helpers/triton_compile.py``): the frontend, the passes and ptxas reject what the
 interpreter accepts (a ``tl.constexpr`` reassigned in a ``static_range`` loop reached the
 H200 once). Covers the decode GEMVs (quantized and dense, split-K reduced in the kernel and by
-a second launch) in every launch the benchmark sweep can make, the one-shot
-all-reduce (plain and fused) and the split-KV decode attention."""
+a second launch) in every launch the benchmark sweep can make, the one-shot all-reduce (plain
+and fused), the split-KV decode attention (merged in the split launch and by the separate
+merge launch) and the rotary kernel (alone, and fused with q/k norm and the KV-cache write)."""
 
 from __future__ import annotations
 
@@ -96,11 +97,56 @@ def test_one_shot_all_reduce_and_split_decode_attention_compile():
         one_shot_all_reduce(hidden.view(-1, 1024), pointers, pointers, counters, 1 << 20, 1)
         cache = torch.zeros(2, 8, 16, 2, 128, dtype=torch.bfloat16)   # [2, blocks, 16, kv, d]
         query = torch.randn(2, 8, 128, dtype=torch.bfloat16)
-        paged_attention_triton(query, cache, torch.zeros(2, 8, dtype=torch.int32),
-                                torch.tensor([0, 1, 2], dtype=torch.int32),
-                                torch.tensor([100, 30], dtype=torch.int32), 0.1,
-                                max_query_len=1, max_seq_len=128, num_kv_splits=4)
+        for merge_in_split_kernel in (True, False):
+            paged_attention_triton(query, cache, torch.zeros(2, 8, dtype=torch.int32),
+                                   torch.tensor([0, 1, 2], dtype=torch.int32),
+                                   torch.tensor([100, 30], dtype=torch.int32), 0.1,
+                                   max_query_len=1, max_seq_len=128, num_kv_splits=4,
+                                   merge_in_split_kernel=merge_in_split_kernel)
     assert [name for name, _ in compiled] == [
         "_one_shot_all_reduce_kernel", "_one_shot_all_reduce_kernel", "_split_decode_kernel",
-        "_split_decode_reduce_kernel"]
+        "_split_decode_kernel", "_split_decode_reduce_kernel"]
     assert [c["NORM"] for _, c in compiled[:2]] == [True, False]
+    assert [c["MERGE"] for _, c in compiled[2:4]] == [True, False]
+
+
+@pytest.mark.parametrize("num_kv_heads,group,head_dim,segments", [(8, 4, 128, 256), (1, 6, 80, 7),
+                                                                   (4, 1, 64, 33)])
+def test_split_decode_merge_compiles_for_every_tree_depth(num_kv_heads, group, head_dim, segments):
+    """The ticket merge's pairwise tree at its deepest (MAX_KV_SPLITS segments, Llama-8B's
+    GQA 4 at d=128), with an odd group and head dim, and with a group of one."""
+    from pagellm.ops.triton.paged_attention import MAX_KV_SPLITS, paged_attention_triton
+
+    assert MAX_KV_SPLITS == 256
+    cache = torch.zeros(2, 8, 16, num_kv_heads, head_dim, dtype=torch.bfloat16)
+    query = torch.randn(1, num_kv_heads * group, head_dim, dtype=torch.bfloat16)
+    with compiling_for_sm90() as compiled:
+        paged_attention_triton(query, cache, torch.zeros(1, 8, dtype=torch.int32),
+                               torch.tensor([0, 1], dtype=torch.int32),
+                               torch.tensor([100], dtype=torch.int32), 0.1, max_query_len=1,
+                               max_seq_len=segments * 256, num_kv_splits=segments)
+    assert [(name, c["MERGE"], c["SEGMENTS_PAD"]) for name, c in compiled] == [
+        ("_split_decode_kernel", True, 1 << (segments - 1).bit_length())]
+
+
+def test_rotary_kernels_compile():
+    """Rotary alone (partial rotary dim), and fused with the q/k norms and the KV write into
+    bf16 and fp8 caches, at Llama-8B / Qwen3 shapes and an odd head dim."""
+    from pagellm.ops.triton.rotary import apply_rotary_triton_, qk_norm_rotary_and_cache_triton_
+
+    positions, slots = torch.zeros(3, dtype=torch.int64), torch.zeros(3, dtype=torch.int64)
+    with compiling_for_sm90() as compiled:
+        for heads, kv_heads, head_dim, norm, cache_dtype in (
+                (32, 8, 128, False, torch.bfloat16), (16, 8, 128, True, torch.bfloat16),
+                (12, 2, 80, True, torch.float8_e4m3fn)):
+            qkv = torch.randn(3, (heads + 2 * kv_heads) * head_dim, dtype=torch.bfloat16)
+            q, k, v = qkv.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], -1)
+            q, k, v = (q.view(3, heads, head_dim), k.view(3, kv_heads, head_dim),
+                       v.view(3, kv_heads, head_dim))
+            weight = torch.ones(head_dim, dtype=torch.bfloat16) if norm else None
+            cache = torch.zeros(2, 4, 16, kv_heads, head_dim, dtype=cache_dtype)
+            qk_norm_rotary_and_cache_triton_(q, k, v, positions, torch.randn(64, head_dim),
+                                             cache, slots, 0.5, 2.0, weight, weight, 1e-6)
+        apply_rotary_triton_(q, k, positions, torch.randn(64, 40))       # rotary_dim 40 < 80
+    assert [(c["QK_NORM"], c["WRITE_CACHE"], c["FP8_MAX"]) for _, c in compiled] == [
+        (False, True, 0.0), (True, True, 0.0), (True, True, 448.0), (False, False, 0.0)]

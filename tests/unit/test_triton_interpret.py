@@ -11,7 +11,7 @@ import pytest
 from tests.helpers.triton_interpret import run_interpreted
 
 CHECKS = ["attention", "split_decode", "kv_cache", "norm_activation", "backend", "fp8_kv_cache",
-          "wna16_gemm", "one_shot_all_reduce"]
+          "wna16_gemm", "one_shot_all_reduce", "rotary_and_cache", "split_merge", "layer_rotary"]
 
 
 @pytest.mark.parametrize("check", CHECKS)
@@ -62,12 +62,69 @@ def _run(check: str) -> None:
         # are compared here (the GPU test compares the written bytes too).
         error, _ = cases.check_backends_agree([1, 6], [10, 6], block_size=4, **small, **fp8)
         assert error < 0.1
+    elif check == "rotary_and_cache":
+        _check_rotary_and_cache()
+    elif check == "split_merge":
+        _check_split_merge()
+    elif check == "layer_rotary":
+        for qk_norm in (True, False):          # a prefill, a chunk on a prefix, decodes
+            fused, unfused = cases.check_layer_rotary_paths([1, 6, 1], [10, 6, 23],
+                                                            qk_norm=qk_norm, block_size=4,
+                                                            **small)
+            assert fused < 1e-5 and unfused < 1e-5
     elif check == "wna16_gemm":
         _check_wna16_gemm()
     elif check == "one_shot_all_reduce":
         _check_one_shot_all_reduce()
     else:
         raise ValueError(check)
+
+
+def _check_split_merge() -> None:
+    """Split-KV merged by the last segment program == the separate merge launch, bit for
+    bit, twice in a row (counters reset): several segments per context, unused segments
+    (short contexts), GQA groups 6, 1 and 4, an fp8 cache."""
+    import torch
+
+    from tests.gpu import kernel_cases as cases
+
+    from pagellm.ops.triton import paged_attention
+
+    fp8 = torch.float8_e4m3fn
+    for seq_lens, splits, heads, kv_heads, head_dim, cache_dtype, max_values in (
+            ([5, 70, 130, 300], 5, 6, 1, 80, None, 16384), ([400, 1], 7, 4, 4, 16, fp8, 16384),
+            ([333, 64], 3, 8, 2, 16, None, 64)):         # 64: the merge walks 4-dim chunks
+        paged_attention.MERGE_MAX_VALUES = max_values
+        same_bits, error = cases.check_split_merge(
+            seq_lens, splits, num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
+            kv_cache_dtype=cache_dtype, device="cpu", dtype=torch.float32)
+        assert same_bits and error < 1e-5, seq_lens
+
+
+def _check_rotary_and_cache() -> None:
+    """The fused q/k-norm + rotary + KV-write kernel vs its twin: GQA groups 6, 1 and 4,
+    head dims 80, 64 (half rotated) and 128, qk-norm on and off, padding slots, an fp8 cache
+    (stored through the KV-write kernel's rounding: the interpreter's fp8 rounding is its
+    own) and a bf16 one (the interpreter truncates to bf16: a tolerance, not bits)."""
+    import torch
+
+    from tests.gpu import kernel_cases as cases
+
+    cpu = dict(device="cpu", dtype=torch.float32)
+    fp32_cases = [dict(num_heads=6, num_kv_heads=1, head_dim=80, qk_norm=True, num_padding=2),
+                  dict(num_heads=4, num_kv_heads=4, head_dim=64, rotary_dim=32, qk_norm=False),
+                  dict(num_heads=8, num_kv_heads=2, head_dim=128, qk_norm=False, num_padding=1,
+                       kv_cache_dtype=torch.float8_e4m3fn, k_scale=0.5, v_scale=2.0,
+                       cache_oracle="triton"),
+                  dict(num_heads=8, num_kv_heads=2, head_dim=80, qk_norm=True,
+                       kv_cache_dtype=torch.float8_e4m3fn, k_scale=2.0, cache_oracle="triton")]
+    for case in fp32_cases:
+        q_error, cache_error, intact = cases.check_rotary_and_cache(7, **case, **cpu)
+        assert q_error < 1e-6 and cache_error < 1e-6 and intact, case
+    q_error, cache_error, intact = cases.check_rotary_and_cache(
+        6, num_heads=8, num_kv_heads=2, head_dim=64, qk_norm=True, num_padding=1,
+        device="cpu", dtype=torch.bfloat16)
+    assert q_error < 2e-2 and cache_error < 2e-2 and intact
 
 
 def _check_wna16_gemm() -> None:

@@ -15,7 +15,11 @@ through the block tables and never syncing with the host:
   only host-known sizes.
 * Split-KV (flash-decoding) for all-decode batches with too few (request, kv head) pairs to fill
   the GPU: each program attends over one segment of the context and writes its unnormalised
-  partial (acc, running max, running sum); a reduce kernel merges the segments.
+  partial (acc, running max, running sum), then takes a ticket from an atomic counter per
+  (request, kv head); the program holding the last ticket merges the segments in a fixed order
+  and resets the counter, so there is no second launch (session 7 profile: 2.0 us per layer)
+  and a CUDA-graph replay needs no host work. The old separate merge launch stays selectable
+  (``merge_in_split_kernel=False``) and gives the same bits.
 
 Softmax runs online in float32 with base-2 exponentials (scale folded with log2(e)).
 An fp8 cache is read as fp8 and cast to the query's dtype in registers; ``k_scale`` is folded
@@ -35,6 +39,11 @@ from pagellm.ops.attention import is_fp8
 
 _LOG2_E = 1.4426950408889634
 _DEFAULT_SM_COUNT = 1   # interpreter mode or CPU tensors: no device to fill
+MAX_KV_SPLITS = 256
+"""Most segments per split-KV context (the merge's pairwise tree goes up to 256)."""
+MERGE_MAX_VALUES = 16384
+"""Partial-accumulator values a merging program holds at once (128 registers a thread at 4
+warps); past it the merge walks the head dim in chunks."""
 
 
 @triton.jit
@@ -139,23 +148,27 @@ def _paged_attention_kernel(
 def _split_decode_kernel(
         partial_acc_ptr, partial_max_ptr, partial_sum_ptr, q_ptr, cache_ptr,
         block_tables_ptr, query_start_loc_ptr, seq_lens_ptr, qk_scale,
+        out_ptr, counters_ptr, v_scale,
         stride_q_token, stride_q_head, stride_q_dim,
+        stride_out_token, stride_out_head, stride_out_dim,
         stride_cache_kv, stride_cache_block, stride_cache_slot, stride_cache_head, stride_cache_dim,
         stride_block_table, num_heads, num_segments,
         GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
         HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
-        TILE_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+        TILE_N: tl.constexpr, DOT_PRECISION: tl.constexpr, SEGMENTS_PAD: tl.constexpr,
+        DIM_CHUNK: tl.constexpr, MERGE: tl.constexpr):
     """One (request, kv head, context segment); every request has exactly one query token.
-    Partials are [num_reqs, num_heads, num_segments(, HEAD_DIM_PAD)] float32."""
+    Partials are [num_reqs, num_heads, num_segments(, HEAD_DIM_PAD)] float32; a segment past
+    the context writes the empty partial (m = -inf, l = 0, acc = 0), which no merge reads.
+    MERGE: then take a ticket on the (request, kv head) counter; the program that takes the
+    last one merges the segments into ``out`` and sets the counter back to 0."""
     req = tl.program_id(0)
     kv_head = tl.program_id(1)
     segment = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + req)
     segment_len = _segment_len(seq_len, num_segments, TILE_N)
     key_start = segment * segment_len
-    if key_start >= seq_len:
-        return      # the reduce kernel reads only segments that hold context
-    key_end = tl.minimum(seq_len, key_start + segment_len)
+    key_end = tl.minimum(seq_len, key_start + segment_len)     # <= key_start: no keys
 
     rows = tl.arange(0, BLOCK_M)
     row_valid = rows < GROUP
@@ -180,6 +193,19 @@ def _split_decode_kernel(
     tl.store(partial_sum_ptr + stat_offset, l_i, mask=row_valid)
     tl.store(partial_acc_ptr + stat_offset[:, None] * HEAD_DIM_PAD + dims[None, :], acc,
              mask=row_valid[:, None])
+    if MERGE:
+        # Release: every thread's partial stores precede the ticket (barrier, then the
+        # atomic's release at GPU scope); acquire: the last ticket's holder sees all of them.
+        tl.debug_barrier()
+        counter = counters_ptr + req * tl.num_programs(1) + kv_head
+        ticket = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+        tl.debug_barrier()
+        if ticket == num_segments - 1:
+            _merge_segments(out_ptr, partial_acc_ptr, partial_max_ptr, partial_sum_ptr, req,
+                            kv_head, token, seq_len, v_scale, num_heads, num_segments,
+                            stride_out_token, stride_out_head, stride_out_dim, GROUP, GROUP_PAD,
+                            HEAD_DIM, HEAD_DIM_PAD, SEGMENTS_PAD, DIM_CHUNK, TILE_N)
+            tl.store(counter, 0)        # ready for the next launch (a CUDA-graph replay)
 
 
 @triton.jit
@@ -191,32 +217,80 @@ def _segment_len(seq_len, num_segments, TILE_N: tl.constexpr):
 
 
 @triton.jit
-def _split_decode_reduce_kernel(
-        out_ptr, partial_acc_ptr, partial_max_ptr, partial_sum_ptr, query_start_loc_ptr,
-        seq_lens_ptr, v_scale, num_segments,
-        stride_out_token, stride_out_head, stride_out_dim,
-        HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, SEGMENTS_PAD: tl.constexpr,
-        TILE_N: tl.constexpr):
-    """One (request, query head): merge the partials of the segments that hold context."""
-    req = tl.program_id(0)
-    head = tl.program_id(1)
-    num_heads = tl.num_programs(1)
-    seq_len = tl.load(seq_lens_ptr + req)
+def _halve(x, ROWS: tl.constexpr, HALF: tl.constexpr):
+    """[ROWS, 2 * HALF] -> [ROWS, HALF]: column j plus column j + HALF, one add each."""
+    return tl.sum(tl.reshape(x, [ROWS, 2, HALF]), 1)
+
+
+@triton.jit
+def _tree_sum(x, ROWS: tl.constexpr, SEGMENTS: tl.constexpr, COLS: tl.constexpr):
+    """x: [ROWS, SEGMENTS * COLS], SEGMENTS (a power of two <= MAX_KV_SPLITS) runs of COLS
+    values -> [ROWS, COLS], their sum in a fixed pairwise tree: segment s + SEGMENTS/2 added
+    to segment s, then again on the halves. Every add has two operands, so the result does
+    not depend on how the compiler lays the tensor over threads (``tl.sum`` over the segment
+    axis would): both merge paths give the same bits."""
+    for level in tl.static_range(8):                        # 2 ** 8 = MAX_KV_SPLITS
+        if SEGMENTS >= 256 >> level:
+            x = _halve(x, ROWS, (128 >> level) * COLS)
+    return x
+
+
+@triton.jit
+def _merge_segments(out_ptr, partial_acc_ptr, partial_max_ptr, partial_sum_ptr, req, kv_head,
+                    token, seq_len, v_scale, num_heads, num_segments,
+                    stride_out_token, stride_out_head, stride_out_dim,
+                    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+                    HEAD_DIM_PAD: tl.constexpr, SEGMENTS_PAD: tl.constexpr,
+                    DIM_CHUNK: tl.constexpr, TILE_N: tl.constexpr):
+    """Merge the partials of one request's segments that hold context, for the query heads of
+    one kv head, and store the normalised output row of each, ``DIM_CHUNK`` dims at a time
+    (so that the [GROUP_PAD, SEGMENTS_PAD, DIM_CHUNK] partials fit in registers). The
+    partials were written by other programs of the same launch: they are read from L2
+    (``.cg``), past this SM's L1."""
+    rows = tl.arange(0, GROUP_PAD)
+    head = kv_head * GROUP + rows                                         # [G]
     num_used = tl.cdiv(seq_len, _segment_len(seq_len, num_segments, TILE_N))
     segments = tl.arange(0, SEGMENTS_PAD)
-    used = segments < num_used
-    stat_offset = (req.to(tl.int64) * num_heads + head) * num_segments + segments  # [S]
-    seg_max = tl.load(partial_max_ptr + stat_offset, mask=used, other=float("-inf"))
-    seg_sum = tl.load(partial_sum_ptr + stat_offset, mask=used, other=0.0)
-    global_max = tl.max(seg_max, 0)
-    weight = tl.where(used, tl.exp2(seg_max - global_max), 0.0)          # [S]
-    dims = tl.arange(0, HEAD_DIM_PAD)
-    seg_acc = tl.load(partial_acc_ptr + stat_offset[:, None] * HEAD_DIM_PAD + dims[None, :],
-                      mask=used[:, None], other=0.0)                      # [S, D]
-    out = tl.sum(seg_acc * weight[:, None], 0) * (v_scale / tl.sum(seg_sum * weight, 0))  # [D]
+    used = (rows < GROUP)[:, None] & (segments < num_used)[None, :]       # [G, S]
+    stat_offset = (((req.to(tl.int64) * num_heads + head) * num_segments)[:, None]
+                   + segments[None, :])                                   # [G, S]
+    seg_max = tl.load(partial_max_ptr + stat_offset, mask=used, other=float("-inf"),
+                      cache_modifier=".cg")
+    seg_sum = tl.load(partial_sum_ptr + stat_offset, mask=used, other=0.0,
+                      cache_modifier=".cg")
+    global_max = tl.max(seg_max, 1)                                       # [G]
+    global_max = tl.where(global_max == float("-inf"), 0.0, global_max)   # padding rows
+    weight = tl.where(used, tl.exp2(seg_max - global_max[:, None]), 0.0)  # [G, S]
+    total = _tree_sum(seg_sum * weight, GROUP_PAD, SEGMENTS_PAD, 1)       # [G, 1]
+    out_scale = v_scale / tl.where(total == 0.0, 1.0, total)              # [G, 1]
+    for chunk in tl.static_range(HEAD_DIM_PAD // DIM_CHUNK):
+        dims = chunk * DIM_CHUNK + tl.arange(0, DIM_CHUNK)
+        seg_acc = tl.load(partial_acc_ptr + stat_offset[:, :, None] * HEAD_DIM_PAD
+                          + dims[None, None, :], mask=used[:, :, None], other=0.0,
+                          cache_modifier=".cg")                           # [G, S, C]
+        weighted = tl.reshape(seg_acc * weight[:, :, None], [GROUP_PAD, SEGMENTS_PAD * DIM_CHUNK])
+        out = _tree_sum(weighted, GROUP_PAD, SEGMENTS_PAD, DIM_CHUNK) * out_scale   # [G, C]
+        tl.store(out_ptr + token * stride_out_token + head[:, None] * stride_out_head
+                 + dims[None, :] * stride_out_dim, out.to(out_ptr.dtype.element_ty),
+                 mask=(rows < GROUP)[:, None] & (dims < HEAD_DIM)[None, :])
+
+
+@triton.jit
+def _split_decode_reduce_kernel(
+        out_ptr, partial_acc_ptr, partial_max_ptr, partial_sum_ptr, query_start_loc_ptr,
+        seq_lens_ptr, v_scale, num_heads, num_segments,
+        stride_out_token, stride_out_head, stride_out_dim,
+        GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+        HEAD_DIM_PAD: tl.constexpr, SEGMENTS_PAD: tl.constexpr, DIM_CHUNK: tl.constexpr,
+        TILE_N: tl.constexpr):
+    """The separate merge launch (``merge_in_split_kernel=False``): one program per
+    (request, kv head), the same merge as the split kernel's last program."""
+    req = tl.program_id(0)
     token = tl.load(query_start_loc_ptr + req).to(tl.int64)
-    tl.store(out_ptr + token * stride_out_token + head * stride_out_head + dims * stride_out_dim,
-             out.to(out_ptr.dtype.element_ty), mask=dims < HEAD_DIM)
+    _merge_segments(out_ptr, partial_acc_ptr, partial_max_ptr, partial_sum_ptr, req,
+                    tl.program_id(1), token, tl.load(seq_lens_ptr + req), v_scale, num_heads,
+                    num_segments, stride_out_token, stride_out_head, stride_out_dim, GROUP,
+                    GROUP_PAD, HEAD_DIM, HEAD_DIM_PAD, SEGMENTS_PAD, DIM_CHUNK, TILE_N)
 
 
 @functools.lru_cache(maxsize=8)
@@ -236,7 +310,7 @@ def choose_num_kv_splits(num_reqs: int, num_kv_heads: int, max_seq_len: int,
     if programs >= sm_count or max_seq_len < 512:
         return 1
     wanted = -(-2 * sm_count // programs)
-    return max(1, min(wanted, max_seq_len // (2 * tile_n)))
+    return max(1, min(wanted, max_seq_len // (2 * tile_n), MAX_KV_SPLITS))
 
 
 def _launch_config(query: torch.Tensor, kv_cache: torch.Tensor, max_query_len: int) -> dict:
@@ -261,7 +335,8 @@ def paged_attention_triton(query: torch.Tensor, kv_cache: torch.Tensor, block_ta
                            query_start_loc: torch.Tensor, seq_lens: torch.Tensor, scale: float, *,
                            max_query_len: int, max_seq_len: int, num_kv_splits: int | None = None,
                            out: torch.Tensor | None = None, k_scale: float = 1.0,
-                           v_scale: float = 1.0) -> torch.Tensor:
+                           v_scale: float = 1.0,
+                           merge_in_split_kernel: bool = True) -> torch.Tensor:
     """Causal attention of a flattened batch against a paged cache that already holds the
     batch's own K/V. Reads ``kv_cache``; returns a new tensor; mutates nothing.
 
@@ -274,7 +349,10 @@ def paged_attention_triton(query: torch.Tensor, kv_cache: torch.Tensor, block_ta
     one), which sit at the last positions of its ``seq_lens[i]`` context tokens.
     ``max_query_len``/``max_seq_len`` are host-side bounds (no device sync is made).
     ``num_kv_splits``: None picks the path by a heuristic; 1 forces the unified kernel; > 1
-    forces split-KV when every request decodes one token. Rows of ``query`` past
+    forces split-KV when every request decodes one token (at most ``MAX_KV_SPLITS``
+    segments). ``merge_in_split_kernel``: split-KV merges its segments in the split launch
+    itself (the last segment program of each request and kv head merges; no second launch);
+    False keeps the separate merge launch (same bits; for benchmarks). Rows of ``query`` past
     ``query_start_loc[-1]`` (padding) are left unwritten in the output.
     ``out``: optional [num_tokens, num_heads, head_dim] tensor of the query's dtype to write
     into (the only mutation), else a new one. Returns the output.
@@ -299,7 +377,8 @@ def paged_attention_triton(query: torch.Tensor, kv_cache: torch.Tensor, block_ta
     v_scale = float(v_scale) if fp8 else 1.0
     if max_query_len == 1 and num_kv_splits > 1:
         _split_decode(out, query, kv_cache, block_tables, query_start_loc, seq_lens, qk_scale,
-                      v_scale, max_seq_len, num_kv_splits, config)
+                      v_scale, max_seq_len, min(num_kv_splits, MAX_KV_SPLITS), config,
+                      merge_in_split_kernel)
         return out
     grid = (num_tokens // config["BLOCK_Q"] + num_reqs, num_kv_heads)
     _paged_attention_kernel[grid](
@@ -312,10 +391,13 @@ def paged_attention_triton(query: torch.Tensor, kv_cache: torch.Tensor, block_ta
 def _split_decode(out: torch.Tensor, query: torch.Tensor, kv_cache: torch.Tensor,
                   block_tables: torch.Tensor, query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
                   qk_scale: float, v_scale: float, max_seq_len: int, num_kv_splits: int,
-                  config: dict) -> None:
+                  config: dict, merge_in_split_kernel: bool) -> None:
     """Flash-decoding: each request's context split into up to ``num_kv_splits`` segments of
-    whole key tiles (``_segment_len``), one program each, then a merge. Writes ``out``."""
-    num_reqs, num_heads = seq_lens.shape[0], query.shape[1]
+    whole key tiles (``_segment_len``), one program each, then a merge: by the last program of
+    each (request, kv head) to finish (``merge_in_split_kernel``, one launch), or by a second
+    launch. Both merge with the same code and floating-point contraction off, so they give
+    the same bits. Writes ``out``."""
+    num_reqs, num_heads, num_kv_heads = seq_lens.shape[0], query.shape[1], kv_cache.shape[3]
     tile_n, head_dim_pad = config["TILE_N"], config["HEAD_DIM_PAD"]
     segment_len = triton.cdiv(triton.cdiv(max_seq_len, num_kv_splits), tile_n) * tile_n
     num_segments = triton.cdiv(max_seq_len, segment_len)   # the longest context's segments
@@ -324,13 +406,39 @@ def _split_decode(out: torch.Tensor, query: torch.Tensor, kv_cache: torch.Tensor
     # [2, num_reqs, num_heads, num_segments]: running max, running sum
     partial_max, partial_sum = torch.empty(2, num_reqs, num_heads, num_segments,
                                            dtype=torch.float32, device=query.device)
-    decode_config = {key: value for key, value in config.items() if key not in ("BLOCK_Q", "BLOCK_M")}
-    _split_decode_kernel[(num_reqs, kv_cache.shape[3], num_segments)](
+    segments_pad = triton.next_power_of_2(num_segments)
+    dim_chunk = MERGE_MAX_VALUES // (config["GROUP_PAD"] * segments_pad)
+    merge_config = dict(GROUP=config["GROUP"], GROUP_PAD=config["GROUP_PAD"],
+                        HEAD_DIM=config["HEAD_DIM"], HEAD_DIM_PAD=head_dim_pad,
+                        SEGMENTS_PAD=segments_pad, DIM_CHUNK=max(1, min(head_dim_pad, dim_chunk)),
+                        TILE_N=tile_n, num_warps=4, enable_fp_fusion=False)
+    decode_config = {key: value for key, value in config.items()
+                     if key not in ("BLOCK_Q", "BLOCK_M")} | merge_config
+    counters = (_ticket_counters(query.device, num_reqs * num_kv_heads) if merge_in_split_kernel
+                else None)
+    _split_decode_kernel[(num_reqs, num_kv_heads, num_segments)](
         partial_acc, partial_max, partial_sum, query, kv_cache, block_tables,
-        query_start_loc, seq_lens, qk_scale, *query.stride(),
-        *kv_cache.stride(), block_tables.stride(0), num_heads, num_segments,
-        **decode_config, BLOCK_M=max(16, config["GROUP_PAD"]))
-    _split_decode_reduce_kernel[(num_reqs, num_heads)](
-        out, partial_acc, partial_max, partial_sum, query_start_loc, seq_lens, v_scale,
-        num_segments, *out.stride(), HEAD_DIM=config["HEAD_DIM"], HEAD_DIM_PAD=head_dim_pad,
-        SEGMENTS_PAD=triton.next_power_of_2(num_segments), TILE_N=tile_n, num_warps=4)
+        query_start_loc, seq_lens, qk_scale, out, counters, v_scale, *query.stride(),
+        *out.stride(), *kv_cache.stride(), block_tables.stride(0), num_heads, num_segments,
+        **decode_config, BLOCK_M=max(16, config["GROUP_PAD"]), MERGE=merge_in_split_kernel)
+    if not merge_in_split_kernel:
+        _split_decode_reduce_kernel[(num_reqs, num_kv_heads)](
+            out, partial_acc, partial_max, partial_sum, query_start_loc, seq_lens, v_scale,
+            num_heads, num_segments, *out.stride(), **merge_config)
+
+
+_TICKET_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
+
+
+def _ticket_counters(device: torch.device, num_counters: int) -> torch.Tensor:
+    """Zeroed int32 counters, at least ``num_counters``, one per (request, kv head) of a
+    split-KV launch; every launch leaves them at 0 again. One buffer per device and
+    power-of-two size, allocated and zeroed once, kept for the process's life: a captured
+    CUDA graph holds its address. Launches that share a buffer must not run concurrently
+    (they run in stream order, one layer after another)."""
+    size = triton.next_power_of_2(max(num_counters, 256))
+    counters = _TICKET_COUNTERS.get((device, size))
+    if counters is None:
+        counters = torch.zeros(size, dtype=torch.int32, device=device)
+        _TICKET_COUNTERS[device, size] = counters
+    return counters
