@@ -109,11 +109,14 @@ entries of such a file at import (a sweep's results used in the same session).""
 
 
 def _h200_tuned_configs() -> dict[tuple, "GemvConfig"]:
-    """The W4A16 GEMV's best launches at Llama-3.1-8B's shapes on an H200 (132 SMs), from
-    ``quant_gemv_bench.py --sweep --kernels wna16`` (benchmarks/RESULTS.md, session 7, last
-    call): 0-13% faster than the rules' defaults. No bf16 / bf16_silu_mul entries yet: until
-    an H200 sweep (``--kernels bf16,bf16_silu_mul``) lists where the dense GEMV beats cuBLAS,
-    unquantized linears stay on cuBLAS."""
+    """The decode GEMVs' best launches at Llama-3.1-8B's shapes on an H200 (132 SMs).
+    W4A16 from ``quant_gemv_bench.py --sweep --kernels wna16`` (benchmarks/RESULTS.md, session
+    7, last call): 0-13% faster than the rules' defaults. bf16 / bf16_silu_mul / fp8 at one row
+    from ``--sweep --rows 1 --kernels bf16,bf16_silu_mul`` and ``--kernels fp8`` (RESULTS.md,
+    session 8, kernels call): the dense GEMV beat cuBLAS on every listed shape at TP=1 and TP=2
+    (qkv 14.4 vs 15.5 µs, o 11.1 vs 13.8, down 30.4 vs 32.4, LM head 234.8 vs 247.8; TP=2 qkv
+    9.3 vs 12.0, down 16.7 vs 20.2), gate_up with SiLU-and-mul fused 59.0 vs 61.4 (cuBLAS +
+    the SiLU kernel); rows > 1 and other shapes keep cuBLAS."""
     return {
         ('wna16', 1, 4096, 6144, 132): GemvConfig(1, 64, 128, 11, num_warps=4, num_stages=3),
         ('wna16', 2, 4096, 6144, 132): GemvConfig(2, 64, 128, 6, num_warps=4, num_stages=3),
@@ -123,6 +126,22 @@ def _h200_tuned_configs() -> dict[tuple, "GemvConfig"]:
         ('wna16', 2, 4096, 28672, 132): GemvConfig(2, 64, 128, 5, num_warps=4, num_stages=3),
         ('wna16', 1, 14336, 4096, 132): GemvConfig(1, 64, 128, 9, num_warps=4, num_stages=3),
         ('wna16', 2, 14336, 4096, 132): GemvConfig(2, 64, 128, 9, num_warps=4, num_stages=3),
+        ('bf16', 1, 4096, 6144, 132): GemvConfig(1, 8, 512, 1, num_warps=4, num_stages=3),
+        ('bf16', 1, 4096, 4096, 132): GemvConfig(1, 16, 512, 1, num_warps=8, num_stages=3),
+        ('bf16', 1, 4096, 28672, 132): GemvConfig(1, 16, 256, 1, num_warps=4, num_stages=3),
+        ('bf16_silu_mul', 1, 4096, 28672, 132): GemvConfig(1, 8, 256, 1, num_warps=4, num_stages=3),
+        ('bf16', 1, 14336, 4096, 132): GemvConfig(1, 16, 512, 1, num_warps=8, num_stages=3),
+        ('bf16', 1, 4096, 128256, 132): GemvConfig(1, 16, 256, 1, num_warps=4, num_stages=3),
+        ('bf16', 1, 4096, 3072, 132): GemvConfig(1, 16, 512, 1, num_warps=8, num_stages=3),
+        ('bf16', 1, 2048, 4096, 132): GemvConfig(1, 16, 512, 1, num_warps=8, num_stages=3),
+        ('bf16', 1, 4096, 14336, 132): GemvConfig(1, 16, 256, 1, num_warps=4, num_stages=3),
+        ('bf16_silu_mul', 1, 4096, 14336, 132): GemvConfig(1, 8, 256, 1, num_warps=4, num_stages=3),
+        ('bf16', 1, 7168, 4096, 132): GemvConfig(1, 8, 512, 1, num_warps=4, num_stages=3),
+        ('bf16', 1, 4096, 64128, 132): GemvConfig(1, 16, 256, 1, num_warps=4, num_stages=3),
+        ('fp8', 1, 4096, 6144, 132): GemvConfig(1, 32, 256, 6, num_warps=4, num_stages=3),
+        ('fp8', 1, 4096, 4096, 132): GemvConfig(1, 16, 512, 4, num_warps=4, num_stages=3),
+        ('fp8', 1, 4096, 28672, 132): GemvConfig(1, 32, 256, 1, num_warps=4, num_stages=3),
+        ('fp8', 1, 14336, 4096, 132): GemvConfig(1, 32, 256, 8, num_warps=4, num_stages=3),
     }
 
 
