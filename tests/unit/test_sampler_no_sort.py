@@ -129,6 +129,16 @@ def test_inverse_cdf_sample_matches_the_distribution_and_skips_zeros():
     assert chi_square < 16.3  # 3 degrees of freedom, p = 0.001
 
 
+def test_inverse_cdf_sample_at_the_top_of_the_range_picks_the_last_positive_token(monkeypatch):
+    """u x total rounding up to the total (u within 2^-53 of 1, forced here with u = 1) must
+    not run off the cumulative sums onto the trailing zero-probability tokens."""
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.15, 0.05, 0.0, 0.0]])
+    real_rand = torch.rand
+    monkeypatch.setattr(torch, "rand", lambda *args, **kwargs: torch.ones_like(
+        real_rand(*args, **kwargs)))
+    assert inverse_cdf_sample(probs, {}).tolist() == [5]
+
+
 def test_top_p_sampling_distribution_is_the_renormalised_nucleus():
     # 0.4, 0.3, 0.2, 0.1 with top_p 0.75: nucleus {0, 1, 2}, renormalised 4/9, 3/9, 2/9.
     logits = torch.tensor([math.log(p) for p in (0.4, 0.3, 0.2, 0.1)])
