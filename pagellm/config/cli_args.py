@@ -68,7 +68,7 @@ def _add_field_flag(group, field: dataclasses.Field, hint, doc: str) -> None:
     if base is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
     elif base is dict:
-        kwargs.update(type=_json_object, metavar="JSON")
+        kwargs.update(type=json_object_arg, metavar="JSON")
     else:
         kwargs["type"] = base
     short = (SHORT_FLAGS[field.name],) if field.name in SHORT_FLAGS else ()
@@ -90,7 +90,9 @@ def _base_type(hint, name: str) -> type:
                     "extend pagellm.config.cli_args.py")
 
 
-def _json_object(text: str) -> dict:
+def json_object_arg(text: str) -> dict:
+    """argparse type of the dict-valued flags: ``text`` parsed as a JSON object;
+    ArgumentTypeError (quoting ``text``) otherwise."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:

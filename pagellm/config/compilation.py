@@ -25,6 +25,7 @@ captured from the eager model).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from pagellm.errors import ClientError
@@ -62,11 +63,13 @@ class CudaGraphOptions:
         return self.cudagraph_mode not in ("NONE", "FULL_DECODE_ONLY")
 
 
-def parse_compilation_config(options: dict | None) -> CudaGraphOptions:
-    """``compilation_config`` -> CudaGraphOptions. ClientError (param ``compilation_config``)
+def parse_compilation_config(options: dict | str | int | None) -> CudaGraphOptions:
+    """``compilation_config`` -> CudaGraphOptions. As in vLLM it is a dict, a JSON object
+    string, or an int (the optimization level alone); None is {}. ClientError (param
+    ``compilation_config``) for another type or a string that is not a JSON object, and
     naming the key for an unknown key, mode or level, sizes that are not positive integers,
     or a max_cudagraph_capture_size that differs from the largest given size."""
-    options = dict(options or {})
+    options = _as_dict(options)
     unknown = sorted(set(options) - set(COMPILATION_KEYS))
     if unknown:
         _fail(f"unknown key(s) {unknown}; pagellm accepts {list(COMPILATION_KEYS)}")
@@ -91,6 +94,23 @@ def parse_compilation_config(options: dict | None) -> CudaGraphOptions:
             _fail(f"max_cudagraph_capture_size={largest} must equal the largest of "
                   f"cudagraph_capture_sizes ({sizes[-1]}) when both are given")
     return CudaGraphOptions(mode, sizes, largest)
+
+
+def _as_dict(options) -> dict:
+    if options is None:
+        return {}
+    if isinstance(options, bool):
+        _fail(f"expected a dict, a JSON object string or an int level, got {options!r}")
+    if isinstance(options, int):
+        return {"level": options}
+    if isinstance(options, str):
+        try:
+            options = json.loads(options)
+        except json.JSONDecodeError as error:
+            _fail(f"expected a JSON object, got {options!r} ({error.msg})")
+    if not isinstance(options, dict):
+        _fail(f"expected a dict, a JSON object string or an int level, got {options!r}")
+    return dict(options)
 
 
 def _upper(value):

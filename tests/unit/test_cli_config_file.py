@@ -54,6 +54,8 @@ def test_no_config_leaves_argv_alone():
     ("max-num-seqs: abc\n", "'max-num-seqs': not a valid int (got 'abc')"),
     ("enable-chunked-prefill: maybe\n", "'enable-chunked-prefill' takes true or false"),
     ("port: 99999\n", "'port': invalid port 99999: must be in 0..65535"),
+    ("compilation-config: [1, 2]\n",
+     "'compilation-config': expected a JSON object, got '[1, 2]'\n"),
 ])
 def test_a_bad_file_is_a_one_line_error(tmp_path, capsys, text, message):
     path = tmp_path / "bad.yaml"

@@ -28,6 +28,11 @@ def test_defaults_and_sizes():
     assert given.cudagraph_capture_sizes == (1, 2, 8) and given.max_cudagraph_capture_size == 8
     config = create_engine_config(model="m", compilation_config={"cudagraph_mode": "FULL"})
     assert config.compilation.cuda_graph_options.cudagraph_mode == "FULL"
+    # vLLM's other spellings: a JSON object string, an int optimization level
+    as_json = parse_compilation_config('{"cudagraph_mode": "none"}')
+    assert as_json.cudagraph_mode == "NONE" and not as_json.decode_graphs
+    assert parse_compilation_config(3) == parse_compilation_config({"level": 3})
+    assert parse_compilation_config(0).cudagraph_mode == "FULL_AND_PIECEWISE"
 
 
 @pytest.mark.parametrize("options,names", [
@@ -42,6 +47,12 @@ def test_defaults_and_sizes():
      "max_cudagraph_capture_size=8 must equal the largest"),
     ({"level": 7}, "level must be one of"),
     ({"mode": "FAST"}, "mode must be one of"),
+    ('cudagraph_mode=NONE', "expected a JSON object"),
+    ('[1, 2]', "expected a dict"),
+    ([1, 2], "expected a dict"),
+    ("", "expected a JSON object"),
+    (True, "expected a dict"),
+    (9, "level must be one of"),
 ])
 def test_bad_options_are_client_errors_naming_the_key(options, names):
     with pytest.raises(ClientError, match="compilation_config") as error:

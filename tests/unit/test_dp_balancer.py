@@ -8,7 +8,8 @@ import pytest
 from pagellm.core.block_hash import extend_block_hashes
 from pagellm.core.stats import EngineStats
 from pagellm.engine.dp_balancer import DPLoadBalancer, prefix_block_hashes
-from pagellm.engine.dp_client import merge_stats, replica_environments
+from pagellm.engine.dp_client import (cpu_threads_per_replica, merge_stats,
+                                      replica_environments)
 from pagellm.config.engine_args import create_engine_config
 from pagellm.errors import ClientError
 
@@ -158,6 +159,16 @@ def test_each_replica_gets_its_own_cuda_devices():
     config = create_engine_config(data_parallel_size=2, tensor_parallel_size=2)
     envs = replica_environments(config, is_cuda=True, visible_devices=["4", "5", "6", "7"])
     assert envs == [{"CUDA_VISIBLE_DEVICES": "4,5"}, {"CUDA_VISIBLE_DEVICES": "6,7"}]
-    assert replica_environments(config, is_cuda=False) == [{}, {}]
+    assert replica_environments(config, is_cuda=False) == [
+        {"OMP_NUM_THREADS": str(cpu_threads_per_replica(2))}] * 2
     with pytest.raises(ClientError, match="data_parallel_size=2.*4 devices.*only 3"):
         replica_environments(config, is_cuda=True, visible_devices=["0", "1", "2"])
+
+
+def test_cpu_replicas_share_the_hosts_threads(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    assert cpu_threads_per_replica(2) == 4 and cpu_threads_per_replica(3) == 2
+    assert cpu_threads_per_replica(16) == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    import os
+    assert cpu_threads_per_replica(1) == len(os.sched_getaffinity(0))

@@ -82,6 +82,9 @@ def test_many_rows_use_a_dense_bfloat16_copy_few_rows_the_int4_kernel(qtype, mon
     reference = x.bfloat16().float() @ twin.t()
     torch.testing.assert_close(many, reference, rtol=2e-2, atol=2e-2 * reference.abs().max().item())
     torch.testing.assert_close(many[:len(few)], few, rtol=3e-2, atol=3e-2 * few.abs().max().item())
+    # the copy reads all rows block by block: the same bits as looking each row up
+    rows = layer.quant_method.embedding(layer, torch.arange(127, -1, -1)).flip(0)
+    assert torch.equal(dense, rows.to(torch.bfloat16))
     # copies off (or a spent budget): the int4 kernel at every row count
     monkeypatch.setattr(gguf_linear, "DENSE_MIN_ROWS", 0)
     other, _, _ = packed_layer(qtype, 128, 512)

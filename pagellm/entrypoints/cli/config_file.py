@@ -24,6 +24,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from pagellm.config.cli_args import json_object_arg
 from pagellm.errors import ClientError
 
 CONFIG_FLAG = "--config"
@@ -120,8 +121,10 @@ def _tokens_for(flag: str, value, action: argparse.Action, path, key) -> list[st
     if isinstance(value, bool):
         raise ClientError(f"--config {str(path)!r}: {key!r} takes a value, not {value!r}",
                           param="config")
-    if isinstance(value, dict):
-        return [flag, json.dumps(value)]
+    if isinstance(value, dict) or action.type is json_object_arg:   # a JSON flag: one token
+        text = json.dumps(value)
+        _check_value(action, text, path, key)
+        return [flag, text]
     items = [str(item) for item in value] if isinstance(value, list) else [str(value)]
     for item in items:
         _check_value(action, item, path, key)
@@ -136,7 +139,8 @@ def _check_value(action: argparse.Action, text: str, path, key) -> None:
     except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
         reason = (str(error) if isinstance(error, argparse.ArgumentTypeError)
                   else f"not a valid {getattr(action.type, '__name__', 'value')}")
-        raise ClientError(f"--config {str(path)!r}: {key!r}: {reason} (got {text!r})",
+        got = "" if repr(text) in reason else f" (got {text!r})"
+        raise ClientError(f"--config {str(path)!r}: {key!r}: {reason}{got}",
                           param="config") from None
     if action.choices is not None and value not in action.choices:
         raise ClientError(f"--config {str(path)!r}: {key!r} must be one of "
