@@ -96,10 +96,8 @@ class UnquantizedLinearMethod(LinearMethodBase):
         and the measured table lists this shape on this GPU model (``pagellm.ops.triton.
         dense_gemv``; never under PAGELLM_BATCH_INVARIANT), else ``linear``."""
         if use_triton_kernels(x) and not batch_invariant():
-            from pagellm.ops.triton.dense_gemv import (DENSE_GEMV_MAX_ROWS, dense_gemv_triton,
-                                                       tuned_dense_gemv_config)
-            config = (tuned_dense_gemv_config(x, layer.weight)
-                      if x.shape[0] <= DENSE_GEMV_MAX_ROWS else None)
+            from pagellm.ops.triton.dense_gemv import dense_gemv_triton, tuned_dense_gemv_config
+            config = tuned_dense_gemv_config(x, layer.weight)
             if config is not None:
                 return dense_gemv_triton(x, layer.weight, bias, config)
         return linear(x, layer.weight, bias)
@@ -249,11 +247,9 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
                 or len(set(self.output_sizes)) != 1 or len(self.output_sizes) != 2
                 or not use_triton_kernels(x) or batch_invariant()):
             return None
-        from pagellm.ops.triton.dense_gemv import (DENSE_GEMV_MAX_ROWS,
-                                                   dense_gemv_silu_mul_triton,
+        from pagellm.ops.triton.dense_gemv import (dense_gemv_silu_mul_triton,
                                                    tuned_dense_gemv_config)
-        config = (tuned_dense_gemv_config(x, self.weight, silu_mul=True)
-                  if x.shape[0] <= DENSE_GEMV_MAX_ROWS else None)
+        config = tuned_dense_gemv_config(x, self.weight, silu_mul=True)
         if config is None:
             return None
         return dense_gemv_silu_mul_triton(x, self.weight, self.bias, config)

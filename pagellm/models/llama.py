@@ -143,10 +143,10 @@ class LlamaDecoderLayer(nn.Module):
             residual, hidden = hidden, self.input_layernorm(hidden)
         else:
             hidden, residual = _add_norm(self.input_layernorm, hidden, residual,
-                                              hidden_is_partial)
+                                         hidden_is_partial)
         hidden = self.self_attn(positions, hidden, kv_cache, attn_metadata)
         hidden, residual = _add_norm(self.post_attention_layernorm, hidden, residual,
-                                          self.reduce_in_norm)
+                                     self.reduce_in_norm)
         return self.mlp(hidden), residual
 
 

@@ -339,9 +339,10 @@ class CudaGraphRunner:
         return graph, output
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor,
-            metadata: AttentionMetadata) -> torch.Tensor:
-        """Replay the graph ``route`` picks (``can_run`` must hold); [num_tokens, hidden]."""
-        kind, size = self.route(metadata)
+            metadata: AttentionMetadata, route: tuple[str, int] | None = None) -> torch.Tensor:
+        """Replay the graph ``route`` picks (``can_run`` must hold; ``route``: its answer when
+        the caller already has it); [num_tokens, hidden]."""
+        kind, size = route or self.route(metadata)
         if kind == "mixed":
             return self._run_mixed(size, input_ids, positions, metadata)
         return self._run_decode(size, input_ids, positions, metadata)

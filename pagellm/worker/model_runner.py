@@ -377,8 +377,10 @@ class ModelRunner:
     def _forward(self, inputs: StepInputs):
         """This stage's layers over the step: final hidden states [num_tokens, hidden] on the
         last pipeline stage, IntermediateTensors on the others."""
-        if self.cuda_graphs is not None and self.cuda_graphs.can_run(inputs.attn_metadata):
-            return self.cuda_graphs.run(inputs.input_ids, inputs.positions, inputs.attn_metadata)
+        graphs = self.cuda_graphs
+        route = graphs.route(inputs.attn_metadata) if graphs is not None else None
+        if route is not None:
+            return graphs.run(inputs.input_ids, inputs.positions, inputs.attn_metadata, route)
         intermediate = (None if self.pp_group.is_first_rank
                         else self._recv_from_prev_stage(inputs.attn_metadata.num_tokens))
         return self.model(inputs.input_ids, inputs.positions, self.kv_cache.layers,

@@ -103,12 +103,13 @@ def _dense_gemv_kernel(x_ptr, weight_ptr, bias_ptr, M, N, K, k_per_split, stride
 
 def tuned_dense_gemv_config(x: torch.Tensor, weight: torch.Tensor,
                             silu_mul: bool = False) -> GemvConfig | None:
-    """The measured launch of x [M, K] @ weight [N, K].T when TUNED_CONFIGS lists this
-    (kind, M, K, N, SM count), i.e. the GEMV beat cuBLAS there (``silu_mul``: kind
-    ``"<dtype>_silu_mul"``, the merged gate|up GEMV with SiLU-and-mul beat cuBLAS plus the
-    SiLU-and-mul kernel); else None (use F.linear)."""
+    """The measured launch of x [M, K] @ weight [N, K].T when M <= DENSE_GEMV_MAX_ROWS and
+    TUNED_CONFIGS lists this (kind, M, K, N, SM count), i.e. the GEMV beat cuBLAS there
+    (``silu_mul``: kind ``"<dtype>_silu_mul"``, the merged gate|up GEMV with SiLU-and-mul beat
+    cuBLAS plus the SiLU-and-mul kernel); else None (use F.linear)."""
     kind = DENSE_KINDS.get(weight.dtype)
-    if kind is None or x.dim() != 2 or x.dtype != weight.dtype:
+    if (kind is None or x.dim() != 2 or x.dtype != weight.dtype
+            or x.shape[0] > DENSE_GEMV_MAX_ROWS):
         return None
     N, K = weight.shape
     kind = kind + SILU_MUL_SUFFIX if silu_mul else kind
