@@ -6,7 +6,8 @@ accepts).
 
 ``compiling_for_sm90()`` patches ``JITFunction.run`` while active: every launch that the code
 under test makes (with CPU tensors) is compiled for sm_90 from the arguments' types instead of
-being run, and recorded in the returned list as ``(kernel name, constexprs)``. Nothing is
+being run, and recorded in the returned list as ``(kernel name, constexprs)`` (the compiled
+kernels, whose ``asm["ptx"]`` and ``metadata`` tests may inspect, in its ``binaries``). Nothing is
 launched, so outputs stay unwritten; callers check only that compilation succeeded.
 """
 
@@ -25,7 +26,7 @@ _DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
            torch.int64: "i64", torch.int32: "i32", torch.int16: "i16", torch.int8: "i8",
            torch.uint8: "u8", torch.bool: "i1", torch.float8_e4m3fn: "fp8e4nv",
            torch.float8_e5m2: "fp8e5"}
-_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg", "enable_fp_fusion")
+_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg", "enable_fp_fusion", "launch_pdl")
 
 
 def _arg_type(value) -> str:
@@ -61,15 +62,24 @@ def compile_launch(kernel: JITFunction, args: tuple, kwargs: dict):
                           options=options)
 
 
+class CompiledLaunches(list):
+    """``(kernel name, constexprs)`` per compiled launch, in order; ``binaries``: the compiled
+    kernels, in the same order."""
+
+    def __init__(self):
+        super().__init__()
+        self.binaries = []
+
+
 @contextlib.contextmanager
 def compiling_for_sm90():
     """While active, Triton launches compile for sm_90 instead of running; yields the list of
     ``(kernel name, constexprs)`` compiled."""
-    compiled: list[tuple[str, dict]] = []
+    compiled = CompiledLaunches()
     original = JITFunction.run
 
     def run(self, *args, grid, warmup, **kwargs):
-        compile_launch(self, args, dict(kwargs))
+        compiled.binaries.append(compile_launch(self, args, dict(kwargs)))
         compiled.append((self.__name__, {p.name: kwargs.get(p.name) for p in self.params
                                          if p.is_constexpr}))
 

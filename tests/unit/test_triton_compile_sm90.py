@@ -8,6 +8,7 @@ merge launch) and the rotary kernel (alone, and fused with q/k norm and the KV-c
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -150,3 +151,69 @@ def test_rotary_kernels_compile():
         apply_rotary_triton_(q, k, positions, torch.randn(64, 40))       # rotary_dim 40 < 80
     assert [(c["QK_NORM"], c["WRITE_CACHE"], c["FP8_MAX"]) for _, c in compiled] == [
         (False, True, 0.0), (True, True, 0.0), (True, True, 448.0), (False, False, 0.0)]
+
+
+def test_pdl_gemvs_prefetch_and_wait_before_any_memory_access(monkeypatch):
+    """With programmatic dependent launch the GEMVs are launched with ``launch_pdl`` and their
+    PTX is: let dependents launch, ask L2 for the weight rows, wait for the previous grid, and
+    only then any global load, store or atomic (the input, the output, the split-K counters):
+    the order that makes an early launch as safe as stream order (``pdl`` module)."""
+    from pagellm.ops.triton import dense_gemv, pdl, quant_gemv
+    from pagellm.ops.triton.quant_gemv import GemvConfig
+
+    monkeypatch.setattr(dense_gemv, "pdl_enabled", lambda device: True)
+    monkeypatch.setattr(quant_gemv, "pdl_enabled", lambda device: True)
+    K, N = 4096, 1024
+    x = torch.randn(1, K, dtype=torch.bfloat16)
+    dense = torch.zeros(2 * N, K, dtype=torch.bfloat16)
+    split = GemvConfig(1, 16, 256, 4)
+    with compiling_for_sm90() as compiled:
+        dense_gemv.dense_gemv_triton(x, dense[:N])
+        dense_gemv.dense_gemv_triton(x, dense[:N], config=split)
+        dense_gemv.dense_gemv_silu_mul_triton(x, dense, config=split)
+        quant_gemv.fp8_gemv_triton(x, torch.zeros(N, K, dtype=torch.float8_e4m3fn),
+                                   torch.rand(N), config=split)
+    assert [c["PDL"] for _, c in compiled] == [True] * 4
+    for binary in compiled.binaries:
+        assert binary.metadata.launch_pdl
+        lines = [re.sub(r"^@!?%p\d+\s+", "", line.strip())      # drop a predicate guard
+                 for line in binary.asm["ptx"].splitlines()]
+        trigger = next(i for i, s in enumerate(lines) if s.startswith("griddepcontrol.launch"))
+        prefetches = [i for i, s in enumerate(lines) if "cp.async.bulk.prefetch.L2" in s]
+        wait = next(i for i, s in enumerate(lines) if s.startswith("griddepcontrol.wait"))
+        accesses = [i for i, s in enumerate(lines)
+                    if s.startswith(("ld.global", "st.global", "atom.", "red."))]
+        assert trigger < min(prefetches) and max(prefetches) < wait < min(accesses)
+    # the SiLU-and-mul GEMV prefetches its gate and its up rows
+    silu_ptx = compiled.binaries[2].asm["ptx"]
+    assert silu_ptx.count("cp.async.bulk.prefetch.L2") >= 2
+
+
+def test_kernels_before_a_gemv_let_it_launch_early():
+    """The kernels a decode GEMV follows (RMSNorm, the one-shot all-reduce, split-KV attention)
+    execute ``griddepcontrol.launch_dependents`` before anything else."""
+    from pagellm.ops.triton.norm import fused_add_rms_norm_triton
+    from pagellm.ops.triton.one_shot_all_reduce import one_shot_all_reduce
+    from pagellm.ops.triton.paged_attention import paged_attention_triton
+
+    hidden = torch.randn(1, 4096, dtype=torch.bfloat16)
+    weight = torch.randn(4096, dtype=torch.bfloat16)
+    pointers, counters = torch.zeros(2, dtype=torch.int64), torch.zeros(64, dtype=torch.int32)
+    with compiling_for_sm90() as compiled:
+        fused_add_rms_norm_triton(hidden, hidden.clone(), weight, 1e-5)
+        one_shot_all_reduce(hidden, pointers, pointers, counters, 1 << 20, 0, hidden.clone(),
+                            weight, 1e-5)
+        paged_attention_triton(torch.randn(1, 8, 128, dtype=torch.bfloat16),
+                               torch.zeros(2, 8, 16, 2, 128, dtype=torch.bfloat16),
+                               torch.zeros(1, 8, dtype=torch.int32),
+                               torch.tensor([0, 1], dtype=torch.int32),
+                               torch.tensor([100], dtype=torch.int32), 0.1, max_query_len=1,
+                               max_seq_len=128, num_kv_splits=4)
+    assert [name for name, _ in compiled] == ["_rms_norm_kernel", "_one_shot_all_reduce_kernel",
+                                              "_split_decode_kernel"]
+    for binary in compiled.binaries:
+        lines = [re.sub(r"^@!?%p\d+\s+", "", line.strip())      # drop a predicate guard
+                 for line in binary.asm["ptx"].splitlines()]
+        trigger = next(i for i, s in enumerate(lines) if s.startswith("griddepcontrol.launch"))
+        accesses = [i for i, s in enumerate(lines) if s.startswith(("ld.global", "st.global"))]
+        assert trigger < min(accesses)

@@ -35,6 +35,8 @@ import triton.language as tl
 
 from pagellm.ops.triton.gemm_launch import num_sms
 from pagellm.ops.triton.gemv_split_k import finish_gemv_tile, finish_silu_mul_tile, run_gemv
+from pagellm.ops.triton.pdl import (launch_dependents, pdl_enabled, prefetch_elements,
+                                    prefetch_slice, wait_for_previous_grid)
 from pagellm.ops.triton.quant_gemv import (FP8_PROGRAMS_PER_SM, TUNED_CONFIGS, GemvConfig,
                                            count_call, split_for)
 
@@ -51,12 +53,17 @@ SILU_MUL_SUFFIX = "_silu_mul"
 
 @triton.jit
 def _dense_gemv_kernel(x_ptr, weight_ptr, bias_ptr, M, N, K, k_per_split, stride_xm, stride_wn,
+                       prefetch_k,
                        out_ptr, partial_ptr, counter_ptr, stride_ps, stride_pm, stride_om,
                        HAS_BIAS: tl.constexpr, SPLIT_MODE: tl.constexpr, SILU_MUL: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       PDL: tl.constexpr):
     """Rows row0 .. row0 + BLOCK_M (BLOCK_M 1 or 2) of x times weight rows pid_n * BLOCK_N ..
     over the K slice pid_k (module docstring). SILU_MUL: N is half the weight's rows (gate |
-    up), the program also reads the up rows N + offs_n and writes silu(gate) * up."""
+    up), the program also reads the up rows N + offs_n and writes silu(gate) * up. PDL:
+    launched with programmatic dependent launch; prefetch the first ``prefetch_k`` elements
+    of the slice of each row into L2, then wait for the previous kernel (``pdl``)."""
+    launch_dependents()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     row0 = tl.program_id(2) * BLOCK_M
@@ -66,6 +73,11 @@ def _dense_gemv_kernel(x_ptr, weight_ptr, bias_ptr, M, N, K, k_per_split, stride
     k_end = tl.minimum(k_begin + k_per_split, K)
     k_lim0 = tl.where(row0 < M, k_end, 0)                  # a row past M reads x = 0
     k_lim1 = tl.where(row0 + 1 < M, k_end, 0)
+    if PDL:
+        prefetch_slice(weight_ptr, offs_n, mask_n, stride_wn, k_begin, k_end, prefetch_k)
+        if SILU_MUL:
+            prefetch_slice(weight_ptr, offs_n + N, mask_n, stride_wn, k_begin, k_end, prefetch_k)
+        wait_for_previous_grid()
     w_rows = weight_ptr + offs_n[:, None].to(tl.int64) * stride_wn               # [BN, 1]
     up_rows = weight_ptr + (offs_n + N)[:, None].to(tl.int64) * stride_wn        # [BN, 1]
     acc0 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
@@ -137,13 +149,18 @@ def _run_dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     if config.block_m not in (1, 2):
         raise ValueError(f"the dense GEMV takes 1 or 2 rows a program, got {config.block_m}")
     k_per_split = config.k_per_split(K)
+    pdl = pdl_enabled(x.device)
+    prefetch_k = (prefetch_elements(weight, weight.shape[0], k_per_split, config.split_k,
+                                    config.block_k) if pdl else 0)
+    pdl_option = {"launch_pdl": True} if pdl else {}
 
     def launch(grid, x2, split_args):
         _dense_gemv_kernel[grid](
             x2, weight, bias if bias is not None else weight, x2.shape[0], N, K, k_per_split,
-            x2.stride(0), weight.stride(0), **split_args, HAS_BIAS=bias is not None,
+            x2.stride(0), weight.stride(0), prefetch_k, **split_args, HAS_BIAS=bias is not None,
             SILU_MUL=silu_mul, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-            BLOCK_K=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages)
+            BLOCK_K=config.block_k, PDL=pdl, num_warps=config.num_warps,
+            num_stages=config.num_stages, **pdl_option)
 
     return run_gemv(x, N, bias, config.block_m, config.block_n, config.split_k, launch,
                     in_kernel_reduce, 2 * N if silu_mul else None)

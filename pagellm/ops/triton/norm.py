@@ -11,11 +11,14 @@ import torch
 import triton
 import triton.language as tl
 
+from pagellm.ops.triton.pdl import launch_dependents
+
 
 @triton.jit
 def _rms_norm_kernel(out_ptr, residual_out_ptr, x_ptr, residual_ptr, weight_ptr, hidden, eps,
                      stride_x_row, stride_residual_row, stride_out_row, stride_residual_out_row,
                      ADD_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+    launch_dependents()         # the next GEMV may start its weight prefetch (``pdl``)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden

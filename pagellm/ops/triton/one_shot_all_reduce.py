@@ -39,6 +39,8 @@ import torch
 import triton
 import triton.language as tl
 
+from pagellm.ops.triton.pdl import launch_dependents
+
 MAX_PROGRAMS = 64
 """Programs per launch at most (one barrier pair each); must be <= the GPU's SM count."""
 
@@ -50,6 +52,7 @@ def _one_shot_all_reduce_kernel(
         num_rows, hidden, eps, slot_numel, rank,
         stride_x_row, stride_residual_row, stride_out_row, stride_residual_out_row,
         WORLD: tl.constexpr, NORM: tl.constexpr, BLOCK: tl.constexpr):
+    launch_dependents()     # the next GEMV prefetches its weights during the barrier (``pdl``)
     pid = tl.program_id(0)
     num_programs = tl.num_programs(0)
     epoch = tl.load(counters + pid) + 1

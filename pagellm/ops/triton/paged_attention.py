@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 
 from pagellm.ops.attention import is_fp8
+from pagellm.ops.triton.pdl import launch_dependents
 
 _LOG2_E = 1.4426950408889634
 _DEFAULT_SM_COUNT = 1   # interpreter mode or CPU tensors: no device to fill
@@ -106,6 +107,7 @@ def _paged_attention_kernel(
         GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
         HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, BLOCK_Q: tl.constexpr,
         BLOCK_M: tl.constexpr, TILE_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    launch_dependents()     # the o_proj GEMV may start its weight prefetch (``pdl``)
     tile_id = tl.program_id(0)
     kv_head = tl.program_id(1)
     req = _find_request(query_start_loc_ptr, tile_id, num_reqs, BLOCK_Q)
@@ -162,6 +164,7 @@ def _split_decode_kernel(
     the context writes the empty partial (m = -inf, l = 0, acc = 0), which no merge reads.
     MERGE: then take a ticket on the (request, kv head) counter; the program that takes the
     last one merges the segments into ``out`` and sets the counter back to 0."""
+    launch_dependents()     # the o_proj GEMV may start its weight prefetch (``pdl``)
     req = tl.program_id(0)
     kv_head = tl.program_id(1)
     segment = tl.program_id(2)

@@ -53,6 +53,8 @@ import triton.language as tl
 
 from pagellm.ops.triton.gemm_launch import num_sms
 from pagellm.ops.triton.gemv_split_k import finish_gemv_tile, run_gemv
+from pagellm.ops.triton.pdl import (launch_dependents, pdl_enabled, prefetch_elements,
+                                    prefetch_slice, wait_for_previous_grid)
 
 logger = logging.getLogger(__name__)
 
@@ -351,10 +353,13 @@ def _scale_and_zero(scales_ptr, zeros_ptr, groups, offs_n, mask_n, zero_shift, s
 
 @triton.jit
 def _fp8_gemv_kernel(x_ptr, weight_ptr, scale_ptr, bias_ptr, M, N, K, k_per_split,
-                     stride_xm, stride_wn,
+                     stride_xm, stride_wn, prefetch_k,
                      out_ptr, partial_ptr, counter_ptr, stride_ps, stride_pm, stride_om,
                      HAS_BIAS: tl.constexpr, SPLIT_MODE: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     PDL: tl.constexpr):
+    """PDL: as the dense GEMV's (``pdl``): prefetch, then wait for the previous kernel."""
+    launch_dependents()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
@@ -362,6 +367,9 @@ def _fp8_gemv_kernel(x_ptr, weight_ptr, scale_ptr, bias_ptr, M, N, K, k_per_spli
     mask_n = offs_n < N
     k_begin = pid_k * k_per_split
     k_end = tl.minimum(k_begin + k_per_split, K)
+    if PDL:
+        prefetch_slice(weight_ptr, offs_n, mask_n, stride_wn, k_begin, k_end, prefetch_k)
+        wait_for_previous_grid()
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_begin, k_end, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -443,13 +451,18 @@ def fp8_gemv_triton(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.T
     M = x.numel() // max(K, 1)
     config = config or fp8_gemv_config(M, N, K, num_sms(x.device))
     k_per_split = config.k_per_split(K)
+    pdl = pdl_enabled(x.device)
+    prefetch_k = (prefetch_elements(weight, N, k_per_split, config.split_k, config.block_k)
+                  if pdl else 0)
+    pdl_option = {"launch_pdl": True} if pdl else {}
 
     def launch(grid, x2, split_args):
         _fp8_gemv_kernel[grid](
             x2, weight, weight_scale, bias if bias is not None else weight_scale,
-            x2.shape[0], N, K, k_per_split, x2.stride(0), weight.stride(0), **split_args,
-            HAS_BIAS=bias is not None, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-            BLOCK_K=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages)
+            x2.shape[0], N, K, k_per_split, x2.stride(0), weight.stride(0), prefetch_k,
+            **split_args, HAS_BIAS=bias is not None, BLOCK_M=config.block_m,
+            BLOCK_N=config.block_n, BLOCK_K=config.block_k, PDL=pdl,
+            num_warps=config.num_warps, num_stages=config.num_stages, **pdl_option)
 
     return run_gemv(x, N, bias, config.block_m, config.block_n, config.split_k, launch,
                     in_kernel_reduce)

@@ -1,0 +1,126 @@
+"""Programmatic dependent launch (PDL) for the decode GEMVs, with an L2 prefetch of the weight
+before the wait: a GEMV's weight stream starts while the kernel before it still runs.
+
+Why: at batch 1 a decoder layer is a chain of short kernels (RMSNorm or the fused all-reduce +
+RMSNorm, GEMV, rotary, attention, GEMV, ...). Each GEMV streams megabytes of weights that do not
+depend on the previous kernel; only its 8 KB input row does. In stream order the GEMV cannot
+start until the previous kernel has finished and its own launch has ramped up, so the DRAM pipe
+idles for the length of every norm (~4 µs), all-reduce (~5-7 µs at TP=2) and short-context
+attention (~6 µs) of the step: about 0.5 ms of a 3-4.5 ms Llama-8B step on an H200
+(benchmarks/RESULTS.md, session 8 profiles).
+
+How (Hopper's grid dependency control, PTX ``griddepcontrol``; the same mechanism as
+TensorRT-LLM's and FlashInfer's ``enable_pdl``, and CUTLASS' "programmatic dependent launch"):
+
+- The kernels that precede a GEMV in a decode step (``norm``, the one-shot all-reduce, the
+  paged/split-KV attention, the GEMVs themselves) execute ``gdc_launch_dependents`` first thing:
+  once every program of the grid has, the next kernel may be scheduled on the free SMs.
+- A GEMV launched with ``launch_pdl=True`` (``PDL`` constexpr) first asks L2 to fetch the first
+  ``prefetch_k`` elements of each of its weight rows (``cp.async.bulk.prefetch.L2``: one
+  instruction per row, no registers), then ``gdc_wait``: it blocks until the previous grid has
+  completed and its memory is visible. Only after the wait does it read its input, write its
+  output or touch the split-K counters, so every hazard (a buffer the previous kernel reads and
+  the allocator hands to this one, the counters) is as in stream order. A kernel launched with
+  PDL behaves exactly as a plain one when the previous kernel did not trigger early.
+- CUDA graphs keep the dependency as a programmatic edge (stream capture, CUDA >= 12.3), so the
+  decode graphs get the overlap on every replay.
+
+The prefetch is capped at ``PREFETCH_BYTES`` a launch (the weight rows' first elements, evenly
+over the programs): larger than what DRAM delivers during one norm or all-reduce, well under
+the H200's 50 MB L2 so that prefetched lines are still there when the loop reads them.
+
+``PAGELLM_PDL=0`` turns it off (ablations; the GEMVs then launch as before).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+try:        # Triton >= 3.3
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:         # pragma: no cover - older Triton: PDL stays off (pdl_enabled)
+    gdc_launch_dependents = gdc_wait = None
+
+_COMPILED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") not in ("1", "true"))
+"""False under Triton's interpreter (CPU), which has no grid dependency control: the GDC calls
+below are then skipped."""
+
+PREFETCH_BYTES = int(float(os.environ.get("PAGELLM_GEMV_PREFETCH_MB", "24")) * (1 << 20))
+"""Bytes of weight a PDL GEMV launch asks L2 to prefetch before its wait, at most."""
+
+
+@triton.jit
+def launch_dependents():
+    """Let a PDL-launched next kernel be scheduled once every program of this grid has run
+    this (a hint: it still waits for this grid's completion before reading anything). A no-op
+    when the next kernel is not PDL-launched, and on CPU (the interpreter)."""
+    if _COMPILED:
+        gdc_launch_dependents()
+
+
+@triton.jit
+def prefetch_rows_l2(row_ptrs, nbytes):
+    """Ask L2 to fetch ``nbytes`` [BN] (int32, multiples of 16; 0 skips the row) bytes from
+    each address of ``row_ptrs`` [BN] (16-byte aligned). Only on sm_90+
+    (``cp.async.bulk.prefetch.L2``); returns nothing, reads nothing into registers."""
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.ne.u32 p, $2, 0; "
+        "@p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
+        "=r,l,r", [row_ptrs, nbytes], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def wait_for_previous_grid():
+    """Block until the previous kernel in stream order has completed and its memory
+    operations are visible (``gdc_wait``); immediate when this kernel was not PDL-launched."""
+    if _COMPILED:
+        gdc_wait()
+
+
+@triton.jit
+def prefetch_slice(weight_ptr, offs_n, mask_n, stride_wn, k_begin, k_end, prefetch_k):
+    """The GEMVs' PDL prologue part: prefetch the first ``prefetch_k`` elements of the K slice
+    [k_begin, k_end) of weight rows ``offs_n`` [BN] (rows where ``mask_n`` is False skipped)."""
+    itemsize: tl.constexpr = weight_ptr.dtype.element_ty.primitive_bitwidth // 8
+    count = tl.minimum(prefetch_k, k_end - k_begin)
+    nbytes = tl.where(mask_n, count * itemsize, 0)
+    prefetch_rows_l2(weight_ptr + offs_n.to(tl.int64) * stride_wn + k_begin, nbytes)
+
+
+@functools.cache
+def _device_supports(index: int) -> bool:
+    major, _ = torch.cuda.get_device_capability(index)
+    return major >= 9
+
+
+def pdl_enabled(device: torch.device) -> bool:
+    """Whether GEMVs on ``device`` launch with PDL and prefetch: a CUDA device of compute
+    capability >= 9.0 (Hopper: ``griddepcontrol`` and the bulk L2 prefetch), a Triton that
+    has both (``gdc_wait``, the ``launch_pdl`` option), and ``PAGELLM_PDL`` not "0"."""
+    if device.type != "cuda" or gdc_wait is None or os.environ.get("PAGELLM_PDL", "1") == "0":
+        return False
+    return _device_supports(device.index if device.index is not None
+                            else torch.cuda.current_device())
+
+
+def prefetch_elements(weight: torch.Tensor, rows: int, k_per_split: int, split_k: int,
+                      block_k: int) -> int:
+    """Elements of each weight row slice that a PDL GEMV prefetches: all ``k_per_split`` when
+    the ``rows`` x K weight fits PREFETCH_BYTES, else the largest multiple of ``block_k`` that
+    keeps the total within it (0: too little budget, or a row or slice start that is not
+    16-byte aligned, which the bulk prefetch requires). weight: [rows, K] (or [rows, K / pack]
+    for packed formats: its element size counts), K contiguous."""
+    itemsize = weight.element_size()
+    aligned = (weight.data_ptr() % 16 == 0 and (weight.stride(0) * itemsize) % 16 == 0
+               and (k_per_split * itemsize) % 16 == 0 and (weight.shape[-1] * itemsize) % 16 == 0)
+    if not aligned:
+        return 0
+    per_row_budget = PREFETCH_BYTES // max(rows * split_k * itemsize, 1)
+    if per_row_budget >= k_per_split:
+        return k_per_split
+    return per_row_budget // block_k * block_k
