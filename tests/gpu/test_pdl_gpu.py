@@ -51,11 +51,12 @@ def test_gemv_waits_for_a_slow_writer_of_its_input():
     weight = torch.randn(N, K, **BF16) / 64
     value = torch.randn(1, K, **BF16)
     x = torch.zeros(1, K, **BF16)
-    want = dense_gemv_triton(value, weight)
+    config = GemvConfig(1, 16, 256, 4)
+    want = dense_gemv_triton(value, weight, config=config)
 
     def step():
         _slow_writer_kernel[(1,)](x, value, K, 20000, BLOCK=4096, num_warps=8)
-        return dense_gemv_triton(x, weight, config=GemvConfig(1, 16, 256, 4))
+        return dense_gemv_triton(x, weight, config=config)
 
     for _ in range(3):
         x.zero_()

@@ -42,9 +42,9 @@ import triton
 import triton.language as tl
 
 try:        # Triton >= 3.3
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait, num_threads
 except ImportError:         # pragma: no cover - older Triton: PDL stays off (pdl_enabled)
-    gdc_launch_dependents = gdc_wait = None
+    gdc_launch_dependents = gdc_wait = num_threads = None
 
 _COMPILED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") not in ("1", "true"))
 """False under Triton's interpreter (CPU), which has no grid dependency control: the GDC calls
@@ -65,8 +65,8 @@ def launch_dependents():
 
 @triton.jit
 def prefetch_rows_l2(row_ptrs, nbytes):
-    """Ask L2 to fetch ``nbytes`` [BN] (int32, multiples of 16; 0 skips the row) bytes from
-    each address of ``row_ptrs`` [BN] (16-byte aligned). Only on sm_90+
+    """Ask L2 to fetch ``nbytes`` (int32, multiples of 16; 0 skips) bytes from each address of
+    ``row_ptrs`` (16-byte aligned; same shape). Only on sm_90+
     (``cp.async.bulk.prefetch.L2``); returns nothing, reads nothing into registers."""
     tl.inline_asm_elementwise(
         "{ .reg .pred p; setp.ne.u32 p, $2, 0; "
@@ -85,11 +85,21 @@ def wait_for_previous_grid():
 @triton.jit
 def prefetch_slice(weight_ptr, offs_n, mask_n, stride_wn, k_begin, k_end, prefetch_k):
     """The GEMVs' PDL prologue part: prefetch the first ``prefetch_k`` elements of the K slice
-    [k_begin, k_end) of weight rows ``offs_n`` [BN] (rows where ``mask_n`` is False skipped)."""
+    [k_begin, k_end) of weight rows ``offs_n`` [BN] (rows where ``mask_n`` is False skipped).
+    Each row's span is cut into num_threads / BN chunks so that every thread issues exactly one
+    bulk prefetch: a [BN] tensor of row addresses would be replicated over the threads, and 8
+    copies of every request cost W1 18% on an H200 (benchmarks/RESULTS.md, session 9)."""
     itemsize: tl.constexpr = weight_ptr.dtype.element_ty.primitive_bitwidth // 8
+    ALIGN: tl.constexpr = 16 // itemsize                   # elements of one 16-byte unit
+    BLOCK_N: tl.constexpr = offs_n.shape[0]
+    CHUNKS: tl.constexpr = (num_threads() + BLOCK_N - 1) // BLOCK_N
     count = tl.minimum(prefetch_k, k_end - k_begin)
-    nbytes = tl.where(mask_n, count * itemsize, 0)
-    prefetch_rows_l2(weight_ptr + offs_n.to(tl.int64) * stride_wn + k_begin, nbytes)
+    chunk = ((count + CHUNKS - 1) // CHUNKS + ALIGN - 1) // ALIGN * ALIGN
+    start = tl.arange(0, CHUNKS) * chunk                                           # [C]
+    size = tl.minimum(tl.maximum(count - start, 0), chunk)                         # [C]
+    nbytes = tl.where(mask_n[:, None], size[None, :] * itemsize, 0)                # [BN, C]
+    rows = weight_ptr + offs_n[:, None].to(tl.int64) * stride_wn + k_begin         # [BN, 1]
+    prefetch_rows_l2(rows + start[None, :], nbytes)
 
 
 @functools.cache
