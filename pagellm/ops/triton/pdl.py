@@ -26,8 +26,13 @@ TensorRT-LLM's and FlashInfer's ``enable_pdl``, and CUTLASS' "programmatic depen
   decode graphs get the overlap on every replay.
 
 The prefetch is capped at ``PREFETCH_BYTES`` a launch (the weight rows' first elements, evenly
-over the programs): larger than what DRAM delivers during one norm or all-reduce, well under
-the H200's 50 MB L2 so that prefetched lines are still there when the loop reads them.
+over the programs): about what DRAM delivers during one norm or all-reduce (~2 µs at 4 TB/s).
+Measured on an H200 at W1 (benchmarks/RESULTS.md, session 9): 4-8 MB gain 2-3% at TP=1 and
+TP=2; 12 MB less, 24 MB loses (prefetched lines are evicted before the loop reads them: L2 is
+50 MB in two partitions, and the GEMV's own stream passes through it).
+
+The RMSNorm and one-shot all-reduce kernels, which follow a GEMV, can launch with PDL too
+(``PDL_KINDS``); they wait first thing, so only their launch overlaps the GEMV's tail.
 
 ``PAGELLM_PDL=0`` turns it off (ablations; the GEMVs then launch as before).
 """
@@ -50,7 +55,7 @@ _COMPILED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") not in ("1", "t
 """False under Triton's interpreter (CPU), which has no grid dependency control: the GDC calls
 below are then skipped."""
 
-PREFETCH_BYTES = int(float(os.environ.get("PAGELLM_GEMV_PREFETCH_MB", "24")) * (1 << 20))
+PREFETCH_BYTES = int(float(os.environ.get("PAGELLM_GEMV_PREFETCH_MB", "8")) * (1 << 20))
 """Bytes of weight a PDL GEMV launch asks L2 to prefetch before its wait, at most."""
 
 
@@ -108,11 +113,21 @@ def _device_supports(index: int) -> bool:
     return major >= 9
 
 
-def pdl_enabled(device: torch.device) -> bool:
-    """Whether GEMVs on ``device`` launch with PDL and prefetch: a CUDA device of compute
-    capability >= 9.0 (Hopper: ``griddepcontrol`` and the bulk L2 prefetch), a Triton that
-    has both (``gdc_wait``, the ``launch_pdl`` option), and ``PAGELLM_PDL`` not "0"."""
+PDL_KINDS = ("gemv", "norm", "all_reduce")
+"""Kernels that can launch with PDL: the decode GEMVs (prefetch, then wait) and the RMSNorm
+and one-shot all-reduce kernels that follow them (wait first thing: only their launch and
+start-up overlap the GEMV's tail)."""
+
+
+def pdl_enabled(device: torch.device, kind: str = "gemv") -> bool:
+    """Whether ``kind`` kernels (PDL_KINDS) on ``device`` launch with PDL: a CUDA device of
+    compute capability >= 9.0 (Hopper: ``griddepcontrol`` and the bulk L2 prefetch), a Triton
+    that has both (``gdc_wait``, the ``launch_pdl`` option), ``PAGELLM_PDL`` not "0", and
+    ``kind`` in ``PAGELLM_PDL_KERNELS`` (comma-separated; default all of PDL_KINDS)."""
     if device.type != "cuda" or gdc_wait is None or os.environ.get("PAGELLM_PDL", "1") == "0":
+        return False
+    kinds = os.environ.get("PAGELLM_PDL_KERNELS")
+    if kinds is not None and kind not in kinds.split(","):
         return False
     return _device_supports(device.index if device.index is not None
                             else torch.cuda.current_device())
