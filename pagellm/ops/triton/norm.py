@@ -11,16 +11,14 @@ import torch
 import triton
 import triton.language as tl
 
-from pagellm.ops.triton.pdl import launch_dependents, pdl_enabled, wait_for_previous_grid
+from pagellm.ops.triton.pdl import launch_dependents
 
 
 @triton.jit
 def _rms_norm_kernel(out_ptr, residual_out_ptr, x_ptr, residual_ptr, weight_ptr, hidden, eps,
                      stride_x_row, stride_residual_row, stride_out_row, stride_residual_out_row,
-                     ADD_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+                     ADD_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
     launch_dependents()         # the next GEMV may start its weight prefetch (``pdl``)
-    if PDL:                     # launched early (``pdl``): the previous kernel's x first
-        wait_for_previous_grid()
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < hidden
@@ -53,12 +51,11 @@ def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor
     block = triton.next_power_of_2(x.shape[-1])
     num_warps = 4 if block <= 1024 else 8 if block <= 4096 else 16
     if x_rows.shape[0] > 0:
-        pdl = pdl_enabled(x.device, "norm")
         _rms_norm_kernel[(x_rows.shape[0],)](
             out_rows, residual_out_rows, x_rows, residual_rows, weight, x.shape[-1], eps,
             x_rows.stride(0), residual_rows.stride(0), out_rows.stride(0),
-            residual_out_rows.stride(0), ADD_RESIDUAL=add_residual, BLOCK=block, PDL=pdl,
-            num_warps=num_warps, **({"launch_pdl": True} if pdl else {}))
+            residual_out_rows.stride(0), ADD_RESIDUAL=add_residual, BLOCK=block,
+            num_warps=num_warps)
 
 
 def _new_out(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

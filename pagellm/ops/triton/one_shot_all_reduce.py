@@ -39,7 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pagellm.ops.triton.pdl import launch_dependents, pdl_enabled, wait_for_previous_grid
+from pagellm.ops.triton.pdl import launch_dependents
 
 MAX_PROGRAMS = 64
 """Programs per launch at most (one barrier pair each); must be <= the GPU's SM count."""
@@ -51,10 +51,8 @@ def _one_shot_all_reduce_kernel(
         data_ptrs, flag_ptrs, counters,
         num_rows, hidden, eps, slot_numel, rank,
         stride_x_row, stride_residual_row, stride_out_row, stride_residual_out_row,
-        WORLD: tl.constexpr, NORM: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        WORLD: tl.constexpr, NORM: tl.constexpr, BLOCK: tl.constexpr):
     launch_dependents()     # the next GEMV prefetches its weights during the barrier (``pdl``)
-    if PDL:         # launched early (``pdl``): the previous kernel (and the one before, whose
-        wait_for_previous_grid()    # counters and slots this reuses) has finished after this
     pid = tl.program_id(0)
     num_programs = tl.num_programs(0)
     epoch = tl.load(counters + pid) + 1
@@ -134,11 +132,9 @@ def one_shot_all_reduce(x: torch.Tensor, data_ptrs: torch.Tensor, flag_ptrs: tor
     residual = residual if norm else x
     block = triton.next_power_of_2(hidden)
     if rows:
-        pdl = pdl_enabled(x.device, "all_reduce")
         _one_shot_all_reduce_kernel[(min(rows, MAX_PROGRAMS),)](
             out, residual_out, x, residual, weight if norm else x, data_ptrs, flag_ptrs,
             counters, rows, hidden, eps, slot_numel, rank, x.stride(0), residual.stride(0),
             out.stride(0), residual_out.stride(0), WORLD=data_ptrs.shape[0], NORM=norm,
-            BLOCK=block, PDL=pdl, num_warps=4 if block <= 1024 else 8 if block <= 4096 else 16,
-            **({"launch_pdl": True} if pdl else {}))
+            BLOCK=block, num_warps=4 if block <= 1024 else 8 if block <= 4096 else 16)
     return (out, residual_out) if norm else out

@@ -31,8 +31,9 @@ Measured on an H200 at W1 (benchmarks/RESULTS.md, session 9): 4-8 MB gain 2-3% a
 TP=2; 12 MB less, 24 MB loses (prefetched lines are evicted before the loop reads them: L2 is
 50 MB in two partitions, and the GEMV's own stream passes through it).
 
-The RMSNorm and one-shot all-reduce kernels, which follow a GEMV, can launch with PDL too
-(``PDL_KINDS``); they wait first thing, so only their launch overlaps the GEMV's tail.
+Only the GEMVs launch with PDL. Launching the RMSNorm and one-shot all-reduce kernels that
+follow them with PDL too (waiting first thing, so that only their launch overlaps the GEMV's
+tail) was measured slower: W1 TP=1 218 vs 228 tok/s, TP=2 323 vs 341 (session 9).
 
 ``PAGELLM_PDL=0`` turns it off (ablations; the GEMVs then launch as before).
 """
@@ -113,21 +114,11 @@ def _device_supports(index: int) -> bool:
     return major >= 9
 
 
-PDL_KINDS = ("gemv", "norm", "all_reduce")
-"""Kernels that can launch with PDL: the decode GEMVs (prefetch, then wait) and the RMSNorm
-and one-shot all-reduce kernels that follow them (wait first thing: only their launch and
-start-up overlap the GEMV's tail)."""
-
-
-def pdl_enabled(device: torch.device, kind: str = "gemv") -> bool:
-    """Whether ``kind`` kernels (PDL_KINDS) on ``device`` launch with PDL: a CUDA device of
-    compute capability >= 9.0 (Hopper: ``griddepcontrol`` and the bulk L2 prefetch), a Triton
-    that has both (``gdc_wait``, the ``launch_pdl`` option), ``PAGELLM_PDL`` not "0", and
-    ``kind`` in ``PAGELLM_PDL_KERNELS`` (comma-separated; default all of PDL_KINDS)."""
+def pdl_enabled(device: torch.device) -> bool:
+    """Whether GEMVs on ``device`` launch with PDL and prefetch: a CUDA device of compute
+    capability >= 9.0 (Hopper: ``griddepcontrol`` and the bulk L2 prefetch), a Triton that
+    has both (``gdc_wait``, the ``launch_pdl`` option), and ``PAGELLM_PDL`` not "0"."""
     if device.type != "cuda" or gdc_wait is None or os.environ.get("PAGELLM_PDL", "1") == "0":
-        return False
-    kinds = os.environ.get("PAGELLM_PDL_KERNELS")
-    if kinds is not None and kind not in kinds.split(","):
         return False
     return _device_supports(device.index if device.index is not None
                             else torch.cuda.current_device())
