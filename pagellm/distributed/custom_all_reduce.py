@@ -94,6 +94,13 @@ class SymmMemAllReduce:
         """(bytes, fused µs, best plain all-reduce + separate norm µs) per measured size."""
         self.num_fused_calls = 0
         """Fused calls issued from Python (a CUDA graph replay repeats its own)."""
+        self.triton_ok = False
+        """Whether pagellm's Triton kernel passed its start-up check on every rank (set by
+        ``measure``): the embedding and all-gather paths need it."""
+        self.num_embedding_calls = 0
+        """Vocabulary-parallel embeddings fused with their all-reduce, issued from Python."""
+        self.num_gather_calls = 0
+        """One-shot all-gathers issued from Python."""
         self._init_triton_buffers(symm_mem)
 
     def _init_triton_buffers(self, symm_mem) -> None:
@@ -174,6 +181,46 @@ class SymmMemAllReduce:
         return one_shot_all_reduce(x, self.data_ptrs, self.flag_ptrs, self.counters,
                                    self.slot_numel, self.rank, residual, weight, eps)
 
+    def can_embed(self, input_ids: torch.Tensor, weight: torch.Tensor) -> bool:
+        """Whether ``embedding_all_reduce`` takes this lookup: the Triton kernel passed its
+        check, the [T, dim] result is a message the one-shot path takes (``max_bytes``), and
+        the table has the buffers' dtype."""
+        nbytes = input_ids.numel() * weight.shape[1] * weight.element_size()
+        return (self.triton_ok and nbytes <= self.max_bytes and weight.dtype == self.dtype
+                and weight.is_cuda and weight.stride(-1) == 1 and input_ids.dim() == 1)
+
+    def embedding_all_reduce(self, input_ids: torch.Tensor, weight: torch.Tensor,
+                             vocab_start: int) -> torch.Tensor:
+        """The vocabulary-parallel embedding of ``input_ids`` [T] from this rank's rows
+        ``weight`` [rows, dim] (starting at vocabulary id ``vocab_start``) in one kernel:
+        [T, dim], the same on every rank (``one_shot_embedding_all_reduce``)."""
+        from pagellm.ops.triton.one_shot_all_reduce import one_shot_embedding_all_reduce
+
+        self.num_embedding_calls += 1
+        return one_shot_embedding_all_reduce(input_ids, weight, vocab_start, self.data_ptrs,
+                                             self.flag_ptrs, self.counters, self.slot_numel,
+                                             self.rank)
+
+    def can_gather(self, tensor: torch.Tensor) -> bool:
+        """Whether ``all_gather`` takes ``tensor``: the Triton kernel passed its check, the
+        message is one the one-shot path takes (``max_bytes``; NCCL's all-gather costs about
+        its all-reduce at these sizes), the buffers' dtype, and a row width exists."""
+        from pagellm.ops.triton.one_shot_all_reduce import gather_row
+
+        nbytes = tensor.numel() * tensor.element_size()
+        return (self.triton_ok and nbytes <= self.max_bytes and tensor.dtype == self.dtype
+                and tensor.is_cuda and gather_row(tensor.numel()) > 0)
+
+    def all_gather(self, tensor: torch.Tensor, out_dtype: torch.dtype | None = None
+                   ) -> torch.Tensor:
+        """Every rank's ``tensor`` stacked in rank order: [world, *tensor.shape] in
+        ``out_dtype`` (default tensor's), by the one-shot kernel (``one_shot_all_gather``)."""
+        from pagellm.ops.triton.one_shot_all_reduce import one_shot_all_gather
+
+        self.num_gather_calls += 1
+        return one_shot_all_gather(tensor.contiguous(), self.data_ptrs, self.flag_ptrs,
+                                   self.counters, self.slot_numel, self.rank, out_dtype)
+
     def measure(self) -> int:
         """At each of MEASURE_SIZES inside CUDA graphs, time NCCL, torch's and pagellm's
         one-shot kernels, and the fused all-reduce + add + RMSNorm against the best plain
@@ -190,7 +237,8 @@ class SymmMemAllReduce:
         dist.all_reduce(agreed, op=dist.ReduceOp.MIN, group=self.cpu_group)
         timings = torch.tensor([r[1:] for r in rows], dtype=torch.float64)
         dist.all_reduce(timings, op=dist.ReduceOp.MAX, group=self.cpu_group)
-        self._choose([(r[0], *map(float, t)) for r, t in zip(rows, timings)], bool(agreed.item()))
+        self.triton_ok = bool(agreed.item())
+        self._choose([(r[0], *map(float, t)) for r, t in zip(rows, timings)], self.triton_ok)
         self.num_calls = self.num_fused_calls = 0
         return self.max_bytes
 

@@ -77,19 +77,29 @@ class GroupCoordinator:
             return custom.fused_add_rms_norm(x, residual, norm.weight, norm.eps)
         return norm(self.all_reduce(x), residual)
 
-    def all_gather(self, tensor: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    def all_gather(self, tensor: torch.Tensor, dim: int = -1,
+                   out_dtype: torch.dtype | None = None) -> torch.Tensor:
         """Concatenate every rank's ``tensor`` along ``dim`` in rank order: [..., n, ...] ->
-        [..., world_size * n, ...] (same on every rank). Returns the input for one rank."""
+        [..., world_size * n, ...] (same on every rank), in ``out_dtype`` (default tensor's).
+        Returns the input (converted) for one rank. The custom one-shot kernel takes small
+        messages (``SymmMemAllReduce.can_gather``: the LM head's logits at decode), NCCL the
+        rest."""
         if self.world_size == 1:
-            return tensor
+            return tensor if out_dtype is None else tensor.to(out_dtype)
         dim = dim % tensor.dim()
         tensor = tensor.contiguous()
-        gathered = torch.empty((self.world_size, *tensor.shape), dtype=tensor.dtype,
-                               device=tensor.device)                 # [world, *shape]
-        if tensor.is_cuda:
-            dist.all_gather_into_tensor(gathered, tensor, group=self.device_group)
-        else:   # gloo has no all_gather_into_tensor; it fills the views in place
-            dist.all_gather(list(gathered.unbind(0)), tensor, group=self.device_group)
+        custom = self.custom_all_reduce
+        if custom is not None and custom.can_gather(tensor):
+            gathered = custom.all_gather(tensor, out_dtype)            # [world, *shape]
+        else:
+            gathered = torch.empty((self.world_size, *tensor.shape), dtype=tensor.dtype,
+                                   device=tensor.device)             # [world, *shape]
+            if tensor.is_cuda:
+                dist.all_gather_into_tensor(gathered, tensor, group=self.device_group)
+            else:   # gloo has no all_gather_into_tensor; it fills the views in place
+                dist.all_gather(list(gathered.unbind(0)), tensor, group=self.device_group)
+            if out_dtype is not None:
+                gathered = gathered.to(out_dtype)
         return gathered.movedim(0, dim).flatten(dim, dim + 1)
 
     @property

@@ -2,9 +2,10 @@
 
 The vocabulary is padded to a multiple of tensor_parallel_size and split in contiguous row
 ranges: rank r holds rows [r * n, (r + 1) * n) of the padded table (padding rows are zero and
-never looked up). The embedding looks up the ids in its range, zeroes the rest and all-reduces;
-the LM head multiplies by its rows and the logits processor all-gathers the parts and drops
-the padding, so every rank has the same full logits (every rank samples the same tokens and
+never looked up). The embedding looks up the ids in its range, zeroes the rest and all-reduces
+(on GPUs with the custom all-reduce, in one kernel: ``SymmMemAllReduce.embedding_all_reduce``);
+the LM head multiplies by its rows and the logits processor all-gathers the parts (float32, the
+one-shot kernel where it takes the size) and drops the padding, so every rank has the same full logits (every rank samples the same tokens and
 keeps its batch in step; only rank 0 reports them).
 """
 
@@ -16,8 +17,7 @@ from torch import nn
 
 from pagellm.distributed.parallel_state import (get_tensor_model_parallel_rank,
                                                 get_tensor_model_parallel_world_size,
-                                                tensor_model_parallel_all_gather,
-                                                tensor_model_parallel_all_reduce)
+                                                get_tp_group, tensor_model_parallel_all_reduce)
 from pagellm.layers.linear import UnquantizedLinearMethod
 from pagellm.layers.weight_utils import check_shape, copy_into
 
@@ -60,6 +60,9 @@ class VocabParallelEmbedding(nn.Module):
             return lookup(self, input_ids)
         if self.tp_size == 1:
             return F.embedding(input_ids, self.weight)
+        custom = get_tp_group().custom_all_reduce
+        if custom is not None and custom.can_embed(input_ids, self.weight):
+            return custom.embedding_all_reduce(input_ids, self.weight, self.vocab_start_index)
         local_ids = input_ids - self.vocab_start_index
         in_range = (local_ids >= 0) & (local_ids < self.num_embeddings_per_partition)   # [T]
         out = F.embedding(torch.where(in_range, local_ids, 0), self.weight)   # [T, dim]
@@ -86,6 +89,6 @@ class LogitsProcessor(nn.Module):
         """hidden [n, hidden_size] -> logits [n, vocab_size] float32 (padding dropped)."""
         logits = lm_head.quant_method.apply(lm_head, hidden)       # [n, vocab_per_partition]
         if lm_head.tp_size > 1:
-            logits = tensor_model_parallel_all_gather(logits, dim=-1)  # [n, vocab_padded]
+            logits = get_tp_group().all_gather(logits, -1, torch.float32)  # [n, vocab_padded]
             logits = logits[:, :self.vocab_size]
         return logits.float()

@@ -87,7 +87,9 @@ def few_of(configs: list, M: int) -> list:
 
 
 def test_one_shot_all_reduce_and_split_decode_attention_compile():
-    from pagellm.ops.triton.one_shot_all_reduce import one_shot_all_reduce
+    from pagellm.ops.triton.one_shot_all_reduce import (one_shot_all_gather,
+                                                        one_shot_all_reduce,
+                                                        one_shot_embedding_all_reduce)
     from pagellm.ops.triton.paged_attention import paged_attention_triton
 
     pointers, counters = torch.zeros(2, dtype=torch.int64), torch.zeros(64, dtype=torch.int32)
@@ -96,6 +98,11 @@ def test_one_shot_all_reduce_and_split_decode_attention_compile():
         one_shot_all_reduce(hidden, pointers, pointers, counters, 1 << 20, 0, hidden.clone(),
                             torch.randn(4096, dtype=torch.bfloat16), 1e-5)
         one_shot_all_reduce(hidden.view(-1, 1024), pointers, pointers, counters, 1 << 20, 1)
+        one_shot_embedding_all_reduce(torch.tensor([5, 70000]), torch.zeros(64128, 4096,
+                                      dtype=torch.bfloat16), 64128, pointers, pointers,
+                                      counters, 1 << 22, 1)
+        one_shot_all_gather(torch.randn(1, 64128, dtype=torch.bfloat16), pointers, pointers,
+                            counters, 1 << 20, 0, torch.float32)
         cache = torch.zeros(2, 8, 16, 2, 128, dtype=torch.bfloat16)   # [2, blocks, 16, kv, d]
         query = torch.randn(2, 8, 128, dtype=torch.bfloat16)
         for merge_in_split_kernel in (True, False):
@@ -104,11 +111,11 @@ def test_one_shot_all_reduce_and_split_decode_attention_compile():
                                    torch.tensor([100, 30], dtype=torch.int32), 0.1,
                                    max_query_len=1, max_seq_len=128, num_kv_splits=4,
                                    merge_in_split_kernel=merge_in_split_kernel)
-    assert [name for name, _ in compiled] == [
-        "_one_shot_all_reduce_kernel", "_one_shot_all_reduce_kernel", "_split_decode_kernel",
-        "_split_decode_kernel", "_split_decode_reduce_kernel"]
-    assert [c["NORM"] for _, c in compiled[:2]] == [True, False]
-    assert [c["MERGE"] for _, c in compiled[2:4]] == [True, False]
+    assert [name for name, _ in compiled] == ["_one_shot_all_reduce_kernel"] * 4 + [
+        "_split_decode_kernel", "_split_decode_kernel", "_split_decode_reduce_kernel"]
+    assert [(c["NORM"], c["EMBED"], c["GATHER"]) for _, c in compiled[:4]] == [
+        (True, False, False), (False, False, False), (False, True, False), (False, False, True)]
+    assert [c["MERGE"] for _, c in compiled[4:6]] == [True, False]
 
 
 @pytest.mark.parametrize("num_kv_heads,group,head_dim,segments", [(8, 4, 128, 256), (1, 6, 80, 7),
