@@ -91,7 +91,7 @@ def _embedding_and_gather_checks(rank: int, failures: list[str]) -> None:
     if custom is None or not custom.triton_ok:
         failures.append("no custom all-reduce with the Triton kernel")
         return
-    vocab, dim = 1000, HIDDEN                   # 500 rows a rank
+    vocab, dim = 1024, HIDDEN                   # 512 rows a rank: logits rows of 512+
     table = torch.randn(vocab, dim, dtype=torch.bfloat16, device=device,
                         generator=torch.Generator(device).manual_seed(7))
     with torch.device(device):
@@ -99,7 +99,7 @@ def _embedding_and_gather_checks(rank: int, failures: list[str]) -> None:
     embedding.weight_loader(embedding.weight, table)
     processor = LogitsProcessor(vocab)
     id_batches = [torch.tensor(ids, device=device) for ids in
-                  ([3], [999, 0, 500, 499], list(range(0, 1000, 7)) + [998], [501])]
+                  ([3], [1023, 0, 512, 511], list(range(0, 1024, 7)) + [998], [501])]
     hidden = [torch.randn(len(ids), dim, dtype=torch.bfloat16, device=device,
                           generator=torch.Generator(device).manual_seed(len(ids)))
               for ids in id_batches]
@@ -112,7 +112,7 @@ def _embedding_and_gather_checks(rank: int, failures: list[str]) -> None:
     looked_up, logits, sums = run()
     for i, ids in enumerate(id_batches):
         _equal(f"embedding {i}", looked_up[i], table[ids], failures)
-        full = torch.empty(2, len(ids), 500, dtype=torch.bfloat16, device=device)
+        full = torch.empty(2, len(ids), 512, dtype=torch.bfloat16, device=device)
         part = embedding.quant_method.apply(embedding, hidden[i])
         dist.all_gather_into_tensor(full, part.contiguous(), group=tp.device_group)
         _equal(f"logits {i}", logits[i], full.movedim(0, 1).flatten(1).float(), failures)
