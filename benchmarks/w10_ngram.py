@@ -34,6 +34,31 @@ CODE = '''def moving_average(values, window):
             result.append(total / window)
     return result
 '''
+LONG_CODE = CODE + '''
+
+def running_max(values):
+    result = []
+    best = None
+    for value in values:
+        if best is None or value > best:
+            best = value
+        result.append(best)
+    return result
+
+
+def normalize(values):
+    low = min(values)
+    high = max(values)
+    if high == low:
+        return [0.0 for _ in values]
+    return [(value - low) / (high - low) for value in values]
+'''
+LONG_TEXT = ("The river rose three feet overnight. The bridge on Mill Street was closed at dawn. "
+             "Volunteers filled sandbags near the school. The mayor asked residents to stay home "
+             "until noon. Buses were rerouted along the ridge road. The hospital moved its "
+             "ambulances to the north lot. Power failed in the lower town for two hours. A "
+             "shelter opened in the church hall with cots and hot soup. By evening the water had "
+             "begun to fall, and the bridge reopened the next morning.")
 PROMPTS = {
     "rewrite_code": ("Rewrite this Python function with one change: rename `values` to `xs`. "
                      "Output only the code.\n\n" + CODE + "\nRewritten:\n"),
@@ -48,17 +73,39 @@ PROMPTS = {
     "varied_list": ("Name a different animal after each \"a big\", never the same one twice: "
                     "a big cat, a big dog, a big horse, a big"),
 }
+CHAT_PROMPTS = {
+    "rewrite_code": ("Rewrite this Python function with one change: rename `values` to `xs`. "
+                     "Output only the code.\n\n" + CODE),
+    "quote_summary": ("Summarize the text by quoting its sentences verbatim.\n\nText: The river "
+                      "rose three feet overnight. The bridge on Mill Street was closed at dawn. "
+                      "Volunteers filled sandbags near the school. The mayor asked residents to "
+                      "stay home until noon."),
+    "rewrite_code_long": ("Rewrite this Python code with one change: rename `values` to `xs`. "
+                          "Output only the code.\n\n" + LONG_CODE),
+    "quote_summary_long": ("Summarize the text by quoting its sentences verbatim.\n\nText: "
+                           + LONG_TEXT),
+    "creative_free": PROMPTS["creative_free"].removesuffix("\n\nStory:"),
+    "varied_list": PROMPTS["varied_list"],
+}
+"""``--chat``: the same tasks as one user message through the default model's chat template
+(it is an instruct model; a chat client sends this), without the completion scaffolding."""
 
 
-def run(llm: LLM, prompt: str, max_tokens: int, repeats: int, ignore_eos: bool = True):
+def run(llm: LLM, prompt: str, max_tokens: int, repeats: int, ignore_eos: bool = True,
+        chat: bool = False):
     """(best wall-clock tokens/s, best tokens per CPU-second of this process, token ids).
     The CPU-time rate is the steadier one on a shared machine (other processes' load slows
-    the wall clock, not this process's CPU time)."""
+    the wall clock, not this process's CPU time). ``chat``: ``prompt`` is one user message
+    sent through the chat template."""
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=ignore_eos)
     best, best_cpu, tokens = 0.0, 0.0, None
     for _ in range(repeats):
         start, start_cpu = time.perf_counter(), time.process_time()
-        output = llm.generate([prompt], params, use_tqdm=False)[0].outputs[0]
+        if chat:
+            output = llm.chat([{"role": "user", "content": prompt}], params,
+                              use_tqdm=False)[0].outputs[0]
+        else:
+            output = llm.generate([prompt], params, use_tqdm=False)[0].outputs[0]
         best = max(best, len(output.token_ids) / (time.perf_counter() - start))
         best_cpu = max(best_cpu, len(output.token_ids) / (time.process_time() - start_cpu))
         tokens = list(output.token_ids)
@@ -77,7 +124,10 @@ def main() -> None:
     parser.add_argument("--prompt-lookup-max", type=int, default=4)
     parser.add_argument("--stop-at-eos", action="store_true",
                         help="end at EOS (the copy task's own end) instead of ignoring it")
+    parser.add_argument("--chat", action="store_true",
+                        help="send each task as a user message through the chat template")
     args = parser.parse_args()
+    prompts = CHAT_PROMPTS if args.chat else PROMPTS
     common = dict(kv_cache_memory_bytes=256 * 2**20, max_model_len=2048, dtype=args.dtype)
     plain = LLM("default", **common)
     ngram = {"method": "ngram", "num_speculative_tokens": args.k,
@@ -92,13 +142,13 @@ def main() -> None:
                      use_tqdm=False)
     for name in args.prompts.split(","):
         ignore_eos = not args.stop_at_eos
-        base_tps, base_cpu, base_tokens = run(plain, PROMPTS[name], args.max_tokens, args.repeats,
-                                              ignore_eos)
+        base_tps, base_cpu, base_tokens = run(plain, prompts[name], args.max_tokens, args.repeats,
+                                              ignore_eos, args.chat)
         for adaptive, spec in specs.items():
             stats = spec.llm_engine.engine_core.scheduler.spec_stats
             before = (stats.num_drafts, stats.num_draft_tokens, stats.num_accepted_tokens)
-            spec_tps, spec_cpu, spec_tokens = run(spec, PROMPTS[name], args.max_tokens,
-                                                  args.repeats, ignore_eos)
+            spec_tps, spec_cpu, spec_tokens = run(spec, prompts[name], args.max_tokens,
+                                                  args.repeats, ignore_eos, args.chat)
             drafts, draft_tokens, accepted = (now - then for now, then in zip(
                 (stats.num_drafts, stats.num_draft_tokens, stats.num_accepted_tokens), before))
             print(f"{name}: no spec {base_tps:.1f} tok/s, ngram k={args.k} adaptive="
