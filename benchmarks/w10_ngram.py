@@ -10,6 +10,11 @@ in the environment runs every engine in batch-invariant mode (same outputs expec
     PYTHONPATH=. python benchmarks/w10_ngram.py --max-tokens 96 --repeats 1 --adaptive both
     PYTHONPATH=. python benchmarks/w10_ngram.py --max-tokens 128 --k 8 --prompt-lookup-min 1 \
         --stop-at-eos --prompts quote_summary,rewrite_code
+    PYTHONPATH=. python benchmarks/w10_ngram.py --max-tokens 256 --repeats 2 --chat --stop-at-eos \
+        --prompts rewrite_code,quote_summary,rewrite_code_long,quote_summary_long
+
+``--chat`` sends each task as one user message through the default model's chat template (an
+instruct model: what a chat client sends); RESULTS.md, session 9, has why W10 is read that way.
 ``PAGELLM_GGUF_CPU_MULTI_ROWS=0`` turns the multi-row GGUF kernel off (verify rows then go
 through torch's int4 kernel, 4 rows per pass): the before/after of RESULTS.md, session 7.
 """
@@ -114,20 +119,27 @@ def run(llm: LLM, prompt: str, max_tokens: int, repeats: int, ignore_eos: bool =
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--k", type=int, default=4)
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--adaptive", choices=["on", "off", "both"], default="off")
-    parser.add_argument("--prompts", default=",".join(PROMPTS))
-    parser.add_argument("--prompt-lookup-min", type=int, default=2)
-    parser.add_argument("--prompt-lookup-max", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=256, help="output tokens at most")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per setting, best kept")
+    parser.add_argument("--k", type=int, default=4, help="num_speculative_tokens")
+    parser.add_argument("--dtype", default="float32", help="activation dtype")
+    parser.add_argument("--adaptive", choices=["on", "off", "both"], default="off",
+                        help="adaptive k for the speculating engine")
+    parser.add_argument("--prompts", default="rewrite_code,quote_summary,creative_free,"
+                        "varied_list", help="comma-separated, from: " + ", ".join(CHAT_PROMPTS)
+                        + " (the *_long ones with --chat only)")
+    parser.add_argument("--prompt-lookup-min", type=int, default=2, help="shortest n-gram")
+    parser.add_argument("--prompt-lookup-max", type=int, default=4, help="longest n-gram")
     parser.add_argument("--stop-at-eos", action="store_true",
                         help="end at EOS (the copy task's own end) instead of ignoring it")
     parser.add_argument("--chat", action="store_true",
                         help="send each task as a user message through the chat template")
     args = parser.parse_args()
     prompts = CHAT_PROMPTS if args.chat else PROMPTS
+    unknown = [name for name in args.prompts.split(",") if name not in prompts]
+    if unknown:
+        parser.error(f"unknown prompt(s) {', '.join(unknown)}; choose from "
+                     f"{', '.join(prompts)}{'' if args.chat else ' (or add --chat)'}")
     common = dict(kv_cache_memory_bytes=256 * 2**20, max_model_len=2048, dtype=args.dtype)
     plain = LLM("default", **common)
     ngram = {"method": "ngram", "num_speculative_tokens": args.k,

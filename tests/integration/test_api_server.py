@@ -82,7 +82,7 @@ def test_bad_input_is_400_and_server_lives(client, server):
     big = httpx.post(server + "/v1/completions", content=b"x" * (5 * 2**20),
                      headers={"Authorization": f"Bearer {API_KEY}",
                               "Content-Type": "application/json"})
-    assert big.status_code == 400
+    assert big.status_code == 413
     assert client.completions.create(model="tiny", prompt="ok", max_tokens=2).choices
 
 

@@ -100,10 +100,10 @@ def test_framework_errors_have_openai_bodies(fuzz_server):
 
 def test_chunked_body_past_the_limit_keeps_its_message(fuzz_server):
     """A chunked body (no Content-Length) past --max-body-bytes fails while FastAPI reads it;
-    the 400 names the real cause, not FastAPI's generic 'error parsing the body'."""
+    the 413 names the real cause, not FastAPI's generic 'error parsing the body'."""
     def body():
         for _ in range(5):
             yield b" " * 2**20           # 5 MiB against the default 4 MiB limit
     response = httpx.post(fuzz_server + "/v1/completions", content=body(),
                           headers={"Content-Type": "application/json"}, timeout=30)
-    assert _assert_openai_error(response, 400)["message"] == "request body is too large"
+    assert _assert_openai_error(response, 413)["message"] == "request body is too large"

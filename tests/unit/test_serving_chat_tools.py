@@ -228,6 +228,26 @@ def test_reasoning_then_tool_call():
     assert without_ids(merged_stream(chunks)) == without_ids(full_as_merged(full))
 
 
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("constraint", [
+    {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+    {"response_format": {"type": "json_schema", "json_schema": {
+        "name": "w", "schema": WEATHER_TOOL["function"]["parameters"]}}}])
+def test_constrained_output_is_not_filed_as_reasoning(constraint, stream):
+    """With deepseek_r1 (all text before </think> is reasoning) a constrained request's JSON,
+    which the grammar forces from the first token, stays the call's arguments or the content."""
+    engine = ScriptedEngine(replies=('{"city": "Paris"}',), finish_reason="stop")
+    result = ask(serve(engine, "hermes", "deepseek_r1"), messages=MESSAGES, stream=stream,
+                 **constraint)
+    merged = merged_stream(result) if stream else full_as_merged(result)
+    assert merged["reasoning_content"] == "" and merged["reasoning"] == ""
+    if "tools" in constraint:
+        assert [json.loads(c["function"]["arguments"]) for c in merged["tool_calls"]] == [
+            {"city": "Paris"}]
+    else:
+        assert json.loads(merged["content"]) == {"city": "Paris"}
+
+
 TOOL_TEMPLATE = (
     "{% if tools %}TOOLS:{% for t in tools %}{{ t | tojson }};{% endfor %}{% endif %}"
     "{% for m in messages %}<{{ m.role }}>{{ m.content }}"

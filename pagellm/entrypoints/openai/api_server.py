@@ -101,12 +101,12 @@ class _Guard:
             return await self.app(scope, receive, send)
         headers = scope.get("headers") or []
         if sum(len(k) + len(v) for k, v in headers) > self.settings.max_header_bytes:
-            return await _send_error(send, "request headers are too large", 400)
+            return await _send_error(send, "request headers are too large", 431)
         declared = next((v for k, v in headers if k == b"content-length"), None)
         if declared is not None and (not declared.isdigit()
                                      or int(declared) > self.settings.max_body_bytes):
             return await _send_error(
-                send, f"request body exceeds {self.settings.max_body_bytes} bytes", 400)
+                send, f"request body exceeds {self.settings.max_body_bytes} bytes", 413)
         if self.settings.api_key and scope["path"] not in UNAUTHENTICATED_PATHS:
             auth = next((v for k, v in headers if k == b"authorization"), b"").decode("latin-1")
             expected = f"Bearer {self.settings.api_key}"
@@ -131,7 +131,10 @@ def _limited(receive, limit: int):
 
 
 class _BodyTooLarge(ClientError):
-    """A chunked body past the limit: the error handlers turn it into a 400."""
+    """A chunked body past the limit: the error handlers turn it into a 413 (Payload Too
+    Large, as for a declared Content-Length past it)."""
+
+    status_code = 413
 
     def __init__(self):
         super().__init__("request body is too large", param=None)

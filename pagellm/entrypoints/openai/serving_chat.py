@@ -96,6 +96,12 @@ class OpenAIServingChat(OpenAIServing):
             params = request.to_sampling_params(self.max_model_len, len(token_ids),
                                                 self.max_logprobs)
             await self._check_constraint(request, params)
+            if params.structured_outputs is not None:
+                # The constraint holds from the first token, so the output has no reasoning
+                # section: a reasoning parser would file the constrained JSON as reasoning
+                # (deepseek_r1 treats all text before </think> so) and leave the tool call's
+                # arguments or the content empty.
+                options.reasoning_parser = None
         except Exception as error:
             return self.error_body(error, request_id)
         states = new_prompt_states([(None, token_ids)], request.n)
