@@ -128,3 +128,26 @@ def test_drain_waits_for_a_request_admitted_but_still_tokenizing(model_dir, monk
     assert response.json()["usage"]["completion_tokens"] == 5
     assert late.status_code == 503 and health.status_code == 503
     assert aborted == []
+
+
+def test_second_signal_stops_at_once_without_a_traceback(model_dir):
+    """A second SIGINT during the drain: the in-flight stream ends with the engine-stopped
+    503 within a second (the core is killed, not waited for), the server exits 0, and no
+    ERROR traceback is logged (uvicorn's lifespan task is not left to be cancelled)."""
+    with running_server(model_dir, "--drain-timeout", "60", env_extra=SLOW) as (proc, base):
+        with httpx.stream("POST", base + "/v1/completions", json=_stream_body(200),
+                          timeout=60) as response:
+            events = _events(response.iter_lines())
+            next(events)                            # ~10 s to go
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+            started = time.time()
+            proc.send_signal(signal.SIGINT)
+            rest = list(events)
+            ended = time.time() - started
+        assert rest[-1]["error"]["code"] == 503, rest[-1]
+        assert ended < 1.5, ended
+        assert proc.wait(timeout=30) == 0
+        log = proc.stdout.read()
+        assert "second shutdown signal" in log
+        assert "Traceback" not in log and "CancelledError" not in log, log[-2000:]
