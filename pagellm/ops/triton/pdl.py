@@ -16,8 +16,9 @@ TensorRT-LLM's and FlashInfer's ``enable_pdl``, and CUTLASS' "programmatic depen
   paged/split-KV attention, the GEMVs themselves) execute ``gdc_launch_dependents`` first thing:
   once every program of the grid has, the next kernel may be scheduled on the free SMs.
 - A GEMV launched with ``launch_pdl=True`` (``PDL`` constexpr) first asks L2 to fetch the first
-  ``prefetch_k`` elements of each of its weight rows (``cp.async.bulk.prefetch.L2``: one
-  instruction per row, no registers), then ``gdc_wait``: it blocks until the previous grid has
+  ``prefetch_k`` elements of each of its weight rows (``cp.async.bulk.prefetch.L2``: each
+  row cut into chunks so that every thread issues one request, no registers), then
+  ``gdc_wait``: it blocks until the previous grid has
   completed and its memory is visible. Only after the wait does it read its input, write its
   output or touch the split-K counters, so every hazard (a buffer the previous kernel reads and
   the allocator hands to this one, the counters) is as in stream order. A kernel launched with
@@ -26,9 +27,9 @@ TensorRT-LLM's and FlashInfer's ``enable_pdl``, and CUTLASS' "programmatic depen
   decode graphs get the overlap on every replay.
 
 The prefetch is capped at ``PREFETCH_BYTES`` a launch (the weight rows' first elements, evenly
-over the programs): about what DRAM delivers during one norm or all-reduce (~2 µs at 4 TB/s).
-Measured on an H200 at W1 (benchmarks/RESULTS.md, session 9): 4-8 MB gain 2-3% at TP=1 and
-TP=2; 12 MB less, 24 MB loses (prefetched lines are evicted before the loop reads them: L2 is
+over the programs; a weight too large for one tile a row slice gets none): about what DRAM
+delivers during one norm or all-reduce (~2 µs at 4 TB/s). Measured on an H200 at W1
+(benchmarks/RESULTS.md, session 9): 4-8 MB gain 1-3% at TP=1 and TP=2, 12 MB less, 24 MB loses (prefetched lines are evicted before the loop reads them: L2 is
 50 MB in two partitions, and the GEMV's own stream passes through it).
 
 Only the GEMVs launch with PDL. Launching the RMSNorm and one-shot all-reduce kernels that
@@ -110,12 +111,14 @@ def prefetch_slice(weight_ptr, offs_n, mask_n, stride_wn, k_begin, k_end, prefet
 
 @functools.cache
 def _device_supports(index: int) -> bool:
+    if torch.version.hip is not None:       # ROCm reports gfx9xx as capability 9.x: no PTX
+        return False
     major, _ = torch.cuda.get_device_capability(index)
     return major >= 9
 
 
 def pdl_enabled(device: torch.device) -> bool:
-    """Whether GEMVs on ``device`` launch with PDL and prefetch: a CUDA device of compute
+    """Whether GEMVs on ``device`` launch with PDL and prefetch: an NVIDIA device of compute
     capability >= 9.0 (Hopper: ``griddepcontrol`` and the bulk L2 prefetch), a Triton that
     has both (``gdc_wait``, the ``launch_pdl`` option), and ``PAGELLM_PDL`` not "0"."""
     if device.type != "cuda" or gdc_wait is None or os.environ.get("PAGELLM_PDL", "1") == "0":
