@@ -17,7 +17,8 @@ logger = logging.getLogger(__name__)
 
 SSE_DONE = "data: [DONE]\n\n"
 _TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError",
-          405: "MethodNotAllowedError", 500: "InternalServerError",
+          405: "MethodNotAllowedError", 413: "PayloadTooLargeError",
+          431: "RequestHeaderFieldsTooLargeError", 500: "InternalServerError",
           503: "ServiceUnavailableError"}
 """HTTP status -> the error body's ``type``: one per status, whoever answers (a route, the
 framework, the size and key guard), named like vLLM's types and the openai client's
