@@ -58,20 +58,19 @@ def normalize(values):
         return [0.0 for _ in values]
     return [(value - low) / (high - low) for value in values]
 '''
-LONG_TEXT = ("The river rose three feet overnight. The bridge on Mill Street was closed at dawn. "
-             "Volunteers filled sandbags near the school. The mayor asked residents to stay home "
-             "until noon. Buses were rerouted along the ridge road. The hospital moved its "
+TEXT = ("The river rose three feet overnight. The bridge on Mill Street was closed at dawn. "
+        "Volunteers filled sandbags near the school. The mayor asked residents to stay home "
+        "until noon.")
+LONG_TEXT = (TEXT + " Buses were rerouted along the ridge road. The hospital moved its "
              "ambulances to the north lot. Power failed in the lower town for two hours. A "
              "shelter opened in the church hall with cots and hot soup. By evening the water had "
              "begun to fall, and the bridge reopened the next morning.")
+REWRITE = ("Rewrite this Python {} with one change: rename `values` to `xs`. "
+           "Output only the code.\n\n")
+QUOTE = "Summarize the text by quoting its sentences verbatim.\n\nText: "
 PROMPTS = {
-    "rewrite_code": ("Rewrite this Python function with one change: rename `values` to `xs`. "
-                     "Output only the code.\n\n" + CODE + "\nRewritten:\n"),
-    "quote_summary": ("Summarize the text by quoting its sentences verbatim.\n\nText: The river "
-                      "rose three feet overnight. The bridge on Mill Street was closed at dawn. "
-                      "Volunteers filled sandbags near the school. The mayor asked residents to "
-                      "stay home until noon.\n\nQuoted summary: The river rose three feet "
-                      "overnight."),
+    "rewrite_code": REWRITE.format("function") + CODE + "\nRewritten:\n",
+    "quote_summary": QUOTE + TEXT + "\n\nQuoted summary: The river rose three feet overnight.",
     "creative_free": ("Write a short, vivid story about a lighthouse keeper who finds a "
                       "strange glowing shell on the beach one stormy night. Use fresh "
                       "imagery and never repeat a sentence.\n\nStory:"),
@@ -79,16 +78,10 @@ PROMPTS = {
                     "a big cat, a big dog, a big horse, a big"),
 }
 CHAT_PROMPTS = {
-    "rewrite_code": ("Rewrite this Python function with one change: rename `values` to `xs`. "
-                     "Output only the code.\n\n" + CODE),
-    "quote_summary": ("Summarize the text by quoting its sentences verbatim.\n\nText: The river "
-                      "rose three feet overnight. The bridge on Mill Street was closed at dawn. "
-                      "Volunteers filled sandbags near the school. The mayor asked residents to "
-                      "stay home until noon."),
-    "rewrite_code_long": ("Rewrite this Python code with one change: rename `values` to `xs`. "
-                          "Output only the code.\n\n" + LONG_CODE),
-    "quote_summary_long": ("Summarize the text by quoting its sentences verbatim.\n\nText: "
-                           + LONG_TEXT),
+    "rewrite_code": REWRITE.format("function") + CODE,
+    "quote_summary": QUOTE + TEXT,
+    "rewrite_code_long": REWRITE.format("code") + LONG_CODE,
+    "quote_summary_long": QUOTE + LONG_TEXT,
     "creative_free": PROMPTS["creative_free"].removesuffix("\n\nStory:"),
     "varied_list": PROMPTS["varied_list"],
 }

@@ -203,15 +203,13 @@ class MPClient:
         if timeout_s <= 0:
             if self.process.is_alive():
                 self.process.kill()
-                await asyncio.to_thread(self.process.join, 5)
-            self._set_dead("the engine was shut down")
-            return self._close(kill=True)
-        if self.dead_error is None and self.process.is_alive():
+            timeout_s = 5.0                         # only the reaping of the killed process
+        elif self.dead_error is None and self.process.is_alive():
             try:
                 await asyncio.wait_for(self._call("shutdown"), timeout_s)
             except (EngineDeadError, asyncio.TimeoutError):
                 pass
-        # A core that answered, or died on an error, is exiting by itself: let it finish.
+        # A core that answered, died on an error or was killed is exiting: let it finish.
         await asyncio.to_thread(self.process.join, timeout_s)
         self._set_dead("the engine was shut down")
         self._close(kill=True)

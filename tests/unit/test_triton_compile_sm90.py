@@ -168,8 +168,7 @@ def test_pdl_gemvs_prefetch_and_wait_before_any_memory_access(monkeypatch):
     from pagellm.ops.triton import dense_gemv, pdl, quant_gemv
     from pagellm.ops.triton.quant_gemv import GemvConfig
 
-    monkeypatch.setattr(dense_gemv, "pdl_enabled", lambda device: True)
-    monkeypatch.setattr(quant_gemv, "pdl_enabled", lambda device: True)
+    monkeypatch.setattr(pdl, "pdl_enabled", lambda device: True)     # CPU tensors here
     K, N = 4096, 1024
     x = torch.randn(1, K, dtype=torch.bfloat16)
     dense = torch.zeros(2 * N, K, dtype=torch.bfloat16)

@@ -35,8 +35,8 @@ import triton.language as tl
 
 from pagellm.ops.triton.gemm_launch import num_sms
 from pagellm.ops.triton.gemv_split_k import finish_gemv_tile, finish_silu_mul_tile, run_gemv
-from pagellm.ops.triton.pdl import (launch_dependents, pdl_enabled, prefetch_elements,
-                                    prefetch_slice, wait_for_previous_grid)
+from pagellm.ops.triton.pdl import (gemv_launch_args, launch_dependents, prefetch_slice,
+                                    wait_for_previous_grid)
 from pagellm.ops.triton.quant_gemv import (FP8_PROGRAMS_PER_SM, TUNED_CONFIGS, GemvConfig,
                                            count_call, split_for)
 
@@ -149,18 +149,15 @@ def _run_dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     if config.block_m not in (1, 2):
         raise ValueError(f"the dense GEMV takes 1 or 2 rows a program, got {config.block_m}")
     k_per_split = config.k_per_split(K)
-    pdl = pdl_enabled(x.device)
-    prefetch_k = (prefetch_elements(weight, weight.shape[0], k_per_split, config.split_k,
-                                    config.block_k) if pdl else 0)
-    pdl_option = {"launch_pdl": True} if pdl else {}
+    pdl_args = gemv_launch_args(x, weight, weight.shape[0], k_per_split, config.split_k,
+                                config.block_k)
 
     def launch(grid, x2, split_args):
         _dense_gemv_kernel[grid](
             x2, weight, bias if bias is not None else weight, x2.shape[0], N, K, k_per_split,
-            x2.stride(0), weight.stride(0), prefetch_k, **split_args, HAS_BIAS=bias is not None,
+            x2.stride(0), weight.stride(0), **split_args, **pdl_args, HAS_BIAS=bias is not None,
             SILU_MUL=silu_mul, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-            BLOCK_K=config.block_k, PDL=pdl, num_warps=config.num_warps,
-            num_stages=config.num_stages, **pdl_option)
+            BLOCK_K=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages)
 
     return run_gemv(x, N, bias, config.block_m, config.block_n, config.split_k, launch,
                     in_kernel_reduce, 2 * N if silu_mul else None)

@@ -127,6 +127,17 @@ def pdl_enabled(device: torch.device) -> bool:
                             else torch.cuda.current_device())
 
 
+def gemv_launch_args(x: torch.Tensor, weight: torch.Tensor, rows: int, k_per_split: int,
+                     split_k: int, block_k: int) -> dict:
+    """The PDL keyword arguments of a GEMV launch on ``x``'s device: ``PDL`` (constexpr),
+    ``prefetch_k`` (``prefetch_elements``; 0 without PDL) and, with PDL, Triton's
+    ``launch_pdl`` option. ``weight``, ``rows`` and the split as in ``prefetch_elements``."""
+    if not pdl_enabled(x.device):
+        return {"PDL": False, "prefetch_k": 0}
+    return {"PDL": True, "launch_pdl": True,
+            "prefetch_k": prefetch_elements(weight, rows, k_per_split, split_k, block_k)}
+
+
 def prefetch_elements(weight: torch.Tensor, rows: int, k_per_split: int, split_k: int,
                       block_k: int) -> int:
     """Elements of each weight row slice that a PDL GEMV prefetches: all ``k_per_split`` when
