@@ -108,9 +108,14 @@ def test_an_engine_core_with_two_clients_routes_outputs_to_the_sender(tmp_path):
         received = {0: {}, 1: {}}
         stats_seen = [0, 0]
         last_stats = [None, None]
+        def done(index: int) -> bool:
+            # all of its tokens, and stats pushed after the core took both requests: the
+            # clients' messages reach the core in either order, so r0 can finish first
+            return (len(received[index].get(f"r{index}", ())) == 4 and last_stats[index]
+                    is not None and sum(last_stats[index].num_requests_received) == 2)
+
         for index, client in enumerate(clients):
-            while f"r{index}" not in received[index] or \
-                    len(received[index][f"r{index}"]) < 4:
+            while not done(index):
                 _, batch = await asyncio.wait_for(client.get_output(), 60)
                 stats_seen[index] += batch.stats is not None
                 last_stats[index] = batch.stats or last_stats[index]
