@@ -22,7 +22,7 @@ Timing: ``triton.testing.do_bench_cudagraph`` (launch overhead does not count, a
 engine's decode graphs) of a graph that calls the op once on each of several copies of the
 weight, at least 256 MB in all, so no weight is served from the 50 MB L2 (in a decode step
 every layer has its own weights); the reported µs are per call. W4A16: 4-bit, group 128,
-asymmetric (GPTQ layout with zero points). ``--sweep`` times a small grid of ``GemvConfig``s
+symmetric (GPTQ sym=True as loaded: no zero points), ``--asymmetric`` with zero points. ``--sweep`` times a small grid of ``GemvConfig``s
 (column block, K tile, warps, pipeline stages, split-K target in programs per SM) per shape
 at M = 1 and 2, prints the best next to the default (the rules of ``wna16_gemv_config`` /
 ``fp8_gemv_config`` / ``dense_gemv_config``) and the baseline each GEMV replaces (bf16: cuBLAS
@@ -88,12 +88,19 @@ def copies_for(nbytes: int) -> int:
     return max(2, triton.cdiv(BYTES_PER_GRAPH, nbytes))
 
 
+WNA16_ASYMMETRIC = False
+"""W4A16 weights with zero points (``--asymmetric``; AWQ, GPTQ sym=False); default symmetric
+(qzeros None: GPTQ sym=True as loaded, the W9 checkpoints)."""
+
+
 def wna16_weights(K: int, N: int, copies: int) -> list[tuple]:
-    """(qweight, scales, qzeros) copies of a random 4-bit group-128 asymmetric weight."""
+    """(qweight, scales, qzeros | None) copies of a random 4-bit group-128 weight."""
     q = pack_int32(torch.randint(0, 16, (K, N), device=DEVICE), 4, 0)         # [K / 8, N]
     scales = torch.rand(K // GROUP, N, device=DEVICE, dtype=torch.bfloat16) * 0.01
-    zeros = pack_int32(torch.randint(0, 16, (K // GROUP, N), device=DEVICE), 4, 1)
-    return [(q.clone(), scales.clone(), zeros.clone()) for _ in range(copies)]
+    zeros = (pack_int32(torch.randint(0, 16, (K // GROUP, N), device=DEVICE), 4, 1)
+             if WNA16_ASYMMETRIC else None)
+    return [(q.clone(), scales.clone(), None if zeros is None else zeros.clone())
+            for _ in range(copies)]
 
 
 def fp8_weights(K: int, N: int, copies: int) -> list[tuple]:
@@ -207,8 +214,8 @@ def print_table(shapes: list[str], kinds: list[str], sms: int) -> None:
 SWEEP_ROWS = [1, 2]
 SWEEP_REP_MS = 10
 VARIANTS = {
-    "wna16": [(64, 128, 4, 3), (128, 128, 4, 3), (128, 128, 8, 4), (32, 128, 4, 3),
-              (128, 256, 8, 3)],
+    "wna16": [(128, 128, 4, 1), (512, 32, 4, 1), (256, 64, 4, 1), (256, 128, 8, 1),
+              (64, 128, 4, 1), (512, 64, 8, 1)],
     "fp8": [(16, 512, 4, 3), (8, 512, 4, 3), (32, 256, 4, 3), (16, 1024, 8, 3),
             (32, 512, 8, 4)],
     "bf16": [(16, 256, 4, 3), (8, 512, 4, 3), (32, 256, 8, 3), (16, 512, 8, 3),
@@ -290,6 +297,8 @@ def main() -> None:
     parser.add_argument("--shapes", default=",".join(SHAPES),
                         help=f"comma-separated shapes among {', '.join(SHAPES)}")
     parser.add_argument("--no-table", action="store_true", help="skip the default table")
+    parser.add_argument("--asymmetric", action="store_true",
+                        help="W4A16 weights with zero points (default: symmetric, no qzeros)")
     parser.add_argument("--rows", default="1,2", help="with --sweep: rows (M) to sweep, e.g. 1")
     parser.add_argument("--write-configs", metavar="JSON",
                         help="with --sweep: write the kept configs for PAGELLM_QUANT_GEMV_CONFIGS")
@@ -300,6 +309,8 @@ def main() -> None:
         parser.error(f"--kernels takes {', '.join(VARIANTS)}, got {args.kernels!r}")
     if not shapes or set(shapes) - set(SHAPES):
         parser.error(f"--shapes takes {', '.join(SHAPES)}, got {args.shapes!r}")
+    global WNA16_ASYMMETRIC
+    WNA16_ASYMMETRIC = args.asymmetric
     torch.manual_seed(0)
     sms = num_sms(torch.device("cuda"))
     print(f"{torch.cuda.get_device_name()}, {sms} SMs\n")

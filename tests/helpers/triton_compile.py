@@ -17,7 +17,9 @@ import contextlib
 
 import torch
 import triton
+from triton._C.libtriton import native_specialize_impl
 from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import CUDABackend
 from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction
 
@@ -29,37 +31,40 @@ _DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
 _OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg", "enable_fp_fusion", "launch_pdl")
 
 
-def _arg_type(value) -> str:
-    if isinstance(value, torch.Tensor):
-        return "*" + _DTYPES[value.dtype]
-    if isinstance(value, bool):
-        return "i1"
-    if isinstance(value, int):
-        return "i64" if not -2**31 <= value < 2**31 else "i32"
-    if isinstance(value, float):
-        return "fp32"
-    raise TypeError(f"no Triton type for {type(value).__name__}")
+def _specialize(param, value) -> tuple[str, object]:
+    """(Triton type or "constexpr", specialization) of one runtime argument, as a GPU launch
+    computes it: pointers and integers divisible by 16 get ``tt.divisibility = 16`` (so loads
+    vectorize as they do on the device), an integer equal to 1 becomes a constant."""
+    if isinstance(value, torch.Tensor) and value.dtype not in _DTYPES:
+        raise TypeError(f"no Triton type for {value.dtype}")
+    return native_specialize_impl(CUDABackend, value, False, not param.do_not_specialize,
+                                  not param.do_not_specialize_on_alignment)
 
 
 def compile_launch(kernel: JITFunction, args: tuple, kwargs: dict):
     """Compile one launch of ``kernel`` (positional ``args`` then keyword ``kwargs``, as given
-    to ``kernel[grid](...)``) for sm_90; returns the CompiledKernel. Raises Triton's
-    CompilationError (or ptxas' error) when it does not compile."""
+    to ``kernel[grid](...)``) for sm_90 with the launch's argument specialization; returns the
+    CompiledKernel. Raises Triton's CompilationError (or ptxas' error) when it does not
+    compile."""
     options = {k: kwargs.pop(k) for k in _OPTIONS if k in kwargs}
     values = dict(zip(kernel.arg_names, args)) | kwargs
-    signature, constexprs = {}, {}
-    for param in kernel.params:
+    signature, constexprs, attrs = {}, {}, {}
+    for index, param in enumerate(kernel.params):
         value = values.get(param.name, param.default)
-        if param.is_constexpr:
+        if param.is_constexpr or value is None:
             signature[param.name] = "constexpr"
             constexprs[param.name] = value
-        elif value is None:
+            continue
+        kind, spec = _specialize(param, value)
+        if kind == "constexpr":
             signature[param.name] = "constexpr"
-            constexprs[param.name] = None
-        else:
-            signature[param.name] = _arg_type(value)
-    return triton.compile(ASTSource(kernel, signature, constexprs=constexprs), target=TARGET,
-                          options=options)
+            constexprs[param.name] = spec
+            continue
+        signature[param.name] = kind
+        if isinstance(spec, str) and spec:
+            attrs[(index,)] = CUDABackend.parse_attr(spec)
+    return triton.compile(ASTSource(kernel, signature, constexprs=constexprs, attrs=attrs),
+                          target=TARGET, options=options)
 
 
 class CompiledLaunches(list):

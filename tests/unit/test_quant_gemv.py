@@ -80,7 +80,7 @@ def test_fp8_weight_only_twin_multiplies_unquantized_activations():
 def test_kernels_in_interpreter():
     pytest.importorskip("triton")
     stdout = run_interpreted("tests.unit.test_quant_gemv")
-    assert stdout.split() == ["ok"] * 5, stdout
+    assert stdout.split() == ["ok"] * 6, stdout
 
 
 # (M, K, N, bits, groups, zeros, act_order, bias): M 1..5 (M > 2: several row blocks of 2),
@@ -112,6 +112,16 @@ def _check_kernels() -> None:
     # (mode 1), wide column blocks, more slices than tiles of one group, no split at all
     from pagellm.ops.triton.quant_gemv import GemvConfig
 
+    # bfloat16 x read as int32 pairs with K and N whole tiles (EVEN: no masks), symmetric and
+    # asymmetric, 4 and 8 bits, 1-3 rows (3: the second row block repeats its last row)
+    bf16 = dict(device="cpu", dtype=torch.bfloat16)
+    for M, bits, zeros, config in ((1, 4, False, GemvConfig(1, 64, 128, 2)),
+                                   (3, 4, True, GemvConfig(2, 32, 64, 3)),
+                                   (2, 8, False, GemvConfig(2, 64, 128, 1)),
+                                   (1, 8, True, GemvConfig(1, 32, 128, 4))):
+        assert check_wna16_gemv(M, 512, 128, bits, 4, zeros, False, True, **bf16,
+                                config=config) < 1e-2, (M, bits, zeros, config)
+    print("ok")
     for config in (GemvConfig(2, 32, 256, 3), GemvConfig(1, 128, 64, 5, 8, 4),
                    GemvConfig(2, 64, 128, 1)):
         M = config.block_m

@@ -213,3 +213,31 @@ def test_dummy_load_creates_quantized_weights(tmp_path, quantization_config, qua
     assert all(torch.equal(p.float(), second[n].float()) for n, p in models[0].named_parameters())
     out = models[0].model.layers[0].mlp(torch.randn(2, 128))
     assert out.shape == (2, 128) and torch.isfinite(out).all() and out.abs().max() > 0
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_symmetric_gptq_drops_its_stored_zero_points(tmp_path, sym):
+    """A symmetric GPTQ checkpoint stores qzeros that are all 2**(bits - 1) (v1: minus one);
+    the loaded layer drops them (the kernels' path without zero points) and computes the same
+    product as with them; an asymmetric one keeps its zero points."""
+    from pagellm.layers.quantization.wna16 import repeated_int32, symmetric_zeros
+    from pagellm.ops.quant import wna16_linear_torch
+
+    assert repeated_int32(8, 4) == 0x88888888 - (1 << 32)
+    assert repeated_int32(128, 8) == 0x80808080 - (1 << 32)
+    assert symmetric_zeros(torch.full((2, 3), repeated_int32(8, 4), dtype=torch.int32), 4)
+    assert not symmetric_zeros(torch.full((2, 3), repeated_int32(7, 4), dtype=torch.int32), 4)
+    model_dir = make_tiny_model_dir(tmp_path, "llama", **TINY_QUANT_SHAPES)
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps(
+        {**config, "quantization_config": {**GPTQ, "sym": sym}}))
+    model = load_model(str(model_dir), load_hf_config(str(model_dir)), "dummy", torch.float32,
+                       torch.device("cpu"), seed=3, stats=LoadStats())
+    layer = model.model.layers[0].mlp.down_proj
+    assert (layer.qzeros is None) == sym
+    x = torch.randn(3, 256)
+    eights = torch.full((layer.scales.shape[0], 128 // 8), repeated_int32(8, 4),
+                        dtype=torch.int32)
+    reference = wna16_linear_torch(x, layer.qweight, layer.scales,
+                                   eights if sym else layer.qzeros, None, 4)
+    torch.testing.assert_close(layer.quant_method.apply(layer, x), reference)

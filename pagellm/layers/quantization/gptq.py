@@ -17,7 +17,7 @@ from pagellm.errors import ClientError
 from pagellm.layers.quantization.base_config import (QuantizationConfig, all_or_none,
                                                      create_quant_param, matches_module)
 from pagellm.layers.quantization.wna16 import (WNA16LinearMethod, WNA16Spec, create_g_idx,
-                                               dummy_params)
+                                               dummy_params, repeated_int32)
 from pagellm.ops.quant import pack_factor, pack_int32, unpack_int32
 
 GPTQ_GROUP_SIZES = (-1, 32, 64, 128)
@@ -81,6 +81,10 @@ class GPTQLinearMethod(WNA16LinearMethod):
         layout = self.layout(input_size_per_partition, input_size, output_partition_sizes)
         out_features = sum(output_partition_sizes)
         fills = dummy_params(spec)
+        if self.config.sym:     # what a symmetric checkpoint stores: 2**(bits - 1) (v1: less 1)
+            stored = (1 << (spec.bits - 1)) - (1 if self.config.zeros_minus_one else 0)
+            fills["zeros"] = lambda full, generator: full.fill_(
+                repeated_int32(stored, spec.bits))
         create_quant_param(layer, "qweight", (input_size_per_partition // pack, out_features),
                            torch.int32, extra_weight_attrs, output_dim=1, input_dim=0,
                            size_divisors={0: pack}, dummy_fill=fills["packed"])

@@ -33,6 +33,22 @@ DUMMY_SCALE = 0.02 / 4.6
 """Dummy scales: int4 values minus their zero have a std of about 4.6, so weights ~0.02."""
 
 
+def repeated_int32(value: int, bits: int) -> int:
+    """The int32 (signed) whose every ``bits``-wide field holds ``value``."""
+    word = 0
+    for i in range(32 // bits):
+        word |= value << (bits * i)
+    return word - (1 << 32) if word >= 1 << 31 else word
+
+
+def symmetric_zeros(qzeros: torch.Tensor, bits: int) -> bool:
+    """Whether packed zero points qzeros int32 [G, N / pack] are all 2**(bits - 1): a
+    symmetric checkpoint that stores them anyway (GPTQ ``sym=True`` writes qzeros), which
+    then takes the kernels' path without zero points (the W4A16 GEMV folds the constant zero
+    into its per-value subtraction; ``quant_gemv``), with the same results."""
+    return bool((qzeros == repeated_int32(1 << (bits - 1), bits)).all())
+
+
 @dataclass(frozen=True)
 class WNA16Spec:
     """How one layer's weight is quantized."""
@@ -144,6 +160,8 @@ class WNA16LinearMethod(LinearMethodBase):
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         qweight, qzeros, scales, g_idx = self.to_internal(layer)
+        if qzeros is not None and symmetric_zeros(qzeros, self.spec.bits):
+            qzeros = None       # the kernels' symmetric path (zero 2**(bits - 1) built in)
         for name in list(layer._parameters):        # the checkpoint's tensors, repacked below
             if name != "bias":
                 del layer._parameters[name]

@@ -51,10 +51,11 @@ import torch
 import triton
 import triton.language as tl
 
+from pagellm.ops.triton import pdl
 from pagellm.ops.triton.gemm_launch import num_sms
 from pagellm.ops.triton.gemv_split_k import finish_gemv_tile, run_gemv
-from pagellm.ops.triton.pdl import (gemv_launch_args, launch_dependents, prefetch_slice,
-                                    wait_for_previous_grid)
+from pagellm.ops.triton.pdl import (gemv_launch_args, launch_dependents, num_threads,
+                                    prefetch_rows_l2, prefetch_slice, wait_for_previous_grid)
 
 logger = logging.getLogger(__name__)
 
@@ -86,13 +87,17 @@ GEMV, ``pagellm.ops.triton.dense_gemv``; ``"bf16_silu_mul"``: its gate|up varian
 launches issued (a CUDA graph replay runs the captured launch without counting again). The
 first of each kind is logged."""
 
-MAGIC = 0x4B000000
+MAGIC: tl.constexpr = tl.constexpr(0x4B000000)
+MAGIC_ARG = 0x4B000000
+"""MAGIC as a runtime argument of the W4A16 GEMV: a register operand of its LOP3s, so that ptxas
+takes the masks as immediates instead of materializing one per value (measured in SASS)."""
 """float32 bits of 2**23: OR-ed with an integer q < 2**23 it reads as 2**23 + q."""
 
-WNA16_PROGRAMS_PER_SM = 8
-"""W4A16 split-K target: programs per SM (N = 4096 with 64-column blocks: 16 slices, 1024
-programs). One program streams a [BLOCK_K / pack, BLOCK_N] tile of 4 KB at a time, so eight
-resident per SM keep ~32 KB of loads in flight, what HBM needs to approach its bandwidth."""
+WNA16_PROGRAMS_PER_SM = 4
+"""W4A16 split-K target: programs per SM (N = 4096 with 128-column blocks: 16 slices, 512
+programs). A program has its next [BLOCK_K / pack, BLOCK_N] tile (8 KB) in flight while it
+works on the current one, so four resident per SM keep ~32 KB of loads in flight, what HBM
+needs to approach its bandwidth."""
 
 FP8_PROGRAMS_PER_SM = 4
 """fp8 split-K target (its tiles are 8 KB): the gate_up shape's 1792 column blocks (no
@@ -120,14 +125,6 @@ def _h200_tuned_configs() -> dict[tuple, "GemvConfig"]:
     9.3 vs 12.0, down 16.7 vs 20.2), gate_up with SiLU-and-mul fused 59.0 vs 61.4 (cuBLAS +
     the SiLU kernel); rows > 1 and other shapes keep cuBLAS."""
     return {
-        ('wna16', 1, 4096, 6144, 132): GemvConfig(1, 64, 128, 11, num_warps=4, num_stages=3),
-        ('wna16', 2, 4096, 6144, 132): GemvConfig(2, 64, 128, 6, num_warps=4, num_stages=3),
-        ('wna16', 1, 4096, 4096, 132): GemvConfig(1, 32, 128, 5, num_warps=4, num_stages=3),
-        ('wna16', 2, 4096, 4096, 132): GemvConfig(2, 64, 128, 8, num_warps=4, num_stages=3),
-        ('wna16', 1, 4096, 28672, 132): GemvConfig(1, 64, 128, 5, num_warps=4, num_stages=3),
-        ('wna16', 2, 4096, 28672, 132): GemvConfig(2, 64, 128, 5, num_warps=4, num_stages=3),
-        ('wna16', 1, 14336, 4096, 132): GemvConfig(1, 64, 128, 9, num_warps=4, num_stages=3),
-        ('wna16', 2, 14336, 4096, 132): GemvConfig(2, 64, 128, 9, num_warps=4, num_stages=3),
         ('bf16', 1, 4096, 6144, 132): GemvConfig(1, 8, 512, 1, num_warps=4, num_stages=3),
         ('bf16', 1, 4096, 4096, 132): GemvConfig(1, 16, 512, 1, num_warps=8, num_stages=3),
         ('bf16', 1, 4096, 28672, 132): GemvConfig(1, 16, 256, 1, num_warps=4, num_stages=3),
@@ -186,10 +183,10 @@ def split_for(N: int, K: int, block_n: int, block_k: int, sms: int,
 
 def wna16_gemv_config(M: int, N: int, K: int, bits: int, sms: int,
                       rows_per_group: int = 128) -> GemvConfig:
-    """Launch shape of the W4A16/W8A16 GEMV: 64 columns (256 bytes of each packed row), K
-    tiles of 128 input rows (16 int4 words: a 4 KB tile, one group of the usual group size
-    128, so one scale vector a tile), 1 or 2 rows a program, split-K to
-    WNA16_PROGRAMS_PER_SM; a TUNED_CONFIGS entry first."""
+    """Launch shape of the W4A16/W8A16 GEMV: 128 columns (512 bytes of each packed row: a
+    warp's 16-byte loads), K tiles of 128 input rows (16 int4 words: an 8 KB tile, one group
+    of the usual group size 128, so one scale vector a tile), 1 or 2 rows a program, split-K
+    to WNA16_PROGRAMS_PER_SM; a TUNED_CONFIGS entry first."""
     block_m = 1 if M <= 1 else 2
     tuned = TUNED_CONFIGS.get(("wna16", block_m, K, N, sms))
     if tuned is not None and bits == 4 and rows_per_group % tuned.block_k == 0:
@@ -199,9 +196,10 @@ def wna16_gemv_config(M: int, N: int, K: int, bits: int, sms: int,
     while block_k > 32 and rows_per_group % block_k:
         block_k //= 2                      # a tile within one group when the group allows
     block_k = min(block_k, max(triton.next_power_of_2(K), pack))
-    block_n = 64
+    block_n = 128
     return GemvConfig(block_m, block_n, block_k,
-                      split_for(N, K, block_n, block_k, sms, WNA16_PROGRAMS_PER_SM))
+                      split_for(N, K, block_n, block_k, sms, WNA16_PROGRAMS_PER_SM),
+                      num_warps=4, num_stages=1)
 
 
 def fp8_gemv_config(M: int, N: int, K: int, sms: int) -> GemvConfig:
@@ -221,122 +219,237 @@ def fp8_gemv_config(M: int, N: int, K: int, sms: int) -> GemvConfig:
 @triton.jit
 def _wna16_gemv_kernel(x_ptr, qweight_ptr, scales_ptr, zeros_ptr, g_idx_ptr, bias_ptr,
                        M, N, K, rows_per_group, k_per_split,
-                       stride_xm, stride_qk, stride_sg, stride_zg,
+                       stride_xm, stride_qk, stride_sg, stride_zg, prefetch_k, magic,
                        out_ptr, partial_ptr, counter_ptr, stride_ps, stride_pm, stride_om,
                        BITS: tl.constexpr, HAS_ZEROS: tl.constexpr, GROUP_MODE: tl.constexpr,
-                       HAS_BIAS: tl.constexpr, SPLIT_MODE: tl.constexpr, MAGIC_BITS: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Rows pid_m * BLOCK_M .. + BLOCK_M (BLOCK_M 1 or 2) of x times columns pid_n * BLOCK_N
-    .. of the K slice pid_k. GROUP_MODE 0: the tile in one group; 1: groups per packed row;
-    2: g_idx per value. Accumulators [BLOCK_K / pack, BLOCK_N] float32 per row, summed over
-    the packed rows once at the end (module docstring)."""
+                       HAS_BIAS: tl.constexpr, SPLIT_MODE: tl.constexpr, EVEN: tl.constexpr,
+                       X_PAIRS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    """Rows row0 = pid_m * BLOCK_M .. + BLOCK_M (BLOCK_M 1 or 2) of x times columns pid_n *
+    BLOCK_N .. of the K slice pid_k. GROUP_MODE 0: the tile in one group; 1: groups per
+    packed row; 2: g_idx per value. Each tile's products are summed over its packed rows and
+    scaled into float32 [BLOCK_N] accumulators, one per row of x; the next tile's load is
+    issued before the current tile's arithmetic (module docstring). EVEN: K and N are
+    multiples of BLOCK_K and BLOCK_N (no masks but the next tile's). X_PAIRS: x is bfloat16,
+    read as int32 pairs. PDL: prefetch the slice's first ``prefetch_k`` rows of K into L2,
+    then wait for the previous kernel (``pdl``)."""
+    launch_dependents()
     PACK: tl.constexpr = 32 // BITS
     BLOCK_KP: tl.constexpr = BLOCK_K // PACK
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     row0 = tl.program_id(2) * BLOCK_M
+    row1 = tl.minimum(row0 + 1, M - 1)      # BLOCK_M 2, M odd: repeats row0; not stored
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_kp = tl.arange(0, BLOCK_KP)
     mask_n = offs_n < N
     zero_shift = (offs_n % PACK) * BITS                                   # [BN]
     k_begin = pid_k * k_per_split
     k_end = tl.minimum(k_begin + k_per_split, K)
-    acc0 = tl.zeros((BLOCK_KP, BLOCK_N), dtype=tl.float32)
-    acc1 = tl.zeros((BLOCK_KP, BLOCK_N), dtype=tl.float32)
+    kp_end = k_end // PACK
+    if PDL:
+        _prefetch_packed_rows(qweight_ptr, k_begin // PACK, kp_end, prefetch_k // PACK,
+                              stride_qk, pid_n * BLOCK_N, N, BLOCK_N)
+        wait_for_previous_grid()
+    tile_ptrs = qweight_ptr + offs_kp[:, None].to(tl.int64) * stride_qk + offs_n[None, :]
+    acc0 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    if EVEN:
+        packed = tl.load(tile_ptrs + (k_begin // PACK) * stride_qk)
+    else:
+        packed = tl.load(tile_ptrs + (k_begin // PACK) * stride_qk,
+                         mask=(k_begin // PACK + offs_kp < kp_end)[:, None] & mask_n[None, :],
+                         other=0)
+    group = k_begin // rows_per_group           # GROUP_MODE 0: the tile's group, and
+    into = k_begin - group * rows_per_group     # how far the tile starts into it
     for k0 in range(k_begin, k_end, BLOCK_K):
         rows_kp = k0 // PACK + offs_kp                                    # [BKP] packed rows
-        mask_kp = rows_kp < k_end // PACK
-        packed = tl.load(qweight_ptr + rows_kp[:, None].to(tl.int64) * stride_qk
-                         + offs_n[None, :], mask=mask_kp[:, None] & mask_n[None, :],
-                         other=0)                                          # [BKP, BN] int32
+        # the next tile's words are in flight while this one is dequantized (none after
+        # the slice's last tile)
+        if EVEN:
+            next_mask = offs_kp < tl.where(k0 + BLOCK_K < k_end, BLOCK_KP, 0)
+        else:
+            next_mask = rows_kp + BLOCK_KP < kp_end
+        next_packed = tl.load(tile_ptrs + (k0 // PACK + BLOCK_KP) * stride_qk,
+                              mask=next_mask[:, None] & mask_n[None, :],
+                              other=0)                                    # [BKP, BN] int32
         if GROUP_MODE == 2:
             acc0, acc1 = _wna16_tile_g_idx(
-                acc0, acc1, packed, rows_kp, k_end, x_ptr, row0, M, stride_xm, scales_ptr,
+                acc0, acc1, packed, rows_kp, k_end, x_ptr, row0, row1, stride_xm, scales_ptr,
                 zeros_ptr, g_idx_ptr, offs_n, mask_n, zero_shift, stride_sg, stride_zg, BITS,
-                HAS_ZEROS, MAGIC_BITS, BLOCK_M)
+                HAS_ZEROS, BLOCK_M)
         else:
             if GROUP_MODE == 0:
-                groups = tl.zeros((1,), tl.int32) + k0 // rows_per_group  # [1]
+                groups = tl.zeros((1,), tl.int32) + group                 # [1]
             else:       # rows past the slice read group 0 (their x is 0)
-                groups = tl.where(mask_kp, rows_kp * PACK // rows_per_group, 0)   # [BKP]
+                groups = tl.where(rows_kp < kp_end, rows_kp * PACK // rows_per_group, 0)
             scale, zero = _scale_and_zero(scales_ptr, zeros_ptr, groups, offs_n, mask_n,
-                                          zero_shift, stride_sg, stride_zg, BITS, HAS_ZEROS,
-                                          MAGIC_BITS)                     # [1 | BKP, BN]
-            acc0 = _wna16_tile_row(acc0, packed, scale, zero, rows_kp, k_end, x_ptr, row0, M,
-                                   stride_xm, BITS, MAGIC_BITS)
-            if BLOCK_M == 2:
-                acc1 = _wna16_tile_row(acc1, packed, scale, zero, rows_kp, k_end, x_ptr,
-                                       row0 + 1, M, stride_xm, BITS, MAGIC_BITS)
+                                          zero_shift, stride_sg, stride_zg, BITS,
+                                          HAS_ZEROS)                      # [1 | BKP, BN]
+            t0, t1, xs0, xs1 = _wna16_tile(packed, rows_kp, k_end, x_ptr, row0, row1,
+                                           stride_xm, magic, BITS, HAS_ZEROS, EVEN, X_PAIRS,
+                                           BLOCK_M)
+            # t holds sum_j x_j (q_j - 2**(BITS - 1)); zero points add (2**(BITS - 1) - zero)
+            # times the tile's sum of x (xs: per packed row)
+            if GROUP_MODE == 0:     # one scale a column: sum the rows first
+                scale_n = tl.reshape(scale, (BLOCK_N,))
+                t0_n = tl.sum(t0, axis=0)
+                if HAS_ZEROS:
+                    shift_n = (1 << (BITS - 1)) - tl.reshape(zero, (BLOCK_N,))
+                    t0_n += tl.sum(xs0, axis=0) * shift_n
+                acc0 += scale_n * t0_n
+                if BLOCK_M == 2:
+                    t1_n = tl.sum(t1, axis=0)
+                    if HAS_ZEROS:
+                        t1_n += tl.sum(xs1, axis=0) * shift_n
+                    acc1 += scale_n * t1_n
+            else:
+                if HAS_ZEROS:
+                    t0 += xs0[:, None] * ((1 << (BITS - 1)) - zero)
+                    t1 += xs1[:, None] * ((1 << (BITS - 1)) - zero)
+                acc0 += tl.sum(scale * t0, axis=0)
+                if BLOCK_M == 2:
+                    acc1 += tl.sum(scale * t1, axis=0)
+        into += BLOCK_K
+        wrapped = into >= rows_per_group
+        group = tl.where(wrapped, group + 1, group)
+        into = tl.where(wrapped, 0, into)
+        packed = next_packed
     offs_m = row0 + tl.arange(0, BLOCK_M)
-    rows = tl.where(offs_m[:, None] == row0, tl.sum(acc0, axis=0)[None, :],
-                    tl.sum(acc1, axis=0)[None, :])                        # [BLOCK_M, BN]
+    rows = tl.where(offs_m[:, None] == row0, acc0[None, :], acc1[None, :])  # [BLOCK_M, BN]
     finish_gemv_tile(rows, offs_m, offs_n, M, N, bias_ptr, out_ptr, partial_ptr, counter_ptr,
                      stride_ps, stride_pm, stride_om, HAS_BIAS, SPLIT_MODE)
 
 
 @triton.jit
-def _wna16_tile_row(acc, packed, scale, zero, rows_kp, k_end, x_ptr, m, M, stride_xm,
-                    BITS: tl.constexpr, MAGIC_BITS: tl.constexpr):
-    """acc [BKP, BN] + scale * (sum_j x_j q_j - zero * sum_j x_j) of one row m of x over one
-    tile (one scale/zero per packed row or per tile). Value j of a word is masked in place
-    (the low half of the word for j < pack / 2, the word >> 16 above), OR-ed with MAGIC and
-    less 2**23: q_j * 2**(BITS * (j % (pack / 2))) exactly; x_j is scaled by the inverse
-    power of two instead (exact), so a value costs an AND/OR, a subtraction and an FMA."""
-    PACK: tl.constexpr = 32 // BITS
-    HALF: tl.constexpr = PACK // 2
-    MASK: tl.constexpr = (1 << BITS) - 1
-    high = packed >> 16                                                   # values HALF..PACK-1
-    k_lim = tl.where(m < M, k_end, 0)                                     # row m past M: x = 0
-    t = tl.zeros(packed.shape, dtype=tl.float32)                          # [BKP, BN]
-    x_sum = tl.zeros(rows_kp.shape, dtype=tl.float32)                     # [BKP]
-    for j in tl.static_range(PACK):
-        offs_k = rows_kp * PACK + j                                       # [BKP] rows of value j
-        x = tl.load(x_ptr + m * stride_xm + offs_k, mask=offs_k < k_lim,
-                    other=0.0).to(tl.float32)                             # [BKP]
-        x_sum += x
-        shift = (j % HALF) * BITS        # constexpr: j is a static_range index
-        if j < HALF:
-            bits = (packed & (MASK << shift)) | MAGIC_BITS
-        else:
-            bits = (high & (MASK << shift)) | MAGIC_BITS
-        q = bits.to(tl.float32, bitcast=True) - 8388608.0                 # q_j * 2**shift
-        t += (x * (1.0 / (1 << shift)))[:, None] * q
-    return acc + scale * (t - zero * x_sum[:, None])
+def _prefetch_packed_rows(qweight_ptr, kp_begin, kp_end, count, stride_qk, n0, N,
+                          BLOCK_N: tl.constexpr):
+    """PDL prologue of the W4A16 GEMV: ask L2 for the program's first ``count`` packed rows
+    (``kp_begin`` .., before ``kp_end``), each BLOCK_N contiguous words from column ``n0``:
+    one bulk prefetch per thread and row (``pdl.prefetch_rows_l2``)."""
+    rows = kp_begin + tl.arange(0, num_threads())                        # one per thread
+    width = tl.minimum(N - n0, BLOCK_N) * 4
+    nbytes = tl.where((rows < kp_begin + count) & (rows < kp_end), width, 0)
+    prefetch_rows_l2(qweight_ptr + rows.to(tl.int64) * stride_qk + n0, nbytes)
 
 
 @triton.jit
-def _wna16_tile_g_idx(acc0, acc1, packed, rows_kp, k_end, x_ptr, row0, M, stride_xm,
-                      scales_ptr, zeros_ptr, g_idx_ptr, offs_n, mask_n, zero_shift, stride_sg,
-                      stride_zg, BITS: tl.constexpr, HAS_ZEROS: tl.constexpr,
-                      MAGIC_BITS: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Act-order tile: a group (scale, zero) per value, the value dequantized before the
-    FMAs (slower; act-order checkpoints are rare)."""
+def _x_value(x_ptr, row, stride_xm, offs_k, k_end, pair, j: tl.constexpr,
+             EVEN: tl.constexpr, X_PAIRS: tl.constexpr):
+    """float32 x[row, offs_k] [BKP] (0 past k_end unless EVEN). X_PAIRS: from ``pair``, the
+    int32 word holding bfloat16 values j & ~1 (low half) and j | 1 (high half)."""
+    if X_PAIRS:
+        if j % 2 == 0:
+            return (pair << 16).to(tl.float32, bitcast=True)
+        else:
+            return (pair & -65536).to(tl.float32, bitcast=True)
+    elif EVEN:
+        return tl.load(x_ptr + row * stride_xm + offs_k).to(tl.float32)
+    else:
+        return tl.load(x_ptr + row * stride_xm + offs_k, mask=offs_k < k_end,
+                       other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _x_pair(x_ptr, row, stride_xm, rows_kp, k_end, p: tl.constexpr, PACK: tl.constexpr,
+            EVEN: tl.constexpr, X_PAIRS: tl.constexpr):
+    """X_PAIRS: the int32 words [BKP] holding bfloat16 x[row, rows_kp * PACK + 2p + {0, 1}]
+    (0 past k_end unless EVEN); else a placeholder."""
+    if X_PAIRS:
+        x32 = x_ptr.to(tl.pointer_type(tl.int32), bitcast=True)
+        offs = row * (stride_xm // 2) + rows_kp * (PACK // 2) + p
+        if EVEN:
+            return tl.load(x32 + offs)
+        else:
+            return tl.load(x32 + offs, mask=rows_kp * PACK < k_end, other=0)
+    else:
+        return rows_kp
+
+
+@triton.jit
+def _wna16_tile(packed, rows_kp, k_end, x_ptr, row0, row1, stride_xm, magic,
+                BITS: tl.constexpr, HAS_ZEROS: tl.constexpr, EVEN: tl.constexpr,
+                X_PAIRS: tl.constexpr, BLOCK_M: tl.constexpr):
+    """(t0, t1, xs0, xs1): t [BKP, BN] = sum_j x_j (q_j - 2**(BITS - 1)) of each packed word of
+    the tile for rows row0 and (BLOCK_M 2) row1 of x, unscaled, and with HAS_ZEROS xs [BKP] =
+    sum_j x_j of each packed row (t1, xs1 zeros when BLOCK_M is 1; xs zeros without zero
+    points). Value j of a word is masked in place (from the word for the values whose bits
+    lie below bit 20 / 16, from the word >> HIGH_SHIFT for the rest; s its bit offset there)
+    and OR-ed with ``magic`` (MAGIC, passed at run time so that it is a register operand and
+    ptxas folds the mask as the LOP3's immediate): the float is 2**23 + q_j * 2**s exactly;
+    less the constant 2**23 + 2**(BITS - 1 + s) it is (q_j - 2**(BITS - 1)) * 2**s, and x_j
+    is scaled by 2**-s instead (exact). A value costs one LOP3, one FADD and one FFMA per row
+    of x; two activations an int32 load (X_PAIRS) and two conversions."""
     PACK: tl.constexpr = 32 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
+    IN_PLACE: tl.constexpr = 5 if BITS == 4 else 2          # values with bits below bit 20 / 16
+    HIGH_SHIFT: tl.constexpr = 12 if BITS == 4 else 16      # the rest, moved to bits 8.. / 0..
+    high = packed >> HIGH_SHIFT
+    t0 = tl.zeros(packed.shape, dtype=tl.float32)                         # [BKP, BN]
+    t1 = tl.zeros(packed.shape, dtype=tl.float32)
+    xs0 = tl.zeros(rows_kp.shape, dtype=tl.float32)                       # [BKP]
+    xs1 = tl.zeros(rows_kp.shape, dtype=tl.float32)
+    for p in tl.static_range(PACK // 2):
+        pair0 = _x_pair(x_ptr, row0, stride_xm, rows_kp, k_end, p, PACK, EVEN, X_PAIRS)
+        if BLOCK_M == 2:
+            pair1 = _x_pair(x_ptr, row1, stride_xm, rows_kp, k_end, p, PACK, EVEN, X_PAIRS)
+        for i in tl.static_range(2):
+            j = 2 * p + i
+            offs_k = rows_kp * PACK + j                                   # [BKP] rows of value j
+            if j < IN_PLACE:
+                shift = BITS * j
+                bits = (packed & (MASK << shift)) | magic
+            else:
+                shift = BITS * j - HIGH_SHIFT
+                bits = (high & (MASK << shift)) | magic
+            q = bits.to(tl.float32, bitcast=True) - (8388608 + (1 << (BITS - 1 + shift)))
+            x0 = _x_value(x_ptr, row0, stride_xm, offs_k, k_end, pair0, j, EVEN, X_PAIRS)
+            if HAS_ZEROS:
+                xs0 += x0
+            if shift == 0:
+                t0 += x0[:, None] * q
+            else:
+                t0 += (x0 * (1.0 / (1 << shift)))[:, None] * q
+            if BLOCK_M == 2:
+                x1 = _x_value(x_ptr, row1, stride_xm, offs_k, k_end, pair1, j, EVEN, X_PAIRS)
+                if HAS_ZEROS:
+                    xs1 += x1
+                t1 += (x1 * (1.0 / (1 << shift)))[:, None] * q
+    return t0, t1, xs0, xs1
+
+
+@triton.jit
+def _wna16_tile_g_idx(acc0, acc1, packed, rows_kp, k_end, x_ptr, row0, row1, stride_xm,
+                      scales_ptr, zeros_ptr, g_idx_ptr, offs_n, mask_n, zero_shift, stride_sg,
+                      stride_zg, BITS: tl.constexpr, HAS_ZEROS: tl.constexpr,
+                      BLOCK_M: tl.constexpr):
+    """Act-order tile: a group (scale, zero) per value, the value dequantized before the
+    FMAs (slower; act-order checkpoints are rare). acc [BN] + the tile's products."""
+    PACK: tl.constexpr = 32 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    t0 = tl.zeros(packed.shape, dtype=tl.float32)                         # [BKP, BN]
+    t1 = tl.zeros(packed.shape, dtype=tl.float32)
     for j in tl.static_range(PACK):
         offs_k = rows_kp * PACK + j                                       # [BKP]
         mask_k = offs_k < k_end
         groups = tl.load(g_idx_ptr + offs_k, mask=mask_k, other=0)
         scale, zero = _scale_and_zero(scales_ptr, zeros_ptr, groups, offs_n, mask_n, zero_shift,
-                                      stride_sg, stride_zg, BITS, HAS_ZEROS, MAGIC_BITS)
-        q = ((packed >> (j * BITS)) & MASK) | MAGIC_BITS
+                                      stride_sg, stride_zg, BITS, HAS_ZEROS)
+        q = ((packed >> (j * BITS)) & MASK) | MAGIC
         w = (q.to(tl.float32, bitcast=True) - 8388608.0 - zero) * scale    # [BKP, BN]
-        x0 = tl.load(x_ptr + row0 * stride_xm + offs_k, mask=offs_k < tl.where(row0 < M, k_end, 0),
-                     other=0.0)
-        acc0 += x0.to(tl.float32)[:, None] * w
+        x0 = tl.load(x_ptr + row0 * stride_xm + offs_k, mask=mask_k, other=0.0)
+        t0 += x0.to(tl.float32)[:, None] * w
         if BLOCK_M == 2:
-            x1 = tl.load(x_ptr + (row0 + 1) * stride_xm + offs_k,
-                         mask=offs_k < tl.where(row0 + 1 < M, k_end, 0), other=0.0)
-            acc1 += x1.to(tl.float32)[:, None] * w
-    return acc0, acc1
+            x1 = tl.load(x_ptr + row1 * stride_xm + offs_k, mask=mask_k, other=0.0)
+            t1 += x1.to(tl.float32)[:, None] * w
+    return acc0 + tl.sum(t0, axis=0), acc1 + tl.sum(t1, axis=0)
 
 
 @triton.jit
 def _scale_and_zero(scales_ptr, zeros_ptr, groups, offs_n, mask_n, zero_shift, stride_sg,
-                    stride_zg, BITS: tl.constexpr, HAS_ZEROS: tl.constexpr,
-                    MAGIC_BITS: tl.constexpr):
+                    stride_zg, BITS: tl.constexpr, HAS_ZEROS: tl.constexpr):
     """float32 (scale, zero point) of ``groups`` [R] (valid group indices) x columns
-    ``offs_n`` [BN] -> [R, BN]."""
+    ``offs_n`` [BN] -> [R, BN] (zero: a constant 2**(BITS - 1) without zero points)."""
     MASK: tl.constexpr = (1 << BITS) - 1
     mask = (groups[:, None] >= 0) & mask_n[None, :]                       # [R, BN]
     rows = groups[:, None].to(tl.int64)
@@ -344,8 +457,7 @@ def _scale_and_zero(scales_ptr, zeros_ptr, groups, offs_n, mask_n, zero_shift, s
     if HAS_ZEROS:
         word = tl.load(zeros_ptr + rows * stride_zg + offs_n[None, :] // (32 // BITS), mask=mask,
                        other=0)
-        zero = ((word >> zero_shift[None, :]) & MASK) | MAGIC_BITS
-        zero = zero.to(tl.float32, bitcast=True) - 8388608.0
+        zero = ((word >> zero_shift[None, :]) & MASK).to(tl.float32)
     else:
         zero = tl.full(scale.shape, 1 << (BITS - 1), tl.float32)
     return scale.to(tl.float32), zero
@@ -420,6 +532,10 @@ def wna16_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
     else:
         group_mode = 0 if rows_per_group % config.block_k == 0 else 1
     k_per_split = config.k_per_split(K)
+    even = K % config.block_k == 0 and N % config.block_n == 0
+    x_pairs = (x.dtype == torch.bfloat16 and x.stride(-1) == 1 and x.data_ptr() % 4 == 0
+               and (x.dim() == 1 or x.reshape(-1, K).stride(0) % 2 == 0))
+    pdl_args = wna16_pdl_args(x, qweight, bits, k_per_split, config)
 
     def launch(grid, x2, split_args):
         _wna16_gemv_kernel[grid](
@@ -427,14 +543,34 @@ def wna16_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
             g_idx if g_idx is not None else qweight, bias if bias is not None else scales,
             x2.shape[0], N, K, rows_per_group, k_per_split,
             x2.stride(0), qweight.stride(0), scales.stride(0),
-            qzeros.stride(0) if qzeros is not None else 0, **split_args,
+            qzeros.stride(0) if qzeros is not None else 0, magic=MAGIC_ARG, **split_args, **pdl_args,
             BITS=bits, HAS_ZEROS=qzeros is not None, GROUP_MODE=group_mode,
-            HAS_BIAS=bias is not None, MAGIC_BITS=MAGIC,
+            HAS_BIAS=bias is not None, EVEN=even, X_PAIRS=x_pairs,
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             num_warps=config.num_warps, num_stages=config.num_stages)
 
     return run_gemv(x, N, bias, config.block_m, config.block_n, config.split_k, launch,
                     in_kernel_reduce)
+
+
+def wna16_pdl_args(x: torch.Tensor, qweight: torch.Tensor, bits: int, k_per_split: int,
+                   config: GemvConfig) -> dict:
+    """``pdl.gemv_launch_args`` for the packed [K / pack, N] layout: ``prefetch_k`` rows of K
+    (a multiple of block_k, at most one packed row per thread of the program) from the start
+    of each slice, all programs together within ``pdl.PREFETCH_BYTES``; 0 (no prefetch) when
+    the rows are not 16-byte aligned, as the bulk prefetch needs."""
+    args = gemv_launch_args(x, qweight, 1, k_per_split, 1, config.block_k)
+    if not args["PDL"]:
+        return args
+    N = qweight.shape[1]
+    aligned = (qweight.data_ptr() % 16 == 0 and qweight.stride(0) % 4 == 0
+               and config.block_n % 4 == 0)
+    row_bytes = N * bits // 8 * config.split_k            # one row of K over all slices
+    budget = pdl.PREFETCH_BYTES // max(row_bytes, 1) // config.block_k * config.block_k
+    pack = 32 // bits
+    per_thread = 32 * config.num_warps * pack // config.block_k * config.block_k
+    args["prefetch_k"] = min(budget, k_per_split, per_thread) if aligned else 0
+    return args
 
 
 def fp8_gemv_triton(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
