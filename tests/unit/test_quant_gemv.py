@@ -25,16 +25,16 @@ def test_launch_shapes_give_several_programs_per_sm_on_the_h200():
     saved = dict(TUNED_CONFIGS)
     TUNED_CONFIGS.clear()                          # the rules, not the H200's measurements
     try:
-        # Llama-8B decode, W4A16: 64-column blocks of one-group (128-row) K tiles, split to
-        # >= 8 programs per SM: qkv 96 blocks x 11 slices, o 64 x 16 (1024 programs),
-        # gate_up 448 x 3, down 64 x 16 (7 tiles a slice)
-        for (K, N), split in {(4096, 6144): 11, (4096, 4096): 16, (4096, 28672): 3,
-                              (14336, 4096): 16}.items():
+        # Llama-8B decode, W4A16: 256-column blocks of 64-row K tiles (within one 128-row
+        # group), split to >= 4 programs per SM: qkv 24 blocks x 22 slices, o 16 x 32 (512
+        # programs), gate_up 112 x 5, down 16 x 32 (7 tiles a slice)
+        for (K, N), split in {(4096, 6144): 22, (4096, 4096): 32, (4096, 28672): 5,
+                              (14336, 4096): 32}.items():
             for M, block_m in ((1, 1), (2, 2), (5, 2)):
                 config = wna16_gemv_config(M, N, K, 4, H200_SMS)
-                assert config == GemvConfig(block_m, 64, 128, split), (K, N, M)
+                assert config == GemvConfig(block_m, 256, 64, split, 4, 1), (K, N, M)
                 # (the no-empty-slice rounding may keep a few percent under the target)
-                assert N // 64 * split >= 0.95 * WNA16_PROGRAMS_PER_SM * H200_SMS
+                assert N // 256 * split >= 0.95 * WNA16_PROGRAMS_PER_SM * H200_SMS
         # fp8: gate_up's 1792 blocks of 16 columns need no split; the others 2-3 slices
         for (K, N), split in {(4096, 6144): 2, (4096, 4096): 3, (4096, 28672): 1,
                               (14336, 4096): 3}.items():

@@ -43,6 +43,7 @@ Torch twins and oracles: ``pagellm.ops.quant.wna16_linear_torch`` and
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -94,7 +95,7 @@ takes the masks as immediates instead of materializing one per value (measured i
 """float32 bits of 2**23: OR-ed with an integer q < 2**23 it reads as 2**23 + q."""
 
 WNA16_PROGRAMS_PER_SM = 4
-"""W4A16 split-K target: programs per SM (N = 4096 with 128-column blocks: 16 slices, 512
+"""W4A16 split-K target: programs per SM (N = 4096 with 256-column blocks: 32 slices, 512
 programs). A program has its next [BLOCK_K / pack, BLOCK_N] tile (8 KB) in flight while it
 works on the current one, so four resident per SM keep ~32 KB of loads in flight, what HBM
 needs to approach its bandwidth."""
@@ -183,20 +184,21 @@ def split_for(N: int, K: int, block_n: int, block_k: int, sms: int,
 
 def wna16_gemv_config(M: int, N: int, K: int, bits: int, sms: int,
                       rows_per_group: int = 128) -> GemvConfig:
-    """Launch shape of the W4A16/W8A16 GEMV: 128 columns (512 bytes of each packed row: a
-    warp's 16-byte loads), K tiles of 128 input rows (16 int4 words: an 8 KB tile, one group
-    of the usual group size 128, so one scale vector a tile), 1 or 2 rows a program, split-K
-    to WNA16_PROGRAMS_PER_SM; a TUNED_CONFIGS entry first."""
+    """Launch shape of the W4A16/W8A16 GEMV: 256 columns (1 KB of each packed row), K tiles
+    of 64 input rows (8 int4 words: an 8 KB tile within one group of the usual group size
+    128, so one scale vector a tile), 1 or 2 rows a program, split-K to
+    WNA16_PROGRAMS_PER_SM; a TUNED_CONFIGS entry first. (The H200 sweep of session 10 found
+    wide column blocks with many slices best on every Llama-8B shape: RESULTS.md.)"""
     block_m = 1 if M <= 1 else 2
     tuned = TUNED_CONFIGS.get(("wna16", block_m, K, N, sms))
     if tuned is not None and bits == 4 and rows_per_group % tuned.block_k == 0:
         return tuned
     pack = 32 // bits
-    block_k = 128
+    block_k = 64
     while block_k > 32 and rows_per_group % block_k:
         block_k //= 2                      # a tile within one group when the group allows
     block_k = min(block_k, max(triton.next_power_of_2(K), pack))
-    block_n = 128
+    block_n = 256
     return GemvConfig(block_m, block_n, block_k,
                       split_for(N, K, block_n, block_k, sms, WNA16_PROGRAMS_PER_SM),
                       num_warps=4, num_stages=1)
@@ -334,34 +336,44 @@ def _prefetch_packed_rows(qweight_ptr, kp_begin, kp_end, count, stride_qk, n0, N
 
 
 @triton.jit
-def _x_value(x_ptr, row, stride_xm, offs_k, k_end, pair, j: tl.constexpr,
-             EVEN: tl.constexpr, X_PAIRS: tl.constexpr):
-    """float32 x[row, offs_k] [BKP] (0 past k_end unless EVEN). X_PAIRS: from ``pair``, the
-    int32 word holding bfloat16 values j & ~1 (low half) and j | 1 (high half)."""
+def _x_value(x_rows, k_end, pair, j: tl.constexpr, EVEN: tl.constexpr, X_PAIRS: tl.constexpr):
+    """float32 activations [BKP]: value j of each packed row (0 past k_end unless EVEN).
+    ``x_rows``: pointers to the rows' first activations (``_x_rows``). X_PAIRS: taken from
+    ``pair``, the int32 words holding bfloat16 values j & ~1 (low half) and j | 1 (high half)."""
     if X_PAIRS:
         if j % 2 == 0:
             return (pair << 16).to(tl.float32, bitcast=True)
         else:
             return (pair & -65536).to(tl.float32, bitcast=True)
-    elif EVEN:
-        return tl.load(x_ptr + row * stride_xm + offs_k).to(tl.float32)
     else:
-        return tl.load(x_ptr + row * stride_xm + offs_k, mask=offs_k < k_end,
-                       other=0.0).to(tl.float32)
+        if EVEN:
+            return tl.load(x_rows + j).to(tl.float32)
+        else:
+            return tl.load(x_rows + j, mask=j < k_end, other=0.0).to(tl.float32)
 
 
 @triton.jit
-def _x_pair(x_ptr, row, stride_xm, rows_kp, k_end, p: tl.constexpr, PACK: tl.constexpr,
-            EVEN: tl.constexpr, X_PAIRS: tl.constexpr):
-    """X_PAIRS: the int32 words [BKP] holding bfloat16 x[row, rows_kp * PACK + 2p + {0, 1}]
+def _x_rows(x_ptr, row, stride_xm, rows_kp, PACK: tl.constexpr, X_PAIRS: tl.constexpr):
+    """Pointers [BKP] to the first activation of each packed row of the tile in row ``row`` of
+    x (X_PAIRS: as int32 words, two bfloat16 values each), so that the loads of a row's values
+    add constants (immediate offsets in SASS)."""
+    if X_PAIRS:
+        x32 = x_ptr.to(tl.pointer_type(tl.int32), bitcast=True) + row * (stride_xm // 2)
+        return x32 + rows_kp * (PACK // 2)
+    else:
+        return x_ptr + row * stride_xm + rows_kp * PACK
+
+
+@triton.jit
+def _x_pair(x_rows, rows_kp, k_end, p: tl.constexpr, PACK: tl.constexpr, EVEN: tl.constexpr,
+            X_PAIRS: tl.constexpr):
+    """X_PAIRS: the int32 words [BKP] holding bfloat16 values 2p and 2p + 1 of each packed row
     (0 past k_end unless EVEN); else a placeholder."""
     if X_PAIRS:
-        x32 = x_ptr.to(tl.pointer_type(tl.int32), bitcast=True)
-        offs = row * (stride_xm // 2) + rows_kp * (PACK // 2) + p
         if EVEN:
-            return tl.load(x32 + offs)
+            return tl.load(x_rows + p)
         else:
-            return tl.load(x32 + offs, mask=rows_kp * PACK < k_end, other=0)
+            return tl.load(x_rows + p, mask=rows_kp * PACK < k_end, other=0)
     else:
         return rows_kp
 
@@ -375,11 +387,11 @@ def _wna16_tile(packed, rows_kp, k_end, x_ptr, row0, row1, stride_xm, magic,
     sum_j x_j of each packed row (t1, xs1 zeros when BLOCK_M is 1; xs zeros without zero
     points). Value j of a word is masked in place (from the word for the values whose bits
     lie below bit 20 / 16, from the word >> HIGH_SHIFT for the rest; s its bit offset there)
-    and OR-ed with ``magic`` (MAGIC, passed at run time so that it is a register operand and
-    ptxas folds the mask as the LOP3's immediate): the float is 2**23 + q_j * 2**s exactly;
-    less the constant 2**23 + 2**(BITS - 1 + s) it is (q_j - 2**(BITS - 1)) * 2**s, and x_j
-    is scaled by 2**-s instead (exact). A value costs one LOP3, one FADD and one FFMA per row
-    of x; two activations an int32 load (X_PAIRS) and two conversions."""
+    and OR-ed with the exponent bits of 2**(23 - s) (``magic`` - s << 23; ``magic`` = MAGIC
+    is passed at run time so that these are register operands and ptxas folds the masks as
+    the LOP3's immediates): the float is 2**(23 - s) + q_j exactly, and less the constant
+    2**(23 - s) + 2**(BITS - 1) it is q_j - 2**(BITS - 1). A value costs one LOP3, one FADD and
+    one FFMA per row of x; two activations one int32 load (X_PAIRS) and two conversions."""
     PACK: tl.constexpr = 32 // BITS
     MASK: tl.constexpr = (1 << BITS) - 1
     IN_PLACE: tl.constexpr = 5 if BITS == 4 else 2          # values with bits below bit 20 / 16
@@ -389,32 +401,31 @@ def _wna16_tile(packed, rows_kp, k_end, x_ptr, row0, row1, stride_xm, magic,
     t1 = tl.zeros(packed.shape, dtype=tl.float32)
     xs0 = tl.zeros(rows_kp.shape, dtype=tl.float32)                       # [BKP]
     xs1 = tl.zeros(rows_kp.shape, dtype=tl.float32)
+    x_rows0 = _x_rows(x_ptr, row0, stride_xm, rows_kp, PACK, X_PAIRS)
+    x_rows1 = _x_rows(x_ptr, row1, stride_xm, rows_kp, PACK, X_PAIRS)
+    k_left = k_end - rows_kp * PACK                                       # [BKP]
     for p in tl.static_range(PACK // 2):
-        pair0 = _x_pair(x_ptr, row0, stride_xm, rows_kp, k_end, p, PACK, EVEN, X_PAIRS)
+        pair0 = _x_pair(x_rows0, rows_kp, k_end, p, PACK, EVEN, X_PAIRS)
         if BLOCK_M == 2:
-            pair1 = _x_pair(x_ptr, row1, stride_xm, rows_kp, k_end, p, PACK, EVEN, X_PAIRS)
+            pair1 = _x_pair(x_rows1, rows_kp, k_end, p, PACK, EVEN, X_PAIRS)
         for i in tl.static_range(2):
             j = 2 * p + i
-            offs_k = rows_kp * PACK + j                                   # [BKP] rows of value j
             if j < IN_PLACE:
                 shift = BITS * j
-                bits = (packed & (MASK << shift)) | magic
+                bits = (packed & (MASK << shift)) | (magic - (shift << 23))
             else:
                 shift = BITS * j - HIGH_SHIFT
-                bits = (high & (MASK << shift)) | magic
-            q = bits.to(tl.float32, bitcast=True) - (8388608 + (1 << (BITS - 1 + shift)))
-            x0 = _x_value(x_ptr, row0, stride_xm, offs_k, k_end, pair0, j, EVEN, X_PAIRS)
+                bits = (high & (MASK << shift)) | (magic - (shift << 23))
+            q = bits.to(tl.float32, bitcast=True) - ((1 << (23 - shift)) + (1 << (BITS - 1)))
+            x0 = _x_value(x_rows0, k_left, pair0, j, EVEN, X_PAIRS)
             if HAS_ZEROS:
                 xs0 += x0
-            if shift == 0:
-                t0 += x0[:, None] * q
-            else:
-                t0 += (x0 * (1.0 / (1 << shift)))[:, None] * q
+            t0 += x0[:, None] * q
             if BLOCK_M == 2:
-                x1 = _x_value(x_ptr, row1, stride_xm, offs_k, k_end, pair1, j, EVEN, X_PAIRS)
+                x1 = _x_value(x_rows1, k_left, pair1, j, EVEN, X_PAIRS)
                 if HAS_ZEROS:
                     xs1 += x1
-                t1 += (x1 * (1.0 / (1 << shift)))[:, None] * q
+                t1 += x1[:, None] * q
     return t0, t1, xs0, xs1
 
 
@@ -580,12 +591,19 @@ def fp8_gemv_triton(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.T
     [N] per row).T (+ bias [N]) -> [..., N] in x.dtype, weight-only (module docstring).
     ``config`` and ``in_kernel_reduce`` as in ``wna16_gemv_triton``. ValueError for too many
     rows."""
-    count_call(x, "fp8")
     K, N = x.shape[-1], weight.shape[0]
     weight = weight.contiguous()
     weight_scale = weight_scale.reshape(-1).float().expand(N).contiguous()    # [N]
     M = x.numel() // max(K, 1)
     config = config or fp8_gemv_config(M, N, K, num_sms(x.device))
+    if M <= 2 and config.block_m <= 2:
+        # 2-D accumulators, summed once (the dense GEMV's loop): no per-tile reduction
+        from pagellm.ops.triton.dense_gemv import run_scaled_gemv
+
+        return run_scaled_gemv(x, weight, weight_scale, bias,
+                               dataclasses.replace(config, block_m=max(M, 1)),
+                               in_kernel_reduce, "fp8")
+    count_call(x, "fp8")
     k_per_split = config.k_per_split(K)
     pdl_args = gemv_launch_args(x, weight, N, k_per_split, config.split_k, config.block_k)
 
