@@ -118,14 +118,23 @@ entries of such a file at import (a sweep's results used in the same session).""
 
 def _h200_tuned_configs() -> dict[tuple, "GemvConfig"]:
     """The decode GEMVs' best launches at Llama-3.1-8B's shapes on an H200 (132 SMs).
-    W4A16 from ``quant_gemv_bench.py --sweep --kernels wna16`` (benchmarks/RESULTS.md, session
-    7, last call): 0-13% faster than the rules' defaults. bf16 / bf16_silu_mul / fp8 at one row
+    W4A16 (symmetric, as GPTQ sym=True checkpoints load) from ``quant_gemv_bench.py --sweep
+    --kernels wna16`` (benchmarks/RESULTS.md, session 10, second call): up to 27% faster than
+    the rules' defaults at one row. bf16 / bf16_silu_mul / fp8 at one row
     from ``--sweep --rows 1 --kernels bf16,bf16_silu_mul`` and ``--kernels fp8`` (RESULTS.md,
     session 8, kernels call): the dense GEMV beat cuBLAS on every listed shape at TP=1 and TP=2
     (qkv 14.4 vs 15.5 µs, o 11.1 vs 13.8, down 30.4 vs 32.4, LM head 234.8 vs 247.8; TP=2 qkv
     9.3 vs 12.0, down 16.7 vs 20.2), gate_up with SiLU-and-mul fused 59.0 vs 61.4 (cuBLAS +
     the SiLU kernel); rows > 1 and other shapes keep cuBLAS."""
     return {
+        ('wna16', 1, 4096, 6144, 132): GemvConfig(1, 256, 64, 32, num_warps=4, num_stages=1),
+        ('wna16', 2, 4096, 6144, 132): GemvConfig(2, 256, 64, 22, num_warps=4, num_stages=1),
+        ('wna16', 1, 4096, 4096, 132): GemvConfig(1, 64, 128, 16, num_warps=4, num_stages=1),
+        ('wna16', 2, 4096, 4096, 132): GemvConfig(2, 256, 64, 32, num_warps=4, num_stages=1),
+        ('wna16', 1, 4096, 28672, 132): GemvConfig(1, 512, 32, 19, num_warps=4, num_stages=1),
+        ('wna16', 2, 4096, 28672, 132): GemvConfig(2, 512, 32, 19, num_warps=4, num_stages=1),
+        ('wna16', 1, 14336, 4096, 132): GemvConfig(1, 64, 128, 16, num_warps=4, num_stages=1),
+        ('wna16', 2, 14336, 4096, 132): GemvConfig(2, 512, 32, 64, num_warps=4, num_stages=1),
         ('bf16', 1, 4096, 6144, 132): GemvConfig(1, 8, 512, 1, num_warps=4, num_stages=3),
         ('bf16', 1, 4096, 4096, 132): GemvConfig(1, 16, 512, 1, num_warps=8, num_stages=3),
         ('bf16', 1, 4096, 28672, 132): GemvConfig(1, 16, 256, 1, num_warps=4, num_stages=3),
