@@ -52,11 +52,10 @@ SILU_MUL_SUFFIX = "_silu_mul"
 
 
 @triton.jit
-def _dense_gemv_kernel(x_ptr, weight_ptr, bias_ptr, scale_ptr, M, N, K, k_per_split, stride_xm,
-                       stride_wn, prefetch_k,
+def _dense_gemv_kernel(x_ptr, weight_ptr, bias_ptr, M, N, K, k_per_split, stride_xm, stride_wn,
+                       prefetch_k,
                        out_ptr, partial_ptr, counter_ptr, stride_ps, stride_pm, stride_om,
                        HAS_BIAS: tl.constexpr, SPLIT_MODE: tl.constexpr, SILU_MUL: tl.constexpr,
-                       HAS_SCALE: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                        PDL: tl.constexpr):
     """Rows row0 .. row0 + BLOCK_M (BLOCK_M 1 or 2) of x times weight rows pid_n * BLOCK_N ..
@@ -104,8 +103,6 @@ def _dense_gemv_kernel(x_ptr, weight_ptr, bias_ptr, scale_ptr, M, N, K, k_per_sp
     offs_m = row0 + tl.arange(0, BLOCK_M)
     rows = tl.where(offs_m[:, None] == row0, tl.sum(acc0, axis=1)[None, :],
                     tl.sum(acc1, axis=1)[None, :])                        # [BLOCK_M, BN]
-    if HAS_SCALE:
-        rows = rows * tl.load(scale_ptr + offs_n, mask=mask_n, other=0.0)[None, :]
     if SILU_MUL:
         up = tl.where(offs_m[:, None] == row0, tl.sum(up0, axis=1)[None, :],
                       tl.sum(up1, axis=1)[None, :])
@@ -141,11 +138,10 @@ def dense_gemv_config(M: int, N: int, K: int, sms: int) -> GemvConfig:
 
 
 def _run_dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-               config: GemvConfig | None, in_kernel_reduce: bool, silu_mul: bool,
-               scale: torch.Tensor | None = None, kind: str | None = None):
-    """The launch of both public functions and of the fp8 GEMV at 1-2 rows
-    (``run_scaled_gemv``); N = output columns (half the weight's rows with ``silu_mul``)."""
-    kind = kind or DENSE_KINDS.get(weight.dtype, str(weight.dtype))
+               config: GemvConfig | None, in_kernel_reduce: bool, silu_mul: bool):
+    """The launch of both public functions; N = output columns (half the weight's rows with
+    ``silu_mul``)."""
+    kind = DENSE_KINDS.get(weight.dtype, str(weight.dtype))
     count_call(x, kind + SILU_MUL_SUFFIX if silu_mul else kind)
     K, N = x.shape[-1], weight.shape[0] // 2 if silu_mul else weight.shape[0]
     weight = weight.contiguous()
@@ -158,10 +154,9 @@ def _run_dense(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 
     def launch(grid, x2, split_args):
         _dense_gemv_kernel[grid](
-            x2, weight, bias if bias is not None else weight,
-            scale if scale is not None else weight, x2.shape[0], N, K, k_per_split,
+            x2, weight, bias if bias is not None else weight, x2.shape[0], N, K, k_per_split,
             x2.stride(0), weight.stride(0), **split_args, **pdl_args, HAS_BIAS=bias is not None,
-            SILU_MUL=silu_mul, HAS_SCALE=scale is not None, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+            SILU_MUL=silu_mul, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
             BLOCK_K=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages)
 
     return run_gemv(x, N, bias, config.block_m, config.block_n, config.split_k, launch,
@@ -187,12 +182,3 @@ def dense_gemv_silu_mul_triton(x: torch.Tensor, weight: torch.Tensor,
     block_n gate and block_n up rows). ValueError for too many rows, another block_m, or more
     output tiles than the in-kernel reduction's counters."""
     return _run_dense(x, weight, bias, config, True, True)
-
-
-def run_scaled_gemv(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
-                    bias: torch.Tensor | None, config: GemvConfig, in_kernel_reduce: bool,
-                    kind: str) -> torch.Tensor:
-    """x [..., K] (1-2 rows) @ (weight [N, K] * scale float32 [N] per row).T (+ bias) -> [...,
-    N] in x.dtype: this GEMV with the scale applied to the float32 sums (the fp8 weight-only
-    GEMV, ``quant_gemv.fp8_gemv_triton``, counted as ``kind``). config.block_m 1 or 2."""
-    return _run_dense(x, weight, bias, config, in_kernel_reduce, False, scale, kind)

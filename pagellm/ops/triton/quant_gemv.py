@@ -11,18 +11,22 @@ accumulating in float32.
 - W4A16 / W8A16 (internal GPTQ layout, ``pagellm.ops.quant``: ``qweight`` int32 [K / pack,
   N], N contiguous): one program owns 1 or 2 rows of x (grid axis 2 over row blocks),
   BLOCK_N columns and one K slice, and loads [BLOCK_K / pack, BLOCK_N] tiles of packed
-  words (16-byte vectors along N). Only 2D float32 accumulators [BLOCK_K / pack, BLOCK_N]
-  (one per row of x; a 3D [rows, K, N] product forces layout conversions through shared
-  memory): per tile, value j of every word is masked in place (``word & (mask << s)`` with
-  s = bits * (j % (pack / 2)), from the word's low half or from ``word >> 16``), OR-ed with
-  ``MAGIC`` (the float then is 2**23 + q * 2**s exactly) and less 2**23, and multiplied by
-  x[k0 + kp * pack + j] * 2**-s (exact); t = sum_j of those, and the tile adds
-  ``scale * (t - zero * sum_j x_j)`` (the zero point and scale once per word, not once per
-  value): ~3.4 instructions a value at one row. The packed rows are summed once, at the end.
-  Group scales/zeros: one [BLOCK_N] vector per tile when the tile lies in one group (the
-  default K tile, 128 rows, is one group of the usual size), one [BLOCK_K / pack, BLOCK_N]
-  gather per tile when only the words do (groups are multiples of the pack), and with an
-  act-order ``g_idx`` one gather per value with the value dequantized before its FMA.
+  words (16-byte vectors along N), the next tile's load issued before the current tile's
+  arithmetic (the registers double-buffer it). Per tile, value j of every word is masked in
+  place (``word & (mask << s)``, from the word or, for the values above bit 19, from
+  ``word >> 12``) and OR-ed with the exponent bits of 2**(23 - s): the float is 2**(23 - s)
+  + q exactly, and less the constant 2**(23 - s) + 2**(bits - 1) it is q minus the
+  symmetric zero point; its FMA with x_j goes into a [BLOCK_K / pack, BLOCK_N] float32 sum
+  t. A value costs one LOP3, one FADD and one FFMA (the magic bits are a runtime argument,
+  so ptxas keeps them in a register and takes the masks as the LOP3 immediates; as
+  compile-time constants it rematerialized one mask per value); bfloat16 activations are
+  read as int32 pairs at constant offsets. The tile's rows are summed into [BLOCK_N] and
+  scaled by the group's scale; zero points (asymmetric weights) add (2**(bits - 1) - zero)
+  times the tile's sum of x, outside the per-value path. 4.1 SASS instructions a value at
+  one row, from 7.6 (session 10; RESULTS.md). Group scales: one [BLOCK_N] vector per tile
+  when the tile lies in one group, one [BLOCK_K / pack, BLOCK_N] gather per tile when only
+  the words do (groups are multiples of the pack), and with an act-order ``g_idx`` one
+  gather per value with the value dequantized before its FMA.
 - fp8 (float8_e4m3fn weight [N, K], K contiguous, float32 scale per output channel [N]):
   a [BLOCK_N, BLOCK_K] tile converted to float32, reduced per row of x each iteration; the
   channel scale multiplies the sums at the end. Weight-only: the activations are not
@@ -43,7 +47,6 @@ Torch twins and oracles: ``pagellm.ops.quant.wna16_linear_torch`` and
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -598,21 +601,17 @@ def fp8_gemv_triton(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.T
                     in_kernel_reduce: bool = True) -> torch.Tensor:
     """x [..., K] (at most GEMV_MAX_ROWS rows) @ (weight fp8 [N, K] * weight_scale float32
     [N] per row).T (+ bias [N]) -> [..., N] in x.dtype, weight-only (module docstring).
+    (Its per-tile row sums were measured against the dense GEMV's 2-D accumulators summed
+    once: 3.25 vs 4.25 SASS instructions a value and faster alone, but W1 fp8 fell from 341 to
+    297-318 tok/s with every launch table tried; RESULTS.md, session 10.)
     ``config`` and ``in_kernel_reduce`` as in ``wna16_gemv_triton``. ValueError for too many
     rows."""
+    count_call(x, "fp8")
     K, N = x.shape[-1], weight.shape[0]
     weight = weight.contiguous()
     weight_scale = weight_scale.reshape(-1).float().expand(N).contiguous()    # [N]
     M = x.numel() // max(K, 1)
     config = config or fp8_gemv_config(M, N, K, num_sms(x.device))
-    if M <= 2 and config.block_m <= 2:
-        # 2-D accumulators, summed once (the dense GEMV's loop): no per-tile reduction
-        from pagellm.ops.triton.dense_gemv import run_scaled_gemv
-
-        return run_scaled_gemv(x, weight, weight_scale, bias,
-                               dataclasses.replace(config, block_m=max(M, 1)),
-                               in_kernel_reduce, "fp8")
-    count_call(x, "fp8")
     k_per_split = config.k_per_split(K)
     pdl_args = gemv_launch_args(x, weight, N, k_per_split, config.split_k, config.block_k)
 
