@@ -69,8 +69,9 @@ LAYOUTS = {
     "ct-w8a8-int8": dict(kind="w8a8"), "vllm-fp8-static": dict(kind="w8a8", static=True),
     "awq-g64": dict(kind="wna16", bits=4, group=64, zeros=True, g_idx=False),
     "gptq-desc-act-asym-g32": dict(kind="wna16", bits=4, group=32, zeros=True, g_idx=True),
-    "gptq-8bit-g128": dict(kind="wna16", bits=8, group=128, zeros=True, g_idx=False),
-    "gptq-v2-channel": dict(kind="wna16", bits=4, group=-1, zeros=True, g_idx=False),
+    # symmetric GPTQ checkpoints store zero points (all 2**(bits - 1)); the loader drops them
+    "gptq-8bit-g128": dict(kind="wna16", bits=8, group=128, zeros=False, g_idx=False),
+    "gptq-v2-channel": dict(kind="wna16", bits=4, group=-1, zeros=False, g_idx=False),
 }
 WEIGHT_ONLY = ["ct-w4a16", "ct-w8a16", "ct-w4-channel", "ct-gptq-w4-g32-asym",
                "awq-g64", "gptq-desc-act-asym-g32", "gptq-8bit-g128", "gptq-v2-channel"]
