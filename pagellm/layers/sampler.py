@@ -31,6 +31,7 @@ from pagellm.ops.sampling import (
     apply_top_k_top_p_,
     compute_logprobs_topk,
     inverse_cdf_sample,
+    sampling_probs,
 )
 
 
@@ -98,7 +99,7 @@ class Sampler(nn.Module):
             return greedy
         apply_temperature_(logits, metadata.temperature)
         apply_top_k_top_p_(logits, metadata.top_k, metadata.top_p, metadata.max_top_k)
-        probs = logits.softmax(dim=-1)  # [B, V]
+        probs = sampling_probs(logits)  # [B, V], up to a factor per row
         if metadata.min_p is not None:
             apply_min_p_(probs, metadata.min_p)
         sampled = inverse_cdf_sample(probs, metadata.generators)  # [B]

@@ -271,6 +271,29 @@ def apply_min_p_(probs: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
     return probs.masked_fill_(probs < threshold, 0.0)
 
 
+SOFTMAX_ROWS_MIN = 16
+"""On CUDA, batches with fewer rows take ``sampling_probs``' multi-block path: torch's softmax
+runs one thread block per row, and one row of a 128k vocabulary took 33.6 µs of an H200
+(W1 decode profile, benchmarks/RESULTS.md, session 10)."""
+
+
+def sampling_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Probabilities for ``inverse_cdf_sample`` and ``apply_min_p_``, which need them only up
+    to a positive factor per row: softmax, or on CUDA below SOFTMAX_ROWS_MIN rows
+    exp(logits - row max), whose max and exponential spread over many thread blocks.
+
+    logits: [B, V] float32 (-inf for masked tokens; every row has a finite entry). Returns
+    [B, V] float32, non-negative, the row's largest entry 1 on the second path."""
+    if logits.is_cuda and logits.shape[0] < SOFTMAX_ROWS_MIN:
+        return shifted_exp(logits)
+    return logits.softmax(dim=-1)
+
+
+def shifted_exp(logits: torch.Tensor) -> torch.Tensor:
+    """exp(logits - row max): [B, V] float32 -> [B, V], the softmax times its row's sum."""
+    return (logits - logits.amax(dim=-1, keepdim=True)).exp_()
+
+
 def inverse_cdf_sample(probs: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
     """Sample one token per row from ``probs`` with one uniform draw per row, without a host sync.
 

@@ -174,3 +174,26 @@ def test_seeded_draws_repeat_and_ignore_the_row_position():
     top_p[2], top_p[6] = float(top_p[6]), float(top_p[2])
     logits = moved_logits
     assert run([2]) == first
+
+
+def test_unnormalized_probs_sample_as_softmax_does():
+    """The small-batch CUDA path of ``sampling_probs`` (exp(logits - max), no normalisation)
+    draws the same tokens as softmax from the same seeded draws, with min-p applied, and CPU
+    batches keep softmax."""
+    from pagellm.ops.sampling import (apply_min_p_, inverse_cdf_sample, sampling_probs,
+                                      shifted_exp)
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5000, generator=gen) * 4
+    logits[1, :2500] = float("-inf")
+    torch.testing.assert_close(sampling_probs(logits), logits.softmax(dim=-1))
+    shifted = shifted_exp(logits)
+    torch.testing.assert_close(shifted / shifted.sum(-1, keepdim=True), logits.softmax(-1))
+    assert torch.equal(shifted.amax(-1), torch.ones(3)) and (shifted[1, :2500] == 0).all()
+    min_p = torch.tensor([0.0, 0.05, 0.2])
+    for seed in range(20):
+        draws = {}
+        for probs in (logits.softmax(-1), shifted_exp(logits)):
+            generators = {row: torch.Generator().manual_seed(seed * 3 + row) for row in range(3)}
+            draws[len(draws)] = inverse_cdf_sample(apply_min_p_(probs, min_p), generators)
+        assert torch.equal(draws[0], draws[1]), seed
