@@ -52,7 +52,7 @@ from pagellm.ops.triton.fp8_quant import quantize_fp8_per_token_triton
 from pagellm.ops.triton.gemm_launch import num_sms
 from pagellm.ops.triton.quant_gemv import (TUNED_CONFIGS, GemvConfig, fp8_gemv_config,
                                            fp8_gemv_triton, split_for, wna16_gemv_config,
-                                           wna16_gemv_silu_mul_triton, wna16_gemv_triton)
+                                           wna16_gemv_triton)
 from pagellm.ops.triton.wna16_gemm import wna16_gemm_triton
 
 SHAPES = {"qkv": (4096, 6144), "o": (4096, 4096), "gate_up": (4096, 28672),
@@ -64,8 +64,6 @@ BF16_ONLY = {"lm_head", "lm_head_tp2"}
 """Shapes kept unquantized in quantized checkpoints (vLLM's LM head): bf16 kernels only."""
 SILU_MUL = "bf16_silu_mul"
 """The merged gate|up GEMV with SiLU-and-mul: timed at the gate_up shapes only."""
-WNA16_SILU_MUL = "wna16_silu_mul"
-"""Its W4A16 twin (``wna16_gemv_silu_mul_triton``), against the plain W4A16 GEMV + SiLU."""
 DEVICE = "cuda"
 ROWS = [1, 2, 8]
 GROUP = 128
@@ -117,15 +115,14 @@ def dense_weights(K: int, N: int, copies: int) -> list[torch.Tensor]:
 
 
 def weight_bytes(kind: str, K: int, N: int) -> int:
-    if kind.startswith("wna16"):
+    if kind == "wna16":
         return K * N // 2 + (K // GROUP) * N * 2 + (K // GROUP) * N // 2
     return K * N + 4 * N if kind == "fp8" else 2 * K * N
 
 
 def make_weights(kind: str, K: int, N: int) -> list:
     """Enough copies of a random ``kind`` weight that one graph reads BYTES_PER_GRAPH."""
-    make = {"wna16": wna16_weights, WNA16_SILU_MUL: wna16_weights,
-            "fp8": fp8_weights}.get(kind, dense_weights)
+    make = {"wna16": wna16_weights, "fp8": fp8_weights}.get(kind, dense_weights)
     return make(K, N, copies_for(weight_bytes(kind, K, N)))
 
 
@@ -137,8 +134,6 @@ def gemv(kind: str, x: torch.Tensor, w, config: GemvConfig | None = None,
                                  in_kernel_reduce=in_kernel)
     if kind == "fp8":
         return fp8_gemv_triton(x, w[0], w[1], config=config, in_kernel_reduce=in_kernel)
-    if kind == WNA16_SILU_MUL:
-        return wna16_gemv_silu_mul_triton(x, w[0], w[1], w[2], None, 4, config=config)
     if kind == SILU_MUL:
         return dense_gemv_silu_mul_triton(x, w, config=config)
     return dense_gemv_triton(x, w, config=config, in_kernel_reduce=in_kernel)
@@ -148,8 +143,6 @@ def baseline(kind: str, x: torch.Tensor, w) -> torch.Tensor:
     """What the GEMV of ``kind`` replaces: cuBLAS (bf16), the tl.dot GEMM (wna16), W8A8."""
     if kind == "wna16":
         return wna16_gemm_triton(x, w[0], w[1], w[2], None, 4)
-    if kind == WNA16_SILU_MUL:        # the plain W4A16 GEMV, then the SiLU kernel
-        return silu_and_mul_triton(wna16_gemv_triton(x, w[0], w[1], w[2], None, 4))
     if kind == "fp8":
         x_q, x_scale = quantize_fp8_per_token_triton(x)
         return fp8_linear(x_q, x_scale, w[0], w[1], x.dtype, use_scaled_mm=True)
@@ -159,10 +152,8 @@ def baseline(kind: str, x: torch.Tensor, w) -> torch.Tensor:
 
 
 BASELINE_NAMES = {"bf16": "bf16 F.linear", SILU_MUL: "bf16 F.linear+SiLU",
-                  WNA16_SILU_MUL: "W4A16 GEMV+SiLU kernel",
                   "wna16": "W4A16 tl.dot", "fp8": "fp8 W8A8 _scaled_mm"}
 GEMV_NAMES = {"bf16": "bf16 GEMV", SILU_MUL: "bf16 GEMV+SiLU", "wna16": "W4A16 GEMV",
-              WNA16_SILU_MUL: "W4A16 GEMV+SiLU fused",
               "fp8": "fp8 GEMV"}
 
 
@@ -170,9 +161,6 @@ def default_config(kind: str, M: int, K: int, N: int, sms: int) -> GemvConfig:
     """The launch the engine takes (a TUNED_CONFIGS entry, else the rules)."""
     if kind == "wna16":
         return wna16_gemv_config(M, N, K, 4, sms, GROUP)
-    if kind == WNA16_SILU_MUL:
-        return (TUNED_CONFIGS.get((kind, min(M, 2), K, N, sms))
-                or wna16_gemv_config(M, N // 2, K, 4, sms, GROUP))
     if kind == "fp8":
         return fp8_gemv_config(M, N, K, sms)
     return TUNED_CONFIGS.get((kind, M, K, N, sms)) or dense_gemv_config(M, output_cols(kind, N),
@@ -181,14 +169,14 @@ def default_config(kind: str, M: int, K: int, N: int, sms: int) -> GemvConfig:
 
 def output_cols(kind: str, N: int) -> int:
     """Output columns of a weight with N rows (half for the SiLU-and-mul GEMV)."""
-    return N // 2 if kind in (SILU_MUL, WNA16_SILU_MUL) else N
+    return N // 2 if kind == SILU_MUL else N
 
 
 def kinds_of(name: str, kinds: list[str]) -> list[str]:
     """The kernels timed at shape ``name``."""
     if name in BF16_ONLY:
         return [k for k in kinds if k == "bf16"]
-    return [k for k in kinds if k not in (SILU_MUL, WNA16_SILU_MUL) or name.startswith("gate_up")]
+    return [k for k in kinds if k != SILU_MUL or name.startswith("gate_up")]
 
 
 def row_times(K: int, N: int, M: int, kinds: list[str], sms: int) -> dict[str, tuple]:
@@ -202,7 +190,7 @@ def row_times(K: int, N: int, M: int, kinds: list[str], sms: int) -> dict[str, t
             timed_us([lambda w=w: baseline(kind, x, w) for w in copies]), nbytes)
         results[GEMV_NAMES[kind]] = (
             timed_us([lambda w=w: gemv(kind, x, w, config) for w in copies]), nbytes)
-        if kind not in (SILU_MUL, WNA16_SILU_MUL):      # (no reduce kernel applies the SiLU)
+        if kind != SILU_MUL:                      # (no reduce kernel applies the SiLU)
             results[GEMV_NAMES[kind] + " 2-launch"] = (
                 timed_us([lambda w=w: gemv(kind, x, w, config, False) for w in copies]), nbytes)
         del copies
@@ -228,7 +216,6 @@ SWEEP_REP_MS = 10
 VARIANTS = {
     "wna16": [(128, 128, 4, 1), (512, 32, 4, 1), (256, 64, 4, 1), (256, 128, 8, 1),
               (64, 128, 4, 1), (512, 64, 8, 1)],
-    WNA16_SILU_MUL: [(256, 32, 4, 1), (128, 64, 4, 1), (64, 128, 4, 1), (256, 64, 8, 1)],
     "fp8": [(16, 512, 4, 3), (8, 512, 4, 3), (32, 256, 4, 3), (16, 1024, 8, 3),
             (32, 512, 8, 4)],
     "bf16": [(16, 256, 4, 3), (8, 512, 4, 3), (32, 256, 8, 3), (16, 512, 8, 3),

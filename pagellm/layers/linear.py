@@ -239,19 +239,13 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
 
     def forward_silu_and_mul(self, x: torch.Tensor) -> torch.Tensor | None:
         """``silu_and_mul(self(x))``: [T, input_size] -> [T, output_size_per_partition / 2]
-        in one launch (gate|up of equal widths, not gathered, on CUDA, no LoRA): for an
-        unquantized weight ``dense_gemv_silu_mul_triton`` where the measured table lists this
-        shape on this GPU model and T <= DENSE_GEMV_MAX_ROWS; for a quantization method with
-        ``apply_silu_and_mul`` (W4A16/W8A16) whatever it returns. None otherwise: the caller
-        runs the layer and the activation."""
-        if (self.gather_output or len(set(self.output_sizes)) != 1
-                or len(self.output_sizes) != 2 or not use_triton_kernels(x)
-                or batch_invariant()):
-            return None
-        fused = getattr(type(self.quant_method), "apply_silu_and_mul", None)
-        if fused is not None:
-            return self.quant_method.apply_silu_and_mul(self, x, self.bias)
-        if type(self.quant_method) is not UnquantizedLinearMethod:
+        in one launch (``dense_gemv_silu_mul_triton``) where the measured table lists this
+        shape on this GPU model (gate|up of equal widths, unquantized weight without LoRA, not
+        gathered, on CUDA, T <= DENSE_GEMV_MAX_ROWS); None otherwise: the caller runs the
+        layer and the activation."""
+        if (type(self.quant_method) is not UnquantizedLinearMethod or self.gather_output
+                or len(set(self.output_sizes)) != 1 or len(self.output_sizes) != 2
+                or not use_triton_kernels(x) or batch_invariant()):
             return None
         from pagellm.ops.triton.dense_gemv import (dense_gemv_silu_mul_triton,
                                                    tuned_dense_gemv_config)

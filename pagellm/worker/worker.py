@@ -33,6 +33,8 @@ class Worker:
         start = time.perf_counter()
         if platform.is_cuda:
             torch.cuda.set_device(platform.device)
+            from pagellm.ops.triton import pdl
+            pdl.configure(config.parallel.tensor_parallel_size)
             # An engine deleted earlier in this process may still be waiting for the cyclic
             # GC; collect it and hand its cached blocks back before memory is measured, or
             # its tensors count against this engine's KV budget.

@@ -111,23 +111,3 @@ def gemv_calls(kind: str, M: int, K: int, N: int, bias: bool, device: str, dtype
                                                             in_kernel)
     weight = (torch.randn(N, K, generator=gen) * 0.02).to(device, dtype)
     return x, lambda config, in_kernel: dense_gemv_triton(x, weight, b, config, in_kernel)
-
-
-def check_wna16_silu_mul(M: int, K: int, d: int, bits: int, num_groups: int, zeros: bool,
-                         act_order: bool, bias: bool, device: str, dtype: torch.dtype,
-                         config=None, seed: int = 0) -> float:
-    """Relative error of the merged gate|up W4A16 GEMV with SiLU-and-mul in its epilogue
-    against silu_and_mul of the torch twin (float32), for a [K, 2d] weight."""
-    from pagellm.ops.activation import silu_and_mul
-    from pagellm.ops.triton.quant_gemv import wna16_gemv_silu_mul_triton
-
-    qweight, scales, qzeros, g_idx = random_wna16(K, 2 * d, bits, num_groups, zeros, act_order,
-                                                  dtype, device, seed)
-    gen = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(M, K, generator=gen).to(device, dtype) * 4
-    b = torch.randn(2 * d, generator=gen).to(device, dtype) if bias else None
-    out = wna16_gemv_silu_mul_triton(x, qweight, scales, qzeros, g_idx, bits, b, config=config)
-    ref = silu_and_mul(wna16_linear_torch(x.float(), qweight, scales.float(), qzeros, g_idx,
-                                          bits, None if b is None else b.float()))
-    assert out.dtype == dtype and out.shape == (M, d)
-    return relative_error(out, ref)

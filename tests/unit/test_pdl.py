@@ -45,3 +45,17 @@ def test_prefetch_needs_16_byte_alignment(monkeypatch):
                                         (75968, 64), (500, 0), (2000, 16), (7, 0)])
 def test_gather_row_width(numel, row):
     assert gather_row(numel) == row
+
+
+def test_prefetch_budget_depends_on_tensor_parallel_size(monkeypatch):
+    """4 MB at TP=1, 8 MB above (the measured defaults); the environment variable wins; the
+    worker's ``configure`` sets the module budget the launchers read."""
+    monkeypatch.delenv(pdl.PREFETCH_MB_ENV, raising=False)
+    assert pdl.prefetch_budget(1) == 4 << 20
+    assert pdl.prefetch_budget(2) == pdl.prefetch_budget(8) == 8 << 20
+    monkeypatch.setenv(pdl.PREFETCH_MB_ENV, "1.5")
+    assert pdl.prefetch_budget(1) == pdl.prefetch_budget(4) == 3 << 19
+    monkeypatch.delenv(pdl.PREFETCH_MB_ENV)
+    monkeypatch.setattr(pdl, "PREFETCH_BYTES", 0)
+    pdl.configure(2)
+    assert pdl.PREFETCH_BYTES == 8 << 20

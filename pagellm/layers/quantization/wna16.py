@@ -184,20 +184,6 @@ class WNA16LinearMethod(LinearMethodBase):
         return wna16_linear_torch(x, layer.qweight, layer.scales, layer.qzeros, layer.g_idx,
                                   self.spec.bits, bias)
 
-    def apply_silu_and_mul(self, layer, x, bias=None):
-        """``silu_and_mul(self.apply(layer, x, bias))`` in one launch for a merged gate | up
-        layer (``MergedColumnParallelLinear.forward_silu_and_mul``): x [T, K] -> [T, N / 2]
-        through the W4A16 GEMV with SiLU-and-mul in its epilogue (``quant_gemv``), on CUDA
-        for T <= WNA16_GEMV_MAX_ROWS; None otherwise (the caller runs both)."""
-        if not use_triton_kernels(x):
-            return None
-        from pagellm.ops.triton.quant_gemv import (WNA16_GEMV_MAX_ROWS,
-                                                   wna16_gemv_silu_mul_triton)
-        if x.shape[0] > WNA16_GEMV_MAX_ROWS:
-            return None
-        return wna16_gemv_silu_mul_triton(x, layer.qweight, layer.scales, layer.qzeros,
-                                          layer.g_idx, self.spec.bits, bias)
-
 
 def dummy_params(spec: WNA16Spec) -> dict:
     """dummy_fill for the packed, zero and scale parameters of a W{bits}A16 layer."""

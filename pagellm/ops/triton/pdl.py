@@ -36,7 +36,8 @@ Only the GEMVs launch with PDL. Launching the RMSNorm and one-shot all-reduce ke
 follow them with PDL too (waiting first thing, so that only their launch overlaps the GEMV's
 tail) was measured slower: W1 TP=1 218 vs 228 tok/s, TP=2 323 vs 341 (session 9).
 
-``PAGELLM_PDL=0`` turns it off (ablations; the GEMVs then launch as before).
+``PAGELLM_PDL=0`` turns it off (ablations; the GEMVs then launch as before);
+``PAGELLM_GEMV_PREFETCH_MB`` sets the budget (default 4 MB at TP=1, 8 MB above).
 """
 
 from __future__ import annotations
@@ -57,8 +58,31 @@ _COMPILED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") not in ("1", "t
 """False under Triton's interpreter (CPU), which has no grid dependency control: the GDC calls
 below are then skipped."""
 
-PREFETCH_BYTES = int(float(os.environ.get("PAGELLM_GEMV_PREFETCH_MB", "8")) * (1 << 20))
-"""Bytes of weight a PDL GEMV launch asks L2 to prefetch before its wait, at most."""
+PREFETCH_MB_ENV = "PAGELLM_GEMV_PREFETCH_MB"
+DEFAULT_PREFETCH_MB = {1: 4.0}
+"""Tensor-parallel size -> the default budget in MB (8 for sizes not listed). Measured on
+H200s at W1 (benchmarks/RESULTS.md, sessions 9 and 10): at TP=1 4 MB beat 8 MB (233.2 vs
+231.6 and 232.3 vs 228.0 tok/s), at TP=2 8 MB was best (the all-reduce before each GEMV leaves
+a longer window to fill)."""
+
+
+def prefetch_budget(tensor_parallel_size: int = 1) -> int:
+    """Bytes of weight a PDL GEMV launch prefetches at most: ``PAGELLM_GEMV_PREFETCH_MB`` when
+    set, else DEFAULT_PREFETCH_MB for this tensor-parallel size."""
+    default = DEFAULT_PREFETCH_MB.get(tensor_parallel_size, 8.0)
+    return int(float(os.environ.get(PREFETCH_MB_ENV, default)) * (1 << 20))
+
+
+PREFETCH_BYTES = prefetch_budget()
+"""Bytes of weight a PDL GEMV launch asks L2 to prefetch before its wait, at most (the
+worker sets it for its tensor-parallel size: ``configure``)."""
+
+
+def configure(tensor_parallel_size: int) -> None:
+    """Set PREFETCH_BYTES for a worker of a ``tensor_parallel_size`` group (its process
+    serves one model, so a module value suffices)."""
+    global PREFETCH_BYTES
+    PREFETCH_BYTES = prefetch_budget(tensor_parallel_size)
 
 
 @triton.jit

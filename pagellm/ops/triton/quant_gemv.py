@@ -57,7 +57,7 @@ import triton.language as tl
 
 from pagellm.ops.triton import pdl
 from pagellm.ops.triton.gemm_launch import num_sms
-from pagellm.ops.triton.gemv_split_k import finish_gemv_tile, finish_silu_mul_tile, run_gemv
+from pagellm.ops.triton.gemv_split_k import finish_gemv_tile, run_gemv
 from pagellm.ops.triton.pdl import (gemv_launch_args, launch_dependents, num_threads,
                                     prefetch_rows_l2, prefetch_slice, wait_for_previous_grid)
 
@@ -237,66 +237,34 @@ def _wna16_gemv_kernel(x_ptr, qweight_ptr, scales_ptr, zeros_ptr, g_idx_ptr, bia
                        out_ptr, partial_ptr, counter_ptr, stride_ps, stride_pm, stride_om,
                        BITS: tl.constexpr, HAS_ZEROS: tl.constexpr, GROUP_MODE: tl.constexpr,
                        HAS_BIAS: tl.constexpr, SPLIT_MODE: tl.constexpr, EVEN: tl.constexpr,
-                       X_PAIRS: tl.constexpr, SILU_MUL: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+                       X_PAIRS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     """Rows row0 = pid_m * BLOCK_M .. + BLOCK_M (BLOCK_M 1 or 2) of x times columns pid_n *
-    BLOCK_N .. of the K slice pid_k (``_wna16_columns``). SILU_MUL: the weight is gate | up
-    (2N columns); the program also takes the up columns N + offs_n and writes silu(gate) *
-    up. PDL: prefetch the slice's first ``prefetch_k`` rows of K into L2, then wait for the
-    previous kernel (``pdl``)."""
+    BLOCK_N .. of the K slice pid_k. GROUP_MODE 0: the tile in one group; 1: groups per
+    packed row; 2: g_idx per value. Each tile's products are summed over its packed rows and
+    scaled into float32 [BLOCK_N] accumulators, one per row of x; the next tile's load is
+    issued before the current tile's arithmetic (module docstring). EVEN: K and N are
+    multiples of BLOCK_K and BLOCK_N (no masks but the next tile's). X_PAIRS: x is bfloat16,
+    read as int32 pairs. PDL: prefetch the slice's first ``prefetch_k`` rows of K into L2,
+    then wait for the previous kernel (``pdl``)."""
     launch_dependents()
     PACK: tl.constexpr = 32 // BITS
+    BLOCK_KP: tl.constexpr = BLOCK_K // PACK
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     row0 = tl.program_id(2) * BLOCK_M
     row1 = tl.minimum(row0 + 1, M - 1)      # BLOCK_M 2, M odd: repeats row0; not stored
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_kp = tl.arange(0, BLOCK_KP)
+    mask_n = offs_n < N
+    zero_shift = (offs_n % PACK) * BITS                                   # [BN]
     k_begin = pid_k * k_per_split
     k_end = tl.minimum(k_begin + k_per_split, K)
-    if PDL:
-        _prefetch_packed_rows(qweight_ptr, k_begin // PACK, k_end // PACK, prefetch_k // PACK,
-                              stride_qk, pid_n * BLOCK_N, N, BLOCK_N)
-        if SILU_MUL:
-            _prefetch_packed_rows(qweight_ptr, k_begin // PACK, k_end // PACK,
-                                  prefetch_k // PACK, stride_qk, N + pid_n * BLOCK_N, 2 * N,
-                                  BLOCK_N)
-        wait_for_previous_grid()
-    acc0, acc1 = _wna16_columns(
-        x_ptr, qweight_ptr, scales_ptr, zeros_ptr, g_idx_ptr, offs_n, offs_n < N, row0, row1,
-        k_begin, k_end, rows_per_group, stride_xm, stride_qk, stride_sg, stride_zg, magic,
-        BITS, HAS_ZEROS, GROUP_MODE, EVEN, X_PAIRS, BLOCK_M, BLOCK_N, BLOCK_K)
-    offs_m = row0 + tl.arange(0, BLOCK_M)
-    rows = tl.where(offs_m[:, None] == row0, acc0[None, :], acc1[None, :])  # [BLOCK_M, BN]
-    if SILU_MUL:
-        up0, up1 = _wna16_columns(
-            x_ptr, qweight_ptr, scales_ptr, zeros_ptr, g_idx_ptr, offs_n + N, offs_n < N, row0,
-            row1, k_begin, k_end, rows_per_group, stride_xm, stride_qk, stride_sg, stride_zg,
-            magic, BITS, HAS_ZEROS, GROUP_MODE, EVEN, X_PAIRS, BLOCK_M, BLOCK_N, BLOCK_K)
-        up = tl.where(offs_m[:, None] == row0, up0[None, :], up1[None, :])
-        finish_silu_mul_tile(rows, up, offs_m, offs_n, M, N, bias_ptr, out_ptr, partial_ptr,
-                             counter_ptr, stride_ps, stride_pm, stride_om, HAS_BIAS, SPLIT_MODE)
-    else:
-        finish_gemv_tile(rows, offs_m, offs_n, M, N, bias_ptr, out_ptr, partial_ptr,
-                         counter_ptr, stride_ps, stride_pm, stride_om, HAS_BIAS, SPLIT_MODE)
-
-
-@triton.jit
-def _wna16_columns(x_ptr, qweight_ptr, scales_ptr, zeros_ptr, g_idx_ptr, offs_n, mask_n, row0,
-                   row1, k_begin, k_end, rows_per_group, stride_xm, stride_qk, stride_sg,
-                   stride_zg, magic, BITS: tl.constexpr, HAS_ZEROS: tl.constexpr,
-                   GROUP_MODE: tl.constexpr, EVEN: tl.constexpr, X_PAIRS: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """(acc0, acc1) float32 [BLOCK_N]: rows row0 and (BLOCK_M 2) row1 of x times weight
-    columns ``offs_n`` (where ``mask_n``) over K rows [k_begin, k_end). GROUP_MODE 0: the tile
-    in one group; 1: groups per packed row; 2: g_idx per value. Each tile's products are
-    summed over its packed rows and scaled; the next tile's load is issued before the current
-    tile's arithmetic (module docstring). EVEN: K and the columns are whole tiles (no masks
-    but the next tile's). X_PAIRS: x is bfloat16, read as int32 pairs."""
-    PACK: tl.constexpr = 32 // BITS
-    BLOCK_KP: tl.constexpr = BLOCK_K // PACK
-    offs_kp = tl.arange(0, BLOCK_KP)
-    zero_shift = (offs_n % PACK) * BITS                                   # [BN]
     kp_end = k_end // PACK
+    if PDL:
+        _prefetch_packed_rows(qweight_ptr, k_begin // PACK, kp_end, prefetch_k // PACK,
+                              stride_qk, pid_n * BLOCK_N, N, BLOCK_N)
+        wait_for_previous_grid()
     tile_ptrs = qweight_ptr + offs_kp[:, None].to(tl.int64) * stride_qk + offs_n[None, :]
     acc0 = tl.zeros((BLOCK_N,), dtype=tl.float32)
     acc1 = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -361,7 +329,10 @@ def _wna16_columns(x_ptr, qweight_ptr, scales_ptr, zeros_ptr, g_idx_ptr, offs_n,
         group = tl.where(wrapped, group + 1, group)
         into = tl.where(wrapped, 0, into)
         packed = next_packed
-    return acc0, acc1
+    offs_m = row0 + tl.arange(0, BLOCK_M)
+    rows = tl.where(offs_m[:, None] == row0, acc0[None, :], acc1[None, :])  # [BLOCK_M, BN]
+    finish_gemv_tile(rows, offs_m, offs_n, M, N, bias_ptr, out_ptr, partial_ptr, counter_ptr,
+                     stride_ps, stride_pm, stride_om, HAS_BIAS, SPLIT_MODE)
 
 
 @triton.jit
@@ -570,37 +541,12 @@ def wna16_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
     int32 [K] or None) (+ bias [N]) -> [..., N] in x.dtype. ``config``: a launch shape other
     than ``wna16_gemv_config``'s (the benchmark's sweep); ``in_kernel_reduce=False``: split-K
     slices added by a second launch (``gemv_split_k``). ValueError for too many rows."""
-    return _run_wna16(x, qweight, scales, qzeros, g_idx, bits, bias, config, in_kernel_reduce,
-                      False)
-
-
-def wna16_gemv_silu_mul_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
-                               qzeros: torch.Tensor | None, g_idx: torch.Tensor | None,
-                               bits: int, bias: torch.Tensor | None = None,
-                               config: GemvConfig | None = None) -> torch.Tensor:
-    """``silu_and_mul(wna16_gemv_triton(x, ...))`` in one launch, rounding as the two launches
-    do: the weight is the merged gate | up projection [K, 2 * d] (columns 0..d gate, d..2d
-    up, the layouts of ``wna16_gemv_triton``; bias [2 * d]) -> [..., d] in x.dtype.
-    ``config``: block_n counts output columns (a program reads block_n gate and block_n up
-    columns); the default is the plain GEMV's launch for the d output columns (TUNED_CONFIGS
-    kind ``"wna16_silu_mul"`` first). ValueError for too many rows, another block_m, or more
-    output tiles than the in-kernel reduction's counters."""
-    return _run_wna16(x, qweight, scales, qzeros, g_idx, bits, bias, config, True, True)
-
-
-def _run_wna16(x, qweight, scales, qzeros, g_idx, bits, bias, config, in_kernel_reduce,
-               silu_mul):
-    count_call(x, "wna16_silu_mul" if silu_mul else "wna16")
-    K, N = x.shape[-1], qweight.shape[1] // (2 if silu_mul else 1)     # N: output columns
+    count_call(x, "wna16")
+    K, N = x.shape[-1], qweight.shape[1]
     qweight, scales = qweight.contiguous(), scales.contiguous()
     qzeros = qzeros.contiguous() if qzeros is not None else None
     rows_per_group = K // scales.shape[0]
     M = x.numel() // max(K, 1)
-    if config is None and silu_mul:
-        config = TUNED_CONFIGS.get(("wna16_silu_mul", 1 if M <= 1 else 2, K, 2 * N,
-                                    num_sms(x.device)))
-        if config is not None and (bits != 4 or rows_per_group % config.block_k):
-            config = None
     config = config or wna16_gemv_config(M, N, K, bits, num_sms(x.device), rows_per_group)
     if config.block_m not in (1, 2):
         raise ValueError(f"the W4A16 GEMV takes 1 or 2 rows a program, got {config.block_m}")
@@ -620,14 +566,14 @@ def _run_wna16(x, qweight, scales, qzeros, g_idx, bits, bias, config, in_kernel_
             g_idx if g_idx is not None else qweight, bias if bias is not None else scales,
             x2.shape[0], N, K, rows_per_group, k_per_split,
             x2.stride(0), qweight.stride(0), scales.stride(0),
-            qzeros.stride(0) if qzeros is not None else 0, magic=MAGIC_ARG, **split_args,
-            **pdl_args, BITS=bits, HAS_ZEROS=qzeros is not None, GROUP_MODE=group_mode,
-            HAS_BIAS=bias is not None, EVEN=even, X_PAIRS=x_pairs, SILU_MUL=silu_mul,
+            qzeros.stride(0) if qzeros is not None else 0, magic=MAGIC_ARG, **split_args, **pdl_args,
+            BITS=bits, HAS_ZEROS=qzeros is not None, GROUP_MODE=group_mode,
+            HAS_BIAS=bias is not None, EVEN=even, X_PAIRS=x_pairs,
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
             num_warps=config.num_warps, num_stages=config.num_stages)
 
     return run_gemv(x, N, bias, config.block_m, config.block_n, config.split_k, launch,
-                    in_kernel_reduce, 2 * N if silu_mul else None)
+                    in_kernel_reduce)
 
 
 def wna16_pdl_args(x: torch.Tensor, qweight: torch.Tensor, bits: int, k_per_split: int,
