@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+QUANTIZATION_NAMES = ("fp8", "awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors",
+                      "gguf")
+"""``quantization`` values (vLLM's names; ``pagellm.layers.quantization.QUANTIZATION_METHODS``
+plus gguf), checked when the config is built: a bad one fails before any process starts."""
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -26,9 +31,10 @@ class ModelConfig:
     """Never use CUDA graphs (no effect on CPU)."""
     quantization: str | None = None
     """Weight quantization of the linear layers: fp8, awq, awq_marlin, gptq, gptq_marlin,
-    compressed-tensors. None follows the checkpoint's quantization_config; a name must match
-    the checkpoint's method (the *_marlin names run the same fastest kernel); fp8 on an
-    unquantized checkpoint (or load_format=dummy) quantizes the weights at load."""
+    compressed-tensors, gguf. None follows the checkpoint's quantization_config; a name must
+    match the checkpoint's method (the *_marlin names run the same fastest kernel; gguf only a
+    .gguf model, which keeps its blocks); fp8 on an unquantized checkpoint (or
+    load_format=dummy) quantizes the weights at load."""
     trust_remote_code: bool = False
     """Accepted for compatibility; pagellm never runs code from a model directory."""
     tokenizer_pool_size: int = 2
@@ -46,3 +52,5 @@ class ModelConfig:
             check_range("max_model_len", self.max_model_len, 1)
         check_range("max_logprobs", self.max_logprobs, 0)
         check_range("tokenizer_pool_size", self.tokenizer_pool_size, 1)
+        if self.quantization is not None:
+            check_choice("quantization", self.quantization, QUANTIZATION_NAMES)

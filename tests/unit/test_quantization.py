@@ -241,3 +241,25 @@ def test_symmetric_gptq_drops_its_stored_zero_points(tmp_path, sym):
     reference = wna16_linear_torch(x, layer.qweight, layer.scales,
                                    eights if sym else layer.qzeros, None, 4)
     torch.testing.assert_close(layer.quant_method.apply(layer, x), reference)
+
+
+def test_gguf_checkpoints_keep_their_quantization_and_names_are_checked_early(tmp_path):
+    """A .gguf model takes no other quantization (fp8 would requantize its dequantized blocks:
+    a tester found it silently accepted); ``gguf`` is accepted for it and refused elsewhere;
+    an unknown name fails when the config is built, before any process starts."""
+    from pagellm.config.model import QUANTIZATION_NAMES, ModelConfig
+    from pagellm.layers.quantization import GGUF
+
+    assert set(QUANTIZATION_NAMES) == set(QUANTIZATION_METHODS) | {GGUF}
+    gguf = str(tmp_path / "model.Q4_1.gguf")
+    assert get_quantization_config(gguf, None, None) is None
+    assert get_quantization_config(gguf, None, "gguf") is None
+    for name in ("fp8", "gptq_marlin"):
+        with pytest.raises(ClientError, match="does not apply to a GGUF checkpoint"):
+            get_quantization_config(gguf, None, name)
+    model_dir = make_tiny_model_dir(tmp_path, "llama", **TINY_QUANT_SHAPES)
+    with pytest.raises(ClientError, match="needs a .gguf model file"):
+        get_quantization_config(str(model_dir), load_hf_config(str(model_dir)), "gguf")
+    with pytest.raises(ClientError, match="quantization must be one of"):
+        ModelConfig(quantization="GPTQ")
+    assert ModelConfig(quantization="gguf").quantization == "gguf"

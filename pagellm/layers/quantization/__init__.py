@@ -33,6 +33,10 @@ QUANTIZATION_METHODS: dict[str, type[QuantizationConfig]] = {
 }
 """``quantization=`` name -> config class (other helpers register theirs, e.g. gguf)."""
 
+GGUF = "gguf"
+"""vLLM's name for a .gguf checkpoint's own quantization: accepted (and implied) for .gguf
+models, whose blocks the GGUF loader keeps quantized; an error for anything else."""
+
 ONLINE_METHODS = ("fp8",)
 """Methods that quantize an unquantized checkpoint at load."""
 
@@ -58,7 +62,7 @@ def checkpoint_quant_config(model_path: str, hf_config) -> dict | None:
 
 
 def supported_text() -> str:
-    return ", ".join(QUANTIZATION_METHODS)
+    return ", ".join([*QUANTIZATION_METHODS, GGUF])
 
 
 def get_quantization_config(model_path: str, hf_config,
@@ -67,6 +71,18 @@ def get_quantization_config(model_path: str, hf_config,
     (the engine argument) may be None (follow the checkpoint), a name of the checkpoint's
     family, or ``fp8`` for an unquantized checkpoint. ClientError (param quantization) for
     an unknown name, a mismatch with the checkpoint, or an unsupported scheme."""
+    from pagellm.models.hf_config import is_gguf_path
+
+    if is_gguf_path(model_path):       # its blocks stay as they are (the GGUF loader's kernels)
+        if quantization not in (None, GGUF):
+            raise ClientError(f"quantization={quantization!r} does not apply to a GGUF "
+                              f"checkpoint ({model_path}), which keeps its own quantized "
+                              f"blocks; leave quantization unset or use {GGUF!r}",
+                              param="quantization")
+        return None
+    if quantization == GGUF:
+        raise ClientError(f"quantization='gguf' needs a .gguf model file, got {model_path}",
+                          param="quantization")
     if quantization is not None and quantization not in QUANTIZATION_METHODS:
         raise ClientError(f"quantization={quantization!r} is not supported; supported: "
                           f"{supported_text()}", param="quantization")
