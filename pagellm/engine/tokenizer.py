@@ -151,7 +151,8 @@ def render_chat_template(tokenizer: Any, messages: list[dict], add_generation_pr
     if not template:
         raise ClientError(
             "this model's tokenizer has no chat template, so chat requests cannot be rendered; "
-            "pass chat_template (a Jinja string) or send a plain completion prompt",
+            "start the server with --chat-template FILE (offline: LLM.chat(chat_template=...)) "
+            "or send a plain completion prompt",
             param="chat_template")
     conversation = [_normalize_message(index, message) for index, message in enumerate(messages)]
     if not conversation:

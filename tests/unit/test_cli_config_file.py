@@ -56,6 +56,8 @@ def test_no_config_leaves_argv_alone():
     ("port: 99999\n", "'port': invalid port 99999: must be in 0..65535"),
     ("compilation-config: [1, 2]\n",
      "'compilation-config': expected a JSON object, got '[1, 2]'\n"),
+    # a list for a one-value flag was spread into tokens: "model '2' does not exist"
+    ("quantization: [1, 2]\n", "'quantization' takes one value, not a list ([1, 2])"),
 ])
 def test_a_bad_file_is_a_one_line_error(tmp_path, capsys, text, message):
     path = tmp_path / "bad.yaml"

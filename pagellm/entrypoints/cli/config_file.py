@@ -8,7 +8,8 @@ flag given on the command line wins over the file (vLLM's rule):
 - ``true`` / ``false`` -> ``--flag`` / ``--no-flag`` (a plain switch such as
   ``disable-log-requests`` takes only ``true``);
 - a mapping -> its JSON (``compilation-config: {level: 0}``);
-- a list -> the flag once with every item (a flag of several values);
+- a list -> the flag once with every item (a flag of several values; a one-value flag
+  refuses a list);
 - anything else -> ``--flag VALUE``; ``null`` is "not given".
 
 ``pagellm tune`` writes its best configuration in this format. A missing or unreadable file,
@@ -125,6 +126,9 @@ def _tokens_for(flag: str, value, action: argparse.Action, path, key) -> list[st
         text = json.dumps(value)
         _check_value(action, text, path, key)
         return [flag, text]
+    if isinstance(value, list) and action.nargs in (None, "?"):     # a one-value flag
+        raise ClientError(f"--config {str(path)!r}: {key!r} takes one value, not a list "
+                          f"({value!r})", param="config")
     items = [str(item) for item in value] if isinstance(value, list) else [str(value)]
     for item in items:
         _check_value(action, item, path, key)
