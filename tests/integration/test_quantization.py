@@ -69,7 +69,8 @@ LAYOUTS = {
     "ct-w8a8-int8": dict(kind="w8a8"), "vllm-fp8-static": dict(kind="w8a8", static=True),
     "awq-g64": dict(kind="wna16", bits=4, group=64, zeros=True, g_idx=False),
     "gptq-desc-act-asym-g32": dict(kind="wna16", bits=4, group=32, zeros=True, g_idx=True),
-    # symmetric GPTQ checkpoints store zero points (all 2**(bits - 1)); the loader drops them
+    # symmetric GPTQ checkpoints store zero points; these are all 2**(bits - 1), which the loader
+    # drops (zero points of any other value are kept, whatever the config says)
     "gptq-8bit-g128": dict(kind="wna16", bits=8, group=128, zeros=False, g_idx=False),
     "gptq-v2-channel": dict(kind="wna16", bits=4, group=-1, zeros=False, g_idx=False),
 }
