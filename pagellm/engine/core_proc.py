@@ -14,7 +14,8 @@ core): the core's one PULL socket connects to the N clients' input addresses (fa
 it holds one PUSH socket per client. A request carries the index of the client that sent it;
 its outputs go back to that client only (``split_outputs``), while every client gets each
 pushed ``EngineStats`` (every API server's load balancer sees every replica's load),
-``EngineReady`` and ``EngineDead``; a utility result goes to its caller.
+``EngineReady`` and ``EngineDead``; a utility result goes to its caller. A client whose
+connection closes (its process died) has its requests aborted and gets nothing more.
 
 Signals: SIGINT and SIGTERM are ignored (they reach the whole process group, e.g. from
 Ctrl-C or a service manager; the API process, or the serve supervisor, decides how to shut
@@ -116,6 +117,12 @@ class EngineCoreProc:
         """Core requests received from each client since start (``EngineStats``)."""
         """Unfinished request id -> its client (only with several clients)."""
         self.parent_pid = os.getppid()
+        self.monitors = ([socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+                          for socket in output_sockets] if len(output_sockets) > 1 else [])
+        """With several clients: one monitor per output socket, reporting a client (API server
+        process) that went away."""
+        self.gone: set[int] = set()
+        """Clients that disconnected: their requests were aborted; nothing is sent to them."""
         self.last_pushed: EngineStats | None = None
         self.iteration_tokens: list[int] = []     # per forward pass, since the last push
         engine_core.on_scheduled = self._push_stats_if_changed
@@ -131,6 +138,8 @@ class EngineCoreProc:
                 return
             if self.parent_pid != os.getppid():
                 raise _ParentGone
+            if self.monitors:
+                self._abort_requests_of_gone_clients()
             if not self.engine_core.has_unfinished_requests():
                 self._push_stats_if_changed()       # e.g. the last request was aborted
                 continue
@@ -149,6 +158,27 @@ class EngineCoreProc:
             running = [request.request_id for request in self.engine_core.scheduler.running]
             logger.error("the step failed while running requests %s", running)
             raise
+
+    def _abort_requests_of_gone_clients(self) -> None:
+        """A client whose connection closed (its API server process exited or was killed,
+        with ``--api-server-count`` > 1) will never read its outputs: abort its requests now
+        instead of running them to max_tokens while the other servers drain, and stop
+        sending to it (its queue would fill and block the core)."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        for client_index, monitor in enumerate(self.monitors):
+            while monitor.poll(0):
+                event = recv_monitor_message(monitor)
+                if event["event"] != zmq.EVENT_DISCONNECTED or client_index in self.gone:
+                    continue
+                self.gone.add(client_index)
+                orphans = [request_id for request_id, client in self.client_of.items()
+                           if client == client_index]
+                aborted = self.engine_core.abort_requests(orphans)
+                for request_id in orphans:
+                    self.client_of.pop(request_id, None)
+                logger.warning("API server %d disconnected: aborted its %d requests",
+                               client_index, len(aborted))
 
     def _push(self, outputs) -> None:
         stats = self.engine_core.stats()
@@ -206,7 +236,8 @@ class EngineCoreProc:
         self._send(UtilityResult(call.call_id, stats=stats), call.client_index)
 
     def _send(self, message, client_index: int = 0) -> None:
-        _send(self.output_sockets[client_index], message, self.parent_pid)
+        if client_index not in self.gone:
+            _send(self.output_sockets[client_index], message, self.parent_pid)
 
 
 def _send(socket: zmq.Socket, message, parent_pid: int) -> None:

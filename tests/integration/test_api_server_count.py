@@ -130,3 +130,47 @@ def test_dp2_with_two_api_servers_routes_over_replicas_then_a_killed_core_exits_
         for pid in servers + cores[:1]:
             assert not psutil.pid_exists(pid) or \
                 psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_killed_api_server_has_its_requests_aborted_in_the_core(model_dir):
+    """SIGKILL one of two API servers while both have long requests running: the core sees
+    its connection close and aborts its requests at once (a tester found them running to
+    max_tokens while the survivor drained), the survivor finishes its own and the server
+    exits 1."""
+    import os
+    import re
+    import signal
+    import threading
+
+    with running_server(model_dir, "--api-server-count", "2",
+                        env_extra={"PAGELLM_FAULT_INJECT_STEP_DELAY_S": "0.02"}) as (proc, base):
+        servers, _ = _children(proc.pid)
+        statuses: list[int] = []
+
+        def long_request(index: int) -> None:
+            body = {"model": "tiny", "prompt": f"long {index}", "max_tokens": 200,
+                    "ignore_eos": True}
+            try:
+                statuses.append(httpx.post(base + "/v1/completions", json=body,
+                                           timeout=120).status_code)
+            except httpx.TransportError:
+                statuses.append(-1)             # the killed server's connections
+
+        threads = [threading.Thread(target=long_request, args=(i,)) for i in range(16)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 60
+        running = lambda: sum(per_engine(base, "vllm:num_requests_running"))  # noqa: E731
+        while time.monotonic() < deadline and running() < 16:
+            time.sleep(0.05)
+        assert running() == 16
+        os.kill(servers[1], signal.SIGKILL)
+        for thread in threads:
+            thread.join(timeout=120)
+        assert proc.wait(timeout=60) == 1
+        output = proc.stdout.read()
+    aborted = re.search(r"API server 1 disconnected: aborted its (\d+) requests", output)
+    assert aborted is not None, output[-3000:]
+    orphans = statuses.count(-1)
+    assert int(aborted.group(1)) == orphans >= 1, (aborted.group(0), statuses)
+    assert statuses.count(200) == 16 - orphans

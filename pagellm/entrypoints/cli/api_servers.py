@@ -22,6 +22,8 @@ Lifecycle, supervised here:
   ``serve.DEAD_ENGINE_HEALTH_S``; the supervisor stops what is left and exits 1.
 - An API server that exits on its own (a crash, or a start-up error): the others are stopped
   and the supervisor exits with its status (2 for a ClientError at start-up, else 1 or more).
+  Each engine core sees that server's connection close and aborts its requests at once (no
+  one would read their outputs), so the others drain only their own.
 """
 
 from __future__ import annotations
