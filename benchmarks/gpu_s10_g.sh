@@ -4,7 +4,7 @@
 source benchmarks/gpu_setup.sh
 export PYTHONPATH=/tmp/site:.
 START=$SECONDS
-timeout 230 python3 -m pytest -q -p no:cacheprovider -x tests/gpu/test_fused_rotary_split_kv.py \
+timeout 170 python3 -m pytest -q -p no:cacheprovider -x tests/gpu/test_fused_rotary_split_kv.py \
   tests/gpu/test_gemv_split_k_gpu.py tests/gpu/test_cuda_graph_mixed_gpu.py \
   "tests/gpu/test_triton_kernels.py" -k "split or paged or graph or gemv or decode" > $OUT/gpu_tests.log 2>&1
 echo "GPU tests rc=$? [$((SECONDS - START)) s]: $(tail -1 $OUT/gpu_tests.log)"
