@@ -15,9 +15,8 @@ then the bias in float32, then cast):
   the partials are read with ``.cg`` loads (L2, never a stale L1 line). No program waits on
   another, so any grid size is safe. The counters (int32, ``MAX_SPLIT_K_TILES`` per device)
   are allocated and zeroed once per device and are back at 0 after every call, so a CUDA-graph
-  replay needs no host work. GEMVs share them, and so does the split-KV decode attention
-  (``paged_attention``: one counter per (request, kv head)), so these must not run
-  concurrently on two streams of one device (the engine runs its model on one stream).
+  replay needs no host work. GEMVs share them, so they must not run concurrently on two
+  streams of one device (the engine runs its model on one stream).
 - a second launch (``SPLIT_K_PARTIAL`` then ``_split_k_reduce_kernel``): the previous scheme,
   kept for the benchmark (``in_kernel_reduce=False``), for grids with more output tiles than
   counters, and for a first split call made inside a CUDA-graph capture (the counters are

@@ -16,12 +16,10 @@ through the block tables and never syncing with the host:
 * Split-KV (flash-decoding) for all-decode batches with too few (request, kv head) pairs to fill
   the GPU: each program attends over one segment of the context and writes its unnormalised
   partial (acc, running max, running sum), then takes a ticket from an atomic counter per
-  (request, kv head) (the GEMVs' ``gemv_split_k.split_k_counters``, zero between launches);
-  the program holding the last ticket merges the segments in a fixed order and resets the
-  counter, so there is no second launch (session 7 profile: 2.0 us per layer) and a CUDA-graph
-  replay needs no host work. The old separate merge launch stays selectable
-  (``merge_in_split_kernel=False``; also taken when the counters are not there yet inside a
-  graph capture) and gives the same bits.
+  (request, kv head); the program holding the last ticket merges the segments in a fixed order
+  and resets the counter, so there is no second launch (session 7 profile: 2.0 us per layer)
+  and a CUDA-graph replay needs no host work. The old separate merge launch stays selectable
+  (``merge_in_split_kernel=False``) and gives the same bits.
 
 Softmax runs online in float32 with base-2 exponentials (scale folded with log2(e)).
 An fp8 cache is read as fp8 and cast to the query's dtype in registers; ``k_scale`` is folded
@@ -38,7 +36,6 @@ import triton
 import triton.language as tl
 
 from pagellm.ops.attention import is_fp8
-from pagellm.ops.triton.gemv_split_k import MAX_SPLIT_K_TILES, split_k_counters
 from pagellm.ops.triton.pdl import launch_dependents
 
 _LOG2_E = 1.4426950408889634
@@ -423,11 +420,8 @@ def _split_decode(out: torch.Tensor, query: torch.Tensor, kv_cache: torch.Tensor
                         TILE_N=tile_n, num_warps=4, enable_fp_fusion=False)
     decode_config = {key: value for key, value in config.items()
                      if key not in ("BLOCK_Q", "BLOCK_M")} | merge_config
-    # the GEMVs' ticket counters (zero between launches); without them (too many (request, kv
-    # head) pairs, or a first call inside a graph capture) the second merge launch, same bits
-    counters = (split_k_counters(query.device) if merge_in_split_kernel
-                and num_reqs * num_kv_heads <= MAX_SPLIT_K_TILES else None)
-    merge_in_split_kernel = counters is not None
+    counters = (_ticket_counters(query.device, num_reqs * num_kv_heads) if merge_in_split_kernel
+                else None)
     _split_decode_kernel[(num_reqs, num_kv_heads, num_segments)](
         partial_acc, partial_max, partial_sum, query, kv_cache, block_tables,
         query_start_loc, seq_lens, qk_scale, out, counters, v_scale, *query.stride(),
@@ -437,3 +431,20 @@ def _split_decode(out: torch.Tensor, query: torch.Tensor, kv_cache: torch.Tensor
         _split_decode_reduce_kernel[(num_reqs, num_kv_heads)](
             out, partial_acc, partial_max, partial_sum, query_start_loc, seq_lens, v_scale,
             num_heads, num_segments, *out.stride(), **merge_config)
+
+
+_TICKET_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
+
+
+def _ticket_counters(device: torch.device, num_counters: int) -> torch.Tensor:
+    """Zeroed int32 counters, at least ``num_counters``, one per (request, kv head) of a
+    split-KV launch; every launch leaves them at 0 again. One buffer per device and
+    power-of-two size, allocated and zeroed once, kept for the process's life: a captured
+    CUDA graph holds its address. Launches that share a buffer must not run concurrently
+    (they run in stream order, one layer after another)."""
+    size = triton.next_power_of_2(max(num_counters, 256))
+    counters = _TICKET_COUNTERS.get((device, size))
+    if counters is None:
+        counters = torch.zeros(size, dtype=torch.int32, device=device)
+        _TICKET_COUNTERS[device, size] = counters
+    return counters
