@@ -92,10 +92,11 @@ launches issued (a CUDA graph replay runs the captured launch without counting a
 first of each kind is logged."""
 
 MAGIC: tl.constexpr = tl.constexpr(0x4B000000)
+"""float32 bits of 2**23: OR-ed with an integer q < 2**23 it reads as 2**23 + q."""
 MAGIC_ARG = 0x4B000000
 """MAGIC as a runtime argument of the W4A16 GEMV: a register operand of its LOP3s, so that ptxas
-takes the masks as immediates instead of materializing one per value (measured in SASS)."""
-"""float32 bits of 2**23: OR-ed with an integer q < 2**23 it reads as 2**23 + q."""
+takes the masks as immediates instead of materializing one per value (measured in SASS; the
+kernel derives each shift's exponent bits from it)."""
 
 WNA16_PROGRAMS_PER_SM = 4
 """W4A16 split-K target: programs per SM (N = 4096 with 256-column blocks: 32 slices, 512
