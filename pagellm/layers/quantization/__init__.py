@@ -71,9 +71,8 @@ def get_quantization_config(model_path: str, hf_config,
     (the engine argument) may be None (follow the checkpoint), a name of the checkpoint's
     family, or ``fp8`` for an unquantized checkpoint. ClientError (param quantization) for
     an unknown name, a mismatch with the checkpoint, or an unsupported scheme."""
-    from pagellm.models.hf_config import is_gguf_path
-
-    if is_gguf_path(model_path):       # its blocks stay as they are (the GGUF loader's kernels)
+    if str(model_path).endswith(".gguf"):   # (models.hf_config.is_gguf_path; layers sit below)
+        # its blocks stay as they are (the GGUF loader's kernels)
         if quantization not in (None, GGUF):
             raise ClientError(f"quantization={quantization!r} does not apply to a GGUF "
                               f"checkpoint ({model_path}), which keeps its own quantized "
