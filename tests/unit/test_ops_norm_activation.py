@@ -1,4 +1,3 @@
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -43,19 +42,3 @@ def test_silu_and_mul():
     torch.testing.assert_close(silu_and_mul(x), gate * torch.sigmoid(gate) * up)
     assert silu_and_mul(x).shape == (6, 24)
     torch.testing.assert_close(silu_and_mul(x), F.silu(gate) * up)
-
-
-@pytest.mark.parametrize("hidden", [33, 576, 960, 4096, 5120])
-@pytest.mark.parametrize("scale", [1e-3, 1.0, 100.0])
-def test_float32_rms_norm_is_bit_identical_to_the_step_by_step_formula(hidden, scale):
-    """The float32 path (torch's one rms_norm op) gives HF's step-by-step result bit for bit;
-    half precision keeps the step-by-step path (cast back before the weight)."""
-    gen = torch.Generator().manual_seed(hidden)
-    x = torch.randn(3, 5, hidden, generator=gen) * scale
-    weight = torch.randn(hidden, generator=gen)
-    variance = x.pow(2).mean(dim=-1, keepdim=True)
-    assert torch.equal(rms_norm(x, weight, 1e-6), weight * (x * torch.rsqrt(variance + 1e-6)))
-    half, half_weight = x.bfloat16(), weight.bfloat16()
-    expected = half_weight * (half.float() * torch.rsqrt(
-        half.float().pow(2).mean(-1, keepdim=True) + 1e-6)).bfloat16()
-    assert torch.equal(rms_norm(half, half_weight, 1e-6), expected)
