@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 
 import torch
 import triton
@@ -151,15 +152,21 @@ def pdl_enabled(device: torch.device) -> bool:
                             else torch.cuda.current_device())
 
 
+def launch_args(device: torch.device, prefetch_k: Callable[[], int]) -> dict:
+    """The PDL keyword arguments of a GEMV launch on ``device``: ``PDL`` (constexpr),
+    ``prefetch_k`` (``prefetch_k()``, called only with PDL; else 0) and, with PDL, Triton's
+    ``launch_pdl`` option."""
+    if not pdl_enabled(device):
+        return {"PDL": False, "prefetch_k": 0}
+    return {"PDL": True, "launch_pdl": True, "prefetch_k": prefetch_k()}
+
+
 def gemv_launch_args(x: torch.Tensor, weight: torch.Tensor, rows: int, k_per_split: int,
                      split_k: int, block_k: int) -> dict:
-    """The PDL keyword arguments of a GEMV launch on ``x``'s device: ``PDL`` (constexpr),
-    ``prefetch_k`` (``prefetch_elements``; 0 without PDL) and, with PDL, Triton's
-    ``launch_pdl`` option. ``weight``, ``rows`` and the split as in ``prefetch_elements``."""
-    if not pdl_enabled(x.device):
-        return {"PDL": False, "prefetch_k": 0}
-    return {"PDL": True, "launch_pdl": True,
-            "prefetch_k": prefetch_elements(weight, rows, k_per_split, split_k, block_k)}
+    """``launch_args`` of a GEMV over a [rows, K] weight (K contiguous) on ``x``'s device;
+    ``weight``, ``rows`` and the split as in ``prefetch_elements``."""
+    return launch_args(x.device, lambda: prefetch_elements(weight, rows, k_per_split, split_k,
+                                                           block_k))
 
 
 def prefetch_elements(weight: torch.Tensor, rows: int, k_per_split: int, split_k: int,

@@ -579,22 +579,21 @@ def wna16_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
 
 def wna16_pdl_args(x: torch.Tensor, qweight: torch.Tensor, bits: int, k_per_split: int,
                    config: GemvConfig) -> dict:
-    """``pdl.gemv_launch_args`` for the packed [K / pack, N] layout: ``prefetch_k`` rows of K
+    """``pdl.launch_args`` for the packed [K / pack, N] layout: ``prefetch_k`` rows of K
     (whole packed rows, at most one per thread of the program) from the start
     of each slice, all programs together within ``pdl.PREFETCH_BYTES``; 0 (no prefetch) when
     the rows are not 16-byte aligned, as the bulk prefetch needs."""
-    args = gemv_launch_args(x, qweight, 1, k_per_split, 1, config.block_k)
-    if not args["PDL"]:
-        return args
-    N = qweight.shape[1]
-    aligned = (qweight.data_ptr() % 16 == 0 and qweight.stride(0) % 4 == 0
-               and config.block_n % 4 == 0)
-    row_bytes = N * bits // 8 * config.split_k            # one row of K over all slices
-    pack = 32 // bits
-    budget = pdl.PREFETCH_BYTES // max(row_bytes, 1) // pack * pack   # whole packed rows
-    per_thread = 32 * config.num_warps * pack // config.block_k * config.block_k
-    args["prefetch_k"] = min(budget, k_per_split, per_thread) if aligned else 0
-    return args
+    def prefetch_k() -> int:
+        if not (qweight.data_ptr() % 16 == 0 and qweight.stride(0) % 4 == 0
+                and config.block_n % 4 == 0):
+            return 0
+        row_bytes = qweight.shape[1] * bits // 8 * config.split_k   # a row of K, all slices
+        pack = 32 // bits
+        budget = pdl.PREFETCH_BYTES // max(row_bytes, 1) // pack * pack   # whole packed rows
+        per_thread = 32 * config.num_warps * pack // config.block_k * config.block_k
+        return min(budget, k_per_split, per_thread)
+
+    return pdl.launch_args(x.device, prefetch_k)
 
 
 def fp8_gemv_triton(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
