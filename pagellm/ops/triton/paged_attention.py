@@ -41,10 +41,10 @@ from pagellm.ops.triton.pdl import launch_dependents
 _LOG2_E = 1.4426950408889634
 _DEFAULT_SM_COUNT = 1   # interpreter mode or CPU tensors: no device to fill
 MAX_KV_SPLITS = 256
+"""Most segments per split-KV context (the merge's pairwise tree goes up to 256)."""
 DECODE_TILE_N = 128
 """Keys per tile of a decode program (at most 32 KiB of K or V per tile); a module value so
 that ``benchmarks/attention_decode_splits.py`` can time others."""
-"""Most segments per split-KV context (the merge's pairwise tree goes up to 256)."""
 MERGE_MAX_VALUES = 16384
 """Partial-accumulator values a merging program holds at once (128 registers a thread at 4
 warps); past it the merge walks the head dim in chunks."""
@@ -329,7 +329,8 @@ def _launch_config(query: torch.Tensor, kv_cache: torch.Tensor, max_query_len: i
     head_dim_pad = max(16, triton.next_power_of_2(head_dim))
     # Decode streams K/V: 128-key tiles measured ~15% faster than 64 on H100 (bf16, d=128);
     # keep a K or V tile within 32 KiB so three pipeline stages fit in shared memory.
-    tile_n = 64 if block_q > 1 else min(DECODE_TILE_N, 32768 // (head_dim_pad * query.element_size()))
+    tile_n = (64 if block_q > 1
+              else min(DECODE_TILE_N, 32768 // (head_dim_pad * query.element_size())))
     return dict(GROUP=group, GROUP_PAD=group_pad, BLOCK_SIZE=kv_cache.shape[2],
                 HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad,
                 BLOCK_Q=block_q, BLOCK_M=max(16, block_q * group_pad), TILE_N=tile_n,
