@@ -18,7 +18,7 @@ from pagellm import LLM, SamplingParams
 from tests.helpers.server import running_server, start_server, stop_server
 from tests.helpers.tiny_models import make_tiny_model_dir
 from tests.integration.test_data_parallel import (complete, kill_replica_mid_generation,
-                                                  metric, per_engine)
+                                                  metric, per_engine, start_long_requests)
 
 PROMPTS = [f"prompt {index}: {'abc ' * (index % 5)}" for index in range(16)]
 MAX_TOKENS = 8
@@ -140,25 +140,12 @@ def test_a_killed_api_server_has_its_requests_aborted_in_the_core(model_dir):
     import os
     import re
     import signal
-    import threading
 
     with running_server(model_dir, "--api-server-count", "2",
                         env_extra={"PAGELLM_FAULT_INJECT_STEP_DELAY_S": "0.02"}) as (proc, base):
         servers, _ = _children(proc.pid)
-        statuses: list[int] = []
-
-        def long_request(index: int) -> None:
-            body = {"model": "tiny", "prompt": f"long {index}", "max_tokens": 200,
-                    "ignore_eos": True}
-            try:
-                statuses.append(httpx.post(base + "/v1/completions", json=body,
-                                           timeout=120).status_code)
-            except httpx.TransportError:
-                statuses.append(-1)             # the killed server's connections
-
-        threads = [threading.Thread(target=long_request, args=(i,)) for i in range(16)]
-        for thread in threads:
-            thread.start()
+        # the killed server's connections end as -1
+        statuses, threads = start_long_requests(base, 16)
         deadline = time.monotonic() + 60
         running = lambda: sum(per_engine(base, "vllm:num_requests_running"))  # noqa: E731
         while time.monotonic() < deadline and running() < 16:

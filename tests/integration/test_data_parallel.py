@@ -139,12 +139,10 @@ def _engine_core_pids(server_pid: int) -> list[int]:
             if "spawn_main" in " ".join(child.cmdline())]
 
 
-def kill_replica_mid_generation(base: str, pid: int, num_requests: int
-                                ) -> tuple[list[int], int | None, float]:
-    """Send ``num_requests`` long completions from threads, wait until every replica runs one,
-    SIGKILL the engine core ``pid``; returns (the requests' HTTP statuses, -1 for a dropped
-    connection; ``/health`` after the kill, see ``_health_after_kill``; the kill's
-    ``time.monotonic()``)."""
+def start_long_requests(base: str, num_requests: int
+                        ) -> tuple[list[int], list[threading.Thread]]:
+    """Start ``num_requests`` completions of 200 tokens (EOS ignored), one thread each;
+    returns (their HTTP statuses as they end, -1 for a dropped connection; the threads)."""
     statuses: list[int] = []
 
     def long_request(index: int) -> None:
@@ -159,6 +157,16 @@ def kill_replica_mid_generation(base: str, pid: int, num_requests: int
     threads = [threading.Thread(target=long_request, args=(i,)) for i in range(num_requests)]
     for thread in threads:
         thread.start()
+    return statuses, threads
+
+
+def kill_replica_mid_generation(base: str, pid: int, num_requests: int
+                                ) -> tuple[list[int], int | None, float]:
+    """Send ``num_requests`` long completions from threads, wait until every replica runs one,
+    SIGKILL the engine core ``pid``; returns (the requests' HTTP statuses, -1 for a dropped
+    connection; ``/health`` after the kill, see ``_health_after_kill``; the kill's
+    ``time.monotonic()``)."""
+    statuses, threads = start_long_requests(base, num_requests)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and min(per_engine(
             base, "vllm:num_requests_running")) < 1:
