@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 QUANTIZATION_NAMES = ("fp8", "awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors",
                       "gguf")
 """``quantization`` values (vLLM's names; ``pagellm.layers.quantization.QUANTIZATION_METHODS``
 plus gguf), checked when the config is built: a bad one fails before any process starts."""
+
+
+def is_gguf_path(model_path: str | Path) -> bool:
+    """Whether a model argument names a .gguf file (the GGUF loader's, and quantization's
+    ``gguf``, checkpoints)."""
+    return str(model_path).endswith(".gguf")
 
 
 @dataclass(frozen=True)

@@ -6,15 +6,12 @@ from pathlib import Path
 
 from transformers import AutoConfig, LlamaConfig, PretrainedConfig, Qwen2Config, Qwen3Config
 
+from pagellm.config.model import is_gguf_path
 from pagellm.errors import ClientError
 from pagellm.models.gguf_loader import gguf_arch, gguf_config_kwargs, open_gguf
 from pagellm.models.registry import get_model_class
 
 _GGUF_CONFIG_CLASSES = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}
-
-
-def is_gguf_path(model_path: str | Path) -> bool:
-    return str(model_path).endswith(".gguf")
 
 
 def load_hf_config(model_path: str) -> PretrainedConfig:

@@ -30,7 +30,7 @@ from pagellm.layers.quantization import QuantizationConfig, get_quantization_con
 from pagellm.layers.weight_utils import default_weight_loader, materialize
 from pagellm.models.gguf_loader import iter_gguf_weights
 from pagellm.models.gguf_quantized import keep_gguf_quantized, keep_gguf_quantized_enabled
-from pagellm.models.hf_config import is_gguf_path
+from pagellm.config.model import is_gguf_path
 from pagellm.models.registry import get_model_class
 from pagellm.models.safetensors_loader import has_safetensors, iter_safetensors_weights
 from pagellm.platforms import Platform

@@ -23,10 +23,11 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
+from pagellm.config.model import is_gguf_path
 from pagellm.errors import ClientError
 from pagellm.layers.attention import get_attn_backend
 from pagellm.models.default_model import resolve_model_path
-from pagellm.models.hf_config import is_gguf_path, load_hf_config
+from pagellm.models.hf_config import load_hf_config
 from pagellm.models.llama import LlamaForCausalLM
 from pagellm.models.llama_eagle import Eagle3LlamaHead, EagleLlamaHead
 from pagellm.models.loader import (LoadStats, init_dummy_weights, load_model, load_weights,

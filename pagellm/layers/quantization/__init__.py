@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pagellm.config.model import is_gguf_path
 from pagellm.errors import ClientError
 from pagellm.layers.quantization.awq import AWQConfig
 from pagellm.layers.quantization.base_config import QuantizationConfig
@@ -71,8 +72,7 @@ def get_quantization_config(model_path: str, hf_config,
     (the engine argument) may be None (follow the checkpoint), a name of the checkpoint's
     family, or ``fp8`` for an unquantized checkpoint. ClientError (param quantization) for
     an unknown name, a mismatch with the checkpoint, or an unsupported scheme."""
-    if str(model_path).endswith(".gguf"):   # (models.hf_config.is_gguf_path; layers sit below)
-        # its blocks stay as they are (the GGUF loader's kernels)
+    if is_gguf_path(model_path):        # its blocks stay as they are (the GGUF loader's)
         if quantization not in (None, GGUF):
             raise ClientError(f"quantization={quantization!r} does not apply to a GGUF "
                               f"checkpoint ({model_path}), which keeps its own quantized "
